@@ -1,0 +1,292 @@
+//! The charging hot path.
+//!
+//! [`Accounting`] is one VM's books: the [`Registry`] behind a mutex (touched
+//! only when the guest declares something or a writer first meets a tag), a
+//! generation counter bumped on every change to it, the guest-error counters,
+//! and per-vCPU totals.
+//!
+//! A [`Writer`] belongs to one thread (a vCPU thread, or the run-time
+//! sampler). It keeps a small cache from tag values to resolved principals,
+//! valid while the generation is unchanged. Charging an exit with a cached tag
+//! is one relaxed load of the generation, a short scan of the cache, and
+//! single-writer adds into the writer's own column of the container's ledger
+//! (plus `fetch_add`s on the request's block when a request is named). No
+//! lock, and no cache line written by two vCPUs except a request's block when
+//! two vCPUs serve one request at the same time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::abi::RingEntry;
+use crate::errors::{GuestError, GuestErrors};
+use crate::registry::{Limits, Registry, Resolved};
+use crate::resource::{Charges, Counters, ExitReason};
+
+/// Tag cache entries per writer.
+const CACHE_SLOTS: usize = 8;
+
+#[repr(align(64))]
+#[derive(Debug, Default)]
+struct Generation(AtomicU64);
+
+/// One VM's books.
+#[derive(Debug)]
+pub struct Accounting {
+    tenant: String,
+    nr_vcpus: usize,
+    writers: usize,
+    generation: Generation,
+    registry: Mutex<Registry>,
+    errors: GuestErrors,
+    /// Per-vCPU totals: exits written by the vCPU's writer, run time by the
+    /// sampler (different fields, one writer each).
+    vcpu_totals: Box<[Counters]>,
+    start: Instant,
+}
+
+impl Accounting {
+    /// Books for a VM of `tenant` with `nr_vcpus` vCPU writers and
+    /// `aux_writers` more (the sampler, device threads).
+    pub fn new(tenant: &str, nr_vcpus: usize, aux_writers: usize, limits: Limits) -> Arc<Self> {
+        let writers = nr_vcpus + aux_writers;
+        Arc::new(Self {
+            tenant: tenant.to_string(),
+            nr_vcpus,
+            writers,
+            generation: Generation::default(),
+            registry: Mutex::new(Registry::new(writers, limits)),
+            errors: GuestErrors::default(),
+            vcpu_totals: (0..nr_vcpus).map(|_| Counters::default()).collect(),
+            start: Instant::now(),
+        })
+    }
+
+    /// The tenant (set by the host).
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// Number of vCPUs.
+    pub fn nr_vcpus(&self) -> usize {
+        self.nr_vcpus
+    }
+
+    /// Nanoseconds since the books were opened.
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The guest-error counters.
+    pub fn errors(&self) -> &GuestErrors {
+        &self.errors
+    }
+
+    /// Locks the registry (rare path: declarations, reports).
+    pub fn registry(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding the lock cannot leave the registry torn in a
+        // way that matters more than losing the books; keep going.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies one declaration from the ring; a rejected one is counted and
+    /// returned so the caller can log it.
+    pub fn apply(&self, entry: &RingEntry) -> Result<(), GuestError> {
+        let now = self.now_ns();
+        let result = self.registry().apply(entry, now);
+        match result {
+            Ok(()) => {
+                self.generation.0.fetch_add(1, Ordering::Release);
+            }
+            Err(e) => self.errors.inc(e),
+        }
+        result
+    }
+
+    /// Counts a guest mistake found outside the registry.
+    pub fn count_error(&self, e: GuestError) {
+        self.errors.inc(e);
+    }
+
+    /// Sum of the per-vCPU totals: the tenant's whole charge, counted
+    /// independently of the containers.
+    pub fn vcpu_totals(&self) -> Vec<Charges> {
+        self.vcpu_totals.iter().map(Counters::read).collect()
+    }
+
+    /// A writer with ledger column `id` (`0..nr_vcpus` for vCPUs, then the
+    /// auxiliary writers).
+    ///
+    /// # Panics
+    /// If `id` is not below the number of writers the books were opened
+    /// with; ids are the VMM's, never a guest's.
+    pub fn writer(self: &Arc<Self>, id: usize) -> Writer {
+        assert!(id < self.writers, "writer id {id} out of range");
+        let unattributed = self.registry().unattributed(None);
+        Writer { acct: Arc::clone(self), id, generation: u64::MAX, cache: Vec::new(), next_victim: 0, unattributed }
+    }
+}
+
+/// A thread's handle for charging: owns ledger column `id`.
+#[derive(Debug)]
+pub struct Writer {
+    acct: Arc<Accounting>,
+    id: usize,
+    generation: u64,
+    cache: Vec<(u64, Resolved)>,
+    next_victim: usize,
+    unattributed: Resolved,
+}
+
+impl Writer {
+    /// The books this writer charges.
+    pub fn accounting(&self) -> &Arc<Accounting> {
+        &self.acct
+    }
+
+    fn resolve(&mut self, tag: Option<u64>) -> &Resolved {
+        let Some(tag) = tag else { return &self.unattributed };
+        let generation = self.acct.generation.0.load(Ordering::Acquire);
+        if generation != self.generation {
+            self.cache.clear();
+            self.generation = generation;
+        }
+        let hit = self.cache.iter().position(|(t, _)| *t == tag);
+        let idx = match hit {
+            Some(i) => i,
+            None => self.fill(tag),
+        };
+        &self.cache[idx].1
+    }
+
+    #[cold]
+    fn fill(&mut self, tag: u64) -> usize {
+        let resolved = self.acct.registry().resolve(tag);
+        if self.cache.len() < CACHE_SLOTS {
+            self.cache.push((tag, resolved));
+            self.cache.len() - 1
+        } else {
+            let i = self.next_victim;
+            self.next_victim = (i + 1) % CACHE_SLOTS;
+            self.cache[i] = (tag, resolved);
+            i
+        }
+    }
+
+    /// Charges one exit of vCPU `self.id` to the principal in `tag` (`None`:
+    /// no region registered or no slot for this vCPU).
+    #[inline]
+    pub fn charge_exit(&mut self, tag: Option<u64>, reason: ExitReason, host_ns: u64) {
+        let id = self.id;
+        if let Some(totals) = self.acct.vcpu_totals.get(id) {
+            totals.add_exit_single_writer(reason, host_ns);
+        }
+        let r = self.resolve(tag);
+        r.container_cells.col(id).add_exit_single_writer(reason, host_ns);
+        if let Some(req) = &r.request {
+            req.add_exit_shared(reason, host_ns);
+        }
+        if let Some(e) = r.error {
+            self.acct.errors.inc(e);
+        }
+    }
+
+    /// Charges `ns` of vCPU `vcpu`'s guest run time (one sample) to `tag`.
+    /// Only the one writer that samples run time may call this.
+    #[inline]
+    pub fn charge_run(&mut self, vcpu: usize, tag: Option<u64>, ns: u64) {
+        if let Some(totals) = self.acct.vcpu_totals.get(vcpu) {
+            totals.add_run_single_writer(ns);
+        }
+        let id = self.id;
+        let r = self.resolve(tag);
+        r.container_cells.col(id).add_run_single_writer(ns);
+        if let Some(req) = &r.request {
+            req.add_run_shared(ns);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::{tag, EntryKind};
+
+    fn declare(acct: &Accounting, id: u32, name: &str) {
+        let mut e = RingEntry { kind: EntryKind::DeclareContainer as u16, id, name_len: name.len() as u16, ..Default::default() };
+        e.name[..name.len()].copy_from_slice(name.as_bytes());
+        acct.apply(&e).unwrap();
+    }
+
+    fn begin(acct: &Accounting, id: u32, container: u32) {
+        acct.apply(&RingEntry { kind: EntryKind::BeginRequest as u16, id, arg: container, ..Default::default() }).unwrap();
+    }
+
+    #[test]
+    fn charges_land_on_container_request_and_vcpu() {
+        let acct = Accounting::new("t", 2, 1, Limits::default());
+        let mut w0 = acct.writer(0);
+        let mut w1 = acct.writer(1);
+        declare(&acct, 1, "web");
+        begin(&acct, 9, 1);
+        w0.charge_exit(Some(tag(1, 9)), ExitReason::PortOut, 100);
+        w1.charge_exit(Some(tag(1, 0)), ExitReason::PortOut, 50);
+        w1.charge_exit(None, ExitReason::MmioWrite, 10);
+
+        let reg = acct.registry();
+        let web = &reg.containers()[1];
+        assert_eq!(web.cells.sum().exits[ExitReason::PortOut.index()].count, 2);
+        assert_eq!(web.cells.col(0).read().exits_total().count, 1);
+        let req = reg.live_requests().next().unwrap();
+        assert_eq!(req.cells.read().exits_total().host_ns, 100);
+        assert_eq!(reg.containers()[0].cells.sum().exits_total().count, 1);
+        let totals = acct.vcpu_totals();
+        assert_eq!((totals[0].exits_total().count, totals[1].exits_total().count), (1, 2));
+    }
+
+    #[test]
+    fn cache_is_invalidated_when_declarations_change() {
+        let acct = Accounting::new("t", 1, 0, Limits::default());
+        let mut w = acct.writer(0);
+        // Container 1 is not declared yet: unattributed, flagged.
+        w.charge_exit(Some(tag(1, 0)), ExitReason::PortOut, 1);
+        declare(&acct, 1, "web");
+        w.charge_exit(Some(tag(1, 0)), ExitReason::PortOut, 1);
+        let reg = acct.registry();
+        assert_eq!(reg.containers()[0].cells.sum().exits_total().count, 1);
+        assert_eq!(reg.containers()[1].cells.sum().exits_total().count, 1);
+        assert_eq!(acct.errors().get(GuestError::TagUnknownContainer), 1);
+    }
+
+    #[test]
+    fn many_distinct_tags_evict_cache_entries_without_losing_charges() {
+        let acct = Accounting::new("t", 1, 0, Limits::default());
+        for id in 1..=20 {
+            declare(&acct, id, &format!("c{id}"));
+        }
+        let mut w = acct.writer(0);
+        for round in 0..3 {
+            for id in 1..=20 {
+                w.charge_exit(Some(tag(id, 0)), ExitReason::MmioRead, round);
+            }
+        }
+        let reg = acct.registry();
+        for c in &reg.containers()[1..] {
+            assert_eq!(c.cells.sum().exits_total().count, 3);
+        }
+    }
+
+    #[test]
+    fn run_time_goes_to_the_sampled_tag_and_the_vcpu() {
+        let acct = Accounting::new("t", 2, 1, Limits::default());
+        declare(&acct, 1, "cpu");
+        let mut sampler = acct.writer(2);
+        sampler.charge_run(1, Some(tag(1, 0)), 1_000);
+        sampler.charge_run(0, None, 500);
+        let reg = acct.registry();
+        assert_eq!(reg.containers()[1].cells.sum().guest_run_ns, 1_000);
+        assert_eq!(reg.containers()[0].cells.sum().guest_run_ns, 500);
+        let totals = acct.vcpu_totals();
+        assert_eq!((totals[0].guest_run_ns, totals[1].guest_run_ns), (500, 1_000));
+    }
+}

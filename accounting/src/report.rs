@@ -1,0 +1,521 @@
+//! The report: everything the books say, summed, in a stable JSON shape
+//! (`resourceful.report/v1`, documented in `docs/report.md`) and as a table.
+//!
+//! Sums are taken from the atomic ledgers without stopping writers; a report
+//! taken while vCPUs run is a consistent-enough view, one taken after they
+//! stopped is exact, and that is when [`Conservation`] must hold exactly:
+//! for every resource, the sum over the tenant's containers equals the
+//! tenant total counted independently per vCPU.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::Accounting;
+use crate::registry::{Limits, Registry, RegistryStats, Request};
+use crate::resource::{Charges, ExitCharge, ExitReason, Provenance};
+
+/// Schema identifier of the JSON report.
+pub const SCHEMA: &str = "resourceful.report/v1";
+
+/// Facts about the VM that only the VMM knows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct VmInfo {
+    /// vCPUs.
+    pub vcpus: usize,
+    /// Guest RAM in MiB.
+    pub mem_mib: u64,
+    /// The kernel image (path, or `built-in:NAME`).
+    pub kernel: String,
+    /// `linux` or `baremetal`.
+    pub boot: String,
+    /// How the VM ended: `guest_exit`, `reset`, `triple_fault`,
+    /// `internal_error`, `unknown_exit`, `vcpu_error`.
+    pub end: String,
+    /// A human-readable detail of the end, when it was not a clean one.
+    pub end_detail: Option<String>,
+    /// The status the guest asked for (`guest_exit`), else `None`.
+    pub guest_status: Option<u32>,
+    /// Wall-clock nanoseconds from first vCPU start to the last stop.
+    pub wall_ns: u64,
+    /// Whether exits were charged (false only for overhead measurements).
+    pub accounting: bool,
+    /// Guest port or MMIO accesses that hit no device.
+    pub unhandled_io: u64,
+}
+
+/// Charges in report form.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargesReport {
+    /// Exits by reason name; every reason is present.
+    pub exits: BTreeMap<String, ExitCharge>,
+    /// All exits.
+    pub exits_total: ExitCharge,
+    /// Guest run time, ns.
+    pub guest_run_ns: u64,
+    /// Run-time samples.
+    pub run_samples: u64,
+}
+
+impl From<&Charges> for ChargesReport {
+    fn from(c: &Charges) -> Self {
+        Self {
+            exits: ExitReason::ALL.iter().map(|r| (r.name().to_string(), c.exits[r.index()])).collect(),
+            exits_total: c.exits_total(),
+            guest_run_ns: c.guest_run_ns,
+            run_samples: c.run_samples,
+        }
+    }
+}
+
+impl ChargesReport {
+    /// Exits of one reason.
+    pub fn exits_of(&self, reason: ExitReason) -> ExitCharge {
+        self.exits.get(reason.name()).copied().unwrap_or_default()
+    }
+}
+
+/// How each resource of a container was attributed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvenanceReport {
+    /// Exits and their host time.
+    pub exits: Provenance,
+    /// Guest run time.
+    pub guest_run: Provenance,
+}
+
+/// Requests of one container, summarised.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestSummary {
+    /// Begun.
+    pub begun: u64,
+    /// Ended.
+    pub ended: u64,
+    /// Live now.
+    pub live: u64,
+    /// Finished and retained (listed in `requests`).
+    pub retained: u64,
+    /// Finished and evicted from retention.
+    pub evicted: u64,
+    /// Sum of the charges of all its requests, evicted ones included: the
+    /// part of the container's charges done inside requests.
+    pub charged: ChargesReport,
+}
+
+/// One container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerReport {
+    /// Position in `containers` (0 is `unattributed`).
+    pub index: usize,
+    /// Guest id (0 for `unattributed`).
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// Names from the top-level container down, joined with `/`.
+    pub path: String,
+    /// Index of the parent, if any.
+    pub parent: Option<usize>,
+    /// Whether the guest retired it.
+    pub retired: bool,
+    /// Provenance of each resource.
+    pub provenance: ProvenanceReport,
+    /// Everything charged to it (its requests' work included).
+    pub charges: ChargesReport,
+    /// Its requests.
+    pub requests: RequestSummary,
+}
+
+/// One request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestReport {
+    /// Guest id.
+    pub id: u32,
+    /// Order of `begin` over the VM's life.
+    pub seq: u64,
+    /// Index of its container.
+    pub container: usize,
+    /// Its container's path.
+    pub container_path: String,
+    /// The guest's 64-bit identifier (0: none).
+    pub external_id: u64,
+    /// `live` or `finished`.
+    pub state: String,
+    /// Begin, ns since VM start.
+    pub begin_ns: u64,
+    /// End, ns since VM start.
+    pub end_ns: Option<u64>,
+    /// Its charges.
+    pub charges: ChargesReport,
+}
+
+/// One vCPU's totals.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuReport {
+    /// vCPU id.
+    pub id: usize,
+    /// Its exits and run time.
+    pub charges: ChargesReport,
+}
+
+/// One resource's conservation check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConservationLine {
+    /// Resource name (`exits.port_out.count`, `guest_run_ns`, …).
+    pub resource: String,
+    /// The tenant total, counted per vCPU.
+    pub tenant_total: u64,
+    /// The sum over the tenant's containers.
+    pub containers_sum: u64,
+}
+
+/// Conservation of every resource.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conservation {
+    /// Whether every line balances.
+    pub holds: bool,
+    /// One line per resource.
+    pub lines: Vec<ConservationLine>,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// [`SCHEMA`].
+    pub schema: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The VM.
+    pub vm: VmInfo,
+    /// Tenant totals (sum of the vCPUs).
+    pub totals: ChargesReport,
+    /// Per vCPU.
+    pub vcpus: Vec<VcpuReport>,
+    /// Per container, `unattributed` first.
+    pub containers: Vec<ContainerReport>,
+    /// Live and retained finished requests, in begin order.
+    pub requests: Vec<RequestReport>,
+    /// Guest mistakes by kind (non-zero only).
+    pub guest_errors: BTreeMap<String, u64>,
+    /// Declarations applied.
+    pub declarations: RegistryStatsReport,
+    /// Limits in force.
+    pub limits: Limits,
+    /// Conservation check.
+    pub conservation: Conservation,
+}
+
+/// [`RegistryStats`] in report form.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryStatsReport {
+    /// Containers declared.
+    pub containers_declared: u64,
+    /// Containers retired.
+    pub containers_retired: u64,
+    /// Requests begun.
+    pub requests_begun: u64,
+    /// Requests ended by the guest.
+    pub requests_ended: u64,
+    /// Requests ended by their container's retirement.
+    pub requests_ended_by_retire: u64,
+    /// Finished requests evicted from retention.
+    pub requests_evicted: u64,
+}
+
+impl From<RegistryStats> for RegistryStatsReport {
+    fn from(s: RegistryStats) -> Self {
+        Self {
+            containers_declared: s.containers_declared,
+            containers_retired: s.containers_retired,
+            requests_begun: s.requests_begun,
+            requests_ended: s.requests_ended,
+            requests_ended_by_retire: s.requests_ended_by_retire,
+            requests_evicted: s.requests_evicted,
+        }
+    }
+}
+
+fn path_of(reg: &Registry, mut idx: usize) -> String {
+    let cs = reg.containers();
+    let mut parts = vec![cs[idx].name.as_str()];
+    // Parents are always declared before children, so indices strictly
+    // decrease and this terminates; the bound is belt and braces.
+    for _ in 0..cs.len() {
+        match cs[idx].parent {
+            Some(p) => {
+                parts.push(cs[p].name.as_str());
+                idx = p;
+            }
+            None => break,
+        }
+    }
+    parts.reverse();
+    parts.join("/")
+}
+
+fn request_report(reg: &Registry, r: &Request) -> RequestReport {
+    RequestReport {
+        id: r.guest_id,
+        seq: r.seq,
+        container: r.container,
+        container_path: path_of(reg, r.container),
+        external_id: r.external_id,
+        state: if r.end_ns.is_some() { "finished" } else { "live" }.to_string(),
+        begin_ns: r.begin_ns,
+        end_ns: r.end_ns,
+        charges: ChargesReport::from(&r.cells.read()),
+    }
+}
+
+fn conservation(total: &Charges, sum: &Charges) -> Conservation {
+    let mut lines = Vec::new();
+    for r in ExitReason::ALL {
+        let (t, s) = (total.exits[r.index()], sum.exits[r.index()]);
+        lines.push(ConservationLine { resource: format!("exits.{}.count", r.name()), tenant_total: t.count, containers_sum: s.count });
+        lines.push(ConservationLine { resource: format!("exits.{}.host_ns", r.name()), tenant_total: t.host_ns, containers_sum: s.host_ns });
+    }
+    lines.push(ConservationLine { resource: "guest_run_ns".into(), tenant_total: total.guest_run_ns, containers_sum: sum.guest_run_ns });
+    lines.push(ConservationLine { resource: "run_samples".into(), tenant_total: total.run_samples, containers_sum: sum.run_samples });
+    Conservation { holds: lines.iter().all(|l| l.tenant_total == l.containers_sum), lines }
+}
+
+impl Report {
+    /// Sums the books into a report.
+    pub fn build(acct: &Accounting, vm: VmInfo) -> Report {
+        let vcpu_totals = acct.vcpu_totals();
+        let mut total = Charges::default();
+        for v in &vcpu_totals {
+            total.add(v);
+        }
+        let reg = acct.registry();
+        let mut requests: Vec<&Request> = reg.finished_requests().chain(reg.live_requests()).collect();
+        requests.sort_by_key(|r| r.seq);
+
+        // Per-container request sums: evicted totals plus every request we
+        // still hold.
+        let mut in_requests: Vec<Charges> = reg.containers().iter().map(|c| c.evicted).collect();
+        let mut live: Vec<u64> = vec![0; reg.containers().len()];
+        let mut retained: Vec<u64> = vec![0; reg.containers().len()];
+        for r in &requests {
+            in_requests[r.container].add(&r.cells.read());
+            if r.end_ns.is_some() {
+                retained[r.container] += 1;
+            } else {
+                live[r.container] += 1;
+            }
+        }
+
+        let mut sum = Charges::default();
+        let containers: Vec<ContainerReport> = reg
+            .containers()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let charges = c.cells.sum();
+                sum.add(&charges);
+                let unattributed = i == 0;
+                ContainerReport {
+                    index: i,
+                    id: c.guest_id,
+                    name: c.name.clone(),
+                    path: path_of(&reg, i),
+                    parent: c.parent,
+                    retired: c.retired,
+                    provenance: ProvenanceReport {
+                        exits: if unattributed { Provenance::Unattributed } else { Provenance::Exact },
+                        guest_run: if unattributed { Provenance::Unattributed } else { Provenance::Sampled },
+                    },
+                    charges: ChargesReport::from(&charges),
+                    requests: RequestSummary {
+                        begun: c.requests_begun,
+                        ended: c.requests_ended,
+                        live: live[i],
+                        retained: retained[i],
+                        evicted: c.requests_evicted,
+                        charged: ChargesReport::from(&in_requests[i]),
+                    },
+                }
+            })
+            .collect();
+
+        Report {
+            schema: SCHEMA.to_string(),
+            tenant: acct.tenant().to_string(),
+            vm,
+            totals: ChargesReport::from(&total),
+            vcpus: vcpu_totals
+                .iter()
+                .enumerate()
+                .map(|(id, c)| VcpuReport { id, charges: ChargesReport::from(c) })
+                .collect(),
+            containers,
+            requests: requests.iter().map(|r| request_report(&reg, r)).collect(),
+            guest_errors: acct.errors().nonzero(),
+            declarations: reg.stats().into(),
+            limits: reg.limits(),
+            conservation: conservation(&total, &sum),
+        }
+    }
+
+    /// Pretty JSON.
+    pub fn to_json(&self) -> String {
+        // Serialising plain structs and maps with string keys cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The container with this path (e.g. `web/api`).
+    pub fn container(&self, path: &str) -> Option<&ContainerReport> {
+        self.containers.iter().find(|c| c.path == path)
+    }
+
+    /// A readable table: VM line, containers, the most expensive requests,
+    /// guest errors, conservation.
+    pub fn to_table(&self, max_requests: usize) -> String {
+        let mut s = String::new();
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let v = &self.vm;
+        let _ = writeln!(
+            s,
+            "tenant {}  |  {} vCPU(s), {} MiB, {} boot of {}  |  wall {:.1} ms  |  end: {}{}",
+            self.tenant,
+            v.vcpus,
+            v.mem_mib,
+            v.boot,
+            v.kernel,
+            ms(v.wall_ns),
+            v.end,
+            v.guest_status.map(|st| format!(" (status {st})")).unwrap_or_default(),
+        );
+        if let Some(d) = &v.end_detail {
+            let _ = writeln!(s, "  {d}");
+        }
+        let header = format!(
+            "{:<28} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10} {:>6}",
+            "CONTAINER", "EXITS", "PIO_IN", "PIO_OUT", "MMIO_RD", "MMIO_WR", "OTHER", "HOST_MS", "RUN_MS", "REQS"
+        );
+        let _ = writeln!(s, "\n{header}");
+        let row = |s: &mut String, name: &str, c: &ChargesReport, reqs: String| {
+            let other = c.exits_of(ExitReason::Shutdown).count
+                + c.exits_of(ExitReason::InternalError).count
+                + c.exits_of(ExitReason::Other).count;
+            let _ = writeln!(
+                s,
+                "{:<28} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>10.3} {:>10.3} {:>6}",
+                name,
+                c.exits_total.count,
+                c.exits_of(ExitReason::PortIn).count,
+                c.exits_of(ExitReason::PortOut).count,
+                c.exits_of(ExitReason::MmioRead).count,
+                c.exits_of(ExitReason::MmioWrite).count,
+                other,
+                ms(c.exits_total.host_ns),
+                ms(c.guest_run_ns),
+                reqs,
+            );
+        };
+        for c in &self.containers {
+            let name = if c.retired { format!("{} (retired)", c.path) } else { c.path.clone() };
+            row(&mut s, &name, &c.charges, c.requests.begun.to_string());
+        }
+        row(&mut s, "= tenant total", &self.totals, self.declarations.requests_begun.to_string());
+
+        if !self.requests.is_empty() && max_requests > 0 {
+            let mut top: Vec<&RequestReport> = self.requests.iter().collect();
+            top.sort_by_key(|r| std::cmp::Reverse((r.charges.exits_total.host_ns, r.charges.exits_total.count)));
+            let _ = writeln!(
+                s,
+                "\n{:<10} {:<20} {:>9} {:>8} {:>8} {:>8} {:>10} {:>10}",
+                "REQUEST", "CONTAINER", "STATE", "EXITS", "PIO_OUT", "MMIO_WR", "HOST_MS", "RUN_MS"
+            );
+            for r in top.iter().take(max_requests) {
+                let c = &r.charges;
+                let _ = writeln!(
+                    s,
+                    "{:<10} {:<20} {:>9} {:>8} {:>8} {:>8} {:>10.3} {:>10.3}",
+                    r.id,
+                    r.container_path,
+                    r.state,
+                    c.exits_total.count,
+                    c.exits_of(ExitReason::PortOut).count,
+                    c.exits_of(ExitReason::MmioWrite).count,
+                    ms(c.exits_total.host_ns),
+                    ms(c.guest_run_ns),
+                );
+            }
+            if self.requests.len() > max_requests {
+                let _ = writeln!(s, "… {} more requests in the JSON report", self.requests.len() - max_requests);
+            }
+        }
+        if !self.guest_errors.is_empty() {
+            let errs: Vec<String> = self.guest_errors.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            let _ = writeln!(s, "\nguest errors: {}", errs.join(", "));
+        }
+        let broken: Vec<&ConservationLine> =
+            self.conservation.lines.iter().filter(|l| l.tenant_total != l.containers_sum).collect();
+        if broken.is_empty() {
+            let _ = writeln!(s, "\nconservation: holds for all {} resources", self.conservation.lines.len());
+        } else {
+            for l in broken {
+                let _ = writeln!(s, "\nconservation BROKEN: {} tenant {} != containers {}", l.resource, l.tenant_total, l.containers_sum);
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::{tag, EntryKind, RingEntry};
+
+    fn books() -> std::sync::Arc<Accounting> {
+        let acct = Accounting::new("acme", 2, 1, Limits::default());
+        for (id, parent, name) in [(1u32, 0u32, "web"), (2, 1, "api")] {
+            let mut e = RingEntry { kind: EntryKind::DeclareContainer as u16, id, arg: parent, name_len: name.len() as u16, ..Default::default() };
+            e.name[..name.len()].copy_from_slice(name.as_bytes());
+            acct.apply(&e).unwrap();
+        }
+        acct.apply(&RingEntry { kind: EntryKind::BeginRequest as u16, id: 7, arg: 2, ..Default::default() }).unwrap();
+        acct
+    }
+
+    #[test]
+    fn report_sums_paths_requests_and_conservation() {
+        let acct = books();
+        let mut w0 = acct.writer(0);
+        let mut w1 = acct.writer(1);
+        let mut sampler = acct.writer(2);
+        w0.charge_exit(Some(tag(2, 7)), ExitReason::PortOut, 30);
+        w1.charge_exit(Some(tag(1, 0)), ExitReason::MmioWrite, 20);
+        w1.charge_exit(None, ExitReason::PortOut, 10);
+        sampler.charge_run(0, Some(tag(2, 7)), 1000);
+
+        let r = Report::build(&acct, VmInfo { vcpus: 2, ..Default::default() });
+        assert!(r.conservation.holds);
+        assert_eq!(r.totals.exits_total.count, 3);
+        let api = r.container("web/api").unwrap();
+        assert_eq!(api.charges.exits_of(ExitReason::PortOut).count, 1);
+        assert_eq!(api.charges.guest_run_ns, 1000);
+        assert_eq!(api.requests.live, 1);
+        assert_eq!(api.requests.charged.exits_total.count, 1);
+        assert_eq!(r.requests[0].container_path, "web/api");
+        assert_eq!(r.container("unattributed").unwrap().provenance.exits, Provenance::Unattributed);
+
+        // The JSON shape round-trips and the table names every container.
+        let back: Report = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(back, r);
+        let table = r.to_table(10);
+        assert!(table.contains("web/api") && table.contains("conservation: holds"));
+    }
+
+    #[test]
+    fn conservation_detects_a_mismatch() {
+        let mut total = Charges::default();
+        total.exits[0].count = 2;
+        let mut sum = Charges::default();
+        sum.exits[0].count = 1;
+        let c = conservation(&total, &sum);
+        assert!(!c.holds);
+        assert_eq!(c.lines.iter().filter(|l| l.tenant_total != l.containers_sum).count(), 1);
+    }
+}
