@@ -1,0 +1,14 @@
+//! The accounting device and the guest's shared tag region.
+//!
+//! The guest writes the address and length of a piece of its own memory to
+//! the device (`device.rs`) and issues `Register`; the device validates it
+//! and publishes a [`Registration`] through [`TagRegion`] (`region.rs`).
+//! Each vCPU thread then holds a [`TagReader`] that reads its tag slot with
+//! one atomic load through a host pointer, and drains the declaration ring
+//! into the books when the guest has posted something.
+
+mod device;
+mod region;
+
+pub use device::AcctDevice;
+pub use region::{Registration, TagReader, TagRegion};

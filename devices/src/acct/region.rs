@@ -1,0 +1,329 @@
+//! The registered region: tag slots and the declaration ring.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use accounting::abi::{self, RegionHeader, RingEntry, Status};
+use accounting::errors::GuestError;
+use accounting::ledger::Accounting;
+use accounting::region::{self as geometry, Geometry};
+use accounting::warn_rl;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+/// A validated registration.
+#[derive(Debug)]
+pub struct Registration {
+    gpa: u64,
+    geom: Geometry,
+    /// Host address of the region's first byte.
+    host: *mut u8,
+    /// Keeps the mapping behind `host` alive.
+    mem: GuestMemoryMmap,
+    /// Next ring position to consume.
+    consumed: AtomicU64,
+    /// Entries rejected so far.
+    rejected: AtomicU64,
+    /// Serialises consumers (vCPU threads and the sampler).
+    drain: Mutex<()>,
+}
+
+// SAFETY: `host` points into guest memory mapped for the whole life of `mem`,
+// which this struct owns a handle to. The memory is shared with the guest by
+// design; every access through `host` is an atomic load or store, so
+// concurrent use from several threads is sound.
+unsafe impl Send for Registration {}
+// SAFETY: as for `Send`: only atomic accesses go through `host`.
+unsafe impl Sync for Registration {}
+
+impl Registration {
+    /// Validates a registration of `[gpa, gpa + len)` for a VM of `nr_vcpus`.
+    pub fn new(mem: &GuestMemoryMmap, gpa: u64, len: u64, nr_vcpus: usize) -> Result<Self, Status> {
+        geometry::check_range(gpa, len)?;
+        let region = mem.find_region(GuestAddress(gpa)).ok_or(Status::NotInRam)?;
+        let last = gpa.checked_add(len - 1).ok_or(Status::NotInRam)?;
+        if last > region.last_addr().0 {
+            return Err(Status::NotInRam);
+        }
+        let host = mem.get_host_address(GuestAddress(gpa)).map_err(|_| Status::NotInRam)?;
+        if (host as usize) % 64 != 0 {
+            return Err(Status::NotInRam);
+        }
+        let mut raw = [0u8; 64];
+        mem.read_slice(&mut raw, GuestAddress(gpa)).map_err(|_| Status::NotInRam)?;
+        let geom = geometry::check_header(&RegionHeader::from_bytes(&raw), len, nr_vcpus)?;
+        let reg = Self {
+            gpa,
+            geom,
+            host,
+            mem: mem.clone(),
+            consumed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            drain: Mutex::new(()),
+        };
+        // Ring positions start at 0 with every registration.
+        reg.word(abi::HDR_RING_CONSUMED).store(0, Ordering::Release);
+        reg.word(abi::HDR_RING_REJECTED).store(0, Ordering::Release);
+        Ok(reg)
+    }
+
+    /// Guest-physical address of the region.
+    pub fn gpa(&self) -> u64 {
+        self.gpa
+    }
+
+    /// Its validated geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.geom
+    }
+
+    /// The 64-bit word at `offset`, which must be 8-aligned and inside the
+    /// region (all callers pass offsets derived from the validated geometry).
+    fn word(&self, offset: u64) -> &AtomicU64 {
+        assert!(offset % 8 == 0 && offset + 8 <= self.geom.len, "offset {offset:#x} outside region");
+        let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+        // SAFETY: `host` is 64-byte aligned and the region `[host, host+len)`
+        // lies in one guest memory mapping kept alive by `self.mem`; the
+        // assertion keeps the 8-byte word inside it and aligned. Guest memory
+        // may change under us at any time, which `AtomicU64` tolerates.
+        unsafe { AtomicU64::from_ptr(self.host.add(offset).cast::<u64>()) }
+    }
+
+    /// Host pointer to vCPU `vcpu`'s tag word, if it has a slot.
+    fn slot(&self, vcpu: usize) -> Option<&AtomicU64> {
+        self.geom.slot_offset(vcpu).map(|off| self.word(off))
+    }
+
+    /// Whether the ring holds something to consume (or garbage to skip).
+    #[inline]
+    fn ring_pending(&self) -> bool {
+        if self.geom.ring_entries == 0 {
+            return false;
+        }
+        let pos = self.consumed.load(Ordering::Acquire);
+        let seq = self.word(self.geom.ring_entry_offset(pos)).load(Ordering::Acquire);
+        seq > pos
+    }
+
+    /// Applies every complete entry in order, at most one ring's worth.
+    /// Returns the number of entries consumed.
+    fn drain(&self, acct: &Accounting) -> usize {
+        let _guard = self.drain.lock().unwrap_or_else(|p| p.into_inner());
+        let n = u64::from(self.geom.ring_entries);
+        let mut done = 0;
+        while done < n {
+            let pos = self.consumed.load(Ordering::Relaxed);
+            let off = self.geom.ring_entry_offset(pos);
+            let seq = self.word(off).load(Ordering::Acquire);
+            if seq <= pos {
+                break;
+            }
+            if seq == pos + 1 {
+                let mut raw = [0u8; 64];
+                if self.mem.read_slice(&mut raw, GuestAddress(self.gpa + off)).is_err() {
+                    break;
+                }
+                let entry = RingEntry::from_bytes(&raw);
+                if entry.reserved != 0 {
+                    acct.count_error(GuestError::RingReservedNonZero);
+                }
+                if let Err(e) = acct.apply(&entry) {
+                    self.rejected.fetch_add(1, Ordering::Relaxed);
+                    warn_rl!("tag ring: entry {pos} (kind {}, id {}) rejected: {}", entry.kind, entry.id, e.name());
+                }
+            } else {
+                acct.count_error(GuestError::RingBadSeq);
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                warn_rl!("tag ring: entry {pos} has sequence {seq}, ahead of the consumer; skipped");
+            }
+            self.consumed.store(pos + 1, Ordering::Release);
+            done += 1;
+        }
+        if done > 0 {
+            self.word(abi::HDR_RING_CONSUMED).store(self.consumed.load(Ordering::Relaxed), Ordering::Release);
+            self.word(abi::HDR_RING_REJECTED).store(self.rejected.load(Ordering::Relaxed), Ordering::Release);
+        }
+        usize::try_from(done).unwrap_or(usize::MAX)
+    }
+}
+
+/// The VM's current registration, shared by the device, the vCPU threads and
+/// the sampler. Readers notice a change through a generation counter (one
+/// relaxed-cost load per exit) and only then take the lock.
+#[derive(Debug)]
+pub struct TagRegion {
+    nr_vcpus: usize,
+    generation: AtomicU64,
+    current: Mutex<Option<Arc<Registration>>>,
+}
+
+impl TagRegion {
+    /// No registration yet, for a VM of `nr_vcpus`.
+    pub fn new(nr_vcpus: usize) -> Arc<Self> {
+        Arc::new(Self { nr_vcpus, generation: AtomicU64::new(0), current: Mutex::new(None) })
+    }
+
+    /// The VM's vCPU count.
+    pub fn nr_vcpus(&self) -> usize {
+        self.nr_vcpus
+    }
+
+    /// Replaces the registration (or clears it with `None`).
+    pub fn set(&self, reg: Option<Registration>) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = reg.map(Arc::new);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The current registration.
+    pub fn current(&self) -> Option<Arc<Registration>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A reader for vCPU `vcpu`'s slot.
+    pub fn reader(self: &Arc<Self>, vcpu: usize) -> TagReader {
+        TagReader { region: Arc::clone(self), vcpu, generation: u64::MAX, reg: None }
+    }
+}
+
+/// One thread's view of one vCPU's slot.
+#[derive(Debug)]
+pub struct TagReader {
+    region: Arc<TagRegion>,
+    vcpu: usize,
+    generation: u64,
+    reg: Option<Arc<Registration>>,
+}
+
+impl TagReader {
+    #[inline]
+    fn sync(&mut self) {
+        let g = self.region.generation.load(Ordering::Acquire);
+        if g != self.generation {
+            self.reg = self.region.current();
+            self.generation = g;
+        }
+    }
+
+    /// The vCPU's current tag; `None` when no region is registered.
+    #[inline]
+    pub fn tag(&mut self) -> Option<u64> {
+        self.sync();
+        self.reg.as_ref()?.slot(self.vcpu).map(|w| w.load(Ordering::Acquire))
+    }
+
+    /// Drains pending declarations into `acct`; returns how many entries
+    /// were consumed. Cheap when nothing is pending: two loads.
+    #[inline]
+    pub fn drain(&mut self, acct: &Accounting) -> usize {
+        self.sync();
+        match &self.reg {
+            Some(reg) if reg.ring_pending() => reg.drain(acct),
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use accounting::abi::{tag, EntryKind};
+    use accounting::registry::Limits;
+
+    const GPA: u64 = 0x10000;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+    }
+
+    fn write_header(mem: &GuestMemoryMmap, slots: u32, ring: u32) -> u64 {
+        let h = RegionHeader {
+            magic: abi::MAGIC,
+            version: abi::ABI_VERSION,
+            header_len: 64,
+            nr_slots: slots,
+            slots_offset: 64,
+            ring_entries: ring,
+            ring_offset: 64 + 64 * slots,
+            ..Default::default()
+        };
+        let mut raw = [0u8; 64];
+        raw[0..4].copy_from_slice(&h.magic.to_le_bytes());
+        raw[4..6].copy_from_slice(&h.version.to_le_bytes());
+        raw[6..8].copy_from_slice(&h.header_len.to_le_bytes());
+        raw[8..12].copy_from_slice(&slots.to_le_bytes());
+        raw[12..16].copy_from_slice(&h.slots_offset.to_le_bytes());
+        raw[16..20].copy_from_slice(&ring.to_le_bytes());
+        raw[20..24].copy_from_slice(&h.ring_offset.to_le_bytes());
+        mem.write_slice(&raw, GuestAddress(GPA)).unwrap();
+        abi::region_len(slots, ring) as u64
+    }
+
+    fn push(mem: &GuestMemoryMmap, slots: u32, ring: u32, pos: u64, mut e: RingEntry) {
+        e.seq = pos + 1;
+        let off = 64 + 64 * u64::from(slots) + 64 * (pos % u64::from(ring));
+        mem.write_slice(&e.to_bytes(), GuestAddress(GPA + off)).unwrap();
+    }
+
+    fn declare(id: u32, name: &str) -> RingEntry {
+        let mut e = RingEntry { kind: EntryKind::DeclareContainer as u16, id, name_len: name.len() as u16, ..Default::default() };
+        e.name[..name.len()].copy_from_slice(name.as_bytes());
+        e
+    }
+
+    #[test]
+    fn registration_validates_range_and_header() {
+        let m = mem();
+        let len = write_header(&m, 2, 4);
+        assert!(Registration::new(&m, GPA, len, 2).is_ok());
+        assert_eq!(Registration::new(&m, GPA + 8, len, 2).unwrap_err(), Status::Misaligned);
+        assert_eq!(Registration::new(&m, (1 << 20) - 64, 4096, 2).unwrap_err(), Status::NotInRam);
+        assert_eq!(Registration::new(&m, 0xd000_0000, 4096, 2).unwrap_err(), Status::NotInRam);
+        assert_eq!(Registration::new(&m, GPA, len, 3).unwrap_err(), Status::BadGeometry);
+    }
+
+    #[test]
+    fn reader_sees_slot_stores_and_registration_changes() {
+        let m = mem();
+        let len = write_header(&m, 2, 0);
+        let region = TagRegion::new(2);
+        let mut r1 = region.reader(1);
+        assert_eq!(r1.tag(), None);
+        region.set(Some(Registration::new(&m, GPA, len, 2).unwrap()));
+        assert_eq!(r1.tag(), Some(0));
+        m.write_obj(tag(3, 4), GuestAddress(GPA + 128)).unwrap();
+        assert_eq!(r1.tag(), Some(tag(3, 4)));
+        region.set(None);
+        assert_eq!(r1.tag(), None);
+    }
+
+    #[test]
+    fn ring_applies_in_order_skips_bad_seq_and_reports_progress() {
+        let m = mem();
+        let len = write_header(&m, 1, 4);
+        let region = TagRegion::new(1);
+        region.set(Some(Registration::new(&m, GPA, len, 1).unwrap()));
+        let acct = Accounting::new("t", 1, 0, Limits::default());
+        let mut r = region.reader(0);
+        assert_eq!(r.drain(&acct), 0);
+
+        push(&m, 1, 4, 0, declare(1, "a"));
+        push(&m, 1, 4, 1, RingEntry { kind: 99, id: 1, ..Default::default() });
+        // Position 2 carries a sequence from the far future: skipped, counted.
+        let mut bad = declare(2, "b");
+        bad.seq = 0;
+        push(&m, 1, 4, 2, bad);
+        m.write_obj(1_000u64, GuestAddress(GPA + 64 + 64 + 128)).unwrap();
+        assert_eq!(r.drain(&acct), 3);
+        assert_eq!(acct.errors().get(GuestError::RingBadKind), 1);
+        assert_eq!(acct.errors().get(GuestError::RingBadSeq), 1);
+        let consumed: u64 = m.read_obj(GuestAddress(GPA + abi::HDR_RING_CONSUMED)).unwrap();
+        let rejected: u64 = m.read_obj(GuestAddress(GPA + abi::HDR_RING_REJECTED)).unwrap();
+        assert_eq!((consumed, rejected), (3, 2));
+
+        // Position 3 not yet written: nothing to do. Then wrap around.
+        assert_eq!(r.drain(&acct), 0);
+        push(&m, 1, 4, 3, declare(3, "c"));
+        push(&m, 1, 4, 4, declare(4, "d"));
+        assert_eq!(r.drain(&acct), 2);
+        assert_eq!(acct.registry().containers().len(), 4);
+    }
+}

@@ -1,0 +1,18 @@
+//! Emulated devices of the Resourceful VMM.
+//!
+//! - [`bus`]: one address-range bus type, used twice (port I/O and MMIO);
+//!   the vCPU loop never hard-codes a port.
+//! - [`legacy`]: the 16550 console, the POST-code debug port, the exit port
+//!   and the i8042 reset line.
+//! - [`acct`]: the accounting device through which a guest registers its tag
+//!   region, and the shared view of that region (tag slots, declaration ring)
+//!   that vCPU threads and the sampler read.
+//!
+//! Anything a guest can trigger here returns an error value or is counted and
+//! logged through a rate-limited path; nothing panics on guest input.
+
+pub mod acct;
+pub mod bus;
+pub mod legacy;
+
+pub use bus::{Bus, BusDevice, BusError, VmAction};
