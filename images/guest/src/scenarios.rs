@@ -1,0 +1,472 @@
+//! The scenarios, chosen with `scenario=NAME` on the command line.
+//!
+//! Every exit below is one call of an `io` helper, so the exact charges per
+//! principal can be read off the code; docs/guest-scenarios.md lists them.
+//! Printing happens only on vCPU 0 while its slot holds tag 0, with fixed
+//! strings and fixed-width numbers, so every printed byte is one
+//! `unattributed` `port_out` exit whose count never varies.
+
+use crate::acct::{self, Decl};
+use crate::io::{self, mmio_read_work, mmio_write_work, port_work, print, print_dec10};
+use crate::{arg, finish, parse_u64, release_others, wait_others, Boot};
+use accounting::abi::{self, tag, EntryKind, Status};
+
+/// The scenarios. The discriminant is only used to hand the scenario to the
+/// other vCPUs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Scenario {
+    Basic = 1,
+    Multi = 2,
+    Demo = 3,
+    Spin = 4,
+    GarbageRing = 5,
+    BadRegister = 6,
+    ContainerFlood = 7,
+    RequestFlood = 8,
+    TripleFault = 9,
+    ExitCode = 10,
+}
+
+const ALL: [(Scenario, &[u8]); 10] = [
+    (Scenario::Basic, b"basic"),
+    (Scenario::Multi, b"multi"),
+    (Scenario::Demo, b"demo"),
+    (Scenario::Spin, b"spin"),
+    (Scenario::GarbageRing, b"garbage-ring"),
+    (Scenario::BadRegister, b"bad-register"),
+    (Scenario::ContainerFlood, b"container-flood"),
+    (Scenario::RequestFlood, b"request-flood"),
+    (Scenario::TripleFault, b"triple-fault"),
+    (Scenario::ExitCode, b"exit-code"),
+];
+
+impl Scenario {
+    pub fn from_name(name: &[u8]) -> Option<Self> {
+        ALL.iter().find(|(_, n)| *n == name).map(|(s, _)| *s)
+    }
+
+    pub fn from_u32(v: u32) -> Option<Self> {
+        ALL.iter().find(|(s, _)| *s as u32 == v).map(|(s, _)| *s)
+    }
+}
+
+/// vCPU 0: runs scenario `s` to its end.
+pub fn run(b: &Boot, s: Scenario) -> ! {
+    match s {
+        Scenario::Basic => basic(b),
+        Scenario::Multi => multi(b),
+        Scenario::Demo => demo(b),
+        Scenario::Spin => spin(b),
+        Scenario::GarbageRing => garbage_ring(b),
+        Scenario::BadRegister => bad_register(b),
+        Scenario::ContainerFlood => container_flood(b),
+        Scenario::RequestFlood => request_flood(b),
+        Scenario::TripleFault => triple_fault(b),
+        Scenario::ExitCode => finish(b, 7),
+    }
+}
+
+/// vCPUs other than 0: their part of scenario `s` (nothing for most).
+pub fn secondary(b: &Boot, s: Scenario) {
+    match s {
+        Scenario::Multi => multi_part(b),
+        Scenario::Demo => demo_part(b),
+        Scenario::Spin => spin_part(b),
+        _ => {}
+    }
+}
+
+fn declare(id: u32, parent: u32, name: &[u8]) {
+    acct::declare_container(id, parent, name);
+}
+
+/// One request: begin it, switch to it, run `work`, switch to tag 0, end it.
+/// Only `work` exits.
+fn request(b: &Boot, container: u32, id: u32, arg64: u64, work: impl FnOnce()) {
+    acct::begin_request(id, container, arg64);
+    acct::set_tag(b.vcpu, tag(container, id));
+    work();
+    acct::set_tag(b.vcpu, 0);
+    acct::end_request(id);
+}
+
+/// Work charged to `container` with no request.
+fn in_container(b: &Boot, container: u32, work: impl FnOnce()) {
+    acct::set_tag(b.vcpu, tag(container, abi::NO_REQUEST));
+    work();
+    acct::set_tag(b.vcpu, 0);
+}
+
+// ---------------------------------------------------------------------------
+// basic (1 vCPU)
+// ---------------------------------------------------------------------------
+
+const BASIC_WEB: u32 = 1;
+const BASIC_BATCH: u32 = 2;
+
+fn basic(b: &Boot) -> ! {
+    print("basic: start\n");
+    acct::register();
+    declare(BASIC_WEB, 0, b"web");
+    declare(BASIC_BATCH, 0, b"batch");
+    for id in 1..=10 {
+        request(b, BASIC_WEB, id, 0, || port_work(10));
+    }
+    in_container(b, BASIC_BATCH, || mmio_write_work(250));
+    print("basic: done\n");
+    finish(b, 0)
+}
+
+// ---------------------------------------------------------------------------
+// multi (2 vCPUs)
+// ---------------------------------------------------------------------------
+
+const MULTI_WEB: u32 = 1;
+const MULTI_BATCH: u32 = 2;
+const MULTI_API: u32 = 3;
+
+fn multi(b: &Boot) -> ! {
+    if b.nr_vcpus < 2 {
+        print("multi: needs 2 vcpus\n");
+        finish(b, 2);
+    }
+    print("multi: start\n");
+    acct::register();
+    declare(MULTI_WEB, 0, b"web");
+    declare(MULTI_BATCH, 0, b"batch");
+    declare(MULTI_API, MULTI_WEB, b"api");
+    release_others(Scenario::Multi);
+    multi_part(b);
+    wait_others(b);
+    print("multi: done\n");
+    finish(b, 0)
+}
+
+/// vCPUs 0 and 1 (others do nothing): 3 rounds of { 5 requests in `web`
+/// with 7 port writes each; 40 MMIO writes in `batch`; 3 MMIO reads in
+/// `api` }. Request ids: 100*v + 5*round + k, k = 1..=5.
+fn multi_part(b: &Boot) {
+    if b.vcpu >= 2 {
+        return;
+    }
+    for round in 0..3 {
+        for k in 1..=5 {
+            let id = 100 * b.vcpu + 5 * round + k;
+            request(b, MULTI_WEB, id, 0, || port_work(7));
+        }
+        in_container(b, MULTI_BATCH, || mmio_write_work(40));
+        in_container(b, MULTI_API, || mmio_read_work(3));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// demo (any number of vCPUs; totals do not depend on it)
+// ---------------------------------------------------------------------------
+
+const DEMO_FRONTEND: u32 = 1;
+const DEMO_API: u32 = 2;
+const DEMO_DB: u32 = 3;
+const DEMO_BATCH: u32 = 4;
+const DEMO_REQUESTS: u32 = 200;
+
+fn demo(b: &Boot) -> ! {
+    print("demo: start\n");
+    acct::register();
+    declare(DEMO_FRONTEND, 0, b"frontend");
+    declare(DEMO_API, DEMO_FRONTEND, b"api");
+    declare(DEMO_DB, 0, b"db");
+    declare(DEMO_BATCH, 0, b"batch");
+    release_others(Scenario::Demo);
+    demo_part(b);
+    wait_others(b);
+    print("demo: done\n");
+    finish(b, 0)
+}
+
+/// Container of demo request `i`.
+fn demo_container(i: u32) -> u32 {
+    if i % 5 == 0 {
+        DEMO_DB
+    } else if i % 2 == 0 {
+        DEMO_API
+    } else {
+        DEMO_FRONTEND
+    }
+}
+
+/// vCPU v serves requests i = v+1, v+1+n, v+1+2n, ... (n = vCPU count).
+/// Request i: (i % 7 + 1) * 3 port writes, i % 4 MMIO writes, and 2 MMIO
+/// reads if it is a `db` request. After request i, if i % 10 == 0: 20 MMIO
+/// writes in `batch` (no request); if i % 25 == 0: 5 port writes in
+/// `frontend` (no request).
+fn demo_part(b: &Boot) {
+    let n = b.nr_vcpus;
+    let mut i = b.vcpu + 1;
+    while i <= DEMO_REQUESTS {
+        let c = demo_container(i);
+        request(b, c, i, 0xde00_0000 + u64::from(i), || {
+            port_work((i % 7 + 1) * 3);
+            mmio_write_work(i % 4);
+            if c == DEMO_DB {
+                mmio_read_work(2);
+            }
+        });
+        if i % 10 == 0 {
+            in_container(b, DEMO_BATCH, || mmio_write_work(20));
+        }
+        if i % 25 == 0 {
+            in_container(b, DEMO_FRONTEND, || port_work(5));
+        }
+        i += n;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// spin (any number of vCPUs): guest run time, no exits in the loops
+// ---------------------------------------------------------------------------
+
+const SPIN_A: u32 = 1;
+const SPIN_B: u32 = 2;
+/// Default iterations of the long loop (`spin_iters=N` overrides); the short
+/// loop runs a quarter of that.
+const SPIN_ITERS: u64 = 200_000_000;
+
+fn spin(b: &Boot) -> ! {
+    acct::register();
+    declare(SPIN_A, 0, b"cpu-a");
+    declare(SPIN_B, 0, b"cpu-b");
+    // This print's first exit drains the declarations before any loop runs.
+    print("spin: start\n");
+    release_others(Scenario::Spin);
+    spin_part(b);
+    wait_others(b);
+    print("spin: done\n");
+    finish(b, 0)
+}
+
+fn spin_iters(b: &Boot) -> u64 {
+    arg(b.cmdline, b"spin_iters=").and_then(parse_u64).unwrap_or(SPIN_ITERS)
+}
+
+/// Pure arithmetic, no memory traffic, no exits.
+#[inline(never)]
+fn burn(iters: u64) -> u64 {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..iters {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        // SAFETY: an empty asm block; it only hides `x` from the optimizer
+        // so the loop is not folded.
+        unsafe { core::arch::asm!("/* {0} */", inout(reg) x, options(nomem, nostack, preserves_flags)) };
+    }
+    x
+}
+
+/// Even vCPUs: long loop in `cpu-a`, then short loop in `cpu-b`; odd vCPUs
+/// the other way round.
+fn spin_part(b: &Boot) {
+    let (first, second) = if b.vcpu % 2 == 0 { (SPIN_A, SPIN_B) } else { (SPIN_B, SPIN_A) };
+    let iters = spin_iters(b);
+    acct::set_tag(b.vcpu, tag(first, 0));
+    core::hint::black_box(burn(iters));
+    acct::set_tag(b.vcpu, tag(second, 0));
+    core::hint::black_box(burn(iters / 4));
+    acct::set_tag(b.vcpu, 0);
+}
+
+// ---------------------------------------------------------------------------
+// garbage-ring: malformed declarations
+// ---------------------------------------------------------------------------
+
+const GR_GOOD: u32 = 1;
+/// A container id that is never declared.
+const GR_UNDECLARED: u32 = 4242;
+/// A request id that is never begun.
+const GR_NEVER_BEGUN: u32 = 777;
+
+fn garbage_ring(b: &Boot) -> ! {
+    const DECL: u16 = EntryKind::DeclareContainer as u16;
+    const RETIRE: u16 = EntryKind::RetireContainer as u16;
+    const BEGIN: u16 = EntryKind::BeginRequest as u16;
+    const END: u16 = EntryKind::EndRequest as u16;
+
+    print("garbage-ring: start\n");
+    acct::register();
+    declare(GR_GOOD, 0, b"good");
+    in_container(b, GR_GOOD, || port_work(5));
+
+    // Twelve malformed entries (each must be rejected) ...
+    acct::push(&Decl::new(99, 50, 0)); // 1. unknown kind
+    acct::push(&Decl::new(DECL, 2, 0).named(b"")); // 2. empty name
+    acct::push(&Decl::new(DECL, 3, 0).named(&[0xff, b'x'])); // 3. invalid name bytes
+    acct::push(&Decl::new(DECL, 4, 0).named(&[b'a'; 40])); // 4. name_len 40 > 32
+    acct::push(&Decl::new(DECL, 0, 0).named(b"zero")); // 5. container id 0
+    acct::push(&Decl::new(DECL, GR_GOOD, 0).named(b"dup")); // 6. duplicate id
+    acct::push(&Decl::new(DECL, 6, 999).named(b"orphan")); // 7. undeclared parent
+    acct::push(&Decl::new(RETIRE, 7, 0)); // 8. retire undeclared container
+    acct::push(&Decl::new(BEGIN, 10, 8)); // 9. request in undeclared container
+    acct::push(&Decl::new(BEGIN, 0, GR_GOOD)); // 10. request id 0
+    acct::push(&Decl::new(END, 11, 0)); // 11. end a request never begun
+    acct::begin_request(12, GR_GOOD, 0); // (valid)
+    acct::push(&Decl::new(BEGIN, 12, GR_GOOD)); // 12. duplicate begin of live request 12
+    acct::end_request(12); // (valid)
+    // ... and one entry whose seq is far in the future (to be skipped).
+    acct::push_with_seq(
+        &Decl::new(DECL, 9, 0).named(b"future"),
+        1000 * u64::from(acct::RING_ENTRIES),
+    );
+
+    // The first of these exits drains all of the above.
+    in_container(b, GR_UNDECLARED, || port_work(3));
+    acct::set_tag(b.vcpu, tag(GR_GOOD, GR_NEVER_BEGUN));
+    port_work(2);
+    acct::set_tag(b.vcpu, 0);
+
+    print("garbage-ring: rejected=");
+    print_dec10(acct::ring_rejected());
+    print("\n");
+    finish(b, 0)
+}
+
+// ---------------------------------------------------------------------------
+// bad-register: registrations the VMM must refuse
+// ---------------------------------------------------------------------------
+
+const BR_OK: u32 = 1;
+
+fn expect(got: u32, want: Status) {
+    if got != want as u32 {
+        print("bad-register: unexpected status\n");
+        io::exit(3);
+    }
+}
+
+fn bad_register(b: &Boot) -> ! {
+    print("bad-register: start\n");
+    let base = acct::region_gpa();
+    let len = acct::REGION_LEN;
+
+    // 1. Misaligned: a region at base+8 whose own header is valid (2048 ring
+    //    entries, so it fits in `len - 64` bytes); only the alignment is bad.
+    acct::write_shifted_header(8, 2048);
+    expect(acct::register_at(base + 8, len - 64), Status::Misaligned);
+    acct::clear_shifted_header(8);
+    acct::init_header();
+    // 2. Beyond the end of RAM below the gap.
+    let beyond = (b.ram_end + 63) & !63;
+    expect(acct::register_at(beyond, len), Status::NotInRam);
+    // 3. Inside the MMIO gap (the accounting device itself).
+    expect(acct::register_at(abi::ACCT_MMIO_BASE, len), Status::NotInRam);
+    // 4. Shorter than the header says.
+    expect(acct::register_at(base, len - 64), Status::BadLength);
+    // 5. Bad magic.
+    acct::edit_header(|h| h.magic = 0);
+    expect(acct::register_at(base, len), Status::BadHeader);
+    acct::init_header();
+    // 6. Version 99.
+    acct::edit_header(|h| h.version = 99);
+    expect(acct::register_at(base, len), Status::BadHeader);
+    acct::init_header();
+    // 7. Fewer slots than vCPUs (a guest lying about its vCPU count).
+    let fewer = b.nr_vcpus - 1;
+    acct::edit_header(|h| h.nr_slots = fewer);
+    expect(acct::register_at(base, len), Status::BadGeometry);
+    acct::init_header();
+    // 8. Ring size not a power of two.
+    acct::edit_header(|h| h.ring_entries = 3);
+    expect(acct::register_at(base, len), Status::BadGeometry);
+    acct::init_header();
+    // 9. Unknown command.
+    expect(acct::command(7), Status::BadCommand);
+    // 10. The real registration.
+    acct::register();
+
+    declare(BR_OK, 0, b"ok");
+    in_container(b, BR_OK, || port_work(4));
+    print("bad-register: done\n");
+    finish(b, 0)
+}
+
+// ---------------------------------------------------------------------------
+// floods: more declarations than the VMM keeps
+// ---------------------------------------------------------------------------
+
+const FLOOD_CONTAINERS: u32 = 1_000_000;
+const FLOOD_REQUESTS: u32 = 100_000;
+
+/// Writes `prefix` followed by `n` in decimal into `buf`; returns the length.
+fn decimal_name(prefix: u8, mut n: u32, buf: &mut [u8; 16]) -> usize {
+    let mut digits = [0u8; 10];
+    let mut nd = 0;
+    loop {
+        digits[nd] = b'0' + (n % 10) as u8;
+        nd += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf[0] = prefix;
+    for k in 0..nd {
+        buf[1 + k] = digits[nd - 1 - k];
+    }
+    1 + nd
+}
+
+fn print_flood_stats(label: &str, limit: u32) {
+    print(label);
+    print_dec10(u64::from(limit));
+    print(" forced_exits=");
+    print_dec10(acct::forced_exits());
+    print(" rejected=");
+    print_dec10(acct::ring_rejected());
+    print("\n");
+}
+
+fn container_flood(b: &Boot) -> ! {
+    print("container-flood: start\n");
+    acct::register();
+    let limit = io::mmio_read32(abi::REG_MAX_CONTAINERS);
+    let mut buf = [0u8; 16];
+    for id in 1..=FLOOD_CONTAINERS {
+        let n = decimal_name(b'c', id, &mut buf);
+        declare(id, 0, &buf[..n]);
+    }
+    in_container(b, 1, || port_work(10));
+    print_flood_stats("container-flood: max_containers=", limit);
+    finish(b, 0)
+}
+
+const RF_CONTAINER: u32 = 1;
+
+fn request_flood(b: &Boot) -> ! {
+    print("request-flood: start\n");
+    acct::register();
+    let limit = io::mmio_read32(abi::REG_MAX_LIVE_REQUESTS);
+    declare(RF_CONTAINER, 0, b"r");
+    for id in 1..=FLOOD_REQUESTS {
+        acct::begin_request(id, RF_CONTAINER, 0);
+    }
+    acct::set_tag(b.vcpu, tag(RF_CONTAINER, 1));
+    port_work(3);
+    acct::set_tag(b.vcpu, 0);
+    print_flood_stats("request-flood: max_live_requests=", limit);
+    finish(b, 0)
+}
+
+// ---------------------------------------------------------------------------
+// triple-fault
+// ---------------------------------------------------------------------------
+
+const TF_DOOMED: u32 = 1;
+
+fn triple_fault(b: &Boot) -> ! {
+    print("triple-fault: start\n");
+    acct::register();
+    declare(TF_DOOMED, 0, b"doomed");
+    acct::set_tag(b.vcpu, tag(TF_DOOMED, 0));
+    port_work(2);
+    // No IDT: #UD escalates to a triple fault, charged to `doomed`.
+    // SAFETY: deliberately ends the VM.
+    unsafe { core::arch::asm!("ud2", options(noreturn)) }
+}
