@@ -1,0 +1,116 @@
+//! Shared helpers for the integration tests in `tests/tests/`: boot the
+//! project's bare-metal test guest in a real KVM VM with a scenario, and hand
+//! back the report and what the guest printed.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use accounting::report::{ChargesReport, ContainerReport, Report, RequestReport};
+use accounting::resource::ExitReason;
+use vmm::config::{Builtin, ConsoleTarget, KernelSource, VmConfig};
+use vmm::vcpu::exit::VmEnd;
+
+/// What a test run produced.
+#[derive(Debug)]
+pub struct Run {
+    /// How the VM ended.
+    pub end: VmEnd,
+    /// The final report.
+    pub report: Report,
+    /// Everything the guest wrote to its console.
+    pub console: String,
+}
+
+fn scratch_path(tag: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("resourceful-test-{}-{n}-{tag}.console", std::process::id()))
+}
+
+/// A configuration for the built-in test guest running `scenario`.
+pub fn config(scenario: &str, vcpus: u8) -> VmConfig {
+    VmConfig {
+        cmdline: Some(format!("scenario={scenario}")),
+        vcpus,
+        tenant: "acme".into(),
+        ..VmConfig::new(KernelSource::Builtin(Builtin::TestGuest))
+    }
+}
+
+/// Boots a VM with `config`, its console captured.
+pub fn boot(mut config: VmConfig) -> Run {
+    let console_path = scratch_path("vm");
+    config.console = ConsoleTarget::File(console_path.clone());
+    let outcome = vmm::run(&config).expect("the VM should build and run");
+    let console = std::fs::read_to_string(&console_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&console_path);
+    Run { end: outcome.end, report: outcome.report, console }
+}
+
+/// Boots the test guest with `scenario` on `vcpus` vCPUs.
+pub fn run_scenario(scenario: &str, vcpus: u8) -> Run {
+    boot(config(scenario, vcpus))
+}
+
+/// Exit counts of a charge set as `[port_in, port_out, mmio_read, mmio_write, shutdown]`.
+pub fn counts(c: &ChargesReport) -> [u64; 5] {
+    [
+        c.exits_of(ExitReason::PortIn).count,
+        c.exits_of(ExitReason::PortOut).count,
+        c.exits_of(ExitReason::MmioRead).count,
+        c.exits_of(ExitReason::MmioWrite).count,
+        c.exits_of(ExitReason::Shutdown).count,
+    ]
+}
+
+impl Run {
+    /// The container at `path`, which must exist.
+    pub fn container(&self, path: &str) -> &ContainerReport {
+        self.report.container(path).unwrap_or_else(|| panic!("no container {path} in the report"))
+    }
+
+    /// Exit counts of the container at `path`.
+    pub fn counts_of(&self, path: &str) -> [u64; 5] {
+        counts(&self.container(path).charges)
+    }
+
+    /// The request with guest id `id`, which must be unique in the report.
+    pub fn request(&self, id: u32) -> &RequestReport {
+        let mut it = self.report.requests.iter().filter(|r| r.id == id);
+        let r = it.next().unwrap_or_else(|| panic!("no request {id} in the report"));
+        assert!(it.next().is_none(), "request id {id} appears twice");
+        r
+    }
+
+    /// Guest error count by name (0 if absent).
+    pub fn error(&self, name: &str) -> u64 {
+        self.report.guest_errors.get(name).copied().unwrap_or(0)
+    }
+
+    /// Asserts the run ended with the guest's status 0 and conservation held.
+    pub fn assert_clean(&self) {
+        assert_eq!(self.end, VmEnd::GuestExit(0), "console:\n{}", self.console);
+        self.assert_conserved();
+    }
+
+    /// Asserts conservation: every resource's container sum equals the
+    /// tenant total, and each container's requests stay within it.
+    pub fn assert_conserved(&self) {
+        let broken: Vec<_> = self.report.conservation.lines.iter().filter(|l| l.tenant_total != l.containers_sum).collect();
+        assert!(self.report.conservation.holds && broken.is_empty(), "conservation broken: {broken:?}");
+        for c in &self.report.containers {
+            for r in ExitReason::ALL {
+                let inside = c.requests.charged.exits_of(r);
+                let all = c.charges.exits_of(r);
+                assert!(inside.count <= all.count && inside.host_ns <= all.host_ns, "{}: requests exceed container for {r:?}", c.path);
+            }
+            assert!(c.requests.charged.guest_run_ns <= c.charges.guest_run_ns);
+        }
+        let mut vcpu_sum = ChargesReport::default().exits_total;
+        for v in &self.report.vcpus {
+            vcpu_sum.count += v.charges.exits_total.count;
+            vcpu_sum.host_ns += v.charges.exits_total.host_ns;
+        }
+        assert_eq!(vcpu_sum, self.report.totals.exits_total);
+    }
+}

@@ -1,0 +1,231 @@
+//! VM configuration: one serde struct, filled by the CLI today and usable as
+//! an API body later (`deny_unknown_fields`, as Firecracker's configs are).
+
+use std::path::PathBuf;
+
+use accounting::registry::Limits;
+use serde::{Deserialize, Serialize};
+
+/// Where the guest's kernel comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum KernelSource {
+    /// A file: bzImage, ELF vmlinux, or a bare-metal guest program.
+    Path(PathBuf),
+    /// One of the guest programs built into the binary.
+    Builtin(Builtin),
+}
+
+/// Guest programs built into the binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Builtin {
+    /// The project's bare-metal test guest (scenarios on its command line).
+    TestGuest,
+    /// A plain 64-bit ELF that prints `ok` and exits, booted through the
+    /// Linux-protocol ELF path.
+    ExitCpl0,
+}
+
+impl Builtin {
+    /// The name used on the command line after `builtin:`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TestGuest => "test-guest",
+            Self::ExitCpl0 => "exit-cpl0",
+        }
+    }
+
+    /// The image bytes.
+    pub fn image(self) -> &'static [u8] {
+        match self {
+            Self::TestGuest => images::test_guest(),
+            Self::ExitCpl0 => images::exit_cpl0(),
+        }
+    }
+}
+
+impl std::str::FromStr for KernelSource {
+    type Err = String;
+
+    /// `builtin:NAME` or a path.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.strip_prefix("builtin:") {
+            Some("test-guest") => Ok(Self::Builtin(Builtin::TestGuest)),
+            Some("exit-cpl0") => Ok(Self::Builtin(Builtin::ExitCpl0)),
+            Some(other) => Err(format!(
+                "unknown built-in guest `{other}`: use builtin:test-guest or builtin:exit-cpl0, or a file path"
+            )),
+            None => Ok(Self::Path(PathBuf::from(s))),
+        }
+    }
+}
+
+impl std::fmt::Display for KernelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Path(p) => write!(f, "{}", p.display()),
+            Self::Builtin(b) => write!(f, "builtin:{}", b.name()),
+        }
+    }
+}
+
+/// Where the serial console goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ConsoleTarget {
+    /// The VMM's standard output.
+    #[default]
+    Stdout,
+    /// The VMM's standard error (used when stdout carries JSON).
+    Stderr,
+    /// A file, created or truncated.
+    File(PathBuf),
+    /// Discarded.
+    Null,
+}
+
+/// Everything needed to run one VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// The kernel.
+    pub kernel: KernelSource,
+    /// An initrd (Linux only).
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line; `None` picks the default for the kind of
+    /// kernel (see [`DEFAULT_LINUX_CMDLINE`]).
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Guest RAM in MiB.
+    pub mem_mib: u64,
+    /// The tenant this VM's work is charged to.
+    pub tenant: String,
+    /// Where the console goes.
+    #[serde(default)]
+    pub console: ConsoleTarget,
+    /// Bounds on guest-declared state.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Whether exits are charged (off only to measure the overhead).
+    #[serde(default = "yes")]
+    pub accounting: bool,
+    /// Run-time sampling interval in microseconds.
+    #[serde(default = "default_sample_us")]
+    pub sample_interval_us: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_sample_us() -> u64 {
+    DEFAULT_SAMPLE_US
+}
+
+/// Default run-time sampling interval.
+pub const DEFAULT_SAMPLE_US: u64 = 1_000;
+/// Command line given to Linux kernels when none is passed.
+pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux";
+/// Largest guest RAM accepted, in MiB.
+pub const MAX_MEM_MIB: u64 = 1 << 20;
+/// Smallest guest RAM accepted, in MiB.
+pub const MIN_MEM_MIB: u64 = 16;
+
+/// A configuration mistake, phrased for the user.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Bad vCPU count.
+    #[error("--vcpus {0} is out of range: pass a number from 1 to 254")]
+    Vcpus(u8),
+    /// Bad memory size.
+    #[error("--mem-mib {0} is out of range: pass a size from {MIN_MEM_MIB} to {MAX_MEM_MIB} MiB")]
+    Memory(u64),
+    /// Bad tenant name.
+    #[error("--tenant `{0}` is not a valid name: use 1 to 64 characters from A-Z a-z 0-9 . _ -")]
+    Tenant(String),
+    /// Bad sampling interval.
+    #[error("sample interval {0} µs is out of range: use 100 to 1000000")]
+    SampleInterval(u64),
+}
+
+impl VmConfig {
+    /// A configuration with defaults for everything but the kernel.
+    pub fn new(kernel: KernelSource) -> Self {
+        Self {
+            kernel,
+            initrd: None,
+            cmdline: None,
+            vcpus: 1,
+            mem_mib: 128,
+            tenant: "default".into(),
+            console: ConsoleTarget::Stdout,
+            limits: Limits::default(),
+            accounting: true,
+            sample_interval_us: DEFAULT_SAMPLE_US,
+        }
+    }
+
+    /// Checks every field a user sets.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=254).contains(&self.vcpus) {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
+            return Err(ConfigError::Memory(self.mem_mib));
+        }
+        let t = &self.tenant;
+        let ok = !t.is_empty()
+            && t.len() <= 64
+            && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            return Err(ConfigError::Tenant(t.clone()));
+        }
+        if !(100..=1_000_000).contains(&self.sample_interval_us) {
+            return Err(ConfigError::SampleInterval(self.sample_interval_us));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_source_parses_builtins_and_paths() {
+        assert_eq!("builtin:test-guest".parse(), Ok(KernelSource::Builtin(Builtin::TestGuest)));
+        assert_eq!("/boot/vmlinuz".parse(), Ok(KernelSource::Path("/boot/vmlinuz".into())));
+        let err = "builtin:nope".parse::<KernelSource>().unwrap_err();
+        assert!(err.contains("builtin:test-guest"));
+    }
+
+    #[test]
+    fn validation_names_the_flag() {
+        let mut c = VmConfig::new(KernelSource::Builtin(Builtin::TestGuest));
+        assert_eq!(c.validate(), Ok(()));
+        c.vcpus = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("--vcpus"));
+        c.vcpus = 1;
+        c.mem_mib = 1;
+        assert!(c.validate().unwrap_err().to_string().contains("--mem-mib"));
+        c.mem_mib = 128;
+        c.tenant = "a b".into();
+        assert!(c.validate().unwrap_err().to_string().contains("--tenant"));
+    }
+
+    #[test]
+    fn config_json_rejects_unknown_fields() {
+        let err = serde_json::from_str::<VmConfig>(
+            r#"{"kernel":{"builtin":"test-guest"},"vcpus":1,"mem_mib":128,"tenant":"t","bogus":1}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("bogus"));
+        let ok: VmConfig =
+            serde_json::from_str(r#"{"kernel":{"path":"/k"},"vcpus":2,"mem_mib":64,"tenant":"t"}"#).unwrap();
+        assert!(ok.accounting);
+    }
+}

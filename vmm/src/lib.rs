@@ -1,0 +1,20 @@
+//! The Resourceful VMM: a KVM virtual machine monitor that charges every
+//! vCPU exit to the principal the guest declared.
+//!
+//! - [`config`]: what a VM is made of (serde structs shared by the CLI and,
+//!   later, the API).
+//! - [`arch`] and [`boot`]: x86-64 machine set-up and kernel loading (the
+//!   Linux 64-bit boot protocol, and the project's bare-metal guests).
+//! - [`vcpu`]: the vCPU threads and the pure exit dispatch.
+//! - [`sampler`]: guest run time by principal, and the timer drain.
+//! - [`vm`]: assembles and runs a VM and produces the report.
+
+pub mod arch;
+pub mod boot;
+pub mod config;
+pub mod sampler;
+pub mod vcpu;
+pub mod vm;
+
+pub use config::{Builtin, ConsoleTarget, KernelSource, VmConfig};
+pub use vm::{run, RunOutcome, VmError};

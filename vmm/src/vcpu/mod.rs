@@ -1,0 +1,142 @@
+//! vCPU threads.
+//!
+//! Each vCPU runs on its own thread as a small state machine: `Running`
+//! until an exit asks the VM to stop or the VMM tells it to, then
+//! `Finished`. Every exit goes through [`exit::handle_exit`]; then, with
+//! accounting on, the thread drains pending guest declarations, reads its tag
+//! slot (one atomic load) and charges the exit, with the host time spent on
+//! it, through its own ledger [`Writer`].
+
+pub mod exit;
+pub mod runclock;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use accounting::ledger::Writer;
+use devices::acct::TagRegion;
+use devices::Bus;
+use kvm_ioctls::VcpuFd;
+
+use self::exit::{handle_exit, ExitAction, IoStats, VmEnd};
+use self::runclock::RunClock;
+
+/// The signal used to kick a vCPU out of `KVM_RUN`.
+pub fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN() + 1
+}
+
+/// Installs a no-op handler for [`kick_signal`], so that the signal only
+/// interrupts `KVM_RUN` (which then returns `EINTR`).
+pub fn install_kick_handler() -> std::io::Result<()> {
+    extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), noop)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// State shared between a vCPU thread and the rest of the VMM.
+#[derive(Debug, Default)]
+pub struct VcpuShared {
+    /// Guest run time, read by the sampler.
+    pub clock: RunClock,
+    /// Set by the thread when it has left its loop for good.
+    pub finished: AtomicBool,
+}
+
+/// The state a vCPU thread's machine is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuState {
+    /// Entering and leaving the guest.
+    Running,
+    /// Done; the thread returns.
+    Finished,
+}
+
+/// Everything one vCPU thread owns.
+pub struct Vcpu {
+    /// vCPU id.
+    pub id: usize,
+    /// The KVM vCPU.
+    pub fd: VcpuFd,
+    /// Port-I/O bus.
+    pub pio: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+    /// I/O statistics shared by all vCPUs.
+    pub io_stats: Arc<IoStats>,
+    /// Where the guest's tag region is published.
+    pub region: Arc<TagRegion>,
+    /// This vCPU's ledger writer, `None` with accounting off.
+    pub writer: Option<Writer>,
+    /// Shared with the sampler and the VMM.
+    pub shared: Arc<VcpuShared>,
+    /// Set by the VMM to stop every vCPU.
+    pub stop: Arc<AtomicBool>,
+    /// Where the VM's end is reported.
+    pub events: Sender<VmEnd>,
+}
+
+impl Vcpu {
+    /// Logs the registers of a vCPU that ended the VM abnormally.
+    fn log_state(&self, end: &VmEnd) {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => log::error!(
+                "vCPU {} stopped ({}): rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} ss={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+                self.id, end.name(), r.rip, r.rsp, r.rflags, s.cs.selector, s.ss.selector, s.cr0, s.cr3, s.cr4, s.efer
+            ),
+            _ => log::error!("vCPU {} stopped ({}); its registers could not be read", self.id, end.name()),
+        }
+    }
+
+    /// Runs the state machine until the VM stops.
+    pub fn run(mut self) {
+        let mut reader = self.region.reader(self.id);
+        let mut state = VcpuState::Running;
+        while state == VcpuState::Running {
+            state = self.step(&mut reader);
+        }
+        self.shared.finished.store(true, Ordering::Release);
+    }
+
+    fn step(&mut self, reader: &mut devices::acct::TagReader) -> VcpuState {
+        if self.stop.load(Ordering::Acquire) {
+            return VcpuState::Finished;
+        }
+        // With accounting off nothing is timed: that is the baseline the
+        // overhead benchmark compares against.
+        if let Some(w) = &self.writer {
+            self.shared.clock.enter(w.accounting().now_ns());
+        }
+        let result = self.fd.run();
+        let exited_at = self.writer.as_ref().map_or(0, |w| {
+            let now = w.accounting().now_ns();
+            self.shared.clock.exit(now);
+            now
+        });
+        let (reason, action) = match result {
+            Ok(exit) => handle_exit(exit, &self.pio, &self.mmio, &self.io_stats),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return VcpuState::Running,
+            Err(e) => {
+                let _ = self.events.send(VmEnd::VcpuError(format!("vCPU {}: KVM_RUN failed: {e}", self.id)));
+                return VcpuState::Finished;
+            }
+        };
+        if let Some(w) = self.writer.as_mut() {
+            reader.drain(w.accounting());
+            let tag = reader.tag();
+            let handled = w.accounting().now_ns().saturating_sub(exited_at);
+            w.charge_exit(tag, reason, handled);
+        }
+        match action {
+            ExitAction::Continue => VcpuState::Running,
+            ExitAction::Stop(end) => {
+                if !end.is_clean() {
+                    self.log_state(&end);
+                }
+                let _ = self.events.send(end);
+                VcpuState::Finished
+            }
+        }
+    }
+}

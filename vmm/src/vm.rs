@@ -1,0 +1,327 @@
+//! Builds a VM from a [`VmConfig`], runs it to the end, and reports.
+//!
+//! The order: guest memory and its KVM slots, the kernel, the VM-wide
+//! state (TSS, irqchip for Linux), the books, the buses and devices, the
+//! vCPUs; then one thread per vCPU plus the run-time sampler. The main
+//! thread waits for the first vCPU to report how the VM ended (or for a
+//! signal), stops and joins everything, flushes the console and builds the
+//! report. Whatever way the VM ends, a report is produced.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use accounting::abi;
+use accounting::ledger::Accounting;
+use accounting::report::{Report, VmInfo};
+use devices::acct::{AcctDevice, TagRegion};
+use devices::bus::SharedDevice;
+use devices::legacy::{DebugPort, ExitPort, Serial, I8042};
+use devices::{Bus, BusError};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch;
+use crate::boot::{self, BootPlan, KernelKind};
+use crate::config::{ConfigError, ConsoleTarget, KernelSource, VmConfig, DEFAULT_LINUX_CMDLINE};
+use crate::sampler::Sampler;
+use crate::vcpu::exit::{IoStats, VmEnd};
+use crate::vcpu::{self, Vcpu, VcpuShared};
+
+/// Set from a SIGINT/SIGTERM handler to stop the running VM cleanly.
+pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// COM1's legacy interrupt line.
+const COM1_IRQ: u32 = 4;
+
+/// Why a VM could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// A user-set value is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm: is KVM available on this host and may this user use it (root, or the kvm group)?")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// A KVM ioctl failed.
+    #[error("KVM refused to {what}")]
+    Kvm {
+        /// What was asked.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be set up.
+    #[error(transparent)]
+    Memory(#[from] arch::MemoryError),
+    /// The kernel could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// VM-wide CPU set-up failed.
+    #[error(transparent)]
+    Arch(#[from] arch::ArchError),
+    /// vCPU set-up failed.
+    #[error(transparent)]
+    Regs(#[from] arch::RegsError),
+    /// A device did not fit on its bus.
+    #[error("device set-up failed")]
+    Bus(#[from] BusError),
+    /// The console file could not be created.
+    #[error("cannot create the console file {path}: check the path given with --console")]
+    Console {
+        /// The path.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A host resource (eventfd, thread, signal handler) was refused.
+    #[error("host resource: {what}")]
+    Host {
+        /// What was asked.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The result of a run: how it ended and the books.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// How the VM ended.
+    pub end: VmEnd,
+    /// The final report.
+    pub report: Report,
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
+    move |source| VmError::Host { what, source }
+}
+
+fn console_writer(target: &ConsoleTarget) -> Result<Box<dyn Write + Send>, VmError> {
+    Ok(match target {
+        ConsoleTarget::Stdout => Box::new(std::io::stdout()),
+        ConsoleTarget::Stderr => Box::new(std::io::stderr()),
+        ConsoleTarget::Null => Box::new(std::io::sink()),
+        ConsoleTarget::File(p) => Box::new(File::create(p).map_err(|source| VmError::Console {
+            path: p.display().to_string(),
+            source,
+        })?),
+    })
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let region_info = kvm_userspace_memory_region {
+            slot: u32::try_from(slot).unwrap_or(u32::MAX),
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping of `memory_size` bytes owned
+        // by `mem`, which outlives the VM (both are dropped at the end of
+        // `run`, the VM first).
+        unsafe { vm.set_user_memory_region(region_info) }.map_err(kvm_err("map guest memory"))?;
+    }
+    Ok(())
+}
+
+/// The devices of a VM, on their buses.
+struct Devices {
+    pio: Bus,
+    mmio: Bus,
+    serial: Arc<Mutex<Serial>>,
+}
+
+fn build_devices(
+    vm: &VmFd,
+    with_irqchip: bool,
+    console: Box<dyn Write + Send>,
+    mem: &GuestMemoryMmap,
+    region: &Arc<TagRegion>,
+    acct: &Arc<Accounting>,
+) -> Result<Devices, VmError> {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("eventfd for the serial interrupt"))?;
+    if with_irqchip {
+        vm.register_irqfd(&irq, COM1_IRQ).map_err(kvm_err("connect the serial interrupt"))?;
+    }
+    let serial = Arc::new(Mutex::new(Serial::new(irq, console)));
+    let mut pio = Bus::new();
+    pio.insert(serial.clone() as SharedDevice, u64::from(abi::COM1_PORT), 8)?;
+    pio.insert(Arc::new(Mutex::new(DebugPort::default())), u64::from(abi::DEBUG_PORT), 1)?;
+    pio.insert(Arc::new(Mutex::new(ExitPort)), u64::from(abi::EXIT_PORT), 4)?;
+    pio.insert(Arc::new(Mutex::new(I8042)), 0x60, 5)?;
+    let mut mmio = Bus::new();
+    let acct_dev = AcctDevice::new(mem.clone(), Arc::clone(region), Arc::clone(acct));
+    mmio.insert(Arc::new(Mutex::new(acct_dev)), abi::ACCT_MMIO_BASE, abi::ACCT_MMIO_SIZE)?;
+    Ok(Devices { pio, mmio, serial })
+}
+
+fn kernel_bytes(source: &KernelSource) -> Result<std::borrow::Cow<'static, [u8]>, VmError> {
+    Ok(match source {
+        KernelSource::Builtin(b) => std::borrow::Cow::Borrowed(b.image()),
+        KernelSource::Path(p) => std::borrow::Cow::Owned(boot::read_image(p, "kernel")?),
+    })
+}
+
+/// Stops every vCPU: sets the flag and kicks until each thread has left
+/// `KVM_RUN` for good (a kick that lands just before `KVM_RUN` is lost, so
+/// kick again).
+fn stop_vcpus(stop: &AtomicBool, threads: &[(std::thread::JoinHandle<()>, Arc<VcpuShared>)]) {
+    use std::os::unix::thread::JoinHandleExt;
+    stop.store(true, Ordering::Release);
+    loop {
+        let mut running = 0;
+        for (handle, shared) in threads {
+            if !shared.finished.load(Ordering::Acquire) {
+                running += 1;
+                // SAFETY: the thread has not been joined (we hold its
+                // handle), so its pthread id is valid; the signal has a
+                // no-op handler installed.
+                unsafe { libc::pthread_kill(handle.as_pthread_t(), vcpu::kick_signal()) };
+            }
+        }
+        if running == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+/// Builds and runs the VM described by `config` until it ends.
+pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
+    config.validate()?;
+    let nr_vcpus = usize::from(config.vcpus);
+    let kernel = kernel_bytes(&config.kernel)?;
+    let initrd = config.initrd.as_deref().map(|p| boot::read_image(p, "initrd")).transpose()?;
+
+    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+    let mem = arch::create_guest_memory(config.mem_mib << 20)?;
+    register_memory(&vm, &mem)?;
+
+    let kind = boot::detect_kind(&kernel)?;
+    let cmdline = match (&config.cmdline, kind) {
+        (Some(c), _) => c.clone(),
+        (None, KernelKind::Linux { .. }) => DEFAULT_LINUX_CMDLINE.to_string(),
+        (None, KernelKind::BareMetal) => String::new(),
+    };
+    let plan: BootPlan = boot::load_kernel(&mem, &kernel, initrd.as_deref(), &cmdline, config.vcpus)?;
+    let with_irqchip = plan.wants_irqchip();
+    arch::setup_vm(&vm, with_irqchip)?;
+
+    // Writers: one per vCPU, then the sampler.
+    let acct = Accounting::new(&config.tenant, nr_vcpus, 1, config.limits);
+    let region = TagRegion::new(nr_vcpus);
+    let devices = build_devices(&vm, with_irqchip, console_writer(&config.console)?, &mem, &region, &acct)?;
+    let (pio, mmio) = (Arc::new(devices.pio), Arc::new(devices.mmio));
+    let io_stats = Arc::new(IoStats::default());
+
+    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("list supported CPUID"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (events_tx, events_rx) = mpsc::channel();
+    let mut vcpus = Vec::with_capacity(nr_vcpus);
+    for id in 0..config.vcpus {
+        let fd = vm.create_vcpu(u64::from(id)).map_err(kvm_err("create a vCPU"))?;
+        arch::configure_vcpu(&fd, &mem, &cpuid, id, config.vcpus, &plan.mode, with_irqchip)?;
+        let id = usize::from(id);
+        vcpus.push(Vcpu {
+            id,
+            fd,
+            pio: Arc::clone(&pio),
+            mmio: Arc::clone(&mmio),
+            io_stats: Arc::clone(&io_stats),
+            region: Arc::clone(&region),
+            writer: config.accounting.then(|| acct.writer(id)),
+            shared: Arc::new(VcpuShared::default()),
+            stop: Arc::clone(&stop),
+            events: events_tx.clone(),
+        });
+    }
+    drop(events_tx);
+    vcpu::install_kick_handler().map_err(host_err("install the vCPU kick signal handler"))?;
+
+    let started = Instant::now();
+    let sampler_stop = Arc::new(AtomicBool::new(false));
+    let shared: Vec<Arc<VcpuShared>> = vcpus.iter().map(|v| Arc::clone(&v.shared)).collect();
+    let sampler = Sampler::new(acct.writer(nr_vcpus), &region, shared.clone());
+    let interval = Duration::from_micros(config.sample_interval_us);
+    let sampler_thread = {
+        let stop = Arc::clone(&sampler_stop);
+        std::thread::Builder::new()
+            .name("rsrc-sampler".into())
+            .spawn(move || sampler.run(interval, stop))
+            .map_err(host_err("spawn the sampler thread"))?
+    };
+    let mut threads = Vec::with_capacity(nr_vcpus);
+    for v in vcpus {
+        let s = Arc::clone(&v.shared);
+        let handle = std::thread::Builder::new()
+            .name(format!("rsrc-vcpu{}", v.id))
+            .spawn(move || v.run())
+            .map_err(host_err("spawn a vCPU thread"))?;
+        threads.push((handle, s));
+    }
+
+    let end = loop {
+        match events_rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(end) => break end,
+            Err(RecvTimeoutError::Timeout) if STOP_REQUESTED.load(Ordering::Acquire) => break VmEnd::Signal,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                break VmEnd::VcpuError("every vCPU thread ended without a reason".into())
+            }
+        }
+    };
+    stop_vcpus(&stop, &threads);
+    for (handle, _) in threads {
+        if handle.join().is_err() {
+            log::error!("a vCPU thread panicked");
+        }
+    }
+    let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    sampler_stop.store(true, Ordering::Release);
+    match sampler_thread.join() {
+        // One more tick now that the vCPUs are stopped charges the rest of
+        // their run time, so the sums are exact.
+        Ok(mut sampler) if config.accounting => sampler.tick(),
+        Ok(_) => {}
+        Err(_) => log::error!("the sampler thread panicked"),
+    }
+    if let Err(e) = devices.serial.lock().unwrap_or_else(|p| p.into_inner()).finish() {
+        log::warn!("console output could not be flushed: {e}");
+    }
+
+    let info = VmInfo {
+        vcpus: nr_vcpus,
+        mem_mib: config.mem_mib,
+        kernel: config.kernel.to_string(),
+        boot: match plan.kind {
+            KernelKind::BareMetal => "baremetal".into(),
+            KernelKind::Linux { .. } => "linux".into(),
+        },
+        end: end.name().into(),
+        end_detail: end.detail(),
+        guest_status: match end {
+            VmEnd::GuestExit(s) => Some(s),
+            _ => None,
+        },
+        wall_ns,
+        accounting: config.accounting,
+        unhandled_io: io_stats.unhandled.load(Ordering::Relaxed),
+    };
+    let report = Report::build(&acct, info);
+    Ok(RunOutcome { end, report })
+}
