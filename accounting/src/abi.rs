@@ -204,6 +204,7 @@ pub const fn tag(container: u32, request: u32) -> u64 {
 }
 
 /// Unpacks a slot value into `(container, request)`.
+#[allow(clippy::cast_possible_truncation)] // Splitting the word in halves is the point.
 pub const fn untag(tag: u64) -> (u32, u32) {
     ((tag >> 32) as u32, tag as u32)
 }
@@ -276,8 +277,8 @@ pub const ENTRY_SEQ: u64 = 0;
 const _: () = assert!(core::mem::size_of::<RegionHeader>() == 64);
 const _: () = assert!(core::mem::size_of::<TagSlot>() == 64);
 const _: () = assert!(core::mem::size_of::<RingEntry>() == 64);
-const _: () = assert!(core::mem::offset_of!(RegionHeader, ring_consumed) == HDR_RING_CONSUMED as usize);
-const _: () = assert!(core::mem::offset_of!(RegionHeader, ring_rejected) == HDR_RING_REJECTED as usize);
+const _: () = assert!(core::mem::offset_of!(RegionHeader, ring_consumed) as u64 == HDR_RING_CONSUMED);
+const _: () = assert!(core::mem::offset_of!(RegionHeader, ring_rejected) as u64 == HDR_RING_REJECTED);
 
 /// Size in bytes of a region with `nr_slots` slots and `ring_entries`
 /// entries laid out as header, slots, ring.
@@ -385,6 +386,7 @@ impl RingEntry {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 
@@ -397,7 +399,16 @@ mod tests {
 
     #[test]
     fn ring_entry_bytes_roundtrip_and_field_offsets() {
-        let mut e = RingEntry { seq: 9, kind: 3, name_len: 2, reserved: 0, id: 5, arg: 6, arg64: 77, name: [0; 32] };
+        let mut e = RingEntry {
+            seq: 9,
+            kind: 3,
+            name_len: 2,
+            reserved: 0,
+            id: 5,
+            arg: 6,
+            arg64: 77,
+            name: [0; 32],
+        };
         e.name[..2].copy_from_slice(b"ab");
         let b = e.to_bytes();
         assert_eq!(RingEntry::from_bytes(&b), e);

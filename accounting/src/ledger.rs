@@ -123,7 +123,14 @@ impl Accounting {
     pub fn writer(self: &Arc<Self>, id: usize) -> Writer {
         assert!(id < self.writers, "writer id {id} out of range");
         let unattributed = self.registry().unattributed(None);
-        Writer { acct: Arc::clone(self), id, generation: u64::MAX, cache: Vec::new(), next_victim: 0, unattributed }
+        Writer {
+            acct: Arc::clone(self),
+            id,
+            generation: u64::MAX,
+            cache: Vec::new(),
+            next_victim: 0,
+            unattributed,
+        }
     }
 }
 
@@ -208,18 +215,30 @@ impl Writer {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::abi::{tag, EntryKind};
 
     fn declare(acct: &Accounting, id: u32, name: &str) {
-        let mut e = RingEntry { kind: EntryKind::DeclareContainer as u16, id, name_len: name.len() as u16, ..Default::default() };
+        let mut e = RingEntry {
+            kind: EntryKind::DeclareContainer as u16,
+            id,
+            name_len: name.len() as u16,
+            ..Default::default()
+        };
         e.name[..name.len()].copy_from_slice(name.as_bytes());
         acct.apply(&e).unwrap();
     }
 
     fn begin(acct: &Accounting, id: u32, container: u32) {
-        acct.apply(&RingEntry { kind: EntryKind::BeginRequest as u16, id, arg: container, ..Default::default() }).unwrap();
+        acct.apply(&RingEntry {
+            kind: EntryKind::BeginRequest as u16,
+            id,
+            arg: container,
+            ..Default::default()
+        })
+        .unwrap();
     }
 
     #[test]
@@ -241,7 +260,10 @@ mod tests {
         assert_eq!(req.cells.read().exits_total().host_ns, 100);
         assert_eq!(reg.containers()[0].cells.sum().exits_total().count, 1);
         let totals = acct.vcpu_totals();
-        assert_eq!((totals[0].exits_total().count, totals[1].exits_total().count), (1, 2));
+        assert_eq!(
+            (totals[0].exits_total().count, totals[1].exits_total().count),
+            (1, 2)
+        );
     }
 
     #[test]

@@ -31,7 +31,11 @@ pub struct RateLimit {
 impl RateLimit {
     /// A limiter with an empty window.
     pub const fn new() -> Self {
-        Self { window: AtomicU64::new(0), used: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
+        Self {
+            window: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
     }
 
     /// Whether a line may be logged now. `Some(n)`: log it, and `n` lines were

@@ -36,7 +36,7 @@ impl Geometry {
 
 /// Checks a registration's address and length before anything is read.
 pub fn check_range(gpa: u64, len: u64) -> Result<(), Status> {
-    if gpa % abi::REGION_ALIGN != 0 {
+    if !gpa.is_multiple_of(abi::REGION_ALIGN) {
         return Err(Status::Misaligned);
     }
     if len < 64 || len > u64::from(abi::MAX_REGION_LEN) {
@@ -51,16 +51,22 @@ pub fn check_header(h: &RegionHeader, len: u64, nr_vcpus: usize) -> Result<Geome
         return Err(Status::BadHeader);
     }
     let slots_ok = (h.nr_slots as usize) >= nr_vcpus && h.nr_slots <= abi::MAX_SLOTS;
-    let ring_ok = h.ring_entries == 0
-        || (h.ring_entries.is_power_of_two() && h.ring_entries <= abi::MAX_RING_ENTRIES);
-    let aligned = u64::from(h.slots_offset) % abi::REGION_ALIGN == 0
-        && u64::from(h.ring_offset) % abi::REGION_ALIGN == 0
+    let ring_ok =
+        h.ring_entries == 0 || (h.ring_entries.is_power_of_two() && h.ring_entries <= abi::MAX_RING_ENTRIES);
+    let aligned = u64::from(h.slots_offset).is_multiple_of(abi::REGION_ALIGN)
+        && u64::from(h.ring_offset).is_multiple_of(abi::REGION_ALIGN)
         && h.slots_offset >= 64;
     if !slots_ok || !ring_ok || !aligned {
         return Err(Status::BadGeometry);
     }
-    let slots = (u64::from(h.slots_offset), u64::from(h.slots_offset) + 64 * u64::from(h.nr_slots));
-    let ring = (u64::from(h.ring_offset), u64::from(h.ring_offset) + 64 * u64::from(h.ring_entries));
+    let slots = (
+        u64::from(h.slots_offset),
+        u64::from(h.slots_offset) + 64 * u64::from(h.nr_slots),
+    );
+    let ring = (
+        u64::from(h.ring_offset),
+        u64::from(h.ring_offset) + 64 * u64::from(h.ring_entries),
+    );
     if h.ring_entries > 0 && (h.ring_offset < 64 || (ring.0 < slots.1 && slots.0 < ring.1)) {
         return Err(Status::BadGeometry);
     }
@@ -133,7 +139,10 @@ mod tests {
     fn range_checks() {
         assert_eq!(check_range(0x1008, 4096), Err(Status::Misaligned));
         assert_eq!(check_range(0x1000, 32), Err(Status::BadLength));
-        assert_eq!(check_range(0x1000, u64::from(abi::MAX_REGION_LEN) + 64), Err(Status::BadLength));
+        assert_eq!(
+            check_range(0x1000, u64::from(abi::MAX_REGION_LEN) + 64),
+            Err(Status::BadLength)
+        );
         assert_eq!(check_range(u64::MAX - 63, 64), Err(Status::NotInRam));
         assert_eq!(check_range(0x1000, 4096), Ok(()));
     }

@@ -39,7 +39,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_containers: 1024, max_live_requests: 4096, retained_requests: 65_536 }
+        Self {
+            max_containers: 1024,
+            max_live_requests: 4096,
+            retained_requests: 65_536,
+        }
     }
 }
 
@@ -196,7 +200,11 @@ impl Registry {
 
     fn declare(&mut self, e: &RingEntry) -> Result<(), GuestError> {
         let len = usize::from(e.name_len);
-        let name = e.name.get(..len).filter(|n| abi::valid_name(n)).ok_or(GuestError::RingBadName)?;
+        let name = e
+            .name
+            .get(..len)
+            .filter(|n| abi::valid_name(n))
+            .ok_or(GuestError::RingBadName)?;
         if name == UNATTRIBUTED.as_bytes() {
             return Err(GuestError::RingBadName);
         }
@@ -205,7 +213,12 @@ impl Registry {
         }
         let parent = match e.arg {
             abi::NO_CONTAINER => None,
-            p => Some(*self.live_containers.get(&p).ok_or(GuestError::RingUnknownParent)?),
+            p => Some(
+                *self
+                    .live_containers
+                    .get(&p)
+                    .ok_or(GuestError::RingUnknownParent)?,
+            ),
         };
         // `containers` holds `unattributed` plus every declared incarnation.
         if self.containers.len() > self.limits.max_containers as usize {
@@ -229,11 +242,18 @@ impl Registry {
     }
 
     fn retire(&mut self, id: u32, now_ns: u64) -> Result<(), GuestError> {
-        let idx = self.live_containers.remove(&id).ok_or(GuestError::RingUnknownContainer)?;
+        let idx = self
+            .live_containers
+            .remove(&id)
+            .ok_or(GuestError::RingUnknownContainer)?;
         self.containers[idx].retired = true;
         self.stats.containers_retired += 1;
-        let ending: Vec<u32> =
-            self.live_requests.values().filter(|r| r.container == idx).map(|r| r.guest_id).collect();
+        let ending: Vec<u32> = self
+            .live_requests
+            .values()
+            .filter(|r| r.container == idx)
+            .map(|r| r.guest_id)
+            .collect();
         for rid in ending {
             self.finish(rid, now_ns);
             self.stats.requests_ended_by_retire += 1;
@@ -242,7 +262,10 @@ impl Registry {
     }
 
     fn begin(&mut self, id: u32, container: u32, external_id: u64, now_ns: u64) -> Result<(), GuestError> {
-        let idx = *self.live_containers.get(&container).ok_or(GuestError::RingUnknownContainer)?;
+        let idx = *self
+            .live_containers
+            .get(&container)
+            .ok_or(GuestError::RingUnknownContainer)?;
         if self.live_requests.contains_key(&id) {
             return Err(GuestError::RingDuplicateRequest);
         }
@@ -280,12 +303,16 @@ impl Registry {
     /// Moves a live request to the finished list, evicting the oldest
     /// finished ones beyond the retention limit.
     fn finish(&mut self, id: u32, now_ns: u64) {
-        let Some(mut r) = self.live_requests.remove(&id) else { return };
+        let Some(mut r) = self.live_requests.remove(&id) else {
+            return;
+        };
         r.end_ns = Some(now_ns);
         self.containers[r.container].requests_ended += 1;
         self.finished.push_back(r);
         while self.finished.len() > self.limits.retained_requests as usize {
-            let Some(old) = self.finished.pop_front() else { break };
+            let Some(old) = self.finished.pop_front() else {
+                break;
+            };
             let c = &mut self.containers[old.container];
             c.requests_evicted += 1;
             c.evicted.add(&old.cells.read());
@@ -311,22 +338,39 @@ impl Registry {
                 Some(req) => (Some(Arc::clone(&req.cells)), None),
             },
         };
-        Resolved { container: idx, container_cells: Arc::clone(&self.containers[idx].cells), request, error }
+        Resolved {
+            container: idx,
+            container_cells: Arc::clone(&self.containers[idx].cells),
+            request,
+            error,
+        }
     }
 
     /// What a vCPU without a tag (no region registered) charges.
     pub fn unattributed(&self, error: Option<GuestError>) -> Resolved {
-        Resolved { container: 0, container_cells: Arc::clone(&self.containers[0].cells), request: None, error }
+        Resolved {
+            container: 0,
+            container_cells: Arc::clone(&self.containers[0].cells),
+            request: None,
+            error,
+        }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::abi::tag;
 
     fn entry(kind: EntryKind, id: u32, arg: u32, name: &str) -> RingEntry {
-        let mut e = RingEntry { kind: kind as u16, id, arg, name_len: name.len() as u16, ..Default::default() };
+        let mut e = RingEntry {
+            kind: kind as u16,
+            id,
+            arg,
+            name_len: name.len() as u16,
+            ..Default::default()
+        };
         e.name[..name.len()].copy_from_slice(name.as_bytes());
         e
     }
@@ -355,57 +399,110 @@ mod tests {
         assert_eq!(r.resolve(tag(9, 0)).error, Some(GuestError::TagUnknownContainer));
         assert_eq!(r.resolve(tag(9, 0)).container, 0);
         let res = r.resolve(tag(5, 77));
-        assert_eq!((res.container, res.error), (1, Some(GuestError::TagUnknownRequest)));
+        assert_eq!(
+            (res.container, res.error),
+            (1, Some(GuestError::TagUnknownRequest))
+        );
         let res = r.resolve(tag(5, 1));
-        assert_eq!((res.container, res.request.is_none(), res.error), (1, true, Some(GuestError::TagRequestMismatch)));
-        assert_eq!(r.resolve(tag(0, 3)).error, Some(GuestError::TagRequestWithoutContainer));
+        assert_eq!(
+            (res.container, res.request.is_none(), res.error),
+            (1, true, Some(GuestError::TagRequestMismatch))
+        );
+        assert_eq!(
+            r.resolve(tag(0, 3)).error,
+            Some(GuestError::TagRequestWithoutContainer)
+        );
         assert_eq!(r.resolve(0).error, None);
     }
 
     #[test]
     fn malformed_declarations_are_rejected_with_their_reason() {
         let mut r = Registry::new(1, Limits::default());
-        assert_eq!(r.apply(&RingEntry { kind: 99, id: 1, ..Default::default() }, 0), Err(GuestError::RingBadKind));
+        assert_eq!(
+            r.apply(
+                &RingEntry {
+                    kind: 99,
+                    id: 1,
+                    ..Default::default()
+                },
+                0
+            ),
+            Err(GuestError::RingBadKind)
+        );
         assert_eq!(declare(&mut r, 0, 0, "x"), Err(GuestError::RingZeroId));
         assert_eq!(declare(&mut r, 1, 0, ""), Err(GuestError::RingBadName));
         assert_eq!(declare(&mut r, 1, 0, UNATTRIBUTED), Err(GuestError::RingBadName));
         let mut long = entry(EntryKind::DeclareContainer, 1, 0, "a");
         long.name_len = 40;
         assert_eq!(r.apply(&long, 0), Err(GuestError::RingBadName));
-        assert_eq!(declare(&mut r, 1, 7, "orphan"), Err(GuestError::RingUnknownParent));
+        assert_eq!(
+            declare(&mut r, 1, 7, "orphan"),
+            Err(GuestError::RingUnknownParent)
+        );
         declare(&mut r, 1, 0, "ok").unwrap();
-        assert_eq!(declare(&mut r, 1, 0, "again"), Err(GuestError::RingDuplicateContainer));
-        assert_eq!(r.apply(&entry(EntryKind::RetireContainer, 3, 0, ""), 0), Err(GuestError::RingUnknownContainer));
-        assert_eq!(r.apply(&entry(EntryKind::BeginRequest, 1, 3, ""), 0), Err(GuestError::RingUnknownContainer));
-        assert_eq!(r.apply(&entry(EntryKind::EndRequest, 8, 0, ""), 0), Err(GuestError::RingUnknownRequest));
+        assert_eq!(
+            declare(&mut r, 1, 0, "again"),
+            Err(GuestError::RingDuplicateContainer)
+        );
+        assert_eq!(
+            r.apply(&entry(EntryKind::RetireContainer, 3, 0, ""), 0),
+            Err(GuestError::RingUnknownContainer)
+        );
+        assert_eq!(
+            r.apply(&entry(EntryKind::BeginRequest, 1, 3, ""), 0),
+            Err(GuestError::RingUnknownContainer)
+        );
+        assert_eq!(
+            r.apply(&entry(EntryKind::EndRequest, 8, 0, ""), 0),
+            Err(GuestError::RingUnknownRequest)
+        );
         r.apply(&entry(EntryKind::BeginRequest, 1, 1, ""), 0).unwrap();
-        assert_eq!(r.apply(&entry(EntryKind::BeginRequest, 1, 1, ""), 0), Err(GuestError::RingDuplicateRequest));
+        assert_eq!(
+            r.apply(&entry(EntryKind::BeginRequest, 1, 1, ""), 0),
+            Err(GuestError::RingDuplicateRequest)
+        );
     }
 
     #[test]
     fn limits_are_enforced() {
-        let limits = Limits { max_containers: 2, max_live_requests: 1, retained_requests: 2 };
+        let limits = Limits {
+            max_containers: 2,
+            max_live_requests: 1,
+            retained_requests: 2,
+        };
         let mut r = Registry::new(1, limits);
         declare(&mut r, 1, 0, "a").unwrap();
         declare(&mut r, 2, 1, "b").unwrap();
         assert_eq!(declare(&mut r, 3, 0, "c"), Err(GuestError::RingContainerLimit));
         r.apply(&entry(EntryKind::BeginRequest, 10, 1, ""), 0).unwrap();
-        assert_eq!(r.apply(&entry(EntryKind::BeginRequest, 11, 1, ""), 0), Err(GuestError::RingRequestLimit));
+        assert_eq!(
+            r.apply(&entry(EntryKind::BeginRequest, 11, 1, ""), 0),
+            Err(GuestError::RingRequestLimit)
+        );
     }
 
     #[test]
     fn eviction_folds_charges_into_the_container() {
-        let limits = Limits { max_containers: 4, max_live_requests: 4, retained_requests: 1 };
+        let limits = Limits {
+            max_containers: 4,
+            max_live_requests: 4,
+            retained_requests: 1,
+        };
         let mut r = Registry::new(1, limits);
         declare(&mut r, 1, 0, "a").unwrap();
         for id in 1..=3 {
             r.apply(&entry(EntryKind::BeginRequest, id, 1, ""), 0).unwrap();
-            r.live_requests[&id].cells.add_exit_shared(crate::resource::ExitReason::PortOut, 5);
+            r.live_requests[&id]
+                .cells
+                .add_exit_shared(crate::resource::ExitReason::PortOut, 5);
             r.apply(&entry(EntryKind::EndRequest, id, 0, ""), 1).unwrap();
         }
         assert_eq!(r.finished_requests().count(), 1);
         let c = &r.containers()[1];
-        assert_eq!((c.requests_begun, c.requests_ended, c.requests_evicted), (3, 3, 2));
+        assert_eq!(
+            (c.requests_begun, c.requests_ended, c.requests_evicted),
+            (3, 3, 2)
+        );
         assert_eq!(c.evicted.exits_total().count, 2);
         assert_eq!(r.stats().requests_evicted, 2);
     }

@@ -43,6 +43,10 @@ pub struct VmInfo {
     pub accounting: bool,
     /// Guest port or MMIO accesses that hit no device.
     pub unhandled_io: u64,
+    /// Bytes of guest RAM resident in the host when the VM ended (pages the
+    /// guest or the loader touched), so the VMM's own memory can be told
+    /// apart from the guest's.
+    pub guest_resident_bytes: u64,
 }
 
 /// Charges in report form.
@@ -61,7 +65,10 @@ pub struct ChargesReport {
 impl From<&Charges> for ChargesReport {
     fn from(c: &Charges) -> Self {
         Self {
-            exits: ExitReason::ALL.iter().map(|r| (r.name().to_string(), c.exits[r.index()])).collect(),
+            exits: ExitReason::ALL
+                .iter()
+                .map(|r| (r.name().to_string(), c.exits[r.index()]))
+                .collect(),
             exits_total: c.exits_total(),
             guest_run_ns: c.guest_run_ns,
             run_samples: c.run_samples,
@@ -271,12 +278,31 @@ fn conservation(total: &Charges, sum: &Charges) -> Conservation {
     let mut lines = Vec::new();
     for r in ExitReason::ALL {
         let (t, s) = (total.exits[r.index()], sum.exits[r.index()]);
-        lines.push(ConservationLine { resource: format!("exits.{}.count", r.name()), tenant_total: t.count, containers_sum: s.count });
-        lines.push(ConservationLine { resource: format!("exits.{}.host_ns", r.name()), tenant_total: t.host_ns, containers_sum: s.host_ns });
+        lines.push(ConservationLine {
+            resource: format!("exits.{}.count", r.name()),
+            tenant_total: t.count,
+            containers_sum: s.count,
+        });
+        lines.push(ConservationLine {
+            resource: format!("exits.{}.host_ns", r.name()),
+            tenant_total: t.host_ns,
+            containers_sum: s.host_ns,
+        });
     }
-    lines.push(ConservationLine { resource: "guest_run_ns".into(), tenant_total: total.guest_run_ns, containers_sum: sum.guest_run_ns });
-    lines.push(ConservationLine { resource: "run_samples".into(), tenant_total: total.run_samples, containers_sum: sum.run_samples });
-    Conservation { holds: lines.iter().all(|l| l.tenant_total == l.containers_sum), lines }
+    lines.push(ConservationLine {
+        resource: "guest_run_ns".into(),
+        tenant_total: total.guest_run_ns,
+        containers_sum: sum.guest_run_ns,
+    });
+    lines.push(ConservationLine {
+        resource: "run_samples".into(),
+        tenant_total: total.run_samples,
+        containers_sum: sum.run_samples,
+    });
+    Conservation {
+        holds: lines.iter().all(|l| l.tenant_total == l.containers_sum),
+        lines,
+    }
 }
 
 impl Report {
@@ -322,8 +348,16 @@ impl Report {
                     parent: c.parent,
                     retired: c.retired,
                     provenance: ProvenanceReport {
-                        exits: if unattributed { Provenance::Unattributed } else { Provenance::Exact },
-                        guest_run: if unattributed { Provenance::Unattributed } else { Provenance::Sampled },
+                        exits: if unattributed {
+                            Provenance::Unattributed
+                        } else {
+                            Provenance::Exact
+                        },
+                        guest_run: if unattributed {
+                            Provenance::Unattributed
+                        } else {
+                            Provenance::Sampled
+                        },
                     },
                     charges: ChargesReport::from(&charges),
                     requests: RequestSummary {
@@ -346,7 +380,10 @@ impl Report {
             vcpus: vcpu_totals
                 .iter()
                 .enumerate()
-                .map(|(id, c)| VcpuReport { id, charges: ChargesReport::from(c) })
+                .map(|(id, c)| VcpuReport {
+                    id,
+                    charges: ChargesReport::from(c),
+                })
                 .collect(),
             containers,
             requests: requests.iter().map(|r| request_report(&reg, r)).collect(),
@@ -384,14 +421,25 @@ impl Report {
             v.kernel,
             ms(v.wall_ns),
             v.end,
-            v.guest_status.map(|st| format!(" (status {st})")).unwrap_or_default(),
+            v.guest_status
+                .map(|st| format!(" (status {st})"))
+                .unwrap_or_default(),
         );
         if let Some(d) = &v.end_detail {
             let _ = writeln!(s, "  {d}");
         }
         let header = format!(
             "{:<28} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10} {:>6}",
-            "CONTAINER", "EXITS", "PIO_IN", "PIO_OUT", "MMIO_RD", "MMIO_WR", "OTHER", "HOST_MS", "RUN_MS", "REQS"
+            "CONTAINER",
+            "EXITS",
+            "PIO_IN",
+            "PIO_OUT",
+            "MMIO_RD",
+            "MMIO_WR",
+            "OTHER",
+            "HOST_MS",
+            "RUN_MS",
+            "REQS"
         );
         let _ = writeln!(s, "\n{header}");
         let row = |s: &mut String, name: &str, c: &ChargesReport, reqs: String| {
@@ -414,14 +462,25 @@ impl Report {
             );
         };
         for c in &self.containers {
-            let name = if c.retired { format!("{} (retired)", c.path) } else { c.path.clone() };
+            let name = if c.retired {
+                format!("{} (retired)", c.path)
+            } else {
+                c.path.clone()
+            };
             row(&mut s, &name, &c.charges, c.requests.begun.to_string());
         }
-        row(&mut s, "= tenant total", &self.totals, self.declarations.requests_begun.to_string());
+        row(
+            &mut s,
+            "= tenant total",
+            &self.totals,
+            self.declarations.requests_begun.to_string(),
+        );
 
         if !self.requests.is_empty() && max_requests > 0 {
             let mut top: Vec<&RequestReport> = self.requests.iter().collect();
-            top.sort_by_key(|r| std::cmp::Reverse((r.charges.exits_total.host_ns, r.charges.exits_total.count)));
+            top.sort_by_key(|r| {
+                std::cmp::Reverse((r.charges.exits_total.host_ns, r.charges.exits_total.count))
+            });
             let _ = writeln!(
                 s,
                 "\n{:<10} {:<20} {:>9} {:>8} {:>8} {:>8} {:>10} {:>10}",
@@ -443,20 +502,40 @@ impl Report {
                 );
             }
             if self.requests.len() > max_requests {
-                let _ = writeln!(s, "… {} more requests in the JSON report", self.requests.len() - max_requests);
+                let _ = writeln!(
+                    s,
+                    "… {} more requests in the JSON report",
+                    self.requests.len() - max_requests
+                );
             }
         }
         if !self.guest_errors.is_empty() {
-            let errs: Vec<String> = self.guest_errors.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            let errs: Vec<String> = self
+                .guest_errors
+                .iter()
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect();
             let _ = writeln!(s, "\nguest errors: {}", errs.join(", "));
         }
-        let broken: Vec<&ConservationLine> =
-            self.conservation.lines.iter().filter(|l| l.tenant_total != l.containers_sum).collect();
+        let broken: Vec<&ConservationLine> = self
+            .conservation
+            .lines
+            .iter()
+            .filter(|l| l.tenant_total != l.containers_sum)
+            .collect();
         if broken.is_empty() {
-            let _ = writeln!(s, "\nconservation: holds for all {} resources", self.conservation.lines.len());
+            let _ = writeln!(
+                s,
+                "\nconservation: holds for all {} resources",
+                self.conservation.lines.len()
+            );
         } else {
             for l in broken {
-                let _ = writeln!(s, "\nconservation BROKEN: {} tenant {} != containers {}", l.resource, l.tenant_total, l.containers_sum);
+                let _ = writeln!(
+                    s,
+                    "\nconservation BROKEN: {} tenant {} != containers {}",
+                    l.resource, l.tenant_total, l.containers_sum
+                );
             }
         }
         s
@@ -464,6 +543,7 @@ impl Report {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::abi::{tag, EntryKind, RingEntry};
@@ -471,11 +551,23 @@ mod tests {
     fn books() -> std::sync::Arc<Accounting> {
         let acct = Accounting::new("acme", 2, 1, Limits::default());
         for (id, parent, name) in [(1u32, 0u32, "web"), (2, 1, "api")] {
-            let mut e = RingEntry { kind: EntryKind::DeclareContainer as u16, id, arg: parent, name_len: name.len() as u16, ..Default::default() };
+            let mut e = RingEntry {
+                kind: EntryKind::DeclareContainer as u16,
+                id,
+                arg: parent,
+                name_len: name.len() as u16,
+                ..Default::default()
+            };
             e.name[..name.len()].copy_from_slice(name.as_bytes());
             acct.apply(&e).unwrap();
         }
-        acct.apply(&RingEntry { kind: EntryKind::BeginRequest as u16, id: 7, arg: 2, ..Default::default() }).unwrap();
+        acct.apply(&RingEntry {
+            kind: EntryKind::BeginRequest as u16,
+            id: 7,
+            arg: 2,
+            ..Default::default()
+        })
+        .unwrap();
         acct
     }
 
@@ -490,7 +582,13 @@ mod tests {
         w1.charge_exit(None, ExitReason::PortOut, 10);
         sampler.charge_run(0, Some(tag(2, 7)), 1000);
 
-        let r = Report::build(&acct, VmInfo { vcpus: 2, ..Default::default() });
+        let r = Report::build(
+            &acct,
+            VmInfo {
+                vcpus: 2,
+                ..Default::default()
+            },
+        );
         assert!(r.conservation.holds);
         assert_eq!(r.totals.exits_total.count, 3);
         let api = r.container("web/api").unwrap();
@@ -499,7 +597,10 @@ mod tests {
         assert_eq!(api.requests.live, 1);
         assert_eq!(api.requests.charged.exits_total.count, 1);
         assert_eq!(r.requests[0].container_path, "web/api");
-        assert_eq!(r.container("unattributed").unwrap().provenance.exits, Provenance::Unattributed);
+        assert_eq!(
+            r.container("unattributed").unwrap().provenance.exits,
+            Provenance::Unattributed
+        );
 
         // The JSON shape round-trips and the table names every container.
         let back: Report = serde_json::from_str(&r.to_json()).unwrap();
@@ -516,6 +617,12 @@ mod tests {
         sum.exits[0].count = 1;
         let c = conservation(&total, &sum);
         assert!(!c.holds);
-        assert_eq!(c.lines.iter().filter(|l| l.tenant_total != l.containers_sum).count(), 1);
+        assert_eq!(
+            c.lines
+                .iter()
+                .filter(|l| l.tenant_total != l.containers_sum)
+                .count(),
+            1
+        );
     }
 }

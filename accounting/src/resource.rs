@@ -98,10 +98,12 @@ pub struct Charges {
 impl Charges {
     /// Exits of all reasons together.
     pub fn exits_total(&self) -> ExitCharge {
-        self.exits.iter().fold(ExitCharge::default(), |acc, e| ExitCharge {
-            count: acc.count + e.count,
-            host_ns: acc.host_ns + e.host_ns,
-        })
+        self.exits
+            .iter()
+            .fold(ExitCharge::default(), |acc, e| ExitCharge {
+                count: acc.count + e.count,
+                host_ns: acc.host_ns + e.host_ns,
+            })
     }
 
     /// Adds `other` into `self`.
@@ -197,7 +199,9 @@ pub struct Columns {
 impl Columns {
     /// Zeroed columns for `writers` writers.
     pub fn new(writers: usize) -> Self {
-        Self { cols: (0..writers).map(|_| Counters::default()).collect() }
+        Self {
+            cols: (0..writers).map(|_| Counters::default()).collect(),
+        }
     }
 
     /// Column of `writer`.
@@ -232,9 +236,24 @@ mod tests {
         cols.col(1).add_exit_single_writer(ExitReason::MmioWrite, 7);
         cols.col(2).add_run_single_writer(1000);
         let sum = cols.sum();
-        assert_eq!(sum.exits[ExitReason::PortOut.index()], ExitCharge { count: 2, host_ns: 15 });
-        assert_eq!(sum.exits[ExitReason::MmioWrite.index()], ExitCharge { count: 1, host_ns: 7 });
-        assert_eq!(sum.exits_total(), ExitCharge { count: 3, host_ns: 22 });
+        assert_eq!(
+            sum.exits[ExitReason::PortOut.index()],
+            ExitCharge {
+                count: 2,
+                host_ns: 15
+            }
+        );
+        assert_eq!(
+            sum.exits[ExitReason::MmioWrite.index()],
+            ExitCharge { count: 1, host_ns: 7 }
+        );
+        assert_eq!(
+            sum.exits_total(),
+            ExitCharge {
+                count: 3,
+                host_ns: 22
+            }
+        );
         assert_eq!((sum.guest_run_ns, sum.run_samples), (1000, 1));
     }
 

@@ -67,7 +67,11 @@ pub struct Bus {
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ranges: Vec<String> = self.devices.iter().map(|(b, e)| format!("{b:#x}+{:#x}", e.len)).collect();
+        let ranges: Vec<String> = self
+            .devices
+            .iter()
+            .map(|(b, e)| format!("{b:#x}+{:#x}", e.len))
+            .collect();
         f.debug_struct("Bus").field("ranges", &ranges).finish()
     }
 }
@@ -80,8 +84,15 @@ impl Bus {
 
     /// Inserts `device` at `[base, base + len)`.
     pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
-        let end = base.checked_add(len).filter(|_| len > 0).ok_or(BusError::BadRange { base, len })?;
-        let overlaps_before = self.devices.range(..=base).next_back().is_some_and(|(b, e)| b + e.len > base);
+        let end = base
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(BusError::BadRange { base, len })?;
+        let overlaps_before = self
+            .devices
+            .range(..=base)
+            .next_back()
+            .is_some_and(|(b, e)| b + e.len > base);
         let overlaps_after = self.devices.range(base..end).next().is_some();
         if overlaps_before || overlaps_after {
             return Err(BusError::Overlap { base, len });
@@ -136,7 +147,7 @@ mod tests {
 
     impl BusDevice for Recorder {
         fn read(&mut self, offset: u64, data: &mut [u8]) {
-            data.fill(offset as u8);
+            data.fill(u8::try_from(offset).unwrap_or(u8::MAX));
         }
         fn write(&mut self, offset: u64, data: &[u8]) -> Option<VmAction> {
             self.writes.push((offset, data.to_vec()));
@@ -159,7 +170,8 @@ mod tests {
     #[test]
     fn misses_and_straddling_accesses_are_errors_and_read_open_bus() {
         let mut bus = Bus::new();
-        bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x1000, 0x10).unwrap();
+        bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x1000, 0x10)
+            .unwrap();
         let mut buf = [0u8; 4];
         assert_eq!(bus.read(0x2000, &mut buf), Err(BusError::NoDevice(0x2000)));
         assert_eq!(buf, [0xff; 4]);
@@ -173,10 +185,22 @@ mod tests {
         let mut bus = Bus::new();
         let d = || Arc::new(Mutex::new(Recorder::default()));
         bus.insert(d(), 0x100, 0x10).unwrap();
-        assert!(matches!(bus.insert(d(), 0x108, 0x10), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(d(), 0xf8, 0x10), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(d(), 0x0, 0x0), Err(BusError::BadRange { .. })));
-        assert!(matches!(bus.insert(d(), u64::MAX, 2), Err(BusError::BadRange { .. })));
+        assert!(matches!(
+            bus.insert(d(), 0x108, 0x10),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(d(), 0xf8, 0x10),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(d(), 0x0, 0x0),
+            Err(BusError::BadRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert(d(), u64::MAX, 2),
+            Err(BusError::BadRange { .. })
+        ));
         bus.insert(d(), 0x110, 0x10).unwrap();
     }
 }

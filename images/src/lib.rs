@@ -151,7 +151,10 @@ mod tests {
     fn test_guest_is_a_marked_elf() {
         let elf = test_guest();
         check_layout(elf);
-        let marker: Vec<_> = notes(elf).into_iter().filter(|(n, _, _)| n == NOTE_NAME).collect();
+        let marker: Vec<_> = notes(elf)
+            .into_iter()
+            .filter(|(n, _, _)| n == NOTE_NAME)
+            .collect();
         assert_eq!(marker.len(), 1, "exactly one Resourceful note");
         let (_, ntype, desc) = &marker[0];
         assert_eq!(*ntype, NOTE_TYPE_BAREMETAL);

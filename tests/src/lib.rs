@@ -24,7 +24,10 @@ pub struct Run {
 fn scratch_path(tag: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir().join(format!("resourceful-test-{}-{n}-{tag}.console", std::process::id()))
+    std::env::temp_dir().join(format!(
+        "resourceful-test-{}-{n}-{tag}.console",
+        std::process::id()
+    ))
 }
 
 /// A configuration for the built-in test guest running `scenario`.
@@ -44,7 +47,11 @@ pub fn boot(mut config: VmConfig) -> Run {
     let outcome = vmm::run(&config).expect("the VM should build and run");
     let console = std::fs::read_to_string(&console_path).unwrap_or_default();
     let _ = std::fs::remove_file(&console_path);
-    Run { end: outcome.end, report: outcome.report, console }
+    Run {
+        end: outcome.end,
+        report: outcome.report,
+        console,
+    }
 }
 
 /// Boots the test guest with `scenario` on `vcpus` vCPUs.
@@ -66,7 +73,9 @@ pub fn counts(c: &ChargesReport) -> [u64; 5] {
 impl Run {
     /// The container at `path`, which must exist.
     pub fn container(&self, path: &str) -> &ContainerReport {
-        self.report.container(path).unwrap_or_else(|| panic!("no container {path} in the report"))
+        self.report
+            .container(path)
+            .unwrap_or_else(|| panic!("no container {path} in the report"))
     }
 
     /// Exit counts of the container at `path`.
@@ -77,7 +86,9 @@ impl Run {
     /// The request with guest id `id`, which must be unique in the report.
     pub fn request(&self, id: u32) -> &RequestReport {
         let mut it = self.report.requests.iter().filter(|r| r.id == id);
-        let r = it.next().unwrap_or_else(|| panic!("no request {id} in the report"));
+        let r = it
+            .next()
+            .unwrap_or_else(|| panic!("no request {id} in the report"));
         assert!(it.next().is_none(), "request id {id} appears twice");
         r
     }
@@ -96,13 +107,26 @@ impl Run {
     /// Asserts conservation: every resource's container sum equals the
     /// tenant total, and each container's requests stay within it.
     pub fn assert_conserved(&self) {
-        let broken: Vec<_> = self.report.conservation.lines.iter().filter(|l| l.tenant_total != l.containers_sum).collect();
-        assert!(self.report.conservation.holds && broken.is_empty(), "conservation broken: {broken:?}");
+        let broken: Vec<_> = self
+            .report
+            .conservation
+            .lines
+            .iter()
+            .filter(|l| l.tenant_total != l.containers_sum)
+            .collect();
+        assert!(
+            self.report.conservation.holds && broken.is_empty(),
+            "conservation broken: {broken:?}"
+        );
         for c in &self.report.containers {
             for r in ExitReason::ALL {
                 let inside = c.requests.charged.exits_of(r);
                 let all = c.charges.exits_of(r);
-                assert!(inside.count <= all.count && inside.host_ns <= all.host_ns, "{}: requests exceed container for {r:?}", c.path);
+                assert!(
+                    inside.count <= all.count && inside.host_ns <= all.host_ns,
+                    "{}: requests exceed container for {r:?}",
+                    c.path
+                );
             }
             assert!(c.requests.charged.guest_run_ns <= c.charges.guest_run_ns);
         }

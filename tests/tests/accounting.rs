@@ -21,13 +21,23 @@ fn basic_charges_every_exit_to_its_container_and_request() {
         assert_eq!(counts(&r.charges), [0, 10, 0, 0, 0], "request {id}");
     }
     let web = run.container("web");
-    assert_eq!((web.requests.begun, web.requests.ended, web.requests.live), (10, 10, 0));
+    assert_eq!(
+        (web.requests.begun, web.requests.ended, web.requests.live),
+        (10, 10, 0)
+    );
     assert_eq!(counts(&web.requests.charged), [0, 100, 0, 0, 0]);
     assert_eq!(run.report.totals.exits_total.count, 126 + 253 + 1);
-    assert!(run.report.guest_errors.is_empty(), "{:?}", run.report.guest_errors);
+    assert!(
+        run.report.guest_errors.is_empty(),
+        "{:?}",
+        run.report.guest_errors
+    );
     assert_eq!(run.report.tenant, "acme");
     assert_eq!(web.provenance.exits, Provenance::Exact);
-    assert_eq!(run.container("unattributed").provenance.exits, Provenance::Unattributed);
+    assert_eq!(
+        run.container("unattributed").provenance.exits,
+        Provenance::Unattributed
+    );
     assert!(run.console.contains("basic: done"));
     // Every charged exit carries host handling time.
     assert!(run.report.totals.exits_total.host_ns > 0);
@@ -61,14 +71,27 @@ fn demo_workload_charges_each_request_by_its_formula() {
     assert_eq!(run.report.requests.len(), 200);
     for i in 1..=200u32 {
         let r = run.request(i);
-        let path = if i % 5 == 0 { "db" } else if i % 2 == 0 { "frontend/api" } else { "frontend" };
+        let path = if i % 5 == 0 {
+            "db"
+        } else if i % 2 == 0 {
+            "frontend/api"
+        } else {
+            "frontend"
+        };
         let reads = if i % 5 == 0 { 2 } else { 0 };
         assert_eq!(r.container_path, path, "request {i}");
         assert_eq!(r.external_id, 0xde00_0000 + u64::from(i));
-        assert_eq!(counts(&r.charges), [0, u64::from(i % 7 + 1) * 3, reads, u64::from(i % 4), 0], "request {i}");
+        assert_eq!(
+            counts(&r.charges),
+            [0, u64::from(i % 7 + 1) * 3, reads, u64::from(i % 4), 0],
+            "request {i}"
+        );
     }
     // Requests cover all of api's and db's work and frontend's minus its 40.
-    assert_eq!(counts(&run.container("frontend").requests.charged), [0, 951, 0, 160, 0]);
+    assert_eq!(
+        counts(&run.container("frontend").requests.charged),
+        [0, 951, 0, 160, 0]
+    );
     assert_eq!(run.report.totals.exits_total.count, 2458 + 703 + 81);
 }
 
@@ -83,8 +106,15 @@ fn guest_run_time_is_sampled_to_the_current_container_and_conserved() {
     let total = run.report.totals.guest_run_ns;
     // The guest spends L iterations in cpu-a, then L/4 in cpu-b: 4/5 and 1/5.
     let share = a as f64 / (a + b) as f64;
-    assert!((0.65..=0.92).contains(&share), "cpu-a share {share:.3} (a={a} b={b})");
-    assert!(a + b > total / 2, "the loops dominate run time: a+b={} total={total}", a + b);
+    assert!(
+        (0.65..=0.92).contains(&share),
+        "cpu-a share {share:.3} (a={a} b={b})"
+    );
+    assert!(
+        a + b > total / 2,
+        "the loops dominate run time: a+b={} total={total}",
+        a + b
+    );
     assert_eq!(run.report.vcpus[0].charges.guest_run_ns, total);
     assert_eq!(run.container("cpu-a").provenance.guest_run, Provenance::Sampled);
     assert_eq!(run.counts_of("cpu-a"), [0; 5]);

@@ -7,8 +7,15 @@ use vmm::vcpu::exit::VmEnd;
 
 /// The number the guest printed after `key=`.
 fn printed(console: &str, key: &str) -> u64 {
-    let at = console.find(&format!("{key}=")).unwrap_or_else(|| panic!("guest did not print {key}: {console}"));
-    console[at + key.len() + 1..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
+    let at = console
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("guest did not print {key}: {console}"));
+    console[at + key.len() + 1..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -31,7 +38,12 @@ fn garbage_in_the_ring_is_rejected_and_counted_one_by_one() {
     for (name, n) in expected {
         assert_eq!(run.error(name), n, "{name}: {:?}", run.report.guest_errors);
     }
-    assert_eq!(run.report.guest_errors.len(), expected.len(), "{:?}", run.report.guest_errors);
+    assert_eq!(
+        run.report.guest_errors.len(),
+        expected.len(),
+        "{:?}",
+        run.report.guest_errors
+    );
     // The VMM told the guest how many it rejected, skipped one included.
     assert_eq!(printed(&run.console, "rejected"), 13);
     assert_eq!(run.counts_of("unattributed"), [0, 58, 1, 3, 0]);
@@ -93,7 +105,13 @@ fn a_triple_fault_still_yields_a_balanced_report() {
     let run = run_scenario("triple-fault", 1);
     assert_eq!(run.end, VmEnd::TripleFault);
     assert_eq!(run.report.vm.end, "triple_fault");
-    assert!(run.report.vm.end_detail.as_deref().unwrap_or("").contains("triple-fault"));
+    assert!(run
+        .report
+        .vm
+        .end_detail
+        .as_deref()
+        .unwrap_or("")
+        .contains("triple-fault"));
     assert_eq!(run.counts_of("unattributed"), [0, 20, 1, 3, 0]);
     assert_eq!(run.counts_of("doomed"), [0, 2, 0, 0, 1]);
     run.assert_conserved();

@@ -180,7 +180,8 @@ impl VmConfig {
         let t = &self.tenant;
         let ok = !t.is_empty()
             && t.len() <= 64
-            && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if !ok {
             return Err(ConfigError::Tenant(t.clone()));
         }
@@ -197,8 +198,14 @@ mod tests {
 
     #[test]
     fn kernel_source_parses_builtins_and_paths() {
-        assert_eq!("builtin:test-guest".parse(), Ok(KernelSource::Builtin(Builtin::TestGuest)));
-        assert_eq!("/boot/vmlinuz".parse(), Ok(KernelSource::Path("/boot/vmlinuz".into())));
+        assert_eq!(
+            "builtin:test-guest".parse(),
+            Ok(KernelSource::Builtin(Builtin::TestGuest))
+        );
+        assert_eq!(
+            "/boot/vmlinuz".parse(),
+            Ok(KernelSource::Path("/boot/vmlinuz".into()))
+        );
         let err = "builtin:nope".parse::<KernelSource>().unwrap_err();
         assert!(err.contains("builtin:test-guest"));
     }

@@ -12,7 +12,11 @@ use vmm::config::{Builtin, ConsoleTarget, KernelSource, VmConfig, DEFAULT_SAMPLE
 use vmm::vcpu::exit::VmEnd;
 
 #[derive(Parser)]
-#[command(name = "resourceful", version, about = "A KVM VMM that charges every vCPU exit to the principal the guest declared")]
+#[command(
+    name = "resourceful",
+    version,
+    about = "A KVM VMM that charges every vCPU exit to the principal the guest declared"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,9 +32,9 @@ enum Command {
 
 #[derive(Args)]
 struct Common {
-    /// Number of vCPUs (1-254).
-    #[arg(long, default_value_t = 1)]
-    vcpus: u8,
+    /// Number of vCPUs, 1-254 [default: 1 for run, 2 for demo].
+    #[arg(long)]
+    vcpus: Option<u8>,
     /// Guest RAM in MiB.
     #[arg(long = "mem-mib", default_value_t = 128)]
     mem_mib: u64,
@@ -99,7 +103,7 @@ fn config(kernel: KernelSource, cmdline: Option<String>, c: &Common) -> VmConfig
     };
     VmConfig {
         cmdline,
-        vcpus: c.vcpus,
+        vcpus: c.vcpus.unwrap_or(1),
         mem_mib: c.mem_mib,
         tenant: c.tenant.clone(),
         console,
@@ -130,8 +134,12 @@ fn run_vm(config: VmConfig, c: &Common) -> anyhow::Result<ExitCode> {
     let outcome = vmm::run(&config)?;
     let report = &outcome.report;
     if let Some(path) = &c.report_json {
-        std::fs::write(path, report.to_json())
-            .with_context(|| format!("cannot write the report to {} (check --report-json)", path.display()))?;
+        std::fs::write(path, report.to_json()).with_context(|| {
+            format!(
+                "cannot write the report to {} (check --report-json)",
+                path.display()
+            )
+        })?;
     }
     if c.json {
         println!("{}", report.to_json());
@@ -158,16 +166,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => {
             let cfg = config(a.kernel, a.cmdline, &a.common);
-            let cfg = VmConfig { initrd: a.initrd, ..cfg };
+            let cfg = VmConfig {
+                initrd: a.initrd,
+                ..cfg
+            };
             run_vm(cfg, &a.common)
         }
         Command::Demo(a) => {
             let cmdline = format!("scenario={}", a.scenario);
             let mut common = a.common;
-            if common.vcpus == 1 {
-                // The demo shows several vCPUs sharing containers.
-                common.vcpus = 2;
-            }
+            // The demo shows several vCPUs sharing containers.
+            common.vcpus.get_or_insert(2);
             let cfg = config(KernelSource::Builtin(Builtin::TestGuest), Some(cmdline), &common);
             run_vm(cfg, &common)
         }

@@ -35,7 +35,12 @@ impl Sampler {
     pub fn new(writer: Writer, region: &Arc<TagRegion>, vcpus: Vec<Arc<VcpuShared>>) -> Self {
         let readers = (0..vcpus.len()).map(|i| region.reader(i)).collect();
         let last = vec![0; vcpus.len()];
-        Self { writer, readers, vcpus, last }
+        Self {
+            writer,
+            readers,
+            vcpus,
+            last,
+        }
     }
 
     /// One sample of every vCPU, and a drain of the ring.

@@ -155,18 +155,53 @@ fn build_devices(
 ) -> Result<Devices, VmError> {
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("eventfd for the serial interrupt"))?;
     if with_irqchip {
-        vm.register_irqfd(&irq, COM1_IRQ).map_err(kvm_err("connect the serial interrupt"))?;
+        vm.register_irqfd(&irq, COM1_IRQ)
+            .map_err(kvm_err("connect the serial interrupt"))?;
     }
     let serial = Arc::new(Mutex::new(Serial::new(irq, console)));
     let mut pio = Bus::new();
     pio.insert(serial.clone() as SharedDevice, u64::from(abi::COM1_PORT), 8)?;
-    pio.insert(Arc::new(Mutex::new(DebugPort::default())), u64::from(abi::DEBUG_PORT), 1)?;
+    pio.insert(
+        Arc::new(Mutex::new(DebugPort::default())),
+        u64::from(abi::DEBUG_PORT),
+        1,
+    )?;
     pio.insert(Arc::new(Mutex::new(ExitPort)), u64::from(abi::EXIT_PORT), 4)?;
     pio.insert(Arc::new(Mutex::new(I8042)), 0x60, 5)?;
     let mut mmio = Bus::new();
     let acct_dev = AcctDevice::new(mem.clone(), Arc::clone(region), Arc::clone(acct));
-    mmio.insert(Arc::new(Mutex::new(acct_dev)), abi::ACCT_MMIO_BASE, abi::ACCT_MMIO_SIZE)?;
+    mmio.insert(
+        Arc::new(Mutex::new(acct_dev)),
+        abi::ACCT_MMIO_BASE,
+        abi::ACCT_MMIO_SIZE,
+    )?;
     Ok(Devices { pio, mmio, serial })
+}
+
+/// Bytes of guest RAM resident in the host, by `mincore` over each region
+/// in 1 GiB steps (so the vector stays small for large guests).
+fn resident_bytes(mem: &GuestMemoryMmap) -> u64 {
+    const STEP: usize = 1 << 30;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let mut vec = Vec::new();
+    let mut resident = 0u64;
+    for region in mem.iter() {
+        let len = usize::try_from(region.len()).unwrap_or(0);
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(STEP);
+            vec.resize(n.div_ceil(page), 0u8);
+            // SAFETY: `[as_ptr + off, +n)` is inside the region's live,
+            // page-aligned mapping; `vec` has one byte per page of it.
+            let rc = unsafe { libc::mincore(region.as_ptr().add(off).cast(), n, vec.as_mut_ptr()) };
+            if rc == 0 {
+                resident += vec.iter().filter(|b| **b & 1 != 0).count() as u64 * page as u64;
+            }
+            off += n;
+        }
+    }
+    resident
 }
 
 fn kernel_bytes(source: &KernelSource) -> Result<std::borrow::Cow<'static, [u8]>, VmError> {
@@ -205,7 +240,11 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     config.validate()?;
     let nr_vcpus = usize::from(config.vcpus);
     let kernel = kernel_bytes(&config.kernel)?;
-    let initrd = config.initrd.as_deref().map(|p| boot::read_image(p, "initrd")).transpose()?;
+    let initrd = config
+        .initrd
+        .as_deref()
+        .map(|p| boot::read_image(p, "initrd"))
+        .transpose()?;
 
     let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
     let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
@@ -225,11 +264,20 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     // Writers: one per vCPU, then the sampler.
     let acct = Accounting::new(&config.tenant, nr_vcpus, 1, config.limits);
     let region = TagRegion::new(nr_vcpus);
-    let devices = build_devices(&vm, with_irqchip, console_writer(&config.console)?, &mem, &region, &acct)?;
+    let devices = build_devices(
+        &vm,
+        with_irqchip,
+        console_writer(&config.console)?,
+        &mem,
+        &region,
+        &acct,
+    )?;
     let (pio, mmio) = (Arc::new(devices.pio), Arc::new(devices.mmio));
     let io_stats = Arc::new(IoStats::default());
 
-    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("list supported CPUID"))?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("list supported CPUID"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let (events_tx, events_rx) = mpsc::channel();
     let mut vcpus = Vec::with_capacity(nr_vcpus);
@@ -321,6 +369,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         wall_ns,
         accounting: config.accounting,
         unhandled_io: io_stats.unhandled.load(Ordering::Relaxed),
+        guest_resident_bytes: resident_bytes(&mem),
     };
     let report = Report::build(&acct, info);
     Ok(RunOutcome { end, report })

@@ -27,7 +27,15 @@ impl AcctDevice {
     /// A device registering regions into `region` and counting mistakes in
     /// `acct`.
     pub fn new(mem: GuestMemoryMmap, region: Arc<TagRegion>, acct: Arc<Accounting>) -> Self {
-        Self { mem, region, acct, gpa: 0, len: 0, status: Status::Ok, scratch: 0 }
+        Self {
+            mem,
+            region,
+            acct,
+            gpa: 0,
+            len: 0,
+            status: Status::Ok,
+            scratch: 0,
+        }
     }
 
     fn fail(&mut self, status: Status) {
@@ -49,7 +57,11 @@ impl AcctDevice {
                 let nr_vcpus = self.region.nr_vcpus();
                 match Registration::new(&self.mem, self.gpa, u64::from(self.len), nr_vcpus) {
                     Ok(reg) => {
-                        log::debug!("accounting device: region registered at {:#x}, {:?}", self.gpa, reg.geometry());
+                        log::debug!(
+                            "accounting device: region registered at {:#x}, {:?}",
+                            self.gpa,
+                            reg.geometry()
+                        );
                         self.region.set(Some(reg));
                         self.status = Status::Ok;
                     }
@@ -135,7 +147,12 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let region = TagRegion::new(vcpus);
         let acct = Accounting::new("t", vcpus, 0, Limits::default());
-        (AcctDevice::new(mem.clone(), region.clone(), acct.clone()), mem, region, acct)
+        (
+            AcctDevice::new(mem.clone(), region.clone(), acct.clone()),
+            mem,
+            region,
+            acct,
+        )
     }
 
     fn read32(d: &mut AcctDevice, off: u64) -> u32 {
@@ -160,7 +177,10 @@ mod tests {
         assert_eq!(read32(&mut d, abi::REG_MAGIC), abi::MAGIC);
         assert_eq!(read32(&mut d, abi::REG_VERSION), u32::from(abi::ABI_VERSION));
         assert_eq!(read32(&mut d, abi::REG_NR_VCPUS), 3);
-        assert_eq!(read32(&mut d, abi::REG_MAX_CONTAINERS), Limits::default().max_containers);
+        assert_eq!(
+            read32(&mut d, abi::REG_MAX_CONTAINERS),
+            Limits::default().max_containers
+        );
     }
 
     #[test]

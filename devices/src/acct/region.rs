@@ -44,12 +44,15 @@ impl Registration {
         if last > region.last_addr().0 {
             return Err(Status::NotInRam);
         }
-        let host = mem.get_host_address(GuestAddress(gpa)).map_err(|_| Status::NotInRam)?;
-        if (host as usize) % 64 != 0 {
+        let host = mem
+            .get_host_address(GuestAddress(gpa))
+            .map_err(|_| Status::NotInRam)?;
+        if !(host as usize).is_multiple_of(64) {
             return Err(Status::NotInRam);
         }
         let mut raw = [0u8; 64];
-        mem.read_slice(&mut raw, GuestAddress(gpa)).map_err(|_| Status::NotInRam)?;
+        mem.read_slice(&mut raw, GuestAddress(gpa))
+            .map_err(|_| Status::NotInRam)?;
         let geom = geometry::check_header(&RegionHeader::from_bytes(&raw), len, nr_vcpus)?;
         let reg = Self {
             gpa,
@@ -79,7 +82,10 @@ impl Registration {
     /// The 64-bit word at `offset`, which must be 8-aligned and inside the
     /// region (all callers pass offsets derived from the validated geometry).
     fn word(&self, offset: u64) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= self.geom.len, "offset {offset:#x} outside region");
+        assert!(
+            offset.is_multiple_of(8) && offset + 8 <= self.geom.len,
+            "offset {offset:#x} outside region"
+        );
         let offset = usize::try_from(offset).unwrap_or(usize::MAX);
         // SAFETY: `host` is 64-byte aligned and the region `[host, host+len)`
         // lies in one guest memory mapping kept alive by `self.mem`; the
@@ -100,7 +106,9 @@ impl Registration {
             return false;
         }
         let pos = self.consumed.load(Ordering::Acquire);
-        let seq = self.word(self.geom.ring_entry_offset(pos)).load(Ordering::Acquire);
+        let seq = self
+            .word(self.geom.ring_entry_offset(pos))
+            .load(Ordering::Acquire);
         seq > pos
     }
 
@@ -119,7 +127,11 @@ impl Registration {
             }
             if seq == pos + 1 {
                 let mut raw = [0u8; 64];
-                if self.mem.read_slice(&mut raw, GuestAddress(self.gpa + off)).is_err() {
+                if self
+                    .mem
+                    .read_slice(&mut raw, GuestAddress(self.gpa + off))
+                    .is_err()
+                {
                     break;
                 }
                 let entry = RingEntry::from_bytes(&raw);
@@ -128,7 +140,12 @@ impl Registration {
                 }
                 if let Err(e) = acct.apply(&entry) {
                     self.rejected.fetch_add(1, Ordering::Relaxed);
-                    warn_rl!("tag ring: entry {pos} (kind {}, id {}) rejected: {}", entry.kind, entry.id, e.name());
+                    warn_rl!(
+                        "tag ring: entry {pos} (kind {}, id {}) rejected: {}",
+                        entry.kind,
+                        entry.id,
+                        e.name()
+                    );
                 }
             } else {
                 acct.count_error(GuestError::RingBadSeq);
@@ -139,8 +156,10 @@ impl Registration {
             done += 1;
         }
         if done > 0 {
-            self.word(abi::HDR_RING_CONSUMED).store(self.consumed.load(Ordering::Relaxed), Ordering::Release);
-            self.word(abi::HDR_RING_REJECTED).store(self.rejected.load(Ordering::Relaxed), Ordering::Release);
+            self.word(abi::HDR_RING_CONSUMED)
+                .store(self.consumed.load(Ordering::Relaxed), Ordering::Release);
+            self.word(abi::HDR_RING_REJECTED)
+                .store(self.rejected.load(Ordering::Relaxed), Ordering::Release);
         }
         usize::try_from(done).unwrap_or(usize::MAX)
     }
@@ -159,7 +178,11 @@ pub struct TagRegion {
 impl TagRegion {
     /// No registration yet, for a VM of `nr_vcpus`.
     pub fn new(nr_vcpus: usize) -> Arc<Self> {
-        Arc::new(Self { nr_vcpus, generation: AtomicU64::new(0), current: Mutex::new(None) })
+        Arc::new(Self {
+            nr_vcpus,
+            generation: AtomicU64::new(0),
+            current: Mutex::new(None),
+        })
     }
 
     /// The VM's vCPU count.
@@ -180,7 +203,12 @@ impl TagRegion {
 
     /// A reader for vCPU `vcpu`'s slot.
     pub fn reader(self: &Arc<Self>, vcpu: usize) -> TagReader {
-        TagReader { region: Arc::clone(self), vcpu, generation: u64::MAX, reg: None }
+        TagReader {
+            region: Arc::clone(self),
+            vcpu,
+            generation: u64::MAX,
+            reg: None,
+        }
     }
 }
 
@@ -207,7 +235,10 @@ impl TagReader {
     #[inline]
     pub fn tag(&mut self) -> Option<u64> {
         self.sync();
-        self.reg.as_ref()?.slot(self.vcpu).map(|w| w.load(Ordering::Acquire))
+        self.reg
+            .as_ref()?
+            .slot(self.vcpu)
+            .map(|w| w.load(Ordering::Acquire))
     }
 
     /// Drains pending declarations into `acct`; returns how many entries
@@ -223,6 +254,7 @@ impl TagReader {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use accounting::abi::{tag, EntryKind};
@@ -264,7 +296,12 @@ mod tests {
     }
 
     fn declare(id: u32, name: &str) -> RingEntry {
-        let mut e = RingEntry { kind: EntryKind::DeclareContainer as u16, id, name_len: name.len() as u16, ..Default::default() };
+        let mut e = RingEntry {
+            kind: EntryKind::DeclareContainer as u16,
+            id,
+            name_len: name.len() as u16,
+            ..Default::default()
+        };
         e.name[..name.len()].copy_from_slice(name.as_bytes());
         e
     }
@@ -274,10 +311,22 @@ mod tests {
         let m = mem();
         let len = write_header(&m, 2, 4);
         assert!(Registration::new(&m, GPA, len, 2).is_ok());
-        assert_eq!(Registration::new(&m, GPA + 8, len, 2).unwrap_err(), Status::Misaligned);
-        assert_eq!(Registration::new(&m, (1 << 20) - 64, 4096, 2).unwrap_err(), Status::NotInRam);
-        assert_eq!(Registration::new(&m, 0xd000_0000, 4096, 2).unwrap_err(), Status::NotInRam);
-        assert_eq!(Registration::new(&m, GPA, len, 3).unwrap_err(), Status::BadGeometry);
+        assert_eq!(
+            Registration::new(&m, GPA + 8, len, 2).unwrap_err(),
+            Status::Misaligned
+        );
+        assert_eq!(
+            Registration::new(&m, (1 << 20) - 64, 4096, 2).unwrap_err(),
+            Status::NotInRam
+        );
+        assert_eq!(
+            Registration::new(&m, 0xd000_0000, 4096, 2).unwrap_err(),
+            Status::NotInRam
+        );
+        assert_eq!(
+            Registration::new(&m, GPA, len, 3).unwrap_err(),
+            Status::BadGeometry
+        );
     }
 
     #[test]
@@ -306,7 +355,17 @@ mod tests {
         assert_eq!(r.drain(&acct), 0);
 
         push(&m, 1, 4, 0, declare(1, "a"));
-        push(&m, 1, 4, 1, RingEntry { kind: 99, id: 1, ..Default::default() });
+        push(
+            &m,
+            1,
+            4,
+            1,
+            RingEntry {
+                kind: 99,
+                id: 1,
+                ..Default::default()
+            },
+        );
         // Position 2 carries a sequence from the far future: skipped, counted.
         let mut bad = declare(2, "b");
         bad.seq = 0;

@@ -81,7 +81,10 @@ mod tests {
         let mut p = ExitPort;
         assert_eq!(p.write(0, &[7]), Some(VmAction::Exit(7)));
         assert_eq!(p.write(0, &[0x34, 0x12]), Some(VmAction::Exit(0x1234)));
-        assert_eq!(p.write(0, &1_000_000u32.to_le_bytes()), Some(VmAction::Exit(1_000_000)));
+        assert_eq!(
+            p.write(0, &1_000_000u32.to_le_bytes()),
+            Some(VmAction::Exit(1_000_000))
+        );
     }
 
     #[test]

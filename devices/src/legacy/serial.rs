@@ -33,7 +33,9 @@ pub struct ConsoleOut {
 
 impl std::fmt::Debug for ConsoleOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsoleOut").field("buffered", &self.buf.len()).finish()
+        f.debug_struct("ConsoleOut")
+            .field("buffered", &self.buf.len())
+            .finish()
     }
 }
 
@@ -42,7 +44,10 @@ const LINE_MAX: usize = 4096;
 impl ConsoleOut {
     /// Console output to `inner`.
     pub fn new(inner: Box<dyn Write + Send>) -> Self {
-        Self { inner, buf: Vec::with_capacity(256) }
+        Self {
+            inner,
+            buf: Vec::with_capacity(256),
+        }
     }
 
     /// Writes out whatever is buffered.
@@ -78,7 +83,9 @@ pub struct Serial {
 impl Serial {
     /// A 16550 writing to `out`, raising interrupts through `irq`.
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
-        Self { inner: vm_superio::Serial::new(EventFdTrigger(irq), ConsoleOut::new(out)) }
+        Self {
+            inner: vm_superio::Serial::new(EventFdTrigger(irq), ConsoleOut::new(out)),
+        }
     }
 
     /// Flushes buffered output; call when the VM ends.

@@ -205,7 +205,14 @@ pub struct Decl {
 impl Decl {
     /// An entry of `kind` with the given ids and no name.
     pub const fn new(kind: u16, id: u32, arg: u32) -> Self {
-        Decl { kind, name_len: 0, id, arg, arg64: 0, name: [0; abi::MAX_NAME_LEN] }
+        Decl {
+            kind,
+            name_len: 0,
+            id,
+            arg,
+            arg64: 0,
+            name: [0; abi::MAX_NAME_LEN],
+        }
     }
 
     /// Sets the name (at most 32 bytes copied) and `name_len = name.len()`.

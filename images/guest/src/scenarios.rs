@@ -246,7 +246,9 @@ fn spin(b: &Boot) -> ! {
 }
 
 fn spin_iters(b: &Boot) -> u64 {
-    arg(b.cmdline, b"spin_iters=").and_then(parse_u64).unwrap_or(SPIN_ITERS)
+    arg(b.cmdline, b"spin_iters=")
+        .and_then(parse_u64)
+        .unwrap_or(SPIN_ITERS)
 }
 
 /// Pure arithmetic, no memory traffic, no exits.
@@ -254,7 +256,9 @@ fn spin_iters(b: &Boot) -> u64 {
 fn burn(iters: u64) -> u64 {
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     for _ in 0..iters {
-        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         // SAFETY: an empty asm block; it only hides `x` from the optimizer
         // so the loop is not folded.
         unsafe { core::arch::asm!("/* {0} */", inout(reg) x, options(nomem, nostack, preserves_flags)) };
@@ -265,7 +269,11 @@ fn burn(iters: u64) -> u64 {
 /// Even vCPUs: long loop in `cpu-a`, then short loop in `cpu-b`; odd vCPUs
 /// the other way round.
 fn spin_part(b: &Boot) {
-    let (first, second) = if b.vcpu % 2 == 0 { (SPIN_A, SPIN_B) } else { (SPIN_B, SPIN_A) };
+    let (first, second) = if b.vcpu % 2 == 0 {
+        (SPIN_A, SPIN_B)
+    } else {
+        (SPIN_B, SPIN_A)
+    };
     let iters = spin_iters(b);
     acct::set_tag(b.vcpu, tag(first, 0));
     core::hint::black_box(burn(iters));
@@ -310,7 +318,7 @@ fn garbage_ring(b: &Boot) -> ! {
     acct::begin_request(12, GR_GOOD, 0); // (valid)
     acct::push(&Decl::new(BEGIN, 12, GR_GOOD)); // 12. duplicate begin of live request 12
     acct::end_request(12); // (valid)
-    // ... and one entry whose seq is far in the future (to be skipped).
+                           // ... and one entry whose seq is far in the future (to be skipped).
     acct::push_with_seq(
         &Decl::new(DECL, 9, 0).named(b"future"),
         1000 * u64::from(acct::RING_ENTRIES),

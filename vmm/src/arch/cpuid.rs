@@ -33,9 +33,7 @@ const LEVEL_TYPE_CORE: u32 = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum CpuidError {
     /// The vCPU id or count is impossible.
-    #[error(
-        "vCPU id {vcpu_id} is not below the vCPU count {nr_vcpus}: pass --vcpus between 1 and 254"
-    )]
+    #[error("vCPU id {vcpu_id} is not below the vCPU count {nr_vcpus}: pass --vcpus between 1 and 254")]
     BadTopology {
         /// The vCPU's id.
         vcpu_id: u8,
@@ -169,10 +167,7 @@ mod tests {
         let invalid = find(&cpuid, 0xb, 2);
         assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 2));
         assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (3, 5, 0x201, 2));
-        assert_eq!(
-            (invalid.eax, invalid.ebx, invalid.ecx, invalid.edx),
-            (0, 0, 2, 2)
-        );
+        assert_eq!((invalid.eax, invalid.ebx, invalid.ecx, invalid.edx), (0, 0, 2, 2));
     }
 
     #[test]

@@ -32,9 +32,7 @@
 use kvm_bindings::kvm_segment;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{
-    GDT_ADDR, GDT_ENTRIES, IDT_ADDR, TSS_ADDR, TSS_IO_BITMAP_OFFSET, TSS_IO_BITMAP_SIZE,
-};
+use super::layout::{GDT_ADDR, GDT_ENTRIES, IDT_ADDR, TSS_ADDR, TSS_IO_BITMAP_OFFSET, TSS_IO_BITMAP_SIZE};
 
 /// GDT index of the 64-bit kernel code segment.
 pub const KERNEL_CODE_INDEX: u8 = 1;
@@ -209,8 +207,7 @@ mod tests {
     #[test]
     fn tss_allows_every_port() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        mem.write_slice(&[0xaa; 0x3000], GuestAddress(TSS_ADDR))
-            .unwrap();
+        mem.write_slice(&[0xaa; 0x3000], GuestAddress(TSS_ADDR)).unwrap();
         write_tss(&mem).unwrap();
         let io_map_base: u16 = mem.read_obj(GuestAddress(TSS_ADDR + 0x66)).unwrap();
         assert_eq!(io_map_base, 0x68);
@@ -228,16 +225,10 @@ mod tests {
     fn user_segments_have_dpl3_and_rpl3_selectors() {
         let cs = kvm_segment_from_gdt(&GDT, USER_CODE_INDEX);
         assert_eq!(cs.selector, 0x23);
-        assert_eq!(
-            (cs.type_, cs.dpl, cs.l, cs.db, cs.present),
-            (0xb, 3, 1, 0, 1)
-        );
+        assert_eq!((cs.type_, cs.dpl, cs.l, cs.db, cs.present), (0xb, 3, 1, 0, 1));
         let ds = kvm_segment_from_gdt(&GDT, USER_DATA_INDEX);
         assert_eq!(ds.selector, 0x2b);
-        assert_eq!(
-            (ds.type_, ds.dpl, ds.db, ds.s, ds.present),
-            (0x3, 3, 1, 1, 1)
-        );
+        assert_eq!((ds.type_, ds.dpl, ds.db, ds.s, ds.present), (0x3, 3, 1, 1, 1));
     }
 
     #[test]
@@ -257,8 +248,7 @@ mod tests {
     #[test]
     fn tables_are_written_to_their_fixed_addresses() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        mem.write_slice(&[0xaa; 0x100], GuestAddress(0x500))
-            .unwrap();
+        mem.write_slice(&[0xaa; 0x100], GuestAddress(0x500)).unwrap();
         write_gdt_and_idt(&mem).unwrap();
         for (i, entry) in GDT.iter().enumerate() {
             let got: u64 = mem.read_obj(GuestAddress(GDT_ADDR + 8 * i as u64)).unwrap();

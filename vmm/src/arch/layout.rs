@@ -131,9 +131,7 @@ pub const fn ram_end_below_gap(mem_bytes: u64) -> u64 {
 /// [`HIMEM_START`].
 pub fn bare_metal_stack_base(ram_end: u64, nr_vcpus: u8) -> Option<u64> {
     let stacks = u64::from(nr_vcpus).checked_mul(BARE_METAL_STACK_SIZE)?;
-    ram_end
-        .checked_sub(stacks)
-        .filter(|base| *base >= HIMEM_START)
+    ram_end.checked_sub(stacks).filter(|base| *base >= HIMEM_START)
 }
 
 /// Top (exclusive, 16-byte aligned) of vCPU `vcpu_id`'s bare-metal stack.
@@ -148,11 +146,7 @@ mod tests {
     #[test]
     fn mmio_gap_starts_with_the_accounting_device() {
         assert_eq!(MMIO_GAP_START, accounting::abi::ACCT_MMIO_BASE);
-        const {
-            assert!(
-                accounting::abi::ACCT_MMIO_BASE + accounting::abi::ACCT_MMIO_SIZE <= KVM_TSS_ADDR
-            )
-        };
+        const { assert!(accounting::abi::ACCT_MMIO_BASE + accounting::abi::ACCT_MMIO_SIZE <= KVM_TSS_ADDR) };
     }
 
     #[test]

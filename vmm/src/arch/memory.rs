@@ -69,10 +69,7 @@ pub fn ram_regions(mem_bytes: u64) -> Vec<(GuestAddress, usize)> {
         regions.push((GuestAddress(0), to_usize(low)));
     }
     if mem_bytes > MMIO_GAP_START {
-        regions.push((
-            GuestAddress(MMIO_GAP_END),
-            to_usize(mem_bytes - MMIO_GAP_START),
-        ));
+        regions.push((GuestAddress(MMIO_GAP_END), to_usize(mem_bytes - MMIO_GAP_START)));
     }
     regions
 }

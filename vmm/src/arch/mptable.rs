@@ -326,9 +326,7 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, nr_vcpus: u8) -> Result<(), MptableE
     }
     let start = GuestAddress(MPTABLE_START);
     let size = mptable_size(nr_vcpus) as u64;
-    let last = start
-        .checked_add(size - 1)
-        .ok_or(MptableError::NotEnoughMemory)?;
+    let last = start.checked_add(size - 1).ok_or(MptableError::NotEnoughMemory)?;
     if !mem.address_in_range(last) {
         return Err(MptableError::NotEnoughMemory);
     }
@@ -363,13 +361,9 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, nr_vcpus: u8) -> Result<(), MptableE
     mpf.checksum = 0u8.wrapping_sub(byte_sum(&mpf));
 
     mem.write_obj(mpf, start).map_err(MptableError::Write)?;
-    mem.write_obj(header, table_addr)
+    mem.write_obj(header, table_addr).map_err(MptableError::Write)?;
+    mem.write_slice(&body, table_addr.unchecked_add(size_of::<MpcTable>() as u64))
         .map_err(MptableError::Write)?;
-    mem.write_slice(
-        &body,
-        table_addr.unchecked_add(size_of::<MpcTable>() as u64),
-    )
-    .map_err(MptableError::Write)?;
     Ok(())
 }
 
@@ -436,10 +430,7 @@ mod tests {
             setup_mptable(&mem(), 255),
             Err(MptableError::TooManyCpus(255))
         ));
-        assert!(matches!(
-            setup_mptable(&mem(), 0),
-            Err(MptableError::NoCpus)
-        ));
+        assert!(matches!(setup_mptable(&mem(), 0), Err(MptableError::NoCpus)));
     }
 
     #[test]

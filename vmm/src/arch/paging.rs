@@ -51,10 +51,7 @@ pub fn identity_page_tables() -> Vec<(u64, Vec<u8>)> {
         bytes
     };
     let mut tables = Vec::new();
-    tables.push((
-        PML4_ADDR,
-        table(&mut std::iter::once(PDPT_ADDR | TABLE_FLAGS)),
-    ));
+    tables.push((PML4_ADDR, table(&mut std::iter::once(PDPT_ADDR | TABLE_FLAGS))));
     tables.push((
         PDPT_ADDR,
         table(&mut (0..PD_COUNT).map(|i| (PD_ADDR + i * 0x1000) | TABLE_FLAGS)),
@@ -88,8 +85,7 @@ mod tests {
 
     fn written() -> GuestMemoryMmap {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x20000)]).unwrap();
-        mem.write_slice(&[0xaa; 0x7000], GuestAddress(0x9000))
-            .unwrap();
+        mem.write_slice(&[0xaa; 0x7000], GuestAddress(0x9000)).unwrap();
         write_identity_page_tables(&mem).unwrap();
         mem
     }

@@ -26,8 +26,8 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::cpuid::{patch_cpuid, CpuidError};
 use super::gdt::{
-    kvm_segment_from_gdt, GDT, GDT_LIMIT, KERNEL_CODE_INDEX, KERNEL_DATA_INDEX, TSS_INDEX,
-    USER_CODE_INDEX, USER_DATA_INDEX,
+    kvm_segment_from_gdt, GDT, GDT_LIMIT, KERNEL_CODE_INDEX, KERNEL_DATA_INDEX, TSS_INDEX, USER_CODE_INDEX,
+    USER_DATA_INDEX,
 };
 use super::layout::{self, GDT_ADDR, IDT_ADDR, LINUX_BOOT_STACK, PML4_ADDR};
 use super::memory::ram_below_gap;
@@ -301,10 +301,7 @@ fn lapic_reg(lapic: &kvm_lapic_state, offset: usize) -> u32 {
 }
 
 fn set_lapic_reg(lapic: &mut kvm_lapic_state, offset: usize, value: u32) {
-    for (r, b) in lapic.regs[offset..offset + 4]
-        .iter_mut()
-        .zip(value.to_le_bytes())
-    {
+    for (r, b) in lapic.regs[offset..offset + 4].iter_mut().zip(value.to_le_bytes()) {
         *r = std::ffi::c_char::from_le_bytes([b]);
     }
 }
@@ -316,17 +313,9 @@ fn with_delivery_mode(reg: u32, mode: u32) -> u32 {
 /// Wires LINT0 as ExtINT (the PIC) and LINT1 as NMI, as a BIOS would.
 pub fn lapic_with_lint(mut lapic: kvm_lapic_state) -> kvm_lapic_state {
     let lint0 = lapic_reg(&lapic, APIC_LVT0);
-    set_lapic_reg(
-        &mut lapic,
-        APIC_LVT0,
-        with_delivery_mode(lint0, APIC_MODE_EXTINT),
-    );
+    set_lapic_reg(&mut lapic, APIC_LVT0, with_delivery_mode(lint0, APIC_MODE_EXTINT));
     let lint1 = lapic_reg(&lapic, APIC_LVT1);
-    set_lapic_reg(
-        &mut lapic,
-        APIC_LVT1,
-        with_delivery_mode(lint1, APIC_MODE_NMI),
-    );
+    set_lapic_reg(&mut lapic, APIC_LVT1, with_delivery_mode(lint1, APIC_MODE_NMI));
     lapic
 }
 
@@ -370,9 +359,7 @@ pub fn configure_vcpu(
         return Err(RegsError::EntryOutsideRam(entry.0));
     }
     if let BootMode::BareMetal {
-        ram_end,
-        stack_base,
-        ..
+        ram_end, stack_base, ..
     } = *mode
     {
         let low = ram_below_gap(mem);
@@ -389,9 +376,7 @@ pub fn configure_vcpu(
     vcpu.set_cpuid2(&cpuid)
         .map_err(|source| RegsError::SetCpuid { vcpu_id, source })?;
 
-    let base = vcpu
-        .get_sregs()
-        .map_err(ioctl("get the special registers"))?;
+    let base = vcpu.get_sregs().map_err(ioctl("get the special registers"))?;
     let (sregs, regs) = match *mode {
         BootMode::Linux64 { entry, boot_params } => {
             set_msrs(vcpu, &linux_boot_msrs())?;
@@ -405,8 +390,7 @@ pub fn configure_vcpu(
     vcpu.set_sregs(&sregs)
         .map_err(ioctl("set the special registers"))?;
     vcpu.set_regs(&regs).map_err(ioctl("set the registers"))?;
-    vcpu.set_fpu(&boot_fpu())
-        .map_err(ioctl("set the FPU state"))?;
+    vcpu.set_fpu(&boot_fpu()).map_err(ioctl("set the FPU state"))?;
 
     if with_irqchip {
         match mode {
@@ -475,10 +459,7 @@ mod tests {
         assert_eq!(r.rflags, 0x3002);
         assert_eq!(r.rsp, ram_end - 2 * layout::BARE_METAL_STACK_SIZE);
         assert_eq!(r.rsp % 16, 0);
-        assert_eq!(
-            (r.rdi, r.rsi, r.rdx, r.rcx),
-            (2, layout::CMDLINE_ADDR, 11, 4)
-        );
+        assert_eq!((r.rdi, r.rsi, r.rdx, r.rcx), (2, layout::CMDLINE_ADDR, 11, 4));
         assert_eq!(
             (r.r8, r.r9),
             (ram_end, ram_end - 4 * layout::BARE_METAL_STACK_SIZE)
@@ -532,10 +513,7 @@ mod tests {
     #[test]
     fn boot_msrs_enable_fast_strings() {
         let msrs = linux_boot_msrs();
-        let misc = msrs
-            .iter()
-            .find(|m| m.index == MSR_IA32_MISC_ENABLE)
-            .unwrap();
+        let misc = msrs.iter().find(|m| m.index == MSR_IA32_MISC_ENABLE).unwrap();
         assert_eq!(misc.data, 1);
         assert!(msrs.iter().any(|m| m.index == MSR_LSTAR));
     }

@@ -152,16 +152,13 @@ fn find_marker(notes: &[u8], align: usize) -> Result<Option<u32>, ElfNoteError> 
         let name = notes
             .get(name_off..name_off + namesz)
             .ok_or(ElfNoteError::Malformed("note name past the segment end"))?;
-        let desc =
-            notes
-                .get(desc_off..desc_off.saturating_add(descsz))
-                .ok_or(ElfNoteError::Malformed(
-                    "note descriptor past the segment end",
-                ))?;
+        let desc = notes
+            .get(desc_off..desc_off.saturating_add(descsz))
+            .ok_or(ElfNoteError::Malformed("note descriptor past the segment end"))?;
         if name == NOTE_NAME && ntype == NOTE_TYPE_BAREMETAL {
-            let version: [u8; 4] = desc.try_into().map_err(|_| {
-                ElfNoteError::Malformed("bare-metal note descriptor is not 4 bytes")
-            })?;
+            let version: [u8; 4] = desc
+                .try_into()
+                .map_err(|_| ElfNoteError::Malformed("bare-metal note descriptor is not 4 bytes"))?;
             return Ok(Some(u32::from_le_bytes(version)));
         }
         if next <= off {
@@ -422,11 +419,7 @@ mod tests {
     fn note_name_must_match_exactly() {
         let image = build_elf(
             0x10_0000,
-            &[note_ph(note(
-                b"Resourceful",
-                NOTE_TYPE_BAREMETAL,
-                &[1, 0, 0, 0],
-            ))],
+            &[note_ph(note(b"Resourceful", NOTE_TYPE_BAREMETAL, &[1, 0, 0, 0]))],
         );
         assert_eq!(bare_metal_marker(&image), Ok(None));
     }
@@ -435,16 +428,10 @@ mod tests {
     fn wrong_class_and_machine_are_unsupported() {
         let mut image = bare_metal_elf(1);
         image[4] = 1;
-        assert!(matches!(
-            parse_elf(&image),
-            Err(ElfNoteError::Unsupported(_))
-        ));
+        assert!(matches!(parse_elf(&image), Err(ElfNoteError::Unsupported(_))));
         let mut image = bare_metal_elf(1);
         image[18] = 3;
-        assert!(matches!(
-            parse_elf(&image),
-            Err(ElfNoteError::Unsupported(_))
-        ));
+        assert!(matches!(parse_elf(&image), Err(ElfNoteError::Unsupported(_))));
     }
 
     #[test]

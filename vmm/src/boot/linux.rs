@@ -30,8 +30,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 use super::{elf_note, zero_bss, BootError, BootPlan, KernelKind, LinuxFormat};
 use crate::arch::gdt::write_gdt_and_idt;
 use crate::arch::layout::{
-    CMDLINE_ADDR, CMDLINE_CAPACITY, EBDA_START, HIMEM_START, INITRD_ALIGN, MMIO_GAP_END,
-    MMIO_GAP_START, ZERO_PAGE_ADDR,
+    CMDLINE_ADDR, CMDLINE_CAPACITY, EBDA_START, HIMEM_START, INITRD_ALIGN, MMIO_GAP_END, MMIO_GAP_START,
+    ZERO_PAGE_ADDR,
 };
 use crate::arch::memory::ram_below_gap;
 use crate::arch::mptable::setup_mptable;
@@ -65,8 +65,7 @@ const SETUP_HEADER_OFFSET: usize = 0x1f1;
 /// enough to hold one.
 fn read_setup_header(image: &[u8]) -> Option<setup_header> {
     let mut hdr = setup_header::default();
-    let bytes = image
-        .get(SETUP_HEADER_OFFSET..SETUP_HEADER_OFFSET + std::mem::size_of::<setup_header>())?;
+    let bytes = image.get(SETUP_HEADER_OFFSET..SETUP_HEADER_OFFSET + std::mem::size_of::<setup_header>())?;
     vm_memory::ByteValued::as_mut_slice(&mut hdr).copy_from_slice(bytes);
     Some(hdr)
 }
@@ -93,12 +92,7 @@ fn initrd_limit(hdr: Option<&setup_header>) -> Option<u64> {
 /// Where an initrd of `size` bytes goes: the highest [`INITRD_ALIGN`]-ed
 /// address such that it ends at or below `min(ram_end, limit)` and starts
 /// at or above `kernel_end`.
-pub fn initrd_addr(
-    ram_end: u64,
-    limit: Option<u64>,
-    size: u64,
-    kernel_end: u64,
-) -> Result<u64, BootError> {
+pub fn initrd_addr(ram_end: u64, limit: Option<u64>, size: u64, kernel_end: u64) -> Result<u64, BootError> {
     let top = limit.map_or(ram_end, |l| l.min(ram_end));
     let err = || BootError::InitrdDoesNotFit {
         size,
@@ -233,8 +227,7 @@ pub(crate) fn load_linux(
                     return Err(BootError::UnknownFormat);
                 }
             }
-            let res = BzImage::load(mem, None, &mut Cursor::new(kernel), himem)
-                .map_err(BootError::Load)?;
+            let res = BzImage::load(mem, None, &mut Cursor::new(kernel), himem).map_err(BootError::Load)?;
             let hdr = res.setup_header;
             let start = res.kernel_load.0;
             // The kernel decompresses in place and needs `init_size` bytes.
@@ -254,12 +247,7 @@ pub(crate) fn load_linux(
     let initrd_range = match initrd {
         Some(bytes) => {
             let size = bytes.len() as u64;
-            let addr = initrd_addr(
-                ram_low,
-                initrd_limit(setup_header.as_ref()),
-                size,
-                kernel_end,
-            )?;
+            let addr = initrd_addr(ram_low, initrd_limit(setup_header.as_ref()), size, kernel_end)?;
             mem.write_slice(bytes, GuestAddress(addr))
                 .map_err(|source| BootError::Write {
                     what: "initrd",
@@ -299,11 +287,8 @@ pub(crate) fn load_linux(
         initrd: initrd_fields,
         e820: &e820,
     })?;
-    LinuxBootConfigurator::write_bootparams(
-        &BootParams::new(&params, GuestAddress(ZERO_PAGE_ADDR)),
-        mem,
-    )
-    .map_err(BootError::BootParams)?;
+    LinuxBootConfigurator::write_bootparams(&BootParams::new(&params, GuestAddress(ZERO_PAGE_ADDR)), mem)
+        .map_err(BootError::BootParams)?;
 
     setup_mptable(mem, nr_vcpus)?;
     write_gdt_and_idt(mem)?;
@@ -456,8 +441,7 @@ mod tests {
             vec![(0, 0x9_fc00, 1), (0x10_0000, (128 << 20) - 0x10_0000, 1)]
         );
         let mut cmdline = [0u8; 20];
-        mem.read_slice(&mut cmdline, GuestAddress(CMDLINE_ADDR))
-            .unwrap();
+        mem.read_slice(&mut cmdline, GuestAddress(CMDLINE_ADDR)).unwrap();
         assert_eq!(&cmdline, b"console=ttyS0 quiet\0");
         let mut initrd_back = vec![0u8; 10_000];
         mem.read_slice(&mut initrd_back, start).unwrap();
@@ -469,16 +453,14 @@ mod tests {
         );
         // The MP table is there.
         let mut sig = [0u8; 4];
-        mem.read_slice(&mut sig, GuestAddress(MPTABLE_START))
-            .unwrap();
+        mem.read_slice(&mut sig, GuestAddress(MPTABLE_START)).unwrap();
         assert_eq!(&sig, b"_MP_");
     }
 
     #[test]
     fn boot_params_above_4_gib_list_high_ram() {
         // Lazily backed, so 5 GiB of address space costs nothing.
-        let mem =
-            GuestMemoryMmap::<()>::from_ranges(&crate::arch::memory::ram_regions(5 << 30)).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&crate::arch::memory::ram_regions(5 << 30)).unwrap();
         load_kernel(&mem, &bzimage(), None, "", 1).unwrap();
         let p = zero_page(&mem);
         assert_eq!(
@@ -522,10 +504,7 @@ mod tests {
         let long = "a".repeat(2048);
         assert!(matches!(
             load_kernel(&mem, &bzimage(), None, &long, 1),
-            Err(BootError::CmdlineTooLong {
-                len: 2048,
-                max: 2047
-            })
+            Err(BootError::CmdlineTooLong { len: 2048, max: 2047 })
         ));
         let ok = "a".repeat(2047);
         load_kernel(&mem, &bzimage(), None, &ok, 1).unwrap();

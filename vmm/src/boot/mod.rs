@@ -265,9 +265,7 @@ pub fn load_kernel(
             }
             load_bare_metal(mem, kernel, cmdline, nr_vcpus)
         }
-        KernelKind::Linux { format } => {
-            linux::load_linux(mem, kernel, format, initrd, cmdline, nr_vcpus)
-        }
+        KernelKind::Linux { format } => linux::load_linux(mem, kernel, format, initrd, cmdline, nr_vcpus),
     }
 }
 
@@ -281,10 +279,7 @@ pub(crate) fn zero_bss(mem: &GuestMemoryMmap, info: &ElfInfo) -> Result<(), Boot
         while addr < end {
             let n = (end - addr).min(ZEROS.len() as u64);
             mem.write_slice(&ZEROS[..to_usize(n)], GuestAddress(addr))
-                .map_err(|source| BootError::Write {
-                    what: ".bss",
-                    source,
-                })?;
+                .map_err(|source| BootError::Write { what: ".bss", source })?;
             addr += n;
         }
     }
@@ -383,8 +378,7 @@ mod tests {
     #[test]
     fn bare_metal_image_is_loaded_with_bss_zeroed() {
         let mem = mem(32 << 20);
-        mem.write_slice(&[0xaa; 0x4000], GuestAddress(0x10_0000))
-            .unwrap();
+        mem.write_slice(&[0xaa; 0x4000], GuestAddress(0x10_0000)).unwrap();
         let image = bare_metal_elf(u32::from(accounting::abi::ABI_VERSION));
 
         let plan = load_kernel(&mem, &image, None, "mode=test", 2).unwrap();
@@ -419,14 +413,8 @@ mod tests {
             }
         );
         assert_eq!(read(&mem, CMDLINE_ADDR, 6), b"hello\0");
-        assert_eq!(
-            mem.read_obj::<u64>(GuestAddress(GDT_ADDR + 32)).unwrap(),
-            GDT[4]
-        );
-        assert_eq!(
-            mem.read_obj::<u64>(GuestAddress(PML4_ADDR)).unwrap() & 0x7,
-            0x7
-        );
+        assert_eq!(mem.read_obj::<u64>(GuestAddress(GDT_ADDR + 32)).unwrap(), GDT[4]);
+        assert_eq!(mem.read_obj::<u64>(GuestAddress(PML4_ADDR)).unwrap() & 0x7, 0x7);
     }
 
     #[test]
@@ -488,10 +476,7 @@ mod tests {
     fn wrong_abi_version_is_refused() {
         assert!(matches!(
             detect_kind(&bare_metal_elf(7)),
-            Err(BootError::Elf(ElfNoteError::UnsupportedAbi {
-                found: 7,
-                ..
-            }))
+            Err(BootError::Elf(ElfNoteError::UnsupportedAbi { found: 7, .. }))
         ));
     }
 
@@ -578,10 +563,7 @@ mod tests {
             // rdx held the command-line length; the guest reused it for the port.
             assert_eq!((regs.rdi, regs.rcx), (u64::from(id), u64::from(nr_vcpus)));
             assert_eq!(regs.rbx & 0xff, u64::from(b'Z'));
-            assert_eq!(
-                (regs.r8, regs.r9),
-                (ram, ram - u64::from(nr_vcpus) * stacks)
-            );
+            assert_eq!((regs.r8, regs.r9), (ram, ram - u64::from(nr_vcpus) * stacks));
             let sregs = vcpu.get_sregs().unwrap();
             assert_eq!((sregs.cs.selector, sregs.ss.selector), (0x23, 0x2b));
 

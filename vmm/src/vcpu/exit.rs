@@ -124,9 +124,10 @@ pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus, stats: &IoStats) -
             }
         },
         VcpuExit::Shutdown => (ExitReason::Shutdown, ExitAction::Stop(VmEnd::TripleFault)),
-        VcpuExit::InternalError => {
-            (ExitReason::InternalError, ExitAction::Stop(VmEnd::InternalError("KVM_EXIT_INTERNAL_ERROR".into())))
-        }
+        VcpuExit::InternalError => (
+            ExitReason::InternalError,
+            ExitAction::Stop(VmEnd::InternalError("KVM_EXIT_INTERNAL_ERROR".into())),
+        ),
         VcpuExit::FailEntry(reason, cpu) => (
             ExitReason::Other,
             ExitAction::Stop(VmEnd::UnknownExit(format!(
@@ -135,9 +136,14 @@ pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus, stats: &IoStats) -
         ),
         VcpuExit::Hlt => (
             ExitReason::Other,
-            ExitAction::Stop(VmEnd::UnknownExit("hlt with interrupts off (the guest stopped itself)".into())),
+            ExitAction::Stop(VmEnd::UnknownExit(
+                "hlt with interrupts off (the guest stopped itself)".into(),
+            )),
         ),
-        other => (ExitReason::Other, ExitAction::Stop(VmEnd::UnknownExit(format!("{other:?}")))),
+        other => (
+            ExitReason::Other,
+            ExitAction::Stop(VmEnd::UnknownExit(format!("{other:?}"))),
+        ),
     }
 }
 
@@ -150,10 +156,12 @@ mod tests {
 
     fn buses() -> (Bus, Bus) {
         let mut pio = Bus::new();
-        pio.insert(Arc::new(Mutex::new(DebugPort::default())), 0x80, 1).unwrap();
+        pio.insert(Arc::new(Mutex::new(DebugPort::default())), 0x80, 1)
+            .unwrap();
         pio.insert(Arc::new(Mutex::new(ExitPort)), 0xf4, 4).unwrap();
         let mut mmio = Bus::new();
-        mmio.insert(Arc::new(Mutex::new(DebugPort::default())), 0xd000_0000, 0x1000).unwrap();
+        mmio.insert(Arc::new(Mutex::new(DebugPort::default())), 0xd000_0000, 0x1000)
+            .unwrap();
         (pio, mmio)
     }
 
@@ -169,7 +177,12 @@ mod tests {
     #[test]
     fn exit_port_stops_with_the_guest_status() {
         let (pio, mmio) = buses();
-        let r = handle_exit(VcpuExit::IoOut(0xf4, &[7, 0, 0, 0]), &pio, &mmio, &IoStats::default());
+        let r = handle_exit(
+            VcpuExit::IoOut(0xf4, &[7, 0, 0, 0]),
+            &pio,
+            &mmio,
+            &IoStats::default(),
+        );
         assert_eq!(r, (ExitReason::PortOut, ExitAction::Stop(VmEnd::GuestExit(7))));
     }
 
@@ -183,7 +196,10 @@ mod tests {
         assert_eq!((r.0, data), (ExitReason::PortIn, [0x5a]));
         let mut data = [0u8; 4];
         let r = handle_exit(VcpuExit::MmioRead(0xe000_0000, &mut data), &pio, &mmio, &stats);
-        assert_eq!((r, data), ((ExitReason::MmioRead, ExitAction::Continue), [0xff; 4]));
+        assert_eq!(
+            (r, data),
+            ((ExitReason::MmioRead, ExitAction::Continue), [0xff; 4])
+        );
         handle_exit(VcpuExit::IoOut(0x1234, &[0]), &pio, &mmio, &stats);
         handle_exit(VcpuExit::MmioWrite(0x10, &[0]), &pio, &mmio, &stats);
         assert_eq!(stats.unhandled.load(Ordering::Relaxed), 3);
@@ -192,7 +208,12 @@ mod tests {
     #[test]
     fn mmio_write_is_classified() {
         let (pio, mmio) = buses();
-        let r = handle_exit(VcpuExit::MmioWrite(0xd000_0040, &[1, 2, 3, 4]), &pio, &mmio, &IoStats::default());
+        let r = handle_exit(
+            VcpuExit::MmioWrite(0xd000_0040, &[1, 2, 3, 4]),
+            &pio,
+            &mmio,
+            &IoStats::default(),
+        );
         assert_eq!(r, (ExitReason::MmioWrite, ExitAction::Continue));
     }
 
@@ -200,7 +221,10 @@ mod tests {
     fn fatal_exits_stop_with_their_reason() {
         let (pio, mmio) = buses();
         let s = IoStats::default();
-        assert_eq!(handle_exit(VcpuExit::Shutdown, &pio, &mmio, &s), (ExitReason::Shutdown, ExitAction::Stop(VmEnd::TripleFault)));
+        assert_eq!(
+            handle_exit(VcpuExit::Shutdown, &pio, &mmio, &s),
+            (ExitReason::Shutdown, ExitAction::Stop(VmEnd::TripleFault))
+        );
         let (r, a) = handle_exit(VcpuExit::InternalError, &pio, &mmio, &s);
         assert_eq!(r, ExitReason::InternalError);
         assert!(matches!(a, ExitAction::Stop(VmEnd::InternalError(_))));

@@ -118,7 +118,9 @@ impl Vcpu {
             Ok(exit) => handle_exit(exit, &self.pio, &self.mmio, &self.io_stats),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return VcpuState::Running,
             Err(e) => {
-                let _ = self.events.send(VmEnd::VcpuError(format!("vCPU {}: KVM_RUN failed: {e}", self.id)));
+                let _ = self
+                    .events
+                    .send(VmEnd::VcpuError(format!("vCPU {}: KVM_RUN failed: {e}", self.id)));
                 return VcpuState::Finished;
             }
         };

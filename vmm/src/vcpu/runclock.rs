@@ -41,7 +41,8 @@ impl RunClock {
         }
         let ran = now.saturating_sub(entered);
         self.write(|| {
-            self.done_ns.store(self.done_ns.load(Ordering::Relaxed) + ran, Ordering::Relaxed);
+            self.done_ns
+                .store(self.done_ns.load(Ordering::Relaxed) + ran, Ordering::Relaxed);
             self.entered_at.store(0, Ordering::Relaxed);
         });
         ran
@@ -55,8 +56,12 @@ impl RunClock {
             let entered = self.entered_at.load(Ordering::Relaxed);
             fence(Ordering::Acquire);
             let s2 = self.seq.load(Ordering::Relaxed);
-            if s1 == s2 && s1 % 2 == 0 {
-                let current = if entered == 0 { 0 } else { now.saturating_sub(entered) };
+            if s1 == s2 && s1.is_multiple_of(2) {
+                let current = if entered == 0 {
+                    0
+                } else {
+                    now.saturating_sub(entered)
+                };
                 return done + current;
             }
             std::hint::spin_loop();

@@ -1,0 +1,148 @@
+//! The `resourceful` binary as a user runs it: real VMs, real processes.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use accounting::report::Report;
+
+fn resourceful(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_resourceful")).args(args).output().expect("the binary runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("resourceful-cli-{}-{name}", std::process::id()))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn demo_json_is_the_only_thing_on_stdout_and_balances() {
+    let out = resourceful(&["demo", "--json", "--tenant", "acme"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Report = serde_json::from_slice(&out.stdout).expect("stdout is one JSON report");
+    assert_eq!(report.schema, "resourceful.report/v1");
+    assert_eq!((report.tenant.as_str(), report.vm.vcpus), ("acme", 2));
+    assert!(report.conservation.holds);
+    assert_eq!(report.requests.len(), 200);
+    // The console went to stderr.
+    assert!(stderr(&out).contains("demo: done"));
+}
+
+#[test]
+fn demo_table_names_every_container() {
+    let out = resourceful(&["demo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in ["unattributed", "frontend", "frontend/api", "db", "batch", "tenant total", "conservation: holds"] {
+        assert!(text.contains(name), "missing {name} in:\n{text}");
+    }
+}
+
+#[test]
+fn guest_status_becomes_the_exit_code() {
+    let out = resourceful(&["run", "--kernel", "builtin:test-guest", "--cmdline", "scenario=exit-code"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+}
+
+#[test]
+fn a_guest_given_by_path_boots_and_report_json_is_written() {
+    let path = scratch("basic.json");
+    let out = resourceful(&[
+        "run",
+        "--kernel",
+        images::TEST_GUEST_PATH,
+        "--cmdline",
+        "scenario=basic",
+        "--report-json",
+        path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(report.container("web").unwrap().charges.exits_total.count, 100);
+    assert_eq!(report.vm.kernel, images::TEST_GUEST_PATH);
+}
+
+#[test]
+fn a_triple_fault_exits_nonzero_with_a_clear_message_and_still_reports() {
+    let path = scratch("tf.json");
+    let out = resourceful(&[
+        "run",
+        "--kernel",
+        "builtin:test-guest",
+        "--cmdline",
+        "scenario=triple-fault",
+        "--report-json",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("triple-faulted"), "{}", stderr(&out));
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(report.vm.end, "triple_fault");
+    assert!(report.conservation.holds);
+}
+
+#[test]
+fn the_linux_protocol_elf_path_runs_a_plain_cpl0_elf() {
+    let out = resourceful(&["run", "--kernel", "builtin:exit-cpl0", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Report = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report.vm.boot, "linux");
+    assert_eq!(stderr(&out), "ok\n");
+    // "ok\n" is three port writes, the exit one more; all unattributed: a
+    // plain ELF declares nothing.
+    assert_eq!(report.totals.exits_total.count, 4);
+    assert_eq!(report.container("unattributed").unwrap().charges.exits_total.count, 4);
+}
+
+#[test]
+fn user_mistakes_name_the_flag_to_fix() {
+    let out = resourceful(&["run", "--kernel", "/nonexistent/vmlinux"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--kernel"), "{}", stderr(&out));
+
+    let not_a_kernel = scratch("not-a-kernel");
+    std::fs::write(&not_a_kernel, b"just some text, not a kernel").unwrap();
+    let out = resourceful(&["run", "--kernel", not_a_kernel.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&not_a_kernel);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("bzImage") && stderr(&out).contains("--kernel"), "{}", stderr(&out));
+
+    let out = resourceful(&["demo", "--tenant", "no spaces please"]);
+    assert!(stderr(&out).contains("--tenant"), "{}", stderr(&out));
+    let out = resourceful(&["demo", "--vcpus", "0"]);
+    assert!(stderr(&out).contains("--vcpus"), "{}", stderr(&out));
+    let out = resourceful(&["demo", "--mem-mib", "1"]);
+    assert!(stderr(&out).contains("--mem-mib"), "{}", stderr(&out));
+    let out = resourceful(&["run", "--kernel", "builtin:nope"]);
+    assert!(stderr(&out).contains("builtin:test-guest"), "{}", stderr(&out));
+}
+
+#[test]
+fn sigterm_stops_a_busy_guest_and_the_report_is_still_written() {
+    let path = scratch("sig.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_resourceful"))
+        .args(["run", "--kernel", "builtin:test-guest", "--cmdline", "scenario=spin spin_iters=100000000000"])
+        .args(["--report-json", path.to_str().unwrap(), "--console", "/dev/null"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
+    let started = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "the VMM took too long to stop");
+    assert_eq!(status.code(), Some(1));
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(report.vm.end, "signal");
+    assert!(report.conservation.holds);
+    // The guest was spinning in cpu-a when stopped: its run time is there.
+    assert!(report.container("cpu-a").unwrap().charges.guest_run_ns > 0);
+}
