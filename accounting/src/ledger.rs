@@ -36,6 +36,7 @@ pub struct Accounting {
     tenant: String,
     nr_vcpus: usize,
     writers: usize,
+    limits: Limits,
     generation: Generation,
     registry: Mutex<Registry>,
     errors: GuestErrors,
@@ -54,6 +55,7 @@ impl Accounting {
             tenant: tenant.to_string(),
             nr_vcpus,
             writers,
+            limits,
             generation: Generation::default(),
             registry: Mutex::new(Registry::new(writers, limits)),
             errors: GuestErrors::default(),
@@ -65,6 +67,12 @@ impl Accounting {
     /// The tenant (set by the host).
     pub fn tenant(&self) -> &str {
         &self.tenant
+    }
+
+    /// The limits on guest-declared state (fixed for the VM's life; read
+    /// without the registry lock).
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// Number of vCPUs.

@@ -519,4 +519,48 @@ mod tests {
         declare(&mut r, 1, 0, "a").unwrap();
         assert_eq!(r.resolve(tag(1, 0)).container, 2);
     }
+
+    fn arb_entry() -> impl proptest::strategy::Strategy<Value = RingEntry> {
+        use proptest::prelude::*;
+        (0u16..6, 0u32..24, 0u32..24, 0u16..40, any::<[u8; 32]>(), any::<u64>()).prop_map(
+            |(kind, id, arg, name_len, mut name, arg64)| {
+                // Mostly valid names, so that declarations also succeed.
+                if name_len % 3 != 0 {
+                    for b in name.iter_mut() {
+                        *b = b'a' + (*b % 26);
+                    }
+                }
+                RingEntry { seq: 0, kind, name_len, reserved: 0, id, arg, arg64, name }
+            },
+        )
+    }
+
+    proptest::proptest! {
+        /// Any stream of declarations keeps the registry within its bounds,
+        /// and every tag still resolves to a container that exists.
+        #[test]
+        fn any_declaration_stream_stays_bounded_and_consistent(
+            entries in proptest::collection::vec(arb_entry(), 0..400),
+            tags in proptest::collection::vec((0u32..24, 0u32..24), 0..20),
+        ) {
+            let limits = Limits { max_containers: 6, max_live_requests: 5, retained_requests: 4 };
+            let mut r = Registry::new(2, limits);
+            for (i, e) in entries.iter().enumerate() {
+                let _ = r.apply(e, i as u64);
+            }
+            proptest::prop_assert!(r.containers().len() <= 7);
+            proptest::prop_assert!(r.live_requests().count() <= 5);
+            proptest::prop_assert!(r.finished_requests().count() <= 4);
+            let s = r.stats();
+            proptest::prop_assert_eq!(s.requests_begun, r.live_requests().count() as u64
+                + s.requests_ended + s.requests_ended_by_retire);
+            for req in r.live_requests().chain(r.finished_requests()) {
+                proptest::prop_assert!(req.container > 0 && req.container < r.containers().len());
+            }
+            for (c, q) in tags {
+                let res = r.resolve(tag(c, q));
+                proptest::prop_assert!(res.container < r.containers().len());
+            }
+        }
+    }
 }

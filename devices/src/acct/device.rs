@@ -95,7 +95,7 @@ fn get(data: &[u8]) -> u64 {
 
 impl BusDevice for AcctDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let limits = self.acct.registry().limits();
+        let limits = self.acct.limits();
         let v = match (offset, data.len()) {
             (abi::REG_MAGIC, 4) => u64::from(abi::MAGIC),
             (abi::REG_VERSION, 4) => u64::from(abi::ABI_VERSION),

@@ -385,4 +385,36 @@ mod tests {
         assert_eq!(r.drain(&acct), 2);
         assert_eq!(acct.registry().containers().len(), 4);
     }
+
+    proptest::proptest! {
+        /// Whatever the guest writes into its ring, a drain never panics,
+        /// consumes at most one ring's worth, and keeps the books balanced
+        /// enough to be read back.
+        #[test]
+        fn drains_of_arbitrary_ring_bytes_are_bounded(
+            ring_bytes in proptest::collection::vec(proptest::num::u8::ANY, 64 * 8),
+            seqs in proptest::collection::vec(0u64..12, 8),
+        ) {
+            let m = mem();
+            let len = write_header(&m, 1, 8);
+            let region = TagRegion::new(1);
+            region.set(Some(Registration::new(&m, GPA, len, 1).unwrap()));
+            let acct = Accounting::new("t", 1, 0, Limits::default());
+            let mut r = region.reader(0);
+            let ring_gpa = GPA + 128;
+            m.write_slice(&ring_bytes, GuestAddress(ring_gpa)).unwrap();
+            for (i, seq) in seqs.iter().enumerate() {
+                m.write_obj(*seq, GuestAddress(ring_gpa + 64 * i as u64)).unwrap();
+            }
+            let mut total = 0;
+            for _ in 0..4 {
+                let n = r.drain(&acct);
+                proptest::prop_assert!(n <= 8);
+                total += n;
+            }
+            let consumed: u64 = m.read_obj(GuestAddress(GPA + abi::HDR_RING_CONSUMED)).unwrap();
+            proptest::prop_assert_eq!(consumed, total as u64);
+            proptest::prop_assert!(acct.registry().containers().len() <= 9);
+        }
+    }
 }

@@ -528,14 +528,11 @@ mod tests {
         assert_eq!(lapic_reg(&lapic, APIC_LVT1), 0x0001_0400);
     }
 
-    /// The Linux start state is accepted by the real KVM (skipped where
-    /// `/dev/kvm` cannot be opened). Running a kernel needs hardware
+    /// The Linux start state is accepted by the real KVM (needs `/dev/kvm`). Running a kernel needs hardware
     /// virtualization; setting the state does not.
     #[test]
     fn linux_vcpu_setup_is_accepted_by_real_kvm() {
-        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
-            return;
-        };
+        let kvm = kvm_ioctls::Kvm::new().expect("this test boots on the real KVM and needs /dev/kvm");
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap();
         let vm = kvm.create_vm().unwrap();
         crate::arch::setup_vm(&vm, true).unwrap();
@@ -563,9 +560,7 @@ mod tests {
 
     #[test]
     fn entry_outside_ram_is_refused_before_any_ioctl() {
-        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
-            return;
-        };
+        let kvm = kvm_ioctls::Kvm::new().expect("this test boots on the real KVM and needs /dev/kvm");
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         let vm = kvm.create_vm().unwrap();
         let vcpu = vm.create_vcpu(0).unwrap();

@@ -489,7 +489,7 @@ mod tests {
     }
 
     /// Boots a tiny bare-metal guest with `nr_vcpus` vCPUs on the real KVM
-    /// (skipped where `/dev/kvm` cannot be opened). Each vCPU reads the first
+    /// (needs `/dev/kvm`). Each vCPU reads the first
     /// command-line byte through the identity map, pushes and pops it
     /// through its own stack, writes it to the exit port, and then executes
     /// `hlt`, which faults at CPL 3 and, with no IDT, shuts the vCPU down.
@@ -501,9 +501,7 @@ mod tests {
         use kvm_ioctls::{Kvm, VcpuExit};
         use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-        let Ok(kvm) = Kvm::new() else {
-            return;
-        };
+        let kvm = Kvm::new().expect("this test boots on the real KVM and needs /dev/kvm");
         let code = vec![
             0x8a, 0x06, // mov al, [rsi]
             0x50, // push rax
