@@ -177,6 +177,15 @@ impl Writer {
     #[cold]
     fn fill(&mut self, tag: u64) -> usize {
         let resolved = self.acct.registry().resolve(tag);
+        if let Some(e) = resolved.error {
+            let (c, r) = crate::abi::untag(tag);
+            crate::warn_rl!(
+                "writer {}: tag (container {c}, request {r}) is invalid: {}; charged to {}",
+                self.id,
+                e.name(),
+                if resolved.container == 0 { "unattributed" } else { "the container alone" }
+            );
+        }
         if self.cache.len() < CACHE_SLOTS {
             self.cache.push((tag, resolved));
             self.cache.len() - 1
