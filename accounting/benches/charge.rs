@@ -131,6 +131,24 @@ fn charge(c: &mut Criterion) {
         });
         assert!(charged_exits(&acct) > 1);
     }
+
+    // (f) As the vCPU loop really is: a clock read before KVM_RUN (run-time
+    // stamp), one at the exit, one after handling, and the charge.
+    {
+        let (acct, mut w) = books();
+        let t = Some(tag(1, 0));
+        w.charge_exit(t, ExitReason::PortOut, 1);
+        let clock = Arc::clone(&acct);
+        g.bench_function("f_three_clock_reads_and_charge", |b| {
+            b.iter(|| {
+                black_box(clock.now_ns());
+                let exit_at = clock.now_ns();
+                let handled_at = clock.now_ns();
+                w.charge_exit(black_box(t), black_box(ExitReason::PortOut), handled_at.wrapping_sub(exit_at));
+            });
+        });
+        assert!(charged_exits(&acct) > 1);
+    }
     g.finish();
 
     let mut g = c.benchmark_group("clock");

@@ -101,8 +101,8 @@ pub enum Status {
     Misaligned = 2,
     /// The region is not wholly inside one range of guest RAM.
     NotInRam = 3,
-    /// The region is shorter than its header says, or longer than
-    /// [`MAX_REGION_LEN`].
+    /// The region is shorter than 64 bytes or than its header says, or
+    /// longer than [`MAX_REGION_LEN`].
     BadLength = 4,
     /// The header's magic or version is wrong.
     BadHeader = 5,
@@ -132,7 +132,7 @@ pub const MAX_REGION_LEN: u32 = 4 << 20;
 /// Most tag slots a region may have.
 pub const MAX_SLOTS: u32 = 1024;
 /// Most ring entries a region may have.
-pub const MAX_RING_ENTRIES: u32 = 1 << 16;
+pub const MAX_RING_ENTRIES: u32 = 1 << 15;
 /// Required alignment of the region, its slot array and its ring.
 pub const REGION_ALIGN: u64 = 64;
 
@@ -141,8 +141,8 @@ pub const REGION_ALIGN: u64 = 64;
 // ---------------------------------------------------------------------------
 
 /// Header at offset 0 of the shared region. Written by the guest before it
-/// registers the region; afterwards the VMM reads only `ring_consumed`'s
-/// neighbours and writes `ring_consumed` and `ring_rejected`.
+/// registers the region and read by the VMM at registration; afterwards the
+/// VMM only writes `ring_consumed` and `ring_rejected`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct RegionHeader {
@@ -275,6 +275,8 @@ pub struct RingEntry {
 pub const ENTRY_SEQ: u64 = 0;
 
 const _: () = assert!(core::mem::size_of::<RegionHeader>() == 64);
+// The largest geometry the limits allow must fit in the largest region.
+const _: () = assert!(region_len(MAX_SLOTS, MAX_RING_ENTRIES) <= MAX_REGION_LEN as usize);
 const _: () = assert!(core::mem::size_of::<TagSlot>() == 64);
 const _: () = assert!(core::mem::size_of::<RingEntry>() == 64);
 const _: () = assert!(core::mem::offset_of!(RegionHeader, ring_consumed) as u64 == HDR_RING_CONSUMED);

@@ -8,7 +8,7 @@
 //! A [`Writer`] belongs to one thread (a vCPU thread, or the run-time
 //! sampler). It keeps a small cache from tag values to resolved principals,
 //! valid while the generation is unchanged. Charging an exit with a cached tag
-//! is one relaxed load of the generation, a short scan of the cache, and
+//! is one acquire load of the generation (a plain load on x86), a short scan of the cache, and
 //! single-writer adds into the writer's own column of the container's ledger
 //! (plus `fetch_add`s on the request's block when a request is named). No
 //! lock, and no cache line written by two vCPUs except a request's block when

@@ -81,9 +81,10 @@ pub struct Request {
     pub external_id: u64,
     /// Order of `begin` over the VM's life (unique, unlike guest ids).
     pub seq: u64,
-    /// When it began, ns since the VM started.
+    /// When the VMM applied its begin, ns since the books were opened (just
+    /// before the vCPUs were created).
     pub begin_ns: u64,
-    /// When it ended, if it did.
+    /// When the VMM applied its end, same clock, if it did.
     pub end_ns: Option<u64>,
     /// Its ledger, shared by every writer that charges it.
     pub cells: Arc<Counters>,

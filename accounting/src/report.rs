@@ -19,8 +19,10 @@ use crate::resource::{Charges, ExitCharge, ExitReason, Provenance};
 /// Schema identifier of the JSON report.
 pub const SCHEMA: &str = "resourceful.report/v1";
 
-/// Facts about the VM that only the VMM knows.
+/// Facts about the VM that only the VMM knows. Every field defaults, so
+/// readers accept reports written before a field was added.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct VmInfo {
     /// vCPUs.
     pub vcpus: usize,
@@ -31,7 +33,7 @@ pub struct VmInfo {
     /// `linux` or `baremetal`.
     pub boot: String,
     /// How the VM ended: `guest_exit`, `reset`, `triple_fault`,
-    /// `internal_error`, `unknown_exit`, `vcpu_error`.
+    /// `internal_error`, `unknown_exit`, `vcpu_error`, `signal`.
     pub end: String,
     /// A human-readable detail of the end, when it was not a clean one.
     pub end_detail: Option<String>,
@@ -148,9 +150,9 @@ pub struct RequestReport {
     pub external_id: u64,
     /// `live` or `finished`.
     pub state: String,
-    /// Begin, ns since VM start.
+    /// Begin as applied by the VMM, ns since the books were opened.
     pub begin_ns: u64,
-    /// End, ns since VM start.
+    /// End, same clock.
     pub end_ns: Option<u64>,
     /// Its charges.
     pub charges: ChargesReport,
@@ -207,9 +209,32 @@ pub struct Report {
     /// Declarations applied.
     pub declarations: RegistryStatsReport,
     /// Limits in force.
-    pub limits: Limits,
+    pub limits: LimitsReport,
     /// Conservation check.
     pub conservation: Conservation,
+}
+
+/// [`Limits`] in report form (tolerant of fields added later, unlike the
+/// configuration struct).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsReport {
+    /// Containers a VM may declare over its life.
+    pub max_containers: u32,
+    /// Requests that may be live at once.
+    pub max_live_requests: u32,
+    /// Finished requests retained.
+    pub retained_requests: u32,
+}
+
+impl From<Limits> for LimitsReport {
+    fn from(l: Limits) -> Self {
+        Self {
+            max_containers: l.max_containers,
+            max_live_requests: l.max_live_requests,
+            retained_requests: l.retained_requests,
+        }
+    }
 }
 
 /// [`RegistryStats`] in report form.
@@ -389,7 +414,7 @@ impl Report {
             requests: requests.iter().map(|r| request_report(&reg, r)).collect(),
             guest_errors: acct.errors().nonzero(),
             declarations: reg.stats().into(),
-            limits: reg.limits(),
+            limits: reg.limits().into(),
             conservation: conservation(&total, &sum),
         }
     }

@@ -303,35 +303,52 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
 
     let started = Instant::now();
     let sampler_stop = Arc::new(AtomicBool::new(false));
-    let shared: Vec<Arc<VcpuShared>> = vcpus.iter().map(|v| Arc::clone(&v.shared)).collect();
-    let sampler = Sampler::new(acct.writer(nr_vcpus), &region, shared.clone());
-    let interval = Duration::from_micros(config.sample_interval_us);
-    let sampler_thread = {
+    // With accounting off nothing is sampled or drained either: that run is
+    // the baseline the overhead benchmark compares against.
+    let sampler_thread = if config.accounting {
+        let shared: Vec<Arc<VcpuShared>> = vcpus.iter().map(|v| Arc::clone(&v.shared)).collect();
+        let sampler = Sampler::new(acct.writer(nr_vcpus), &region, shared);
+        let interval = Duration::from_micros(config.sample_interval_us);
         let stop = Arc::clone(&sampler_stop);
-        std::thread::Builder::new()
-            .name("rsrc-sampler".into())
-            .spawn(move || sampler.run(interval, stop))
-            .map_err(host_err("spawn the sampler thread"))?
+        // No vCPU thread runs yet, so failing here leaves nothing behind.
+        Some(
+            std::thread::Builder::new()
+                .name("rsrc-sampler".into())
+                .spawn(move || sampler.run(interval, stop))
+                .map_err(host_err("spawn the sampler thread"))?,
+        )
+    } else {
+        None
     };
     let mut threads = Vec::with_capacity(nr_vcpus);
+    let mut spawn_error = None;
     for v in vcpus {
         let s = Arc::clone(&v.shared);
-        let handle = std::thread::Builder::new()
-            .name(format!("rsrc-vcpu{}", v.id))
-            .spawn(move || v.run())
-            .map_err(host_err("spawn a vCPU thread"))?;
-        threads.push((handle, s));
-    }
-
-    let end = loop {
-        match events_rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(end) => break end,
-            Err(RecvTimeoutError::Timeout) if STOP_REQUESTED.load(Ordering::Acquire) => break VmEnd::Signal,
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                break VmEnd::VcpuError("every vCPU thread ended without a reason".into())
+        match std::thread::Builder::new().name(format!("rsrc-vcpu{}", v.id)).spawn(move || v.run()) {
+            Ok(handle) => threads.push((handle, s)),
+            Err(e) => {
+                // The vCPUs already started must be stopped and joined, and
+                // the report still produced.
+                spawn_error = Some(e);
+                break;
             }
         }
+    }
+
+    let end = match spawn_error {
+        Some(e) => VmEnd::VcpuError(format!("cannot start a vCPU thread: {e}")),
+        None => loop {
+            match events_rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(end) => break end,
+                Err(RecvTimeoutError::Timeout) if STOP_REQUESTED.load(Ordering::Acquire) => {
+                    break VmEnd::Signal
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    break VmEnd::VcpuError("every vCPU thread ended without a reason".into())
+                }
+            }
+        },
     };
     stop_vcpus(&stop, &threads);
     for (handle, _) in threads {
@@ -341,12 +358,12 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     }
     let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     sampler_stop.store(true, Ordering::Release);
-    match sampler_thread.join() {
+    match sampler_thread.map(std::thread::JoinHandle::join) {
         // One more tick now that the vCPUs are stopped charges the rest of
         // their run time, so the sums are exact.
-        Ok(mut sampler) if config.accounting => sampler.tick(),
-        Ok(_) => {}
-        Err(_) => log::error!("the sampler thread panicked"),
+        Some(Ok(mut sampler)) => sampler.tick(),
+        Some(Err(_)) => log::error!("the sampler thread panicked"),
+        None => {}
     }
     if let Err(e) = devices.serial.lock().unwrap_or_else(|p| p.into_inner()).finish() {
         log::warn!("console output could not be flushed: {e}");

@@ -63,7 +63,11 @@ impl Registration {
             rejected: AtomicU64::new(0),
             drain: Mutex::new(()),
         };
-        // Ring positions start at 0 with every registration.
+        // Every registration starts the ring afresh: positions from 0, and
+        // no entry left over from an earlier registration can match one.
+        for pos in 0..u64::from(geom.ring_entries) {
+            reg.word(geom.ring_entry_offset(pos) + abi::ENTRY_SEQ).store(0, Ordering::Relaxed);
+        }
         reg.word(abi::HDR_RING_CONSUMED).store(0, Ordering::Release);
         reg.word(abi::HDR_RING_REJECTED).store(0, Ordering::Release);
         Ok(reg)
@@ -327,6 +331,23 @@ mod tests {
             Registration::new(&m, GPA, len, 3).unwrap_err(),
             Status::BadGeometry
         );
+    }
+
+    #[test]
+    fn registering_again_does_not_replay_old_entries() {
+        let m = mem();
+        let len = write_header(&m, 1, 4);
+        let region = TagRegion::new(1);
+        let acct = Accounting::new("t", 1, 0, Limits::default());
+        region.set(Some(Registration::new(&m, GPA, len, 1).unwrap()));
+        push(&m, 1, 4, 0, declare(1, "a"));
+        let mut r = region.reader(0);
+        assert_eq!(r.drain(&acct), 1);
+        region.set(Some(Registration::new(&m, GPA, len, 1).unwrap()));
+        assert_eq!(r.drain(&acct), 0);
+        assert_eq!(acct.errors().get(GuestError::RingDuplicateContainer), 0);
+        let seq: u64 = m.read_obj(GuestAddress(GPA + 128)).unwrap();
+        assert_eq!(seq, 0);
     }
 
     #[test]
