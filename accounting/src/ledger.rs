@@ -183,7 +183,11 @@ impl Writer {
                 "writer {}: tag (container {c}, request {r}) is invalid: {}; charged to {}",
                 self.id,
                 e.name(),
-                if resolved.container == 0 { "unattributed" } else { "the container alone" }
+                if resolved.container == 0 {
+                    "unattributed"
+                } else {
+                    "the container alone"
+                }
             );
         }
         if self.cache.len() < CACHE_SLOTS {

@@ -523,17 +523,32 @@ mod tests {
 
     fn arb_entry() -> impl proptest::strategy::Strategy<Value = RingEntry> {
         use proptest::prelude::*;
-        (0u16..6, 0u32..24, 0u32..24, 0u16..40, any::<[u8; 32]>(), any::<u64>()).prop_map(
-            |(kind, id, arg, name_len, mut name, arg64)| {
+        (
+            0u16..6,
+            0u32..24,
+            0u32..24,
+            0u16..40,
+            any::<[u8; 32]>(),
+            any::<u64>(),
+        )
+            .prop_map(|(kind, id, arg, name_len, mut name, arg64)| {
                 // Mostly valid names, so that declarations also succeed.
                 if name_len % 3 != 0 {
                     for b in name.iter_mut() {
                         *b = b'a' + (*b % 26);
                     }
                 }
-                RingEntry { seq: 0, kind, name_len, reserved: 0, id, arg, arg64, name }
-            },
-        )
+                RingEntry {
+                    seq: 0,
+                    kind,
+                    name_len,
+                    reserved: 0,
+                    id,
+                    arg,
+                    arg64,
+                    name,
+                }
+            })
     }
 
     proptest::proptest! {

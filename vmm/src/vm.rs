@@ -324,7 +324,10 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let mut spawn_error = None;
     for v in vcpus {
         let s = Arc::clone(&v.shared);
-        match std::thread::Builder::new().name(format!("rsrc-vcpu{}", v.id)).spawn(move || v.run()) {
+        match std::thread::Builder::new()
+            .name(format!("rsrc-vcpu{}", v.id))
+            .spawn(move || v.run())
+        {
             Ok(handle) => threads.push((handle, s)),
             Err(e) => {
                 // The vCPUs already started must be stopped and joined, and

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use accounting::report::Report;
 
 fn resourceful(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_resourceful")).args(args).output().expect("the binary runs")
+    Command::new(env!("CARGO_BIN_EXE_resourceful"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -36,14 +39,28 @@ fn demo_table_names_every_container() {
     let out = resourceful(&["demo"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    for name in ["unattributed", "frontend", "frontend/api", "db", "batch", "tenant total", "conservation: holds"] {
+    for name in [
+        "unattributed",
+        "frontend",
+        "frontend/api",
+        "db",
+        "batch",
+        "tenant total",
+        "conservation: holds",
+    ] {
         assert!(text.contains(name), "missing {name} in:\n{text}");
     }
 }
 
 #[test]
 fn guest_status_becomes_the_exit_code() {
-    let out = resourceful(&["run", "--kernel", "builtin:test-guest", "--cmdline", "scenario=exit-code"]);
+    let out = resourceful(&[
+        "run",
+        "--kernel",
+        "builtin:test-guest",
+        "--cmdline",
+        "scenario=exit-code",
+    ]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
 }
 
@@ -96,7 +113,15 @@ fn the_linux_protocol_elf_path_runs_a_plain_cpl0_elf() {
     // "ok\n" is three port writes, the exit one more; all unattributed: a
     // plain ELF declares nothing.
     assert_eq!(report.totals.exits_total.count, 4);
-    assert_eq!(report.container("unattributed").unwrap().charges.exits_total.count, 4);
+    assert_eq!(
+        report
+            .container("unattributed")
+            .unwrap()
+            .charges
+            .exits_total
+            .count,
+        4
+    );
 }
 
 #[test]
@@ -110,7 +135,11 @@ fn user_mistakes_name_the_flag_to_fix() {
     let out = resourceful(&["run", "--kernel", not_a_kernel.to_str().unwrap()]);
     let _ = std::fs::remove_file(&not_a_kernel);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("bzImage") && stderr(&out).contains("--kernel"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("bzImage") && stderr(&out).contains("--kernel"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = resourceful(&["demo", "--tenant", "no spaces please"]);
     assert!(stderr(&out).contains("--tenant"), "{}", stderr(&out));
@@ -126,7 +155,13 @@ fn user_mistakes_name_the_flag_to_fix() {
 fn sigterm_stops_a_busy_guest_and_the_report_is_still_written() {
     let path = scratch("sig.json");
     let mut child = Command::new(env!("CARGO_BIN_EXE_resourceful"))
-        .args(["run", "--kernel", "builtin:test-guest", "--cmdline", "scenario=spin spin_iters=100000000000"])
+        .args([
+            "run",
+            "--kernel",
+            "builtin:test-guest",
+            "--cmdline",
+            "scenario=spin spin_iters=100000000000",
+        ])
         .args(["--report-json", path.to_str().unwrap(), "--console", "/dev/null"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -137,7 +172,10 @@ fn sigterm_stops_a_busy_guest_and_the_report_is_still_written() {
     unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
     let started = Instant::now();
     let status = child.wait().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(10), "the VMM took too long to stop");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the VMM took too long to stop"
+    );
     assert_eq!(status.code(), Some(1));
     let report: Report = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let _ = std::fs::remove_file(&path);

@@ -66,7 +66,8 @@ impl Registration {
         // Every registration starts the ring afresh: positions from 0, and
         // no entry left over from an earlier registration can match one.
         for pos in 0..u64::from(geom.ring_entries) {
-            reg.word(geom.ring_entry_offset(pos) + abi::ENTRY_SEQ).store(0, Ordering::Relaxed);
+            reg.word(geom.ring_entry_offset(pos) + abi::ENTRY_SEQ)
+                .store(0, Ordering::Relaxed);
         }
         reg.word(abi::HDR_RING_CONSUMED).store(0, Ordering::Release);
         reg.word(abi::HDR_RING_REJECTED).store(0, Ordering::Release);
