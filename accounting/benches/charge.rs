@@ -32,8 +32,13 @@ fn declare(acct: &Accounting, id: u32, name: &str) {
 }
 
 fn begin(acct: &Accounting, id: u32, container: u32) {
-    acct.apply(&RingEntry { kind: EntryKind::BeginRequest as u16, id, arg: container, ..Default::default() })
-        .expect("begin request");
+    acct.apply(&RingEntry {
+        kind: EntryKind::BeginRequest as u16,
+        id,
+        arg: container,
+        ..Default::default()
+    })
+    .expect("begin request");
 }
 
 /// Books with containers 1..=4 and a live request 9 in container 1, and the
@@ -104,7 +109,11 @@ fn charge(c: &mut Criterion) {
             b.iter(|| {
                 let t = tags[i & 3];
                 i = i.wrapping_add(1);
-                w.charge_exit(black_box(Some(t)), black_box(ExitReason::PortOut), black_box(40_000));
+                w.charge_exit(
+                    black_box(Some(t)),
+                    black_box(ExitReason::PortOut),
+                    black_box(40_000),
+                );
             });
         });
         let reg = acct.registry();
@@ -126,7 +135,11 @@ fn charge(c: &mut Criterion) {
             b.iter(|| {
                 let exit_at = clock.now_ns();
                 let reentry_at = clock.now_ns();
-                w.charge_exit(black_box(t), black_box(ExitReason::PortOut), reentry_at.wrapping_sub(exit_at));
+                w.charge_exit(
+                    black_box(t),
+                    black_box(ExitReason::PortOut),
+                    reentry_at.wrapping_sub(exit_at),
+                );
             });
         });
         assert!(charged_exits(&acct) > 1);
@@ -144,7 +157,11 @@ fn charge(c: &mut Criterion) {
                 black_box(clock.now_ns());
                 let exit_at = clock.now_ns();
                 let handled_at = clock.now_ns();
-                w.charge_exit(black_box(t), black_box(ExitReason::PortOut), handled_at.wrapping_sub(exit_at));
+                w.charge_exit(
+                    black_box(t),
+                    black_box(ExitReason::PortOut),
+                    handled_at.wrapping_sub(exit_at),
+                );
             });
         });
         assert!(charged_exits(&acct) > 1);
