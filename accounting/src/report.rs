@@ -49,6 +49,9 @@ pub struct VmInfo {
     /// guest or the loader touched), so the VMM's own memory can be told
     /// apart from the guest's.
     pub guest_resident_bytes: u64,
+    /// Peak resident memory of the VMM process (`VmHWM`), guest RAM it
+    /// touched included; minus `guest_resident_bytes` it is the VMM's own.
+    pub vmm_peak_rss_bytes: u64,
 }
 
 /// Charges in report form.

@@ -204,6 +204,17 @@ fn resident_bytes(mem: &GuestMemoryMmap) -> u64 {
     resident
 }
 
+/// Peak resident set of this process (`VmHWM` in `/proc/self/status`), 0
+/// if it cannot be read.
+fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
 fn kernel_bytes(source: &KernelSource) -> Result<std::borrow::Cow<'static, [u8]>, VmError> {
     Ok(match source {
         KernelSource::Builtin(b) => std::borrow::Cow::Borrowed(b.image()),
@@ -390,6 +401,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         accounting: config.accounting,
         unhandled_io: io_stats.unhandled.load(Ordering::Relaxed),
         guest_resident_bytes: resident_bytes(&mem),
+        vmm_peak_rss_bytes: peak_rss_bytes(),
     };
     let report = Report::build(&acct, info);
     Ok(RunOutcome { end, report })
