@@ -307,6 +307,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             shared: Arc::new(VcpuShared::default()),
             stop: Arc::clone(&stop),
             events: events_tx.clone(),
+            resume_at: None,
         });
     }
     drop(events_tx);
