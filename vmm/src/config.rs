@@ -127,7 +127,7 @@ fn default_sample_us() -> u64 {
 }
 
 /// Default run-time sampling interval.
-pub const DEFAULT_SAMPLE_US: u64 = 1_000;
+pub const DEFAULT_SAMPLE_US: u64 = 4_000;
 /// Command line given to Linux kernels when none is passed.
 pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux";
 /// Largest guest RAM accepted, in MiB.
