@@ -4,6 +4,9 @@
 //!   the vCPU loop never hard-codes a port.
 //! - [`legacy`]: the 16550 console, the POST-code debug port, the exit port
 //!   and the i8042 reset line.
+//! - [`virtio`]: the virtio-mmio transport (virtio 1.x) and virtio-blk on a
+//!   raw file, whose requests are charged to the tag of the vCPU that
+//!   notified the queue.
 //! - [`acct`]: the accounting device through which a guest registers its tag
 //!   region, and the shared view of that region (tag slots, declaration ring)
 //!   that vCPU threads and the sampler read.
@@ -14,5 +17,6 @@
 pub mod acct;
 pub mod bus;
 pub mod legacy;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError, VmAction};

@@ -1,0 +1,788 @@
+//! The virtio-blk device: a raw file, one queue, requests charged by tag.
+//!
+//! [`BlockDevice::process_queue`] takes the queue's pending notification
+//! (its tag and time), pops the available chains (at most the queue size per
+//! call, then it re-posts the notification so that other devices on the loop
+//! get their turn), parses each one, executes it with `pread`/`pwrite`, writes
+//! the status byte, puts it on the used ring and charges it to that tag. After
+//! the batch it raises one interrupt if the queue wants one, charged to the
+//! tag of the batch's last request.
+
+use std::fs::{File, OpenOptions};
+use std::num::Wrapping;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use accounting::warn_rl;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::request::{parse, Request, RequestKind, ID_BYTES, SECTOR_SIZE};
+use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+use crate::virtio::{thread_cpu_ns, ActivateError, BlockCharge, BlockOp, Charger};
+use crate::virtio::{QueueNotifier, VirtioDevice, VirtioInterrupt, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1};
+
+/// virtio device ID of a block device.
+pub const VIRTIO_ID_BLOCK: u32 = 2;
+/// Feature: the disk is read-only.
+pub const VIRTIO_BLK_F_RO: u32 = 5;
+/// Feature: `blk_size` in the configuration space is valid.
+pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
+/// Feature: FLUSH requests are supported.
+pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
+/// Size of the one request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Bytes copied between the file and guest memory at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// What went wrong setting up a block device (the VMM's mistakes, not the guest's).
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The disk image could not be opened.
+    #[error("cannot open disk image {path} (check the path and its permissions)")]
+    Open {
+        /// The image.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The disk image's size could not be read.
+    #[error("cannot read the size of the disk image")]
+    Metadata(#[source] std::io::Error),
+    /// An `EventFd` could not be created.
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// Counters since the device was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    /// Requests completed (malformed ones included).
+    pub requests: u64,
+    /// Bytes read from the disk into the guest.
+    pub bytes_read: u64,
+    /// Bytes written from the guest to the disk.
+    pub bytes_written: u64,
+    /// Requests answered IOERR because the disk or the host failed.
+    pub io_errors: u64,
+    /// Requests of an unknown type.
+    pub unsupported: u64,
+    /// Chains that were not valid requests.
+    pub malformed: u64,
+    /// Malformed chains with no status byte: consumed with length 0.
+    pub dropped: u64,
+    /// Writes to a read-only disk.
+    pub read_only_refusals: u64,
+    /// Failures to update the used ring or to raise the interrupt.
+    pub queue_errors: u64,
+    /// Interrupts raised.
+    pub interrupts: u64,
+    /// Notifications of an inactive device or a queue out of range.
+    pub ignored_notifications: u64,
+}
+
+/// What one `process_queue` call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessStats {
+    /// Chains taken off the available ring.
+    pub requests: u64,
+    /// Of which malformed.
+    pub malformed: u64,
+    /// Whether an interrupt was raised.
+    pub interrupted: bool,
+    /// Whether chains were left for another call (batch limit).
+    pub more_pending: bool,
+}
+
+/// Inactive until the driver sets DRIVER_OK; then it owns memory and queues.
+#[derive(Debug)]
+pub enum DeviceState {
+    /// No queues yet (or reset).
+    Inactive,
+    /// The driver set DRIVER_OK.
+    Activated {
+        /// Guest memory.
+        mem: GuestMemoryMmap,
+        /// The queues, validated by the transport.
+        queues: Vec<Queue>,
+    },
+}
+
+/// The backing file and what it takes to execute requests on it.
+#[derive(Debug)]
+struct Disk {
+    file: File,
+    read_only: bool,
+    sectors: u64,
+    serial: [u8; ID_BYTES],
+    scratch: Vec<u8>,
+}
+
+/// How a request ended: status, data bytes moved, used-ring length.
+type Outcome = (u8, u64, u32);
+
+impl Disk {
+    /// Copies between the file at `offset` and the buffers, one chunk at a time.
+    fn transfer(&mut self, mem: &GuestMemoryMmap, req: &Request, to_guest: bool) -> std::io::Result<u64> {
+        let mut offset = req.sector * SECTOR_SIZE;
+        for &(addr, len) in &req.data {
+            let mut done = 0usize;
+            let len = usize::try_from(len).map_err(std::io::Error::other)?;
+            while done < len {
+                let n = CHUNK.min(len - done);
+                let buf = &mut self.scratch[..n];
+                let gpa = GuestAddress(addr.0 + done as u64);
+                if to_guest {
+                    self.file.read_exact_at(buf, offset)?;
+                    mem.write_slice(buf, gpa).map_err(std::io::Error::other)?;
+                } else {
+                    mem.read_slice(buf, gpa).map_err(std::io::Error::other)?;
+                    self.file.write_all_at(buf, offset)?;
+                }
+                done += n;
+                offset += n as u64;
+            }
+        }
+        Ok(req.data_len())
+    }
+
+    fn get_id(&self, mem: &GuestMemoryMmap, req: &Request) -> Outcome {
+        let mut written = 0usize;
+        for &(addr, len) in &req.data {
+            let n = usize::try_from(len).unwrap_or(usize::MAX).min(ID_BYTES - written);
+            if mem.write_slice(&self.serial[written..written + n], addr).is_err() {
+                return (VIRTIO_BLK_S_IOERR, 0, 1);
+            }
+            written += n;
+        }
+        // At most 20 bytes: the casts cannot truncate.
+        (
+            VIRTIO_BLK_S_OK,
+            written as u64,
+            u32::try_from(written + 1).unwrap_or(1),
+        )
+    }
+
+    fn execute(&mut self, mem: &GuestMemoryMmap, req: &Request, stats: &mut BlockStats) -> Outcome {
+        let io = |r: std::io::Result<u64>, stats: &mut BlockStats| match r {
+            Ok(n) => Some(n),
+            Err(e) => {
+                stats.io_errors += 1;
+                warn_rl!("virtio-blk: I/O error: {e}");
+                None
+            }
+        };
+        match req.kind {
+            RequestKind::In => match io(self.transfer(mem, req, true), stats) {
+                Some(n) => {
+                    stats.bytes_read += n;
+                    (VIRTIO_BLK_S_OK, n, u32::try_from(n + 1).unwrap_or(u32::MAX))
+                }
+                None => (VIRTIO_BLK_S_IOERR, 0, 1),
+            },
+            RequestKind::Out if self.read_only => {
+                stats.read_only_refusals += 1;
+                (VIRTIO_BLK_S_IOERR, 0, 1)
+            }
+            RequestKind::Out => match io(self.transfer(mem, req, false), stats) {
+                Some(n) => {
+                    stats.bytes_written += n;
+                    (VIRTIO_BLK_S_OK, n, 1)
+                }
+                None => (VIRTIO_BLK_S_IOERR, 0, 1),
+            },
+            RequestKind::Flush => match io(self.file.sync_data().map(|()| 0), stats) {
+                Some(_) => (VIRTIO_BLK_S_OK, 0, 1),
+                None => (VIRTIO_BLK_S_IOERR, 0, 1),
+            },
+            RequestKind::GetId => self.get_id(mem, req),
+            RequestKind::Unsupported(_) => {
+                stats.unsupported += 1;
+                (VIRTIO_BLK_S_UNSUPP, 0, 1)
+            }
+        }
+    }
+}
+
+/// A virtio-blk device on a raw file.
+#[derive(Debug)]
+pub struct BlockDevice {
+    disk: Disk,
+    avail_features: u64,
+    acked_features: u64,
+    queue_max_sizes: [u16; 1],
+    state: DeviceState,
+    notifiers: Vec<Arc<QueueNotifier>>,
+    interrupt: Arc<VirtioInterrupt>,
+    stats: BlockStats,
+}
+
+fn op_of(kind: RequestKind) -> BlockOp {
+    match kind {
+        RequestKind::In => BlockOp::Read,
+        RequestKind::Out => BlockOp::Write,
+        RequestKind::Flush => BlockOp::Flush,
+        RequestKind::GetId => BlockOp::GetId,
+        RequestKind::Unsupported(_) => BlockOp::Unsupported,
+    }
+}
+
+impl BlockDevice {
+    /// Opens the raw image at `path` (read-only if `read_only`).
+    pub fn open(path: &Path, read_only: bool, serial: &str) -> Result<Self, BlockError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|source| BlockError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        Self::new(file, read_only, serial)
+    }
+
+    /// A device on `file`; `serial` (at most 20 bytes kept) answers GET_ID.
+    /// A trailing partial sector of the file is not exposed.
+    pub fn new(file: File, read_only: bool, serial: &str) -> Result<Self, BlockError> {
+        let sectors = file.metadata().map_err(BlockError::Metadata)?.len() / SECTOR_SIZE;
+        let mut id = [0u8; ID_BYTES];
+        let n = serial.len().min(ID_BYTES);
+        id[..n].copy_from_slice(&serial.as_bytes()[..n]);
+        let mut avail_features =
+            (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_BLK_SIZE);
+        if read_only {
+            avail_features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        Ok(Self {
+            disk: Disk {
+                file,
+                read_only,
+                sectors,
+                serial: id,
+                scratch: vec![0; CHUNK],
+            },
+            avail_features,
+            acked_features: 0,
+            queue_max_sizes: [QUEUE_SIZE],
+            state: DeviceState::Inactive,
+            notifiers: vec![Arc::new(QueueNotifier::new().map_err(BlockError::EventFd)?)],
+            interrupt: Arc::new(VirtioInterrupt::new().map_err(BlockError::EventFd)?),
+            stats: BlockStats::default(),
+        })
+    }
+
+    /// Disk size in sectors (the config space's `capacity`).
+    pub fn sectors(&self) -> u64 {
+        self.disk.sectors
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> BlockStats {
+        self.stats
+    }
+
+    /// The device's state.
+    pub fn state(&self) -> &DeviceState {
+        &self.state
+    }
+
+    /// Features the driver accepted at activation.
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// The configuration space: `capacity` (u64), then `blk_size` at 20.
+    fn config(&self) -> [u8; 24] {
+        let mut c = [0u8; 24];
+        c[..8].copy_from_slice(&self.disk.sectors.to_le_bytes());
+        c[20..24].copy_from_slice(&u32::try_from(SECTOR_SIZE).unwrap_or(512).to_le_bytes());
+        c
+    }
+
+    /// Processes the available chains of queue `queue_index`, charging each
+    /// request to the tag of the pending notification.
+    pub fn process_queue(&mut self, queue_index: usize, charger: &mut dyn Charger) -> ProcessStats {
+        let mut out = ProcessStats::default();
+        let notifier = self.notifiers.get(queue_index).cloned();
+        let notification = notifier.as_ref().and_then(|n| n.take());
+        let tag = notification.and_then(|n| n.tag);
+        let since = notification.map_or_else(Instant::now, |n| n.at);
+        let DeviceState::Activated { mem, queues } = &mut self.state else {
+            self.stats.ignored_notifications += 1;
+            return out;
+        };
+        let Some(queue) = queues.get_mut(queue_index) else {
+            self.stats.ignored_notifications += 1;
+            return out;
+        };
+        // virtio-queue logs without a limit when the avail index is bogus:
+        // check it here first, with the rate-limited logger.
+        let pending = match queue.avail_idx(mem, Ordering::Acquire) {
+            Ok(idx) => (idx - Wrapping(queue.next_avail())).0,
+            Err(_) => u16::MAX,
+        };
+        if pending > queue.size() {
+            self.stats.queue_errors += 1;
+            warn_rl!(
+                "virtio-blk: avail index {pending} chains ahead of a queue of {}",
+                queue.size()
+            );
+            return out;
+        }
+        let mut last_tag = None;
+        while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
+            let cpu0 = thread_cpu_ns();
+            let head = chain.head_index();
+            let (op, (status, bytes, used_len), status_addr) =
+                match parse(chain, self.disk.sectors, queue.size()) {
+                    Ok(req) => (
+                        op_of(req.kind),
+                        self.disk.execute(mem, &req, &mut self.stats),
+                        Some(req.status_addr),
+                    ),
+                    Err(m) => {
+                        self.stats.malformed += 1;
+                        out.malformed += 1;
+                        warn_rl!("virtio-blk: malformed request at head {head}: {}", m.error);
+                        let used = u32::from(m.status_addr.is_some());
+                        (BlockOp::Unsupported, (VIRTIO_BLK_S_IOERR, 0, used), m.status_addr)
+                    }
+                };
+            match status_addr {
+                Some(addr) if mem.write_obj(status, addr).is_ok() => {}
+                Some(_) => self.stats.queue_errors += 1,
+                None => self.stats.dropped += 1,
+            }
+            if let Err(e) = queue.add_used(&*mem, head, used_len) {
+                self.stats.queue_errors += 1;
+                warn_rl!("virtio-blk: used ring update failed: {e}");
+            }
+            self.stats.requests += 1;
+            out.requests += 1;
+            charger.charge_block(&BlockCharge {
+                tag,
+                op,
+                bytes,
+                device_ns: thread_cpu_ns().saturating_sub(cpu0),
+                latency_ns: u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                status,
+            });
+            last_tag = tag;
+            if out.requests >= u64::from(queue.size()) {
+                out.more_pending = queue
+                    .avail_idx(mem, Ordering::Acquire)
+                    .is_ok_and(|i| i.0 != queue.next_avail());
+                break;
+            }
+        }
+        if out.more_pending {
+            if let Some(n) = &notifier {
+                n.post(tag);
+            }
+        }
+        if out.requests > 0 && queue.needs_notification(mem).unwrap_or(true) {
+            match self.interrupt.trigger(INTERRUPT_USED_RING) {
+                Ok(()) => {
+                    self.stats.interrupts += 1;
+                    out.interrupted = true;
+                    charger.charge_interrupt(last_tag);
+                }
+                Err(e) => {
+                    self.stats.queue_errors += 1;
+                    warn_rl!("virtio-blk: irqfd write failed: {e}");
+                }
+            }
+        }
+        out
+    }
+}
+
+impl VirtioDevice for BlockDevice {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_max_sizes
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) -> bool {
+        let config = self.config();
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|o| config.get(o..o.checked_add(data.len())?));
+        match src {
+            Some(src) => {
+                data.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) -> bool {
+        false
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        acked: u64,
+    ) -> Result<(), ActivateError> {
+        if matches!(self.state, DeviceState::Activated { .. }) {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if queues.len() != self.queue_max_sizes.len() {
+            return Err(ActivateError::QueueCount {
+                expected: self.queue_max_sizes.len(),
+                got: queues.len(),
+            });
+        }
+        if let Some(i) = queues.iter().position(|q| !q.ready()) {
+            return Err(ActivateError::QueueNotReady(i));
+        }
+        self.acked_features = acked;
+        self.state = DeviceState::Activated { mem, queues };
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.state = DeviceState::Inactive;
+        self.acked_features = 0;
+        self.interrupt.clear();
+    }
+
+    fn queue_notifiers(&self) -> Vec<Arc<QueueNotifier>> {
+        self.notifiers.clone()
+    }
+
+    fn interrupt(&self) -> Arc<VirtioInterrupt> {
+        self.interrupt.clone()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::super::request::{HEADER_LEN, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID};
+    use super::super::request::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
+    use super::*;
+    use virtio_queue::desc::split::Descriptor;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vmm_sys_util::tempfile::TempFile;
+
+    pub(crate) const WRITE: u16 = 2;
+    pub(crate) const SECTORS: u64 = 64;
+    pub(crate) const STATUS: u64 = 0x3_0000;
+
+    /// Records every charge.
+    #[derive(Default)]
+    pub(crate) struct Recorder {
+        pub(crate) blocks: Vec<BlockCharge>,
+        pub(crate) interrupts: Vec<Option<u64>>,
+    }
+
+    impl Charger for Recorder {
+        fn charge_block(&mut self, c: &BlockCharge) {
+            self.blocks.push(*c);
+        }
+        fn charge_interrupt(&mut self, tag: Option<u64>) {
+            self.interrupts.push(tag);
+        }
+    }
+
+    impl Charger for Arc<std::sync::Mutex<Recorder>> {
+        fn charge_block(&mut self, c: &BlockCharge) {
+            self.lock().unwrap().charge_block(c);
+        }
+        fn charge_interrupt(&mut self, tag: Option<u64>) {
+            self.lock().unwrap().charge_interrupt(tag);
+        }
+    }
+
+    pub(crate) fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    /// The initial disk contents at `offset`: byte `i` is `i % 251`.
+    pub(crate) fn pattern(offset: u64, len: u64) -> Vec<u8> {
+        (offset..offset + len)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect()
+    }
+
+    /// A temp file of `SECTORS` sectors holding [`pattern`].
+    pub(crate) fn disk_file() -> TempFile {
+        let f = TempFile::new().unwrap();
+        f.as_file()
+            .write_all_at(&pattern(0, SECTORS * SECTOR_SIZE), 0)
+            .unwrap();
+        f
+    }
+
+    pub(crate) fn file_bytes(f: &TempFile, offset: u64, len: usize) -> Vec<u8> {
+        let mut b = vec![0; len];
+        f.as_file().read_exact_at(&mut b, offset).unwrap();
+        b
+    }
+
+    /// Writes a request chain at descriptor `at`: header at `0x1_0000 + 0x100 * at`,
+    /// `data` descriptors, status at `STATUS + at`. Returns the status address.
+    pub(crate) fn push_request(
+        m: &GuestMemoryMmap,
+        q: &MockSplitQueue<GuestMemoryMmap>,
+        at: u16,
+        kind: u32,
+        sector: u64,
+        data: &[(u64, u32, u16)],
+    ) -> GuestAddress {
+        let hdr = 0x1_0000 + 0x100 * u64::from(at);
+        m.write_obj(kind.to_le(), GuestAddress(hdr)).unwrap();
+        m.write_obj(sector.to_le(), GuestAddress(hdr + 8)).unwrap();
+        let status = GuestAddress(STATUS + u64::from(at));
+        m.write_obj(0xffu8, status).unwrap();
+        let mut descs = vec![(hdr, HEADER_LEN, 0)];
+        descs.extend_from_slice(data);
+        descs.push((status.0, 1, WRITE));
+        let n = descs.len();
+        let raw: Vec<RawDescriptor> = (at..)
+            .zip(descs.iter().enumerate())
+            .map(|(i, (k, &(addr, len, flags)))| {
+                let (flags, next) = if k + 1 < n { (flags | 1, i + 1) } else { (flags, 0) };
+                RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+            })
+            .collect();
+        q.add_desc_chains(&raw, at).unwrap();
+        status
+    }
+
+    pub(crate) fn used(q: &MockSplitQueue<GuestMemoryMmap>, i: usize) -> (u32, u32) {
+        let e = q.used().ring().ref_at(i).unwrap().load();
+        (e.id(), e.len())
+    }
+
+    fn activated(
+        m: &GuestMemoryMmap,
+        q: &MockSplitQueue<GuestMemoryMmap>,
+        f: &TempFile,
+        ro: bool,
+    ) -> BlockDevice {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!ro)
+            .open(f.as_path())
+            .unwrap();
+        let mut d = BlockDevice::new(file, ro, "resourceful-disk-0").unwrap();
+        d.activate(
+            m.clone(),
+            vec![q.create_queue().unwrap()],
+            1 << VIRTIO_F_VERSION_1,
+        )
+        .unwrap();
+        d
+    }
+
+    fn status_at(m: &GuestMemoryMmap, a: GuestAddress) -> u8 {
+        m.read_obj(a).unwrap()
+    }
+
+    #[test]
+    fn read_copies_sectors_into_guest_memory() {
+        let (m, f) = (mem(), disk_file());
+        let q = MockSplitQueue::new(&m, 16);
+        let s = push_request(
+            &m,
+            &q,
+            0,
+            VIRTIO_BLK_T_IN,
+            2,
+            &[(0x4_0000, 512, WRITE), (0x5_0000, 512, WRITE)],
+        );
+        let mut d = activated(&m, &q, &f, false);
+        let mut rec = Recorder::default();
+        d.queue_notifiers()[0].post(Some(5));
+
+        let out = d.process_queue(0, &mut rec);
+
+        let mut got = vec![0u8; 1024];
+        m.read_slice(&mut got[..512], GuestAddress(0x4_0000)).unwrap();
+        m.read_slice(&mut got[512..], GuestAddress(0x5_0000)).unwrap();
+        assert_eq!(got, pattern(1024, 1024));
+        assert_eq!(status_at(&m, s), VIRTIO_BLK_S_OK);
+        assert_eq!(q.used().idx().load(), 1);
+        assert_eq!(used(&q, 0), (0, 1025));
+        assert_eq!((out.requests, out.interrupted), (1, true));
+        let c = rec.blocks[0];
+        assert_eq!(
+            (c.tag, c.op, c.bytes, c.status),
+            (Some(5), BlockOp::Read, 1024, VIRTIO_BLK_S_OK)
+        );
+        assert_eq!(rec.interrupts, vec![Some(5)]);
+        assert_eq!(d.interrupt().status(), INTERRUPT_USED_RING);
+        assert_eq!(d.interrupt().irqfd().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn write_then_flush_reach_the_file() {
+        let (m, f) = (mem(), disk_file());
+        let q = MockSplitQueue::new(&m, 16);
+        m.write_slice(&[0xab; 512], GuestAddress(0x4_0000)).unwrap();
+        let s1 = push_request(&m, &q, 0, VIRTIO_BLK_T_OUT, 7, &[(0x4_0000, 512, 0)]);
+        let s2 = push_request(&m, &q, 3, VIRTIO_BLK_T_FLUSH, 0, &[]);
+        let mut d = activated(&m, &q, &f, false);
+        let mut rec = Recorder::default();
+
+        d.process_queue(0, &mut rec);
+
+        assert_eq!(file_bytes(&f, 7 * 512, 512), vec![0xab; 512]);
+        assert_eq!(file_bytes(&f, 8 * 512, 512), pattern(8 * 512, 512));
+        assert_eq!(
+            (status_at(&m, s1), status_at(&m, s2)),
+            (VIRTIO_BLK_S_OK, VIRTIO_BLK_S_OK)
+        );
+        assert_eq!((used(&q, 0), used(&q, 1)), ((0, 1), (3, 1)));
+        let ops: Vec<_> = rec.blocks.iter().map(|c| (c.tag, c.op, c.bytes)).collect();
+        assert_eq!(ops, vec![(None, BlockOp::Write, 512), (None, BlockOp::Flush, 0)]);
+        assert_eq!(d.stats().bytes_written, 512);
+    }
+
+    #[test]
+    fn get_id_returns_the_serial() {
+        let (m, f) = (mem(), disk_file());
+        let q = MockSplitQueue::new(&m, 16);
+        let s = push_request(&m, &q, 0, VIRTIO_BLK_T_GET_ID, 0, &[(0x4_0000, 20, WRITE)]);
+        let mut d = activated(&m, &q, &f, false);
+
+        d.process_queue(0, &mut Recorder::default());
+
+        let mut id = [0u8; 20];
+        m.read_slice(&mut id, GuestAddress(0x4_0000)).unwrap();
+        assert_eq!(&id[..18], b"resourceful-disk-0");
+        assert_eq!(status_at(&m, s), VIRTIO_BLK_S_OK);
+        assert_eq!(used(&q, 0), (0, 21));
+    }
+
+    #[test]
+    fn read_only_disk_refuses_writes() {
+        let (m, f) = (mem(), disk_file());
+        let q = MockSplitQueue::new(&m, 16);
+        m.write_slice(&[0xab; 512], GuestAddress(0x4_0000)).unwrap();
+        let s = push_request(&m, &q, 0, VIRTIO_BLK_T_OUT, 0, &[(0x4_0000, 512, 0)]);
+        let mut d = activated(&m, &q, &f, true);
+        let mut rec = Recorder::default();
+
+        d.process_queue(0, &mut rec);
+
+        assert_ne!(d.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
+        assert_eq!(status_at(&m, s), VIRTIO_BLK_S_IOERR);
+        assert_eq!(file_bytes(&f, 0, 512), pattern(0, 512));
+        assert_eq!(d.stats().read_only_refusals, 1);
+        assert_eq!((rec.blocks[0].op, rec.blocks[0].bytes), (BlockOp::Write, 0));
+    }
+
+    #[test]
+    fn malformed_requests_get_ioerr_or_are_consumed() {
+        let (m, f) = (mem(), disk_file());
+        let q = MockSplitQueue::new(&m, 16);
+        let past_end = push_request(
+            &m,
+            &q,
+            0,
+            VIRTIO_BLK_T_IN,
+            SECTORS - 1,
+            &[(0x4_0000, 1024, WRITE)],
+        );
+        let unknown = push_request(&m, &q, 3, 77, 0, &[]);
+        // A chain whose last descriptor is device-readable: no status byte.
+        let raw = [
+            RawDescriptor::from(Descriptor::new(0x1_0000, 16, 1, 6)),
+            RawDescriptor::from(Descriptor::new(0x6_0000, 1, 0, 0)),
+        ];
+        q.add_desc_chains(&raw, 5).unwrap();
+        let mut d = activated(&m, &q, &f, false);
+        let mut rec = Recorder::default();
+
+        let out = d.process_queue(0, &mut rec);
+
+        assert_eq!(status_at(&m, past_end), VIRTIO_BLK_S_IOERR);
+        assert_eq!(status_at(&m, unknown), VIRTIO_BLK_S_UNSUPP);
+        assert_eq!((used(&q, 0), used(&q, 1), used(&q, 2)), ((0, 1), (3, 1), (5, 0)));
+        assert_eq!((out.requests, out.malformed), (3, 2));
+        let s = d.stats();
+        assert_eq!((s.malformed, s.dropped, s.unsupported), (2, 1, 1));
+    }
+
+    #[test]
+    fn charges_are_exact_per_tag() {
+        let (m, f) = (mem(), disk_file());
+        let q = MockSplitQueue::new(&m, 16);
+        push_request(&m, &q, 0, VIRTIO_BLK_T_IN, 0, &[(0x4_0000, 512, WRITE)]);
+        push_request(&m, &q, 3, VIRTIO_BLK_T_OUT, 1, &[(0x4_0000, 1024, 0)]);
+        let mut d = activated(&m, &q, &f, false);
+        let mut rec = Recorder::default();
+        d.queue_notifiers()[0].post(Some(1));
+        d.process_queue(0, &mut rec);
+        push_request(&m, &q, 6, VIRTIO_BLK_T_IN, 4, &[(0x4_0000, 2048, WRITE)]);
+        d.queue_notifiers()[0].post(Some(2));
+
+        d.process_queue(0, &mut rec);
+
+        let got: Vec<_> = rec.blocks.iter().map(|c| (c.tag, c.op, c.bytes)).collect();
+        let want = vec![
+            (Some(1), BlockOp::Read, 512),
+            (Some(1), BlockOp::Write, 1024),
+            (Some(2), BlockOp::Read, 2048),
+        ];
+        assert_eq!(got, want);
+        assert_eq!(rec.interrupts, vec![Some(1), Some(2)]);
+        assert!(rec.blocks.iter().all(|c| c.status == VIRTIO_BLK_S_OK));
+    }
+
+    #[test]
+    fn config_space_reports_capacity_and_block_size() {
+        let f = disk_file();
+        let d = BlockDevice::new(f.as_file().try_clone().unwrap(), false, "x").unwrap();
+        let (mut cap, mut bs) = ([0u8; 8], [0u8; 4]);
+
+        assert!(d.read_config(0, &mut cap));
+        assert!(d.read_config(20, &mut bs));
+        assert!(!d.read_config(22, &mut bs));
+
+        assert_eq!(u64::from_le_bytes(cap), SECTORS);
+        assert_eq!(u32::from_le_bytes(bs), 512);
+    }
+
+    #[test]
+    fn inactive_device_ignores_notifications() {
+        let f = disk_file();
+        let mut d = BlockDevice::new(f.as_file().try_clone().unwrap(), false, "x").unwrap();
+        d.queue_notifiers()[0].post(Some(3));
+
+        let out = d.process_queue(0, &mut Recorder::default());
+
+        assert_eq!(out, ProcessStats::default());
+        assert_eq!(d.stats().ignored_notifications, 1);
+    }
+
+    #[test]
+    fn bogus_avail_index_is_refused_without_processing() {
+        let (m, f) = (mem(), disk_file());
+        let q = MockSplitQueue::new(&m, 16);
+        q.avail().idx().store(100);
+        let mut d = activated(&m, &q, &f, false);
+
+        let out = d.process_queue(0, &mut Recorder::default());
+
+        assert_eq!(out.requests, 0);
+        assert_eq!(d.stats().queue_errors, 1);
+    }
+}

@@ -1,0 +1,16 @@
+//! virtio-blk on a raw file.
+//!
+//! - `request.rs` parses and validates one descriptor chain into a typed
+//!   [`Request`] (or says why it cannot, and where its status byte is).
+//! - `device.rs` owns the file, the queues and the state; it executes the
+//!   requests of a queue in a batch and charges each one to its tag.
+//! - `event_handler.rs` wires the queues' notify `EventFd`s into an
+//!   `event_manager` loop.
+
+mod device;
+mod event_handler;
+mod request;
+
+pub use device::{BlockDevice, BlockError, BlockStats, DeviceState, ProcessStats};
+pub use event_handler::BlockHandler;
+pub use request::{Malformed, Request, RequestError, RequestKind};
