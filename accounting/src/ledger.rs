@@ -21,7 +21,7 @@ use std::time::Instant;
 use crate::abi::RingEntry;
 use crate::errors::{GuestError, GuestErrors};
 use crate::registry::{Limits, Registry, Resolved};
-use crate::resource::{Charges, Counters, ExitReason};
+use crate::resource::{BlockWork, Charges, Counters, ExitReason};
 
 /// Tag cache entries per writer.
 const CACHE_SLOTS: usize = 8;
@@ -40,9 +40,11 @@ pub struct Accounting {
     generation: Generation,
     registry: Mutex<Registry>,
     errors: GuestErrors,
-    /// Per-vCPU totals: exits written by the vCPU's writer, run time by the
-    /// sampler (different fields, one writer each).
-    vcpu_totals: Box<[Counters]>,
+    /// Per-writer totals, counted independently of the principals: exits
+    /// and device work written by each writer into its own block; guest run
+    /// time written by the sampler into the sampled vCPU's block (different
+    /// fields, one writer each).
+    writer_totals: Box<[Counters]>,
     start: Instant,
 }
 
@@ -59,7 +61,7 @@ impl Accounting {
             generation: Generation::default(),
             registry: Mutex::new(Registry::new(writers, limits)),
             errors: GuestErrors::default(),
-            vcpu_totals: (0..nr_vcpus).map(|_| Counters::default()).collect(),
+            writer_totals: (0..writers).map(|_| Counters::default()).collect(),
             start: Instant::now(),
         })
     }
@@ -116,10 +118,18 @@ impl Accounting {
         self.errors.inc(e);
     }
 
-    /// Sum of the per-vCPU totals: the tenant's whole charge, counted
-    /// independently of the containers.
+    /// Totals per writer (vCPUs first, then the auxiliary writers), counted
+    /// independently of the principals: their sum is the tenant's total.
+    pub fn writer_totals(&self) -> Vec<Charges> {
+        self.writer_totals.iter().map(Counters::read).collect()
+    }
+
+    /// Totals of the vCPU writers only.
     pub fn vcpu_totals(&self) -> Vec<Charges> {
-        self.vcpu_totals.iter().map(Counters::read).collect()
+        self.writer_totals[..self.nr_vcpus]
+            .iter()
+            .map(Counters::read)
+            .collect()
     }
 
     /// A writer with ledger column `id` (`0..nr_vcpus` for vCPUs, then the
@@ -206,9 +216,7 @@ impl Writer {
     #[inline]
     pub fn charge_exit(&mut self, tag: Option<u64>, reason: ExitReason, host_ns: u64) {
         let id = self.id;
-        if let Some(totals) = self.acct.vcpu_totals.get(id) {
-            totals.add_exit_single_writer(reason, host_ns);
-        }
+        self.acct.writer_totals[id].add_exit_single_writer(reason, host_ns);
         let r = self.resolve(tag);
         r.container_cells.col(id).add_exit_single_writer(reason, host_ns);
         if let Some(req) = &r.request {
@@ -223,7 +231,7 @@ impl Writer {
     /// Only the one writer that samples run time may call this.
     #[inline]
     pub fn charge_run(&mut self, vcpu: usize, tag: Option<u64>, ns: u64) {
-        if let Some(totals) = self.acct.vcpu_totals.get(vcpu) {
+        if let Some(totals) = self.acct.writer_totals[..self.acct.nr_vcpus].get(vcpu) {
             totals.add_run_single_writer(ns);
         }
         let id = self.id;
@@ -231,6 +239,29 @@ impl Writer {
         r.container_cells.col(id).add_run_single_writer(ns);
         if let Some(req) = &r.request {
             req.add_run_shared(ns);
+        }
+    }
+
+    /// Charges one block request to `tag` (the tag of the vCPU that
+    /// notified the queue).
+    pub fn charge_block(&mut self, tag: Option<u64>, work: &BlockWork) {
+        let id = self.id;
+        self.acct.writer_totals[id].add_block_single_writer(work);
+        let r = self.resolve(tag);
+        r.container_cells.col(id).add_block_single_writer(work);
+        if let Some(req) = &r.request {
+            req.add_block_shared(work);
+        }
+    }
+
+    /// Charges one interrupt injected for work done for `tag`.
+    pub fn charge_interrupt(&mut self, tag: Option<u64>) {
+        let id = self.id;
+        self.acct.writer_totals[id].add_interrupt_single_writer();
+        let r = self.resolve(tag);
+        r.container_cells.col(id).add_interrupt_single_writer();
+        if let Some(req) = &r.request {
+            req.add_interrupt_shared();
         }
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ledger::Accounting;
 use crate::registry::{Limits, Registry, RegistryStats, Request};
-use crate::resource::{Charges, ExitCharge, ExitReason, Provenance};
+use crate::resource::{BlockCharge, Charges, ExitCharge, ExitReason, Provenance};
 
 /// Schema identifier of the JSON report.
 pub const SCHEMA: &str = "resourceful.report/v1";
@@ -65,6 +65,12 @@ pub struct ChargesReport {
     pub guest_run_ns: u64,
     /// Run-time samples.
     pub run_samples: u64,
+    /// Block device work.
+    #[serde(default)]
+    pub block: BlockCharge,
+    /// Interrupts injected.
+    #[serde(default)]
+    pub interrupts: u64,
 }
 
 impl From<&Charges> for ChargesReport {
@@ -77,6 +83,8 @@ impl From<&Charges> for ChargesReport {
             exits_total: c.exits_total(),
             guest_run_ns: c.guest_run_ns,
             run_samples: c.run_samples,
+            block: c.block,
+            interrupts: c.interrupts,
         }
     }
 }
@@ -199,7 +207,8 @@ pub struct Report {
     pub tenant: String,
     /// The VM.
     pub vm: VmInfo,
-    /// Tenant totals (sum of the vCPUs).
+    /// Tenant totals (sum over every ledger writer: vCPUs, sampler, device
+    /// thread), counted independently of the containers.
     pub totals: ChargesReport,
     /// Per vCPU.
     pub vcpus: Vec<VcpuReport>,
@@ -327,6 +336,25 @@ fn conservation(total: &Charges, sum: &Charges) -> Conservation {
         tenant_total: total.run_samples,
         containers_sum: sum.run_samples,
     });
+    let (tb, sb) = (&total.block, &sum.block);
+    for (name, t, s) in [
+        ("block.reads", tb.reads, sb.reads),
+        ("block.writes", tb.writes, sb.writes),
+        ("block.flushes", tb.flushes, sb.flushes),
+        ("block.other", tb.other, sb.other),
+        ("block.errors", tb.errors, sb.errors),
+        ("block.bytes_read", tb.bytes_read, sb.bytes_read),
+        ("block.bytes_written", tb.bytes_written, sb.bytes_written),
+        ("block.device_ns", tb.device_ns, sb.device_ns),
+        ("block.latency_ns", tb.latency_ns, sb.latency_ns),
+        ("interrupts", total.interrupts, sum.interrupts),
+    ] {
+        lines.push(ConservationLine {
+            resource: name.into(),
+            tenant_total: t,
+            containers_sum: s,
+        });
+    }
     Conservation {
         holds: lines.iter().all(|l| l.tenant_total == l.containers_sum),
         lines,
@@ -338,8 +366,8 @@ impl Report {
     pub fn build(acct: &Accounting, vm: VmInfo) -> Report {
         let vcpu_totals = acct.vcpu_totals();
         let mut total = Charges::default();
-        for v in &vcpu_totals {
-            total.add(v);
+        for w in &acct.writer_totals() {
+            total.add(w);
         }
         let reg = acct.registry();
         let mut requests: Vec<&Request> = reg.finished_requests().chain(reg.live_requests()).collect();

@@ -75,6 +75,78 @@ pub enum Provenance {
     Unattributed,
 }
 
+/// Kinds of block request, as charged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockOp {
+    /// Read (virtio-blk IN).
+    Read,
+    /// Write (virtio-blk OUT).
+    Write,
+    /// Flush.
+    Flush,
+    /// Anything else (GET_ID, unsupported types, malformed requests).
+    Other,
+}
+
+/// Block device work, summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BlockCharge {
+    /// Read requests.
+    pub reads: u64,
+    /// Write requests.
+    pub writes: u64,
+    /// Flush requests.
+    pub flushes: u64,
+    /// Other requests (GET_ID, unsupported, malformed).
+    pub other: u64,
+    /// Requests answered with an error status.
+    pub errors: u64,
+    /// Bytes read from the disk into the guest.
+    pub bytes_read: u64,
+    /// Bytes written from the guest to the disk.
+    pub bytes_written: u64,
+    /// Device thread CPU time spent on the requests, ns.
+    pub device_ns: u64,
+    /// Sum of request latencies (notification to used-ring update), ns.
+    pub latency_ns: u64,
+}
+
+impl BlockCharge {
+    /// All requests.
+    pub fn ops(&self) -> u64 {
+        self.reads + self.writes + self.flushes + self.other
+    }
+
+    fn add(&mut self, o: &BlockCharge) {
+        self.reads += o.reads;
+        self.writes += o.writes;
+        self.flushes += o.flushes;
+        self.other += o.other;
+        self.errors += o.errors;
+        self.bytes_read += o.bytes_read;
+        self.bytes_written += o.bytes_written;
+        self.device_ns += o.device_ns;
+        self.latency_ns += o.latency_ns;
+    }
+}
+
+/// One block request, as a device reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockWork {
+    /// Its kind.
+    pub op: BlockOp,
+    /// Data bytes moved (read into the guest or written from it).
+    pub bytes: u64,
+    /// Device thread CPU time, ns.
+    pub device_ns: u64,
+    /// Notification to completion, ns.
+    pub latency_ns: u64,
+    /// Whether the guest was answered with an error status.
+    pub error: bool,
+}
+
 /// Count and host handling time of exits of one reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitCharge {
@@ -94,6 +166,10 @@ pub struct Charges {
     pub guest_run_ns: u64,
     /// Run-time samples that carried it.
     pub run_samples: u64,
+    /// Block device work.
+    pub block: BlockCharge,
+    /// Interrupts injected into the guest.
+    pub interrupts: u64,
 }
 
 impl Charges {
@@ -115,6 +191,8 @@ impl Charges {
         }
         self.guest_run_ns += other.guest_run_ns;
         self.run_samples += other.run_samples;
+        self.block.add(&other.block);
+        self.interrupts += other.interrupts;
     }
 
     /// Whether nothing was charged.
@@ -136,6 +214,38 @@ pub struct Counters {
     exit_ns: [AtomicU64; ExitReason::COUNT],
     guest_run_ns: AtomicU64,
     run_samples: AtomicU64,
+    /// Block: reads, writes, flushes, other, errors, bytes read, bytes
+    /// written, device ns, latency ns.
+    block: [AtomicU64; 9],
+    interrupts: AtomicU64,
+}
+
+const BLK_ERRORS: usize = 4;
+const BLK_BYTES_READ: usize = 5;
+const BLK_BYTES_WRITTEN: usize = 6;
+const BLK_DEVICE_NS: usize = 7;
+const BLK_LATENCY_NS: usize = 8;
+
+impl BlockWork {
+    /// The counter deltas of this request, indexed like `Counters::block`.
+    fn deltas(&self) -> [u64; 9] {
+        let mut d = [0u64; 9];
+        d[match self.op {
+            BlockOp::Read => 0,
+            BlockOp::Write => 1,
+            BlockOp::Flush => 2,
+            BlockOp::Other => 3,
+        }] = 1;
+        d[BLK_ERRORS] = u64::from(self.error);
+        match self.op {
+            BlockOp::Read => d[BLK_BYTES_READ] = self.bytes,
+            BlockOp::Write => d[BLK_BYTES_WRITTEN] = self.bytes,
+            BlockOp::Flush | BlockOp::Other => {}
+        }
+        d[BLK_DEVICE_NS] = self.device_ns;
+        d[BLK_LATENCY_NS] = self.latency_ns;
+        d
+    }
 }
 
 #[inline(always)]
@@ -172,6 +282,34 @@ impl Counters {
         self.run_samples.fetch_add(1, Relaxed);
     }
 
+    /// Adds one block request. Only the block's single writer.
+    pub fn add_block_single_writer(&self, w: &BlockWork) {
+        for (cell, d) in self.block.iter().zip(w.deltas()) {
+            if d != 0 {
+                add_single_writer(cell, d);
+            }
+        }
+    }
+
+    /// Adds one block request; safe with concurrent writers.
+    pub fn add_block_shared(&self, w: &BlockWork) {
+        for (cell, d) in self.block.iter().zip(w.deltas()) {
+            if d != 0 {
+                cell.fetch_add(d, Relaxed);
+            }
+        }
+    }
+
+    /// Adds one injected interrupt. Only the block's single writer.
+    pub fn add_interrupt_single_writer(&self) {
+        add_single_writer(&self.interrupts, 1);
+    }
+
+    /// Adds one injected interrupt; safe with concurrent writers.
+    pub fn add_interrupt_shared(&self) {
+        self.interrupts.fetch_add(1, Relaxed);
+    }
+
     /// Adds this block's current values into `out`.
     pub fn add_into(&self, out: &mut Charges) {
         for (i, e) in out.exits.iter_mut().enumerate() {
@@ -180,6 +318,19 @@ impl Counters {
         }
         out.guest_run_ns += self.guest_run_ns.load(Relaxed);
         out.run_samples += self.run_samples.load(Relaxed);
+        let b: [u64; 9] = std::array::from_fn(|i| self.block[i].load(Relaxed));
+        out.block.add(&BlockCharge {
+            reads: b[0],
+            writes: b[1],
+            flushes: b[2],
+            other: b[3],
+            errors: b[BLK_ERRORS],
+            bytes_read: b[BLK_BYTES_READ],
+            bytes_written: b[BLK_BYTES_WRITTEN],
+            device_ns: b[BLK_DEVICE_NS],
+            latency_ns: b[BLK_LATENCY_NS],
+        });
+        out.interrupts += self.interrupts.load(Relaxed);
     }
 
     /// This block's current values.
@@ -261,7 +412,42 @@ mod tests {
     #[test]
     fn counter_block_is_cache_line_sized_and_aligned() {
         assert_eq!(std::mem::align_of::<Counters>(), 64);
-        assert_eq!(std::mem::size_of::<Counters>(), 128);
+        assert_eq!(std::mem::size_of::<Counters>(), 256);
+    }
+
+    #[test]
+    fn block_work_lands_in_its_op_and_byte_counters() {
+        let c = Counters::default();
+        c.add_block_single_writer(&BlockWork {
+            op: BlockOp::Read,
+            bytes: 4096,
+            device_ns: 7,
+            latency_ns: 9,
+            error: false,
+        });
+        c.add_block_shared(&BlockWork {
+            op: BlockOp::Write,
+            bytes: 512,
+            device_ns: 1,
+            latency_ns: 2,
+            error: true,
+        });
+        c.add_block_shared(&BlockWork {
+            op: BlockOp::Flush,
+            bytes: 0,
+            device_ns: 1,
+            latency_ns: 1,
+            error: false,
+        });
+        c.add_interrupt_shared();
+        let b = c.read().block;
+        assert_eq!((b.reads, b.writes, b.flushes, b.other, b.errors), (1, 1, 1, 0, 1));
+        assert_eq!(
+            (b.bytes_read, b.bytes_written, b.device_ns, b.latency_ns),
+            (4096, 512, 9, 12)
+        );
+        assert_eq!(b.ops(), 3);
+        assert_eq!(c.read().interrupts, 1);
     }
 
     #[test]

@@ -70,6 +70,45 @@ impl std::fmt::Display for KernelSource {
     }
 }
 
+/// A virtio-blk disk backed by a raw file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The backing file.
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+
+    /// `PATH` or `PATH,readonly`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (path, opts) = match s.split_once(',') {
+            Some((p, o)) => (p, Some(o)),
+            None => (s, None),
+        };
+        if path.is_empty() {
+            return Err("--disk needs a file path: --disk PATH or --disk PATH,readonly".into());
+        }
+        let read_only = match opts {
+            None => false,
+            Some("readonly" | "ro") => true,
+            Some(o) => {
+                return Err(format!(
+                    "unknown --disk option `{o}`: the only option is `readonly` (--disk PATH,readonly)"
+                ))
+            }
+        };
+        Ok(Self {
+            path: PathBuf::from(path),
+            read_only,
+        })
+    }
+}
+
 /// Where the serial console goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -107,6 +146,9 @@ pub struct VmConfig {
     /// Where the console goes.
     #[serde(default)]
     pub console: ConsoleTarget,
+    /// virtio-blk disks, in the order their devices are placed.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
     /// Bounds on guest-declared state.
     #[serde(default)]
     pub limits: Limits,
@@ -132,6 +174,8 @@ pub const DEFAULT_SAMPLE_US: u64 = 4_000;
 pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux";
 /// Largest guest RAM accepted, in MiB.
 pub const MAX_MEM_MIB: u64 = 1 << 20;
+/// Most virtio-blk disks per VM (their IRQs are 5..5+MAX_DISKS).
+pub const MAX_DISKS: usize = 8;
 /// Smallest guest RAM accepted, in MiB.
 pub const MIN_MEM_MIB: u64 = 16;
 
@@ -147,6 +191,9 @@ pub enum ConfigError {
     /// Bad tenant name.
     #[error("--tenant `{0}` is not a valid name: use 1 to 64 characters from A-Z a-z 0-9 . _ -")]
     Tenant(String),
+    /// Too many disks.
+    #[error("{0} disks is too many: pass at most {MAX_DISKS} --disk flags")]
+    Disks(usize),
     /// Bad sampling interval.
     #[error("sample interval {0} µs is out of range: use 100 to 1000000")]
     SampleInterval(u64),
@@ -163,6 +210,7 @@ impl VmConfig {
             mem_mib: 128,
             tenant: "default".into(),
             console: ConsoleTarget::Stdout,
+            disks: Vec::new(),
             limits: Limits::default(),
             accounting: true,
             sample_interval_us: DEFAULT_SAMPLE_US,
@@ -184,6 +232,9 @@ impl VmConfig {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if !ok {
             return Err(ConfigError::Tenant(t.clone()));
+        }
+        if self.disks.len() > MAX_DISKS {
+            return Err(ConfigError::Disks(self.disks.len()));
         }
         if !(100..=1_000_000).contains(&self.sample_interval_us) {
             return Err(ConfigError::SampleInterval(self.sample_interval_us));
@@ -222,6 +273,32 @@ mod tests {
         c.mem_mib = 128;
         c.tenant = "a b".into();
         assert!(c.validate().unwrap_err().to_string().contains("--tenant"));
+    }
+
+    #[test]
+    fn disk_flags_parse_path_and_readonly() {
+        assert_eq!(
+            "/d.img".parse(),
+            Ok(DiskConfig {
+                path: "/d.img".into(),
+                read_only: false
+            })
+        );
+        assert_eq!(
+            "/d.img,readonly".parse(),
+            Ok(DiskConfig {
+                path: "/d.img".into(),
+                read_only: true
+            })
+        );
+        assert!("/d.img,rw"
+            .parse::<DiskConfig>()
+            .unwrap_err()
+            .contains("readonly"));
+        assert!(",readonly"
+            .parse::<DiskConfig>()
+            .unwrap_err()
+            .contains("--disk PATH"));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod arch;
 pub mod boot;
+pub mod charger;
 pub mod config;
 pub mod sampler;
 pub mod vcpu;

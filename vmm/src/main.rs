@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use accounting::registry::Limits;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use vmm::config::{Builtin, ConsoleTarget, KernelSource, VmConfig, DEFAULT_SAMPLE_US};
+use vmm::config::{Builtin, ConsoleTarget, DiskConfig, KernelSource, VmConfig, DEFAULT_SAMPLE_US};
 use vmm::vcpu::exit::VmEnd;
 
 #[derive(Parser)]
@@ -78,6 +78,9 @@ struct RunArgs {
     /// Initial ramdisk (Linux kernels only).
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
+    /// A virtio-blk disk backed by a raw file; repeat for more disks.
+    #[arg(long = "disk", value_name = "PATH[,readonly]")]
+    disks: Vec<DiskConfig>,
     /// Kernel command line (default for Linux: console=ttyS0 reboot=k panic=1 pci=off ...;
     /// for the built-in test guest, e.g. scenario=basic).
     #[arg(long)]
@@ -168,6 +171,7 @@ fn main() -> ExitCode {
             let cfg = config(a.kernel, a.cmdline, &a.common);
             let cfg = VmConfig {
                 initrd: a.initrd,
+                disks: a.disks,
                 ..cfg
             };
             run_vm(cfg, &a.common)

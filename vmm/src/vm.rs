@@ -20,7 +20,10 @@ use accounting::report::{Report, VmInfo};
 use devices::acct::{AcctDevice, TagRegion};
 use devices::bus::SharedDevice;
 use devices::legacy::{DebugPort, ExitPort, Serial, I8042};
+use devices::virtio::block::{BlockDevice, BlockHandler};
+use devices::virtio::{MmioTransport, VirtioDevice, MMIO_LEN};
 use devices::{Bus, BusError};
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -28,7 +31,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch;
 use crate::boot::{self, BootPlan, KernelKind};
-use crate::config::{ConfigError, ConsoleTarget, KernelSource, VmConfig, DEFAULT_LINUX_CMDLINE};
+use crate::charger::BooksCharger;
+use crate::config::{ConfigError, ConsoleTarget, DiskConfig, KernelSource, VmConfig, DEFAULT_LINUX_CMDLINE};
 use crate::sampler::Sampler;
 use crate::vcpu::exit::{IoStats, VmEnd};
 use crate::vcpu::{self, Vcpu, VcpuShared};
@@ -38,6 +42,36 @@ pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 /// COM1's legacy interrupt line.
 const COM1_IRQ: u32 = 4;
+/// The first virtio-mmio device sits right after the accounting device;
+/// the others follow, one [`MMIO_LEN`] window each.
+pub const VIRTIO_MMIO_BASE: u64 = abi::ACCT_MMIO_BASE + abi::ACCT_MMIO_SIZE;
+/// Interrupt line of the first virtio-mmio device; the others follow.
+pub const VIRTIO_IRQ_BASE: u32 = 5;
+/// Ledger writer of the sampler (after the vCPUs).
+const SAMPLER_WRITERS: usize = 1;
+/// Ledger writer of the device event-loop thread (after the sampler).
+const DEVICE_WRITERS: usize = 1;
+
+/// Guest-physical base and IRQ of virtio-mmio device `index`.
+pub fn virtio_slot(index: usize) -> (u64, u32) {
+    let i = u32::try_from(index).unwrap_or(u32::MAX);
+    (
+        VIRTIO_MMIO_BASE + MMIO_LEN * u64::from(i),
+        VIRTIO_IRQ_BASE.saturating_add(i),
+    )
+}
+
+/// The command-line tokens that announce `count` virtio-mmio devices, in
+/// Linux's `virtio_mmio.device=SIZE@BASE:IRQ` form (the project's guests
+/// parse the same).
+pub fn virtio_cmdline(count: usize) -> String {
+    (0..count)
+        .map(|i| {
+            let (base, irq) = virtio_slot(i);
+            format!(" virtio_mmio.device={}K@{base:#x}:{irq}", MMIO_LEN / 1024)
+        })
+        .collect()
+}
 
 /// Why a VM could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +114,15 @@ pub enum VmError {
         /// The error.
         #[source]
         source: std::io::Error,
+    },
+    /// A disk image could not be opened.
+    #[error("cannot use the disk image {path}: check the path given with --disk (add ,readonly for a read-only file)")]
+    Disk {
+        /// The path.
+        path: String,
+        /// The error.
+        #[source]
+        source: devices::virtio::block::BlockError,
     },
     /// A host resource (eventfd, thread, signal handler) was refused.
     #[error("host resource: {what}")]
@@ -143,16 +186,66 @@ struct Devices {
     pio: Bus,
     mmio: Bus,
     serial: Arc<Mutex<Serial>>,
+    /// Event-loop subscribers of the virtio devices.
+    handlers: Vec<BlockHandler>,
+}
+
+/// Everything `build_devices` needs.
+struct DeviceEnv<'a> {
+    vm: &'a VmFd,
+    with_irqchip: bool,
+    mem: &'a GuestMemoryMmap,
+    region: &'a Arc<TagRegion>,
+    acct: &'a Arc<Accounting>,
+    accounting: bool,
+    device_writer: usize,
+}
+
+fn build_disks(
+    env: &DeviceEnv<'_>,
+    disks: &[DiskConfig],
+    mmio: &mut Bus,
+) -> Result<Vec<BlockHandler>, VmError> {
+    let mut handlers = Vec::with_capacity(disks.len());
+    for (i, disk) in disks.iter().enumerate() {
+        let dev =
+            BlockDevice::open(&disk.path, disk.read_only, &format!("rsrc-disk{i}")).map_err(|source| {
+                VmError::Disk {
+                    path: disk.path.display().to_string(),
+                    source,
+                }
+            })?;
+        let (base, irq) = virtio_slot(i);
+        if env.with_irqchip {
+            env.vm
+                .register_irqfd(dev.interrupt().irqfd(), irq)
+                .map_err(kvm_err("connect a virtio interrupt"))?;
+        }
+        let dev = Arc::new(Mutex::new(dev));
+        let transport = MmioTransport::new(env.mem.clone(), Arc::clone(&dev));
+        mmio.insert(Arc::new(Mutex::new(transport)), base, MMIO_LEN)?;
+        let writer = env.accounting.then(|| env.acct.writer(env.device_writer));
+        handlers.push(BlockHandler::new(
+            dev,
+            Box::new(BooksCharger::new(writer, env.with_irqchip)),
+        ));
+    }
+    Ok(handlers)
 }
 
 fn build_devices(
-    vm: &VmFd,
-    with_irqchip: bool,
+    env: &DeviceEnv<'_>,
     console: Box<dyn Write + Send>,
-    mem: &GuestMemoryMmap,
-    region: &Arc<TagRegion>,
-    acct: &Arc<Accounting>,
+    disks: &[DiskConfig],
 ) -> Result<Devices, VmError> {
+    let DeviceEnv {
+        vm,
+        with_irqchip,
+        mem,
+        region,
+        acct,
+        ..
+    } = *env;
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("eventfd for the serial interrupt"))?;
     if with_irqchip {
         vm.register_irqfd(&irq, COM1_IRQ)
@@ -175,7 +268,13 @@ fn build_devices(
         abi::ACCT_MMIO_BASE,
         abi::ACCT_MMIO_SIZE,
     )?;
-    Ok(Devices { pio, mmio, serial })
+    let handlers = build_disks(env, disks, &mut mmio)?;
+    Ok(Devices {
+        pio,
+        mmio,
+        serial,
+        handlers,
+    })
 }
 
 /// Bytes of guest RAM resident in the host, by `mincore` over each region
@@ -246,6 +345,40 @@ fn stop_vcpus(stop: &AtomicBool, threads: &[(std::thread::JoinHandle<()>, Arc<Vc
     }
 }
 
+/// Runs the virtio devices' event loop on a thread of its own until `stop`.
+/// No thread is started when there are no devices.
+fn spawn_device_loop(
+    handlers: Vec<BlockHandler>,
+    stop: Arc<AtomicBool>,
+) -> Result<Option<std::thread::JoinHandle<()>>, VmError> {
+    if handlers.is_empty() {
+        return Ok(None);
+    }
+    let mut em =
+        EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().map_err(|e| VmError::Host {
+            what: "create the device event loop",
+            source: std::io::Error::other(format!("{e:?}")),
+        })?;
+    for h in handlers {
+        em.add_subscriber(Arc::new(Mutex::new(h)));
+    }
+    let handle = std::thread::Builder::new()
+        .name("rsrc-devices".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                if let Err(e) = em.run_with_timeout(DEVICE_LOOP_TIMEOUT_MS) {
+                    log::error!("device event loop: {e:?}");
+                    break;
+                }
+            }
+        })
+        .map_err(host_err("spawn the device thread"))?;
+    Ok(Some(handle))
+}
+
+/// How often the device loop checks whether the VM has stopped, in ms.
+const DEVICE_LOOP_TIMEOUT_MS: i32 = 20;
+
 /// Builds and runs the VM described by `config` until it ends.
 pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     config.validate()?;
@@ -263,26 +396,34 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     register_memory(&vm, &mem)?;
 
     let kind = boot::detect_kind(&kernel)?;
-    let cmdline = match (&config.cmdline, kind) {
+    let mut cmdline = match (&config.cmdline, kind) {
         (Some(c), _) => c.clone(),
         (None, KernelKind::Linux { .. }) => DEFAULT_LINUX_CMDLINE.to_string(),
         (None, KernelKind::BareMetal) => String::new(),
     };
+    cmdline.push_str(&virtio_cmdline(config.disks.len()));
     let plan: BootPlan = boot::load_kernel(&mem, &kernel, initrd.as_deref(), &cmdline, config.vcpus)?;
     let with_irqchip = plan.wants_irqchip();
     arch::setup_vm(&vm, with_irqchip)?;
 
-    // Writers: one per vCPU, then the sampler.
-    let acct = Accounting::new(&config.tenant, nr_vcpus, 1, config.limits);
+    // Writers: one per vCPU, then the sampler, then the device thread.
+    let acct = Accounting::new(
+        &config.tenant,
+        nr_vcpus,
+        SAMPLER_WRITERS + DEVICE_WRITERS,
+        config.limits,
+    );
     let region = TagRegion::new(nr_vcpus);
-    let devices = build_devices(
-        &vm,
+    let env = DeviceEnv {
+        vm: &vm,
         with_irqchip,
-        console_writer(&config.console)?,
-        &mem,
-        &region,
-        &acct,
-    )?;
+        mem: &mem,
+        region: &region,
+        acct: &acct,
+        accounting: config.accounting,
+        device_writer: nr_vcpus + SAMPLER_WRITERS,
+    };
+    let devices = build_devices(&env, console_writer(&config.console)?, &config.disks)?;
     let (pio, mmio) = (Arc::new(devices.pio), Arc::new(devices.mmio));
     let io_stats = Arc::new(IoStats::default());
 
@@ -332,6 +473,8 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     } else {
         None
     };
+    let device_stop = Arc::new(AtomicBool::new(false));
+    let device_thread = spawn_device_loop(devices.handlers, Arc::clone(&device_stop))?;
     let mut threads = Vec::with_capacity(nr_vcpus);
     let mut spawn_error = None;
     for v in vcpus {
@@ -372,6 +515,12 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         }
     }
     let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    device_stop.store(true, Ordering::Release);
+    if let Some(t) = device_thread {
+        if t.join().is_err() {
+            log::error!("the device thread panicked");
+        }
+    }
     sampler_stop.store(true, Ordering::Release);
     match sampler_thread.map(std::thread::JoinHandle::join) {
         // One more tick now that the vCPUs are stopped charges the rest of

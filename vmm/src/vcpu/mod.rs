@@ -118,8 +118,8 @@ impl Vcpu {
             self.shared.clock.exit(now);
             now
         });
-        let (reason, action) = match result {
-            Ok(exit) => handle_exit(exit, &self.pio, &self.mmio, &self.io_stats),
+        let exit = match result {
+            Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return VcpuState::Running,
             Err(e) => {
                 let _ = self
@@ -128,9 +128,21 @@ impl Vcpu {
                 return VcpuState::Finished;
             }
         };
+        // Declarations first, so that the tag read next, and any device work
+        // this exit starts under it, resolve against them.
+        let tag = match &self.writer {
+            Some(w) => {
+                reader.drain(w.accounting());
+                reader.tag()
+            }
+            None => None,
+        };
+        if matches!(exit, kvm_ioctls::VcpuExit::MmioWrite(..)) {
+            // A queue notification is charged to whoever notified.
+            devices::virtio::mmio::set_current_tag(tag);
+        }
+        let (reason, action) = handle_exit(exit, &self.pio, &self.mmio, &self.io_stats);
         if let Some(w) = self.writer.as_mut() {
-            reader.drain(w.accounting());
-            let tag = reader.tag();
             let done = w.accounting().now_ns();
             w.charge_exit(tag, reason, done.saturating_sub(exited_at));
             self.resume_at = Some(done);
