@@ -103,6 +103,14 @@ pub struct ProvenanceReport {
     pub exits: Provenance,
     /// Guest run time.
     pub guest_run: Provenance,
+    /// Device work (block requests, interrupts): exact, from the tag of the
+    /// vCPU that notified the queue.
+    #[serde(default = "exact")]
+    pub devices: Provenance,
+}
+
+fn exact() -> Provenance {
+    Provenance::Exact
 }
 
 /// Requests of one container, summarised.
@@ -414,6 +422,11 @@ impl Report {
                         } else {
                             Provenance::Sampled
                         },
+                        devices: if unattributed {
+                            Provenance::Unattributed
+                        } else {
+                            Provenance::Exact
+                        },
                     },
                     charges: ChargesReport::from(&charges),
                     requests: RequestSummary {
@@ -532,6 +545,54 @@ impl Report {
             self.declarations.requests_begun.to_string(),
         );
 
+        if self.totals.block.ops() > 0 || self.totals.interrupts > 0 {
+            let _ = writeln!(
+                s,
+                "\n{:<28} {:>7} {:>7} {:>7} {:>7} {:>6} {:>10} {:>10} {:>9} {:>10} {:>5}",
+                "BLOCK",
+                "READS",
+                "WRITES",
+                "FLUSHES",
+                "OTHER",
+                "ERRORS",
+                "KIB_READ",
+                "KIB_WRITE",
+                "DEV_MS",
+                "AVG_LAT_US",
+                "IRQS"
+            );
+            let block_row = |s: &mut String, name: &str, c: &ChargesReport| {
+                let b = &c.block;
+                let avg_lat_us = if b.ops() > 0 {
+                    b.latency_ns as f64 / b.ops() as f64 / 1e3
+                } else {
+                    0.0
+                };
+                let _ = writeln!(
+                    s,
+                    "{:<28} {:>7} {:>7} {:>7} {:>7} {:>6} {:>10.1} {:>10.1} {:>9.3} {:>10.1} {:>5}",
+                    name,
+                    b.reads,
+                    b.writes,
+                    b.flushes,
+                    b.other,
+                    b.errors,
+                    b.bytes_read as f64 / 1024.0,
+                    b.bytes_written as f64 / 1024.0,
+                    ms(b.device_ns),
+                    avg_lat_us,
+                    c.interrupts,
+                );
+            };
+            for c in self
+                .containers
+                .iter()
+                .filter(|c| c.charges.block.ops() > 0 || c.charges.interrupts > 0)
+            {
+                block_row(&mut s, &c.path, &c.charges);
+            }
+            block_row(&mut s, "= tenant total", &self.totals);
+        }
         if !self.requests.is_empty() && max_requests > 0 {
             let mut top: Vec<&RequestReport> = self.requests.iter().collect();
             top.sort_by_key(|r| {
