@@ -349,7 +349,8 @@ impl BlockDevice {
                         out.malformed += 1;
                         warn_rl!("virtio-blk: malformed request at head {head}: {}", m.error);
                         let used = u32::from(m.status_addr.is_some());
-                        (BlockOp::Unsupported, (VIRTIO_BLK_S_IOERR, 0, used), m.status_addr)
+                        let op = m.kind.map_or(BlockOp::Unsupported, op_of);
+                        (op, (VIRTIO_BLK_S_IOERR, 0, used), m.status_addr)
                     }
                 };
             match status_addr {
@@ -357,12 +358,9 @@ impl BlockDevice {
                 Some(_) => self.stats.queue_errors += 1,
                 None => self.stats.dropped += 1,
             }
-            if let Err(e) = queue.add_used(&*mem, head, used_len) {
-                self.stats.queue_errors += 1;
-                warn_rl!("virtio-blk: used ring update failed: {e}");
-            }
-            self.stats.requests += 1;
-            out.requests += 1;
+            // Charge before the used element is published: once the guest
+            // sees it, it may end the request, and the charge must find the
+            // request still live.
             charger.charge_block(&BlockCharge {
                 tag,
                 op,
@@ -371,6 +369,12 @@ impl BlockDevice {
                 latency_ns: u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX),
                 status,
             });
+            if let Err(e) = queue.add_used(&*mem, head, used_len) {
+                self.stats.queue_errors += 1;
+                warn_rl!("virtio-blk: used ring update failed: {e}");
+            }
+            self.stats.requests += 1;
+            out.requests += 1;
             last_tag = tag;
             if out.requests >= u64::from(queue.size()) {
                 out.more_pending = queue

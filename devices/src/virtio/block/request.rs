@@ -132,6 +132,9 @@ pub struct Malformed {
     pub error: RequestError,
     /// The validated status byte, if the chain has one.
     pub status_addr: Option<GuestAddress>,
+    /// The request's kind, once its header could be read: a write past the
+    /// end of the disk is still a (failed) write.
+    pub kind: Option<RequestKind>,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -147,7 +150,11 @@ struct Header {
 unsafe impl ByteValued for Header {}
 
 fn fail(error: RequestError, status_addr: Option<GuestAddress>) -> Malformed {
-    Malformed { error, status_addr }
+    Malformed {
+        error,
+        status_addr,
+        kind: None,
+    }
 }
 
 /// Whether the descriptors, followed from `head`, revisit an index.
@@ -224,6 +231,12 @@ where
         other => RequestKind::Unsupported(other),
     };
 
+    // From here on the kind is known and travels with every error.
+    let failk = |error: RequestError, status_addr: Option<GuestAddress>| Malformed {
+        error,
+        status_addr,
+        kind: Some(kind),
+    };
     let middle = &descs[1..descs.len() - 1];
     let mut data = Vec::with_capacity(middle.len());
     let mut total: u64 = 0;
@@ -234,34 +247,34 @@ where
             RequestKind::Flush | RequestKind::Unsupported(_) => None,
         };
         if writable_needed.is_some_and(|w| w != d.is_write_only()) {
-            return Err(fail(E::DataDirection, status));
+            return Err(failk(E::DataDirection, status));
         }
         if d.addr().0.checked_add(u64::from(d.len())).is_none() {
-            return Err(fail(E::LengthOverflow, status));
+            return Err(failk(E::LengthOverflow, status));
         }
-        let len = usize::try_from(d.len()).map_err(|_| fail(E::LengthOverflow, status))?;
+        let len = usize::try_from(d.len()).map_err(|_| failk(E::LengthOverflow, status))?;
         let perm = if d.is_write_only() {
             Permissions::Write
         } else {
             Permissions::Read
         };
         if !mem.check_range(d.addr(), len, perm) {
-            return Err(fail(E::DataOutOfMemory, status));
+            return Err(failk(E::DataOutOfMemory, status));
         }
         total += u64::from(d.len());
         data.push((d.addr(), d.len()));
     }
     if total > u64::from(u32::MAX) {
-        return Err(fail(E::LengthOverflow, status));
+        return Err(failk(E::LengthOverflow, status));
     }
 
     if matches!(kind, RequestKind::In | RequestKind::Out) {
         if !total.is_multiple_of(SECTOR_SIZE) {
-            return Err(fail(E::UnalignedLength, status));
+            return Err(failk(E::UnalignedLength, status));
         }
         let end = sector.checked_add(total / SECTOR_SIZE);
         if end.is_none_or(|end| end > disk_sectors) {
-            return Err(fail(E::SectorOutOfRange, status));
+            return Err(failk(E::SectorOutOfRange, status));
         }
     }
     if matches!(kind, RequestKind::Flush | RequestKind::Unsupported(_)) {
@@ -516,6 +529,8 @@ mod tests {
 
             let r = parse_descs(&m, &[raw(HDR, 16, 0, 0), raw(DATA, 1024, 0, 0), status()]);
 
+            // Still known to be a write, so it is charged as a failed one.
+            assert_eq!(r.as_ref().map_err(|m| m.kind).unwrap_err(), Some(RequestKind::Out));
             assert_eq!(
                 err(r),
                 (RequestError::SectorOutOfRange, Some(GuestAddress(STATUS)))
