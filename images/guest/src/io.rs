@@ -59,6 +59,33 @@ pub fn mmio_read32(offset: u64) -> u32 {
     value
 }
 
+/// One 32-bit load from the MMIO address `addr` (any device window in the
+/// MMIO gap, e.g. a virtio-mmio device): one `mmio_read`.
+#[inline(always)]
+pub fn mmio_read32_at(addr: u64) -> u32 {
+    let value: u32;
+    // SAFETY: callers pass a 4-byte-aligned address inside a device window
+    // that the VMM announced (identity-mapped with user pages, not RAM); the
+    // load only exits to the VMM.
+    unsafe {
+        asm!("mov {v:e}, dword ptr [{a}]", a = in(reg) addr, v = out(reg) value,
+             options(nostack, preserves_flags))
+    };
+    value
+}
+
+/// One 32-bit store to the MMIO address `addr`: one `mmio_write`.
+#[inline(always)]
+pub fn mmio_write32_at(addr: u64, value: u32) {
+    // SAFETY: as in `mmio_read32_at`. Not `nomem`: a compiler barrier, so
+    // ring stores made before it (e.g. before a QueueNotify) are emitted
+    // before it.
+    unsafe {
+        asm!("mov dword ptr [{a}], {v:e}", a = in(reg) addr, v = in(reg) value,
+             options(nostack, preserves_flags))
+    };
+}
+
 /// `n` writes of one byte to DEBUG_PORT: `n` `port_out` exits.
 #[inline(never)]
 pub fn port_work(n: u32) {

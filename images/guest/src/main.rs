@@ -10,9 +10,11 @@
 #![no_main]
 
 mod acct;
+mod blk;
 mod io;
 mod mem;
 mod scenarios;
+mod virtio;
 
 use accounting::abi;
 use core::sync::atomic::{AtomicU32, Ordering};

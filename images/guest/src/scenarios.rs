@@ -7,8 +7,10 @@
 //! `unattributed` `port_out` exit whose count never varies.
 
 use crate::acct::{self, Decl};
+use crate::blk::{self, Blk};
 use crate::io::{self, mmio_read_work, mmio_write_work, port_work, print, print_dec10};
-use crate::{arg, finish, parse_u64, release_others, wait_others, Boot};
+use crate::virtio::UsedError;
+use crate::{arg, finish, parse_u64, release_others, virtio, wait_others, Boot};
 use accounting::abi::{self, tag, EntryKind, Status};
 
 /// The scenarios. The discriminant is only used to hand the scenario to the
@@ -26,9 +28,10 @@ pub enum Scenario {
     RequestFlood = 8,
     TripleFault = 9,
     ExitCode = 10,
+    Blk = 11,
 }
 
-const ALL: [(Scenario, &[u8]); 10] = [
+const ALL: [(Scenario, &[u8]); 11] = [
     (Scenario::Basic, b"basic"),
     (Scenario::Multi, b"multi"),
     (Scenario::Demo, b"demo"),
@@ -39,6 +42,7 @@ const ALL: [(Scenario, &[u8]); 10] = [
     (Scenario::RequestFlood, b"request-flood"),
     (Scenario::TripleFault, b"triple-fault"),
     (Scenario::ExitCode, b"exit-code"),
+    (Scenario::Blk, b"blk"),
 ];
 
 impl Scenario {
@@ -64,6 +68,7 @@ pub fn run(b: &Boot, s: Scenario) -> ! {
         Scenario::RequestFlood => request_flood(b),
         Scenario::TripleFault => triple_fault(b),
         Scenario::ExitCode => finish(b, 7),
+        Scenario::Blk => blk(b),
     }
 }
 
@@ -477,4 +482,96 @@ fn triple_fault(b: &Boot) -> ! {
     // No IDT: #UD escalates to a triple fault, charged to `doomed`.
     // SAFETY: deliberately ends the VM.
     unsafe { core::arch::asm!("ud2", options(noreturn)) }
+}
+
+// ---------------------------------------------------------------------------
+// blk: a virtio-blk device, requests charged by the notifying principal
+// ---------------------------------------------------------------------------
+
+const BLK_WRITER: u32 = 1;
+const BLK_READER: u32 = 2;
+const BLK_FLUSHER: u32 = 3;
+/// Sectors (of 512 bytes) per read/write request.
+const BLK_SECTORS: u64 = 8;
+/// Data bytes per read/write request.
+const BLK_BYTES: u32 = 4096;
+/// The disk must hold sectors 8..40 (requests at 8·k, k = 1..=4).
+const BLK_MIN_SECTORS: u64 = 5 * BLK_SECTORS;
+
+/// Sets the slot to tag 0 (so the message is printed unattributed), prints
+/// `msg` and exits with `status`.
+fn blk_fail(b: &Boot, msg: &str, status: u32) -> ! {
+    acct::set_tag(b.vcpu, 0);
+    print(msg);
+    finish(b, status)
+}
+
+/// One request that must end with status OK (else exit 11; no completion:
+/// exit 12). Exactly one exit (the notify) when it succeeds.
+fn blk_ok(b: &Boot, d: &mut Blk, kind: u32, sector: u64, len: u32) {
+    match d.request(kind, sector, len) {
+        Ok(blk::S_OK) => {}
+        Ok(_) | Err(UsedError::WrongId) => blk_fail(b, "blk: request failed\n", 11),
+        Err(UsedError::Timeout) => blk_fail(b, "blk: timeout\n", 12),
+    }
+}
+
+fn blk(b: &Boot) -> ! {
+    print("blk: start\n");
+    acct::register();
+    declare(BLK_WRITER, 0, b"writer");
+    declare(BLK_READER, 0, b"reader");
+    declare(BLK_FLUSHER, 0, b"flusher");
+
+    // Discovery and initialisation, all at tag 0: 3 + 10 `mmio_read`,
+    // 20 `mmio_write` (the first read drains the declarations above).
+    let Some(mmio) = virtio::find(b.cmdline, virtio::DEVICE_ID_BLOCK) else {
+        blk_fail(b, "blk: no device\n", 8)
+    };
+    let Ok(mut d) = Blk::init(mmio) else {
+        blk_fail(b, "blk: init failed\n", 10)
+    };
+    if d.read_only {
+        blk_fail(b, "blk: read-only disk\n", 10);
+    }
+    if d.capacity < BLK_MIN_SECTORS {
+        blk_fail(b, "blk: disk too small\n", 10);
+    }
+
+    // writer: requests 1..=4, each one OUT of 4096 bytes of 0x40 + r at
+    // sector 8r.
+    for r in 1..=4u32 {
+        request(b, BLK_WRITER, r, 0, || {
+            blk::fill(0x40 + r as u8, BLK_BYTES as usize);
+            blk_ok(b, &mut d, blk::T_OUT, BLK_SECTORS * u64::from(r), BLK_BYTES);
+        });
+    }
+    // reader: requests 11..=14, each one IN of 4096 bytes at sector
+    // 8(r - 10), checked against 0x40 + (r - 10).
+    for r in 11..=14u32 {
+        let k = r - 10;
+        request(b, BLK_READER, r, 0, || {
+            blk::fill(0xee, BLK_BYTES as usize);
+            blk_ok(b, &mut d, blk::T_IN, BLK_SECTORS * u64::from(k), BLK_BYTES);
+            if !blk::check(0x40 + k as u8, BLK_BYTES as usize) {
+                blk_fail(b, "blk: mismatch\n", 6);
+            }
+        });
+    }
+    // flusher (no request): one FLUSH.
+    in_container(b, BLK_FLUSHER, || blk_ok(b, &mut d, blk::T_FLUSH, 0, 0));
+    // unattributed: one GET_ID into a 20-byte buffer.
+    blk_ok(b, &mut d, blk::T_GET_ID, 0, blk::ID_BYTES);
+    // writer (no request): one OUT of 512 bytes of 0x5a at sector =
+    // capacity, just past the end: the device must answer IOERR.
+    in_container(b, BLK_WRITER, || {
+        blk::fill(0x5a, 512);
+        match d.request(blk::T_OUT, d.capacity, 512) {
+            Ok(blk::S_IOERR) => {}
+            Ok(_) | Err(UsedError::WrongId) => blk_fail(b, "blk: expected ioerr\n", 9),
+            Err(UsedError::Timeout) => blk_fail(b, "blk: timeout\n", 12),
+        }
+    });
+    print("blk: done\n");
+    finish(b, 0)
 }

@@ -1,0 +1,243 @@
+//! A polling virtio-blk driver (virtio 1.x §5.2) over virtio-mmio.
+//!
+//! Initialisation makes an exactly known number of register accesses (see
+//! `Blk::init`); each request afterwards costs exactly one exit: the
+//! `QueueNotify` write. Completion is found by polling the used ring.
+
+use crate::virtio::{self, reg, status, Mmio, Shared, UsedError, Virtqueue, DESC_F_NEXT, DESC_F_WRITE};
+use core::cell::UnsafeCell;
+use core::ptr::addr_of_mut;
+
+/// Request types (§5.2.6).
+pub const T_IN: u32 = 0;
+pub const T_OUT: u32 = 1;
+pub const T_FLUSH: u32 = 4;
+pub const T_GET_ID: u32 = 8;
+
+/// Status byte values.
+pub const S_OK: u8 = 0;
+pub const S_IOERR: u8 = 1;
+
+/// VIRTIO_BLK_F_RO (feature bit 5).
+pub const F_RO: u64 = 1 << 5;
+/// Bytes of a GET_ID answer.
+pub const ID_BYTES: u32 = 20;
+/// Bytes of the data buffer (the largest request the guest makes).
+pub const DATA_BYTES: usize = 4096;
+
+/// The request header (device-readable).
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Header {
+    kind: u32,
+    reserved: u32,
+    sector: u64,
+}
+
+/// The one request in flight: data, header, status byte.
+#[repr(C, align(4096))]
+struct Buffers {
+    data: [u8; DATA_BYTES],
+    header: Header,
+    status: u8,
+}
+
+// All zeroes, so it lives in .bss.
+// SAFETY: plain integers; all-zero is a valid value.
+static BUFS: Shared<Buffers> = Shared(UnsafeCell::new(unsafe { core::mem::zeroed() }));
+
+fn bufs() -> *mut Buffers {
+    BUFS.0.get()
+}
+
+/// Sets the first `len` bytes of the data buffer to `byte` (no exit).
+pub fn fill(byte: u8, len: usize) {
+    for i in 0..len.min(DATA_BYTES) {
+        // SAFETY: in bounds; no request is in flight.
+        unsafe { addr_of_mut!((*bufs()).data[i]).write_volatile(byte) };
+    }
+}
+
+/// Whether the first `len` bytes of the data buffer are all `byte`.
+pub fn check(byte: u8, len: usize) -> bool {
+    (0..len.min(DATA_BYTES)).all(|i| {
+        // SAFETY: in bounds; the device finished with the buffer.
+        unsafe { addr_of_mut!((*bufs()).data[i]).read_volatile() == byte }
+    })
+}
+
+/// Why the device could not be set up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum InitError {
+    /// VIRTIO_F_VERSION_1 not offered.
+    NoVersion1,
+    /// FEATURES_OK did not stick.
+    FeaturesRefused,
+    /// Queue 0 already ready, or `QueueNumMax < 16`.
+    QueueUnavailable,
+    /// DEVICE_NEEDS_RESET or FAILED (or no DRIVER_OK) after DRIVER_OK.
+    Refused,
+}
+
+/// Why a request got no status.
+pub type RequestError = UsedError;
+
+/// An initialised block device.
+pub struct Blk {
+    mmio: Mmio,
+    queue: Virtqueue,
+    /// Capacity in 512-byte sectors (config offset 0).
+    pub capacity: u64,
+    /// VIRTIO_BLK_F_RO was offered (not accepted: the driver accepts
+    /// VERSION_1 only).
+    pub read_only: bool,
+    /// The head of the next chain: 0, 3, 6, 9, 12, 0, ... (five 3-descriptor
+    /// chains rotate through the 16 descriptors).
+    next_head: u16,
+}
+
+impl Blk {
+    /// Initialises the device (§3.1.1, §4.2.3): exactly 20 `mmio_write` and
+    /// 10 `mmio_read` when it succeeds and the configuration generation
+    /// does not change; on an error, the accesses made so far plus one
+    /// `mmio_write` (Status |= FAILED).
+    ///
+    /// Writes: Status = 0, ACKNOWLEDGE, ACKNOWLEDGE|DRIVER; DeviceFeaturesSel
+    /// = 0, = 1; DriverFeaturesSel = 0, DriverFeatures = 0, DriverFeaturesSel
+    /// = 1, DriverFeatures = 1 (VERSION_1); Status |= FEATURES_OK; QueueSel =
+    /// 0; QueueNum = 16; QueueDesc/Driver/Device Low/High (6); QueueReady =
+    /// 1; Status |= DRIVER_OK. Reads: DeviceFeatures (2); Status (confirm
+    /// FEATURES_OK); QueueReady (must be 0); QueueNumMax; ConfigGeneration,
+    /// capacity low, capacity high, ConfigGeneration; Status (after
+    /// DRIVER_OK).
+    pub fn init(mmio: Mmio) -> Result<Blk, InitError> {
+        use status::*;
+        let m = mmio;
+        let fail = |st: u32, e: InitError| {
+            m.write(reg::STATUS, st | FAILED);
+            Err(e)
+        };
+        m.write(reg::STATUS, 0);
+        m.write(reg::STATUS, ACKNOWLEDGE);
+        let mut st = ACKNOWLEDGE | DRIVER;
+        m.write(reg::STATUS, st);
+
+        m.write(reg::DEVICE_FEATURES_SEL, 0);
+        let lo = m.read(reg::DEVICE_FEATURES);
+        m.write(reg::DEVICE_FEATURES_SEL, 1);
+        let hi = m.read(reg::DEVICE_FEATURES);
+        let offered = u64::from(lo) | u64::from(hi) << 32;
+        if offered & virtio::F_VERSION_1 == 0 {
+            return fail(st, InitError::NoVersion1);
+        }
+        let read_only = offered & F_RO != 0;
+        let accepted = virtio::F_VERSION_1;
+        m.write(reg::DRIVER_FEATURES_SEL, 0);
+        m.write(reg::DRIVER_FEATURES, accepted as u32);
+        m.write(reg::DRIVER_FEATURES_SEL, 1);
+        m.write(reg::DRIVER_FEATURES, (accepted >> 32) as u32);
+        m.write(reg::STATUS, st | FEATURES_OK);
+        if m.read(reg::STATUS) & FEATURES_OK == 0 {
+            return fail(st, InitError::FeaturesRefused);
+        }
+        st |= FEATURES_OK;
+
+        let queue = Virtqueue::new();
+        m.write(reg::QUEUE_SEL, 0);
+        if m.read(reg::QUEUE_READY) != 0 {
+            return fail(st, InitError::QueueUnavailable);
+        }
+        if m.read(reg::QUEUE_NUM_MAX) < u32::from(virtio::QUEUE_SIZE) {
+            return fail(st, InitError::QueueUnavailable);
+        }
+        m.write(reg::QUEUE_NUM, u32::from(virtio::QUEUE_SIZE));
+        let (desc, avail, used) = queue.addresses();
+        m.write(reg::QUEUE_DESC_LOW, desc as u32);
+        m.write(reg::QUEUE_DESC_HIGH, (desc >> 32) as u32);
+        m.write(reg::QUEUE_DRIVER_LOW, avail as u32);
+        m.write(reg::QUEUE_DRIVER_HIGH, (avail >> 32) as u32);
+        m.write(reg::QUEUE_DEVICE_LOW, used as u32);
+        m.write(reg::QUEUE_DEVICE_HIGH, (used >> 32) as u32);
+        m.write(reg::QUEUE_READY, 1);
+
+        // capacity: a u64 read as two 32-bit loads, inside a
+        // ConfigGeneration check (§2.5.1; one pass unless it changes).
+        let capacity = loop {
+            let before = m.read(reg::CONFIG_GENERATION);
+            let lo = m.read(reg::CONFIG);
+            let hi = m.read(reg::CONFIG + 4);
+            if m.read(reg::CONFIG_GENERATION) == before {
+                break u64::from(lo) | u64::from(hi) << 32;
+            }
+        };
+
+        m.write(reg::STATUS, st | DRIVER_OK);
+        let now = m.read(reg::STATUS);
+        if now & (DEVICE_NEEDS_RESET | FAILED) != 0 || now & DRIVER_OK == 0 {
+            return fail(st, InitError::Refused);
+        }
+        Ok(Blk {
+            mmio,
+            queue,
+            capacity,
+            read_only,
+            next_head: 0,
+        })
+    }
+
+    /// One request of type `kind` at `sector` with `len` data bytes from/to
+    /// the start of the data buffer (`len` = 0: no data descriptor, as for
+    /// FLUSH). The data descriptor is device-writable for IN and GET_ID and
+    /// device-readable otherwise. Returns the status byte the device wrote.
+    ///
+    /// Exactly one exit: the `QueueNotify` write (one `mmio_write`), then
+    /// polling of the used ring in memory.
+    pub fn request(&mut self, kind: u32, sector: u64, len: u32) -> Result<u8, RequestError> {
+        let b = bufs();
+        let head = self.next_head;
+        self.next_head = (head + 3) % 15;
+        let q = &mut self.queue;
+        // SAFETY: in-bounds projections; the previous request completed, so
+        // the device does not access the buffers now.
+        let (hdr, data, st) = unsafe {
+            addr_of_mut!((*b).header).write_volatile(Header {
+                kind,
+                reserved: 0,
+                sector,
+            });
+            // Not a valid status: shows whether the device wrote one.
+            addr_of_mut!((*b).status).write_volatile(0xff);
+            (
+                addr_of_mut!((*b).header) as u64,
+                addr_of_mut!((*b).data) as u64,
+                addr_of_mut!((*b).status) as u64,
+            )
+        };
+        let header_len = core::mem::size_of::<Header>() as u32;
+        if len == 0 {
+            q.set_desc(head, hdr, header_len, DESC_F_NEXT, head + 1);
+            q.set_desc(head + 1, st, 1, DESC_F_WRITE, 0);
+        } else {
+            let dir = if kind == T_IN || kind == T_GET_ID {
+                DESC_F_WRITE
+            } else {
+                0
+            };
+            q.set_desc(head, hdr, header_len, DESC_F_NEXT, head + 1);
+            q.set_desc(
+                head + 1,
+                data,
+                len.min(DATA_BYTES as u32),
+                dir | DESC_F_NEXT,
+                head + 2,
+            );
+            q.set_desc(head + 2, st, 1, DESC_F_WRITE, 0);
+        }
+        q.publish(head);
+        self.mmio.write(reg::QUEUE_NOTIFY, 0);
+        q.wait_used(head)?;
+        // SAFETY: in-bounds projection; the chain is used, so the device
+        // wrote the status byte before publishing `used.idx`.
+        Ok(unsafe { addr_of_mut!((*b).status).read_volatile() })
+    }
+}
