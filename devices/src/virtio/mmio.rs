@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use accounting::warn_rl;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 use super::{status as st, QueueNotifier, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use super::{INTERRUPT_CONFIG, INTERRUPT_USED_RING};
@@ -214,7 +214,15 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
         match self.notifiers.get(usize::from(queue)) {
             Some(n) => {
-                n.post(tag);
+                // How far the driver has published: the chains this
+                // notification covers (the avail ring's `idx` at offset 2).
+                let avail_idx = self
+                    .queues
+                    .get(usize::from(queue))
+                    .and_then(|q| q.driver.checked_add(2))
+                    .and_then(|a| self.mem.read_obj::<u16>(GuestAddress(a)).ok())
+                    .map(u16::from_le);
+                n.post_at(tag, avail_idx);
                 self.stats.notifications += 1;
             }
             None => self.bad("QueueNotify of a queue out of range", u64::from(queue)),

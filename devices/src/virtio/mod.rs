@@ -24,6 +24,7 @@
 pub mod block;
 pub mod mmio;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -115,11 +116,45 @@ pub struct Notification {
     pub count: u64,
 }
 
-/// The per-queue notification mailbox: latest tag, time and a count; bounded.
+/// One notification: who notified, when, and how far the driver had
+/// published the avail ring at that moment (`None`: unknown, covers all).
+#[derive(Clone, Copy, Debug)]
+struct Mark {
+    tag: Option<u64>,
+    at: Instant,
+    avail_idx: Option<u16>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    marks: VecDeque<Mark>,
+    count: u64,
+    dropped: u64,
+}
+
+/// Most notifications a queue's mailbox holds; more replace the oldest
+/// (counted), so a guest notifying in a loop cannot grow the VMM.
+pub const MAX_MARKS: usize = 256;
+
+/// Whether a notification made when the avail index was `idx` covers the
+/// chain at ring position `pos`, i.e. `pos` was published before it.
+fn covers(idx: u16, pos: u16) -> bool {
+    let ahead = idx.wrapping_sub(pos);
+    ahead != 0 && ahead <= 0x8000
+}
+
+/// The per-queue notification mailbox.
+///
+/// Each `QueueNotify` leaves a mark: the notifier's tag, the time, and the
+/// avail index the driver had published. A chain is charged to the first
+/// notification made after it was published, so a device that keeps popping
+/// chains in one batch never charges a chain published later (by another
+/// principal, or by the same vCPU after a tag switch) to an earlier
+/// notifier. Bounded by [`MAX_MARKS`].
 #[derive(Debug)]
 pub struct QueueNotifier {
     evt: EventFd,
-    pending: Mutex<Option<Notification>>,
+    pending: Mutex<Pending>,
 }
 
 impl QueueNotifier {
@@ -127,8 +162,12 @@ impl QueueNotifier {
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
             evt: EventFd::new(EFD_NONBLOCK)?,
-            pending: Mutex::new(None),
+            pending: Mutex::new(Pending::default()),
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The `EventFd` the device's event loop waits on.
@@ -136,30 +175,84 @@ impl QueueNotifier {
         &self.evt
     }
 
-    /// Records a notification by `tag` and wakes the device.
+    /// Records a notification by `tag` covering every chain published so
+    /// far, and wakes the device.
     pub fn post(&self, tag: Option<u64>) {
+        self.post_at(tag, None);
+    }
+
+    /// Records a notification by `tag` made when the driver's avail index
+    /// was `avail_idx`, and wakes the device. A notification that publishes
+    /// nothing new since the last one leaves no mark of its own: the chains
+    /// stay with whoever published them.
+    pub fn post_at(&self, tag: Option<u64>, avail_idx: Option<u16>) {
         {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let count = p.map_or(0, |n| n.count).saturating_add(1);
-            *p = Some(Notification {
-                tag,
-                at: Instant::now(),
-                count,
-            });
+            let mut p = self.lock();
+            p.count = p.count.saturating_add(1);
+            let repeat = avail_idx.is_some() && p.marks.back().is_some_and(|m| m.avail_idx == avail_idx);
+            if !repeat {
+                if p.marks.len() >= MAX_MARKS {
+                    p.marks.pop_front();
+                    p.dropped += 1;
+                }
+                p.marks.push_back(Mark {
+                    tag,
+                    at: Instant::now(),
+                    avail_idx,
+                });
+            }
         }
+        self.wake();
+    }
+
+    /// Wakes the device without a new notification (more work is pending).
+    pub fn wake(&self) {
         if let Err(e) = self.evt.write(1) {
             accounting::warn_rl!("virtio: queue notify eventfd write failed: {e}");
         }
     }
 
-    /// Takes the pending notification, leaving the mailbox empty.
-    pub fn take(&self) -> Option<Notification> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).take()
+    /// The notification that covers the chain at avail position `pos`:
+    /// the first one made after it was published. `None`: not notified yet.
+    pub fn covering(&self, pos: u16) -> Option<Notification> {
+        let p = self.lock();
+        p.marks
+            .iter()
+            .find(|m| m.avail_idx.is_none_or(|i| covers(i, pos)))
+            .map(|m| Notification {
+                tag: m.tag,
+                at: m.at,
+                count: p.count,
+            })
     }
 
-    /// Looks at the pending notification without taking it.
-    pub fn peek(&self) -> Option<Notification> {
-        *self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    /// Forgets the notifications that cover nothing at or after
+    /// `next_avail`; `batch_done` also forgets those of unknown extent.
+    pub fn retire(&self, next_avail: u16, batch_done: bool) {
+        let mut p = self.lock();
+        p.marks.retain(|m| match m.avail_idx {
+            Some(i) => covers(i, next_avail),
+            None => !batch_done,
+        });
+    }
+
+    /// Notifications dropped because the mailbox was full.
+    pub fn dropped(&self) -> u64 {
+        self.lock().dropped
+    }
+
+    /// Takes the latest notification (with the count since the last take),
+    /// leaving the mailbox empty.
+    pub fn take(&self) -> Option<Notification> {
+        let mut p = self.lock();
+        let latest = p.marks.back().map(|m| Notification {
+            tag: m.tag,
+            at: m.at,
+            count: p.count,
+        });
+        p.marks.clear();
+        p.count = 0;
+        latest
     }
 }
 
@@ -281,6 +374,40 @@ mod tests {
         assert_eq!(got.count, 3);
         assert_eq!(n.eventfd().read().unwrap(), 3);
         assert!(n.take().is_none());
+    }
+
+    #[test]
+    fn each_chain_goes_to_the_first_notification_after_it_was_published() {
+        let n = QueueNotifier::new().unwrap();
+        // Chains 0..2 published, notified by 1; chain 2 published, notified by 2.
+        n.post_at(Some(1), Some(2));
+        n.post_at(Some(2), Some(3));
+        // A repeated notification that publishes nothing leaves no mark.
+        n.post_at(Some(9), Some(3));
+        assert_eq!(n.covering(0).unwrap().tag, Some(1));
+        assert_eq!(n.covering(1).unwrap().tag, Some(1));
+        assert_eq!(n.covering(2).unwrap().tag, Some(2));
+        // Chain 3 is published but not yet notified: it waits.
+        assert!(n.covering(3).is_none());
+        n.retire(2, false);
+        assert_eq!(n.covering(2).unwrap().tag, Some(2));
+        n.retire(3, true);
+        assert!(n.covering(2).is_none() && n.covering(3).is_none());
+    }
+
+    #[test]
+    fn marks_wrap_around_the_16_bit_index_and_stay_bounded() {
+        let n = QueueNotifier::new().unwrap();
+        n.post_at(Some(1), Some(u16::MAX));
+        n.post_at(Some(2), Some(1));
+        assert_eq!(n.covering(u16::MAX - 1).unwrap().tag, Some(1));
+        assert_eq!(n.covering(u16::MAX).unwrap().tag, Some(2));
+        assert_eq!(n.covering(0).unwrap().tag, Some(2));
+        for i in 0..(MAX_MARKS as u16 + 10) {
+            n.post_at(Some(3), Some(i.wrapping_add(2)));
+        }
+        assert_eq!(n.dropped(), 12);
+        assert!(n.lock().marks.len() <= MAX_MARKS);
     }
 
     #[test]

@@ -14,7 +14,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use accounting::warn_rl;
 use virtio_queue::{Queue, QueueT};
@@ -307,10 +306,10 @@ impl BlockDevice {
     /// request to the tag of the pending notification.
     pub fn process_queue(&mut self, queue_index: usize, charger: &mut dyn Charger) -> ProcessStats {
         let mut out = ProcessStats::default();
-        let notifier = self.notifiers.get(queue_index).cloned();
-        let notification = notifier.as_ref().and_then(|n| n.take());
-        let tag = notification.and_then(|n| n.tag);
-        let since = notification.map_or_else(Instant::now, |n| n.at);
+        let Some(notifier) = self.notifiers.get(queue_index).cloned() else {
+            self.stats.ignored_notifications += 1;
+            return out;
+        };
         let DeviceState::Activated { mem, queues } = &mut self.state else {
             self.stats.ignored_notifications += 1;
             return out;
@@ -334,7 +333,16 @@ impl BlockDevice {
             return out;
         }
         let mut last_tag = None;
-        while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
+        loop {
+            // Each chain is charged to the first notification made after the
+            // guest published it; a chain not yet notified waits for its own.
+            let Some(notification) = notifier.covering(queue.next_avail()) else {
+                break;
+            };
+            let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
+                break;
+            };
+            let (tag, since) = (notification.tag, notification.at);
             let cpu0 = thread_cpu_ns();
             let head = chain.head_index();
             let (op, (status, bytes, used_len), status_addr) =
@@ -376,6 +384,7 @@ impl BlockDevice {
             self.stats.requests += 1;
             out.requests += 1;
             last_tag = tag;
+            notifier.retire(queue.next_avail(), false);
             if out.requests >= u64::from(queue.size()) {
                 out.more_pending = queue
                     .avail_idx(mem, Ordering::Acquire)
@@ -384,9 +393,10 @@ impl BlockDevice {
             }
         }
         if out.more_pending {
-            if let Some(n) = &notifier {
-                n.post(tag);
-            }
+            // The marks stay; only the wake-up is needed.
+            notifier.wake();
+        } else {
+            notifier.retire(queue.next_avail(), true);
         }
         if out.requests > 0 && queue.needs_notification(mem).unwrap_or(true) {
             match self.interrupt.trigger(INTERRUPT_USED_RING) {
@@ -645,6 +655,7 @@ pub(crate) mod tests {
         let mut d = activated(&m, &q, &f, false);
         let mut rec = Recorder::default();
 
+        d.queue_notifiers()[0].post(None);
         d.process_queue(0, &mut rec);
 
         assert_eq!(file_bytes(&f, 7 * 512, 512), vec![0xab; 512]);
@@ -666,6 +677,7 @@ pub(crate) mod tests {
         let s = push_request(&m, &q, 0, VIRTIO_BLK_T_GET_ID, 0, &[(0x4_0000, 20, WRITE)]);
         let mut d = activated(&m, &q, &f, false);
 
+        d.queue_notifiers()[0].post(None);
         d.process_queue(0, &mut Recorder::default());
 
         let mut id = [0u8; 20];
@@ -684,6 +696,7 @@ pub(crate) mod tests {
         let mut d = activated(&m, &q, &f, true);
         let mut rec = Recorder::default();
 
+        d.queue_notifiers()[0].post(None);
         d.process_queue(0, &mut rec);
 
         assert_ne!(d.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
@@ -715,6 +728,7 @@ pub(crate) mod tests {
         let mut d = activated(&m, &q, &f, false);
         let mut rec = Recorder::default();
 
+        d.queue_notifiers()[0].post(None);
         let out = d.process_queue(0, &mut rec);
 
         assert_eq!(status_at(&m, past_end), VIRTIO_BLK_S_IOERR);
@@ -749,6 +763,31 @@ pub(crate) mod tests {
         assert_eq!(got, want);
         assert_eq!(rec.interrupts, vec![Some(1), Some(2)]);
         assert!(rec.blocks.iter().all(|c| c.status == VIRTIO_BLK_S_OK));
+    }
+
+    #[test]
+    fn a_chain_published_after_the_notification_waits_for_its_own() {
+        let (m, f) = (mem(), disk_file());
+        let q = MockSplitQueue::new(&m, 16);
+        push_request(&m, &q, 0, VIRTIO_BLK_T_IN, 0, &[(0x4_0000, 512, WRITE)]);
+        let mut d = activated(&m, &q, &f, false);
+        let mut rec = Recorder::default();
+        // Notified by tag 1 when one chain was published...
+        d.queue_notifiers()[0].post_at(Some(1), Some(1));
+        // ...then another principal publishes a second chain before the
+        // device runs, and has not notified yet.
+        push_request(&m, &q, 3, VIRTIO_BLK_T_OUT, 1, &[(0x4_0000, 512, 0)]);
+
+        d.process_queue(0, &mut rec);
+        assert_eq!(
+            rec.blocks.iter().map(|c| c.tag).collect::<Vec<_>>(),
+            vec![Some(1)]
+        );
+
+        d.queue_notifiers()[0].post_at(Some(2), Some(2));
+        d.process_queue(0, &mut rec);
+        let got: Vec<_> = rec.blocks.iter().map(|c| (c.tag, c.op)).collect();
+        assert_eq!(got, vec![(Some(1), BlockOp::Read), (Some(2), BlockOp::Write)]);
     }
 
     #[test]

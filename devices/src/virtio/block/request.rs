@@ -530,7 +530,10 @@ mod tests {
             let r = parse_descs(&m, &[raw(HDR, 16, 0, 0), raw(DATA, 1024, 0, 0), status()]);
 
             // Still known to be a write, so it is charged as a failed one.
-            assert_eq!(r.as_ref().map_err(|m| m.kind).unwrap_err(), Some(RequestKind::Out));
+            assert_eq!(
+                r.as_ref().map_err(|m| m.kind).unwrap_err(),
+                Some(RequestKind::Out)
+            );
             assert_eq!(
                 err(r),
                 (RequestError::SectorOutOfRange, Some(GuestAddress(STATUS)))
