@@ -333,12 +333,9 @@ impl BlockDevice {
             return out;
         }
         let mut last_tag = None;
-        loop {
-            // Each chain is charged to the first notification made after the
-            // guest published it; a chain not yet notified waits for its own.
-            let Some(notification) = notifier.covering(queue.next_avail()) else {
-                break;
-            };
+        // Each chain is charged to the first notification made after the
+        // guest published it; a chain not yet notified waits for its own.
+        while let Some(notification) = notifier.covering(queue.next_avail()) {
             let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
                 break;
             };
