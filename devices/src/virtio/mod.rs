@@ -403,7 +403,7 @@ mod tests {
         assert_eq!(n.covering(u16::MAX - 1).unwrap().tag, Some(1));
         assert_eq!(n.covering(u16::MAX).unwrap().tag, Some(2));
         assert_eq!(n.covering(0).unwrap().tag, Some(2));
-        for i in 0..(MAX_MARKS as u16 + 10) {
+        for i in 0..(u16::try_from(MAX_MARKS).unwrap() + 10) {
             n.post_at(Some(3), Some(i.wrapping_add(2)));
         }
         assert_eq!(n.dropped(), 12);
