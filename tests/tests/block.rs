@@ -33,7 +33,7 @@ fn block_requests_are_charged_to_the_notifying_principal_and_reach_the_file() {
     for (i, b) in contents.iter().enumerate() {
         let sector = i / SECTOR;
         let want = if (8..40).contains(&sector) {
-            0x40 + (sector / 8) as u8
+            0x40 + u8::try_from(sector / 8).unwrap()
         } else {
             0
         };
