@@ -60,13 +60,18 @@ impl Sampler {
         }
     }
 
-    /// Ticks every `interval` until `stop` is set, then once more: call after
-    /// the vCPUs stopped, so the final tick charges the remainder.
+    /// Ticks every `interval` until `stop` is set, and returns itself so the
+    /// caller can tick once more after the vCPUs stopped (the final tick
+    /// charges the remainder). The wait is a park: whoever sets `stop`
+    /// unparks this thread, so stopping never waits out an interval. (A
+    /// spurious wake-up only makes one tick early; deltas stay exact.)
     pub fn run(mut self, interval: Duration, stop: Arc<AtomicBool>) -> Self {
-        while !stop.load(Ordering::Acquire) {
-            std::thread::sleep(interval);
+        loop {
+            std::thread::park_timeout(interval);
+            if stop.load(Ordering::Acquire) {
+                return self;
+            }
             self.tick();
         }
-        self
     }
 }
