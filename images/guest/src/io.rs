@@ -26,20 +26,15 @@ pub fn outl(port: u16, value: u32) {
 /// One 32-bit store to the accounting device at `offset`: one `mmio_write`.
 #[inline(always)]
 pub fn mmio_write32(offset: u64, value: u32) {
-    let addr = abi::ACCT_MMIO_BASE + offset;
-    // SAFETY: the accounting device's window is identity-mapped with user
-    // pages and is not RAM; the store only exits to the VMM.
-    unsafe {
-        asm!("mov dword ptr [{a}], {v:e}", a = in(reg) addr, v = in(reg) value,
-             options(nostack, preserves_flags))
-    };
+    mmio_write32_at(abi::ACCT_MMIO_BASE + offset, value);
 }
 
 /// One 64-bit store to the accounting device at `offset`: one `mmio_write`.
 #[inline(always)]
 pub fn mmio_write64(offset: u64, value: u64) {
     let addr = abi::ACCT_MMIO_BASE + offset;
-    // SAFETY: as in `mmio_write32`.
+    // SAFETY: the accounting device's window is identity-mapped with user
+    // pages and is not RAM; the store only exits to the VMM.
     unsafe {
         asm!("mov qword ptr [{a}], {v}", a = in(reg) addr, v = in(reg) value,
              options(nostack, preserves_flags))
@@ -49,14 +44,7 @@ pub fn mmio_write64(offset: u64, value: u64) {
 /// One 32-bit load from the accounting device at `offset`: one `mmio_read`.
 #[inline(always)]
 pub fn mmio_read32(offset: u64) -> u32 {
-    let addr = abi::ACCT_MMIO_BASE + offset;
-    let value: u32;
-    // SAFETY: as in `mmio_write32`.
-    unsafe {
-        asm!("mov {v:e}, dword ptr [{a}]", a = in(reg) addr, v = out(reg) value,
-             options(nostack, preserves_flags))
-    };
-    value
+    mmio_read32_at(abi::ACCT_MMIO_BASE + offset)
 }
 
 /// One 32-bit load from the MMIO address `addr` (any device window in the

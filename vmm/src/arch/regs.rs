@@ -183,23 +183,38 @@ pub enum RegsError {
     },
 }
 
-/// Special registers for [`BootMode::Linux64`], starting from the vCPU's
-/// current ones (so `apic_base` and the rest keep KVM's reset values).
-pub fn linux_sregs(base: &kvm_sregs) -> kvm_sregs {
-    let data = kvm_segment_from_gdt(&GDT, KERNEL_DATA_INDEX);
+/// Long-mode special registers on the GDT's `code`/`data` segments,
+/// starting from the vCPU's current ones (so `apic_base` and the rest keep
+/// KVM's reset values): the skeleton both boot modes share.
+fn long_mode_sregs(base: &kvm_sregs, code: u8, data: u8, idt_limit: u16, cr0: u64, cr4: u64) -> kvm_sregs {
+    let data = kvm_segment_from_gdt(&GDT, data);
     let mut sregs = *base;
     sregs.gdt.base = GDT_ADDR;
     sregs.gdt.limit = GDT_LIMIT;
     sregs.idt.base = IDT_ADDR;
-    sregs.idt.limit = LINUX_IDT_LIMIT;
-    sregs.cs = kvm_segment_from_gdt(&GDT, KERNEL_CODE_INDEX);
+    sregs.idt.limit = idt_limit;
+    sregs.cs = kvm_segment_from_gdt(&GDT, code);
     (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
     sregs.tr = kvm_segment_from_gdt(&GDT, TSS_INDEX);
-    sregs.cr0 = X86_CR0_PE | X86_CR0_ET | X86_CR0_NE | X86_CR0_PG;
+    sregs.cr0 = cr0;
     sregs.cr3 = PML4_ADDR;
-    sregs.cr4 = X86_CR4_PAE;
+    sregs.cr4 = cr4;
     sregs.efer = EFER_LME | EFER_LMA;
     sregs
+}
+
+/// Special registers for [`BootMode::Linux64`]: CPL 0 long mode on the
+/// kernel segments.
+pub fn linux_sregs(base: &kvm_sregs) -> kvm_sregs {
+    let cr0 = X86_CR0_PE | X86_CR0_ET | X86_CR0_NE | X86_CR0_PG;
+    long_mode_sregs(
+        base,
+        KERNEL_CODE_INDEX,
+        KERNEL_DATA_INDEX,
+        LINUX_IDT_LIMIT,
+        cr0,
+        X86_CR4_PAE,
+    )
 }
 
 /// General registers for [`BootMode::Linux64`].
@@ -214,23 +229,19 @@ pub fn linux_regs(entry: GuestAddress, boot_params: GuestAddress) -> kvm_regs {
     }
 }
 
-/// Special registers for [`BootMode::BareMetal`], starting from the vCPU's
-/// current ones: CPL 3 long mode on the user segments.
+/// Special registers for [`BootMode::BareMetal`]: CPL 3 long mode on the
+/// user segments, SSE enabled.
 pub fn bare_metal_sregs(base: &kvm_sregs) -> kvm_sregs {
-    let data = kvm_segment_from_gdt(&GDT, USER_DATA_INDEX);
-    let mut sregs = *base;
-    sregs.gdt.base = GDT_ADDR;
-    sregs.gdt.limit = GDT_LIMIT;
-    sregs.idt.base = IDT_ADDR;
-    sregs.idt.limit = BARE_METAL_IDT_LIMIT;
-    sregs.cs = kvm_segment_from_gdt(&GDT, USER_CODE_INDEX);
-    (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
-    sregs.tr = kvm_segment_from_gdt(&GDT, TSS_INDEX);
-    sregs.cr0 = X86_CR0_PE | X86_CR0_MP | X86_CR0_ET | X86_CR0_NE | X86_CR0_WP | X86_CR0_PG;
-    sregs.cr3 = PML4_ADDR;
-    sregs.cr4 = X86_CR4_PAE | X86_CR4_OSFXSR | X86_CR4_OSXMMEXCPT;
-    sregs.efer = EFER_LME | EFER_LMA;
-    sregs
+    let cr0 = X86_CR0_PE | X86_CR0_MP | X86_CR0_ET | X86_CR0_NE | X86_CR0_WP | X86_CR0_PG;
+    let cr4 = X86_CR4_PAE | X86_CR4_OSFXSR | X86_CR4_OSXMMEXCPT;
+    long_mode_sregs(
+        base,
+        USER_CODE_INDEX,
+        USER_DATA_INDEX,
+        BARE_METAL_IDT_LIMIT,
+        cr0,
+        cr4,
+    )
 }
 
 /// General registers for [`BootMode::BareMetal`] on vCPU `vcpu_id` of
