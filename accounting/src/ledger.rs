@@ -5,14 +5,22 @@
 //! generation counter bumped on every change to it, the guest-error counters,
 //! and per-vCPU totals.
 //!
-//! A [`Writer`] belongs to one thread (a vCPU thread, or the run-time
-//! sampler). It keeps a small cache from tag values to resolved principals,
-//! valid while the generation is unchanged. Charging an exit with a cached tag
-//! is one acquire load of the generation (a plain load on x86), a short scan of the cache, and
-//! single-writer adds into the writer's own column of the container's ledger
-//! (plus `fetch_add`s on the request's block when a request is named). No
-//! lock, and no cache line written by two vCPUs except a request's block when
-//! two vCPUs serve one request at the same time.
+//! A [`Writer`] belongs to one thread (a vCPU thread, the run-time sampler,
+//! or the device thread). It keeps a small cache from tag values to resolved
+//! principals, valid while the generation is unchanged. Charging an exit with
+//! a cached tag is one acquire load of the generation (a plain load on x86),
+//! a short scan of the cache, and single-writer adds into the writer's own
+//! column of the container's ledger (plus `fetch_add`s on the request's block
+//! when a request is named). No lock, and no cache line written by two vCPUs
+//! except a request's block when two vCPUs serve one request at the same time.
+//!
+//! A request's block is shared, but each resource group in it has a fixed
+//! set of writing threads: exits come from any vCPU (`fetch_add`), guest run
+//! time only from the sampler, block work and interrupts only from the device
+//! thread. Those two groups therefore use single-writer adds on request
+//! blocks too. A second thread charging the same group (say, a network
+//! device on a thread of its own charging interrupts) must switch that group
+//! to the shared adds.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -238,7 +246,8 @@ impl Writer {
         let r = self.resolve(tag);
         r.container_cells.col(id).add_run_single_writer(ns);
         if let Some(req) = &r.request {
-            req.add_run_shared(ns);
+            // Only the sampler charges run time: single writer here too.
+            req.add_run_single_writer(ns);
         }
     }
 
@@ -250,7 +259,8 @@ impl Writer {
         let r = self.resolve(tag);
         r.container_cells.col(id).add_block_single_writer(work);
         if let Some(req) = &r.request {
-            req.add_block_shared(work);
+            // Only the device thread charges block work: single writer.
+            req.add_block_single_writer(work);
         }
     }
 
@@ -261,7 +271,7 @@ impl Writer {
         let r = self.resolve(tag);
         r.container_cells.col(id).add_interrupt_single_writer();
         if let Some(req) = &r.request {
-            req.add_interrupt_shared();
+            req.add_interrupt_single_writer();
         }
     }
 }

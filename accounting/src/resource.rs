@@ -205,8 +205,9 @@ impl Charges {
 ///
 /// A block in a container's per-writer column has exactly one writer, which
 /// adds with a relaxed load and store (no locked instruction). A request's
-/// block may be charged by several vCPUs at once and is added to with
-/// `fetch_add`. Aligned to a cache line so blocks never share one.
+/// block may be charged by several vCPUs at once: its exit fields are added
+/// to with `fetch_add`; its run-time and device fields each have one writing
+/// thread (see `ledger`). Aligned to a cache line so blocks never share one.
 #[derive(Debug, Default)]
 #[repr(C, align(64))]
 pub struct Counters {

@@ -335,12 +335,14 @@ impl BlockDevice {
         let mut last_tag = None;
         // Each chain is charged to the first notification made after the
         // guest published it; a chain not yet notified waits for its own.
+        // CLOCK_THREAD_CPUTIME_ID is a system call, not a vDSO read: one per
+        // request, each reading doubling as the next request's start.
+        let mut cpu_mark = thread_cpu_ns();
         while let Some(notification) = notifier.covering(queue.next_avail()) {
             let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
                 break;
             };
             let (tag, since) = (notification.tag, notification.at);
-            let cpu0 = thread_cpu_ns();
             let head = chain.head_index();
             let (op, (status, bytes, used_len), status_addr) =
                 match parse(chain, self.disk.sectors, queue.size()) {
@@ -370,7 +372,12 @@ impl BlockDevice {
                 tag,
                 op,
                 bytes,
-                device_ns: thread_cpu_ns().saturating_sub(cpu0),
+                device_ns: {
+                    let now = thread_cpu_ns();
+                    let spent = now.saturating_sub(cpu_mark);
+                    cpu_mark = now;
+                    spent
+                },
                 latency_ns: u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX),
                 status,
             });
