@@ -169,8 +169,42 @@ pub struct RegionHeader {
     pub ring_consumed: u64,
     /// Written by the VMM: ring entries it rejected as malformed so far.
     pub ring_rejected: u64,
+    /// Offset of the first queue tag table ([`QueueTags`]); multiple of 64.
+    /// 0 (with `qtag_tables` 0): no tables, every device request is charged
+    /// to the vCPU that notified its queue.
+    pub qtag_offset: u32,
+    /// Entries per queue tag table (a descriptor head `h` has an entry only
+    /// if `h < qtag_entries`); at most [`MAX_QTAG_ENTRIES`].
+    pub qtag_entries: u32,
+    /// Number of queue tag tables; at most [`MAX_QTAG_TABLES`].
+    pub qtag_tables: u32,
     /// Zero.
-    pub reserved: [u64; 2],
+    pub reserved: u32,
+}
+
+/// Queue tag tables: explicit per-request tags for device queues.
+///
+/// Table `t = device * QTAG_QUEUES_PER_DEVICE + queue` belongs to queue
+/// `queue` of virtio-mmio device `device` (in the order the VMM announces
+/// them on the command line). Entry `h` is a `u64` [`tag`] for the request
+/// whose descriptor chain starts at head `h`: the guest stores it before it
+/// publishes the chain, and the device charges the request to it. An entry
+/// of 0 means "no explicit tag": the request goes to the vCPU that notified
+/// the queue, as without tables. Tables lie back to back, `qtag_entries * 8`
+/// bytes each, from [`RegionHeader::qtag_offset`].
+pub struct QueueTags;
+
+/// Queues per device that have a table slot (table index stride).
+pub const QTAG_QUEUES_PER_DEVICE: u32 = 4;
+/// Most queue tag tables a region may have (8 devices of 4 queues).
+pub const MAX_QTAG_TABLES: u32 = 32;
+/// Most entries per queue tag table (virtio-mmio queues here have at most 256
+/// descriptors; 1024 leaves room).
+pub const MAX_QTAG_ENTRIES: u32 = 1024;
+
+/// Index of the queue tag table of `queue` on virtio device `device`.
+pub const fn qtag_table(device: u32, queue: u32) -> u32 {
+    device * QTAG_QUEUES_PER_DEVICE + queue
 }
 
 /// Offset of [`RegionHeader::ring_consumed`] in the region.
@@ -276,7 +310,11 @@ pub const ENTRY_SEQ: u64 = 0;
 
 const _: () = assert!(core::mem::size_of::<RegionHeader>() == 64);
 // The largest geometry the limits allow must fit in the largest region.
-const _: () = assert!(region_len(MAX_SLOTS, MAX_RING_ENTRIES) <= MAX_REGION_LEN as usize);
+const _: () = assert!(
+    region_len(MAX_SLOTS, MAX_RING_ENTRIES) + 8 * (MAX_QTAG_TABLES * MAX_QTAG_ENTRIES) as usize
+        <= MAX_REGION_LEN as usize
+);
+const _: () = assert!(core::mem::offset_of!(RegionHeader, qtag_offset) == 48);
 const _: () = assert!(core::mem::size_of::<TagSlot>() == 64);
 const _: () = assert!(core::mem::size_of::<RingEntry>() == 64);
 const _: () = assert!(core::mem::offset_of!(RegionHeader, ring_consumed) as u64 == HDR_RING_CONSUMED);
@@ -350,7 +388,10 @@ impl RegionHeader {
             ring_reserved: le_u64(b, 24),
             ring_consumed: le_u64(b, 32),
             ring_rejected: le_u64(b, 40),
-            reserved: [le_u64(b, 48), le_u64(b, 56)],
+            qtag_offset: le_u32(b, 48),
+            qtag_entries: le_u32(b, 52),
+            qtag_tables: le_u32(b, 56),
+            reserved: le_u32(b, 60),
         }
     }
 }

@@ -262,6 +262,9 @@ impl Writer {
             // Only the device thread charges block work: single writer.
             req.add_block_single_writer(work);
         }
+        if let Some(e) = r.error {
+            self.acct.errors.inc(e);
+        }
     }
 
     /// Charges one interrupt injected for work done for `tag`.

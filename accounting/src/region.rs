@@ -20,12 +20,26 @@ pub struct Geometry {
     pub ring_entries: u32,
     /// Offset of ring entry 0.
     pub ring_offset: u64,
+    /// Offset of queue tag table 0 (meaningful when `qtag_tables > 0`).
+    pub qtag_offset: u64,
+    /// Entries per queue tag table.
+    pub qtag_entries: u32,
+    /// Number of queue tag tables (0: none).
+    pub qtag_tables: u32,
 }
 
 impl Geometry {
     /// Offset of vCPU `vcpu`'s tag word, if it has a slot.
     pub fn slot_offset(&self, vcpu: usize) -> Option<u64> {
         (vcpu < self.nr_slots as usize).then(|| self.slots_offset + 64 * vcpu as u64)
+    }
+
+    /// Offset of the explicit tag of the request at descriptor `head` of
+    /// queue tag table `table`, if the region has that entry.
+    pub fn qtag_entry_offset(&self, table: u32, head: u16) -> Option<u64> {
+        (table < self.qtag_tables && u32::from(head) < self.qtag_entries).then(|| {
+            self.qtag_offset + 8 * (u64::from(table) * u64::from(self.qtag_entries) + u64::from(head))
+        })
     }
 
     /// Offset of the ring entry for position `pos`.
@@ -70,7 +84,25 @@ pub fn check_header(h: &RegionHeader, len: u64, nr_vcpus: usize) -> Result<Geome
     if h.ring_entries > 0 && (h.ring_offset < 64 || (ring.0 < slots.1 && slots.0 < ring.1)) {
         return Err(Status::BadGeometry);
     }
-    if slots.1 > len || ring.1 > len {
+    let qtags = if h.qtag_tables == 0 {
+        (0, 0)
+    } else {
+        let ok = h.qtag_tables <= abi::MAX_QTAG_TABLES
+            && (1..=abi::MAX_QTAG_ENTRIES).contains(&h.qtag_entries)
+            && u64::from(h.qtag_offset).is_multiple_of(abi::REGION_ALIGN)
+            && h.qtag_offset >= 64;
+        if !ok {
+            return Err(Status::BadGeometry);
+        }
+        let start = u64::from(h.qtag_offset);
+        let end = start + 8 * u64::from(h.qtag_tables) * u64::from(h.qtag_entries);
+        let overlaps = |(a, b): (u64, u64)| a < end && start < b;
+        if overlaps(slots) || (h.ring_entries > 0 && overlaps(ring)) {
+            return Err(Status::BadGeometry);
+        }
+        (start, end)
+    };
+    if slots.1 > len || ring.1 > len || qtags.1 > len {
         return Err(Status::BadLength);
     }
     Ok(Geometry {
@@ -79,6 +111,9 @@ pub fn check_header(h: &RegionHeader, len: u64, nr_vcpus: usize) -> Result<Geome
         slots_offset: slots.0,
         ring_entries: h.ring_entries,
         ring_offset: ring.0,
+        qtag_offset: qtags.0,
+        qtag_entries: if h.qtag_tables == 0 { 0 } else { h.qtag_entries },
+        qtag_tables: h.qtag_tables,
     })
 }
 
@@ -136,6 +171,26 @@ mod tests {
     }
 
     #[test]
+    fn queue_tag_tables_are_checked_and_located() {
+        let base = abi::region_len(2, 16) as u64;
+        let mut h = good(2, 16);
+        (h.qtag_offset, h.qtag_entries, h.qtag_tables) = (base as u32, 256, 2);
+        let g = check_header(&h, base + 2 * 256 * 8, 2).unwrap();
+        assert_eq!(g.qtag_entry_offset(1, 3), Some(base + 8 * (256 + 3)));
+        assert_eq!(g.qtag_entry_offset(2, 0), None);
+        assert_eq!(g.qtag_entry_offset(0, 256), None);
+        // Too short for its tables, overlapping the ring, too many entries.
+        assert_eq!(check_header(&h, base + 100, 2), Err(Status::BadLength));
+        h.qtag_offset = 64 + 64 * 2;
+        assert_eq!(check_header(&h, base + 4096, 2), Err(Status::BadGeometry));
+        (h.qtag_offset, h.qtag_entries) = (base as u32, abi::MAX_QTAG_ENTRIES + 1);
+        assert_eq!(check_header(&h, 4 << 20, 2), Err(Status::BadGeometry));
+        // No tables: no entries, whatever the other fields say.
+        h.qtag_tables = 0;
+        assert_eq!(check_header(&h, base, 2).unwrap().qtag_entry_offset(0, 0), None);
+    }
+
+    #[test]
     fn range_checks() {
         assert_eq!(check_range(0x1008, 4096), Err(Status::Misaligned));
         assert_eq!(check_range(0x1000, 32), Err(Status::BadLength));
@@ -156,6 +211,7 @@ mod tests {
             if let Ok(g) = check_header(&h, len, vcpus) {
                 proptest::prop_assert!(g.slots_offset + 64 * u64::from(g.nr_slots) <= len);
                 proptest::prop_assert!(g.ring_offset + 64 * u64::from(g.ring_entries) <= len);
+                proptest::prop_assert!(g.qtag_offset + 8 * u64::from(g.qtag_tables) * u64::from(g.qtag_entries) <= len);
                 proptest::prop_assert!(g.nr_slots as usize >= vcpus);
             }
         }

@@ -215,6 +215,12 @@ fn build_disks(
                     source,
                 }
             })?;
+        let mut dev = dev;
+        // Requests may carry the guest's explicit tags (queue tag tables).
+        dev.set_queue_tags(
+            env.region.queue_tag_reader(),
+            u32::try_from(i).unwrap_or(u32::MAX),
+        );
         let (base, irq) = virtio_slot(i);
         if env.with_irqchip {
             env.vm

@@ -104,6 +104,14 @@ impl Registration {
         self.geom.slot_offset(vcpu).map(|off| self.word(off))
     }
 
+    /// The explicit tag the guest stored for the request at descriptor
+    /// `head` of queue tag table `table`; `None` if the region has no such
+    /// entry or the entry is 0.
+    fn queue_tag(&self, table: u32, head: u16) -> Option<u64> {
+        let off = self.geom.qtag_entry_offset(table, head)?;
+        Some(self.word(off).load(Ordering::Acquire)).filter(|t| *t != 0)
+    }
+
     /// Whether the ring holds something to consume (or garbage to skip).
     #[inline]
     fn ring_pending(&self) -> bool {
@@ -209,52 +217,86 @@ impl TagRegion {
     /// A reader for vCPU `vcpu`'s slot.
     pub fn reader(self: &Arc<Self>, vcpu: usize) -> TagReader {
         TagReader {
-            region: Arc::clone(self),
+            view: View::new(self),
             vcpu,
+        }
+    }
+
+    /// A reader of the queue tag tables, for a device thread.
+    pub fn queue_tag_reader(self: &Arc<Self>) -> QueueTagReader {
+        QueueTagReader {
+            view: View::new(self),
+        }
+    }
+}
+
+/// One thread's cached view of the current registration: a generation
+/// check (one load) per use, the lock only when it changed.
+#[derive(Debug)]
+struct View {
+    region: Arc<TagRegion>,
+    generation: u64,
+    reg: Option<Arc<Registration>>,
+}
+
+impl View {
+    fn new(region: &Arc<TagRegion>) -> Self {
+        Self {
+            region: Arc::clone(region),
             generation: u64::MAX,
             reg: None,
         }
+    }
+
+    #[inline]
+    fn get(&mut self) -> Option<&Registration> {
+        let g = self.region.generation.load(Ordering::Acquire);
+        if g != self.generation {
+            self.reg = self.region.current();
+            self.generation = g;
+        }
+        self.reg.as_deref()
     }
 }
 
 /// One thread's view of one vCPU's slot.
 #[derive(Debug)]
 pub struct TagReader {
-    region: Arc<TagRegion>,
+    view: View,
     vcpu: usize,
-    generation: u64,
-    reg: Option<Arc<Registration>>,
 }
 
 impl TagReader {
-    #[inline]
-    fn sync(&mut self) {
-        let g = self.region.generation.load(Ordering::Acquire);
-        if g != self.generation {
-            self.reg = self.region.current();
-            self.generation = g;
-        }
-    }
-
     /// The vCPU's current tag; `None` when no region is registered.
     #[inline]
     pub fn tag(&mut self) -> Option<u64> {
-        self.sync();
-        self.reg
-            .as_ref()?
-            .slot(self.vcpu)
-            .map(|w| w.load(Ordering::Acquire))
+        let vcpu = self.vcpu;
+        self.view.get()?.slot(vcpu).map(|w| w.load(Ordering::Acquire))
     }
 
     /// Drains pending declarations into `acct`; returns how many entries
     /// were consumed. Cheap when nothing is pending: two loads.
     #[inline]
     pub fn drain(&mut self, acct: &Accounting) -> usize {
-        self.sync();
-        match &self.reg {
+        match self.view.get() {
             Some(reg) if reg.ring_pending() => reg.drain(acct),
             _ => 0,
         }
+    }
+}
+
+/// A device thread's view of the queue tag tables
+/// ([`accounting::abi::QueueTags`]).
+#[derive(Debug)]
+pub struct QueueTagReader {
+    view: View,
+}
+
+impl QueueTagReader {
+    /// The explicit tag of the request at descriptor `head` in queue tag
+    /// table `table`, if the guest gave one.
+    pub fn tag(&mut self, table: u32, head: u16) -> Option<u64> {
+        self.view.get()?.queue_tag(table, head)
     }
 }
 

@@ -88,7 +88,10 @@ pub fn init_header() {
         ring_reserved: 0,
         ring_consumed: 0,
         ring_rejected: 0,
-        reserved: [0; 2],
+        qtag_offset: 0,
+        qtag_entries: 0,
+        qtag_tables: 0,
+        reserved: 0,
     };
     // SAFETY: the region is not registered yet (or registration failed), so
     // neither the VMM nor another vCPU accesses the header now.
@@ -120,7 +123,10 @@ pub fn write_shifted_header(shift: usize, ring_entries: u32) {
         ring_reserved: 0,
         ring_consumed: 0,
         ring_rejected: 0,
-        reserved: [0; 2],
+        qtag_offset: 0,
+        qtag_entries: 0,
+        qtag_tables: 0,
+        reserved: 0,
     };
     // SAFETY: before registration nothing else reads the region; `shift` is
     // small, so the header stays inside it. Unaligned, hence write_unaligned.

@@ -15,12 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use accounting::warn_rl;
+use accounting::{abi, warn_rl};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::request::{parse, Request, RequestKind, ID_BYTES, SECTOR_SIZE};
 use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+use crate::acct::QueueTagReader;
 use crate::virtio::{thread_cpu_ns, ActivateError, BlockCharge, BlockOp, Charger};
 use crate::virtio::{QueueNotifier, VirtioDevice, VirtioInterrupt, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1};
 
@@ -218,6 +219,9 @@ pub struct BlockDevice {
     notifiers: Vec<Arc<QueueNotifier>>,
     interrupt: Arc<VirtioInterrupt>,
     stats: BlockStats,
+    /// The guest's explicit per-request tags, and this device's index among
+    /// the VM's virtio devices (which picks its tables).
+    queue_tags: Option<(QueueTagReader, u32)>,
 }
 
 fn op_of(kind: RequestKind) -> BlockOp {
@@ -271,6 +275,7 @@ impl BlockDevice {
             notifiers: vec![Arc::new(QueueNotifier::new().map_err(BlockError::EventFd)?)],
             interrupt: Arc::new(VirtioInterrupt::new().map_err(BlockError::EventFd)?),
             stats: BlockStats::default(),
+            queue_tags: None,
         })
     }
 
@@ -300,6 +305,14 @@ impl BlockDevice {
         c[..8].copy_from_slice(&self.disk.sectors.to_le_bytes());
         c[20..24].copy_from_slice(&u32::try_from(SECTOR_SIZE).unwrap_or(512).to_le_bytes());
         c
+    }
+
+    /// Lets requests carry explicit tags: the guest's queue tag tables of
+    /// virtio device `device_index` (see `accounting::abi::QueueTags`). A
+    /// request with an explicit tag is charged to it rather than to the
+    /// vCPU that notified the queue.
+    pub fn set_queue_tags(&mut self, reader: QueueTagReader, device_index: u32) {
+        self.queue_tags = Some((reader, device_index));
     }
 
     /// Processes the available chains of queue `queue_index`, charging each
@@ -342,8 +355,14 @@ impl BlockDevice {
             let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
                 break;
             };
-            let (tag, since) = (notification.tag, notification.at);
             let head = chain.head_index();
+            let table = u32::try_from(queue_index).ok();
+            let explicit = match (&mut self.queue_tags, table) {
+                (Some((reader, device)), Some(q)) => reader.tag(abi::qtag_table(*device, q), head),
+                _ => None,
+            };
+            let tag = explicit.or(notification.tag);
+            let since = notification.at;
             let (op, (status, bytes, used_len), status_addr) =
                 match parse(chain, self.disk.sectors, queue.size()) {
                     Ok(req) => (
@@ -647,6 +666,42 @@ pub(crate) mod tests {
         assert_eq!(rec.interrupts, vec![Some(5)]);
         assert_eq!(d.interrupt().status(), INTERRUPT_USED_RING);
         assert_eq!(d.interrupt().irqfd().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn an_explicit_queue_tag_outranks_the_notifier() {
+        use crate::acct::{Registration, TagRegion};
+        use accounting::abi::{self, tag};
+        let (m, f) = (mem(), disk_file());
+        // A registered region with 4 queue tag tables of 16 entries.
+        const REGION: u64 = 0x8_0000;
+        let mut h = [0u8; 64];
+        h[0..4].copy_from_slice(&abi::MAGIC.to_le_bytes());
+        h[4..6].copy_from_slice(&abi::ABI_VERSION.to_le_bytes());
+        h[6..8].copy_from_slice(&64u16.to_le_bytes());
+        h[8..12].copy_from_slice(&1u32.to_le_bytes()); // one slot
+        h[12..16].copy_from_slice(&64u32.to_le_bytes());
+        h[48..52].copy_from_slice(&128u32.to_le_bytes()); // qtag_offset
+        h[52..56].copy_from_slice(&16u32.to_le_bytes()); // qtag_entries
+        h[56..60].copy_from_slice(&4u32.to_le_bytes()); // qtag_tables
+        m.write_slice(&h, GuestAddress(REGION)).unwrap();
+        let region = TagRegion::new(1);
+        region.set(Some(Registration::new(&m, REGION, 128 + 4 * 16 * 8, 1).unwrap()));
+        // Device 0, queue 0 is table 0: head 3 carries tag (7, 9); head 0 none.
+        let entry = REGION + 128 + 8 * u64::from(abi::qtag_table(0, 0) * 16 + 3);
+        m.write_obj(tag(7, 9), GuestAddress(entry)).unwrap();
+        let q = MockSplitQueue::new(&m, 16);
+        push_request(&m, &q, 0, VIRTIO_BLK_T_FLUSH, 0, &[]);
+        push_request(&m, &q, 3, VIRTIO_BLK_T_FLUSH, 0, &[]);
+        let mut d = activated(&m, &q, &f, false);
+        d.set_queue_tags(region.queue_tag_reader(), 0);
+        let mut rec = Recorder::default();
+
+        d.queue_notifiers()[0].post(Some(tag(1, 0)));
+        d.process_queue(0, &mut rec);
+
+        let tags: Vec<_> = rec.blocks.iter().map(|c| c.tag).collect();
+        assert_eq!(tags, vec![Some(tag(1, 0)), Some(tag(7, 9))]);
     }
 
     #[test]
