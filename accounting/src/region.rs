@@ -174,7 +174,7 @@ mod tests {
     fn queue_tag_tables_are_checked_and_located() {
         let base = abi::region_len(2, 16) as u64;
         let mut h = good(2, 16);
-        (h.qtag_offset, h.qtag_entries, h.qtag_tables) = (base as u32, 256, 2);
+        (h.qtag_offset, h.qtag_entries, h.qtag_tables) = (u32::try_from(base).unwrap(), 256, 2);
         let g = check_header(&h, base + 2 * 256 * 8, 2).unwrap();
         assert_eq!(g.qtag_entry_offset(1, 3), Some(base + 8 * (256 + 3)));
         assert_eq!(g.qtag_entry_offset(2, 0), None);
@@ -183,7 +183,7 @@ mod tests {
         assert_eq!(check_header(&h, base + 100, 2), Err(Status::BadLength));
         h.qtag_offset = 64 + 64 * 2;
         assert_eq!(check_header(&h, base + 4096, 2), Err(Status::BadGeometry));
-        (h.qtag_offset, h.qtag_entries) = (base as u32, abi::MAX_QTAG_ENTRIES + 1);
+        (h.qtag_offset, h.qtag_entries) = (u32::try_from(base).unwrap(), abi::MAX_QTAG_ENTRIES + 1);
         assert_eq!(check_header(&h, 4 << 20, 2), Err(Status::BadGeometry));
         // No tables: no entries, whatever the other fields say.
         h.qtag_tables = 0;
