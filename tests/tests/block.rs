@@ -129,3 +129,32 @@ fn a_missing_disk_file_is_a_clear_error_naming_the_flag() {
         "{err}"
     );
 }
+
+#[test]
+fn an_explicit_request_tag_outranks_the_notifying_vcpu() {
+    let path = disk("tagged", 1 << 20);
+    let mut cfg = config("blk-tagged", 1);
+    cfg.disks = vec![DiskConfig {
+        path: path.clone(),
+        read_only: false,
+    }];
+
+    let run = boot(cfg);
+    let _ = std::fs::remove_file(&path);
+
+    run.assert_clean();
+    let reads = |c: &BlockCharge| (c.reads, c.bytes_read, c.ops());
+    // The vCPU's slot said `svc` for all three notifications...
+    assert_eq!(run.counts_of("svc"), [0, 0, 0, 3, 0]);
+    // ...but the first read carried the explicit tag of bg's request 7,
+    assert_eq!(reads(&run.request(7).charges.block), (1, 4096, 1));
+    assert_eq!(reads(&run.container("bg").charges.block), (1, 4096, 1));
+    assert_eq!(run.counts_of("bg"), [0; 5]);
+    // the second none (so the notifier, svc, pays),
+    assert_eq!(reads(&run.container("svc").charges.block), (1, 4096, 1));
+    // and the third named an undeclared container: unattributed, counted.
+    assert_eq!(reads(&run.container("unattributed").charges.block), (1, 4096, 1));
+    assert_eq!(run.error("tag_unknown_container"), 1);
+    assert_eq!(run.report.guest_errors.len(), 1, "{:?}", run.report.guest_errors);
+    assert_eq!(run.counts_of("unattributed"), [0, 18 + 17 + 1, 1 + 13, 3 + 20, 0]);
+}

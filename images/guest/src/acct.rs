@@ -13,24 +13,33 @@ pub const NR_SLOTS: u32 = 64;
 /// floods ever fills it between two exits (so no forced exit happens and the
 /// exit counts stay exact).
 pub const RING_ENTRIES: u32 = 4096;
-/// Length of the region as registered.
-pub const REGION_LEN: u32 = abi::region_len(NR_SLOTS, RING_ENTRIES) as u32;
+/// Queue tag tables: one per queue of virtio device 0 (the block device).
+pub const QTAG_TABLES: u32 = abi::QTAG_QUEUES_PER_DEVICE;
+/// Entries per queue tag table: the block driver's queue size.
+pub const QTAG_ENTRIES: u32 = 16;
+/// Length of the region as registered: header, slots, ring, queue tag tables.
+pub const REGION_LEN: u32 = abi::region_len(NR_SLOTS, RING_ENTRIES) as u32 + 8 * QTAG_TABLES * QTAG_ENTRIES;
 /// Offset of slot 0.
 pub const SLOTS_OFFSET: u32 = 64;
 /// Offset of ring entry 0.
 pub const RING_OFFSET: u32 = 64 + 64 * NR_SLOTS;
 
-/// The shared region: header, slots, ring, in that order.
+/// Offset of the queue tag tables.
+pub const QTAG_OFFSET: u32 = RING_OFFSET + 64 * RING_ENTRIES;
+
+/// The shared region: header, slots, ring, queue tag tables, in that order.
 #[repr(C, align(64))]
 pub struct Region {
     header: RegionHeader,
     slots: [TagSlot; NR_SLOTS as usize],
     ring: [RingEntry; RING_ENTRIES as usize],
+    qtags: [u64; (QTAG_TABLES * QTAG_ENTRIES) as usize],
 }
 
 const _: () = assert!(core::mem::size_of::<Region>() == REGION_LEN as usize);
 const _: () = assert!(core::mem::offset_of!(Region, slots) == SLOTS_OFFSET as usize);
 const _: () = assert!(core::mem::offset_of!(Region, ring) == RING_OFFSET as usize);
+const _: () = assert!(core::mem::offset_of!(Region, qtags) == QTAG_OFFSET as usize);
 const _: () = assert!(RING_ENTRIES.is_power_of_two() && RING_ENTRIES <= abi::MAX_RING_ENTRIES);
 const _: () = assert!(REGION_LEN <= abi::MAX_REGION_LEN);
 
@@ -88,9 +97,9 @@ pub fn init_header() {
         ring_reserved: 0,
         ring_consumed: 0,
         ring_rejected: 0,
-        qtag_offset: 0,
-        qtag_entries: 0,
-        qtag_tables: 0,
+        qtag_offset: QTAG_OFFSET,
+        qtag_entries: QTAG_ENTRIES,
+        qtag_tables: QTAG_TABLES,
         reserved: 0,
     };
     // SAFETY: the region is not registered yet (or registration failed), so
@@ -177,6 +186,21 @@ pub fn set_tag(vcpu: u32, tag: u64) {
     // that only this vCPU writes and the VMM reads.
     let slot = unsafe { addr_of_mut!((*region()).slots[vcpu as usize].tag) };
     atomic_at(slot).store(tag, Ordering::Release);
+}
+
+/// Stores the explicit tag of the request whose chain starts at descriptor
+/// `head` of queue `queue` of virtio device 0 (0: none, the notifier's tag
+/// applies). Before the chain is published; heads beyond the table are
+/// ignored.
+pub fn set_queue_tag(queue: u32, head: u16, tag: u64) {
+    if queue >= QTAG_TABLES || u32::from(head) >= QTAG_ENTRIES {
+        return;
+    }
+    let i = (abi::qtag_table(0, queue) * QTAG_ENTRIES + u32::from(head)) as usize;
+    // SAFETY: `i` is inside `qtags` (both bounds checked above); an aligned
+    // u64 that this vCPU writes and the VMM's device thread reads.
+    let entry = unsafe { addr_of_mut!((*region()).qtags[i]) };
+    atomic_at(entry).store(tag, Ordering::Release);
 }
 
 /// `header.ring_consumed`, as last written by the VMM.

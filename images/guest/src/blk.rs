@@ -193,8 +193,16 @@ impl Blk {
     /// Exactly one exit: the `QueueNotify` write (one `mmio_write`), then
     /// polling of the used ring in memory.
     pub fn request(&mut self, kind: u32, sector: u64, len: u32) -> Result<u8, RequestError> {
+        self.request_as(kind, sector, len, 0)
+    }
+
+    /// As [`Blk::request`], with an explicit tag for the request (0: none)
+    /// stored in the queue tag table entry of its head before it is
+    /// published, and cleared once it completed.
+    pub fn request_as(&mut self, kind: u32, sector: u64, len: u32, tag: u64) -> Result<u8, RequestError> {
         let b = bufs();
         let head = self.next_head;
+        crate::acct::set_queue_tag(0, head, tag);
         self.next_head = (head + 3) % 15;
         let q = &mut self.queue;
         // SAFETY: in-bounds projections; the previous request completed, so
@@ -235,7 +243,9 @@ impl Blk {
         }
         q.publish(head);
         self.mmio.write(reg::QUEUE_NOTIFY, 0);
-        q.wait_used(head)?;
+        let used = q.wait_used(head);
+        crate::acct::set_queue_tag(0, head, 0);
+        used?;
         // SAFETY: in-bounds projection; the chain is used, so the device
         // wrote the status byte before publishing `used.idx`.
         Ok(unsafe { addr_of_mut!((*b).status).read_volatile() })

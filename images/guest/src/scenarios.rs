@@ -29,9 +29,10 @@ pub enum Scenario {
     TripleFault = 9,
     ExitCode = 10,
     Blk = 11,
+    BlkTagged = 12,
 }
 
-const ALL: [(Scenario, &[u8]); 11] = [
+const ALL: [(Scenario, &[u8]); 12] = [
     (Scenario::Basic, b"basic"),
     (Scenario::Multi, b"multi"),
     (Scenario::Demo, b"demo"),
@@ -43,6 +44,7 @@ const ALL: [(Scenario, &[u8]); 11] = [
     (Scenario::TripleFault, b"triple-fault"),
     (Scenario::ExitCode, b"exit-code"),
     (Scenario::Blk, b"blk"),
+    (Scenario::BlkTagged, b"blk-tagged"),
 ];
 
 impl Scenario {
@@ -69,6 +71,7 @@ pub fn run(b: &Boot, s: Scenario) -> ! {
         Scenario::TripleFault => triple_fault(b),
         Scenario::ExitCode => finish(b, 7),
         Scenario::Blk => blk(b),
+        Scenario::BlkTagged => blk_tagged(b),
     }
 }
 
@@ -573,5 +576,47 @@ fn blk(b: &Boot) -> ! {
         }
     });
     print("blk: done\n");
+    finish(b, 0)
+}
+
+const TAGGED_SVC: u32 = 1;
+const TAGGED_BG: u32 = 2;
+const TAGGED_REQUEST: u32 = 7;
+const TAGGED_UNDECLARED: u32 = 99;
+
+/// One read of 8 sectors at `sector` with an explicit tag (0: none), which
+/// must end OK; exactly one exit (the notify, charged to the slot's tag).
+fn blk_read_as(b: &Boot, d: &mut Blk, sector: u64, explicit: u64) {
+    match d.request_as(blk::T_IN, sector, BLK_BYTES, explicit) {
+        Ok(blk::S_OK) => {}
+        Ok(_) | Err(UsedError::WrongId) => blk_fail(b, "blk: request failed\n", 11),
+        Err(UsedError::Timeout) => blk_fail(b, "blk: timeout\n", 12),
+    }
+}
+
+/// Explicit per-request tags: the vCPU works for `svc` (its slot), but
+/// submits one read on behalf of request 7 of `bg` by tagging it in the
+/// queue tag table; one read with no explicit tag goes to `svc`, the
+/// notifier; one names an undeclared container and goes to `unattributed`.
+fn blk_tagged(b: &Boot) -> ! {
+    print("blk-tagged: start\n");
+    acct::register();
+    declare(TAGGED_SVC, 0, b"svc");
+    declare(TAGGED_BG, 0, b"bg");
+    acct::begin_request(TAGGED_REQUEST, TAGGED_BG, 0);
+    // Discovery and initialisation at tag 0, as in `blk`.
+    let Some(mmio) = virtio::find(b.cmdline, virtio::DEVICE_ID_BLOCK) else {
+        blk_fail(b, "blk: no device\n", 8)
+    };
+    let Ok(mut d) = Blk::init(mmio) else {
+        blk_fail(b, "blk: init failed\n", 10)
+    };
+    in_container(b, TAGGED_SVC, || {
+        blk_read_as(b, &mut d, 0, tag(TAGGED_BG, TAGGED_REQUEST));
+        blk_read_as(b, &mut d, BLK_SECTORS, 0);
+        blk_read_as(b, &mut d, 2 * BLK_SECTORS, tag(TAGGED_UNDECLARED, 0));
+    });
+    acct::end_request(TAGGED_REQUEST);
+    print("blk-tagged: done\n");
     finish(b, 0)
 }
