@@ -14,5 +14,6 @@ mod request;
 pub use device::{BlockDevice, BlockError, BlockStats, DeviceState, ProcessStats};
 pub use event_handler::BlockHandler;
 pub use request::{
-    Malformed, Request, RequestError, RequestKind, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    parse, Malformed, Request, RequestError, RequestKind, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP,
 };
