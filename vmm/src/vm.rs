@@ -208,14 +208,13 @@ fn build_disks(
 ) -> Result<Vec<BlockHandler>, VmError> {
     let mut handlers = Vec::with_capacity(disks.len());
     for (i, disk) in disks.iter().enumerate() {
-        let dev =
+        let mut dev =
             BlockDevice::open(&disk.path, disk.read_only, &format!("rsrc-disk{i}")).map_err(|source| {
                 VmError::Disk {
                     path: disk.path.display().to_string(),
                     source,
                 }
             })?;
-        let mut dev = dev;
         // Requests may carry the guest's explicit tags (queue tag tables).
         dev.set_queue_tags(
             env.region.queue_tag_reader(),
