@@ -3,6 +3,7 @@
 //! - [`mmio`]: the virtio-mmio transport (virtio 1.x, modern only), generic
 //!   over [`VirtioDevice`]; it sits on the MMIO [`Bus`](crate::Bus).
 //! - [`block`]: virtio-blk on a raw file, processed on the device event loop.
+//! - [`net`]: virtio-net on a TAP interface (library only: not wired yet).
 //!
 //! # How requests are tagged
 //!
@@ -23,6 +24,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -331,12 +333,51 @@ pub struct BlockCharge {
     pub status: u8,
 }
 
+/// Which way a network frame went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NetDir {
+    /// Guest to host (the TX queue).
+    Tx,
+    /// Host to guest (the RX queue).
+    Rx,
+}
+
+/// One network frame's charge (virtio-net).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetCharge {
+    /// TX: the explicit queue tag, else the notification covering the chain.
+    /// RX: the tag of the flow the frame answers, `None` when unknown.
+    pub tag: Option<u64>,
+    /// Which way.
+    pub dir: NetDir,
+    /// 1 for a frame; 0 for a TX chain that held none (malformed).
+    pub frames: u64,
+    /// The frame's bytes, without the virtio-net header (TX: what the guest
+    /// offered, delivered or not; see `spoofed`).
+    pub bytes: u64,
+    /// Event-loop thread CPU time spent on it (`CLOCK_THREAD_CPUTIME_ID`).
+    pub host_ns: u64,
+    /// Wall time of the backend write (TX), or from the backend read to the
+    /// used-ring update (RX).
+    pub wall_ns: u64,
+    /// TX TCP: payload bytes of this segment that had been sent before.
+    pub retransmitted_bytes: u64,
+    /// TX: the source MAC was not the device's; the frame was dropped.
+    pub spoofed: bool,
+    /// RX: the tag came from the flow table.
+    pub attributed_by_flow: bool,
+}
+
 /// Where devices charge their work; the VMM implements it over its books.
 pub trait Charger {
     /// One block request was completed.
     fn charge_block(&mut self, c: &BlockCharge);
     /// One interrupt was raised on behalf of `tag`.
     fn charge_interrupt(&mut self, tag: Option<u64>);
+    /// One network frame was sent or received (or a TX chain dropped).
+    fn charge_net(&mut self, c: &NetCharge) {
+        let _ = c;
+    }
 }
 
 /// CPU time of the calling thread in nanoseconds (0 if the clock fails).
