@@ -1,0 +1,1143 @@
+//! The virtio-net device: a MAC, an RX and a TX queue, a [`NetBackend`].
+//!
+//! TX ([`NetDevice::process_tx`]): each chain is the 12-byte virtio-net
+//! header and one frame, all device-readable. The frame is gathered (at most
+//! [`MAX_FRAME_LEN`] bytes), its source MAC checked against the device's
+//! (a spoofed frame is dropped), written to the backend, learned in the flow
+//! table, charged to the chain's tag (explicit queue tag, else the covering
+//! notification, as virtio-blk does), and only then put on the used ring.
+//!
+//! RX ([`NetDevice::process_rx`]): while the guest has posted a receive
+//! chain, one frame is read from the backend into it and charged to the
+//! principal of the flow it answers (the flow table), or to `None`. Without
+//! a receive chain nothing is read: frames stay in the backend.
+
+use std::num::Wrapping;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use accounting::{abi, warn_rl};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+
+use super::flow::FlowTable;
+use super::frame;
+use super::tap::{NetBackend, Tap, TapError, VNET_HDR_LEN};
+use crate::acct::QueueTagReader;
+use crate::virtio::{thread_cpu_ns, ActivateError, Charger, NetCharge, NetDir};
+use crate::virtio::{QueueNotifier, VirtioDevice, VirtioInterrupt, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1};
+
+/// virtio device ID of a network device.
+pub const VIRTIO_ID_NET: u32 = 1;
+/// Feature: the configuration space holds the MAC.
+pub const VIRTIO_NET_F_MAC: u32 = 5;
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Index of the receive queue.
+pub const RX_QUEUE: usize = 0;
+/// Index of the transmit queue.
+pub const TX_QUEUE: usize = 1;
+/// Longest chain: the virtio-net header and a 65550-byte frame.
+pub const MAX_FRAME_LEN: usize = 65562;
+/// Offset of `num_buffers` in the virtio-net v1 header.
+const NUM_BUFFERS_AT: usize = 10;
+
+/// What went wrong setting up a network device (the VMM's mistakes).
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The TAP interface could not be opened.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// An `EventFd` could not be created.
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// Counters since the device was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Frames written to the backend.
+    pub tx_frames: u64,
+    /// Their bytes (without the virtio-net header).
+    pub tx_bytes: u64,
+    /// TX chains that were not a header and a frame (dropped).
+    pub tx_malformed: u64,
+    /// TX chains longer than [`MAX_FRAME_LEN`] (dropped).
+    pub tx_too_long: u64,
+    /// Frames whose source MAC was not the device's (dropped).
+    pub tx_spoofed: u64,
+    /// Frames the backend refused (dropped).
+    pub tx_backend_errors: u64,
+    /// TCP payload bytes sent again.
+    pub tx_retransmitted_bytes: u64,
+    /// Frames delivered to the guest.
+    pub rx_frames: u64,
+    /// Their bytes (without the virtio-net header).
+    pub rx_bytes: u64,
+    /// Of which charged to no principal (unknown flow).
+    pub rx_unattributed: u64,
+    /// RX chains that were not device-writable buffers (consumed empty).
+    pub rx_malformed: u64,
+    /// Frames dropped: too big for the guest's buffer, or shorter than a header.
+    pub rx_dropped: u64,
+    /// Backend read failures other than "nothing waiting".
+    pub rx_backend_errors: u64,
+    /// Failures to update the used ring or raise the interrupt, bogus avail indices.
+    pub queue_errors: u64,
+    /// Interrupts raised.
+    pub interrupts: u64,
+    /// Notifications of an inactive device or a queue out of range.
+    pub ignored_notifications: u64,
+}
+
+/// What one `process_tx` / `process_rx` call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessStats {
+    /// Chains used.
+    pub chains: u64,
+    /// Frames delivered (to the backend or the guest).
+    pub frames: u64,
+    /// Chains or frames dropped.
+    pub dropped: u64,
+    /// Whether an interrupt was raised.
+    pub interrupted: bool,
+    /// TX: chains were left for another call (batch limit).
+    pub more_pending: bool,
+    /// RX: stopped for want of a receive chain (wait for the RX notify).
+    pub rx_stalled: bool,
+}
+
+/// Inactive until the driver sets DRIVER_OK; then it owns memory and queues.
+#[derive(Debug)]
+pub enum DeviceState {
+    /// No queues yet (or reset).
+    Inactive,
+    /// The driver set DRIVER_OK.
+    Activated {
+        /// Guest memory.
+        mem: GuestMemoryMmap,
+        /// RX and TX, validated by the transport.
+        queues: Vec<Queue>,
+    },
+}
+
+/// Why a TX chain is not a header and a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// More descriptors than the queue has entries.
+    #[error("more descriptors than the queue size")]
+    TooManyDescriptors,
+    /// The chain loops or points past the table.
+    #[error("chain truncated or looping")]
+    Truncated,
+    /// TX: a descriptor is device-writable; RX: one is device-readable.
+    #[error("wrong descriptor direction")]
+    Direction,
+    /// TX: shorter than the header and an Ethernet header.
+    #[error("shorter than the virtio-net and Ethernet headers")]
+    TooShort,
+    /// TX: longer than [`MAX_FRAME_LEN`].
+    #[error("longer than {MAX_FRAME_LEN} bytes")]
+    TooLong,
+    /// A buffer lies outside guest memory.
+    #[error("buffer outside guest memory")]
+    OutOfMemory,
+}
+
+/// Copies a TX chain's device-readable buffers into `buf`.
+fn gather(chain: DescriptorChain<&GuestMemoryMmap>, max: u16, buf: &mut Vec<u8>) -> Result<(), ChainError> {
+    buf.clear();
+    let mem = chain.memory();
+    let mut n = 0usize;
+    let mut last_has_next = false;
+    for d in chain.clone() {
+        n += 1;
+        if n > usize::from(max) {
+            return Err(ChainError::TooManyDescriptors);
+        }
+        last_has_next = d.has_next();
+        if d.is_write_only() {
+            return Err(ChainError::Direction);
+        }
+        let len = usize::try_from(d.len()).map_err(|_| ChainError::TooLong)?;
+        let at = buf.len();
+        let end = at
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FRAME_LEN)
+            .ok_or(ChainError::TooLong)?;
+        buf.resize(end, 0);
+        mem.read_slice(&mut buf[at..], d.addr())
+            .map_err(|_| ChainError::OutOfMemory)?;
+    }
+    if last_has_next {
+        return Err(ChainError::Truncated);
+    }
+    if buf.len() < VNET_HDR_LEN + frame::ETH_HLEN {
+        return Err(ChainError::TooShort);
+    }
+    Ok(())
+}
+
+/// The device-writable buffers of an RX chain and their total length.
+fn scatter_list(
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    max: u16,
+) -> Result<(Vec<(GuestAddress, usize)>, usize), ChainError> {
+    let mem = chain.memory();
+    let mut bufs = Vec::new();
+    let mut total = 0usize;
+    let mut last_has_next = false;
+    for d in chain.clone() {
+        if bufs.len() >= usize::from(max) {
+            return Err(ChainError::TooManyDescriptors);
+        }
+        last_has_next = d.has_next();
+        if !d.is_write_only() {
+            return Err(ChainError::Direction);
+        }
+        let len = usize::try_from(d.len()).map_err(|_| ChainError::TooLong)?;
+        if len > 0 && !mem.check_range(d.addr(), len, Permissions::Write) {
+            return Err(ChainError::OutOfMemory);
+        }
+        total = total.saturating_add(len);
+        bufs.push((d.addr(), len));
+    }
+    if last_has_next || bufs.is_empty() {
+        return Err(ChainError::Truncated);
+    }
+    Ok((bufs, total))
+}
+
+fn elapsed_ns(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Moves the thread CPU clock mark and returns the time since the last one.
+fn lap(mark: &mut u64) -> u64 {
+    let now = thread_cpu_ns();
+    let spent = now.saturating_sub(*mark);
+    *mark = now;
+    spent
+}
+
+/// A virtio-net device on a [`NetBackend`].
+pub struct NetDevice {
+    backend: Box<dyn NetBackend>,
+    mac: [u8; 6],
+    avail_features: u64,
+    acked_features: u64,
+    queue_max_sizes: [u16; 2],
+    state: DeviceState,
+    notifiers: Vec<Arc<QueueNotifier>>,
+    interrupt: Arc<VirtioInterrupt>,
+    stats: NetStats,
+    flows: FlowTable,
+    tx_buf: Vec<u8>,
+    rx_buf: Vec<u8>,
+    /// A frame read from the backend but not yet delivered: its length in
+    /// `rx_buf` and when it was read.
+    rx_pending: Option<(usize, Instant)>,
+    queue_tags: Option<(QueueTagReader, u32)>,
+}
+
+impl std::fmt::Debug for NetDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetDevice")
+            .field("mac", &self.mac)
+            .field("state", &self.state)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetDevice {
+    /// A device on TAP `name` (opened or created) with MAC `mac`.
+    pub fn open_tap(name: &str, mac: [u8; 6]) -> Result<Self, NetError> {
+        Self::new(Box::new(Tap::open(name)?), mac)
+    }
+
+    /// A device on `backend` with MAC `mac`.
+    pub fn new(backend: Box<dyn NetBackend>, mac: [u8; 6]) -> Result<Self, NetError> {
+        let notifier = || QueueNotifier::new().map(Arc::new).map_err(NetError::EventFd);
+        Ok(Self {
+            backend,
+            mac,
+            avail_features: (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MAC),
+            acked_features: 0,
+            queue_max_sizes: [QUEUE_SIZE; 2],
+            state: DeviceState::Inactive,
+            notifiers: vec![notifier()?, notifier()?],
+            interrupt: Arc::new(VirtioInterrupt::new().map_err(NetError::EventFd)?),
+            stats: NetStats::default(),
+            flows: FlowTable::default(),
+            tx_buf: Vec::with_capacity(MAX_FRAME_LEN),
+            rx_buf: vec![0; MAX_FRAME_LEN],
+            rx_pending: None,
+            queue_tags: None,
+        })
+    }
+
+    /// The device's MAC.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> NetStats {
+        self.stats
+    }
+
+    /// Flows evicted from the flow table so far.
+    pub fn flow_evictions(&self) -> u64 {
+        self.flows.evictions()
+    }
+
+    /// The device's state.
+    pub fn state(&self) -> &DeviceState {
+        &self.state
+    }
+
+    /// Features the driver accepted at activation.
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// The backend's pollable descriptor, if it has one.
+    pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.backend.raw_fd()
+    }
+
+    /// Lets TX frames carry explicit tags: the guest's queue tag tables of
+    /// virtio device `device_index` (table of queue [`TX_QUEUE`]).
+    pub fn set_queue_tags(&mut self, reader: QueueTagReader, device_index: u32) {
+        self.queue_tags = Some((reader, device_index));
+    }
+
+    fn raise_interrupt(&mut self, tag: Option<u64>, out: &mut ProcessStats, charger: &mut dyn Charger) {
+        match self.interrupt.trigger(INTERRUPT_USED_RING) {
+            Ok(()) => {
+                self.stats.interrupts += 1;
+                out.interrupted = true;
+                charger.charge_interrupt(tag);
+            }
+            Err(e) => {
+                self.stats.queue_errors += 1;
+                warn_rl!("virtio-net: irqfd write failed: {e}");
+            }
+        }
+    }
+
+    /// Chains the guest published and the device has not taken; `None` (and
+    /// counted) when the avail index is bogus.
+    fn pending(queue: &Queue, mem: &GuestMemoryMmap, stats: &mut NetStats) -> Option<u16> {
+        // virtio-queue logs without a limit when the avail index is bogus:
+        // check it here first, with the rate-limited logger.
+        let pending = match queue.avail_idx(mem, Ordering::Acquire) {
+            Ok(idx) => (idx - Wrapping(queue.next_avail())).0,
+            Err(_) => u16::MAX,
+        };
+        if pending > queue.size() {
+            stats.queue_errors += 1;
+            warn_rl!(
+                "virtio-net: avail index {pending} chains ahead of a queue of {}",
+                queue.size()
+            );
+            return None;
+        }
+        Some(pending)
+    }
+
+    /// Sends the notified TX chains, charging each to its tag.
+    pub fn process_tx(&mut self, charger: &mut dyn Charger) -> ProcessStats {
+        let mut out = ProcessStats::default();
+        let notifier = self.notifiers[TX_QUEUE].clone();
+        let DeviceState::Activated { mem, queues } = &mut self.state else {
+            self.stats.ignored_notifications += 1;
+            return out;
+        };
+        let Some(queue) = queues.get_mut(TX_QUEUE) else {
+            self.stats.ignored_notifications += 1;
+            return out;
+        };
+        if Self::pending(queue, mem, &mut self.stats).is_none() {
+            return out;
+        }
+        let mut last_tag = None;
+        let mut cpu_mark = thread_cpu_ns();
+        // Each chain goes to the first notification made after the guest
+        // published it; a chain not yet notified waits for its own.
+        while let Some(notification) = notifier.covering(queue.next_avail()) {
+            let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let table = u32::try_from(TX_QUEUE).ok();
+            let explicit = match (&mut self.queue_tags, table) {
+                (Some((reader, device)), Some(q)) => reader.tag(abi::qtag_table(*device, q), head),
+                _ => None,
+            };
+            let tag = explicit.or(notification.tag);
+            let mut charge = NetCharge {
+                tag,
+                dir: NetDir::Tx,
+                frames: 0,
+                bytes: 0,
+                host_ns: 0,
+                wall_ns: 0,
+                retransmitted_bytes: 0,
+                spoofed: false,
+                attributed_by_flow: false,
+            };
+            match gather(chain, queue.size(), &mut self.tx_buf) {
+                Err(e) => {
+                    if e == ChainError::TooLong {
+                        self.stats.tx_too_long += 1;
+                    } else {
+                        self.stats.tx_malformed += 1;
+                    }
+                    out.dropped += 1;
+                    warn_rl!("virtio-net: TX chain at head {head} dropped: {e}");
+                }
+                Ok(()) => {
+                    let frame_bytes = &self.tx_buf[VNET_HDR_LEN..];
+                    charge.frames = 1;
+                    charge.bytes = u64::try_from(frame_bytes.len()).unwrap_or(u64::MAX);
+                    let info = frame::parse(frame_bytes);
+                    if info.is_none_or(|i| i.src_mac != self.mac) {
+                        self.stats.tx_spoofed += 1;
+                        out.dropped += 1;
+                        charge.spoofed = true;
+                        warn_rl!("virtio-net: TX frame with a foreign source MAC dropped");
+                    } else {
+                        let start = Instant::now();
+                        let written = self.backend.write_frame(&self.tx_buf);
+                        charge.wall_ns = elapsed_ns(start);
+                        match written {
+                            Ok(_) => {
+                                self.stats.tx_frames += 1;
+                                self.stats.tx_bytes += charge.bytes;
+                                out.frames += 1;
+                                if let Some((flow, tcp)) = info.and_then(|i| Some((i.flow?, i.tcp))) {
+                                    charge.retransmitted_bytes = self.flows.on_tx(flow, tag, tcp);
+                                    self.stats.tx_retransmitted_bytes += charge.retransmitted_bytes;
+                                }
+                            }
+                            Err(e) => {
+                                self.stats.tx_backend_errors += 1;
+                                out.dropped += 1;
+                                warn_rl!("virtio-net: backend write failed, frame dropped: {e}");
+                            }
+                        }
+                    }
+                }
+            }
+            // Charge before the used element is published: once the guest
+            // sees it, it may end the request.
+            charge.host_ns = lap(&mut cpu_mark);
+            charger.charge_net(&charge);
+            if let Err(e) = queue.add_used(&*mem, head, 0) {
+                self.stats.queue_errors += 1;
+                warn_rl!("virtio-net: used ring update failed: {e}");
+            }
+            out.chains += 1;
+            last_tag = tag;
+            notifier.retire(queue.next_avail(), false);
+            if out.chains >= u64::from(queue.size()) {
+                out.more_pending = queue
+                    .avail_idx(mem, Ordering::Acquire)
+                    .is_ok_and(|i| i.0 != queue.next_avail());
+                break;
+            }
+        }
+        if out.more_pending {
+            notifier.wake();
+        } else {
+            notifier.retire(queue.next_avail(), true);
+        }
+        let notify = out.chains > 0 && queue.needs_notification(mem).unwrap_or(true);
+        if notify {
+            self.raise_interrupt(last_tag, &mut out, charger);
+        }
+        out
+    }
+
+    /// Delivers backend frames into the guest's receive chains while both
+    /// last, charging each to the principal of its flow.
+    pub fn process_rx(&mut self, charger: &mut dyn Charger) -> ProcessStats {
+        let mut out = ProcessStats::default();
+        // RX work is charged by flow, not by who posted the buffers.
+        let _ = self.notifiers[RX_QUEUE].take();
+        let DeviceState::Activated { mem, queues } = &mut self.state else {
+            self.stats.ignored_notifications += 1;
+            out.rx_stalled = true;
+            return out;
+        };
+        let Some(queue) = queues.get_mut(RX_QUEUE) else {
+            self.stats.ignored_notifications += 1;
+            return out;
+        };
+        let mut last_tag = None;
+        let mut cpu_mark = thread_cpu_ns();
+        loop {
+            if out.chains + out.dropped >= u64::from(queue.size()) {
+                // Let other devices have the loop; the backend stays readable.
+                break;
+            }
+            let Some(avail) = Self::pending(queue, mem, &mut self.stats) else {
+                break;
+            };
+            if avail == 0 {
+                out.rx_stalled = true;
+                break;
+            }
+            let (len, read_at) = match self.rx_pending {
+                Some(p) => p,
+                None => match self.backend.read_frame(&mut self.rx_buf) {
+                    Ok(n) if n < VNET_HDR_LEN + frame::ETH_HLEN => {
+                        self.stats.rx_dropped += 1;
+                        out.dropped += 1;
+                        continue;
+                    }
+                    Ok(n) => {
+                        let p = (n, Instant::now());
+                        self.rx_pending = Some(p);
+                        p
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.stats.rx_backend_errors += 1;
+                        warn_rl!("virtio-net: backend read failed: {e}");
+                        break;
+                    }
+                },
+            };
+            let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
+                out.rx_stalled = true;
+                break;
+            };
+            let head = chain.head_index();
+            out.chains += 1;
+            let used_len = match scatter_list(chain, queue.size()) {
+                Err(e) => {
+                    // The frame stays pending for the next chain.
+                    self.stats.rx_malformed += 1;
+                    out.dropped += 1;
+                    warn_rl!("virtio-net: RX chain at head {head} consumed empty: {e}");
+                    0
+                }
+                Ok((_, cap)) if cap < len => {
+                    self.stats.rx_dropped += 1;
+                    out.dropped += 1;
+                    self.rx_pending = None;
+                    warn_rl!("virtio-net: RX frame of {len} bytes dropped: the guest's buffer holds {cap}");
+                    0
+                }
+                Ok((bufs, _)) => {
+                    let frame = &mut self.rx_buf[..len];
+                    frame[..VNET_HDR_LEN].fill(0);
+                    frame[NUM_BUFFERS_AT..NUM_BUFFERS_AT + 2].copy_from_slice(&1u16.to_le_bytes());
+                    let mut done = 0usize;
+                    let mut ok = true;
+                    for (addr, n) in bufs {
+                        if done >= len {
+                            break;
+                        }
+                        let k = n.min(len - done);
+                        ok &= mem.write_slice(&frame[done..done + k], addr).is_ok();
+                        done += k;
+                    }
+                    self.rx_pending = None;
+                    if !ok {
+                        self.stats.queue_errors += 1;
+                        out.dropped += 1;
+                        0
+                    } else {
+                        let info = frame::parse(&frame[VNET_HDR_LEN..]);
+                        let tag = info
+                            .and_then(|i| i.flow)
+                            .and_then(|f| self.flows.owner_of_reply(&f));
+                        let bytes = u64::try_from(len - VNET_HDR_LEN).unwrap_or(u64::MAX);
+                        self.stats.rx_frames += 1;
+                        self.stats.rx_bytes += bytes;
+                        if tag.is_none() {
+                            self.stats.rx_unattributed += 1;
+                        }
+                        out.frames += 1;
+                        last_tag = tag;
+                        charger.charge_net(&NetCharge {
+                            tag,
+                            dir: NetDir::Rx,
+                            frames: 1,
+                            bytes,
+                            host_ns: lap(&mut cpu_mark),
+                            wall_ns: elapsed_ns(read_at),
+                            retransmitted_bytes: 0,
+                            spoofed: false,
+                            attributed_by_flow: tag.is_some(),
+                        });
+                        u32::try_from(len).unwrap_or(u32::MAX)
+                    }
+                }
+            };
+            if let Err(e) = queue.add_used(&*mem, head, used_len) {
+                self.stats.queue_errors += 1;
+                warn_rl!("virtio-net: used ring update failed: {e}");
+            }
+        }
+        let notify = out.chains > 0 && queue.needs_notification(mem).unwrap_or(true);
+        if notify {
+            self.raise_interrupt(last_tag, &mut out, charger);
+        }
+        out
+    }
+
+    /// The configuration space: the MAC.
+    fn config(&self) -> [u8; 6] {
+        self.mac
+    }
+}
+
+impl VirtioDevice for NetDevice {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_max_sizes
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) -> bool {
+        let config = self.config();
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|o| config.get(o..o.checked_add(data.len())?));
+        match src {
+            Some(src) => {
+                data.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) -> bool {
+        false
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        acked: u64,
+    ) -> Result<(), ActivateError> {
+        if matches!(self.state, DeviceState::Activated { .. }) {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if queues.len() != self.queue_max_sizes.len() {
+            return Err(ActivateError::QueueCount {
+                expected: self.queue_max_sizes.len(),
+                got: queues.len(),
+            });
+        }
+        if let Some(i) = queues.iter().position(|q| !q.ready()) {
+            return Err(ActivateError::QueueNotReady(i));
+        }
+        self.acked_features = acked;
+        self.state = DeviceState::Activated { mem, queues };
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.state = DeviceState::Inactive;
+        self.acked_features = 0;
+        self.rx_pending = None;
+        self.interrupt.clear();
+    }
+
+    fn queue_notifiers(&self) -> Vec<Arc<QueueNotifier>> {
+        self.notifiers.clone()
+    }
+
+    fn interrupt(&self) -> Arc<VirtioInterrupt> {
+        self.interrupt.clone()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::super::frame::tests::{ipv4_frame, tcp};
+    use super::super::frame::FiveTuple;
+    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use virtio_queue::desc::split::Descriptor;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+
+    pub(crate) const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+    pub(crate) const WRITE: u16 = 2;
+    const RX_BUFS: u64 = 0x4_0000;
+    const TX_BUFS: u64 = 0x6_0000;
+
+    /// The wire on the far side of an in-memory backend.
+    #[derive(Debug, Default)]
+    pub(crate) struct Wire {
+        pub(crate) to_guest: VecDeque<Vec<u8>>,
+        pub(crate) from_guest: Vec<Vec<u8>>,
+        pub(crate) fail_writes: bool,
+    }
+
+    #[derive(Clone, Debug, Default)]
+    pub(crate) struct MemBackend(pub(crate) Arc<Mutex<Wire>>);
+
+    impl NetBackend for MemBackend {
+        fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some(f) = self.0.lock().unwrap().to_guest.pop_front() else {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            };
+            let n = f.len().min(buf.len());
+            buf[..n].copy_from_slice(&f[..n]);
+            Ok(n)
+        }
+        fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<usize> {
+            let mut w = self.0.lock().unwrap();
+            if w.fail_writes {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            w.from_guest.push(frame.to_vec());
+            Ok(frame.len())
+        }
+        fn raw_fd(&self) -> Option<RawFd> {
+            None
+        }
+    }
+
+    use std::os::fd::RawFd;
+
+    /// Records every charge.
+    #[derive(Debug, Default)]
+    pub(crate) struct Recorder {
+        pub(crate) nets: Vec<NetCharge>,
+        pub(crate) interrupts: Vec<Option<u64>>,
+    }
+
+    impl Charger for Recorder {
+        fn charge_block(&mut self, _c: &crate::virtio::BlockCharge) {}
+        fn charge_interrupt(&mut self, tag: Option<u64>) {
+            self.interrupts.push(tag);
+        }
+        fn charge_net(&mut self, c: &NetCharge) {
+            self.nets.push(*c);
+        }
+    }
+
+    impl Charger for Arc<Mutex<Recorder>> {
+        fn charge_block(&mut self, _c: &crate::virtio::BlockCharge) {}
+        fn charge_interrupt(&mut self, tag: Option<u64>) {
+            self.lock().unwrap().charge_interrupt(tag);
+        }
+        fn charge_net(&mut self, c: &NetCharge) {
+            self.lock().unwrap().charge_net(c);
+        }
+    }
+
+    pub(crate) fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    /// RX queue at 0, TX queue at 0x2_0000, 16 entries each.
+    pub(crate) fn queues(
+        m: &GuestMemoryMmap,
+    ) -> (
+        MockSplitQueue<'_, GuestMemoryMmap>,
+        MockSplitQueue<'_, GuestMemoryMmap>,
+    ) {
+        (
+            MockSplitQueue::create(m, GuestAddress(0), 16),
+            MockSplitQueue::create(m, GuestAddress(0x2_0000), 16),
+        )
+    }
+
+    /// Publishes descriptors `descs` (address, length, flags) as one chain from index `at`.
+    pub(crate) fn push_chain(q: &MockSplitQueue<GuestMemoryMmap>, at: u16, descs: &[(u64, u32, u16)]) {
+        let n = descs.len();
+        let raw: Vec<RawDescriptor> = (at..)
+            .zip(descs.iter().enumerate())
+            .map(|(i, (k, &(addr, len, flags)))| {
+                let (flags, next) = if k + 1 < n { (flags | 1, i + 1) } else { (flags, 0) };
+                RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+            })
+            .collect();
+        q.add_desc_chains(&raw, at).unwrap();
+    }
+
+    /// A virtio-net header and `frame`, as the guest sends it.
+    pub(crate) fn with_header(frame: &[u8]) -> Vec<u8> {
+        let mut v = vec![0u8; VNET_HDR_LEN];
+        v.extend_from_slice(frame);
+        v
+    }
+
+    /// Puts header + `frame` at descriptor `at` of the TX queue (two descriptors).
+    pub(crate) fn push_tx(m: &GuestMemoryMmap, q: &MockSplitQueue<GuestMemoryMmap>, at: u16, frame: &[u8]) {
+        let addr = TX_BUFS + 0x1000 * u64::from(at);
+        m.write_slice(&with_header(frame), GuestAddress(addr)).unwrap();
+        let len = u32::try_from(frame.len()).unwrap();
+        let hdr = u32::try_from(VNET_HDR_LEN).unwrap();
+        push_chain(q, at, &[(addr, hdr, 0), (addr + u64::from(hdr), len, 0)]);
+    }
+
+    /// Posts a device-writable receive buffer of `len` bytes at descriptor `at`.
+    fn push_rx(q: &MockSplitQueue<GuestMemoryMmap>, at: u16, len: u32) -> u64 {
+        let addr = RX_BUFS + 0x1000 * u64::from(at);
+        push_chain(q, at, &[(addr, len, WRITE)]);
+        addr
+    }
+
+    pub(crate) fn used(q: &MockSplitQueue<GuestMemoryMmap>, i: usize) -> (u32, u32) {
+        let e = q.used().ring().ref_at(i).unwrap().load();
+        (e.id(), e.len())
+    }
+
+    pub(crate) fn activated(
+        m: &GuestMemoryMmap,
+        rx: &MockSplitQueue<GuestMemoryMmap>,
+        tx: &MockSplitQueue<GuestMemoryMmap>,
+    ) -> (NetDevice, MemBackend) {
+        let b = MemBackend::default();
+        let mut d = NetDevice::new(Box::new(b.clone()), MAC).unwrap();
+        let qs = vec![rx.create_queue().unwrap(), tx.create_queue().unwrap()];
+        d.activate(m.clone(), qs, (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MAC))
+            .unwrap();
+        (d, b)
+    }
+
+    fn guest_flow() -> FiveTuple {
+        tcp([10, 0, 0, 2], 40000, [10, 0, 0, 1], 80)
+    }
+
+    #[test]
+    fn tx_frame_reaches_the_backend_charged_to_the_notifier() {
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let f = ipv4_frame(MAC, &guest_flow(), 1, &[9; 100]);
+        push_tx(&m, &txq, 0, &f);
+        let (mut d, b) = activated(&m, &rxq, &txq);
+        let mut rec = Recorder::default();
+        d.queue_notifiers()[TX_QUEUE].post(Some(5));
+
+        let out = d.process_tx(&mut rec);
+
+        assert_eq!(b.0.lock().unwrap().from_guest, vec![with_header(&f)]);
+        assert_eq!((out.chains, out.frames, out.interrupted), (1, 1, true));
+        assert_eq!(used(&txq, 0), (0, 0));
+        let c = rec.nets[0];
+        assert_eq!(
+            (c.tag, c.dir, c.frames, c.bytes, c.spoofed, c.retransmitted_bytes),
+            (Some(5), NetDir::Tx, 1, u64::try_from(f.len()).unwrap(), false, 0)
+        );
+        assert_eq!(rec.interrupts, vec![Some(5)]);
+        assert_eq!(d.stats().tx_bytes, u64::try_from(f.len()).unwrap());
+    }
+
+    #[test]
+    fn tx_chain_published_after_the_notification_waits_for_its_own() {
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let f = ipv4_frame(MAC, &guest_flow(), 1, &[1; 10]);
+        push_tx(&m, &txq, 0, &f);
+        let (mut d, _b) = activated(&m, &rxq, &txq);
+        let mut rec = Recorder::default();
+        d.queue_notifiers()[TX_QUEUE].post_at(Some(1), Some(1));
+        push_tx(&m, &txq, 2, &f);
+
+        d.process_tx(&mut rec);
+        d.queue_notifiers()[TX_QUEUE].post_at(Some(2), Some(2));
+        d.process_tx(&mut rec);
+
+        let tags: Vec<_> = rec.nets.iter().map(|c| c.tag).collect();
+        assert_eq!(tags, vec![Some(1), Some(2)]);
+    }
+
+    #[test]
+    fn an_explicit_queue_tag_outranks_the_notifier() {
+        use crate::acct::{Registration, TagRegion};
+        use accounting::abi::{self, tag};
+        let m = mem();
+        const REGION: u64 = 0x8_0000;
+        let mut h = [0u8; 64];
+        h[0..4].copy_from_slice(&abi::MAGIC.to_le_bytes());
+        h[4..6].copy_from_slice(&abi::ABI_VERSION.to_le_bytes());
+        h[6..8].copy_from_slice(&64u16.to_le_bytes());
+        h[8..12].copy_from_slice(&1u32.to_le_bytes()); // one slot
+        h[12..16].copy_from_slice(&64u32.to_le_bytes());
+        h[48..52].copy_from_slice(&128u32.to_le_bytes()); // qtag_offset
+        h[52..56].copy_from_slice(&16u32.to_le_bytes()); // qtag_entries
+        h[56..60].copy_from_slice(&4u32.to_le_bytes()); // qtag_tables
+        m.write_slice(&h, GuestAddress(REGION)).unwrap();
+        let region = TagRegion::new(1);
+        region.set(Some(Registration::new(&m, REGION, 128 + 4 * 16 * 8, 1).unwrap()));
+        // Device 0, queue TX: head 2 carries tag (7, 9); head 0 none.
+        let table = abi::qtag_table(0, u32::try_from(TX_QUEUE).unwrap());
+        m.write_obj(
+            tag(7, 9),
+            GuestAddress(REGION + 128 + 8 * u64::from(table * 16 + 2)),
+        )
+        .unwrap();
+        let (rxq, txq) = queues(&m);
+        let f = ipv4_frame(MAC, &guest_flow(), 1, &[1; 10]);
+        push_tx(&m, &txq, 0, &f);
+        push_tx(&m, &txq, 2, &f);
+        let (mut d, _b) = activated(&m, &rxq, &txq);
+        d.set_queue_tags(region.queue_tag_reader(), 0);
+        let mut rec = Recorder::default();
+
+        d.queue_notifiers()[TX_QUEUE].post(Some(tag(1, 0)));
+        d.process_tx(&mut rec);
+
+        let tags: Vec<_> = rec.nets.iter().map(|c| c.tag).collect();
+        assert_eq!(tags, vec![Some(tag(1, 0)), Some(tag(7, 9))]);
+    }
+
+    #[test]
+    fn a_spoofed_frame_is_dropped_counted_and_charged() {
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let f = ipv4_frame([0x52, 0x54, 0, 6, 6, 6], &guest_flow(), 1, &[1; 10]);
+        push_tx(&m, &txq, 0, &f);
+        let (mut d, b) = activated(&m, &rxq, &txq);
+        let mut rec = Recorder::default();
+        d.queue_notifiers()[TX_QUEUE].post(Some(3));
+
+        let out = d.process_tx(&mut rec);
+
+        assert!(b.0.lock().unwrap().from_guest.is_empty());
+        assert_eq!((out.chains, out.frames, out.dropped), (1, 0, 1));
+        assert_eq!(d.stats().tx_spoofed, 1);
+        assert_eq!((rec.nets[0].tag, rec.nets[0].spoofed), (Some(3), true));
+        assert_eq!(used(&txq, 0), (0, 0));
+    }
+
+    #[test]
+    fn retransmitted_tcp_payload_is_counted() {
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let fl = guest_flow();
+        push_tx(&m, &txq, 0, &ipv4_frame(MAC, &fl, 1000, &[1; 100])); // 1000..1100
+        push_tx(&m, &txq, 2, &ipv4_frame(MAC, &fl, 1000, &[1; 100])); // all again
+        push_tx(&m, &txq, 4, &ipv4_frame(MAC, &fl, 1060, &[1; 100])); // 40 again
+        push_tx(&m, &txq, 6, &ipv4_frame(MAC, &fl, 1160, &[1; 10])); // new
+        let (mut d, _b) = activated(&m, &rxq, &txq);
+        let mut rec = Recorder::default();
+        d.queue_notifiers()[TX_QUEUE].post(Some(1));
+
+        d.process_tx(&mut rec);
+
+        let r: Vec<_> = rec.nets.iter().map(|c| c.retransmitted_bytes).collect();
+        assert_eq!(r, vec![0, 100, 40, 0]);
+        assert_eq!(d.stats().tx_retransmitted_bytes, 140);
+    }
+
+    #[test]
+    fn malformed_tx_chains_are_counted_and_consumed() {
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        // Header too short: 8 bytes only.
+        push_chain(&txq, 0, &[(TX_BUFS, 8, 0)]);
+        // A device-writable descriptor in a TX chain.
+        push_chain(&txq, 1, &[(TX_BUFS, 12, 0), (TX_BUFS + 0x100, 64, WRITE)]);
+        // Longer than MAX_FRAME_LEN: two 40000-byte reads of the same buffer.
+        push_chain(&txq, 3, &[(TX_BUFS, 40_000, 0), (TX_BUFS, 40_000, 0)]);
+        // Outside guest memory.
+        push_chain(&txq, 5, &[(0x20_0000, 100, 0)]);
+        let (mut d, b) = activated(&m, &rxq, &txq);
+        let mut rec = Recorder::default();
+        d.queue_notifiers()[TX_QUEUE].post(Some(4));
+
+        let out = d.process_tx(&mut rec);
+
+        assert_eq!((out.chains, out.frames, out.dropped), (4, 0, 4));
+        assert_eq!((d.stats().tx_malformed, d.stats().tx_too_long), (3, 1));
+        assert!(b.0.lock().unwrap().from_guest.is_empty());
+        assert_eq!(txq.used().idx().load(), 4);
+        assert!(rec
+            .nets
+            .iter()
+            .all(|c| c.frames == 0 && c.bytes == 0 && c.tag == Some(4)));
+    }
+
+    #[test]
+    fn a_refused_backend_write_drops_the_frame() {
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        push_tx(&m, &txq, 0, &ipv4_frame(MAC, &guest_flow(), 1, &[1; 10]));
+        let (mut d, b) = activated(&m, &rxq, &txq);
+        b.0.lock().unwrap().fail_writes = true;
+        d.queue_notifiers()[TX_QUEUE].post(None);
+
+        let out = d.process_tx(&mut Recorder::default());
+
+        assert_eq!((out.frames, out.dropped, d.stats().tx_backend_errors), (0, 1, 1));
+        assert_eq!(txq.used().idx().load(), 1);
+    }
+
+    /// Sends one frame of `flow` under `tag` so the device learns it.
+    fn learn(
+        d: &mut NetDevice,
+        m: &GuestMemoryMmap,
+        txq: &MockSplitQueue<GuestMemoryMmap>,
+        flow: &FiveTuple,
+        tag: u64,
+    ) {
+        push_tx(m, txq, 0, &ipv4_frame(MAC, flow, 1, &[1; 10]));
+        d.queue_notifiers()[TX_QUEUE].post(Some(tag));
+        d.process_tx(&mut Recorder::default());
+    }
+
+    #[test]
+    fn rx_of_a_learned_flow_is_charged_to_its_tag() {
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let (mut d, b) = activated(&m, &rxq, &txq);
+        learn(&mut d, &m, &txq, &guest_flow(), 42);
+        let reply = ipv4_frame([2, 0, 0, 0, 0, 1], &guest_flow().reversed(), 7, &[5; 200]);
+        let mut from_tap = vec![0xee; VNET_HDR_LEN]; // whatever the TAP put there
+        from_tap.extend_from_slice(&reply);
+        b.0.lock().unwrap().to_guest.push_back(from_tap);
+        let addr = push_rx(&rxq, 0, 2048);
+        let mut rec = Recorder::default();
+
+        let out = d.process_rx(&mut rec);
+
+        assert_eq!((out.chains, out.frames, out.interrupted), (1, 1, true));
+        let len = VNET_HDR_LEN + reply.len();
+        assert_eq!(used(&rxq, 0), (0, u32::try_from(len).unwrap()));
+        let mut got = vec![0u8; len];
+        m.read_slice(&mut got, GuestAddress(addr)).unwrap();
+        let mut want_hdr = [0u8; VNET_HDR_LEN];
+        want_hdr[NUM_BUFFERS_AT] = 1;
+        assert_eq!(got[..VNET_HDR_LEN], want_hdr);
+        assert_eq!(got[VNET_HDR_LEN..], reply[..]);
+        let c = rec.nets[0];
+        assert_eq!(
+            (c.tag, c.dir, c.frames, c.bytes, c.attributed_by_flow),
+            (Some(42), NetDir::Rx, 1, u64::try_from(reply.len()).unwrap(), true)
+        );
+        assert_eq!(rec.interrupts, vec![Some(42)]);
+    }
+
+    #[test]
+    fn rx_of_an_unknown_flow_is_unattributed() {
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let (mut d, b) = activated(&m, &rxq, &txq);
+        learn(&mut d, &m, &txq, &guest_flow(), 42);
+        let other = tcp([10, 0, 0, 9], 22, [10, 0, 0, 2], 5000);
+        b.0.lock().unwrap().to_guest.push_back(with_header(&ipv4_frame(
+            [2, 0, 0, 0, 0, 1],
+            &other,
+            0,
+            &[1; 5],
+        )));
+        push_rx(&rxq, 0, 2048);
+        let mut rec = Recorder::default();
+
+        d.process_rx(&mut rec);
+
+        assert_eq!((rec.nets[0].tag, rec.nets[0].attributed_by_flow), (None, false));
+        assert_eq!(d.stats().rx_unattributed, 1);
+    }
+
+    #[test]
+    fn without_rx_buffers_frames_stay_in_the_backend() {
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let (mut d, b) = activated(&m, &rxq, &txq);
+        b.0.lock().unwrap().to_guest.push_back(with_header(&ipv4_frame(
+            [2, 0, 0, 0, 0, 1],
+            &guest_flow(),
+            0,
+            &[1; 5],
+        )));
+        let mut rec = Recorder::default();
+
+        let out = d.process_rx(&mut rec);
+
+        assert!(out.rx_stalled);
+        assert_eq!(b.0.lock().unwrap().to_guest.len(), 1);
+        assert!(rec.nets.is_empty() && rec.interrupts.is_empty());
+        // The guest posts a buffer (and notifies): now it is delivered.
+        push_rx(&rxq, 0, 2048);
+        let out = d.process_rx(&mut rec);
+        assert_eq!(out.frames, 1);
+        assert!(b.0.lock().unwrap().to_guest.is_empty());
+    }
+
+    #[test]
+    fn malformed_or_small_rx_chains_never_panic() {
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let (mut d, b) = activated(&m, &rxq, &txq);
+        let frame = with_header(&ipv4_frame([2, 0, 0, 0, 0, 1], &guest_flow(), 0, &[1; 100]));
+        b.0.lock().unwrap().to_guest.extend([frame.clone(), frame]);
+        // A device-readable RX buffer, then one too small, then a good one.
+        push_chain(&rxq, 0, &[(RX_BUFS, 2048, 0)]);
+        push_rx(&rxq, 1, 20);
+        push_rx(&rxq, 2, 2048);
+        let mut rec = Recorder::default();
+
+        let out = d.process_rx(&mut rec);
+
+        // The first frame survives the malformed chain, dies on the small one;
+        // the second is delivered.
+        assert_eq!((out.chains, out.frames, out.dropped), (3, 1, 2));
+        assert_eq!((d.stats().rx_malformed, d.stats().rx_dropped), (1, 1));
+        assert_eq!((used(&rxq, 0).1, used(&rxq, 1).1), (0, 0));
+        assert_eq!(rec.nets.len(), 1);
+    }
+
+    #[test]
+    fn config_space_holds_the_mac_and_features_are_offered() {
+        let d = NetDevice::new(Box::new(MemBackend::default()), MAC).unwrap();
+        let mut mac = [0u8; 6];
+
+        assert!(d.read_config(0, &mut mac));
+        assert!(!d.read_config(4, &mut [0u8; 4]));
+
+        assert_eq!(mac, MAC);
+        assert_eq!(d.device_type(), VIRTIO_ID_NET);
+        assert_eq!(
+            d.avail_features(),
+            (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MAC)
+        );
+        assert_eq!(d.queue_max_sizes(), &[QUEUE_SIZE, QUEUE_SIZE]);
+    }
+
+    #[test]
+    fn inactive_device_ignores_notifications() {
+        let mut d = NetDevice::new(Box::new(MemBackend::default()), MAC).unwrap();
+        d.queue_notifiers()[TX_QUEUE].post(Some(1));
+
+        assert_eq!(d.process_tx(&mut Recorder::default()).chains, 0);
+        assert!(d.process_rx(&mut Recorder::default()).rx_stalled);
+        assert_eq!(d.stats().ignored_notifications, 2);
+    }
+
+    #[test]
+    fn bogus_avail_index_is_refused() {
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        txq.avail().idx().store(100);
+        let (mut d, _b) = activated(&m, &rxq, &txq);
+        d.queue_notifiers()[TX_QUEUE].post(None);
+
+        assert_eq!(d.process_tx(&mut Recorder::default()).chains, 0);
+        assert_eq!(d.stats().queue_errors, 1);
+    }
+}

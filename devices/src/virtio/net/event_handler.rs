@@ -1,0 +1,194 @@
+//! Event-loop wiring of the network device.
+//!
+//! `NetHandler` is an `event_manager::MutEventSubscriber` over three
+//! sources: the RX queue's notify `EventFd` (the guest posted receive
+//! buffers), the TX queue's (the guest sent frames), and the backend's
+//! descriptor (frames wait to be received). The backend descriptor is
+//! level-triggered, so when RX stalls for want of receive buffers the
+//! handler stops watching it and waits for the RX notify before watching it
+//! again: frames wait in the TAP meanwhile, and the loop does not spin.
+
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
+
+use accounting::warn_rl;
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+
+use super::device::{NetDevice, ProcessStats, RX_QUEUE, TX_QUEUE};
+use crate::virtio::{Charger, QueueNotifier, VirtioDevice};
+
+/// Event data of the backend descriptor (queues use their index).
+const BACKEND: u32 = 2;
+
+/// The network device's subscriber on the device event loop.
+pub struct NetHandler {
+    device: Arc<Mutex<NetDevice>>,
+    notifiers: Vec<Arc<QueueNotifier>>,
+    backend_fd: Option<RawFd>,
+    /// Whether the backend descriptor is in the epoll set.
+    watching_backend: bool,
+    charger: Box<dyn Charger + Send>,
+    spurious: u64,
+}
+
+impl std::fmt::Debug for NetHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetHandler")
+            .field("backend_fd", &self.backend_fd)
+            .field("watching_backend", &self.watching_backend)
+            .field("spurious", &self.spurious)
+            .finish()
+    }
+}
+
+impl NetHandler {
+    /// A subscriber for `device` (the one the transport drives) that
+    /// charges through `charger`.
+    pub fn new(device: Arc<Mutex<NetDevice>>, charger: Box<dyn Charger + Send>) -> Self {
+        let (notifiers, backend_fd) = {
+            let d = device.lock().unwrap_or_else(|e| e.into_inner());
+            (d.queue_notifiers(), d.backend_fd())
+        };
+        Self {
+            device,
+            notifiers,
+            backend_fd,
+            watching_backend: false,
+            charger,
+            spurious: 0,
+        }
+    }
+
+    /// Events that named no source or carried no input.
+    pub fn spurious(&self) -> u64 {
+        self.spurious
+    }
+
+    /// Whether the backend descriptor is watched (false while RX is stalled).
+    pub fn watching_backend(&self) -> bool {
+        self.watching_backend
+    }
+
+    /// Sends the TX queue's frames, as if its eventfd had fired.
+    pub fn handle_tx(&mut self) -> ProcessStats {
+        // Non-blocking: EAGAIN when a previous batch already drained it.
+        let _ = self.notifiers[TX_QUEUE].eventfd().read();
+        let mut device = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        device.process_tx(self.charger.as_mut())
+    }
+
+    /// Receives into the RX queue, as if the backend or the RX eventfd had fired.
+    pub fn handle_rx(&mut self) -> ProcessStats {
+        let _ = self.notifiers[RX_QUEUE].eventfd().read();
+        let mut device = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        device.process_rx(self.charger.as_mut())
+    }
+
+    fn backend_events(&self) -> Option<Events> {
+        let fd = self.backend_fd?;
+        Some(Events::with_data_raw(fd, BACKEND, EventSet::IN))
+    }
+
+    fn watch_backend(&mut self, ops: &mut EventOps, on: bool) {
+        let Some(ev) = self.backend_events() else {
+            return;
+        };
+        if on == self.watching_backend {
+            return;
+        }
+        let r = if on { ops.add(ev) } else { ops.remove(ev) };
+        match r {
+            Ok(()) => self.watching_backend = on,
+            Err(e) => warn_rl!("virtio-net: cannot (un)watch the backend: {e:?}"),
+        }
+    }
+}
+
+impl MutEventSubscriber for NetHandler {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, n) in (0u32..).zip(self.notifiers.iter()) {
+            if let Err(e) = ops.add(Events::with_data(n.eventfd(), i, EventSet::IN)) {
+                log::error!("virtio-net: cannot register queue {i} eventfd: {e:?}");
+            }
+        }
+        // Until the driver posts receive buffers (and notifies), there is
+        // nowhere to put frames: the backend is watched from the first RX notify.
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let set = events.event_set();
+        if !set.contains(EventSet::IN) {
+            self.spurious += 1;
+            warn_rl!("virtio-net: unexpected event set {set:?}");
+            if events.data() == BACKEND && set.intersects(EventSet::HANG_UP | EventSet::ERROR) {
+                self.watch_backend(ops, false);
+            }
+            return;
+        }
+        match events.data() {
+            d if usize::try_from(d).ok() == Some(TX_QUEUE) => {
+                self.handle_tx();
+            }
+            d if usize::try_from(d).ok() == Some(RX_QUEUE) => {
+                let out = self.handle_rx();
+                self.watch_backend(ops, !out.rx_stalled);
+            }
+            BACKEND => {
+                let out = self.handle_rx();
+                if out.rx_stalled {
+                    self.watch_backend(ops, false);
+                }
+            }
+            _ => self.spurious += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::device::tests::{activated, mem, push_tx, queues, used, with_header, Recorder, MAC};
+    use super::super::frame::tests::{ipv4_frame, tcp};
+    use super::*;
+    use crate::virtio::NetDir;
+    use event_manager::{EventManager, SubscriberOps};
+
+    #[test]
+    fn event_loop_sends_a_notified_tx_frame_and_charges_the_notifier() {
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let f = ipv4_frame(MAC, &tcp([10, 0, 0, 2], 1, [10, 0, 0, 1], 2), 1, &[3; 64]);
+        push_tx(&m, &txq, 0, &f);
+        let (d, backend) = activated(&m, &rxq, &txq);
+        let device = Arc::new(Mutex::new(d));
+        let notifiers = device.lock().unwrap().queue_notifiers();
+        let recorder = Arc::new(Mutex::new(Recorder::default()));
+        let mut em = EventManager::<NetHandler>::new().unwrap();
+        em.add_subscriber(NetHandler::new(device.clone(), Box::new(recorder.clone())));
+
+        notifiers[TX_QUEUE].post_at(Some(9), Some(1));
+        let dispatched = em.run_with_timeout(1000).unwrap();
+
+        assert_eq!(dispatched, 1);
+        assert_eq!(backend.0.lock().unwrap().from_guest, vec![with_header(&f)]);
+        assert_eq!(used(&txq, 0), (0, 0));
+        let rec = recorder.lock().unwrap();
+        let got: Vec<_> = rec.nets.iter().map(|c| (c.tag, c.dir, c.bytes)).collect();
+        assert_eq!(got, vec![(Some(9), NetDir::Tx, u64::try_from(f.len()).unwrap())]);
+        assert_eq!(rec.interrupts, vec![Some(9)]);
+    }
+
+    #[test]
+    fn an_rx_notify_with_no_frames_leaves_nothing_charged() {
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let (d, _backend) = activated(&m, &rxq, &txq);
+        let device = Arc::new(Mutex::new(d));
+        let mut h = NetHandler::new(device, Box::new(Recorder::default()));
+
+        let out = h.handle_rx();
+
+        assert_eq!((out.chains, out.frames), (0, 0));
+        assert!(!h.watching_backend());
+        assert_eq!(h.spurious(), 0);
+    }
+}
