@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -78,6 +78,63 @@ pub enum ActivateError {
     /// The device is already active.
     #[error("device already activated")]
     AlreadyActive,
+}
+
+/// A device's state: inactive until the driver sets DRIVER_OK; then it owns
+/// guest memory and its queues.
+#[derive(Debug)]
+pub enum DeviceState {
+    /// No queues yet (or reset).
+    Inactive,
+    /// The driver set DRIVER_OK.
+    Activated {
+        /// Guest memory.
+        mem: GuestMemoryMmap,
+        /// The queues, validated by the transport.
+        queues: Vec<Queue>,
+    },
+}
+
+impl DeviceState {
+    /// Activates with `queues` after the checks every device makes: not
+    /// already active, as many queues as the device declared (`expected`),
+    /// every one ready.
+    pub fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        expected: usize,
+    ) -> Result<(), ActivateError> {
+        if matches!(self, Self::Activated { .. }) {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if queues.len() != expected {
+            return Err(ActivateError::QueueCount {
+                expected,
+                got: queues.len(),
+            });
+        }
+        if let Some(i) = queues.iter().position(|q| !q.ready()) {
+            return Err(ActivateError::QueueNotReady(i));
+        }
+        *self = Self::Activated { mem, queues };
+        Ok(())
+    }
+}
+
+/// Copies `data.len()` bytes of a device's configuration space `config`
+/// from `offset`; false (nothing copied) when the access does not fit.
+pub fn read_config(config: &[u8], offset: u64, data: &mut [u8]) -> bool {
+    let src = usize::try_from(offset)
+        .ok()
+        .and_then(|o| config.get(o..o.checked_add(data.len())?));
+    match src {
+        Some(src) => {
+            data.copy_from_slice(src);
+            true
+        }
+        None => false,
+    }
 }
 
 /// A virtio device behind a transport.

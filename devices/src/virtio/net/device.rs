@@ -108,19 +108,7 @@ pub struct ProcessStats {
     pub rx_stalled: bool,
 }
 
-/// Inactive until the driver sets DRIVER_OK; then it owns memory and queues.
-#[derive(Debug)]
-pub enum DeviceState {
-    /// No queues yet (or reset).
-    Inactive,
-    /// The driver set DRIVER_OK.
-    Activated {
-        /// Guest memory.
-        mem: GuestMemoryMmap,
-        /// RX and TX, validated by the transport.
-        queues: Vec<Queue>,
-    },
-}
+pub use crate::virtio::DeviceState;
 
 /// Why a TX chain is not a header and a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -613,17 +601,7 @@ impl VirtioDevice for NetDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) -> bool {
-        let config = self.config();
-        let src = usize::try_from(offset)
-            .ok()
-            .and_then(|o| config.get(o..o.checked_add(data.len())?));
-        match src {
-            Some(src) => {
-                data.copy_from_slice(src);
-                true
-            }
-            None => false,
-        }
+        crate::virtio::read_config(&self.config(), offset, data)
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) -> bool {
@@ -636,20 +614,8 @@ impl VirtioDevice for NetDevice {
         queues: Vec<Queue>,
         acked: u64,
     ) -> Result<(), ActivateError> {
-        if matches!(self.state, DeviceState::Activated { .. }) {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if queues.len() != self.queue_max_sizes.len() {
-            return Err(ActivateError::QueueCount {
-                expected: self.queue_max_sizes.len(),
-                got: queues.len(),
-            });
-        }
-        if let Some(i) = queues.iter().position(|q| !q.ready()) {
-            return Err(ActivateError::QueueNotReady(i));
-        }
+        self.state.activate(mem, queues, self.queue_max_sizes.len())?;
         self.acked_features = acked;
-        self.state = DeviceState::Activated { mem, queues };
         Ok(())
     }
 
