@@ -29,7 +29,7 @@ use std::time::Instant;
 use crate::abi::RingEntry;
 use crate::errors::{GuestError, GuestErrors};
 use crate::registry::{Limits, Registry, Resolved};
-use crate::resource::{BlockWork, Charges, Counters, ExitReason};
+use crate::resource::{BlockWork, Charges, Counters, ExitReason, NetCharge};
 
 /// Tag cache entries per writer.
 const CACHE_SLOTS: usize = 8;
@@ -261,6 +261,22 @@ impl Writer {
         if let Some(req) = &r.request {
             // Only the device thread charges block work: single writer.
             req.add_block_single_writer(work);
+        }
+        if let Some(e) = r.error {
+            self.acct.errors.inc(e);
+        }
+    }
+
+    /// Charges one frame's network work to `tag` (`None`: unattributed).
+    /// Only the device thread charges network work: single writer on
+    /// request blocks too.
+    pub fn charge_net(&mut self, tag: Option<u64>, work: &NetCharge) {
+        let id = self.id;
+        self.acct.writer_totals[id].add_net_single_writer(work);
+        let r = self.resolve(tag);
+        r.container_cells.col(id).add_net_single_writer(work);
+        if let Some(req) = &r.request {
+            req.add_net_single_writer(work);
         }
         if let Some(e) = r.error {
             self.acct.errors.inc(e);

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ledger::Accounting;
 use crate::registry::{Limits, Registry, RegistryStats, Request};
-use crate::resource::{BlockCharge, Charges, ExitCharge, ExitReason, Provenance};
+use crate::resource::{BlockCharge, Charges, ExitCharge, ExitReason, NetCharge, Provenance};
 
 /// Schema identifier of the JSON report.
 pub const SCHEMA: &str = "resourceful.report/v1";
@@ -71,6 +71,9 @@ pub struct ChargesReport {
     /// Interrupts injected.
     #[serde(default)]
     pub interrupts: u64,
+    /// Network device work.
+    #[serde(default)]
+    pub net: NetCharge,
 }
 
 impl From<&Charges> for ChargesReport {
@@ -85,6 +88,7 @@ impl From<&Charges> for ChargesReport {
             run_samples: c.run_samples,
             block: c.block,
             interrupts: c.interrupts,
+            net: c.net,
         }
     }
 }
@@ -356,6 +360,21 @@ fn conservation(total: &Charges, sum: &Charges) -> Conservation {
         ("block.device_ns", tb.device_ns, sb.device_ns),
         ("block.latency_ns", tb.latency_ns, sb.latency_ns),
         ("interrupts", total.interrupts, sum.interrupts),
+        ("net.tx_frames", total.net.tx_frames, sum.net.tx_frames),
+        ("net.tx_bytes", total.net.tx_bytes, sum.net.tx_bytes),
+        ("net.rx_frames", total.net.rx_frames, sum.net.rx_frames),
+        ("net.rx_bytes", total.net.rx_bytes, sum.net.rx_bytes),
+        ("net.host_ns", total.net.host_ns, sum.net.host_ns),
+        (
+            "net.retransmitted_bytes",
+            total.net.retransmitted_bytes,
+            sum.net.retransmitted_bytes,
+        ),
+        (
+            "net.spoofed_frames",
+            total.net.spoofed_frames,
+            sum.net.spoofed_frames,
+        ),
     ] {
         lines.push(ConservationLine {
             resource: name.into(),
@@ -592,6 +611,35 @@ impl Report {
                 block_row(&mut s, &c.path, &c.charges);
             }
             block_row(&mut s, "= tenant total", &self.totals);
+        }
+        if self.totals.net.tx_frames + self.totals.net.rx_frames > 0 {
+            let _ = writeln!(
+                s,
+                "\n{:<28} {:>8} {:>10} {:>8} {:>10} {:>9} {:>9} {:>7}",
+                "NET", "TX", "TX_KIB", "RX", "RX_KIB", "HOST_MS", "RETX_KIB", "SPOOFED"
+            );
+            let net_row = |s: &mut String, name: &str, n: &NetCharge| {
+                let _ = writeln!(
+                    s,
+                    "{:<28} {:>8} {:>10.1} {:>8} {:>10.1} {:>9.3} {:>9.1} {:>7}",
+                    name,
+                    n.tx_frames,
+                    n.tx_bytes as f64 / 1024.0,
+                    n.rx_frames,
+                    n.rx_bytes as f64 / 1024.0,
+                    ms(n.host_ns),
+                    n.retransmitted_bytes as f64 / 1024.0,
+                    n.spoofed_frames,
+                );
+            };
+            for c in self
+                .containers
+                .iter()
+                .filter(|c| c.charges.net.tx_frames + c.charges.net.rx_frames > 0)
+            {
+                net_row(&mut s, &c.path, &c.charges.net);
+            }
+            net_row(&mut s, "= tenant total", &self.totals.net);
         }
         if !self.requests.is_empty() && max_requests > 0 {
             let mut top: Vec<&RequestReport> = self.requests.iter().collect();

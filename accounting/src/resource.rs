@@ -132,6 +132,53 @@ impl BlockCharge {
     }
 }
 
+/// Network device work, summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetCharge {
+    /// Frames the guest sent (spoofed ones included).
+    pub tx_frames: u64,
+    /// Their bytes (Ethernet frames, without the virtio-net header).
+    pub tx_bytes: u64,
+    /// Frames delivered to the guest.
+    pub rx_frames: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Device thread CPU ns spent on the frames (the TAP reads and writes
+    /// and their processing).
+    pub host_ns: u64,
+    /// TCP payload bytes sent again (a sequence range already sent on the
+    /// flow).
+    pub retransmitted_bytes: u64,
+    /// Frames dropped because their source MAC was not the device's.
+    pub spoofed_frames: u64,
+}
+
+impl NetCharge {
+    fn add(&mut self, o: &NetCharge) {
+        self.tx_frames += o.tx_frames;
+        self.tx_bytes += o.tx_bytes;
+        self.rx_frames += o.rx_frames;
+        self.rx_bytes += o.rx_bytes;
+        self.host_ns += o.host_ns;
+        self.retransmitted_bytes += o.retransmitted_bytes;
+        self.spoofed_frames += o.spoofed_frames;
+    }
+
+    /// The counter deltas of one frame's work, indexed like `Counters::net`.
+    fn deltas(&self) -> [u64; 7] {
+        [
+            self.tx_frames,
+            self.tx_bytes,
+            self.rx_frames,
+            self.rx_bytes,
+            self.host_ns,
+            self.retransmitted_bytes,
+            self.spoofed_frames,
+        ]
+    }
+}
+
 /// One block request, as a device reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockWork {
@@ -170,6 +217,8 @@ pub struct Charges {
     pub block: BlockCharge,
     /// Interrupts injected into the guest.
     pub interrupts: u64,
+    /// Network device work.
+    pub net: NetCharge,
 }
 
 impl Charges {
@@ -193,6 +242,7 @@ impl Charges {
         self.run_samples += other.run_samples;
         self.block.add(&other.block);
         self.interrupts += other.interrupts;
+        self.net.add(&other.net);
     }
 
     /// Whether nothing was charged.
@@ -219,6 +269,9 @@ pub struct Counters {
     /// written, device ns, latency ns.
     block: [AtomicU64; 9],
     interrupts: AtomicU64,
+    /// Net: tx frames, tx bytes, rx frames, rx bytes, host ns, retransmitted
+    /// bytes, spoofed frames.
+    net: [AtomicU64; 7],
 }
 
 const BLK_ERRORS: usize = 4;
@@ -301,6 +354,15 @@ impl Counters {
         }
     }
 
+    /// Adds one frame's network work. Only the block's single writer.
+    pub fn add_net_single_writer(&self, w: &NetCharge) {
+        for (cell, d) in self.net.iter().zip(w.deltas()) {
+            if d != 0 {
+                add_single_writer(cell, d);
+            }
+        }
+    }
+
     /// Adds one injected interrupt. Only the block's single writer.
     pub fn add_interrupt_single_writer(&self) {
         add_single_writer(&self.interrupts, 1);
@@ -332,6 +394,16 @@ impl Counters {
             latency_ns: b[BLK_LATENCY_NS],
         });
         out.interrupts += self.interrupts.load(Relaxed);
+        let n: [u64; 7] = std::array::from_fn(|i| self.net[i].load(Relaxed));
+        out.net.add(&NetCharge {
+            tx_frames: n[0],
+            tx_bytes: n[1],
+            rx_frames: n[2],
+            rx_bytes: n[3],
+            host_ns: n[4],
+            retransmitted_bytes: n[5],
+            spoofed_frames: n[6],
+        });
     }
 
     /// This block's current values.
@@ -413,7 +485,7 @@ mod tests {
     #[test]
     fn counter_block_is_cache_line_sized_and_aligned() {
         assert_eq!(std::mem::align_of::<Counters>(), 64);
-        assert_eq!(std::mem::size_of::<Counters>(), 256);
+        assert_eq!(std::mem::size_of::<Counters>(), 320);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! column), so device charges never share a cache line with a vCPU's.
 
 use accounting::ledger::Writer;
-use accounting::resource::{BlockOp, BlockWork};
+use accounting::resource::{BlockOp, BlockWork, NetCharge};
 use devices::virtio::{self, BlockCharge, Charger};
 
 /// Charges device work to the principals the devices name.
@@ -34,6 +34,23 @@ pub fn block_op(op: virtio::BlockOp) -> BlockOp {
     }
 }
 
+/// The books' form of one frame's network work.
+pub fn net_work(c: &virtio::NetCharge) -> NetCharge {
+    let (tx, rx) = match c.dir {
+        virtio::NetDir::Tx => ((c.frames, c.bytes), (0, 0)),
+        virtio::NetDir::Rx => ((0, 0), (c.frames, c.bytes)),
+    };
+    NetCharge {
+        tx_frames: tx.0,
+        tx_bytes: tx.1,
+        rx_frames: rx.0,
+        rx_bytes: rx.1,
+        host_ns: c.host_ns,
+        retransmitted_bytes: c.retransmitted_bytes,
+        spoofed_frames: if c.spoofed { c.frames.max(1) } else { 0 },
+    }
+}
+
 impl Charger for BooksCharger {
     fn charge_block(&mut self, c: &BlockCharge) {
         if let Some(w) = self.writer.as_mut() {
@@ -48,6 +65,12 @@ impl Charger for BooksCharger {
         }
     }
 
+    fn charge_net(&mut self, c: &virtio::NetCharge) {
+        if let Some(w) = self.writer.as_mut() {
+            w.charge_net(c.tag, &net_work(c));
+        }
+    }
+
     fn charge_interrupt(&mut self, tag: Option<u64>) {
         if let (Some(w), true) = (self.writer.as_mut(), self.interrupts_delivered) {
             w.charge_interrupt(tag);
@@ -58,6 +81,49 @@ impl Charger for BooksCharger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn net_charges_map_by_direction_and_count_spoofing() {
+        let tx = virtio::NetCharge {
+            tag: None,
+            dir: virtio::NetDir::Tx,
+            frames: 1,
+            bytes: 142,
+            host_ns: 5,
+            wall_ns: 9,
+            retransmitted_bytes: 100,
+            spoofed: false,
+            attributed_by_flow: false,
+        };
+        let w = net_work(&tx);
+        assert_eq!(
+            (
+                w.tx_frames,
+                w.tx_bytes,
+                w.rx_frames,
+                w.retransmitted_bytes,
+                w.spoofed_frames
+            ),
+            (1, 142, 0, 100, 0)
+        );
+        let rx = virtio::NetCharge {
+            dir: virtio::NetDir::Rx,
+            spoofed: false,
+            ..tx
+        };
+        assert_eq!(
+            (
+                net_work(&rx).rx_frames,
+                net_work(&rx).rx_bytes,
+                net_work(&rx).tx_frames
+            ),
+            (1, 142, 0)
+        );
+        assert_eq!(
+            net_work(&virtio::NetCharge { spoofed: true, ..tx }).spoofed_frames,
+            1
+        );
+    }
     use accounting::abi::{tag, EntryKind, RingEntry};
     use accounting::ledger::Accounting;
     use accounting::registry::Limits;

@@ -109,6 +109,61 @@ impl std::str::FromStr for DiskConfig {
     }
 }
 
+/// A virtio-net interface backed by a TAP device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The TAP interface: opened if it exists, created (and gone with the
+    /// VMM) if not.
+    pub tap: String,
+    /// The guest's MAC address; frames with another source are dropped.
+    #[serde(default = "default_mac")]
+    pub mac: [u8; 6],
+}
+
+/// MAC given to a guest interface when none is set: locally administered.
+pub const DEFAULT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+fn default_mac() -> [u8; 6] {
+    DEFAULT_MAC
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = String;
+
+    /// `tap=NAME[,mac=XX:XX:XX:XX:XX:XX]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = "use --net tap=NAME[,mac=02:00:00:00:00:02]";
+        let (mut tap, mut mac) = (None, DEFAULT_MAC);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("tap", name)) => tap = Some(name.to_string()),
+                Some(("mac", m)) => mac = parse_mac(m).ok_or_else(|| format!("bad MAC `{m}`: {usage}"))?,
+                _ => return Err(format!("unknown --net option `{part}`: {usage}")),
+            }
+        }
+        let tap = tap.ok_or_else(|| format!("--net needs a TAP name: {usage}"))?;
+        devices::virtio::net::validate_name(&tap).map_err(|e| format!("{e}: {usage}"))?;
+        if mac[0] & 1 != 0 {
+            return Err(format!("MAC {m} is a multicast address: {usage}", m = s));
+        }
+        Ok(Self { tap, mac })
+    }
+}
+
 /// Where the serial console goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -149,6 +204,9 @@ pub struct VmConfig {
     /// virtio-blk disks, in the order their devices are placed.
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// virtio-net interfaces, placed after the disks.
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
     /// Bounds on guest-declared state.
     #[serde(default)]
     pub limits: Limits,
@@ -176,6 +234,8 @@ pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off 
 pub const MAX_MEM_MIB: u64 = 1 << 20;
 /// Most virtio-blk disks per VM (their IRQs are 5..5+MAX_DISKS).
 pub const MAX_DISKS: usize = 8;
+/// Most virtio devices per VM (disks and network interfaces together).
+pub const MAX_VIRTIO: usize = 8;
 /// Smallest guest RAM accepted, in MiB.
 pub const MIN_MEM_MIB: u64 = 16;
 
@@ -194,6 +254,9 @@ pub enum ConfigError {
     /// Too many disks.
     #[error("{0} disks is too many: pass at most {MAX_DISKS} --disk flags")]
     Disks(usize),
+    /// Too many virtio devices.
+    #[error("{0} virtio devices is too many: at most {MAX_VIRTIO} --disk and --net flags together")]
+    Virtio(usize),
     /// Bad sampling interval.
     #[error("sample interval {0} µs is out of range: use 100 to 1000000")]
     SampleInterval(u64),
@@ -211,6 +274,7 @@ impl VmConfig {
             tenant: "default".into(),
             console: ConsoleTarget::Stdout,
             disks: Vec::new(),
+            nets: Vec::new(),
             limits: Limits::default(),
             accounting: true,
             sample_interval_us: DEFAULT_SAMPLE_US,
@@ -235,6 +299,9 @@ impl VmConfig {
         }
         if self.disks.len() > MAX_DISKS {
             return Err(ConfigError::Disks(self.disks.len()));
+        }
+        if self.disks.len() + self.nets.len() > MAX_VIRTIO {
+            return Err(ConfigError::Virtio(self.disks.len() + self.nets.len()));
         }
         if !(100..=1_000_000).contains(&self.sample_interval_us) {
             return Err(ConfigError::SampleInterval(self.sample_interval_us));
@@ -299,6 +366,27 @@ mod tests {
             .parse::<DiskConfig>()
             .unwrap_err()
             .contains("--disk PATH"));
+    }
+
+    #[test]
+    fn net_flags_parse_tap_and_mac() {
+        let n: NetConfig = "tap=tap0".parse().unwrap();
+        assert_eq!((n.tap.as_str(), n.mac), ("tap0", DEFAULT_MAC));
+        let n: NetConfig = "tap=tap1,mac=02:aa:bb:cc:dd:ee".parse().unwrap();
+        assert_eq!(n.mac, [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]);
+        for bad in [
+            "",
+            "mac=02:00:00:00:00:01",
+            "tap=a/b",
+            "tap=t,mac=zz:00:00:00:00:00",
+            "tap=t,mac=01:00:00:00:00:00",
+            "tap=t,x=1",
+        ] {
+            assert!(
+                bad.parse::<NetConfig>().unwrap_err().contains("--net tap=NAME"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

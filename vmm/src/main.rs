@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use accounting::registry::Limits;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use vmm::config::{Builtin, ConsoleTarget, DiskConfig, KernelSource, VmConfig, DEFAULT_SAMPLE_US};
+use vmm::config::{Builtin, ConsoleTarget, DiskConfig, KernelSource, NetConfig, VmConfig, DEFAULT_SAMPLE_US};
 use vmm::vcpu::exit::VmEnd;
 
 #[derive(Parser)]
@@ -81,6 +81,9 @@ struct RunArgs {
     /// A virtio-blk disk backed by a raw file; repeat for more disks.
     #[arg(long = "disk", value_name = "PATH[,readonly]")]
     disks: Vec<DiskConfig>,
+    /// A virtio-net interface on a TAP device (opened, or created if absent).
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    nets: Vec<NetConfig>,
     /// Kernel command line (default for Linux: console=ttyS0 reboot=k panic=1 pci=off ...;
     /// for the built-in test guest, e.g. scenario=basic).
     #[arg(long)]
@@ -172,6 +175,7 @@ fn main() -> ExitCode {
             let cfg = VmConfig {
                 initrd: a.initrd,
                 disks: a.disks,
+                nets: a.nets,
                 ..cfg
             };
             run_vm(cfg, &a.common)

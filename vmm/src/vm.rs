@@ -21,6 +21,8 @@ use devices::acct::{AcctDevice, TagRegion};
 use devices::bus::SharedDevice;
 use devices::legacy::{DebugPort, ExitPort, Serial, I8042};
 use devices::virtio::block::{BlockDevice, BlockHandler};
+use devices::virtio::net::{NetDevice, NetHandler};
+use devices::virtio::Charger;
 use devices::virtio::{MmioTransport, VirtioDevice, MMIO_LEN};
 use devices::{Bus, BusError};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -32,7 +34,9 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch;
 use crate::boot::{self, BootPlan, KernelKind};
 use crate::charger::BooksCharger;
-use crate::config::{ConfigError, ConsoleTarget, DiskConfig, KernelSource, VmConfig, DEFAULT_LINUX_CMDLINE};
+use crate::config::{
+    ConfigError, ConsoleTarget, DiskConfig, KernelSource, NetConfig, VmConfig, DEFAULT_LINUX_CMDLINE,
+};
 use crate::sampler::Sampler;
 use crate::vcpu::exit::{IoStats, VmEnd};
 use crate::vcpu::{self, Vcpu, VcpuShared};
@@ -124,6 +128,15 @@ pub enum VmError {
         #[source]
         source: devices::virtio::block::BlockError,
     },
+    /// A TAP device could not be opened.
+    #[error("cannot use the TAP device {tap}: check --net tap=NAME (root or CAP_NET_ADMIN is needed to create one)")]
+    Net {
+        /// The interface name.
+        tap: String,
+        /// The error.
+        #[source]
+        source: devices::virtio::net::NetError,
+    },
     /// A host resource (eventfd, thread, signal handler) was refused.
     #[error("host resource: {what}")]
     Host {
@@ -187,7 +200,7 @@ struct Devices {
     mmio: Bus,
     serial: Arc<Mutex<Serial>>,
     /// Event-loop subscribers of the virtio devices.
-    handlers: Vec<BlockHandler>,
+    handlers: Vec<Subscriber>,
 }
 
 /// Everything `build_devices` needs.
@@ -201,12 +214,45 @@ struct DeviceEnv<'a> {
     device_writer: usize,
 }
 
-fn build_disks(
+/// An event-loop subscriber (one per virtio device).
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Puts virtio device `dev` in slot `index`: its interrupt line (with an
+/// irqchip) and its transport on the MMIO bus.
+fn place_virtio<D: VirtioDevice + 'static>(
+    env: &DeviceEnv<'_>,
+    mmio: &mut Bus,
+    index: usize,
+    dev: D,
+) -> Result<Arc<Mutex<D>>, VmError> {
+    let (base, irq) = virtio_slot(index);
+    if env.with_irqchip {
+        env.vm
+            .register_irqfd(dev.interrupt().irqfd(), irq)
+            .map_err(kvm_err("connect a virtio interrupt"))?;
+    }
+    let dev = Arc::new(Mutex::new(dev));
+    let transport = MmioTransport::new(env.mem.clone(), Arc::clone(&dev));
+    mmio.insert(Arc::new(Mutex::new(transport)), base, MMIO_LEN)?;
+    Ok(dev)
+}
+
+/// The charger of the device thread's ledger column.
+fn device_charger(env: &DeviceEnv<'_>) -> Box<dyn Charger + Send> {
+    let writer = env.accounting.then(|| env.acct.writer(env.device_writer));
+    Box::new(BooksCharger::new(writer, env.with_irqchip))
+}
+
+/// The virtio devices: disks first, then network interfaces, in slot order
+/// (which is also their index for the guest's queue tag tables).
+fn build_virtio(
     env: &DeviceEnv<'_>,
     disks: &[DiskConfig],
+    nets: &[NetConfig],
     mmio: &mut Bus,
-) -> Result<Vec<BlockHandler>, VmError> {
-    let mut handlers = Vec::with_capacity(disks.len());
+) -> Result<Vec<Subscriber>, VmError> {
+    let index = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
+    let mut subscribers: Vec<Subscriber> = Vec::with_capacity(disks.len() + nets.len());
     for (i, disk) in disks.iter().enumerate() {
         let mut dev =
             BlockDevice::open(&disk.path, disk.read_only, &format!("rsrc-disk{i}")).map_err(|source| {
@@ -216,32 +262,28 @@ fn build_disks(
                 }
             })?;
         // Requests may carry the guest's explicit tags (queue tag tables).
-        dev.set_queue_tags(
-            env.region.queue_tag_reader(),
-            u32::try_from(i).unwrap_or(u32::MAX),
-        );
-        let (base, irq) = virtio_slot(i);
-        if env.with_irqchip {
-            env.vm
-                .register_irqfd(dev.interrupt().irqfd(), irq)
-                .map_err(kvm_err("connect a virtio interrupt"))?;
-        }
-        let dev = Arc::new(Mutex::new(dev));
-        let transport = MmioTransport::new(env.mem.clone(), Arc::clone(&dev));
-        mmio.insert(Arc::new(Mutex::new(transport)), base, MMIO_LEN)?;
-        let writer = env.accounting.then(|| env.acct.writer(env.device_writer));
-        handlers.push(BlockHandler::new(
-            dev,
-            Box::new(BooksCharger::new(writer, env.with_irqchip)),
-        ));
+        dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
+        let dev = place_virtio(env, mmio, i, dev)?;
+        subscribers.push(Arc::new(Mutex::new(BlockHandler::new(dev, device_charger(env)))));
     }
-    Ok(handlers)
+    for (j, net) in nets.iter().enumerate() {
+        let i = disks.len() + j;
+        let mut dev = NetDevice::open_tap(&net.tap, net.mac).map_err(|source| VmError::Net {
+            tap: net.tap.clone(),
+            source,
+        })?;
+        dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
+        let dev = place_virtio(env, mmio, i, dev)?;
+        subscribers.push(Arc::new(Mutex::new(NetHandler::new(dev, device_charger(env)))));
+    }
+    Ok(subscribers)
 }
 
 fn build_devices(
     env: &DeviceEnv<'_>,
     console: Box<dyn Write + Send>,
     disks: &[DiskConfig],
+    nets: &[NetConfig],
 ) -> Result<Devices, VmError> {
     let DeviceEnv {
         vm,
@@ -273,7 +315,7 @@ fn build_devices(
         abi::ACCT_MMIO_BASE,
         abi::ACCT_MMIO_SIZE,
     )?;
-    let handlers = build_disks(env, disks, &mut mmio)?;
+    let handlers = build_virtio(env, disks, nets, &mut mmio)?;
     Ok(Devices {
         pio,
         mmio,
@@ -357,7 +399,7 @@ fn stop_vcpus(stop: &AtomicBool, threads: &[(std::thread::JoinHandle<()>, Arc<Vc
 /// Runs the virtio devices' event loop on a thread of its own until `stop`.
 /// No thread is started when there are no devices.
 fn spawn_device_loop(
-    handlers: Vec<BlockHandler>,
+    handlers: Vec<Subscriber>,
     stop: Arc<AtomicBool>,
 ) -> Result<Option<std::thread::JoinHandle<()>>, VmError> {
     if handlers.is_empty() {
@@ -369,7 +411,7 @@ fn spawn_device_loop(
             source: std::io::Error::other(format!("{e:?}")),
         })?;
     for h in handlers {
-        em.add_subscriber(Arc::new(Mutex::new(h)));
+        em.add_subscriber(h);
     }
     let handle = std::thread::Builder::new()
         .name("rsrc-devices".into())
@@ -410,7 +452,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         (None, KernelKind::Linux { .. }) => DEFAULT_LINUX_CMDLINE.to_string(),
         (None, KernelKind::BareMetal) => String::new(),
     };
-    cmdline.push_str(&virtio_cmdline(config.disks.len()));
+    cmdline.push_str(&virtio_cmdline(config.disks.len() + config.nets.len()));
     let plan: BootPlan = boot::load_kernel(&mem, &kernel, initrd.as_deref(), &cmdline, config.vcpus)?;
     let with_irqchip = plan.wants_irqchip();
     arch::setup_vm(&vm, with_irqchip)?;
@@ -432,7 +474,12 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         accounting: config.accounting,
         device_writer: nr_vcpus + SAMPLER_WRITERS,
     };
-    let devices = build_devices(&env, console_writer(&config.console)?, &config.disks)?;
+    let devices = build_devices(
+        &env,
+        console_writer(&config.console)?,
+        &config.disks,
+        &config.nets,
+    )?;
     let (pio, mmio) = (Arc::new(devices.pio), Arc::new(devices.mmio));
     let io_stats = Arc::new(IoStats::default());
 
