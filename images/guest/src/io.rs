@@ -62,6 +62,19 @@ pub fn mmio_read32_at(addr: u64) -> u32 {
     value
 }
 
+/// One 8-bit load from the MMIO address `addr` (e.g. a byte of a virtio
+/// device's configuration space): one `mmio_read`.
+#[inline(always)]
+pub fn mmio_read8_at(addr: u64) -> u8 {
+    let value: u8;
+    // SAFETY: as in `mmio_read32_at` (any alignment is fine for a byte).
+    unsafe {
+        asm!("mov {v}, byte ptr [{a}]", a = in(reg) addr, v = out(reg_byte) value,
+             options(nostack, preserves_flags))
+    };
+    value
+}
+
 /// One 32-bit store to the MMIO address `addr`: one `mmio_write`.
 #[inline(always)]
 pub fn mmio_write32_at(addr: u64, value: u32) {

@@ -11,8 +11,10 @@
 
 mod acct;
 mod blk;
+mod frame;
 mod io;
 mod mem;
+mod net;
 mod scenarios;
 mod virtio;
 

@@ -16,6 +16,8 @@ use core::sync::atomic::{fence, AtomicU16, Ordering};
 pub const MAGIC: u32 = 0x7472_6976;
 /// The only transport version this guest drives (virtio 1.x, "modern").
 pub const VERSION: u32 = 2;
+/// DeviceID of a network device.
+pub const DEVICE_ID_NET: u32 = 1;
 /// DeviceID of a block device.
 pub const DEVICE_ID_BLOCK: u32 = 2;
 /// The command-line key announcing a device (Linux's format).
@@ -59,7 +61,7 @@ pub mod status {
 /// VIRTIO_F_VERSION_1 (feature bit 32).
 pub const F_VERSION_1: u64 = 1 << 32;
 
-/// Entries of the (only) virtqueue; the driver requires `QueueNumMax >= 16`.
+/// Entries of every virtqueue; the drivers require `QueueNumMax >= 16`.
 pub const QUEUE_SIZE: u16 = 16;
 
 /// Parses a number the way Linux's `memparse` does (without the suffix):
@@ -149,6 +151,12 @@ impl Mmio {
         io::mmio_read32_at(self.base + offset)
     }
 
+    /// One 8-bit load (device configuration space): one `mmio_read` exit.
+    #[inline(always)]
+    pub fn read8(&self, offset: u64) -> u8 {
+        io::mmio_read8_at(self.base + offset)
+    }
+
     /// One 32-bit store: one `mmio_write` exit.
     #[inline(always)]
     pub fn write(&self, offset: u64, value: u32) {
@@ -211,10 +219,10 @@ struct Used {
     avail_event: u16,
 }
 
-/// The three rings of queue 0, page-aligned (more than the 16/2/4 bytes the
-/// spec requires).
+/// The three rings of one queue, page-aligned (more than the 16/2/4 bytes
+/// the spec requires).
 #[repr(C, align(4096))]
-struct Rings {
+pub struct Rings {
     desc: [Desc; QUEUE_SIZE as usize],
     avail: Avail,
     used: Used,
@@ -233,11 +241,17 @@ pub struct Shared<T>(pub UnsafeCell<T>);
 // vCPU 0 drives the device.
 unsafe impl<T> Sync for Shared<T> {}
 
-// All zeroes, so it lives in .bss (zeroed by the VMM before start).
-// SAFETY: plain integers; all-zero is a valid value.
-static RINGS: Shared<Rings> = Shared(UnsafeCell::new(unsafe { core::mem::zeroed() }));
+impl Rings {
+    /// All zeroes, so a static of it lives in .bss (zeroed by the VMM before
+    /// start).
+    // SAFETY: plain integers; all-zero is a valid value.
+    pub const ZERO: Rings = unsafe { core::mem::zeroed() };
+}
 
-/// The driver's side of queue 0 (only one queue, on vCPU 0).
+/// The block device's queue 0.
+static RINGS: Shared<Rings> = Shared(UnsafeCell::new(Rings::ZERO));
+
+/// The driver's side of one queue (driven from vCPU 0 only).
 pub struct Virtqueue {
     rings: *mut Rings,
     /// Guest-private copy of `avail.idx`.
@@ -259,10 +273,18 @@ pub enum UsedError {
 const POLL_LIMIT: u64 = 1 << 28;
 
 impl Virtqueue {
-    /// The queue over the static rings; sets `VIRTQ_AVAIL_F_NO_INTERRUPT`.
-    /// Call once (before the device sees the rings).
+    /// The block device's queue over its static rings; sets
+    /// `VIRTQ_AVAIL_F_NO_INTERRUPT`. Call once (before the device sees the
+    /// rings).
     pub fn new() -> Self {
-        let rings = RINGS.0.get();
+        Self::with_rings(&RINGS)
+    }
+
+    /// A queue over `rings` (a static that no other queue uses); sets
+    /// `VIRTQ_AVAIL_F_NO_INTERRUPT`. Call once per static (before the
+    /// device sees the rings).
+    pub fn with_rings(rings: &'static Shared<Rings>) -> Self {
+        let rings = rings.0.get();
         // SAFETY: in-bounds projection; the device does not know the rings yet.
         unsafe { addr_of_mut!((*rings).avail.flags).write_volatile(AVAIL_F_NO_INTERRUPT) };
         Virtqueue {
@@ -339,4 +361,45 @@ impl Virtqueue {
         }
         Ok(e.len)
     }
+
+    /// One look at `used.idx` (a memory read, no exit): the next used
+    /// element `(id, len)` if the device has used one more chain.
+    pub fn poll_used(&mut self) -> Option<(u16, u32)> {
+        // SAFETY: as in `wait_used`.
+        let idx = unsafe { AtomicU16::from_ptr(addr_of_mut!((*self.rings).used.idx)) };
+        if idx.load(Ordering::Acquire) == self.last_used {
+            return None;
+        }
+        let slot = usize::from(self.last_used % QUEUE_SIZE);
+        self.last_used = self.last_used.wrapping_add(1);
+        // SAFETY: as in `wait_used`.
+        let e = unsafe { addr_of_mut!((*self.rings).used.ring[slot]).read_volatile() };
+        Some((e.id as u16, e.len))
+    }
+}
+
+/// Configures queue `index` of a device between FEATURES_OK and DRIVER_OK
+/// (§4.2.3.2): QueueSel = `index`, read QueueReady (must be 0), read
+/// QueueNumMax (must be at least `QUEUE_SIZE`), QueueNum = `QUEUE_SIZE`,
+/// QueueDesc/Driver/Device Low/High, QueueReady = 1. Exactly 9
+/// `mmio_write` + 2 `mmio_read` when it succeeds; `false` (after 1 w + 1 or
+/// 2 r) when the queue is unavailable.
+pub fn setup_queue(m: Mmio, index: u32, queue: &Virtqueue) -> bool {
+    m.write(reg::QUEUE_SEL, index);
+    if m.read(reg::QUEUE_READY) != 0 {
+        return false;
+    }
+    if m.read(reg::QUEUE_NUM_MAX) < u32::from(QUEUE_SIZE) {
+        return false;
+    }
+    m.write(reg::QUEUE_NUM, u32::from(QUEUE_SIZE));
+    let (desc, avail, used) = queue.addresses();
+    m.write(reg::QUEUE_DESC_LOW, desc as u32);
+    m.write(reg::QUEUE_DESC_HIGH, (desc >> 32) as u32);
+    m.write(reg::QUEUE_DRIVER_LOW, avail as u32);
+    m.write(reg::QUEUE_DRIVER_HIGH, (avail >> 32) as u32);
+    m.write(reg::QUEUE_DEVICE_LOW, used as u32);
+    m.write(reg::QUEUE_DEVICE_HIGH, (used >> 32) as u32);
+    m.write(reg::QUEUE_READY, 1);
+    true
 }
