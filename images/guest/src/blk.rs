@@ -117,48 +117,17 @@ impl Blk {
             m.write(reg::STATUS, st | FAILED);
             Err(e)
         };
-        m.write(reg::STATUS, 0);
-        m.write(reg::STATUS, ACKNOWLEDGE);
-        let mut st = ACKNOWLEDGE | DRIVER;
-        m.write(reg::STATUS, st);
-
-        m.write(reg::DEVICE_FEATURES_SEL, 0);
-        let lo = m.read(reg::DEVICE_FEATURES);
-        m.write(reg::DEVICE_FEATURES_SEL, 1);
-        let hi = m.read(reg::DEVICE_FEATURES);
-        let offered = u64::from(lo) | u64::from(hi) << 32;
-        if offered & virtio::F_VERSION_1 == 0 {
-            return fail(st, InitError::NoVersion1);
-        }
+        let (offered, st) = match virtio::negotiate(m, virtio::F_VERSION_1) {
+            Ok(v) => v,
+            Err((st, virtio::Negotiation::NotOffered)) => return fail(st, InitError::NoVersion1),
+            Err((st, virtio::Negotiation::Refused)) => return fail(st, InitError::FeaturesRefused),
+        };
         let read_only = offered & F_RO != 0;
-        let accepted = virtio::F_VERSION_1;
-        m.write(reg::DRIVER_FEATURES_SEL, 0);
-        m.write(reg::DRIVER_FEATURES, accepted as u32);
-        m.write(reg::DRIVER_FEATURES_SEL, 1);
-        m.write(reg::DRIVER_FEATURES, (accepted >> 32) as u32);
-        m.write(reg::STATUS, st | FEATURES_OK);
-        if m.read(reg::STATUS) & FEATURES_OK == 0 {
-            return fail(st, InitError::FeaturesRefused);
-        }
-        st |= FEATURES_OK;
 
         let queue = Virtqueue::new();
-        m.write(reg::QUEUE_SEL, 0);
-        if m.read(reg::QUEUE_READY) != 0 {
+        if !virtio::setup_queue(m, 0, &queue) {
             return fail(st, InitError::QueueUnavailable);
         }
-        if m.read(reg::QUEUE_NUM_MAX) < u32::from(virtio::QUEUE_SIZE) {
-            return fail(st, InitError::QueueUnavailable);
-        }
-        m.write(reg::QUEUE_NUM, u32::from(virtio::QUEUE_SIZE));
-        let (desc, avail, used) = queue.addresses();
-        m.write(reg::QUEUE_DESC_LOW, desc as u32);
-        m.write(reg::QUEUE_DESC_HIGH, (desc >> 32) as u32);
-        m.write(reg::QUEUE_DRIVER_LOW, avail as u32);
-        m.write(reg::QUEUE_DRIVER_HIGH, (avail >> 32) as u32);
-        m.write(reg::QUEUE_DEVICE_LOW, used as u32);
-        m.write(reg::QUEUE_DEVICE_HIGH, (used >> 32) as u32);
-        m.write(reg::QUEUE_READY, 1);
 
         // capacity: a u64 read as two 32-bit loads, inside a
         // ConfigGeneration check (§2.5.1; one pass unless it changes).

@@ -109,29 +109,11 @@ impl Net {
             m.write(reg::STATUS, st | FAILED);
             Err(e)
         };
-        m.write(reg::STATUS, 0);
-        m.write(reg::STATUS, ACKNOWLEDGE);
-        let mut st = ACKNOWLEDGE | DRIVER;
-        m.write(reg::STATUS, st);
-
-        m.write(reg::DEVICE_FEATURES_SEL, 0);
-        let lo = m.read(reg::DEVICE_FEATURES);
-        m.write(reg::DEVICE_FEATURES_SEL, 1);
-        let hi = m.read(reg::DEVICE_FEATURES);
-        let offered = u64::from(lo) | u64::from(hi) << 32;
-        let accepted = virtio::F_VERSION_1 | F_MAC;
-        if offered & accepted != accepted {
-            return fail(st, InitError::Features);
-        }
-        m.write(reg::DRIVER_FEATURES_SEL, 0);
-        m.write(reg::DRIVER_FEATURES, accepted as u32);
-        m.write(reg::DRIVER_FEATURES_SEL, 1);
-        m.write(reg::DRIVER_FEATURES, (accepted >> 32) as u32);
-        m.write(reg::STATUS, st | FEATURES_OK);
-        if m.read(reg::STATUS) & FEATURES_OK == 0 {
-            return fail(st, InitError::FeaturesRefused);
-        }
-        st |= FEATURES_OK;
+        let st = match virtio::negotiate(m, virtio::F_VERSION_1 | F_MAC) {
+            Ok((_, st)) => st,
+            Err((st, virtio::Negotiation::NotOffered)) => return fail(st, InitError::Features),
+            Err((st, virtio::Negotiation::Refused)) => return fail(st, InitError::FeaturesRefused),
+        };
 
         let mut rx = Virtqueue::with_rings(&RX_RINGS);
         let tx = Virtqueue::with_rings(&TX_RINGS);

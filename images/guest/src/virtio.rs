@@ -378,6 +378,48 @@ impl Virtqueue {
     }
 }
 
+/// Why feature negotiation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Negotiation {
+    /// A feature the driver requires was not offered.
+    NotOffered,
+    /// FEATURES_OK did not stick.
+    Refused,
+}
+
+/// Feature negotiation, the common start of every driver's initialisation
+/// (§3.1.1 steps 1-6): Status = 0, ACKNOWLEDGE, ACKNOWLEDGE|DRIVER; read the
+/// 64 offered feature bits; if every bit of `accepted` is offered, write
+/// `accepted` as the driver features, set FEATURES_OK and read Status back
+/// to confirm it. Exactly 8 `mmio_write` + 3 `mmio_read` when it succeeds.
+/// Returns the offered features and the status reached, or the status to
+/// fail from and why.
+pub fn negotiate(m: Mmio, accepted: u64) -> Result<(u64, u32), (u32, Negotiation)> {
+    use status::*;
+    m.write(reg::STATUS, 0);
+    m.write(reg::STATUS, ACKNOWLEDGE);
+    let st = ACKNOWLEDGE | DRIVER;
+    m.write(reg::STATUS, st);
+
+    m.write(reg::DEVICE_FEATURES_SEL, 0);
+    let lo = m.read(reg::DEVICE_FEATURES);
+    m.write(reg::DEVICE_FEATURES_SEL, 1);
+    let hi = m.read(reg::DEVICE_FEATURES);
+    let offered = u64::from(lo) | u64::from(hi) << 32;
+    if offered & accepted != accepted {
+        return Err((st, Negotiation::NotOffered));
+    }
+    m.write(reg::DRIVER_FEATURES_SEL, 0);
+    m.write(reg::DRIVER_FEATURES, accepted as u32);
+    m.write(reg::DRIVER_FEATURES_SEL, 1);
+    m.write(reg::DRIVER_FEATURES, (accepted >> 32) as u32);
+    m.write(reg::STATUS, st | FEATURES_OK);
+    if m.read(reg::STATUS) & FEATURES_OK == 0 {
+        return Err((st, Negotiation::Refused));
+    }
+    Ok((offered, st | FEATURES_OK))
+}
+
 /// Configures queue `index` of a device between FEATURES_OK and DRIVER_OK
 /// (§4.2.3.2): QueueSel = `index`, read QueueReady (must be 0), read
 /// QueueNumMax (must be at least `QUEUE_SIZE`), QueueNum = `QUEUE_SIZE`,
