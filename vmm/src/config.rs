@@ -216,6 +216,10 @@ pub struct VmConfig {
     /// Run-time sampling interval in microseconds.
     #[serde(default = "default_sample_us")]
     pub sample_interval_us: u64,
+    /// Serve the host API (read-only JSON and Prometheus metrics, see
+    /// `docs/api.yaml`) on this Unix socket while the VM runs.
+    #[serde(default)]
+    pub api_sock: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -278,6 +282,7 @@ impl VmConfig {
             limits: Limits::default(),
             accounting: true,
             sample_interval_us: DEFAULT_SAMPLE_US,
+            api_sock: None,
         }
     }
 

@@ -8,7 +8,9 @@
 //! - [`vcpu`]: the vCPU threads and the pure exit dispatch.
 //! - [`sampler`]: guest run time by principal, and the timer drain.
 //! - [`vm`]: assembles and runs a VM and produces the report.
+//! - [`api`]: the host API (JSON and Prometheus metrics on a Unix socket).
 
+pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod charger;

@@ -28,6 +28,18 @@ enum Command {
     Run(RunArgs),
     /// Boot the built-in guest with a multi-container, multi-request workload and report.
     Demo(DemoArgs),
+    /// Show the live books of a VM started with --api-sock PATH (read-only; the VM keeps running).
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// The running VM's API socket (the path given to `run` or `demo` with --api-sock).
+    #[arg(long = "api-sock", value_name = "PATH")]
+    api_sock: PathBuf,
+    /// Print {"vm", "containers", "requests"} as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -68,6 +80,9 @@ struct Common {
     /// Do not charge exits (only to measure the accounting overhead).
     #[arg(long = "no-accounting")]
     no_accounting: bool,
+    /// Serve the host API (JSON under /v1, Prometheus /metrics) on this Unix socket, mode 0600.
+    #[arg(long = "api-sock", value_name = "PATH")]
+    api_sock: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -120,6 +135,7 @@ fn config(kernel: KernelSource, cmdline: Option<String>, c: &Common) -> VmConfig
         },
         accounting: !c.no_accounting,
         sample_interval_us: c.sample_us,
+        api_sock: c.api_sock.clone(),
         ..VmConfig::new(kernel)
     }
 }
@@ -166,6 +182,95 @@ fn run_vm(config: VmConfig, c: &Common) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// GETs `target` from the API and parses its JSON, or says what went wrong.
+fn api_json(sock: &std::path::Path, target: &str) -> anyhow::Result<serde_json::Value> {
+    let r = vmm::api::client::get(sock, target)?;
+    let body: serde_json::Value = serde_json::from_str(&r.body)
+        .with_context(|| format!("GET {target}: the answer is not JSON (HTTP {})", r.status))?;
+    if r.status != 200 {
+        let msg = body.get("error").and_then(|e| e.as_str()).unwrap_or_default();
+        anyhow::bail!("GET {target}: HTTP {} {msg}", r.status);
+    }
+    Ok(body)
+}
+
+fn ms(v: &serde_json::Value) -> f64 {
+    v.as_u64().unwrap_or(0) as f64 / 1e6
+}
+
+/// `resourceful report --api-sock PATH`: the live books as a table or JSON.
+fn live_report(a: &ReportArgs) -> anyhow::Result<ExitCode> {
+    let vm = api_json(&a.api_sock, "/v1/vm")?;
+    let containers = api_json(&a.api_sock, "/v1/containers")?;
+    let requests = api_json(&a.api_sock, "/v1/requests?order=cost&limit=10")?;
+    if a.json {
+        let all = serde_json::json!({ "vm": vm, "containers": containers, "requests": requests });
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "tenant {}  |  {} vCPU(s), {} MiB, {} boot of {}  |  up {:.1} ms  |  running",
+        vm["tenant"].as_str().unwrap_or_default(),
+        vm["vcpus"],
+        vm["mem_mib"],
+        vm["boot"].as_str().unwrap_or_default(),
+        vm["kernel"].as_str().unwrap_or_default(),
+        ms(&vm["uptime_ns"]),
+    );
+    println!(
+        "\n{:<28} {:>10} {:>10} {:>10} {:>6} {:>6}",
+        "CONTAINER", "EXITS", "HOST_MS", "RUN_MS", "REQS", "LIVE"
+    );
+    let row = |name: &str, c: &serde_json::Value, reqs: &serde_json::Value, live: &serde_json::Value| {
+        println!(
+            "{:<28} {:>10} {:>10.3} {:>10.3} {:>6} {:>6}",
+            name,
+            c["exits_total"]["count"].as_u64().unwrap_or(0),
+            ms(&c["exits_total"]["host_ns"]),
+            ms(&c["guest_run_ns"]),
+            reqs.as_u64().unwrap_or(0),
+            live.as_u64().unwrap_or(0),
+        );
+    };
+    for c in containers.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let mut name = c["path"].as_str().unwrap_or_default().to_string();
+        if c["retired"].as_bool() == Some(true) {
+            name.push_str(" (retired)");
+        }
+        row(
+            &name,
+            &c["charges"],
+            &c["requests"]["begun"],
+            &c["requests"]["live"],
+        );
+    }
+    row(
+        "= tenant total",
+        &vm["totals"],
+        &serde_json::Value::Null,
+        &serde_json::Value::Null,
+    );
+    let requests = requests.as_array().map(Vec::as_slice).unwrap_or_default();
+    if !requests.is_empty() {
+        println!(
+            "\n{:<10} {:<24} {:>8} {:>8} {:>10} {:>10}",
+            "REQUEST", "CONTAINER", "STATE", "EXITS", "HOST_MS", "RUN_MS"
+        );
+        for r in requests {
+            println!(
+                "{:<10} {:<24} {:>8} {:>8} {:>10.3} {:>10.3}",
+                r["id"],
+                r["container_path"].as_str().unwrap_or_default(),
+                r["state"].as_str().unwrap_or_default(),
+                r["charges"]["exits_total"]["count"].as_u64().unwrap_or(0),
+                ms(&r["charges"]["exits_total"]["host_ns"]),
+                ms(&r["charges"]["guest_run_ns"]),
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
@@ -188,6 +293,7 @@ fn main() -> ExitCode {
             let cfg = config(KernelSource::Builtin(Builtin::TestGuest), Some(cmdline), &common);
             run_vm(cfg, &common)
         }
+        Command::Report(a) => live_report(&a),
     };
     match result {
         Ok(code) => code,

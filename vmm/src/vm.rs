@@ -137,6 +137,9 @@ pub enum VmError {
         #[source]
         source: devices::virtio::net::NetError,
     },
+    /// The host API could not be served.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
     /// A host resource (eventfd, thread, signal handler) was refused.
     #[error("host resource: {what}")]
     Host {
@@ -430,6 +433,56 @@ fn spawn_device_loop(
 /// How often the device loop checks whether the VM has stopped, in ms.
 const DEVICE_LOOP_TIMEOUT_MS: i32 = 20;
 
+/// Starts the host API on `path` over the live books; its VM facts are
+/// those of a running VM (`end: "running"`, `wall_ns` = time since now).
+fn start_api(
+    path: &std::path::Path,
+    config: &VmConfig,
+    acct: &Arc<Accounting>,
+    io_stats: &Arc<IoStats>,
+    boot_kind: &'static str,
+) -> Result<crate::api::ApiServer, VmError> {
+    use crate::api::{ApiServer, ApiState, DevicesInfo, DiskInfo, NetInfo};
+    let devices = DevicesInfo {
+        disks: config
+            .disks
+            .iter()
+            .map(|d| DiskInfo {
+                path: d.path.display().to_string(),
+                read_only: d.read_only,
+            })
+            .collect(),
+        nets: config
+            .nets
+            .iter()
+            .map(|n| NetInfo {
+                tap: n.tap.clone(),
+                mac: n.mac.map(|b| format!("{b:02x}")).join(":"),
+            })
+            .collect(),
+    };
+    let booted = Instant::now();
+    let io_stats = Arc::clone(io_stats);
+    let base = VmInfo {
+        vcpus: usize::from(config.vcpus),
+        mem_mib: config.mem_mib,
+        kernel: config.kernel.to_string(),
+        boot: boot_kind.into(),
+        end: "running".into(),
+        accounting: config.accounting,
+        ..VmInfo::default()
+    };
+    let info = move || VmInfo {
+        wall_ns: u64::try_from(booted.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        unhandled_io: io_stats.unhandled.load(Ordering::Relaxed),
+        ..base.clone()
+    };
+    Ok(ApiServer::start(
+        path,
+        ApiState::new(Arc::clone(acct), devices, info),
+    )?)
+}
+
 /// Builds and runs the VM described by `config` until it ends.
 pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     config.validate()?;
@@ -509,6 +562,17 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     }
     drop(events_tx);
     vcpu::install_kick_handler().map_err(host_err("install the vCPU kick signal handler"))?;
+    let boot_kind = match plan.kind {
+        KernelKind::BareMetal => "baremetal",
+        KernelKind::Linux { .. } => "linux",
+    };
+    // Before any thread starts: failing here leaves nothing behind, and a
+    // later early return drops (stops) the server.
+    let api = config
+        .api_sock
+        .as_deref()
+        .map(|path| start_api(path, config, &acct, &io_stats, boot_kind))
+        .transpose()?;
 
     let started = Instant::now();
     let sampler_stop = Arc::new(AtomicBool::new(false));
@@ -570,6 +634,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             log::error!("a vCPU thread panicked");
         }
     }
+    if let Some(api) = api {
+        api.stop();
+    }
     let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     device_stop.store(true, Ordering::Release);
     if let Some(t) = device_thread {
@@ -596,10 +663,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         vcpus: nr_vcpus,
         mem_mib: config.mem_mib,
         kernel: config.kernel.to_string(),
-        boot: match plan.kind {
-            KernelKind::BareMetal => "baremetal".into(),
-            KernelKind::Linux { .. } => "linux".into(),
-        },
+        boot: boot_kind.into(),
         end: end.name().into(),
         end_detail: end.detail(),
         guest_status: match end {

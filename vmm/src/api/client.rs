@@ -1,0 +1,148 @@
+//! A minimal HTTP/1.1 GET client over a Unix socket (one request per
+//! connection, `Connection: close`), for `resourceful report --api-sock`.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// A response: status code and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The HTTP status code.
+    pub status: u16,
+    /// `Content-Type`, if sent.
+    pub content_type: Option<String>,
+    /// The body (de-chunked).
+    pub body: String,
+}
+
+/// Why a GET failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached.
+    #[error("cannot connect to {path} (is the VM running with --api-sock {path}?)")]
+    Connect {
+        /// The socket path.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The exchange failed midway.
+    #[error("API request failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The answer was not HTTP/1.1 as expected.
+    #[error("malformed API response: {0}")]
+    Malformed(String),
+}
+
+/// GETs `target` (a path with an optional query) from the server on `sock`.
+pub fn get(sock: &Path, target: &str) -> Result<Response, ClientError> {
+    let mut s = UnixStream::connect(sock).map_err(|source| ClientError::Connect {
+        path: sock.display().to_string(),
+        source,
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+/// Parses a complete HTTP/1.1 response (read to the end of the connection).
+pub fn parse_response(raw: &[u8]) -> Result<Response, ClientError> {
+    let bad = |m: &str| ClientError::Malformed(m.to_string());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = std::str::from_utf8(&raw[..split]).map_err(|_| bad("headers are not UTF-8"))?;
+    let mut rest = &raw[split + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| status_line.strip_prefix("HTTP/1.0 "))
+        .and_then(|s| s.get(..3))
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let (mut content_type, mut length, mut chunked) = (None, None, false);
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            return Err(bad("bad header line"));
+        };
+        let v = v.trim();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "content-type" => content_type = Some(v.to_string()),
+            "content-length" => length = Some(v.parse::<usize>().map_err(|_| bad("bad Content-Length"))?),
+            "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
+            _ => {}
+        }
+    }
+    let body = if chunked {
+        let mut body = Vec::new();
+        loop {
+            let eol = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or_else(|| bad("truncated chunk"))?;
+            let size_text = std::str::from_utf8(&rest[..eol]).map_err(|_| bad("bad chunk size"))?;
+            let size_text = size_text.split(';').next().unwrap_or_default().trim();
+            let size = usize::from_str_radix(size_text, 16).map_err(|_| bad("bad chunk size"))?;
+            rest = &rest[eol + 2..];
+            if size == 0 {
+                break;
+            }
+            let chunk = rest.get(..size).ok_or_else(|| bad("truncated chunk"))?;
+            body.extend_from_slice(chunk);
+            rest = rest.get(size + 2..).ok_or_else(|| bad("truncated chunk"))?;
+        }
+        body
+    } else if let Some(n) = length {
+        rest.get(..n)
+            .ok_or_else(|| bad("body shorter than Content-Length"))?
+            .to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(Response {
+        status,
+        content_type,
+        body: String::from_utf8(body).map_err(|_| bad("body is not UTF-8"))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_length_and_chunked_bodies() {
+        let r =
+            parse_response(b"HTTP/1.1 200 OK\r\ncontent-type: a/b\r\ncontent-length: 2\r\n\r\nhi").unwrap();
+        assert_eq!(
+            (r.status, r.content_type.as_deref(), r.body.as_str()),
+            (200, Some("a/b"), "hi")
+        );
+        let r = parse_response(
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n1\r\nd\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((r.status, r.body.as_str()), (404, "abcd"));
+        assert!(parse_response(b"garbage").is_err());
+    }
+
+    #[test]
+    fn connection_errors_name_the_flag() {
+        let err = get(Path::new("/nonexistent/rsrc.sock"), "/v1/vm").unwrap_err();
+        assert!(
+            err.to_string().contains("--api-sock /nonexistent/rsrc.sock"),
+            "{err}"
+        );
+    }
+}

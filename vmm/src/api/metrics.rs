@@ -1,0 +1,273 @@
+//! `GET /metrics`: the books as Prometheus counters (text exposition format
+//! 0.0.4).
+//!
+//! Every series is labelled `tenant` and `container` (the container's path;
+//! containers that share a path, a retired one and its successor, are
+//! summed, so each series stays cumulative). Exits are also labelled
+//! `reason`, device work `op` or `dir`; guest errors are per tenant, labelled
+//! `kind`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use accounting::report::{ChargesReport, Report};
+
+/// The `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Escapes a label value: backslash, double quote and newline.
+pub fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// One metric family being written.
+struct Family<'a> {
+    out: &'a mut String,
+    name: &'static str,
+}
+
+impl<'a> Family<'a> {
+    fn new(out: &'a mut String, name: &'static str, help: &str) -> Self {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        Self { out, name }
+    }
+
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+            .collect();
+        let _ = writeln!(self.out, "{}{{{}}} {value}", self.name, labels.join(","));
+    }
+}
+
+/// Nanoseconds as seconds (a decimal, never in exponent form).
+fn seconds(ns: u64) -> String {
+    format!("{}.{:09}", ns / 1_000_000_000, ns % 1_000_000_000)
+}
+
+type Extract = fn(&ChargesReport) -> Vec<(&'static str, String)>;
+
+/// Metric families over containers: name, help, label key for the split
+/// (empty: none), and how to read the values.
+const FAMILIES: &[(&str, &str, &str, Extract)] = &[
+    (
+        "resourceful_exits_total",
+        "vCPU exits charged, by reason.",
+        "reason",
+        |c| {
+            c.exits
+                .iter()
+                .map(|(r, e)| (exit_reason(r), e.count.to_string()))
+                .collect()
+        },
+    ),
+    (
+        "resourceful_exit_host_seconds_total",
+        "Host time spent handling charged exits, by reason.",
+        "reason",
+        |c| {
+            c.exits
+                .iter()
+                .map(|(r, e)| (exit_reason(r), seconds(e.host_ns)))
+                .collect()
+        },
+    ),
+    (
+        "resourceful_guest_run_seconds_total",
+        "Guest run time (inside KVM_RUN), attributed by sampling.",
+        "",
+        |c| vec![("", seconds(c.guest_run_ns))],
+    ),
+    (
+        "resourceful_block_requests_total",
+        "virtio-blk requests, by kind.",
+        "op",
+        |c| {
+            vec![
+                ("read", c.block.reads.to_string()),
+                ("write", c.block.writes.to_string()),
+                ("flush", c.block.flushes.to_string()),
+                ("other", c.block.other.to_string()),
+            ]
+        },
+    ),
+    (
+        "resourceful_block_errors_total",
+        "virtio-blk requests answered with an error.",
+        "",
+        |c| vec![("", c.block.errors.to_string())],
+    ),
+    (
+        "resourceful_block_bytes_total",
+        "virtio-blk data bytes moved, by direction.",
+        "dir",
+        |c| {
+            vec![
+                ("read", c.block.bytes_read.to_string()),
+                ("write", c.block.bytes_written.to_string()),
+            ]
+        },
+    ),
+    (
+        "resourceful_net_frames_total",
+        "virtio-net frames, by direction.",
+        "dir",
+        |c| {
+            vec![
+                ("tx", c.net.tx_frames.to_string()),
+                ("rx", c.net.rx_frames.to_string()),
+            ]
+        },
+    ),
+    (
+        "resourceful_net_bytes_total",
+        "virtio-net frame bytes, by direction.",
+        "dir",
+        |c| {
+            vec![
+                ("tx", c.net.tx_bytes.to_string()),
+                ("rx", c.net.rx_bytes.to_string()),
+            ]
+        },
+    ),
+    (
+        "resourceful_net_retransmitted_bytes_total",
+        "TCP payload bytes the guest sent again.",
+        "",
+        |c| vec![("", c.net.retransmitted_bytes.to_string())],
+    ),
+    (
+        "resourceful_net_spoofed_frames_total",
+        "Frames dropped because their source MAC was not the device's.",
+        "",
+        |c| vec![("", c.net.spoofed_frames.to_string())],
+    ),
+    (
+        "resourceful_interrupts_total",
+        "Interrupts injected into the guest.",
+        "",
+        |c| vec![("", c.interrupts.to_string())],
+    ),
+];
+
+/// Reason names are a fixed set; anything else (a future reason) is shown as
+/// `other_reason` rather than leaked unescaped into a static label.
+fn exit_reason(r: &str) -> &'static str {
+    match r {
+        "port_in" => "port_in",
+        "port_out" => "port_out",
+        "mmio_read" => "mmio_read",
+        "mmio_write" => "mmio_write",
+        "shutdown" => "shutdown",
+        "internal_error" => "internal_error",
+        "other" => "other",
+        _ => "other_reason",
+    }
+}
+
+/// Adds `b` into `a` (for containers sharing a path).
+fn add(a: &mut ChargesReport, b: &ChargesReport) {
+    for (r, e) in &b.exits {
+        let slot = a.exits.entry(r.clone()).or_default();
+        slot.count += e.count;
+        slot.host_ns += e.host_ns;
+    }
+    a.exits_total.count += b.exits_total.count;
+    a.exits_total.host_ns += b.exits_total.host_ns;
+    a.guest_run_ns += b.guest_run_ns;
+    a.run_samples += b.run_samples;
+    let (x, y) = (&mut a.block, &b.block);
+    x.reads += y.reads;
+    x.writes += y.writes;
+    x.flushes += y.flushes;
+    x.other += y.other;
+    x.errors += y.errors;
+    x.bytes_read += y.bytes_read;
+    x.bytes_written += y.bytes_written;
+    x.device_ns += y.device_ns;
+    x.latency_ns += y.latency_ns;
+    let (x, y) = (&mut a.net, &b.net);
+    x.tx_frames += y.tx_frames;
+    x.tx_bytes += y.tx_bytes;
+    x.rx_frames += y.rx_frames;
+    x.rx_bytes += y.rx_bytes;
+    x.host_ns += y.host_ns;
+    x.retransmitted_bytes += y.retransmitted_bytes;
+    x.spoofed_frames += y.spoofed_frames;
+    a.interrupts += b.interrupts;
+}
+
+/// The exposition of `report`.
+pub fn render(report: &Report) -> String {
+    let mut by_path: BTreeMap<&str, ChargesReport> = BTreeMap::new();
+    for c in &report.containers {
+        add(by_path.entry(c.path.as_str()).or_default(), &c.charges);
+    }
+    let tenant = report.tenant.as_str();
+    let mut out = String::new();
+    for (name, help, key, extract) in FAMILIES {
+        let mut f = Family::new(&mut out, name, help);
+        for (path, charges) in &by_path {
+            for (label, value) in extract(charges) {
+                if key.is_empty() {
+                    f.sample(&[("tenant", tenant), ("container", path)], value);
+                } else {
+                    f.sample(&[("tenant", tenant), ("container", path), (key, label)], value);
+                }
+            }
+        }
+    }
+    let mut f = Family::new(
+        &mut out,
+        "resourceful_guest_errors_total",
+        "Guest mistakes (rejected declarations, bad tags), by kind.",
+    );
+    for (kind, n) in &report.guest_errors {
+        f.sample(&[("tenant", tenant), ("kind", kind)], n);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label(r#"a\b"c"#), r#"a\\b\"c"#);
+        assert_eq!(escape_label("x\ny"), "x\\ny");
+    }
+
+    #[test]
+    fn seconds_are_plain_decimals() {
+        assert_eq!(seconds(0), "0.000000000");
+        assert_eq!(seconds(1_500_000_001), "1.500000001");
+    }
+
+    #[test]
+    fn every_family_has_help_and_type() {
+        let acct = accounting::ledger::Accounting::new("t", 1, 1, Default::default());
+        let report = Report::build(&acct, Default::default());
+        let text = render(&report);
+        for (name, ..) in FAMILIES {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+            assert!(text.contains(&format!("# TYPE {name} counter")), "{name}");
+            assert!(
+                text.contains(&format!("{name}{{tenant=\"t\",container=\"unattributed\"")),
+                "{name}"
+            );
+        }
+        assert!(text.contains("# TYPE resourceful_guest_errors_total counter"));
+    }
+}
