@@ -29,7 +29,7 @@ use std::time::Instant;
 use crate::abi::RingEntry;
 use crate::errors::{GuestError, GuestErrors};
 use crate::registry::{Limits, Registry, Resolved};
-use crate::resource::{BlockWork, Charges, Counters, ExitReason, NetCharge};
+use crate::resource::{BlockWork, Charges, Counters, ExitReason, NetCharge, VsockCharge};
 
 /// Tag cache entries per writer.
 const CACHE_SLOTS: usize = 8;
@@ -47,6 +47,9 @@ pub struct Accounting {
     limits: Limits,
     generation: Generation,
     registry: Mutex<Registry>,
+    /// Threads blocked on `registry` now: long reads
+    /// (`accounting::query`) let them in between their steps.
+    registry_waiters: AtomicU64,
     errors: GuestErrors,
     /// Per-writer totals, counted independently of the principals: exits
     /// and device work written by each writer into its own block; guest run
@@ -68,6 +71,7 @@ impl Accounting {
             limits,
             generation: Generation::default(),
             registry: Mutex::new(Registry::new(writers, limits)),
+            registry_waiters: AtomicU64::new(0),
             errors: GuestErrors::default(),
             writer_totals: (0..writers).map(|_| Counters::default()).collect(),
             start: Instant::now(),
@@ -104,7 +108,23 @@ impl Accounting {
     pub fn registry(&self) -> MutexGuard<'_, Registry> {
         // A panic while holding the lock cannot leave the registry torn in a
         // way that matters more than losing the books; keep going.
-        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+        match self.registry.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                // Counted so a long read stepping through the registry
+                // lets this thread in before its next step.
+                self.registry_waiters.fetch_add(1, Ordering::SeqCst);
+                let g = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+                self.registry_waiters.fetch_sub(1, Ordering::SeqCst);
+                g
+            }
+        }
+    }
+
+    /// Threads blocked on the registry lock now.
+    pub fn registry_waiters(&self) -> u64 {
+        self.registry_waiters.load(Ordering::SeqCst)
     }
 
     /// Applies one declaration from the ring; a rejected one is counted and
@@ -112,6 +132,29 @@ impl Accounting {
     pub fn apply(&self, entry: &RingEntry) -> Result<(), GuestError> {
         let now = self.now_ns();
         let result = self.registry().apply(entry, now);
+        match result {
+            Ok(()) => {
+                self.generation.0.fetch_add(1, Ordering::Release);
+            }
+            Err(e) => self.errors.inc(e),
+        }
+        result
+    }
+
+    /// Begins request `id` in container `container` (guest ids) with the
+    /// agent's trace id and attributes: the ring's `begin` plus metadata.
+    /// A refusal is counted like the ring's.
+    pub fn begin_with_meta(
+        &self,
+        id: u32,
+        container: u32,
+        external_id: u64,
+        meta: Option<crate::registry::RequestMeta>,
+    ) -> Result<(), GuestError> {
+        let now = self.now_ns();
+        let result = self
+            .registry()
+            .begin_with_meta(id, container, external_id, meta, now);
         match result {
             Ok(()) => {
                 self.generation.0.fetch_add(1, Ordering::Release);
@@ -277,6 +320,22 @@ impl Writer {
         r.container_cells.col(id).add_net_single_writer(work);
         if let Some(req) = &r.request {
             req.add_net_single_writer(work);
+        }
+        if let Some(e) = r.error {
+            self.acct.errors.inc(e);
+        }
+    }
+
+    /// Charges one vsock packet's work to `tag` (`None`: unattributed).
+    /// Only the device thread charges vsock work: single writer on request
+    /// blocks too.
+    pub fn charge_vsock(&mut self, tag: Option<u64>, work: &VsockCharge) {
+        let id = self.id;
+        self.acct.writer_totals[id].add_vsock_single_writer(work);
+        let r = self.resolve(tag);
+        r.container_cells.col(id).add_vsock_single_writer(work);
+        if let Some(req) = &r.request {
+            req.add_vsock_single_writer(work);
         }
         if let Some(e) = r.error {
             self.acct.errors.inc(e);

@@ -5,6 +5,7 @@
 //! raw facts ("vCPU 1 exited for port output, its tag slot held T, handling
 //! took N ns"); this crate decides who is charged and keeps the books.
 //!
+//! - [`agent`] is the wire format of the guest agent's protocol.
 //! - [`abi`] is the byte-level tag ABI shared with guest programs; it is the
 //!   only module that builds without `std`.
 //! - [`resource`] names what is charged ([`resource::ExitReason`],
@@ -21,9 +22,15 @@
 pub mod abi;
 
 #[cfg(feature = "std")]
+pub mod agent;
+#[cfg(feature = "std")]
+pub mod compact;
+#[cfg(feature = "std")]
 pub mod errors;
 #[cfg(feature = "std")]
 pub mod ledger;
+#[cfg(feature = "std")]
+pub mod query;
 #[cfg(feature = "std")]
 pub mod ratelimit;
 #[cfg(feature = "std")]

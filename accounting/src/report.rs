@@ -13,8 +13,8 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::Accounting;
-use crate::registry::{Limits, Registry, RegistryStats, Request};
-use crate::resource::{BlockCharge, Charges, ExitCharge, ExitReason, NetCharge, Provenance};
+use crate::registry::{Limits, Registry, RegistryStats, RequestRow};
+use crate::resource::{BlockCharge, Charges, ExitCharge, ExitReason, NetCharge, Provenance, VsockCharge};
 
 /// Schema identifier of the JSON report.
 pub const SCHEMA: &str = "resourceful.report/v1";
@@ -54,10 +54,18 @@ pub struct VmInfo {
     pub vmm_peak_rss_bytes: u64,
 }
 
-/// Charges in report form.
+/// Charges in report form. The JSON is sparse: reasons without exits and
+/// device groups (`block`, `interrupts`, `net`, `vsock`) that are all zero
+/// are left out, and read back as zero.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChargesReport {
-    /// Exits by reason name; every reason is present.
+    /// Exits by reason name; every reason is present in memory, and the
+    /// JSON leaves out reasons with no exits (an absent reason reads as 0).
+    #[serde(
+        default = "no_exits",
+        serialize_with = "exits_with_any",
+        deserialize_with = "exits_all_reasons"
+    )]
     pub exits: BTreeMap<String, ExitCharge>,
     /// All exits.
     pub exits_total: ExitCharge,
@@ -66,14 +74,46 @@ pub struct ChargesReport {
     /// Run-time samples.
     pub run_samples: u64,
     /// Block device work.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub block: BlockCharge,
     /// Interrupts injected.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub interrupts: u64,
     /// Network device work.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub net: NetCharge,
+    /// virtio-vsock work.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub vsock: VsockCharge,
+}
+
+/// Whether `v` is its type's zero.
+pub fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// Every reason, with no exits.
+fn no_exits() -> BTreeMap<String, ExitCharge> {
+    ExitReason::ALL
+        .iter()
+        .map(|r| (r.name().to_string(), ExitCharge::default()))
+        .collect()
+}
+
+/// Reads the sparse map back with every reason present.
+fn exits_all_reasons<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, ExitCharge>, D::Error> {
+    let mut m = BTreeMap::<String, ExitCharge>::deserialize(d)?;
+    for r in ExitReason::ALL {
+        m.entry(r.name().to_string()).or_default();
+    }
+    Ok(m)
+}
+
+/// Serialises only the reasons that had exits.
+fn exits_with_any<S: serde::Serializer>(m: &BTreeMap<String, ExitCharge>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(m.iter().filter(|(_, e)| !is_zero(*e)))
 }
 
 impl From<&Charges> for ChargesReport {
@@ -89,6 +129,7 @@ impl From<&Charges> for ChargesReport {
             block: c.block,
             interrupts: c.interrupts,
             net: c.net,
+            vsock: c.vsock,
         }
     }
 }
@@ -131,7 +172,9 @@ pub struct RequestSummary {
     /// Finished and evicted from retention.
     pub evicted: u64,
     /// Sum of the charges of all its requests, evicted ones included: the
-    /// part of the container's charges done inside requests.
+    /// part of the container's charges done inside requests. (The API's
+    /// container list leaves it out; `/v1/containers/{index}` has it.)
+    #[serde(default)]
     pub charged: ChargesReport,
 }
 
@@ -179,6 +222,34 @@ pub struct RequestReport {
     pub end_ns: Option<u64>,
     /// Its charges.
     pub charges: ChargesReport,
+    /// W3C trace id (32 lowercase hex digits), if the agent gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Attributes the agent gave, if any.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl RequestReport {
+    /// `row` in report form; `container_path` is its container's path.
+    pub fn from_row(row: &RequestRow, container_path: &str) -> Self {
+        let meta = row.meta.as_deref();
+        RequestReport {
+            id: row.guest_id,
+            seq: row.seq,
+            container: row.container,
+            container_path: container_path.to_string(),
+            external_id: row.external_id,
+            state: if row.end_ns.is_some() { "finished" } else { "live" }.to_string(),
+            begin_ns: row.begin_ns,
+            end_ns: row.end_ns,
+            charges: ChargesReport::from(&row.charges),
+            trace_id: meta.and_then(|m| m.trace_id_hex()),
+            attributes: meta
+                .map(|m| m.attributes.iter().cloned().collect())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// One vCPU's totals.
@@ -309,18 +380,13 @@ fn path_of(reg: &Registry, mut idx: usize) -> String {
     parts.join("/")
 }
 
-fn request_report(reg: &Registry, r: &Request) -> RequestReport {
-    RequestReport {
-        id: r.guest_id,
-        seq: r.seq,
-        container: r.container,
-        container_path: path_of(reg, r.container),
-        external_id: r.external_id,
-        state: if r.end_ns.is_some() { "finished" } else { "live" }.to_string(),
-        begin_ns: r.begin_ns,
-        end_ns: r.end_ns,
-        charges: ChargesReport::from(&r.cells.read()),
-    }
+fn request_report(reg: &Registry, r: &RequestRow) -> RequestReport {
+    let path = reg
+        .containers()
+        .get(r.container)
+        .map(|c| &*c.path)
+        .unwrap_or_default();
+    RequestReport::from_row(r, path)
 }
 
 fn conservation(total: &Charges, sum: &Charges) -> Conservation {
@@ -375,6 +441,17 @@ fn conservation(total: &Charges, sum: &Charges) -> Conservation {
             total.net.spoofed_frames,
             sum.net.spoofed_frames,
         ),
+        ("vsock.tx_packets", total.vsock.tx_packets, sum.vsock.tx_packets),
+        ("vsock.tx_bytes", total.vsock.tx_bytes, sum.vsock.tx_bytes),
+        ("vsock.rx_packets", total.vsock.rx_packets, sum.vsock.rx_packets),
+        ("vsock.rx_bytes", total.vsock.rx_bytes, sum.vsock.rx_bytes),
+        ("vsock.host_ns", total.vsock.host_ns, sum.vsock.host_ns),
+        (
+            "vsock.connections",
+            total.vsock.connections,
+            sum.vsock.connections,
+        ),
+        ("vsock.resets", total.vsock.resets, sum.vsock.resets),
     ] {
         lines.push(ConservationLine {
             resource: name.into(),
@@ -396,23 +473,13 @@ impl Report {
         for w in &acct.writer_totals() {
             total.add(w);
         }
-        let reg = acct.registry();
-        let mut requests: Vec<&Request> = reg.finished_requests().chain(reg.live_requests()).collect();
-        requests.sort_by_key(|r| r.seq);
+        let mut reg = acct.registry();
+        reg.sweep();
+        let requests = reg.request_rows();
 
-        // Per-container request sums: evicted totals plus every request we
-        // still hold.
-        let mut in_requests: Vec<Charges> = reg.containers().iter().map(|c| c.evicted).collect();
-        let mut live: Vec<u64> = vec![0; reg.containers().len()];
-        let mut retained: Vec<u64> = vec![0; reg.containers().len()];
-        for r in &requests {
-            in_requests[r.container].add(&r.cells.read());
-            if r.end_ns.is_some() {
-                retained[r.container] += 1;
-            } else {
-                live[r.container] += 1;
-            }
-        }
+        // Per-container request sums: settled (compacted and evicted
+        // requests) plus what live and pending requests read now.
+        let in_requests = reg.requests_charged();
 
         let mut sum = Charges::default();
         let containers: Vec<ContainerReport> = reg
@@ -451,8 +518,8 @@ impl Report {
                     requests: RequestSummary {
                         begun: c.requests_begun,
                         ended: c.requests_ended,
-                        live: live[i],
-                        retained: retained[i],
+                        live: c.requests_live,
+                        retained: c.requests_retained,
                         evicted: c.requests_evicted,
                         charged: ChargesReport::from(&in_requests[i]),
                     },
@@ -641,6 +708,35 @@ impl Report {
             }
             net_row(&mut s, "= tenant total", &self.totals.net);
         }
+        if self.totals.vsock.tx_packets + self.totals.vsock.rx_packets > 0 {
+            let _ = writeln!(
+                s,
+                "\n{:<28} {:>8} {:>10} {:>8} {:>10} {:>9} {:>6} {:>6}",
+                "VSOCK", "TX", "TX_KIB", "RX", "RX_KIB", "HOST_MS", "CONNS", "RESETS"
+            );
+            let vsock_row = |s: &mut String, name: &str, v: &VsockCharge| {
+                let _ = writeln!(
+                    s,
+                    "{:<28} {:>8} {:>10.1} {:>8} {:>10.1} {:>9.3} {:>6} {:>6}",
+                    name,
+                    v.tx_packets,
+                    v.tx_bytes as f64 / 1024.0,
+                    v.rx_packets,
+                    v.rx_bytes as f64 / 1024.0,
+                    ms(v.host_ns),
+                    v.connections,
+                    v.resets,
+                );
+            };
+            for c in self
+                .containers
+                .iter()
+                .filter(|c| c.charges.vsock.tx_packets + c.charges.vsock.rx_packets > 0)
+            {
+                vsock_row(&mut s, &c.path, &c.charges.vsock);
+            }
+            vsock_row(&mut s, "= tenant total", &self.totals.vsock);
+        }
         if !self.requests.is_empty() && max_requests > 0 {
             let mut top: Vec<&RequestReport> = self.requests.iter().collect();
             top.sort_by_key(|r| {
@@ -772,6 +868,42 @@ mod tests {
         assert_eq!(back, r);
         let table = r.to_table(10);
         assert!(table.contains("web/api") && table.contains("conservation: holds"));
+    }
+
+    #[test]
+    fn vsock_charges_are_conserved_and_get_a_table_section() {
+        let acct = books();
+        let mut dev = acct.writer(2);
+        let tx = VsockCharge {
+            tx_packets: 1,
+            tx_bytes: 5,
+            host_ns: 7,
+            connections: 1,
+            ..Default::default()
+        };
+        dev.charge_vsock(Some(tag(2, 7)), &tx);
+        dev.charge_vsock(
+            None,
+            &VsockCharge {
+                rx_packets: 1,
+                rx_bytes: 9,
+                resets: 1,
+                ..Default::default()
+            },
+        );
+
+        let r = Report::build(&acct, VmInfo::default());
+
+        assert!(r.conservation.holds);
+        assert!(r
+            .conservation
+            .lines
+            .iter()
+            .any(|l| l.resource == "vsock.rx_bytes"));
+        assert_eq!(r.container("web/api").unwrap().charges.vsock, tx);
+        assert_eq!(r.requests[0].charges.vsock.tx_bytes, 5);
+        assert_eq!((r.totals.vsock.rx_bytes, r.totals.vsock.resets), (9, 1));
+        assert!(r.to_table(0).contains("VSOCK"));
     }
 
     #[test]

@@ -179,6 +179,53 @@ impl NetCharge {
     }
 }
 
+/// virtio-vsock work, summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VsockCharge {
+    /// Packets the guest sent (well-formed; control packets included).
+    pub tx_packets: u64,
+    /// RW payload bytes the guest sent.
+    pub tx_bytes: u64,
+    /// Packets delivered to the guest (control packets included).
+    pub rx_packets: u64,
+    /// RW payload bytes delivered to the guest.
+    pub rx_bytes: u64,
+    /// Device thread CPU ns spent on the packets and the host streams.
+    pub host_ns: u64,
+    /// Connections opened (guest REQUEST accepted, or the guest's RESPONSE
+    /// to a host-initiated one).
+    pub connections: u64,
+    /// RSTs: from the guest ending a live connection, or delivered by the
+    /// device to refuse or end one.
+    pub resets: u64,
+}
+
+impl VsockCharge {
+    fn add(&mut self, o: &VsockCharge) {
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.host_ns += o.host_ns;
+        self.connections += o.connections;
+        self.resets += o.resets;
+    }
+
+    /// The counter deltas of one packet's work, indexed like `Counters::vsock`.
+    fn deltas(&self) -> [u64; 7] {
+        [
+            self.tx_packets,
+            self.tx_bytes,
+            self.rx_packets,
+            self.rx_bytes,
+            self.host_ns,
+            self.connections,
+            self.resets,
+        ]
+    }
+}
+
 /// One block request, as a device reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockWork {
@@ -219,6 +266,8 @@ pub struct Charges {
     pub interrupts: u64,
     /// Network device work.
     pub net: NetCharge,
+    /// virtio-vsock work.
+    pub vsock: VsockCharge,
 }
 
 impl Charges {
@@ -243,13 +292,134 @@ impl Charges {
         self.block.add(&other.block);
         self.interrupts += other.interrupts;
         self.net.add(&other.net);
+        self.vsock.add(&other.vsock);
     }
 
     /// Whether nothing was charged.
     pub fn is_zero(&self) -> bool {
         *self == Charges::default()
     }
+
+    /// Number of `u64` fields (every field of `Charges` is a `u64`).
+    pub const WORDS: usize = std::mem::size_of::<Charges>() / 8;
+
+    /// Visits every field, always in the same order: the one list of fields
+    /// that [`Charges::as_words`], [`Charges::from_words`] and the compact
+    /// form of finished requests (`accounting::compact`) derive from. The
+    /// destructuring is exhaustive, so a new field (or field group) that is
+    /// not listed here does not compile; list it here and nothing else in
+    /// the compact encoding changes.
+    pub fn for_each_word_mut(&mut self, mut f: impl FnMut(&mut u64)) {
+        let Charges {
+            exits,
+            guest_run_ns,
+            run_samples,
+            block,
+            interrupts,
+            net,
+            vsock,
+        } = self;
+        for ExitCharge { count, host_ns } in exits.iter_mut() {
+            f(count);
+            f(host_ns);
+        }
+        f(guest_run_ns);
+        f(run_samples);
+        let BlockCharge {
+            reads,
+            writes,
+            flushes,
+            other,
+            errors,
+            bytes_read,
+            bytes_written,
+            device_ns,
+            latency_ns,
+        } = block;
+        for w in [
+            reads,
+            writes,
+            flushes,
+            other,
+            errors,
+            bytes_read,
+            bytes_written,
+            device_ns,
+            latency_ns,
+        ] {
+            f(w);
+        }
+        f(interrupts);
+        let NetCharge {
+            tx_frames,
+            tx_bytes,
+            rx_frames,
+            rx_bytes,
+            host_ns,
+            retransmitted_bytes,
+            spoofed_frames,
+        } = net;
+        for w in [
+            tx_frames,
+            tx_bytes,
+            rx_frames,
+            rx_bytes,
+            host_ns,
+            retransmitted_bytes,
+            spoofed_frames,
+        ] {
+            f(w);
+        }
+        let VsockCharge {
+            tx_packets,
+            tx_bytes,
+            rx_packets,
+            rx_bytes,
+            host_ns,
+            connections,
+            resets,
+        } = vsock;
+        for w in [
+            tx_packets,
+            tx_bytes,
+            rx_packets,
+            rx_bytes,
+            host_ns,
+            connections,
+            resets,
+        ] {
+            f(w);
+        }
+    }
+
+    /// Every field as a word, in [`Charges::for_each_word_mut`] order.
+    pub fn as_words(&self) -> [u64; Self::WORDS] {
+        let mut out = [0u64; Self::WORDS];
+        let mut copy = *self;
+        let mut i = 0;
+        copy.for_each_word_mut(|w| {
+            if let Some(slot) = out.get_mut(i) {
+                *slot = *w;
+            }
+            i += 1;
+        });
+        out
+    }
+
+    /// The inverse of [`Charges::as_words`].
+    pub fn from_words(words: &[u64; Self::WORDS]) -> Self {
+        let mut c = Charges::default();
+        let mut i = 0;
+        c.for_each_word_mut(|w| {
+            *w = words.get(i).copied().unwrap_or(0);
+            i += 1;
+        });
+        c
+    }
 }
+
+// Every field of `Charges` is a `u64`, so its size counts its words.
+const _: () = assert!(std::mem::size_of::<Charges>().is_multiple_of(8));
 
 /// The atomic block writers add to.
 ///
@@ -272,6 +442,9 @@ pub struct Counters {
     /// Net: tx frames, tx bytes, rx frames, rx bytes, host ns, retransmitted
     /// bytes, spoofed frames.
     net: [AtomicU64; 7],
+    /// Vsock: tx packets, tx bytes, rx packets, rx bytes, host ns,
+    /// connections, resets.
+    vsock: [AtomicU64; 7],
 }
 
 const BLK_ERRORS: usize = 4;
@@ -363,6 +536,15 @@ impl Counters {
         }
     }
 
+    /// Adds one vsock packet's work. Only the block's single writer.
+    pub fn add_vsock_single_writer(&self, w: &VsockCharge) {
+        for (cell, d) in self.vsock.iter().zip(w.deltas()) {
+            if d != 0 {
+                add_single_writer(cell, d);
+            }
+        }
+    }
+
     /// Adds one injected interrupt. Only the block's single writer.
     pub fn add_interrupt_single_writer(&self) {
         add_single_writer(&self.interrupts, 1);
@@ -403,6 +585,16 @@ impl Counters {
             host_ns: n[4],
             retransmitted_bytes: n[5],
             spoofed_frames: n[6],
+        });
+        let v: [u64; 7] = std::array::from_fn(|i| self.vsock[i].load(Relaxed));
+        out.vsock.add(&VsockCharge {
+            tx_packets: v[0],
+            tx_bytes: v[1],
+            rx_packets: v[2],
+            rx_bytes: v[3],
+            host_ns: v[4],
+            connections: v[5],
+            resets: v[6],
         });
     }
 
@@ -521,6 +713,18 @@ mod tests {
         );
         assert_eq!(b.ops(), 3);
         assert_eq!(c.read().interrupts, 1);
+    }
+
+    #[test]
+    fn word_list_covers_every_field_once() {
+        // Distinct values in every word round-trip, and the visitor visits
+        // exactly `WORDS` words: a field missing from the list would stay 0.
+        let words: [u64; Charges::WORDS] = std::array::from_fn(|i| i as u64 + 1);
+        let c = Charges::from_words(&words);
+        assert_eq!(c.as_words(), words);
+        let mut n = 0;
+        Charges::default().for_each_word_mut(|_| n += 1);
+        assert_eq!(n, Charges::WORDS);
     }
 
     #[test]
