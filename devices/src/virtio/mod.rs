@@ -4,6 +4,7 @@
 //!   over [`VirtioDevice`]; it sits on the MMIO [`Bus`](crate::Bus).
 //! - [`block`]: virtio-blk on a raw file, processed on the device event loop.
 //! - [`net`]: virtio-net on a TAP interface (library only: not wired yet).
+//! - [`vsock`]: virtio-vsock stream sockets to host Unix sockets.
 //!
 //! # How requests are tagged
 //!
@@ -25,6 +26,7 @@
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod vsock;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -421,8 +423,31 @@ pub struct NetCharge {
     pub retransmitted_bytes: u64,
     /// TX: the source MAC was not the device's; the frame was dropped.
     pub spoofed: bool,
-    /// RX: the tag came from the flow table.
+    /// RX: the tag came from the flow table or the agent's flow bindings.
     pub attributed_by_flow: bool,
+}
+
+/// One vsock packet's charge (virtio-vsock), or host work on a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VsockCharge {
+    /// TX: the explicit queue tag, else the notification covering the
+    /// chain. RX: the principal that owns the connection.
+    pub tag: Option<u64>,
+    /// Which way: TX for packets from the guest (and host writes of their
+    /// data), RX for packets to the guest.
+    pub dir: NetDir,
+    /// 1 for a packet; 0 for a malformed TX chain or host-side work alone.
+    pub packets: u64,
+    /// Payload bytes of an RW packet.
+    pub bytes: u64,
+    /// Event-loop thread CPU time spent on it (`CLOCK_THREAD_CPUTIME_ID`).
+    pub host_ns: u64,
+    /// 1 when this packet opened a connection (a guest REQUEST accepted,
+    /// or the guest's RESPONSE to a host-initiated one).
+    pub connections: u64,
+    /// 1 for an RST: one from the guest that ended a live connection (TX),
+    /// or one the device delivered to refuse or end one (RX).
+    pub resets: u64,
 }
 
 /// Where devices charge their work; the VMM implements it over its books.
@@ -433,6 +458,10 @@ pub trait Charger {
     fn charge_interrupt(&mut self, tag: Option<u64>);
     /// One network frame was sent or received (or a TX chain dropped).
     fn charge_net(&mut self, c: &NetCharge) {
+        let _ = c;
+    }
+    /// One vsock packet was sent or received (or host work was done).
+    fn charge_vsock(&mut self, c: &VsockCharge) {
         let _ = c;
     }
 }

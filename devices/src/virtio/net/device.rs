@@ -21,7 +21,7 @@ use accounting::{abi, warn_rl};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
-use super::flow::FlowTable;
+use super::flow::{FlowBindings, FlowTable};
 use super::frame;
 use super::tap::{NetBackend, Tap, TapError, VNET_HDR_LEN};
 use crate::acct::QueueTagReader;
@@ -227,6 +227,7 @@ pub struct NetDevice {
     /// `rx_buf` and when it was read.
     rx_pending: Option<(usize, Instant)>,
     queue_tags: Option<(QueueTagReader, u32)>,
+    bindings: Option<Arc<dyn FlowBindings>>,
 }
 
 impl std::fmt::Debug for NetDevice {
@@ -263,6 +264,7 @@ impl NetDevice {
             rx_buf: vec![0; MAX_FRAME_LEN],
             rx_pending: None,
             queue_tags: None,
+            bindings: None,
         })
     }
 
@@ -300,6 +302,12 @@ impl NetDevice {
     /// virtio device `device_index` (table of queue [`TX_QUEUE`]).
     pub fn set_queue_tags(&mut self, reader: QueueTagReader, device_index: u32) {
         self.queue_tags = Some((reader, device_index));
+    }
+
+    /// Lets the guest agent's flow bindings decide who TX and RX frames of
+    /// a bound flow are charged to.
+    pub fn set_flow_bindings(&mut self, bindings: Arc<dyn FlowBindings>) {
+        self.bindings = Some(bindings);
     }
 
     fn raise_interrupt(&mut self, tag: Option<u64>, out: &mut ProcessStats, charger: &mut dyn Charger) {
@@ -407,7 +415,16 @@ impl NetDevice {
                                 self.stats.tx_bytes += charge.bytes;
                                 out.frames += 1;
                                 if let Some((flow, tcp)) = info.and_then(|i| Some((i.flow?, i.tcp))) {
-                                    charge.retransmitted_bytes = self.flows.on_tx(flow, tag, tcp);
+                                    // A flow the guest agent bound is charged to its
+                                    // principal unless the frame carried an explicit tag.
+                                    if explicit.is_none() {
+                                        if let Some(bound) =
+                                            self.bindings.as_ref().and_then(|b| b.bound(&flow))
+                                        {
+                                            charge.tag = Some(bound);
+                                        }
+                                    }
+                                    charge.retransmitted_bytes = self.flows.on_tx(flow, charge.tag, tcp);
                                     self.stats.tx_retransmitted_bytes += charge.retransmitted_bytes;
                                 }
                             }
@@ -429,7 +446,7 @@ impl NetDevice {
                 warn_rl!("virtio-net: used ring update failed: {e}");
             }
             out.chains += 1;
-            last_tag = tag;
+            last_tag = charge.tag;
             notifier.retire(queue.next_avail(), false);
             if out.chains >= u64::from(queue.size()) {
                 out.more_pending = queue
@@ -543,9 +560,12 @@ impl NetDevice {
                         0
                     } else {
                         let info = frame::parse(&frame[VNET_HDR_LEN..]);
-                        let tag = info
-                            .and_then(|i| i.flow)
-                            .and_then(|f| self.flows.owner_of_reply(&f));
+                        // The agent's binding of the flow this frame answers first,
+                        // then the owner learned from tagged TX.
+                        let tag = info.and_then(|i| i.flow).and_then(|f| {
+                            let bound = self.bindings.as_ref().and_then(|b| b.bound(&f.reversed()));
+                            bound.or_else(|| self.flows.owner_of_reply(&f))
+                        });
                         let bytes = u64::try_from(len - VNET_HDR_LEN).unwrap_or(u64::MAX);
                         self.stats.rx_frames += 1;
                         self.stats.rx_bytes += bytes;
@@ -996,6 +1016,40 @@ pub(crate) mod tests {
             (Some(42), NetDir::Rx, 1, u64::try_from(reply.len()).unwrap(), true)
         );
         assert_eq!(rec.interrupts, vec![Some(42)]);
+    }
+
+    /// The agent's bindings, as the VMM would keep them.
+    struct Bound(FiveTuple, u64);
+    impl FlowBindings for Bound {
+        fn bound(&self, flow: &FiveTuple) -> Option<u64> {
+            (*flow == self.0).then_some(self.1)
+        }
+    }
+
+    #[test]
+    fn a_flow_bound_by_the_agent_is_charged_to_its_principal_both_ways() {
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let f = ipv4_frame(MAC, &guest_flow(), 1, &[9; 100]);
+        push_tx(&m, &txq, 0, &f);
+        let (mut d, b) = activated(&m, &rxq, &txq);
+        d.set_flow_bindings(Arc::new(Bound(guest_flow(), 77)));
+        let mut rec = Recorder::default();
+        // The kernel's vCPU was running someone else when it sent the frame.
+        d.queue_notifiers()[TX_QUEUE].post(Some(5));
+        d.process_tx(&mut rec);
+        assert_eq!(rec.nets[0].tag, Some(77));
+        assert_eq!(rec.interrupts, vec![Some(77)]);
+
+        let reply = ipv4_frame([2, 0, 0, 0, 0, 1], &guest_flow().reversed(), 7, &[5; 20]);
+        b.0.lock().unwrap().to_guest.push_back(with_header(&reply));
+        push_rx(&rxq, 0, 2048);
+        let mut rec = Recorder::default();
+        d.process_rx(&mut rec);
+        assert_eq!(
+            (rec.nets[0].tag, rec.nets[0].attributed_by_flow),
+            (Some(77), true)
+        );
     }
 
     #[test]

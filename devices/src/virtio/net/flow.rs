@@ -11,6 +11,14 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::frame::{FiveTuple, TcpSegment};
 
+/// Flows the guest agent bound to a principal (`bind_flow` in
+/// docs/agent-protocol.md), kept outside the device by the VMM.
+pub trait FlowBindings: Send + Sync {
+    /// The tag of the principal bound to `flow`, as sent by the guest
+    /// (source = the guest's address).
+    fn bound(&self, flow: &FiveTuple) -> Option<u64>;
+}
+
 /// Most flows the table holds.
 pub const MAX_FLOWS: usize = 4096;
 
