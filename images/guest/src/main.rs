@@ -10,6 +10,7 @@
 #![no_main]
 
 mod acct;
+mod agent;
 mod blk;
 mod frame;
 mod io;
@@ -17,6 +18,7 @@ mod mem;
 mod net;
 mod scenarios;
 mod virtio;
+mod vsock;
 
 use accounting::abi;
 use core::sync::atomic::{AtomicU32, Ordering};

@@ -12,6 +12,7 @@ use crate::frame::{self, Ends};
 use crate::io::{self, mmio_read_work, mmio_write_work, port_work, print, print_dec10};
 use crate::net::Net;
 use crate::virtio::UsedError;
+use crate::vsock::{self, Vsock};
 use crate::{arg, finish, parse_u64, release_others, virtio, wait_others, Boot};
 use accounting::abi::{self, tag, EntryKind, Status};
 
@@ -33,9 +34,11 @@ pub enum Scenario {
     Blk = 11,
     BlkTagged = 12,
     Net = 13,
+    Vsock = 14,
+    Agent = 15,
 }
 
-const ALL: [(Scenario, &[u8]); 13] = [
+const ALL: [(Scenario, &[u8]); 15] = [
     (Scenario::Basic, b"basic"),
     (Scenario::Multi, b"multi"),
     (Scenario::Demo, b"demo"),
@@ -49,6 +52,8 @@ const ALL: [(Scenario, &[u8]); 13] = [
     (Scenario::Blk, b"blk"),
     (Scenario::BlkTagged, b"blk-tagged"),
     (Scenario::Net, b"net"),
+    (Scenario::Vsock, b"vsock"),
+    (Scenario::Agent, b"agent"),
 ];
 
 impl Scenario {
@@ -77,6 +82,8 @@ pub fn run(b: &Boot, s: Scenario) -> ! {
         Scenario::Blk => blk(b),
         Scenario::BlkTagged => blk_tagged(b),
         Scenario::Net => net(b),
+        Scenario::Vsock => vsock_scenario(b),
+        Scenario::Agent => crate::agent::scenario(b),
     }
 }
 
@@ -213,12 +220,30 @@ fn demo_container(i: u32) -> u32 {
 /// reads if it is a `db` request. After request i, if i % 10 == 0: 20 MMIO
 /// writes in `batch` (no request); if i % 25 == 0: 5 port writes in
 /// `frontend` (no request).
+///
+/// With `loop=1` on the command line (`resourceful demo --duration`), every
+/// vCPU repeats its part in rounds until the VMM ends the VM; round r's
+/// request ids are i + 200 r.
 fn demo_part(b: &Boot) {
+    if arg(b.cmdline, b"loop=") == Some(&b"1"[..]) {
+        let mut round: u32 = 0;
+        loop {
+            demo_round(b, round);
+            round = round.wrapping_add(1);
+        }
+    }
+    demo_round(b, 0);
+}
+
+fn demo_round(b: &Boot, round: u32) {
     let n = b.nr_vcpus;
+    let base = round.wrapping_mul(DEMO_REQUESTS);
     let mut i = b.vcpu + 1;
     while i <= DEMO_REQUESTS {
         let c = demo_container(i);
-        request(b, c, i, 0xde00_0000 + u64::from(i), || {
+        // Id 0 is not a request; it comes round once in 21 million rounds.
+        let id = base.wrapping_add(i).max(1);
+        request(b, c, id, 0xde00_0000 + u64::from(id), || {
             port_work((i % 7 + 1) * 3);
             mmio_write_work(i % 4);
             if c == DEMO_DB {
@@ -803,5 +828,99 @@ fn net(b: &Boot) -> ! {
     print_dec10(n.ignored);
     print("\n");
     print("net: done\n");
+    finish(b, 0)
+}
+
+// ---------------------------------------------------------------------------
+// vsock: a stream to a host port; TX charged to the notifier, RX to the
+// principal that opened the connection
+// ---------------------------------------------------------------------------
+
+const VS_A: u32 = 1;
+const VS_B: u32 = 2;
+/// The guest's port for its one connection.
+const VS_LOCAL_PORT: u32 = 40_000;
+/// Bytes vs-a sends (and gets back), then vs-b.
+const VS_A_BYTES: usize = 100;
+const VS_B_BYTES: usize = 200;
+const VS_POLLS: u64 = 1 << 27;
+
+fn vsock_fail(b: &Boot, msg: &str, status: u32) -> ! {
+    print(msg);
+    finish(b, status)
+}
+
+/// Waits for a packet with `want` op, skipping credit updates.
+fn vsock_await(b: &Boot, d: &mut Vsock, want: u16) {
+    loop {
+        let Some((h, _)) = d.recv(VS_POLLS) else {
+            vsock_fail(b, "vsock: timeout\n", 31)
+        };
+        match h.op {
+            vsock::op::CREDIT_UPDATE => {}
+            op if op == want => return,
+            _ => vsock_fail(b, "vsock: unexpected op\n", 32),
+        }
+    }
+}
+
+/// Sends `n` bytes of `fill` as one RW packet and waits for all of them to
+/// come back (in one or more RW packets).
+fn vsock_echo(b: &Boot, d: &mut Vsock, fill: u8, n: usize) {
+    let buf = [fill; VS_B_BYTES];
+    if d.send(vsock::op::RW, &buf[..n], 0).is_err() {
+        vsock_fail(b, "vsock: tx failed\n", 33)
+    }
+    let mut got = 0;
+    while got < n {
+        let Some((h, p)) = d.recv(VS_POLLS) else {
+            vsock_fail(b, "vsock: no echo\n", 34)
+        };
+        match h.op {
+            vsock::op::CREDIT_UPDATE => {}
+            vsock::op::RW if p.iter().all(|&x| x == fill) => got += p.len(),
+            _ => vsock_fail(b, "vsock: bad echo\n", 35),
+        }
+    }
+}
+
+/// `vsock`: connects to host port `vsock_port=` (default 1024) from guest
+/// port 40000. In vs-a: REQUEST (answered by RESPONSE), 100 bytes echoed.
+/// In vs-b: 200 bytes echoed on the same connection. In vs-a: SHUTDOWN of
+/// both directions, answered by RST. TX packets go to the container that
+/// sent them; every packet the device sends goes to vs-a, which opened the
+/// connection.
+fn vsock_scenario(b: &Boot) -> ! {
+    print("vsock: start\n");
+    let port = arg(b.cmdline, b"vsock_port=")
+        .and_then(parse_u64)
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or(1024);
+    acct::register();
+    declare(VS_A, 0, b"vs-a");
+    declare(VS_B, 0, b"vs-b");
+    let Some(mmio) = virtio::find(b.cmdline, vsock::DEVICE_ID_VSOCK) else {
+        vsock_fail(b, "vsock: no device\n", 36)
+    };
+    let Ok(mut d) = Vsock::init(mmio) else {
+        vsock_fail(b, "vsock: init failed\n", 37)
+    };
+    d.port = VS_LOCAL_PORT;
+    d.peer_port = port;
+    in_container(b, VS_A, || {
+        if d.send(vsock::op::REQUEST, &[], 0).is_err() {
+            vsock_fail(b, "vsock: tx failed\n", 33)
+        }
+        vsock_await(b, &mut d, vsock::op::RESPONSE);
+        vsock_echo(b, &mut d, 0xa5, VS_A_BYTES);
+    });
+    in_container(b, VS_B, || vsock_echo(b, &mut d, 0x5b, VS_B_BYTES));
+    in_container(b, VS_A, || {
+        if d.send(vsock::op::SHUTDOWN, &[], vsock::SHUTDOWN_BOTH).is_err() {
+            vsock_fail(b, "vsock: tx failed\n", 33)
+        }
+        vsock_await(b, &mut d, vsock::op::RST);
+    });
+    print("vsock: done\n");
     finish(b, 0)
 }

@@ -391,7 +391,7 @@ pub enum Negotiation {
 /// (§3.1.1 steps 1-6): Status = 0, ACKNOWLEDGE, ACKNOWLEDGE|DRIVER; read the
 /// 64 offered feature bits; if every bit of `accepted` is offered, write
 /// `accepted` as the driver features, set FEATURES_OK and read Status back
-/// to confirm it. Exactly 8 `mmio_write` + 3 `mmio_read` when it succeeds.
+/// to confirm it. Exactly 10 `mmio_write` + 3 `mmio_read` when it succeeds.
 /// Returns the offered features and the status reached, or the status to
 /// fail from and why.
 pub fn negotiate(m: Mmio, accepted: u64) -> Result<(u64, u32), (u32, Negotiation)> {
