@@ -3,7 +3,7 @@
 //! column), so device charges never share a cache line with a vCPU's.
 
 use accounting::ledger::Writer;
-use accounting::resource::{BlockOp, BlockWork, NetCharge};
+use accounting::resource::{BlockOp, BlockWork, NetCharge, VsockCharge};
 use devices::virtio::{self, BlockCharge, Charger};
 
 /// Charges device work to the principals the devices name.
@@ -51,6 +51,23 @@ pub fn net_work(c: &virtio::NetCharge) -> NetCharge {
     }
 }
 
+/// The books' form of one vsock packet's work.
+pub fn vsock_work(c: &virtio::VsockCharge) -> VsockCharge {
+    let (tx, rx) = match c.dir {
+        virtio::NetDir::Tx => ((c.packets, c.bytes), (0, 0)),
+        virtio::NetDir::Rx => ((0, 0), (c.packets, c.bytes)),
+    };
+    VsockCharge {
+        tx_packets: tx.0,
+        tx_bytes: tx.1,
+        rx_packets: rx.0,
+        rx_bytes: rx.1,
+        host_ns: c.host_ns,
+        connections: c.connections,
+        resets: c.resets,
+    }
+}
+
 impl Charger for BooksCharger {
     fn charge_block(&mut self, c: &BlockCharge) {
         if let Some(w) = self.writer.as_mut() {
@@ -68,6 +85,12 @@ impl Charger for BooksCharger {
     fn charge_net(&mut self, c: &virtio::NetCharge) {
         if let Some(w) = self.writer.as_mut() {
             w.charge_net(c.tag, &net_work(c));
+        }
+    }
+
+    fn charge_vsock(&mut self, c: &virtio::VsockCharge) {
+        if let Some(w) = self.writer.as_mut() {
+            w.charge_vsock(c.tag, &vsock_work(c));
         }
     }
 

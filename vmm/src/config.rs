@@ -164,6 +164,44 @@ impl std::str::FromStr for NetConfig {
     }
 }
 
+/// A virtio-vsock device: the guest's CID and, optionally, the host Unix
+/// socket of the hybrid-vsock scheme (guest connects to port P go to
+/// `PATH_P`; host programs connect to `PATH` and write `CONNECT <port>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 or more).
+    pub cid: u64,
+    /// The host socket path.
+    #[serde(default)]
+    pub uds: Option<PathBuf>,
+}
+
+impl std::str::FromStr for VsockConfig {
+    type Err = String;
+
+    /// `cid=N[,uds=PATH]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = "use --vsock cid=N[,uds=PATH] with N of 3 or more";
+        let (mut cid, mut uds) = (None, None);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("cid", n)) => {
+                    let n: u64 = n.parse().map_err(|_| format!("bad CID `{n}`: {usage}"))?;
+                    if !(devices::virtio::vsock::MIN_GUEST_CID..=u64::from(u32::MAX)).contains(&n) {
+                        return Err(format!("CID {n} is reserved or too large: {usage}"));
+                    }
+                    cid = Some(n);
+                }
+                Some(("uds", p)) if !p.is_empty() => uds = Some(PathBuf::from(p)),
+                _ => return Err(format!("unknown --vsock option `{part}`: {usage}")),
+            }
+        }
+        let cid = cid.ok_or_else(|| format!("--vsock needs a CID: {usage}"))?;
+        Ok(Self { cid, uds })
+    }
+}
+
 /// Where the serial console goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -207,6 +245,9 @@ pub struct VmConfig {
     /// virtio-net interfaces, placed after the disks.
     #[serde(default)]
     pub nets: Vec<NetConfig>,
+    /// A virtio-vsock device, placed after the network interfaces.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
     /// Bounds on guest-declared state.
     #[serde(default)]
     pub limits: Limits,
@@ -220,6 +261,14 @@ pub struct VmConfig {
     /// `docs/api.yaml`) on this Unix socket while the VM runs.
     #[serde(default)]
     pub api_sock: Option<PathBuf>,
+    /// Also serve guest agents on this host Unix socket (mode 0600), besides
+    /// vsock port 1024: for agents run on the host, and for tests.
+    #[serde(default)]
+    pub agent_sock: Option<PathBuf>,
+    /// Stop the VM after this many milliseconds (a clean end,
+    /// `time_limit`), if it has not ended before.
+    #[serde(default)]
+    pub time_limit_ms: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -238,10 +287,18 @@ pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off 
 pub const MAX_MEM_MIB: u64 = 1 << 20;
 /// Most virtio-blk disks per VM (their IRQs are 5..5+MAX_DISKS).
 pub const MAX_DISKS: usize = 8;
-/// Most virtio devices per VM (disks and network interfaces together).
+/// Most virtio devices per VM (disks, network interfaces and vsock together).
 pub const MAX_VIRTIO: usize = 8;
 /// Smallest guest RAM accepted, in MiB.
 pub const MIN_MEM_MIB: u64 = 16;
+/// Most containers a VM may be allowed (`--max-containers`): each costs a
+/// ledger of one 320-byte block per writer.
+pub const MAX_CONTAINERS_LIMIT: u32 = 1_000_000;
+/// Most live requests a VM may be allowed (`--max-live-requests`).
+pub const MAX_LIVE_REQUESTS_LIMIT: u32 = 1_000_000;
+/// Most finished requests that may be retained (`--retained-requests`):
+/// about 150 bytes each (docs/benchmarks.md).
+pub const MAX_RETAINED_REQUESTS_LIMIT: u32 = 10_000_000;
 
 /// A configuration mistake, phrased for the user.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -259,11 +316,21 @@ pub enum ConfigError {
     #[error("{0} disks is too many: pass at most {MAX_DISKS} --disk flags")]
     Disks(usize),
     /// Too many virtio devices.
-    #[error("{0} virtio devices is too many: at most {MAX_VIRTIO} --disk and --net flags together")]
+    #[error("{0} virtio devices is too many: at most {MAX_VIRTIO} --disk, --net and --vsock flags together")]
     Virtio(usize),
     /// Bad sampling interval.
     #[error("sample interval {0} µs is out of range: use 100 to 1000000")]
     SampleInterval(u64),
+    /// A limit on guest-declared state out of range.
+    #[error("{flag} {value} is out of range: pass {flag} N with N from 0 to {max}")]
+    Limit {
+        /// The flag (`--max-containers`, `--max-live-requests`, `--retained-requests`).
+        flag: &'static str,
+        /// The value given.
+        value: u32,
+        /// The largest accepted.
+        max: u32,
+    },
 }
 
 impl VmConfig {
@@ -279,10 +346,13 @@ impl VmConfig {
             console: ConsoleTarget::Stdout,
             disks: Vec::new(),
             nets: Vec::new(),
+            vsock: None,
             limits: Limits::default(),
             accounting: true,
             sample_interval_us: DEFAULT_SAMPLE_US,
             api_sock: None,
+            agent_sock: None,
+            time_limit_ms: None,
         }
     }
 
@@ -305,11 +375,30 @@ impl VmConfig {
         if self.disks.len() > MAX_DISKS {
             return Err(ConfigError::Disks(self.disks.len()));
         }
-        if self.disks.len() + self.nets.len() > MAX_VIRTIO {
-            return Err(ConfigError::Virtio(self.disks.len() + self.nets.len()));
+        let virtio = self.disks.len() + self.nets.len() + usize::from(self.vsock.is_some());
+        if virtio > MAX_VIRTIO {
+            return Err(ConfigError::Virtio(virtio));
         }
         if !(100..=1_000_000).contains(&self.sample_interval_us) {
             return Err(ConfigError::SampleInterval(self.sample_interval_us));
+        }
+        let l = self.limits;
+        for (flag, value, max) in [
+            ("--max-containers", l.max_containers, MAX_CONTAINERS_LIMIT),
+            (
+                "--max-live-requests",
+                l.max_live_requests,
+                MAX_LIVE_REQUESTS_LIMIT,
+            ),
+            (
+                "--retained-requests",
+                l.retained_requests,
+                MAX_RETAINED_REQUESTS_LIMIT,
+            ),
+        ] {
+            if value > max {
+                return Err(ConfigError::Limit { flag, value, max });
+            }
         }
         Ok(())
     }
@@ -345,6 +434,16 @@ mod tests {
         c.mem_mib = 128;
         c.tenant = "a b".into();
         assert!(c.validate().unwrap_err().to_string().contains("--tenant"));
+        c.tenant = "t".into();
+        c.limits.retained_requests = MAX_RETAINED_REQUESTS_LIMIT + 1;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--retained-requests N with N from 0 to 10000000"),
+            "{e}"
+        );
+        c.limits.retained_requests = MAX_RETAINED_REQUESTS_LIMIT;
+        c.limits.max_containers = u32::MAX;
+        assert!(c.validate().unwrap_err().to_string().contains("--max-containers"));
     }
 
     #[test]
@@ -389,6 +488,32 @@ mod tests {
         ] {
             assert!(
                 bad.parse::<NetConfig>().unwrap_err().contains("--net tap=NAME"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn vsock_flags_parse_cid_and_uds() {
+        assert_eq!("cid=3".parse(), Ok(VsockConfig { cid: 3, uds: None }));
+        assert_eq!(
+            "cid=42,uds=/tmp/v.sock".parse(),
+            Ok(VsockConfig {
+                cid: 42,
+                uds: Some("/tmp/v.sock".into())
+            })
+        );
+        for bad in [
+            "",
+            "cid=2",
+            "cid=x",
+            "uds=/a",
+            "cid=3,uds=",
+            "cid=3,port=1",
+            "cid=99999999999",
+        ] {
+            assert!(
+                bad.parse::<VsockConfig>().unwrap_err().contains("--vsock cid=N"),
                 "{bad}"
             );
         }

@@ -10,12 +10,14 @@
 //! - [`vm`]: assembles and runs a VM and produces the report.
 //! - [`api`]: the host API (JSON and Prometheus metrics on a Unix socket).
 
+pub mod agent;
 pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod charger;
 pub mod config;
 pub mod sampler;
+pub mod sock;
 pub mod vcpu;
 pub mod vm;
 

@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use accounting::registry::Limits;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use vmm::config::{Builtin, ConsoleTarget, DiskConfig, KernelSource, NetConfig, VmConfig, DEFAULT_SAMPLE_US};
+use vmm::config::{
+    Builtin, ConsoleTarget, DiskConfig, KernelSource, NetConfig, VmConfig, VsockConfig, DEFAULT_SAMPLE_US,
+};
 use vmm::vcpu::exit::VmEnd;
 
 #[derive(Parser)]
@@ -30,6 +32,21 @@ enum Command {
     Demo(DemoArgs),
     /// Show the live books of a VM started with --api-sock PATH (read-only; the VM keeps running).
     Report(ReportArgs),
+    /// A live per-container view of a VM started with --api-sock PATH, refreshed like top(1).
+    Top(TopArgs),
+}
+
+#[derive(Args)]
+struct TopArgs {
+    /// The running VM's API socket (the path given to `run` or `demo` with --api-sock).
+    #[arg(long = "api-sock", value_name = "PATH")]
+    api_sock: PathBuf,
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    /// Stop after this many refreshes (default: until the VM ends or Ctrl-C).
+    #[arg(long, short = 'n')]
+    iterations: Option<u64>,
 }
 
 #[derive(Args)]
@@ -65,14 +82,20 @@ struct Common {
     /// Requests listed in the table report (the JSON has them all).
     #[arg(long = "top-requests", default_value_t = 10)]
     top_requests: usize,
-    /// Most containers the guest may declare over the VM's life.
-    #[arg(long = "max-containers", default_value_t = Limits::default().max_containers)]
+    /// Most containers the guest may declare over the VM's life, 0-1000000.
+    #[arg(long = "max-containers", value_name = "N", default_value_t = Limits::default().max_containers)]
     max_containers: u32,
-    /// Most requests that may be live at once.
-    #[arg(long = "max-live-requests", default_value_t = Limits::default().max_live_requests)]
+    /// Most requests that may be live at once, 0-1000000.
+    #[arg(long = "max-live-requests", value_name = "N", default_value_t = Limits::default().max_live_requests)]
     max_live_requests: u32,
-    /// Finished requests retained with their charges (older ones are folded into their container).
-    #[arg(long = "retain-requests", default_value_t = Limits::default().retained_requests)]
+    /// Finished requests retained with their charges, 0-10000000 (older ones are evicted and folded
+    /// into their container; counted). `--retain-requests` is the old spelling.
+    #[arg(
+        long = "retained-requests",
+        alias = "retain-requests",
+        value_name = "N",
+        default_value_t = Limits::default().retained_requests
+    )]
     retain_requests: u32,
     /// Guest run-time sampling interval in microseconds.
     #[arg(long = "sample-us", default_value_t = DEFAULT_SAMPLE_US)]
@@ -83,6 +106,10 @@ struct Common {
     /// Serve the host API (JSON under /v1, Prometheus /metrics) on this Unix socket, mode 0600.
     #[arg(long = "api-sock", value_name = "PATH")]
     api_sock: Option<PathBuf>,
+    /// Also serve guest agents on this Unix socket, mode 0600 (for `resourceful-agent --connect unix:PATH`
+    /// run on the host); inside the guest the agent uses vsock port 1024.
+    #[arg(long = "agent-sock", value_name = "PATH")]
+    agent_sock: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -99,6 +126,10 @@ struct RunArgs {
     /// A virtio-net interface on a TAP device (opened, or created if absent).
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
     nets: Vec<NetConfig>,
+    /// A virtio-vsock device: guest CID N (>= 3). The VMM serves the guest agent on port 1024; with
+    /// uds=PATH, guest port P reaches the host socket PATH_P and host programs connect through PATH.
+    #[arg(long = "vsock", value_name = "cid=N[,uds=PATH]")]
+    vsock: Option<VsockConfig>,
     /// Kernel command line (default for Linux: console=ttyS0 reboot=k panic=1 pci=off ...;
     /// for the built-in test guest, e.g. scenario=basic).
     #[arg(long)]
@@ -112,6 +143,10 @@ struct DemoArgs {
     /// The guest scenario to run (see docs/guest-scenarios.md).
     #[arg(long, default_value = "demo")]
     scenario: String,
+    /// Keep the demo workload going for this many seconds (its vCPUs repeat their requests in rounds),
+    /// so `resourceful top` has something live to show; then stop cleanly and report.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
     #[command(flatten)]
     common: Common,
 }
@@ -136,6 +171,7 @@ fn config(kernel: KernelSource, cmdline: Option<String>, c: &Common) -> VmConfig
         accounting: !c.no_accounting,
         sample_interval_us: c.sample_us,
         api_sock: c.api_sock.clone(),
+        agent_sock: c.agent_sock.clone(),
         ..VmConfig::new(kernel)
     }
 }
@@ -170,7 +206,7 @@ fn run_vm(config: VmConfig, c: &Common) -> anyhow::Result<ExitCode> {
     }
     Ok(match outcome.end {
         VmEnd::GuestExit(status) => ExitCode::from(u8::try_from(status).unwrap_or(u8::MAX)),
-        VmEnd::Reset => ExitCode::SUCCESS,
+        VmEnd::Reset | VmEnd::TimeLimit => ExitCode::SUCCESS,
         end => {
             eprintln!(
                 "resourceful: the VM ended abnormally ({}): {}",
@@ -271,6 +307,58 @@ fn live_report(a: &ReportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--duration SECS` in milliseconds, or what is wrong with it.
+fn demo_duration_ms(secs: Option<f64>) -> anyhow::Result<Option<u64>> {
+    match secs {
+        None => Ok(None),
+        // In range, so the cast is exact up to the rounding asked for.
+        #[allow(clippy::cast_possible_truncation)]
+        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Some((s * 1000.0).round() as u64)),
+        Some(s) => anyhow::bail!("--duration {s}: expected seconds, more than 0 and at most 86400"),
+    }
+}
+
+/// `resourceful top --api-sock PATH`: redraws the live view every interval
+/// until the VM ends (its socket goes away), Ctrl-C, or `--iterations`.
+fn top(a: &TopArgs) -> anyhow::Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
+    use vmm::api::top;
+    if !(a.interval.is_finite() && (0.05..=3600.0).contains(&a.interval)) {
+        anyhow::bail!(
+            "--interval {}: expected seconds between 0.05 and 3600",
+            a.interval
+        );
+    }
+    install_stop_handlers();
+    let tty = std::io::stdout().is_terminal();
+    let mut prev: Option<top::Frame> = None;
+    let mut shown = 0u64;
+    while !vmm::vm::STOP_REQUESTED.load(Ordering::Acquire) {
+        let frame = match top::fetch(&a.api_sock) {
+            Ok(f) => f,
+            // The VM ended (or was never there) after at least one frame.
+            Err(top::TopError::Client(e)) if prev.is_some() => {
+                println!("\nthe VM is gone ({e}); last frame above");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => return Err(e).context("check --api-sock: is the VM running with --api-sock PATH?"),
+        };
+        let text = top::render(prev.as_ref(), &frame);
+        let mut out = std::io::stdout().lock();
+        // Clear and home on a terminal; separated frames otherwise.
+        let _ = write!(out, "{}{text}", if tty { "\x1b[H\x1b[2J" } else { "\n" });
+        let _ = out.flush();
+        drop(out);
+        prev = Some(frame);
+        shown += 1;
+        if a.iterations.is_some_and(|n| shown >= n) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs_f64(a.interval));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
@@ -281,19 +369,32 @@ fn main() -> ExitCode {
                 initrd: a.initrd,
                 disks: a.disks,
                 nets: a.nets,
+                vsock: a.vsock,
                 ..cfg
             };
             run_vm(cfg, &a.common)
         }
         Command::Demo(a) => {
-            let cmdline = format!("scenario={}", a.scenario);
+            let mut cmdline = format!("scenario={}", a.scenario);
             let mut common = a.common;
             // The demo shows several vCPUs sharing containers.
             common.vcpus.get_or_insert(2);
-            let cfg = config(KernelSource::Builtin(Builtin::TestGuest), Some(cmdline), &common);
-            run_vm(cfg, &common)
+            match demo_duration_ms(a.duration) {
+                Err(e) => Err(e),
+                Ok(limit) => {
+                    if limit.is_some() {
+                        cmdline.push_str(" loop=1");
+                    }
+                    let cfg = VmConfig {
+                        time_limit_ms: limit,
+                        ..config(KernelSource::Builtin(Builtin::TestGuest), Some(cmdline), &common)
+                    };
+                    run_vm(cfg, &common)
+                }
+            }
         }
         Command::Report(a) => live_report(&a),
+        Command::Top(a) => top(&a),
     };
     match result {
         Ok(code) => code,

@@ -22,6 +22,7 @@ use devices::bus::SharedDevice;
 use devices::legacy::{DebugPort, ExitPort, Serial, I8042};
 use devices::virtio::block::{BlockDevice, BlockHandler};
 use devices::virtio::net::{NetDevice, NetHandler};
+use devices::virtio::vsock::{AgentConnect, UdsConnector, VsockConnector, VsockDevice, VsockHandler};
 use devices::virtio::Charger;
 use devices::virtio::{MmioTransport, VirtioDevice, MMIO_LEN};
 use devices::{Bus, BusError};
@@ -31,11 +32,13 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::agent::AgentHub;
 use crate::arch;
 use crate::boot::{self, BootPlan, KernelKind};
 use crate::charger::BooksCharger;
 use crate::config::{
-    ConfigError, ConsoleTarget, DiskConfig, KernelSource, NetConfig, VmConfig, DEFAULT_LINUX_CMDLINE,
+    ConfigError, ConsoleTarget, DiskConfig, KernelSource, NetConfig, VmConfig, VsockConfig,
+    DEFAULT_LINUX_CMDLINE,
 };
 use crate::sampler::Sampler;
 use crate::vcpu::exit::{IoStats, VmEnd};
@@ -137,9 +140,17 @@ pub enum VmError {
         #[source]
         source: devices::virtio::net::NetError,
     },
+    /// The vsock device could not be set up.
+    #[error(
+        "cannot set up the vsock device: check --vsock cid=N[,uds=PATH] (the socket's directory must exist)"
+    )]
+    Vsock(#[source] devices::virtio::vsock::VsockError),
     /// The host API could not be served.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    /// The agent socket could not be served.
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
     /// A host resource (eventfd, thread, signal handler) was refused.
     #[error("host resource: {what}")]
     Host {
@@ -215,6 +226,8 @@ struct DeviceEnv<'a> {
     acct: &'a Arc<Accounting>,
     accounting: bool,
     device_writer: usize,
+    /// The agent's flow bindings, which the net devices consult.
+    agent: &'a Arc<AgentHub>,
 }
 
 /// An event-loop subscriber (one per virtio device).
@@ -246,12 +259,30 @@ fn device_charger(env: &DeviceEnv<'_>) -> Box<dyn Charger + Send> {
     Box::new(BooksCharger::new(writer, env.with_irqchip))
 }
 
-/// The virtio devices: disks first, then network interfaces, in slot order
-/// (which is also their index for the guest's queue tag tables).
+/// VSOCK CONNECTOR: how guest connects reach the host. Port
+/// [`devices::virtio::vsock::AGENT_PORT`] (1024) goes to `agent` (the
+/// agent server hands out one end of a stream pair); any other port P to
+/// `UDS_P` when `--vsock ...,uds=UDS` is set; the rest are refused.
+pub fn vsock_connector(
+    uds: Option<std::path::PathBuf>,
+    agent: Option<AgentConnect>,
+) -> Box<dyn VsockConnector> {
+    Box::new(UdsConnector::new(uds, agent))
+}
+
+/// The vsock device of `--vsock`, if any, and its agent-port server.
+struct VsockSetup<'a> {
+    config: &'a VsockConfig,
+    agent: Option<AgentConnect>,
+}
+
+/// The virtio devices: disks first, then network interfaces, then vsock, in
+/// slot order (which is also their index for the guest's queue tag tables).
 fn build_virtio(
     env: &DeviceEnv<'_>,
     disks: &[DiskConfig],
     nets: &[NetConfig],
+    vsock: Option<VsockSetup<'_>>,
     mmio: &mut Bus,
 ) -> Result<Vec<Subscriber>, VmError> {
     let index = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
@@ -276,8 +307,18 @@ fn build_virtio(
             source,
         })?;
         dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
+        dev.set_flow_bindings(Arc::clone(env.agent) as Arc<dyn devices::virtio::net::flow::FlowBindings>);
         let dev = place_virtio(env, mmio, i, dev)?;
         subscribers.push(Arc::new(Mutex::new(NetHandler::new(dev, device_charger(env)))));
+    }
+    if let Some(v) = vsock {
+        let i = disks.len() + nets.len();
+        let connector = vsock_connector(v.config.uds.clone(), v.agent);
+        let mut dev =
+            VsockDevice::new(v.config.cid, connector, v.config.uds.as_deref()).map_err(VmError::Vsock)?;
+        dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
+        let dev = place_virtio(env, mmio, i, dev)?;
+        subscribers.push(Arc::new(Mutex::new(VsockHandler::new(dev, device_charger(env)))));
     }
     Ok(subscribers)
 }
@@ -287,6 +328,7 @@ fn build_devices(
     console: Box<dyn Write + Send>,
     disks: &[DiskConfig],
     nets: &[NetConfig],
+    vsock: Option<VsockSetup<'_>>,
 ) -> Result<Devices, VmError> {
     let DeviceEnv {
         vm,
@@ -318,7 +360,7 @@ fn build_devices(
         abi::ACCT_MMIO_BASE,
         abi::ACCT_MMIO_SIZE,
     )?;
-    let handlers = build_virtio(env, disks, nets, &mut mmio)?;
+    let handlers = build_virtio(env, disks, nets, vsock, &mut mmio)?;
     Ok(Devices {
         pio,
         mmio,
@@ -439,10 +481,11 @@ fn start_api(
     path: &std::path::Path,
     config: &VmConfig,
     acct: &Arc<Accounting>,
+    agent: &Arc<AgentHub>,
     io_stats: &Arc<IoStats>,
     boot_kind: &'static str,
 ) -> Result<crate::api::ApiServer, VmError> {
-    use crate::api::{ApiServer, ApiState, DevicesInfo, DiskInfo, NetInfo};
+    use crate::api::{ApiServer, ApiState, DevicesInfo, DiskInfo, NetInfo, VsockInfo};
     let devices = DevicesInfo {
         disks: config
             .disks
@@ -460,6 +503,10 @@ fn start_api(
                 mac: n.mac.map(|b| format!("{b:02x}")).join(":"),
             })
             .collect(),
+        vsock: config.vsock.as_ref().map(|v| VsockInfo {
+            cid: v.cid,
+            uds: v.uds.as_ref().map(|p| p.display().to_string()),
+        }),
     };
     let booted = Instant::now();
     let io_stats = Arc::clone(io_stats);
@@ -479,8 +526,17 @@ fn start_api(
     };
     Ok(ApiServer::start(
         path,
-        ApiState::new(Arc::clone(acct), devices, info),
+        ApiState::new(Arc::clone(acct), devices, info).with_agent(Arc::clone(agent)),
     )?)
+}
+
+/// Stops the agent hub when dropped, on every way out of [`run`].
+struct AgentGuard(Arc<AgentHub>);
+
+impl Drop for AgentGuard {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 /// Builds and runs the VM described by `config` until it ends.
@@ -505,7 +561,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         (None, KernelKind::Linux { .. }) => DEFAULT_LINUX_CMDLINE.to_string(),
         (None, KernelKind::BareMetal) => String::new(),
     };
-    cmdline.push_str(&virtio_cmdline(config.disks.len() + config.nets.len()));
+    cmdline.push_str(&virtio_cmdline(
+        config.disks.len() + config.nets.len() + usize::from(config.vsock.is_some()),
+    ));
     let plan: BootPlan = boot::load_kernel(&mem, &kernel, initrd.as_deref(), &cmdline, config.vcpus)?;
     let with_irqchip = plan.wants_irqchip();
     arch::setup_vm(&vm, with_irqchip)?;
@@ -517,6 +575,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         SAMPLER_WRITERS + DEVICE_WRITERS,
         config.limits,
     );
+    // The agent channel: vsock port 1024 and, if asked, a host socket. Its
+    // connections apply declarations like the ring does; nothing waits on it.
+    let agent = AgentHub::new(Arc::clone(&acct));
     let region = TagRegion::new(nr_vcpus);
     let env = DeviceEnv {
         vm: &vm,
@@ -526,12 +587,23 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         acct: &acct,
         accounting: config.accounting,
         device_writer: nr_vcpus + SAMPLER_WRITERS,
+        agent: &agent,
     };
+    // Port 1024 of the vsock device is served by the agent hub.
+    let vsock = config.vsock.as_ref().map(|v| {
+        let hub = Arc::clone(&agent);
+        let serve: AgentConnect = Box::new(move || hub.connect_local());
+        VsockSetup {
+            config: v,
+            agent: Some(serve),
+        }
+    });
     let devices = build_devices(
         &env,
         console_writer(&config.console)?,
         &config.disks,
         &config.nets,
+        vsock,
     )?;
     let (pio, mmio) = (Arc::new(devices.pio), Arc::new(devices.mmio));
     let io_stats = Arc::new(IoStats::default());
@@ -571,8 +643,13 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let api = config
         .api_sock
         .as_deref()
-        .map(|path| start_api(path, config, &acct, &io_stats, boot_kind))
+        .map(|path| start_api(path, config, &acct, &agent, &io_stats, boot_kind))
         .transpose()?;
+    // The hub stops itself (and removes its socket) if a later step fails.
+    let _agent_guard = AgentGuard(Arc::clone(&agent));
+    if let Some(path) = &config.agent_sock {
+        agent.listen(path)?;
+    }
 
     let started = Instant::now();
     let sampler_stop = Arc::new(AtomicBool::new(false));
@@ -616,6 +693,10 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let end = match spawn_error {
         Some(e) => VmEnd::VcpuError(format!("cannot start a vCPU thread: {e}")),
         None => loop {
+            let limit = config.time_limit_ms.map(Duration::from_millis);
+            if limit.is_some_and(|l| started.elapsed() >= l) {
+                break VmEnd::TimeLimit;
+            }
             match events_rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(end) => break end,
                 Err(RecvTimeoutError::Timeout) if STOP_REQUESTED.load(Ordering::Acquire) => {
@@ -637,6 +718,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     if let Some(api) = api {
         api.stop();
     }
+    agent.stop();
     let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     device_stop.store(true, Ordering::Release);
     if let Some(t) = device_thread {

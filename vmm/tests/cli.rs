@@ -184,3 +184,57 @@ fn sigterm_stops_a_busy_guest_and_the_report_is_still_written() {
     // The guest was spinning in cpu-a when stopped: its run time is there.
     assert!(report.container("cpu-a").unwrap().charges.guest_run_ns > 0);
 }
+
+#[test]
+fn demo_duration_keeps_going_and_top_shows_it_live() {
+    let sock = scratch("top.sock");
+    let _ = std::fs::remove_file(&sock);
+    let sock_s = sock.to_str().unwrap();
+    let demo = Command::new(env!("CARGO_BIN_EXE_resourceful"))
+        .args(["demo", "--duration", "3", "--json", "--api-sock", sock_s])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the demo starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "the API socket never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let top = resourceful(&["top", "--api-sock", sock_s, "-n", "2", "--interval", "0.5"]);
+    assert!(top.status.success(), "{}", stderr(&top));
+    let text = String::from_utf8_lossy(&top.stdout).into_owned();
+    // Two frames (not a terminal: separated, not cleared), the second with
+    // rates; the busy demo containers show non-zero exit rates.
+    assert_eq!(text.matches("resourceful top").count(), 2, "{text}");
+    assert!(text.contains("rates over the last interval"), "{text}");
+    let second = text.rsplit("resourceful top").next().unwrap();
+    let api_row = second
+        .lines()
+        .find(|l| l.starts_with("frontend/api "))
+        .unwrap_or_else(|| panic!("frontend/api row in {second}"));
+    let exits_per_s: f64 = api_row.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(exits_per_s > 0.0, "{api_row}");
+    assert!(second.contains("REQUEST"), "{second}");
+
+    let out = demo.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Report = serde_json::from_slice(&out.stdout).expect("stdout is one JSON report");
+    assert_eq!(report.vm.end, "time_limit");
+    assert!(report.conservation.holds);
+    // More than one round of the 200-request workload ran.
+    assert!(
+        report.declarations.requests_begun > 200,
+        "{}",
+        report.declarations.requests_begun
+    );
+    assert!(!sock.exists());
+
+    // With the VM gone, top says so and how to fix it.
+    let gone = resourceful(&["top", "--api-sock", sock_s, "-n", "1"]);
+    assert!(!gone.status.success());
+    assert!(stderr(&gone).contains("--api-sock"), "{}", stderr(&gone));
+    let bad = resourceful(&["demo", "--duration", "0"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("--duration"), "{}", stderr(&bad));
+}

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use accounting::report::{ChargesReport, Report};
+use accounting::report::{ChargesReport, ContainerReport, Report};
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -18,6 +18,16 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Escapes a label value: backslash, double quote and newline.
 pub fn escape_label(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
+    escape_label_into(&mut out, v);
+    out
+}
+
+/// [`escape_label`] appended to `out`.
+fn escape_label_into(out: &mut String, v: &str) {
+    if !v.contains(['\\', '"', '\n']) {
+        out.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -26,7 +36,6 @@ pub fn escape_label(v: &str) -> String {
             c => out.push(c),
         }
     }
-    out
 }
 
 /// One metric family being written.
@@ -42,12 +51,21 @@ impl<'a> Family<'a> {
         Self { out, name }
     }
 
+    /// Writes one sample straight into the output: a scrape of 10,000
+    /// containers is ~10^5 samples, so no per-sample allocation.
     fn sample(&mut self, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        let labels: Vec<String> = labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
-            .collect();
-        let _ = writeln!(self.out, "{}{{{}}} {value}", self.name, labels.join(","));
+        self.out.push_str(self.name);
+        self.out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                self.out.push(',');
+            }
+            self.out.push_str(k);
+            self.out.push_str("=\"");
+            escape_label_into(self.out, v);
+            self.out.push('"');
+        }
+        let _ = writeln!(self.out, "}} {value}");
     }
 }
 
@@ -154,6 +172,46 @@ const FAMILIES: &[(&str, &str, &str, Extract)] = &[
         |c| vec![("", c.net.spoofed_frames.to_string())],
     ),
     (
+        "resourceful_vsock_packets_total",
+        "virtio-vsock packets, by direction.",
+        "dir",
+        |c| {
+            vec![
+                ("tx", c.vsock.tx_packets.to_string()),
+                ("rx", c.vsock.rx_packets.to_string()),
+            ]
+        },
+    ),
+    (
+        "resourceful_vsock_bytes_total",
+        "virtio-vsock payload bytes, by direction.",
+        "dir",
+        |c| {
+            vec![
+                ("tx", c.vsock.tx_bytes.to_string()),
+                ("rx", c.vsock.rx_bytes.to_string()),
+            ]
+        },
+    ),
+    (
+        "resourceful_vsock_host_seconds_total",
+        "Device thread CPU time spent on virtio-vsock packets and host streams.",
+        "",
+        |c| vec![("", seconds(c.vsock.host_ns))],
+    ),
+    (
+        "resourceful_vsock_connections_total",
+        "virtio-vsock connections opened.",
+        "",
+        |c| vec![("", c.vsock.connections.to_string())],
+    ),
+    (
+        "resourceful_vsock_resets_total",
+        "virtio-vsock connections reset.",
+        "",
+        |c| vec![("", c.vsock.resets.to_string())],
+    ),
+    (
         "resourceful_interrupts_total",
         "Interrupts injected into the guest.",
         "",
@@ -205,16 +263,33 @@ fn add(a: &mut ChargesReport, b: &ChargesReport) {
     x.host_ns += y.host_ns;
     x.retransmitted_bytes += y.retransmitted_bytes;
     x.spoofed_frames += y.spoofed_frames;
+    let (x, y) = (&mut a.vsock, &b.vsock);
+    x.tx_packets += y.tx_packets;
+    x.tx_bytes += y.tx_bytes;
+    x.rx_packets += y.rx_packets;
+    x.rx_bytes += y.rx_bytes;
+    x.host_ns += y.host_ns;
+    x.connections += y.connections;
+    x.resets += y.resets;
     a.interrupts += b.interrupts;
 }
 
 /// The exposition of `report`.
 pub fn render(report: &Report) -> String {
+    render_parts(&report.tenant, &report.containers, &report.guest_errors)
+}
+
+/// The exposition from the parts of a report it uses (the API builds them
+/// without the report's requests: `/metrics` is O(containers)).
+pub fn render_parts(
+    tenant: &str,
+    containers: &[ContainerReport],
+    guest_errors: &BTreeMap<String, u64>,
+) -> String {
     let mut by_path: BTreeMap<&str, ChargesReport> = BTreeMap::new();
-    for c in &report.containers {
+    for c in containers {
         add(by_path.entry(c.path.as_str()).or_default(), &c.charges);
     }
-    let tenant = report.tenant.as_str();
     let mut out = String::new();
     for (name, help, key, extract) in FAMILIES {
         let mut f = Family::new(&mut out, name, help);
@@ -233,10 +308,38 @@ pub fn render(report: &Report) -> String {
         "resourceful_guest_errors_total",
         "Guest mistakes (rejected declarations, bad tags), by kind.",
     );
-    for (kind, n) in &report.guest_errors {
+    for (kind, n) in guest_errors {
         f.sample(&[("tenant", tenant), ("kind", kind)], n);
     }
     out
+}
+
+/// Appends the agent channel's counters: `resourceful_agent_events_total`
+/// labelled `tenant` and `event` (frames, bytes, each kind of refusal).
+pub fn render_agent(out: &mut String, tenant: &str, stats: &crate::agent::AgentStats) {
+    let mut f = Family::new(
+        out,
+        "resourceful_agent_events_total",
+        "Guest agent channel: connections, frames, bytes, reports, and each kind of refused input.",
+    );
+    let events = [
+        ("connections", stats.connections),
+        ("refused_connections", stats.refused),
+        ("frames", stats.frames),
+        ("bytes", stats.bytes),
+        ("reports", stats.reports),
+        ("replayed", stats.replayed),
+        ("rejected", stats.rejected),
+        ("malformed", stats.malformed),
+        ("invalid", stats.invalid),
+        ("oversized", stats.oversized),
+        ("out_of_sequence", stats.out_of_sequence),
+        ("bad_version", stats.bad_version),
+        ("flows_refused", stats.flows_refused),
+    ];
+    for (event, n) in events {
+        f.sample(&[("tenant", tenant), ("event", event)], n);
+    }
 }
 
 #[cfg(test)]

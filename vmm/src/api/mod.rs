@@ -3,27 +3,35 @@
 //! (`--api-sock PATH`, mode 0600).
 //!
 //! The server ([`tiny_http`], synchronous) answers requests one at a time
-//! on a thread of its own. Every request builds a fresh report from the live
-//! books ([`Report::build`] reads the atomic ledgers without stopping
-//! writers, well under a millisecond), so serving never stops a vCPU. Endpoints are described in `docs/api.yaml`.
+//! on a thread of its own. Every answer is read fresh from the live books
+//! without stopping writers and without building a whole report: container
+//! and request views come from `accounting::query`, which takes the
+//! registry lock (that a vCPU needs on its rare path) only in short bounded
+//! steps and never walks the finished requests for `/v1/containers` or
+//! `/metrics`. Endpoints are described in `docs/api.yaml`.
 //!
 //! - [`ApiServer`]: bind, serve, shut down gracefully and remove the socket.
 //! - [`metrics`]: the Prometheus text exposition.
 //! - [`client`]: a minimal HTTP/1.1 GET client over a Unix socket, used by
 //!   `resourceful report --api-sock PATH`.
+//! - [`top`]: the live per-container view of `resourceful top`.
 
 pub mod client;
 pub mod metrics;
+pub mod top;
 
 use std::collections::HashMap;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use accounting::ledger::Accounting;
-use accounting::report::{ChargesReport, Report, RequestReport, VmInfo};
+
+use crate::agent::{AgentHub, AgentPeer, AgentStats, ContextSnapshot, GuestView};
+use accounting::query::{RequestFilter, SelectedRequest};
+use accounting::report::{ChargesReport, ContainerReport, RequestReport, VmInfo};
 use serde::Serialize;
 
 /// Default number of requests listed by `GET /v1/requests`.
@@ -81,6 +89,17 @@ pub struct DevicesInfo {
     pub disks: Vec<DiskInfo>,
     /// virtio-net interfaces, after the disks.
     pub nets: Vec<NetInfo>,
+    /// The virtio-vsock device, after the interfaces.
+    pub vsock: Option<VsockInfo>,
+}
+
+/// The vsock device as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VsockInfo {
+    /// The guest's CID.
+    pub cid: u64,
+    /// The host socket (`PATH_P` per guest port, `PATH` for host connects).
+    pub uds: Option<String>,
 }
 
 /// `GET /v1/vm`.
@@ -106,6 +125,8 @@ pub struct VmView {
     pub unhandled_io: u64,
     /// Disks and network interfaces.
     pub devices: DevicesInfo,
+    /// The guest agent's channel.
+    pub agent: AgentView,
     /// The report's tenant totals, as of now.
     pub totals: ChargesReport,
 }
@@ -115,6 +136,7 @@ pub struct ApiState {
     acct: Arc<Accounting>,
     devices: DevicesInfo,
     info: Box<dyn Fn() -> VmInfo + Send + Sync>,
+    agent: Option<Arc<AgentHub>>,
 }
 
 impl ApiState {
@@ -129,11 +151,15 @@ impl ApiState {
             acct,
             devices,
             info: Box::new(info),
+            agent: None,
         }
     }
 
-    fn report(&self) -> Report {
-        Report::build(&self.acct, (self.info)())
+    /// Serves the guest agent's view (`/v1/processes`, the containers'
+    /// `guest` part) from `hub`.
+    pub fn with_agent(mut self, hub: Arc<AgentHub>) -> Self {
+        self.agent = Some(hub);
+        self
     }
 }
 
@@ -161,6 +187,20 @@ impl Reply {
         }
     }
 
+    /// `value` as JSON (status 200) into a buffer of `capacity` bytes to
+    /// start with: large answers are not grown (and copied) twenty times.
+    fn json_sized(value: &impl Serialize, capacity: usize) -> Self {
+        let mut body = Vec::with_capacity(capacity);
+        match serde_json::to_writer(&mut body, value) {
+            Ok(()) => Self {
+                status: 200,
+                content_type: JSON,
+                body,
+            },
+            Err(e) => Self::error(500, format!("cannot serialize the answer: {e}")),
+        }
+    }
+
     /// `{"error": msg}` with `status`.
     fn error(status: u16, msg: String) -> Self {
         Self {
@@ -171,14 +211,10 @@ impl Reply {
     }
 }
 
-/// How `GET /v1/requests` orders its answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RequestOrder {
-    /// By `seq` (begin order), ascending.
-    Begin,
-    /// By cost (`exits_total.host_ns + guest_run_ns`), most expensive first.
-    Cost,
-}
+/// How `GET /v1/requests` orders its answer: by `seq` (begin order)
+/// ascending, or by cost (`exits_total.host_ns + guest_run_ns`), most
+/// expensive first.
+pub use accounting::query::RequestOrder;
 
 /// The parsed query of `GET /v1/requests`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,32 +262,27 @@ impl RequestQuery {
     }
 }
 
-/// A request's cost: host time of its exits plus its sampled run time.
-pub fn request_cost(r: &RequestReport) -> u64 {
-    r.charges
-        .exits_total
-        .host_ns
-        .saturating_add(r.charges.guest_run_ns)
-}
-
-/// Filters, orders and limits `requests` (given in begin order).
-pub fn select_requests(mut requests: Vec<RequestReport>, q: RequestQuery) -> Vec<RequestReport> {
-    if let Some(c) = q.container {
-        requests.retain(|r| r.container == c);
-    }
-    match q.order {
-        RequestOrder::Begin => requests.sort_by_key(|r| r.seq),
-        RequestOrder::Cost => {
-            requests.sort_by(|a, b| request_cost(b).cmp(&request_cost(a)).then(a.seq.cmp(&b.seq)));
+impl From<RequestQuery> for RequestFilter {
+    fn from(q: RequestQuery) -> Self {
+        Self {
+            container: q.container,
+            order: q.order,
+            limit: q.limit,
         }
     }
-    requests.truncate(q.limit);
-    requests
+}
+
+/// The requests `q` asks for, as `GET /v1/requests` lists them: one pass
+/// over the books by partial selection, taking the registry lock in short
+/// steps (see `accounting::query`).
+pub fn select_requests(acct: &Accounting, q: RequestQuery) -> Vec<RequestReport> {
+    let (rows, _) = acct.select_requests(q.into());
+    rows.iter().map(SelectedRequest::to_report).collect()
 }
 
 fn get_vm(s: &ApiState) -> Reply {
     let info = (s.info)();
-    let totals = Report::build(&s.acct, info.clone()).totals;
+    let totals = ChargesReport::from(&s.acct.totals());
     Reply::json(
         200,
         &VmView {
@@ -265,6 +296,7 @@ fn get_vm(s: &ApiState) -> Reply {
             uptime_ns: info.wall_ns,
             unhandled_io: info.unhandled_io,
             devices: s.devices.clone(),
+            agent: agent_view(s),
             totals,
         },
     )
@@ -274,17 +306,139 @@ fn get_container(s: &ApiState, index: &str) -> Reply {
     let Ok(i) = index.parse::<usize>() else {
         return Reply::error(400, format!("`{index}` is not a container index (a number)"));
     };
-    let containers = s.report().containers;
-    let n = containers.len();
-    match containers.into_iter().nth(i) {
-        Some(c) => Reply::json(200, &c),
-        None => Reply::error(404, format!("no container with index {i} (there are {n})")),
+    match s.acct.container_view(i) {
+        Some(c) => Reply::json(200, &join(s, c.to_report())),
+        None => {
+            let n = s.acct.container_count();
+            Reply::error(404, format!("no container with index {i} (there are {n})"))
+        }
     }
+}
+
+/// A container in `/v1/containers`: the hypervisor's charges (the
+/// report's fields) and, beside them, the guest agent's view of the cgroup
+/// it stands for.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContainerView {
+    /// The hypervisor's view, as in the report.
+    #[serde(flatten)]
+    pub report: ContainerReport,
+    /// The agent's latest view of the container's cgroup; `null` when no
+    /// agent declared it with a cgroup or none has reported.
+    pub guest: Option<GuestView>,
+}
+
+/// Joins the agent's view to a container of the report.
+fn join(s: &ApiState, c: ContainerReport) -> ContainerView {
+    let guest = guest_of(s, c.id, c.retired);
+    ContainerView { report: c, guest }
+}
+
+/// The agent's view of container `id`, if it has one.
+fn guest_of(s: &ApiState, id: u32, retired: bool) -> Option<GuestView> {
+    match &s.agent {
+        Some(hub) if id != accounting::abi::NO_CONTAINER && !retired => hub.guest_view(id),
+        _ => None,
+    }
+}
+
+/// A container as `GET /v1/containers` lists it: the same JSON as
+/// [`ContainerView`], written straight from the books' view (no report
+/// maps built: with 10,000 containers that is most of the time).
+#[derive(Serialize)]
+struct ListedContainer<'a> {
+    #[serde(flatten)]
+    view: accounting::query::ListedView<'a>,
+    guest: Option<GuestView>,
+}
+
+fn get_containers(s: &ApiState) -> Reply {
+    let (views, _) = s.acct.containers_view();
+    let listed: Vec<ListedContainer<'_>> = views
+        .iter()
+        .map(|v| ListedContainer {
+            guest: guest_of(s, v.row.guest_id, v.row.retired),
+            view: accounting::query::ListedView(v),
+        })
+        .collect();
+    // About 0.6 KB of JSON per container.
+    Reply::json_sized(&listed, listed.len().saturating_mul(768))
+}
+
+fn get_metrics(s: &ApiState) -> Reply {
+    let (views, _) = s.acct.containers_view();
+    let containers: Vec<ContainerReport> = views
+        .iter()
+        .map(accounting::query::ContainerView::to_report)
+        .collect();
+    Reply {
+        status: 200,
+        content_type: metrics::CONTENT_TYPE,
+        body: {
+            let mut text = metrics::render_parts(s.acct.tenant(), &containers, &s.acct.errors().nonzero());
+            if let Some(hub) = &s.agent {
+                metrics::render_agent(&mut text, s.acct.tenant(), &hub.stats());
+            }
+            text.into_bytes()
+        },
+    }
+}
+
+/// The agent as `/v1/processes` and `/v1/vm` show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentView {
+    /// Whether an agent that said hello is connected now.
+    pub connected: bool,
+    /// The agent that said hello most recently, while connected.
+    pub peer: Option<AgentPeer>,
+    /// The channel's counters.
+    pub stats: AgentStats,
+}
+
+/// `GET /v1/processes`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessesView<'a> {
+    /// Provenance of everything below: `"agent"` (reported by the guest).
+    pub provenance: &'static str,
+    /// The agent.
+    pub agent: AgentView,
+    /// Its latest context report, `null` before the first.
+    pub context: Option<&'a ContextSnapshot>,
+}
+
+fn agent_view(s: &ApiState) -> AgentView {
+    match &s.agent {
+        Some(hub) => {
+            let peer = hub.peer();
+            AgentView {
+                connected: peer.is_some(),
+                peer,
+                stats: hub.stats(),
+            }
+        }
+        None => AgentView {
+            connected: false,
+            peer: None,
+            stats: AgentStats::default(),
+        },
+    }
+}
+
+fn get_processes(s: &ApiState) -> Reply {
+    let latest = s.agent.as_ref().and_then(|h| h.latest());
+    Reply::json(
+        200,
+        &ProcessesView {
+            provenance: "agent",
+            agent: agent_view(s),
+            context: latest.as_deref(),
+        },
+    )
 }
 
 fn get_requests(s: &ApiState, query: &str) -> Reply {
     match RequestQuery::parse(&parse_query(query)) {
-        Ok(q) => Reply::json(200, &select_requests(s.report().requests, q)),
+        Ok(q) => Reply::json(200, &select_requests(&s.acct, q)),
         Err(msg) => Reply::error(400, msg),
     }
 }
@@ -332,13 +486,10 @@ pub fn route(s: &ApiState, method: &str, target: &str) -> Reply {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let endpoint: Option<Box<dyn FnOnce() -> Reply + '_>> = match path {
         "/v1/vm" => Some(Box::new(|| get_vm(s))),
-        "/v1/containers" => Some(Box::new(|| Reply::json(200, &s.report().containers))),
+        "/v1/containers" => Some(Box::new(|| get_containers(s))),
         "/v1/requests" => Some(Box::new(|| get_requests(s, query))),
-        "/metrics" => Some(Box::new(|| Reply {
-            status: 200,
-            content_type: metrics::CONTENT_TYPE,
-            body: metrics::render(&s.report()).into_bytes(),
-        })),
+        "/v1/processes" => Some(Box::new(|| get_processes(s))),
+        "/metrics" => Some(Box::new(|| get_metrics(s))),
         _ => match path.strip_prefix("/v1/containers/") {
             Some(index) if !index.is_empty() && !index.contains('/') => {
                 Some(Box::new(move || get_container(s, &percent_decode(index))))
@@ -349,7 +500,7 @@ pub fn route(s: &ApiState, method: &str, target: &str) -> Reply {
     match endpoint {
         None => Reply::error(
             404,
-            "no such endpoint: see docs/api.yaml (/v1/vm, /v1/containers, /v1/requests, /metrics)".into(),
+            "no such endpoint: see docs/api.yaml (/v1/vm, /v1/containers, /v1/requests, /v1/processes, /metrics)".into(),
         ),
         Some(answer) if method == "GET" || method == "HEAD" => answer(),
         Some(_) => Reply::error(405, "the API is read-only: use GET".into()),
@@ -373,13 +524,8 @@ fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ApiError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("look at the path")(e)),
     }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io("bind the socket"))?;
-    // Before anything is served: only the VMM's user may connect.
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        let _ = std::fs::remove_file(path);
-        return Err(io("make the socket private (mode 0600)")(e));
-    }
-    Ok(listener)
+    // Only the VMM's user may connect, from the first moment.
+    crate::sock::bind_private(path).map_err(io("bind the socket with mode 0600"))
 }
 
 /// A running API server. Dropping it (or [`ApiServer::stop`]) shuts it down
@@ -518,17 +664,43 @@ fn serve(server: &tiny_http::Server, state: &ApiState, stopping: &AtomicBool, sh
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
-    fn req(seq: u64, container: usize, host_ns: u64, run_ns: u64) -> RequestReport {
-        let mut r: RequestReport = serde_json::from_value(serde_json::json!({
-            "id": 1, "seq": seq, "container": container, "container_path": "c",
-            "external_id": 0, "state": "finished", "begin_ns": seq, "end_ns": null,
-            "charges": { "exits": {}, "exits_total": { "count": 1, "host_ns": host_ns },
-                         "guest_run_ns": run_ns, "run_samples": 0 }
-        }))
-        .unwrap();
-        r.seq = seq;
-        r
+    use accounting::abi::{tag, EntryKind, RingEntry};
+
+    /// Books with containers 1 and 2 and one finished request per
+    /// `(container, exit host ns, run ns)`, seq in order.
+    fn books(reqs: &[(u32, u64, u64)]) -> Arc<Accounting> {
+        let acct = Accounting::new("t", 1, 1, Default::default());
+        for (id, name) in [(1u32, "a"), (2, "b")] {
+            let mut e = RingEntry {
+                kind: EntryKind::DeclareContainer as u16,
+                id,
+                name_len: 1,
+                ..Default::default()
+            };
+            e.name[0] = name.as_bytes()[0];
+            acct.apply(&e).unwrap();
+        }
+        let (mut w, mut sampler) = (acct.writer(0), acct.writer(1));
+        for (i, &(c, host_ns, run_ns)) in reqs.iter().enumerate() {
+            let id = u32::try_from(i).unwrap() + 1;
+            let ring = |kind: EntryKind| RingEntry {
+                kind: kind as u16,
+                id,
+                arg: c,
+                ..Default::default()
+            };
+            acct.apply(&ring(EntryKind::BeginRequest)).unwrap();
+            w.charge_exit(
+                Some(tag(c, id)),
+                accounting::resource::ExitReason::PortOut,
+                host_ns,
+            );
+            sampler.charge_run(0, Some(tag(c, id)), run_ns);
+            acct.apply(&ring(EntryKind::EndRequest)).unwrap();
+        }
+        acct
     }
 
     fn query(pairs: &[(&str, &str)]) -> Result<RequestQuery, String> {
@@ -579,38 +751,63 @@ mod tests {
 
     #[test]
     fn requests_are_filtered_ordered_and_limited() {
-        let all = vec![
-            req(0, 1, 10, 0),
-            req(1, 2, 50, 5),
-            req(2, 1, 5, 100),
-            req(3, 1, 30, 0),
-        ];
+        let acct = books(&[(1, 10, 0), (2, 50, 5), (1, 5, 100), (1, 30, 0)]);
         let seqs = |v: Vec<RequestReport>| v.iter().map(|r| r.seq).collect::<Vec<_>>();
         let q = |container, order, limit| RequestQuery {
             container,
             order,
             limit,
         };
+        let sel = |query| seqs(select_requests(&acct, query));
+        assert_eq!(sel(q(None, RequestOrder::Begin, 100)), [0, 1, 2, 3]);
+        assert_eq!(sel(q(None, RequestOrder::Cost, 100)), [2, 1, 3, 0]);
+        assert_eq!(sel(q(Some(1), RequestOrder::Cost, 2)), [2, 3]);
+        assert_eq!(sel(q(Some(1), RequestOrder::Begin, 0)), [0u64; 0]);
+        assert_eq!(sel(q(Some(7), RequestOrder::Begin, 5)), [0u64; 0]);
+    }
+
+    #[test]
+    fn container_and_request_endpoints_answer_from_the_books() {
+        let acct = books(&[(1, 10, 0), (2, 50, 5)]);
+        let state = ApiState::new(Arc::clone(&acct), DevicesInfo::default(), VmInfo::default);
+        let json = |target: &str| {
+            let r = route(&state, "GET", target);
+            (
+                r.status,
+                serde_json::from_slice::<serde_json::Value>(&r.body).unwrap(),
+            )
+        };
+        let report = accounting::report::Report::build(&acct, VmInfo::default());
+        let (status, list) = json("/v1/containers");
+        assert_eq!(status, 200);
+        for (got, want) in list.as_array().unwrap().iter().zip(&report.containers) {
+            let mut want = serde_json::to_value(want).unwrap();
+            want["guest"] = serde_json::Value::Null;
+            // The list leaves out the per-container request sums.
+            let charged = want["requests"].as_object_mut().unwrap().remove("charged");
+            assert!(charged.is_some());
+            assert_eq!(got, &want);
+        }
+        let (status, one) = json("/v1/containers/2");
+        assert_eq!((status, one["path"].as_str()), (200, Some("b")));
+        let mut want = serde_json::to_value(&report.containers[2]).unwrap();
+        want["guest"] = serde_json::Value::Null;
         assert_eq!(
-            seqs(select_requests(all.clone(), q(None, RequestOrder::Begin, 100))),
-            [0, 1, 2, 3]
+            one, want,
+            "the single view is the report's, request sums included"
         );
-        assert_eq!(
-            seqs(select_requests(all.clone(), q(None, RequestOrder::Cost, 100))),
-            [2, 1, 3, 0]
-        );
-        assert_eq!(
-            seqs(select_requests(all.clone(), q(Some(1), RequestOrder::Cost, 2))),
-            [2, 3]
-        );
-        assert_eq!(
-            seqs(select_requests(all.clone(), q(Some(1), RequestOrder::Begin, 0))),
-            [0u64; 0]
-        );
-        assert_eq!(
-            seqs(select_requests(all, q(Some(7), RequestOrder::Begin, 5))),
-            [0u64; 0]
-        );
+        assert_eq!(one["requests"]["retained"], 1);
+        let (status, err) = json("/v1/containers/3");
+        assert_eq!(status, 404);
+        assert!(err["error"].as_str().unwrap().contains("there are 3"));
+        let (_, top) = json("/v1/requests?order=cost&limit=1");
+        assert_eq!(top[0]["seq"], 1);
+        assert_eq!(top[0]["container_path"], "b");
+        let (_, vm) = json("/v1/vm");
+        assert_eq!(vm["totals"]["exits_total"]["host_ns"], 60);
+        let metrics = route(&state, "GET", "/metrics");
+        let text = String::from_utf8(metrics.body).unwrap();
+        assert!(text.contains("resourceful_exits_total{tenant=\"t\",container=\"b\",reason=\"port_out\"} 1"));
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum VmEnd {
     VcpuError(String),
     /// The host asked the VMM to stop (SIGINT/SIGTERM).
     Signal,
+    /// The run's time limit (`demo --duration`) elapsed.
+    TimeLimit,
 }
 
 impl VmEnd {
@@ -39,18 +41,19 @@ impl VmEnd {
             Self::UnknownExit(_) => "unknown_exit",
             Self::VcpuError(_) => "vcpu_error",
             Self::Signal => "signal",
+            Self::TimeLimit => "time_limit",
         }
     }
 
     /// Whether the guest ended the VM on purpose.
     pub fn is_clean(&self) -> bool {
-        matches!(self, Self::GuestExit(_) | Self::Reset)
+        matches!(self, Self::GuestExit(_) | Self::Reset | Self::TimeLimit)
     }
 
     /// A sentence for the user when the end was not clean.
     pub fn detail(&self) -> Option<String> {
         match self {
-            Self::GuestExit(_) | Self::Reset => None,
+            Self::GuestExit(_) | Self::Reset | Self::TimeLimit => None,
             Self::TripleFault => Some(
                 "the guest triple-faulted (an exception with no usable handler); the VM was stopped".into(),
             ),

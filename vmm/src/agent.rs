@@ -1,0 +1,898 @@
+//! The VMM's side of the agent protocol ([`accounting::agent`],
+//! `docs/agent-protocol.md`).
+//!
+//! An [`AgentHub`] serves agent connections from two places: the guest's
+//! vsock connections to port [`AGENT_VSOCK_PORT`] (the vsock device asks
+//! [`AgentHub::connect_local`] for a stream and relays the guest's bytes into
+//! it) and, if `--agent-sock PATH` is given, a host Unix socket (for agents
+//! run on the host, and for tests).
+//!
+//! Each connection has a thread of its own that reads frames, validates them
+//! and applies them:
+//!
+//! - declarations go through [`Accounting::apply`], the same validation and
+//!   bounds as the tag ABI's ring, so the agent cannot do what a guest
+//!   program could not; re-sent declarations that match what is live (an
+//!   agent replaying its state after a reconnect) are accepted as no-ops;
+//! - flow bindings and the latest context report are kept here, bounded;
+//! - a frame that is malformed, oversized or breaks a rule closes that
+//!   connection with a counted error and an `error` message; accounting is
+//!   untouched by it.
+//!
+//! Nothing here is on the exit path: vCPUs never wait on the hub, and when
+//! no agent is connected, or it dies, the hypervisor's charges go on as
+//! before.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use accounting::abi::{self, EntryKind, RingEntry};
+use accounting::agent::{
+    self, AgentMessage, BeginRequest, ContextReport, DeclareContainer, Flow, FlowProto, FrameDecoder, Hello,
+    ProtocolError, VmmMessage, PROTOCOL_VERSION,
+};
+use accounting::errors::GuestError;
+use accounting::ledger::Accounting;
+use accounting::registry::RequestMeta;
+use accounting::warn_rl;
+use devices::virtio::net::flow::FlowBindings;
+use devices::virtio::net::frame::{FiveTuple, IPPROTO_TCP, IPPROTO_UDP};
+use serde::Serialize;
+
+pub use accounting::agent::AGENT_VSOCK_PORT;
+
+/// Most agent connections served at once; more are refused and counted.
+pub const MAX_CONNECTIONS: usize = 8;
+/// Most flow bindings kept; more are refused and counted.
+pub const MAX_FLOWS: usize = 4096;
+/// How long a connection may stay silent before it is closed (an agent
+/// reports every second by default).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why the agent socket could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The path exists and is something other than a socket.
+    #[error("--agent-sock {0} exists and is not a socket: remove it or pass another path")]
+    NotASocket(PathBuf),
+    /// Binding or starting the accept thread failed.
+    #[error("cannot serve agents on --agent-sock {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Counters of the agent channel, all cumulative.
+#[derive(Debug, Default)]
+pub struct AgentCounters {
+    connections: AtomicU64,
+    refused: AtomicU64,
+    frames: AtomicU64,
+    bytes: AtomicU64,
+    malformed: AtomicU64,
+    invalid: AtomicU64,
+    oversized: AtomicU64,
+    out_of_sequence: AtomicU64,
+    bad_version: AtomicU64,
+    rejected: AtomicU64,
+    replayed: AtomicU64,
+    reports: AtomicU64,
+    flows_refused: AtomicU64,
+}
+
+/// [`AgentCounters`] as read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AgentStats {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Connections refused because [`MAX_CONNECTIONS`] were open.
+    pub refused: u64,
+    /// Frames received.
+    pub frames: u64,
+    /// Bytes received.
+    pub bytes: u64,
+    /// Frames that were not a valid message (connection closed).
+    pub malformed: u64,
+    /// Messages that broke a bound or rule (connection closed).
+    pub invalid: u64,
+    /// Length prefixes of 0 or above the frame limit (connection closed).
+    pub oversized: u64,
+    /// A first message other than `hello`, or a second `hello` (closed).
+    pub out_of_sequence: u64,
+    /// `hello` with a protocol version this VMM does not speak (closed).
+    pub bad_version: u64,
+    /// Well-formed declarations the books refused (unknown ids, limits);
+    /// counted here and under the guest-error counters, connection kept.
+    pub rejected: u64,
+    /// Declarations re-sent by a reconnected agent that matched what was
+    /// live, accepted as no-ops.
+    pub replayed: u64,
+    /// Context reports received.
+    pub reports: u64,
+    /// Flow bindings refused because [`MAX_FLOWS`] were kept.
+    pub flows_refused: u64,
+}
+
+impl AgentCounters {
+    fn read(&self) -> AgentStats {
+        AgentStats {
+            connections: self.connections.load(Relaxed),
+            refused: self.refused.load(Relaxed),
+            frames: self.frames.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+            malformed: self.malformed.load(Relaxed),
+            invalid: self.invalid.load(Relaxed),
+            oversized: self.oversized.load(Relaxed),
+            out_of_sequence: self.out_of_sequence.load(Relaxed),
+            bad_version: self.bad_version.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            replayed: self.replayed.load(Relaxed),
+            reports: self.reports.load(Relaxed),
+            flows_refused: self.flows_refused.load(Relaxed),
+        }
+    }
+}
+
+/// A container the agent declared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentContainer {
+    /// Its name.
+    pub name: String,
+    /// The cgroup it stands for.
+    pub cgroup: Option<String>,
+}
+
+/// Who a bound flow is charged to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowBinding {
+    /// Container id.
+    pub container: u32,
+    /// Request id, if any.
+    pub request: Option<u32>,
+}
+
+/// The latest context report and when it came.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContextSnapshot {
+    /// Nanoseconds since the books were opened when it was received.
+    pub received_ns: u64,
+    /// The connection it came on.
+    pub connection: u64,
+    /// The report.
+    pub report: ContextReport,
+    /// Per cgroup path: its entry in `report.cgroups`, and the processes in
+    /// it or below it with their CPU (built once on arrival, so a container
+    /// view is a lookup, not a scan).
+    #[serde(skip)]
+    index: HashMap<String, CgroupIndex>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct CgroupIndex {
+    entry: Option<usize>,
+    processes: u64,
+    cpu_ns: u64,
+}
+
+impl ContextSnapshot {
+    /// Indexes `report`, received at `received_ns` on `connection`.
+    pub fn new(received_ns: u64, connection: u64, report: ContextReport) -> Self {
+        let mut index: HashMap<String, CgroupIndex> = HashMap::new();
+        for (i, g) in report.cgroups.iter().enumerate() {
+            index.entry(g.path.clone()).or_default().entry = Some(i);
+        }
+        for p in &report.processes {
+            let cpu = p.usage.user_ns.saturating_add(p.usage.system_ns);
+            // The process's cgroup and each ancestor ("/a/b" → "/a/b", "/a", "/").
+            let mut path = p.cgroup.as_str();
+            loop {
+                let e = index.entry(path.to_string()).or_default();
+                e.processes += 1;
+                e.cpu_ns = e.cpu_ns.saturating_add(cpu);
+                match path.rfind('/') {
+                    Some(0) if path.len() > 1 => path = "/",
+                    Some(i) if i > 0 => path = &path[..i],
+                    _ => break,
+                }
+            }
+        }
+        Self {
+            received_ns,
+            connection,
+            report,
+            index,
+        }
+    }
+}
+
+/// The agent as last seen.
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentPeer {
+    /// Its `hello`.
+    pub hello: Hello,
+    /// The connection it said hello on.
+    pub connection: u64,
+    /// When, ns since the books were opened.
+    pub since_ns: u64,
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    peer: Option<AgentPeer>,
+    containers: HashMap<u32, AgentContainer>,
+    requests: HashMap<u32, u32>,
+    flows: HashMap<Flow, FlowBinding>,
+    latest: Option<Arc<ContextSnapshot>>,
+}
+
+/// The guest's own view of a container, from the agent's latest report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct GuestView {
+    /// Always `"agent"`: reported by the guest, not measured by the VMM.
+    pub provenance: &'static str,
+    /// The cgroup the container stands for.
+    pub cgroup: String,
+    /// When the report was received, ns since the books were opened.
+    pub as_of_ns: u64,
+    /// The cgroup's `cpu.stat usage_usec`, if the report had it.
+    pub cpu_usage_us: Option<u64>,
+    /// Its `memory.current`.
+    pub memory_current: Option<u64>,
+    /// Its `io.stat` read bytes.
+    pub io_read_bytes: Option<u64>,
+    /// Its `io.stat` written bytes.
+    pub io_write_bytes: Option<u64>,
+    /// Processes in the cgroup (or below it).
+    pub processes: u64,
+    /// Their user + system CPU, ns.
+    pub process_cpu_ns: u64,
+}
+
+/// Open connections by id: a handle on the stream (to shut it down) and the
+/// thread serving it.
+type Connections = HashMap<u64, (UnixStream, Option<JoinHandle<()>>)>;
+
+/// Serves agent connections and keeps what they said.
+pub struct AgentHub {
+    acct: Arc<Accounting>,
+    state: Mutex<HubState>,
+    /// IPv4 bindings as the net device looks them up: read per frame, so
+    /// apart from `state` and behind a read-mostly lock.
+    bound_v4: RwLock<HashMap<FiveTuple, u64>>,
+    counters: AgentCounters,
+    conns: Mutex<Connections>,
+    next_conn: AtomicU64,
+    stopping: AtomicBool,
+    listener: Mutex<Option<(PathBuf, JoinHandle<()>)>>,
+}
+
+impl std::fmt::Debug for AgentHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentHub").field("stats", &self.stats()).finish()
+    }
+}
+
+fn ring_entry(kind: EntryKind, id: u32, arg: u32, arg64: u64, name: &str) -> RingEntry {
+    let mut e = RingEntry {
+        kind: kind as u16,
+        id,
+        arg,
+        arg64,
+        ..Default::default()
+    };
+    // Names were validated (1..=32 bytes) before this is called.
+    let n = name.len().min(abi::MAX_NAME_LEN);
+    e.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    e.name_len = u16::try_from(n).unwrap_or(0);
+    e
+}
+
+fn bind_socket(path: &Path) -> Result<UnixListener, AgentError> {
+    let io = |source| AgentError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            // A live server answers; a stale socket from a dead VMM does not.
+            if UnixStream::connect(path).is_ok() {
+                return Err(io(std::io::Error::new(
+                    ErrorKind::AddrInUse,
+                    "another process serves this socket",
+                )));
+            }
+            std::fs::remove_file(path).map_err(io)?;
+        }
+        Ok(_) => return Err(AgentError::NotASocket(path.to_path_buf())),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    crate::sock::bind_private(path).map_err(io)
+}
+
+impl AgentHub {
+    /// A hub for `acct` with no connections yet.
+    pub fn new(acct: Arc<Accounting>) -> Arc<Self> {
+        Arc::new(Self {
+            acct,
+            state: Mutex::new(HubState::default()),
+            bound_v4: RwLock::new(HashMap::new()),
+            counters: AgentCounters::default(),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+            listener: Mutex::new(None),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn conns(&self) -> MutexGuard<'_, Connections> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The channel's counters.
+    pub fn stats(&self) -> AgentStats {
+        self.counters.read()
+    }
+
+    /// The agent that said hello most recently, if it is still connected.
+    pub fn peer(&self) -> Option<AgentPeer> {
+        let peer = self.state().peer.clone()?;
+        self.conns().contains_key(&peer.connection).then_some(peer)
+    }
+
+    /// The latest context report.
+    pub fn latest(&self) -> Option<Arc<ContextSnapshot>> {
+        self.state().latest.clone()
+    }
+
+    /// Containers the agent declared and has not retired, by id.
+    pub fn containers(&self) -> HashMap<u32, AgentContainer> {
+        self.state().containers.clone()
+    }
+
+    /// Flow bindings in force.
+    pub fn flows(&self) -> Vec<(Flow, FlowBinding)> {
+        self.state().flows.iter().map(|(f, b)| (f.clone(), *b)).collect()
+    }
+
+    /// The guest's view of container `id`, if the agent declared it with a
+    /// cgroup and has reported since.
+    pub fn guest_view(&self, id: u32) -> Option<GuestView> {
+        let st = self.state();
+        let cgroup = st.containers.get(&id)?.cgroup.clone()?;
+        let snap = st.latest.clone()?;
+        drop(st);
+        Some(guest_view_of(&cgroup, &snap))
+    }
+
+    /// Serves agents on a host Unix socket at `path` (created 0600).
+    pub fn listen(self: &Arc<Self>, path: &Path) -> Result<(), AgentError> {
+        let l = bind_socket(path)?;
+        let hub = Arc::clone(self);
+        let handle = std::thread::Builder::new()
+            .name("rsrc-agent-accept".into())
+            .spawn(move || {
+                for s in l.incoming() {
+                    if hub.stopping.load(Relaxed) {
+                        break;
+                    }
+                    match s {
+                        Ok(s) => {
+                            hub.serve(s);
+                        }
+                        Err(e) => {
+                            warn_rl!("agent socket accept failed: {e}");
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                }
+            })
+            .map_err(|source| AgentError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some((path.to_path_buf(), handle));
+        Ok(())
+    }
+
+    /// A stream whose other end this hub serves: how the vsock device
+    /// connects a guest's agent-port connection.
+    pub fn connect_local(self: &Arc<Self>) -> std::io::Result<UnixStream> {
+        let (ours, theirs) = UnixStream::pair()?;
+        if !self.serve(ours) {
+            return Err(std::io::Error::new(
+                ErrorKind::ConnectionRefused,
+                "agent connection limit reached",
+            ));
+        }
+        Ok(theirs)
+    }
+
+    /// Starts a connection thread for `s`; false if refused.
+    fn serve(self: &Arc<Self>, s: UnixStream) -> bool {
+        if self.stopping.load(Relaxed) {
+            return false;
+        }
+        let mut conns = self.conns();
+        // Reap connections that ended.
+        conns.retain(|_, (_, h)| !h.as_ref().is_some_and(JoinHandle::is_finished));
+        if conns.len() >= MAX_CONNECTIONS {
+            self.counters.refused.fetch_add(1, Relaxed);
+            warn_rl!("agent connection refused: {MAX_CONNECTIONS} already open");
+            return false;
+        }
+        let Ok(ctl) = s.try_clone() else {
+            return false;
+        };
+        let id = self.next_conn.fetch_add(1, Relaxed);
+        let hub = Arc::clone(self);
+        let h = std::thread::Builder::new()
+            .name(format!("rsrc-agent-{id}"))
+            .spawn(move || hub.run_connection(id, s));
+        match h {
+            Ok(h) => {
+                self.counters.connections.fetch_add(1, Relaxed);
+                conns.insert(id, (ctl, Some(h)));
+                true
+            }
+            Err(e) => {
+                warn_rl!("cannot start an agent connection thread: {e}");
+                false
+            }
+        }
+    }
+
+    /// Closes every connection and the listener, and waits for their threads.
+    pub fn stop(&self) {
+        self.stopping.store(true, Relaxed);
+        let listener = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((path, h)) = listener {
+            // Wake the accept loop, which sees `stopping` and ends.
+            let _ = UnixStream::connect(&path);
+            let _ = h.join();
+            let _ = std::fs::remove_file(&path);
+        }
+        let conns: Vec<_> = self.conns().drain().collect();
+        for (_, (s, h)) in conns {
+            let _ = s.shutdown(Shutdown::Both);
+            if let Some(h) = h {
+                let _ = h.join();
+            }
+        }
+    }
+
+    fn run_connection(&self, id: u64, mut s: UnixStream) {
+        let _ = s.set_read_timeout(Some(IDLE_TIMEOUT));
+        let mut dec = FrameDecoder::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut hello = false;
+        'read: loop {
+            let n = match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            self.counters.bytes.fetch_add(n as u64, Relaxed);
+            dec.push(&buf[..n]);
+            loop {
+                let frame = match dec.next_frame() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.fail(&mut s, id, &e);
+                        break 'read;
+                    }
+                };
+                self.counters.frames.fetch_add(1, Relaxed);
+                let r = agent::decode_agent(&frame).and_then(|m| self.handle(id, &mut s, &mut hello, m));
+                if let Err(e) = r {
+                    self.fail(&mut s, id, &e);
+                    break 'read;
+                }
+            }
+        }
+        let _ = s.shutdown(Shutdown::Both);
+        // Gone from the table: the peer no longer counts as connected (its
+        // thread is ending, so its handle need not be joined).
+        self.conns().remove(&id);
+        log::debug!("agent connection {id} closed");
+    }
+
+    fn fail(&self, s: &mut UnixStream, id: u64, e: &ProtocolError) {
+        let c = &self.counters;
+        match e {
+            ProtocolError::FrameLength(_) => &c.oversized,
+            ProtocolError::Malformed(_) => &c.malformed,
+            ProtocolError::Invalid(_) => &c.invalid,
+            ProtocolError::Sequence => &c.out_of_sequence,
+            ProtocolError::Version(_) => &c.bad_version,
+        }
+        .fetch_add(1, Relaxed);
+        warn_rl!("agent connection {id} closed: {e}");
+        if let Ok(b) = agent::encode(&VmmMessage::Error {
+            reason: e.to_string(),
+        }) {
+            let _ = s.write_all(&b);
+        }
+    }
+
+    fn handle(
+        &self,
+        conn: u64,
+        s: &mut UnixStream,
+        hello: &mut bool,
+        m: AgentMessage,
+    ) -> Result<(), ProtocolError> {
+        match (m, *hello) {
+            (AgentMessage::Hello(h), false) => {
+                if h.protocol != PROTOCOL_VERSION {
+                    return Err(ProtocolError::Version(h.protocol));
+                }
+                *hello = true;
+                let b = agent::encode(&VmmMessage::Welcome {
+                    protocol: PROTOCOL_VERSION,
+                    tenant: self.acct.tenant().to_string(),
+                })?;
+                // A peer that does not read its welcome is not served.
+                s.write_all(&b)
+                    .map_err(|e| ProtocolError::Malformed(format!("cannot send welcome: {e}")))?;
+                log::info!(
+                    "agent {} connected (kernel {}, host {})",
+                    h.agent_version,
+                    h.kernel,
+                    h.hostname
+                );
+                self.state().peer = Some(AgentPeer {
+                    hello: h,
+                    connection: conn,
+                    since_ns: self.acct.now_ns(),
+                });
+                Ok(())
+            }
+            (_, false) | (AgentMessage::Hello(_), true) => Err(ProtocolError::Sequence),
+            (AgentMessage::DeclareContainer(d), true) => {
+                self.declare(d);
+                Ok(())
+            }
+            (AgentMessage::RetireContainer { id }, true) => {
+                let e = ring_entry(EntryKind::RetireContainer, id, 0, 0, "");
+                if self.apply(&e, "retire_container") {
+                    let mut st = self.state();
+                    st.containers.remove(&id);
+                    st.requests.retain(|_, c| *c != id);
+                }
+                Ok(())
+            }
+            (AgentMessage::BeginRequest(b), true) => {
+                self.begin(b);
+                Ok(())
+            }
+            (AgentMessage::EndRequest { id }, true) => {
+                let e = ring_entry(EntryKind::EndRequest, id, 0, 0, "");
+                if self.apply(&e, "end_request") {
+                    self.state().requests.remove(&id);
+                }
+                Ok(())
+            }
+            (AgentMessage::BindFlow(b), true) => {
+                let mut st = self.state();
+                if st.flows.len() >= MAX_FLOWS && !st.flows.contains_key(&b.flow) {
+                    drop(st);
+                    self.counters.flows_refused.fetch_add(1, Relaxed);
+                    warn_rl!("agent flow binding refused: {MAX_FLOWS} bindings kept");
+                } else {
+                    let tag = abi::tag(b.container, b.request.unwrap_or(abi::NO_REQUEST));
+                    if let Some(k) = five_tuple(&b.flow) {
+                        self.bound_v4
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(k, tag);
+                    }
+                    st.flows.insert(
+                        b.flow,
+                        FlowBinding {
+                            container: b.container,
+                            request: b.request,
+                        },
+                    );
+                }
+                Ok(())
+            }
+            (AgentMessage::UnbindFlow { flow }, true) => {
+                let mut st = self.state();
+                if let Some(k) = five_tuple(&flow) {
+                    self.bound_v4
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&k);
+                }
+                st.flows.remove(&flow);
+                Ok(())
+            }
+            (AgentMessage::Context(report), true) => {
+                self.counters.reports.fetch_add(1, Relaxed);
+                let snap = ContextSnapshot::new(self.acct.now_ns(), conn, report);
+                self.state().latest = Some(Arc::new(snap));
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies a declaration to the books; false (counted, logged) if they
+    /// refused it.
+    fn apply(&self, e: &RingEntry, what: &str) -> bool {
+        match self.acct.apply(e) {
+            Ok(()) => true,
+            Err(err) => self.rejected(what, e.id, err),
+        }
+    }
+
+    fn rejected(&self, what: &str, id: u32, err: GuestError) -> bool {
+        self.counters.rejected.fetch_add(1, Relaxed);
+        warn_rl!("agent {what} {id} refused: {}", err.name());
+        false
+    }
+
+    fn declare(&self, d: DeclareContainer) {
+        // A reconnected agent re-sends what it declared; what matches the
+        // live container is a no-op.
+        let same = self
+            .acct
+            .registry()
+            .live_container(d.id)
+            .is_some_and(|c| c.name == d.name);
+        if same {
+            self.counters.replayed.fetch_add(1, Relaxed);
+        } else {
+            let e = ring_entry(
+                EntryKind::DeclareContainer,
+                d.id,
+                d.parent.unwrap_or(abi::NO_CONTAINER),
+                0,
+                &d.name,
+            );
+            if !self.apply(&e, "declare_container") {
+                return;
+            }
+        }
+        self.state().containers.insert(
+            d.id,
+            AgentContainer {
+                name: d.name,
+                cgroup: d.cgroup,
+            },
+        );
+    }
+
+    fn begin(&self, b: BeginRequest) {
+        let reg = self.acct.registry();
+        let live_in = reg.live_request_container(b.id);
+        let wanted = reg.live_container_index(b.container);
+        drop(reg);
+        if let Some(idx) = live_in {
+            // A replay of a request still live in the same container is a
+            // no-op; anything else is the duplicate the ring would refuse.
+            if wanted == Some(idx) {
+                self.counters.replayed.fetch_add(1, Relaxed);
+            } else {
+                self.acct.count_error(GuestError::RingDuplicateRequest);
+                self.rejected("begin_request", b.id, GuestError::RingDuplicateRequest);
+            }
+            return;
+        }
+        let trace_id = b.trace_id.as_deref().and_then(agent::trace_id_bytes);
+        let meta = (trace_id.is_some() || !b.attributes.is_empty()).then(|| RequestMeta {
+            trace_id,
+            attributes: b.attributes.into_iter().collect(),
+        });
+        match self.acct.begin_with_meta(b.id, b.container, b.external_id, meta) {
+            Ok(()) => {
+                self.state().requests.insert(b.id, b.container);
+            }
+            Err(err) => {
+                self.rejected("begin_request", b.id, err);
+            }
+        }
+    }
+}
+
+/// The net device's key for an IPv4 flow as the guest sends it; `None`
+/// for IPv6 (the net device tracks IPv4 flows only).
+fn five_tuple(f: &Flow) -> Option<FiveTuple> {
+    let (std::net::SocketAddr::V4(l), std::net::SocketAddr::V4(r)) = (f.local, f.remote) else {
+        return None;
+    };
+    Some(FiveTuple {
+        src_ip: *l.ip(),
+        dst_ip: *r.ip(),
+        src_port: l.port(),
+        dst_port: r.port(),
+        proto: match f.proto {
+            FlowProto::Tcp => IPPROTO_TCP,
+            FlowProto::Udp => IPPROTO_UDP,
+        },
+    })
+}
+
+impl FlowBindings for AgentHub {
+    fn bound(&self, flow: &FiveTuple) -> Option<u64> {
+        let map = self.bound_v4.read().unwrap_or_else(|p| p.into_inner());
+        if map.is_empty() {
+            return None;
+        }
+        map.get(flow).copied()
+    }
+}
+
+/// The report's view of `cgroup` and the processes in or below it.
+pub fn guest_view_of(cgroup: &str, snap: &ContextSnapshot) -> GuestView {
+    let ix = snap.index.get(cgroup).copied().unwrap_or_default();
+    let cg = ix.entry.and_then(|i| snap.report.cgroups.get(i));
+    GuestView {
+        provenance: "agent",
+        cgroup: cgroup.to_string(),
+        as_of_ns: snap.received_ns,
+        cpu_usage_us: cg.map(|g| g.cpu_usage_us),
+        memory_current: cg.and_then(|g| g.memory_current),
+        io_read_bytes: cg.map(|g| g.io_read_bytes),
+        io_write_bytes: cg.map(|g| g.io_write_bytes),
+        processes: ix.processes,
+        process_cpu_ns: ix.cpu_ns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use accounting::agent::{BindFlow, CgroupInfo, ProcessInfo, TaskUsage};
+    use accounting::registry::Limits;
+
+    fn send(s: &mut UnixStream, m: &AgentMessage) {
+        s.write_all(&agent::encode(m).unwrap()).unwrap();
+    }
+
+    fn recv(s: &mut UnixStream) -> VmmMessage {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut b = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut b).unwrap();
+        agent::decode_vmm(&b).unwrap()
+    }
+
+    fn hello() -> AgentMessage {
+        AgentMessage::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            agent_version: "t".into(),
+            kernel: "k".into(),
+            boot_id: "b".into(),
+            hostname: String::new(),
+        })
+    }
+
+    fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn bound_flows_reach_the_net_lookup_and_unbind_removes_them() {
+        let acct = Accounting::new("t", 1, 1, Limits::default());
+        let hub = AgentHub::new(Arc::clone(&acct));
+        let mut s = hub.connect_local().unwrap();
+        send(&mut s, &hello());
+        assert!(matches!(recv(&mut s), VmmMessage::Welcome { .. }));
+        let flow = Flow {
+            proto: FlowProto::Udp,
+            local: "10.0.0.2:5000".parse().unwrap(),
+            remote: "10.0.0.1:53".parse().unwrap(),
+        };
+        send(
+            &mut s,
+            &AgentMessage::DeclareContainer(DeclareContainer {
+                id: 9,
+                name: "dns".into(),
+                parent: None,
+                cgroup: None,
+            }),
+        );
+        send(
+            &mut s,
+            &AgentMessage::BindFlow(BindFlow {
+                flow: flow.clone(),
+                container: 9,
+                request: None,
+            }),
+        );
+        let key = five_tuple(&flow).unwrap();
+        wait_until("the binding", || hub.bound(&key).is_some());
+        assert_eq!(hub.bound(&key), Some(abi::tag(9, abi::NO_REQUEST)));
+        assert_eq!(hub.bound(&key.reversed()), None);
+        send(&mut s, &AgentMessage::UnbindFlow { flow });
+        wait_until("the unbinding", || hub.bound(&key).is_none());
+        assert!(hub.flows().is_empty());
+        hub.stop();
+    }
+
+    #[test]
+    fn connections_beyond_the_limit_are_refused_and_stop_closes_the_rest() {
+        let acct = Accounting::new("t", 1, 1, Limits::default());
+        let hub = AgentHub::new(acct);
+        let open: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| hub.connect_local().unwrap())
+            .collect();
+        assert!(hub.connect_local().is_err());
+        assert_eq!(hub.stats().refused, 1);
+        hub.stop();
+        for mut s in open {
+            let mut b = [0u8; 1];
+            assert_eq!(s.read(&mut b).unwrap(), 0, "closed by stop");
+        }
+        assert!(hub.connect_local().is_err(), "a stopped hub serves nothing");
+    }
+
+    #[test]
+    fn the_guest_view_sums_a_cgroup_and_the_processes_below_it() {
+        let p = |pid, cgroup: &str, user_ns| ProcessInfo {
+            pid,
+            ppid: 1,
+            comm: "x".into(),
+            cgroup: cgroup.into(),
+            usage: TaskUsage {
+                user_ns,
+                system_ns: 1,
+                ..TaskUsage::default()
+            },
+            read_bytes: 0,
+            write_bytes: 0,
+            rss_bytes: 0,
+            threads: vec![],
+            threads_omitted: 0,
+        };
+        let snap = ContextSnapshot::new(
+            5,
+            1,
+            ContextReport {
+                processes: vec![p(1, "/a", 10), p(2, "/a/b", 20), p(3, "/ab", 40), p(4, "/", 80)],
+                cgroups: vec![CgroupInfo {
+                    path: "/a".into(),
+                    cpu_usage_us: 7,
+                    memory_current: Some(4096),
+                    ..CgroupInfo::default()
+                }],
+                ..ContextReport::default()
+            },
+        );
+        let v = guest_view_of("/a", &snap);
+        // `/ab` is not below `/a`.
+        assert_eq!((v.processes, v.process_cpu_ns), (2, 32));
+        assert_eq!(
+            (v.cpu_usage_us, v.memory_current, v.as_of_ns),
+            (Some(7), Some(4096), 5)
+        );
+        let none = guest_view_of("/zzz", &snap);
+        assert_eq!((none.processes, none.cpu_usage_us), (0, None));
+        // Everything is below the root.
+        assert_eq!(guest_view_of("/", &snap).processes, 4);
+        assert_eq!(guest_view_of("/a/b", &snap).process_cpu_ns, 21);
+    }
+}
