@@ -172,7 +172,10 @@ fn api_serves_the_live_books() {
     assert_eq!(v["boot"], "baremetal");
     assert_eq!(v["kernel"], "builtin:test-guest");
     assert!(v["uptime_ns"].as_u64().unwrap() > 0);
-    assert_eq!(v["devices"], serde_json::json!({ "disks": [], "nets": [] }));
+    assert_eq!(
+        v["devices"],
+        serde_json::json!({ "disks": [], "nets": [], "vsock": null })
+    );
     assert!(v["totals"]["exits"]["port_out"]["count"].is_u64());
 
     // GET /v1/containers and /v1/containers/{index}: the spin scenario

@@ -1,0 +1,322 @@
+//! The running agent: three kinds of thread around one lock.
+//!
+//! - the **collector** reads `/proc` and cgroups every interval, keeps the
+//!   rule containers in step, and queues a `context` report;
+//! - the **link** ([`crate::link::run`]) keeps a connection to the VMM and
+//!   streams what is queued;
+//! - the **local interface** ([`crate::local`]) serves applications.
+//!
+//! [`Shared`] holds the declared [`State`] and the [`Outbox`] under one
+//! mutex, so a state change and the frame that announces it are queued
+//! atomically and a replay always matches the state.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use accounting::agent::{encode, Hello, MAX_FRAME, MAX_TEXT, PROTOCOL_VERSION};
+
+use crate::collect::{encode_report, Collector};
+use crate::config::{self, Config};
+use crate::link::{self, Endpoint};
+use crate::local;
+use crate::outbox::Outbox;
+use crate::procfs::{read_file, sanitize_text};
+use crate::state::{Out, State};
+
+/// Default outgoing buffer, bytes.
+pub const DEFAULT_BUFFER_BYTES: usize = 1 << 20;
+
+/// What sits under the lock.
+#[derive(Debug)]
+pub struct Inner {
+    /// Declared state.
+    pub state: State,
+    /// Frames waiting for the VMM.
+    pub outbox: Outbox,
+}
+
+impl Inner {
+    /// Queues the messages of a state change.
+    pub fn emit(&mut self, msgs: Out) {
+        for m in msgs {
+            match encode(&m) {
+                Ok(b) => self.outbox.push_event(b),
+                Err(e) => log::error!("cannot encode {m:?}: {e}"),
+            }
+        }
+    }
+}
+
+/// State shared by the agent's threads.
+#[derive(Debug)]
+pub struct Shared {
+    inner: Mutex<Inner>,
+    link_cv: Condvar,
+    stop_cv: Condvar,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    /// Fresh state with an outbox of `buffer_bytes`.
+    pub fn new(buffer_bytes: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                state: State::new(),
+                outbox: Outbox::new(buffer_bytes),
+            }),
+            link_cv: Condvar::new(),
+            stop_cv: Condvar::new(),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// Locks the state (a poisoned lock is taken over: every change under
+    /// it is applied whole or not at all before anything can panic).
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the agent is stopping.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Asks every thread to stop.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let _g = self.lock();
+        self.link_cv.notify_all();
+        self.stop_cv.notify_all();
+    }
+
+    /// Wakes the link thread (something was queued).
+    pub fn wake_link(&self) {
+        self.link_cv.notify_all();
+    }
+
+    /// The link thread waits for frames.
+    pub fn wait_link<'a>(&self, g: MutexGuard<'a, Inner>, d: Duration) -> MutexGuard<'a, Inner> {
+        self.link_cv
+            .wait_timeout(g, d)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0)
+    }
+
+    /// Sleeps `d`, or less if the agent stops.
+    pub fn sleep(&self, d: Duration) {
+        let deadline = Instant::now() + d;
+        let mut g = self.lock();
+        while !self.stopping() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            g = self
+                .stop_cv
+                .wait_timeout(g, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+}
+
+/// Everything the agent is told at start.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The VMM.
+    pub connect: Endpoint,
+    /// The local interface's socket (none: no local interface).
+    pub listen: Option<PathBuf>,
+    /// Container rules.
+    pub config: Config,
+    /// Report interval.
+    pub interval: Duration,
+    /// Outgoing buffer bound, bytes.
+    pub buffer_bytes: usize,
+    /// Usually `/proc`.
+    pub proc_root: PathBuf,
+    /// The cgroup v2 root (none: no cgroups).
+    pub cgroup_root: Option<PathBuf>,
+    /// Whether threads are listed.
+    pub list_threads: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            connect: Endpoint::default(),
+            listen: Some(PathBuf::from(local::DEFAULT_SOCKET)),
+            config: Config::default(),
+            interval: Duration::from_secs(1),
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
+            proc_root: PathBuf::from("/proc"),
+            cgroup_root: crate::cgroup::host_cgroup2_mount(),
+            list_threads: true,
+        }
+    }
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The local socket could not be bound.
+    #[error("cannot listen on {path} (use --listen to choose another path)")]
+    Listen {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A thread could not be started.
+    #[error("cannot start a thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// This guest's `hello`.
+pub fn hello() -> Hello {
+    // SAFETY: an all-zero utsname is a valid value of a plain C struct.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable utsname for the call.
+    let ok = unsafe { libc::uname(&mut u) } == 0;
+    let field = |f: &[libc::c_char]| -> String {
+        if !ok {
+            return String::new();
+        }
+        let bytes: Vec<u8> = f
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c.to_ne_bytes()[0])
+            .collect();
+        sanitize_text(&bytes, MAX_TEXT)
+    };
+    let mut buf = Vec::new();
+    let boot_id = match read_file(std::path::Path::new("/proc/sys/kernel/random/boot_id"), &mut buf) {
+        Ok(()) => sanitize_text(buf.trim_ascii(), MAX_TEXT),
+        Err(_) => String::new(),
+    };
+    Hello {
+        protocol: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        kernel: field(&u.release),
+        boot_id,
+        hostname: field(&u.nodename),
+    }
+}
+
+/// One interval: snapshot, rule containers, report.
+pub fn tick(shared: &Shared, collector: &mut Collector, config: &Config) {
+    let snap = collector.snapshot();
+    if snap.proc_stats.vanished + snap.proc_stats.unreadable > 0 {
+        log::debug!(
+            "{} processes vanished and {} were unreadable during the scan",
+            snap.proc_stats.vanished,
+            snap.proc_stats.unreadable
+        );
+    }
+    let desired = config::desired(config, &snap.cgroups, &snap.processes);
+    let drops = {
+        let mut g = shared.lock();
+        let mut out = Out::new();
+        g.state
+            .sync_rules(&desired, config.retire_after_intervals, &mut out);
+        g.emit(out);
+        g.outbox.drops
+    };
+    let report = collector.report(snap, drops);
+    match encode_report(report, MAX_FRAME) {
+        Ok(frame) => shared.lock().outbox.push_report(frame),
+        Err(e) => log::warn!("cannot encode a context report: {e}"),
+    }
+    shared.wake_link();
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    listen: Option<PathBuf>,
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, AgentError> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(f)
+        .map_err(AgentError::Thread)
+}
+
+impl Agent {
+    /// Binds the local socket and starts the threads.
+    pub fn start(opts: Options) -> Result<Self, AgentError> {
+        let shared = Arc::new(Shared::new(opts.buffer_bytes));
+        let listener = match &opts.listen {
+            Some(p) => Some(local::bind(p).map_err(|e| AgentError::Listen {
+                path: p.clone(),
+                source: e,
+            })?),
+            None => None,
+        };
+        let mut agent = Self {
+            shared: Arc::clone(&shared),
+            threads: Vec::new(),
+            listen: opts.listen.clone(),
+        };
+        if let Some(l) = listener {
+            let s = Arc::clone(&shared);
+            agent
+                .threads
+                .push(spawn("agent-local", move || local::serve(l, s))?);
+        }
+        let s = Arc::clone(&shared);
+        let (ep, h) = (opts.connect.clone(), hello());
+        agent
+            .threads
+            .push(spawn("agent-link", move || link::run(s, ep, h))?);
+        let s = Arc::clone(&shared);
+        agent
+            .threads
+            .push(spawn("agent-collect", move || collect_loop(&s, &opts))?);
+        Ok(agent)
+    }
+
+    /// The shared state (for tests and embedding).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops every thread and removes the socket.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.request_stop();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(p) = self.listen.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn collect_loop(shared: &Shared, opts: &Options) {
+    let ms = u32::try_from(opts.interval.as_millis()).unwrap_or(u32::MAX);
+    let mut collector = Collector::new(&opts.proc_root, opts.cgroup_root.clone(), ms);
+    collector.set_list_threads(opts.list_threads);
+    while !shared.stopping() {
+        let t0 = Instant::now();
+        tick(shared, &mut collector, &opts.config);
+        shared.sleep(opts.interval.saturating_sub(t0.elapsed()));
+    }
+}

@@ -1,0 +1,335 @@
+//! The local interface: applications in the guest declare containers,
+//! requests and flow bindings over a Unix socket (`--listen PATH`, mode
+//! 0660) in newline-delimited JSON, one request object per line and one
+//! reply object per line:
+//!
+//! ```text
+//! → {"op":"declare","container":"web"}
+//! ← {"ok":true,"container":268435456}
+//! → {"op":"begin","container":"web","external_id":42,"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","attributes":{"route":"/api"}}
+//! ← {"ok":true,"request":268435456}
+//! → {"op":"bind_flow","proto":"tcp","local":"10.0.0.2:40000","remote":"1.2.3.4:443","container":"web","request":268435456}
+//! ← {"ok":true}
+//! → {"op":"unbind_flow","proto":"tcp","local":"10.0.0.2:40000","remote":"1.2.3.4:443"}
+//! → {"op":"end","request":268435456}
+//! → {"op":"retire","container":"web"}
+//! → {"op":"nonsense"}
+//! ← {"ok":false,"error":"…"}
+//! ```
+//!
+//! A bad line gets an error reply and the connection stays usable; a line
+//! over [`MAX_LINE`] bytes closes the connection. At most [`MAX_CLIENTS`]
+//! connections at once. When a connection closes (the application exited or
+//! crashed) its open requests end, its flows are unbound and its holds on ad
+//! hoc containers are released.
+//!
+//! One thread accepts (polling so it notices a stop); one thread per client.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use accounting::agent::{Flow, FlowProto};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::Shared;
+use crate::state::{ClientId, Out};
+
+/// Longest request line, in bytes.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Most clients connected at once.
+pub const MAX_CLIENTS: usize = 64;
+/// Default socket path.
+pub const DEFAULT_SOCKET: &str = "/run/resourceful-agent.sock";
+/// How often blocked threads look at the stop flag.
+const POLL: Duration = Duration::from_millis(200);
+
+/// One request line.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LocalRequest {
+    /// Begin a request in a live container.
+    Begin {
+        /// Container name.
+        container: String,
+        /// The application's own id.
+        #[serde(default)]
+        external_id: u64,
+        /// W3C trace id.
+        #[serde(default)]
+        trace_id: Option<String>,
+        /// Attributes.
+        #[serde(default)]
+        attributes: BTreeMap<String, String>,
+    },
+    /// End a request.
+    End {
+        /// Its id.
+        request: u32,
+    },
+    /// Bind a flow.
+    BindFlow {
+        /// Protocol.
+        proto: FlowProto,
+        /// Guest-side address.
+        local: SocketAddr,
+        /// Peer address.
+        remote: SocketAddr,
+        /// Container name.
+        container: String,
+        /// Request, if any.
+        #[serde(default)]
+        request: Option<u32>,
+    },
+    /// Unbind a flow.
+    UnbindFlow {
+        /// Protocol.
+        proto: FlowProto,
+        /// Guest-side address.
+        local: SocketAddr,
+        /// Peer address.
+        remote: SocketAddr,
+    },
+    /// Declare (or hold) an ad hoc container.
+    Declare {
+        /// Its name.
+        container: String,
+        /// The cgroup it stands for.
+        #[serde(default)]
+        cgroup: Option<String>,
+    },
+    /// Release an ad hoc container.
+    Retire {
+        /// Its name.
+        container: String,
+    },
+}
+
+/// One reply line.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Whether the request was applied.
+    pub ok: bool,
+    /// A new request's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<u32>,
+    /// A declared container's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<u32>,
+    /// What was wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Reply {
+    fn err(e: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(e.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// Applies one line from `client` to the shared state and queues what the
+/// VMM must hear.
+pub fn handle_line(shared: &Shared, client: ClientId, line: &[u8]) -> Reply {
+    let req: LocalRequest = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(e) => return Reply::err(format!("bad request: {e}")),
+    };
+    let mut out = Out::new();
+    let mut g = shared.lock();
+    let st = &mut g.state;
+    let r = match req {
+        LocalRequest::Begin {
+            container,
+            external_id,
+            trace_id,
+            attributes,
+        } => st
+            .begin(client, &container, external_id, trace_id, attributes, &mut out)
+            .map(|id| Reply {
+                ok: true,
+                request: Some(id),
+                ..Reply::default()
+            }),
+        LocalRequest::End { request } => st.end(request, &mut out).map(|()| ok()),
+        LocalRequest::BindFlow {
+            proto,
+            local,
+            remote,
+            container,
+            request,
+        } => st
+            .bind_flow(
+                client,
+                Flow { proto, local, remote },
+                &container,
+                request,
+                &mut out,
+            )
+            .map(|()| ok()),
+        LocalRequest::UnbindFlow { proto, local, remote } => st
+            .unbind_flow(&Flow { proto, local, remote }, &mut out)
+            .map(|()| ok()),
+        LocalRequest::Declare { container, cgroup } => st
+            .declare_adhoc(client, &container, cgroup, &mut out)
+            .map(|id| Reply {
+                ok: true,
+                container: Some(id),
+                ..Reply::default()
+            }),
+        LocalRequest::Retire { container } => st.release_adhoc(client, &container, &mut out).map(|()| ok()),
+    };
+    let sent = !out.is_empty();
+    g.emit(out);
+    drop(g);
+    if sent {
+        shared.wake_link();
+    }
+    r.unwrap_or_else(Reply::err)
+}
+
+fn ok() -> Reply {
+    Reply {
+        ok: true,
+        ..Reply::default()
+    }
+}
+
+/// Binds the socket at `path` with mode 0660. A stale socket there (nobody
+/// answers) is replaced; a live one or any other file is refused.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        if !md.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; choose another --listen path",
+                    path.display()
+                ),
+            ));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("another agent is listening on {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(l)
+}
+
+/// Accepts clients until the agent stops.
+pub fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    let clients = Arc::new(AtomicUsize::new(0));
+    let next_id = AtomicU64::new(1);
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut handles = Vec::new();
+    while !shared.stopping() {
+        // SAFETY: `pfd` is one valid pollfd for the call's duration.
+        let n = unsafe { libc::poll(&mut pfd, 1, 200) };
+        if n <= 0 {
+            continue;
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) => {
+                log::debug!("accept failed: {e}");
+                continue;
+            }
+        };
+        if clients.load(Ordering::Relaxed) >= MAX_CLIENTS {
+            let _ = stream.set_write_timeout(Some(POLL));
+            let _ = write_reply(&stream, &Reply::err(format!("at most {MAX_CLIENTS} clients")));
+            continue;
+        }
+        clients.fetch_add(1, Ordering::Relaxed);
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::clone(&shared);
+        let clients = Arc::clone(&clients);
+        let spawned = std::thread::Builder::new()
+            .name(format!("agent-client-{id}"))
+            .spawn(move || {
+                client(&shared, id, stream);
+                clients.fetch_sub(1, Ordering::Relaxed);
+            });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => log::warn!("cannot start a client thread: {e}"),
+        }
+        handles.retain(|h| !h.is_finished());
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+fn write_reply(mut s: &UnixStream, r: &Reply) -> io::Result<()> {
+    let mut line = serde_json::to_vec(r).map_err(io::Error::other)?;
+    line.push(b'\n');
+    s.write_all(&line)
+}
+
+/// Serves one client until it closes, misbehaves or the agent stops; then
+/// cleans up after it.
+fn client(shared: &Shared, id: ClientId, stream: UnixStream) {
+    let _ = stream.set_read_timeout(Some(POLL));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let mut reader = BufReader::new(&stream);
+    let mut buf = Vec::new();
+    while !shared.stopping() {
+        let room = u64::try_from(MAX_LINE + 1 - buf.len()).unwrap_or(0);
+        match reader.by_ref().take(room).read_until(b'\n', &mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+        if buf.last() != Some(&b'\n') {
+            if buf.len() > MAX_LINE {
+                let _ = write_reply(&stream, &Reply::err(format!("line longer than {MAX_LINE} bytes")));
+                break;
+            }
+            continue; // the rest of the line is still coming, or EOF next
+        }
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let reply = if line.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            Some(handle_line(shared, id, line))
+        };
+        buf.clear();
+        if let Some(r) = reply {
+            if write_reply(&stream, &r).is_err() {
+                break;
+            }
+        }
+    }
+    let mut out = Out::new();
+    let mut g = shared.lock();
+    g.state.client_closed(id, &mut out);
+    let sent = !out.is_empty();
+    g.emit(out);
+    drop(g);
+    if sent {
+        shared.wake_link();
+    }
+}

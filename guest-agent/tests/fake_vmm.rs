@@ -1,0 +1,266 @@
+//! The whole agent against a fake VMM over a real Unix socket: handshake,
+//! declarations, reports; the VMM dies and comes back; the agent reconnects,
+//! replays its state and reports what it dropped meanwhile.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use accounting::agent::{decode_agent, encode, AgentMessage, FrameDecoder, VmmMessage, PROTOCOL_VERSION};
+use common::{fixture, TempDir};
+use guest_agent::agent::{Agent, Options};
+use guest_agent::config::Config;
+use guest_agent::link::Endpoint;
+use guest_agent::local::Reply;
+use guest_agent::state::ID_BASE;
+
+struct Vmm {
+    stream: UnixStream,
+    dec: FrameDecoder,
+}
+
+fn accept(l: &UnixListener) -> Vmm {
+    l.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                return Vmm {
+                    stream: s,
+                    dec: FrameDecoder::new(),
+                };
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("the agent did not connect: {e}"),
+        }
+    }
+}
+
+impl Vmm {
+    /// The next message, decoded and validated as the VMM would.
+    fn next(&mut self) -> AgentMessage {
+        let mut buf = [0u8; 65536];
+        loop {
+            if let Some(body) = self.dec.next_frame().unwrap() {
+                return decode_agent(&body).unwrap();
+            }
+            let n = self.stream.read(&mut buf).unwrap();
+            assert!(n > 0, "the agent closed the connection");
+            self.dec.push(&buf[..n]);
+        }
+    }
+
+    fn send(&mut self, m: &VmmMessage) {
+        self.stream.write_all(&encode(m).unwrap()).unwrap();
+    }
+
+    fn handshake(&mut self) {
+        let AgentMessage::Hello(h) = self.next() else {
+            panic!("hello must come first")
+        };
+        assert_eq!(h.protocol, PROTOCOL_VERSION);
+        assert_eq!(h.agent_version, env!("CARGO_PKG_VERSION"));
+        assert!(!h.kernel.is_empty());
+        self.send(&VmmMessage::Welcome {
+            protocol: PROTOCOL_VERSION,
+            tenant: "t".into(),
+        });
+    }
+
+    /// Messages up to and including the first context report.
+    fn until_context(&mut self) -> Vec<AgentMessage> {
+        let mut out = Vec::new();
+        loop {
+            let m = self.next();
+            let done = matches!(m, AgentMessage::Context(_));
+            out.push(m);
+            if done {
+                return out;
+            }
+        }
+    }
+}
+
+struct Client {
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+}
+
+impl Client {
+    fn connect(p: &Path) -> Self {
+        let w = UnixStream::connect(p).unwrap();
+        w.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Self {
+            r: BufReader::new(w.try_clone().unwrap()),
+            w,
+        }
+    }
+
+    fn call(&mut self, line: &str) -> Reply {
+        self.w.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut s = String::new();
+        self.r.read_line(&mut s).unwrap();
+        serde_json::from_str(&s).unwrap()
+    }
+}
+
+fn kinds(ms: &[AgentMessage]) -> Vec<&'static str> {
+    ms.iter()
+        .map(|m| match m {
+            AgentMessage::Hello(_) => "hello",
+            AgentMessage::DeclareContainer(_) => "declare",
+            AgentMessage::RetireContainer { .. } => "retire",
+            AgentMessage::BeginRequest(_) => "begin",
+            AgentMessage::EndRequest { .. } => "end",
+            AgentMessage::BindFlow(_) => "bind",
+            AgentMessage::UnbindFlow { .. } => "unbind",
+            AgentMessage::Context(_) => "context",
+        })
+        .collect()
+}
+
+#[test]
+fn the_agent_declares_reports_reconnects_and_replays() {
+    let dir = TempDir::new("vmm");
+    let vmm_path = dir.join("vmm.sock");
+    let app_path = dir.join("agent.sock");
+    let listener = UnixListener::bind(&vmm_path).unwrap();
+    let agent = Agent::start(Options {
+        connect: Endpoint::Unix(vmm_path.clone()),
+        listen: Some(app_path.clone()),
+        config: Config::parse(r#"{"containers":[{"cgroup":"/system.slice/*.service"}]}"#, "test").unwrap(),
+        interval: Duration::from_millis(20),
+        buffer_bytes: 8 * 1024,
+        proc_root: fixture("proc"),
+        cgroup_root: Some(fixture("cgroup")),
+        list_threads: true,
+    })
+    .unwrap();
+
+    // First connection: hello, welcome, the rule containers, a report.
+    let mut vmm = accept(&listener);
+    vmm.handshake();
+    let first = vmm.until_context();
+    let declared: Vec<(String, Option<String>, u32)> = first
+        .iter()
+        .filter_map(|m| match m {
+            AgentMessage::DeclareContainer(d) => Some((d.name.clone(), d.cgroup.clone(), d.id)),
+            _ => None,
+        })
+        .collect();
+    let names: Vec<&str> = declared.iter().map(|d| d.0.as_str()).collect();
+    assert_eq!(names, ["db.service", "web.service"]);
+    assert_eq!(declared[1].1.as_deref(), Some("/system.slice/web.service"));
+    assert!(declared.iter().all(|d| d.2 >= ID_BASE));
+    let AgentMessage::Context(report) = first.last().unwrap() else {
+        unreachable!()
+    };
+    assert!(report.processes.iter().any(|p| p.pid == 42 && p.comm == "a) (b"));
+    assert_eq!(report.cgroups.len(), 5);
+    assert!(report.agent_cpu_ns > 0 && report.agent_rss_bytes > 0);
+    assert_eq!(report.drops.reconnects, 0);
+
+    // An application declares a container, a request and a flow.
+    let mut app = Client::connect(&app_path);
+    let api = app
+        .call(r#"{"op":"declare","container":"api"}"#)
+        .container
+        .unwrap();
+    let req = app
+        .call(r#"{"op":"begin","container":"api","external_id":42,"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}"#)
+        .request
+        .unwrap();
+    let bound = app.call(&format!(
+        r#"{{"op":"bind_flow","proto":"tcp","local":"10.0.0.2:40000","remote":"1.2.3.4:443","container":"api","request":{req}}}"#
+    ));
+    assert!(bound.ok, "{bound:?}");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m| matches!(m, AgentMessage::BindFlow(_))) {
+        seen.push(vmm.next());
+    }
+    let events: Vec<&AgentMessage> = seen
+        .iter()
+        .filter(|m| !matches!(m, AgentMessage::Context(_)))
+        .collect();
+    assert!(matches!(events[0], AgentMessage::DeclareContainer(d) if d.id == api && d.name == "api"));
+    assert!(
+        matches!(events[1], AgentMessage::BeginRequest(b) if b.id == req && b.container == api && b.external_id == 42)
+    );
+    assert!(matches!(events[2], AgentMessage::BindFlow(b) if b.request == Some(req)));
+
+    // The VMM goes away; meanwhile another request begins.
+    drop(vmm);
+    drop(listener);
+    std::fs::remove_file(&vmm_path).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let req2 = app.call(r#"{"op":"begin","container":"api"}"#).request.unwrap();
+    assert_ne!(req2, req);
+    assert!(app.call(&format!(r#"{{"op":"end","request":{req}}}"#)).ok);
+    std::thread::sleep(Duration::from_millis(700));
+
+    // It comes back, refuses the first attempt, then welcomes the agent.
+    let listener = UnixListener::bind(&vmm_path).unwrap();
+    let mut refused = accept(&listener);
+    assert!(matches!(refused.next(), AgentMessage::Hello(_)));
+    refused.send(&VmmMessage::Error {
+        reason: "not yet".into(),
+    });
+    drop(refused);
+    let mut vmm = accept(&listener);
+    vmm.handshake();
+    let replay = vmm.until_context();
+    // The VMM kept what the first connection declared: the request that
+    // ended during the outage is ended first, then the state is replayed.
+    assert_eq!(
+        kinds(&replay),
+        ["end", "declare", "declare", "declare", "begin", "bind", "context"]
+    );
+    assert_eq!(replay[0], AgentMessage::EndRequest { id: req });
+    assert!(matches!(&replay[5], AgentMessage::BindFlow(b) if b.request.is_none() && b.container == api));
+    let replayed_ids: Vec<u32> = replay
+        .iter()
+        .filter_map(|m| match m {
+            AgentMessage::DeclareContainer(d) => Some(d.id),
+            _ => None,
+        })
+        .collect();
+    let mut want: Vec<u32> = declared.iter().map(|d| d.2).chain([api]).collect();
+    want.sort_unstable();
+    assert_eq!(replayed_ids, want, "the same ids, declared again");
+    assert!(matches!(&replay[4], AgentMessage::BeginRequest(b) if b.id == req2));
+
+    // Reports kept through the outage come first, then fresh ones; a fresh
+    // one carries the drops and the reconnection.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last_seq = 0;
+    loop {
+        assert!(Instant::now() < deadline, "no report showed the drops");
+        if let AgentMessage::Context(c) = vmm.next() {
+            assert!(c.seq > last_seq, "reports stay in order");
+            last_seq = c.seq;
+            if c.drops.reconnects >= 1 {
+                assert!(c.drops.messages > 0, "{:?}", c.drops);
+                assert!(c.drops.bytes > 0);
+                break;
+            }
+        }
+    }
+
+    // The application crashes: its request ends and its flow is unbound.
+    drop(app);
+    let mut after = Vec::new();
+    while !after
+        .iter()
+        .any(|m| matches!(m, AgentMessage::EndRequest { id } if *id == req2))
+    {
+        after.push(vmm.next());
+    }
+    assert!(after.iter().any(|m| matches!(m, AgentMessage::UnbindFlow { .. })));
+    agent.stop();
+    assert!(!app_path.exists(), "the socket is removed on stop");
+}

@@ -1,0 +1,244 @@
+//! The local interface over a real Unix socket.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{fixture, TempDir};
+use guest_agent::agent::{Agent, Options};
+use guest_agent::link::Endpoint;
+use guest_agent::local::{Reply, MAX_CLIENTS, MAX_LINE};
+use guest_agent::state::ID_BASE;
+
+fn agent(dir: &TempDir) -> Agent {
+    Agent::start(Options {
+        // Nobody listens there: the agent keeps state and retries.
+        connect: Endpoint::Unix(dir.join("no-vmm.sock")),
+        listen: Some(dir.join("agent.sock")),
+        interval: Duration::from_secs(3600),
+        proc_root: fixture("proc"),
+        cgroup_root: None,
+        ..Options::default()
+    })
+    .unwrap()
+}
+
+struct Client {
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+}
+
+impl Client {
+    fn connect(p: &Path) -> Self {
+        let w = UnixStream::connect(p).unwrap();
+        w.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Self {
+            r: BufReader::new(w.try_clone().unwrap()),
+            w,
+        }
+    }
+
+    fn call(&mut self, line: &str) -> Reply {
+        self.w.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut s = String::new();
+        self.r.read_line(&mut s).unwrap();
+        serde_json::from_str(&s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+}
+
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_socket_is_private_to_the_group() {
+    let d = TempDir::new("mode");
+    let _a = agent(&d);
+    let md = std::fs::metadata(d.join("agent.sock")).unwrap();
+    assert!(md.file_type().is_socket());
+    assert_eq!(md.permissions().mode() & 0o777, 0o660);
+}
+
+#[test]
+fn requests_flows_and_containers_round_trip() {
+    let d = TempDir::new("ops");
+    let _a = agent(&d);
+    let mut c = Client::connect(&d.join("agent.sock"));
+    let web = c.call(r#"{"op":"declare","container":"web"}"#);
+    assert!(web.ok && web.container == Some(ID_BASE));
+    assert_eq!(
+        c.call(r#"{"op":"declare","container":"web"}"#).container,
+        Some(ID_BASE)
+    );
+    let r1 = c.call(r#"{"op":"begin","container":"web","external_id":1,"attributes":{"route":"/a"}}"#);
+    let r2 = c.call(r#"{"op":"begin","container":"web"}"#);
+    let (r1, r2) = (r1.request.unwrap(), r2.request.unwrap());
+    assert!(r1 >= ID_BASE && r2 != r1);
+    let bind = format!(
+        r#"{{"op":"bind_flow","proto":"udp","local":"[fd00::2]:53","remote":"[fd00::1]:5353","container":"web","request":{r1}}}"#
+    );
+    assert!(c.call(&bind).ok);
+    assert!(c.call(&format!(r#"{{"op":"end","request":{r1}}}"#)).ok);
+    let again = c.call(&format!(r#"{{"op":"end","request":{r1}}}"#));
+    assert_eq!(again.error.as_deref(), Some("unknown request"));
+    assert!(
+        c.call(r#"{"op":"unbind_flow","proto":"udp","local":"[fd00::2]:53","remote":"[fd00::1]:5353"}"#)
+            .ok
+    );
+    assert!(c.call(&format!(r#"{{"op":"end","request":{r2}}}"#)).ok);
+    assert!(c.call(r#"{"op":"retire","container":"web"}"#).ok);
+}
+
+#[test]
+fn bad_lines_get_errors_and_the_connection_stays_usable() {
+    let d = TempDir::new("bad");
+    let _a = agent(&d);
+    let mut c = Client::connect(&d.join("agent.sock"));
+    c.call(r#"{"op":"declare","container":"web"}"#);
+    for bad in [
+        "not json",
+        "{}",
+        r#"{"op":"launch"}"#,
+        r#"{"op":"begin"}"#,
+        r#"{"op":"begin","container":"web","colour":"red"}"#,
+        r#"{"op":"begin","container":"nope"}"#,
+        r#"{"op":"begin","container":"web","trace_id":"00000000000000000000000000000000"}"#,
+        r#"{"op":"begin","container":"web","attributes":{"":"x"}}"#,
+        r#"{"op":"end","request":0}"#,
+        r#"{"op":"end","request":-1}"#,
+        r#"{"op":"end","request":4294967296}"#,
+        r#"{"op":"declare","container":"has space"}"#,
+        r#"{"op":"declare","container":"x","cgroup":"/a/../b"}"#,
+        r#"{"op":"bind_flow","proto":"sctp","local":"1.1.1.1:1","remote":"2.2.2.2:2","container":"web"}"#,
+        r#"{"op":"bind_flow","proto":"tcp","local":"1.1.1.1","remote":"2.2.2.2:2","container":"web"}"#,
+        r#"{"op":"bind_flow","proto":"tcp","local":"1.1.1.1:1","remote":"2.2.2.2:2","container":"web","request":77}"#,
+        r#"{"op":"unbind_flow","proto":"tcp","local":"1.1.1.1:1","remote":"2.2.2.2:2"}"#,
+        r#"{"op":"retire","container":"nope"}"#,
+        "\u{7f}\u{0}",
+    ] {
+        let r = c.call(bad);
+        assert!(!r.ok && r.error.is_some(), "{bad}: {r:?}");
+    }
+    let big = "x".repeat(40);
+    let r = c.call(&format!(
+        r#"{{"op":"begin","container":"web","attributes":{{"k":"{}"}}}}"#,
+        big.repeat(10)
+    ));
+    assert!(!r.ok, "attribute values are at most 256 bytes");
+    assert!(c.call(r#"{"op":"begin","container":"web"}"#).ok, "still usable");
+}
+
+#[test]
+fn an_oversized_line_closes_that_client_only() {
+    let d = TempDir::new("big");
+    let _a = agent(&d);
+    let mut good = Client::connect(&d.join("agent.sock"));
+    let mut bad = Client::connect(&d.join("agent.sock"));
+    let junk = vec![b'a'; MAX_LINE + 10];
+    let _ = bad.w.write_all(&junk);
+    let mut s = String::new();
+    bad.r.read_line(&mut s).unwrap();
+    assert!(s.contains("longer than"), "{s}");
+    let mut rest = Vec::new();
+    let n = bad.r.read_to_end(&mut rest).unwrap_or(0);
+    assert_eq!(n, 0, "then the connection is closed");
+    assert!(good.call(r#"{"op":"declare","container":"ok"}"#).ok);
+}
+
+#[test]
+fn a_crashed_client_has_its_requests_ended() {
+    let d = TempDir::new("crash");
+    let a = agent(&d);
+    let mut keeper = Client::connect(&d.join("agent.sock"));
+    keeper.call(r#"{"op":"declare","container":"web"}"#);
+    {
+        let mut c = Client::connect(&d.join("agent.sock"));
+        c.call(r#"{"op":"declare","container":"web"}"#);
+        c.call(r#"{"op":"declare","container":"mine"}"#);
+        for _ in 0..3 {
+            assert!(c.call(r#"{"op":"begin","container":"web"}"#).ok);
+        }
+        assert!(c
+            .call(r#"{"op":"bind_flow","proto":"tcp","local":"10.0.0.2:1","remote":"10.0.0.1:2","container":"web"}"#)
+            .ok);
+        assert_eq!(a.shared().lock().state.live_requests(), 3);
+    }
+    eventually("the client's requests end", || {
+        a.shared().lock().state.live_requests() == 0
+    });
+    let g = a.shared().lock();
+    assert_eq!(g.state.flow_count(), 0);
+    assert!(
+        g.state.container_by_name("mine").is_none(),
+        "its ad hoc container is retired"
+    );
+    assert!(
+        g.state.container_by_name("web").is_some(),
+        "held by another client"
+    );
+}
+
+#[test]
+fn clients_are_bounded() {
+    let d = TempDir::new("many");
+    let _a = agent(&d);
+    let mut clients: Vec<Client> = (0..MAX_CLIENTS)
+        .map(|_| Client::connect(&d.join("agent.sock")))
+        .collect();
+    // Each is served (a reply proves its thread is running).
+    for c in &mut clients {
+        assert!(c.call(r#"{"op":"declare","container":"x"}"#).ok);
+    }
+    let mut extra = Client::connect(&d.join("agent.sock"));
+    let mut s = String::new();
+    extra.r.read_line(&mut s).unwrap();
+    assert!(s.contains("at most"), "{s}");
+    drop(clients.pop());
+    eventually("a slot frees up", || {
+        let mut c = Client::connect(&d.join("agent.sock"));
+        let _ = c.w.write_all(b"{\"op\":\"declare\",\"container\":\"y\"}\n");
+        let mut s = String::new();
+        c.r.read_line(&mut s).is_ok() && s.contains("\"ok\":true")
+    });
+}
+
+#[test]
+fn a_stale_socket_is_replaced_and_other_files_refused() {
+    let d = TempDir::new("stale");
+    {
+        let _l = std::os::unix::net::UnixListener::bind(d.join("agent.sock")).unwrap();
+    } // closed, the file stays: stale
+    let a = agent(&d);
+    assert!(
+        Client::connect(&d.join("agent.sock"))
+            .call(r#"{"op":"declare","container":"a"}"#)
+            .ok
+    );
+    // A second agent on the same path is refused while the first lives.
+    let second = Agent::start(Options {
+        listen: Some(d.join("agent.sock")),
+        connect: Endpoint::Unix(d.join("no-vmm.sock")),
+        cgroup_root: None,
+        ..Options::default()
+    });
+    assert!(second.is_err());
+    drop(a);
+    std::fs::write(d.join("file"), b"x").unwrap();
+    let third = Agent::start(Options {
+        listen: Some(d.join("file")),
+        connect: Endpoint::Unix(d.join("no-vmm.sock")),
+        cgroup_root: None,
+        ..Options::default()
+    });
+    let err = third.unwrap_err().to_string();
+    assert!(err.contains("--listen"), "{err}");
+    assert_eq!(std::fs::read(d.join("file")).unwrap(), b"x");
+}
