@@ -232,7 +232,6 @@ pub struct AgentPeer {
 struct HubState {
     peer: Option<AgentPeer>,
     containers: HashMap<u32, AgentContainer>,
-    requests: HashMap<u32, u32>,
     flows: HashMap<Flow, FlowBinding>,
     latest: Option<Arc<ContextSnapshot>>,
 }
@@ -574,9 +573,7 @@ impl AgentHub {
             (AgentMessage::RetireContainer { id }, true) => {
                 let e = ring_entry(EntryKind::RetireContainer, id, 0, 0, "");
                 if self.apply(&e, "retire_container") {
-                    let mut st = self.state();
-                    st.containers.remove(&id);
-                    st.requests.retain(|_, c| *c != id);
+                    self.state().containers.remove(&id);
                 }
                 Ok(())
             }
@@ -586,9 +583,7 @@ impl AgentHub {
             }
             (AgentMessage::EndRequest { id }, true) => {
                 let e = ring_entry(EntryKind::EndRequest, id, 0, 0, "");
-                if self.apply(&e, "end_request") {
-                    self.state().requests.remove(&id);
-                }
+                self.apply(&e, "end_request");
                 Ok(())
             }
             (AgentMessage::BindFlow(b), true) => {
@@ -702,13 +697,8 @@ impl AgentHub {
             trace_id,
             attributes: b.attributes.into_iter().collect(),
         });
-        match self.acct.begin_with_meta(b.id, b.container, b.external_id, meta) {
-            Ok(()) => {
-                self.state().requests.insert(b.id, b.container);
-            }
-            Err(err) => {
-                self.rejected("begin_request", b.id, err);
-            }
+        if let Err(err) = self.acct.begin_with_meta(b.id, b.container, b.external_id, meta) {
+            self.rejected("begin_request", b.id, err);
         }
     }
 }
