@@ -21,13 +21,7 @@ use accounting::resource::ExitReason;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn declare(acct: &Accounting, id: u32, name: &str) {
-    let mut e = RingEntry {
-        kind: EntryKind::DeclareContainer as u16,
-        id,
-        name_len: u16::try_from(name.len()).expect("short name"),
-        ..Default::default()
-    };
-    e.name[..name.len()].copy_from_slice(name.as_bytes());
+    let e = RingEntry::new(EntryKind::DeclareContainer, id, 0, 0, name.as_bytes());
     acct.apply(&e).expect("declare container");
 }
 

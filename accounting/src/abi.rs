@@ -397,6 +397,29 @@ impl RegionHeader {
 }
 
 impl RingEntry {
+    /// An entry of `kind` with its ids, 64-bit argument and name (cut to
+    /// [`MAX_NAME_LEN`] bytes); `seq` stays 0 for the producer to publish.
+    pub fn new(kind: EntryKind, id: u32, arg: u32, arg64: u64, name: &[u8]) -> Self {
+        let n = if name.len() < MAX_NAME_LEN {
+            name.len()
+        } else {
+            MAX_NAME_LEN
+        };
+        let mut e = Self {
+            seq: 0,
+            kind: kind as u16,
+            // At most MAX_NAME_LEN (32).
+            name_len: u16::try_from(n).unwrap_or(0),
+            reserved: 0,
+            id,
+            arg,
+            arg64,
+            name: [0; MAX_NAME_LEN],
+        };
+        e.name[..n].copy_from_slice(&name[..n]);
+        e
+    }
+
     /// Decodes an entry from its 64 little-endian bytes.
     pub fn from_bytes(b: &[u8; 64]) -> Self {
         let mut name = [0u8; MAX_NAME_LEN];
@@ -438,6 +461,21 @@ mod tests {
         assert_eq!(untag(tag(7, 42)), (7, 42));
         assert_eq!(tag(1, 0), 1 << 32);
         assert_eq!(untag(u64::MAX), (u32::MAX, u32::MAX));
+    }
+
+    #[test]
+    fn ring_entry_new_fills_the_fields_and_cuts_long_names() {
+        let e = RingEntry::new(EntryKind::DeclareContainer, 3, 1, 9, b"web");
+        assert_eq!(
+            (e.seq, e.kind, e.id, e.arg, e.arg64),
+            (0, EntryKind::DeclareContainer as u16, 3, 1, 9)
+        );
+        assert_eq!(&e.name[..usize::from(e.name_len)], b"web");
+        let long = [b'x'; MAX_NAME_LEN + 8];
+        assert_eq!(
+            usize::from(RingEntry::new(EntryKind::DeclareContainer, 1, 0, 0, &long).name_len),
+            MAX_NAME_LEN
+        );
     }
 
     #[test]

@@ -361,13 +361,7 @@ mod tests {
     use crate::abi::{tag, EntryKind};
 
     fn declare(acct: &Accounting, id: u32, name: &str) {
-        let mut e = RingEntry {
-            kind: EntryKind::DeclareContainer as u16,
-            id,
-            name_len: name.len() as u16,
-            ..Default::default()
-        };
-        e.name[..name.len()].copy_from_slice(name.as_bytes());
+        let e = RingEntry::new(EntryKind::DeclareContainer, id, 0, 0, name.as_bytes());
         acct.apply(&e).unwrap();
     }
 

@@ -455,14 +455,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn declare(acct: &Accounting, id: u32, parent: u32, name: &str) {
-        let mut e = RingEntry {
-            kind: EntryKind::DeclareContainer as u16,
-            id,
-            arg: parent,
-            name_len: name.len() as u16,
-            ..Default::default()
-        };
-        e.name[..name.len()].copy_from_slice(name.as_bytes());
+        let e = RingEntry::new(EntryKind::DeclareContainer, id, parent, 0, name.as_bytes());
         acct.apply(&e).unwrap();
     }
 

@@ -1128,15 +1128,7 @@ mod tests {
     use crate::abi::tag;
 
     fn entry(kind: EntryKind, id: u32, arg: u32, name: &str) -> RingEntry {
-        let mut e = RingEntry {
-            kind: kind as u16,
-            id,
-            arg,
-            name_len: name.len() as u16,
-            ..Default::default()
-        };
-        e.name[..name.len()].copy_from_slice(name.as_bytes());
-        e
+        RingEntry::new(kind, id, arg, 0, name.as_bytes())
     }
 
     fn declare(r: &mut Registry, id: u32, parent: u32, name: &str) -> Result<(), GuestError> {

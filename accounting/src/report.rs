@@ -812,14 +812,7 @@ mod tests {
     fn books() -> std::sync::Arc<Accounting> {
         let acct = Accounting::new("acme", 2, 1, Limits::default());
         for (id, parent, name) in [(1u32, 0u32, "web"), (2, 1, "api")] {
-            let mut e = RingEntry {
-                kind: EntryKind::DeclareContainer as u16,
-                id,
-                arg: parent,
-                name_len: name.len() as u16,
-                ..Default::default()
-            };
-            e.name[..name.len()].copy_from_slice(name.as_bytes());
+            let e = RingEntry::new(EntryKind::DeclareContainer, id, parent, 0, name.as_bytes());
             acct.apply(&e).unwrap();
         }
         acct.apply(&RingEntry {

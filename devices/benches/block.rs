@@ -148,13 +148,7 @@ impl Charger for On {
 /// with container 1 and request 9 in it declared through the ring's path.
 fn books() -> (Arc<Accounting>, On) {
     let acct = Accounting::new("t", 1, 2, Limits::default());
-    let mut e = RingEntry {
-        kind: EntryKind::DeclareContainer as u16,
-        id: CONTAINER,
-        name_len: 2,
-        ..Default::default()
-    };
-    e.name[..2].copy_from_slice(b"io");
+    let e = RingEntry::new(EntryKind::DeclareContainer, CONTAINER, 0, 0, b"io");
     acct.apply(&e).expect("declare container");
     acct.apply(&RingEntry {
         kind: EntryKind::BeginRequest as u16,

@@ -106,15 +106,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn ring(kind: EntryKind, id: u32, arg: u32, name: &str) -> RingEntry {
-    let mut e = RingEntry {
-        kind: kind as u16,
-        id,
-        arg,
-        name_len: u16::try_from(name.len()).expect("short name"),
-        ..Default::default()
-    };
-    e.name[..name.len()].copy_from_slice(name.as_bytes());
-    e
+    RingEntry::new(kind, id, arg, 0, name.as_bytes())
 }
 
 /// xorshift64*: deterministic, cheap variety for the charges.

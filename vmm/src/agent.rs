@@ -283,21 +283,6 @@ impl std::fmt::Debug for AgentHub {
     }
 }
 
-fn ring_entry(kind: EntryKind, id: u32, arg: u32, arg64: u64, name: &str) -> RingEntry {
-    let mut e = RingEntry {
-        kind: kind as u16,
-        id,
-        arg,
-        arg64,
-        ..Default::default()
-    };
-    // Names were validated (1..=32 bytes) before this is called.
-    let n = name.len().min(abi::MAX_NAME_LEN);
-    e.name[..n].copy_from_slice(&name.as_bytes()[..n]);
-    e.name_len = u16::try_from(n).unwrap_or(0);
-    e
-}
-
 fn bind_socket(path: &Path) -> Result<UnixListener, AgentError> {
     let io = |source| AgentError::Io {
         path: path.to_path_buf(),
@@ -571,7 +556,7 @@ impl AgentHub {
                 Ok(())
             }
             (AgentMessage::RetireContainer { id }, true) => {
-                let e = ring_entry(EntryKind::RetireContainer, id, 0, 0, "");
+                let e = RingEntry::new(EntryKind::RetireContainer, id, 0, 0, b"");
                 if self.apply(&e, "retire_container") {
                     self.state().containers.remove(&id);
                 }
@@ -582,7 +567,7 @@ impl AgentHub {
                 Ok(())
             }
             (AgentMessage::EndRequest { id }, true) => {
-                let e = ring_entry(EntryKind::EndRequest, id, 0, 0, "");
+                let e = RingEntry::new(EntryKind::EndRequest, id, 0, 0, b"");
                 self.apply(&e, "end_request");
                 Ok(())
             }
@@ -656,12 +641,12 @@ impl AgentHub {
         if same {
             self.counters.replayed.fetch_add(1, Relaxed);
         } else {
-            let e = ring_entry(
+            let e = RingEntry::new(
                 EntryKind::DeclareContainer,
                 d.id,
                 d.parent.unwrap_or(abi::NO_CONTAINER),
                 0,
-                &d.name,
+                d.name.as_bytes(),
             );
             if !self.apply(&e, "declare_container") {
                 return;

@@ -154,13 +154,7 @@ mod tests {
     #[test]
     fn block_charges_reach_the_container_and_interrupts_only_when_delivered() {
         let acct = Accounting::new("t", 1, 1, Limits::default());
-        let mut e = RingEntry {
-            kind: EntryKind::DeclareContainer as u16,
-            id: 1,
-            name_len: 2,
-            ..Default::default()
-        };
-        e.name[..2].copy_from_slice(b"io");
+        let e = RingEntry::new(EntryKind::DeclareContainer, 1, 0, 0, b"io");
         acct.apply(&e).unwrap();
         let mut polling = BooksCharger::new(Some(acct.writer(1)), false);
         let c = BlockCharge {

@@ -343,14 +343,7 @@ mod tests {
     }
 
     fn declare(id: u32, name: &str) -> RingEntry {
-        let mut e = RingEntry {
-            kind: EntryKind::DeclareContainer as u16,
-            id,
-            name_len: name.len() as u16,
-            ..Default::default()
-        };
-        e.name[..name.len()].copy_from_slice(name.as_bytes());
-        e
+        RingEntry::new(EntryKind::DeclareContainer, id, 0, 0, name.as_bytes())
     }
 
     #[test]

@@ -673,13 +673,7 @@ mod tests {
     fn books(reqs: &[(u32, u64, u64)]) -> Arc<Accounting> {
         let acct = Accounting::new("t", 1, 1, Default::default());
         for (id, name) in [(1u32, "a"), (2, "b")] {
-            let mut e = RingEntry {
-                kind: EntryKind::DeclareContainer as u16,
-                id,
-                name_len: 1,
-                ..Default::default()
-            };
-            e.name[0] = name.as_bytes()[0];
+            let e = RingEntry::new(EntryKind::DeclareContainer, id, 0, 0, name.as_bytes());
             acct.apply(&e).unwrap();
         }
         let (mut w, mut sampler) = (acct.writer(0), acct.writer(1));
