@@ -239,6 +239,37 @@ fn api_serves_the_live_books() {
         assert!(raw.starts_with("HTTP/1.1 405"), "{raw}");
     }
 
+    // Bodies are refused without being read: a huge announced length (which
+    // a server that buffers or drains it would choke on) and a chunked body
+    // both get 413 and a closed connection, and the API goes on serving.
+    for head in [
+        "GET /v1/vm HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000000000\r\n\r\n",
+        "GET /v1/vm HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        "POST /v1/vm HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n\r\nabcd",
+    ] {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).expect("the server answers and closes");
+        assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+        assert!(raw.to_ascii_lowercase().contains("connection: close"), "{raw}");
+    }
+    // An oversized request head is refused too.
+    {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let long = format!(
+            "GET /v1/vm HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(64 * 1024)
+        );
+        let _ = s.write_all(long.as_bytes());
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        assert!(raw.is_empty() || raw.starts_with("HTTP/1.1 431"), "{raw}");
+    }
+    assert_eq!(get_json(&sock, "/v1/vm").0, 200, "still serving");
+
     // GET /metrics
     let (status, headers, text) = get(&sock, "/metrics");
     assert_eq!(status, 200);

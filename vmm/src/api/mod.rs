@@ -2,8 +2,8 @@
 //! Prometheus `/metrics` endpoint, served over HTTP/1.1 on a Unix socket
 //! (`--api-sock PATH`, mode 0600).
 //!
-//! The server ([`tiny_http`], synchronous) answers requests one at a time
-//! on a thread of its own. Every answer is read fresh from the live books
+//! The server (hyper's HTTP/1.1, on a single-threaded tokio runtime of its
+//! own thread, see [`ApiServer`]) answers requests one at a time. Every answer is read fresh from the live books
 //! without stopping writers and without building a whole report: container
 //! and request views come from `accounting::query`, which takes the
 //! registry lock (that a vCPU needs on its rare path) only in short bounded
@@ -23,9 +23,8 @@ pub mod top;
 use std::collections::HashMap;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use accounting::ledger::Accounting;
 
@@ -40,8 +39,6 @@ pub const DEFAULT_REQUEST_LIMIT: usize = 100;
 pub const MAX_REQUEST_LIMIT: usize = 10_000;
 /// How long in-flight API requests may take to finish once the VM has ended.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
-/// While draining, the server stops once no request has come for this long.
-const DRAIN_QUIET: Duration = Duration::from_millis(20);
 /// The `Content-Type` of JSON answers.
 const JSON: &str = "application/json";
 
@@ -528,12 +525,24 @@ fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ApiError> {
     crate::sock::bind_private(path).map_err(io("bind the socket with mode 0600"))
 }
 
+/// Most API connections served at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Largest request head (request line and headers) read, in bytes.
+const MAX_HEAD: usize = 16 * 1024;
+/// How long a client may take to send a request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A running API server. Dropping it (or [`ApiServer::stop`]) shuts it down
 /// gracefully and removes the socket file.
+///
+/// It is hyper's HTTP/1.1 server on a single-threaded tokio runtime that
+/// lives on the `rsrc-api` thread: at most [`MAX_CONNECTIONS`] connections,
+/// request heads of at most 16 KiB that must arrive within 10 s, and no
+/// request bodies (the API is read-only: a request that announces one is
+/// answered 413 without reading it, and its connection closed).
 pub struct ApiServer {
     path: PathBuf,
-    server: Option<Arc<tiny_http::Server>>,
-    stopping: Arc<AtomicBool>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -549,29 +558,27 @@ impl ApiServer {
                 source,
             }
         };
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| fail("start the server", std::io::Error::other(e)))?;
-        let server = Arc::new(server);
-        let stopping = Arc::new(AtomicBool::new(false));
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| fail("make the socket non-blocking", e))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| fail("start the API runtime", e))?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let shown = path.display().to_string();
-        let spawned = {
-            let server = Arc::clone(&server);
-            let stopping = Arc::clone(&stopping);
-            std::thread::Builder::new()
-                .name("rsrc-api".into())
-                .spawn(move || serve(&server, &state, &stopping, &shown))
-        };
+        let state = Arc::new(state);
+        let spawned = std::thread::Builder::new()
+            .name("rsrc-api".into())
+            .spawn(move || runtime.block_on(serve(listener, state, stopped, shown)));
         match spawned {
             Ok(thread) => Ok(Self {
                 path: path.to_path_buf(),
-                server: Some(server),
-                stopping,
+                stop: Some(stop),
                 thread: Some(thread),
             }),
-            Err(source) => {
-                drop(server); // stops the accept thread while the socket still exists
-                Err(fail("spawn the API thread", source))
-            }
+            Err(source) => Err(fail("spawn the API thread", source)),
         }
     }
 
@@ -587,19 +594,15 @@ impl ApiServer {
     }
 
     fn shutdown_now(&mut self) {
-        let Some(server) = self.server.take() else {
+        let Some(stop) = self.stop.take() else {
             return;
         };
-        self.stopping.store(true, Ordering::Release);
-        server.unblock();
+        let _ = stop.send(true);
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
                 log::error!("the API thread panicked");
             }
         }
-        // The last reference: stops tiny_http's accept thread (it connects
-        // to the socket to wake it, so the file must still be there).
-        drop(server);
         if let Err(e) = std::fs::remove_file(&self.path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 log::warn!("cannot remove the API socket {}: {e}", self.path.display());
@@ -614,49 +617,110 @@ impl Drop for ApiServer {
     }
 }
 
-/// Answers one request.
-fn answer(state: &ApiState, rq: tiny_http::Request) {
-    let reply = route(state, rq.method().as_str(), rq.url());
-    let mut response = tiny_http::Response::from_data(reply.body)
-        .with_status_code(reply.status)
-        // Always a Content-Length body, never chunked.
-        .with_chunked_threshold(usize::MAX);
-    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type) {
-        response.add_header(h);
-    }
-    if reply.status == 405 {
-        if let Ok(h) = tiny_http::Header::from_bytes(&b"Allow"[..], &b"GET, HEAD"[..]) {
-            response.add_header(h);
-        }
-    }
-    if let Err(e) = rq.respond(response) {
-        log::debug!("API: cannot answer a request: {e}");
-    }
+type Body = http_body_util::Full<hyper::body::Bytes>;
+
+/// Whether the request announces a body (the API takes none).
+fn has_body(rq: &hyper::Request<hyper::body::Incoming>) -> bool {
+    let headers = rq.headers();
+    headers.contains_key(hyper::header::TRANSFER_ENCODING)
+        || headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) != Some(0))
 }
 
-/// The API thread's body: answers requests one at a time until `stopping`;
-/// then answers what is in flight, for at most [`DRAIN_TIMEOUT`].
-fn serve(server: &tiny_http::Server, state: &ApiState, stopping: &AtomicBool, shown: &str) {
-    loop {
-        match server.recv() {
-            Ok(rq) => answer(state, rq),
-            Err(_) if stopping.load(Ordering::Acquire) => break,
-            Err(e) => {
-                log::error!("API on {shown}: {e}");
-                return;
-            }
-        }
+/// Answers one request.
+fn answer(state: &ApiState, rq: &hyper::Request<hyper::body::Incoming>) -> hyper::Response<Body> {
+    let body_refused = has_body(rq);
+    let reply = if body_refused {
+        Reply::error(
+            413,
+            "the API is read-only and takes no request body: send a GET without one".into(),
+        )
+    } else {
+        let target = rq.uri().path_and_query().map_or("/", |p| p.as_str());
+        route(state, rq.method().as_str(), target)
+    };
+    let mut response = hyper::Response::new(Body::new(reply.body.into()));
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(reply.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(reply.content_type),
+    );
+    if reply.status == 405 {
+        headers.insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
     }
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            log::warn!("API on {shown}: requests still in flight after the VM ended were dropped");
+    if body_refused {
+        // The body is never read: the connection cannot be reused.
+        headers.insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
+/// The API thread's body: accepts connections until told to stop, then
+/// lets in-flight requests finish for at most [`DRAIN_TIMEOUT`].
+async fn serve(
+    listener: std::os::unix::net::UnixListener,
+    state: Arc<ApiState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    shown: String,
+) {
+    let listener = match tokio::net::UnixListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("API on {shown}: {e}");
             return;
         }
-        match server.recv_timeout(left.min(DRAIN_QUIET)) {
-            Ok(Some(rq)) => answer(state, rq),
-            Ok(None) | Err(_) => return,
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                accounting::warn_rl!("API on {shown}: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            accounting::warn_rl!("API on {shown}: connection refused, {MAX_CONNECTIONS} already open");
+            continue;
+        };
+        let state = Arc::clone(&state);
+        let service = hyper::service::service_fn(move |rq| {
+            let reply = answer(&state, &rq);
+            async move { Ok::<_, std::convert::Infallible>(reply) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEAD_TIMEOUT)
+            .max_buf_size(MAX_HEAD)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log::debug!("API connection: {e}");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
+            log::warn!("API on {shown}: requests still in flight after the VM ended were dropped");
         }
     }
 }
