@@ -355,11 +355,14 @@ impl AgentHub {
         self.state().flows.iter().map(|(f, b)| (f.clone(), *b)).collect()
     }
 
-    /// The guest's view of container `id`, if the agent declared it with a
-    /// cgroup and has reported since.
-    pub fn guest_view(&self, id: u32) -> Option<GuestView> {
+    /// The guest's view of container `id` named `name`, if the agent
+    /// declared it with a cgroup and has reported since. (The name guards
+    /// against a container the agent declared, retired through the tag ring
+    /// and declared again under the same id by someone else.)
+    pub fn guest_view(&self, id: u32, name: &str) -> Option<GuestView> {
         let st = self.state();
-        let cgroup = st.containers.get(&id)?.cgroup.clone()?;
+        let c = st.containers.get(&id).filter(|c| c.name == name)?;
+        let cgroup = c.cgroup.clone()?;
         let snap = st.latest.clone()?;
         drop(st);
         Some(guest_view_of(&cgroup, &snap))

@@ -327,14 +327,14 @@ pub struct ContainerView {
 
 /// Joins the agent's view to a container of the report.
 fn join(s: &ApiState, c: ContainerReport) -> ContainerView {
-    let guest = guest_of(s, c.id, c.retired);
+    let guest = guest_of(s, c.id, &c.name, c.retired);
     ContainerView { report: c, guest }
 }
 
 /// The agent's view of container `id`, if it has one.
-fn guest_of(s: &ApiState, id: u32, retired: bool) -> Option<GuestView> {
+fn guest_of(s: &ApiState, id: u32, name: &str, retired: bool) -> Option<GuestView> {
     match &s.agent {
-        Some(hub) if id != accounting::abi::NO_CONTAINER && !retired => hub.guest_view(id),
+        Some(hub) if id != accounting::abi::NO_CONTAINER && !retired => hub.guest_view(id, name),
         _ => None,
     }
 }
@@ -354,7 +354,7 @@ fn get_containers(s: &ApiState) -> Reply {
     let listed: Vec<ListedContainer<'_>> = views
         .iter()
         .map(|v| ListedContainer {
-            guest: guest_of(s, v.row.guest_id, v.row.retired),
+            guest: guest_of(s, v.row.guest_id, v.name(), v.row.retired),
             view: accounting::query::ListedView(v),
         })
         .collect();
