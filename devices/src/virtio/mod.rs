@@ -143,27 +143,109 @@ pub fn read_config(config: &[u8], offset: u64, data: &mut [u8]) -> bool {
 pub trait VirtioDevice: Send {
     /// The virtio device ID (2 for block).
     fn device_type(&self) -> u32;
-    /// The features the device offers (bit 32 is VIRTIO_F_VERSION_1).
-    fn avail_features(&self) -> u64;
-    /// The maximum size of each queue; its length is the number of queues.
-    fn queue_max_sizes(&self) -> &[u16];
+    /// The state every device keeps the same way.
+    fn base(&self) -> &VirtioBase;
+    /// The same, to change.
+    fn base_mut(&mut self) -> &mut VirtioBase;
     /// Reads the configuration space at `offset`; `false` if out of range.
     fn read_config(&self, offset: u64, data: &mut [u8]) -> bool;
-    /// Writes the configuration space at `offset`; `false` if refused.
-    fn write_config(&mut self, offset: u64, data: &[u8]) -> bool;
+    /// The features the device offers (bit 32 is VIRTIO_F_VERSION_1).
+    fn avail_features(&self) -> u64 {
+        self.base().avail_features
+    }
+    /// The maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.base().queue_max_sizes
+    }
+    /// Writes the configuration space at `offset`; `false` if refused (the
+    /// devices here have no writable configuration).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) -> bool {
+        false
+    }
     /// The driver set DRIVER_OK with `acked_features`: start using `queues`.
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
         queues: Vec<Queue>,
         acked_features: u64,
-    ) -> Result<(), ActivateError>;
-    /// The driver reset the device: drop the queues, back to inactive.
-    fn reset(&mut self);
+    ) -> Result<(), ActivateError> {
+        self.base_mut().activate(mem, queues, acked_features)
+    }
+    /// The driver reset the device: drop the queues, back to inactive. A
+    /// device with more state to drop overrides this and calls
+    /// [`VirtioBase::reset`] too.
+    fn reset(&mut self) {
+        self.base_mut().reset();
+    }
     /// One notification mailbox per queue, shared with the transport.
-    fn queue_notifiers(&self) -> Vec<Arc<QueueNotifier>>;
+    fn queue_notifiers(&self) -> Vec<Arc<QueueNotifier>> {
+        self.base().notifiers.clone()
+    }
     /// The interrupt line, shared with the transport.
-    fn interrupt(&self) -> Arc<VirtioInterrupt>;
+    fn interrupt(&self) -> Arc<VirtioInterrupt> {
+        Arc::clone(&self.base().interrupt)
+    }
+}
+
+/// What every virtio device here keeps the same way: offered and accepted
+/// features, queue sizes, the activation state, one notification mailbox
+/// per queue and the interrupt line. A device holds one and returns it from
+/// [`VirtioDevice::base`]; the trait's default methods do the rest.
+#[derive(Debug)]
+pub struct VirtioBase {
+    /// Features offered.
+    pub avail_features: u64,
+    /// Features the driver accepted at activation (0 before, and after a
+    /// reset).
+    pub acked_features: u64,
+    /// Maximum size of each queue.
+    pub queue_max_sizes: Vec<u16>,
+    /// Inactive, or the memory and queues once activated.
+    pub state: DeviceState,
+    /// One per queue.
+    pub notifiers: Vec<Arc<QueueNotifier>>,
+    /// The interrupt line.
+    pub interrupt: Arc<VirtioInterrupt>,
+}
+
+impl VirtioBase {
+    /// An inactive device offering `avail_features` with queues of
+    /// `queue_max_sizes`; fails only if an eventfd cannot be made.
+    pub fn new(avail_features: u64, queue_max_sizes: &[u16]) -> std::io::Result<Self> {
+        let notifiers = queue_max_sizes
+            .iter()
+            .map(|_| QueueNotifier::new().map(Arc::new))
+            .collect::<std::io::Result<_>>()?;
+        Ok(Self {
+            avail_features,
+            acked_features: 0,
+            queue_max_sizes: queue_max_sizes.to_vec(),
+            state: DeviceState::Inactive,
+            notifiers,
+            interrupt: Arc::new(VirtioInterrupt::new()?),
+        })
+    }
+
+    /// Activates with `queues` (see [`DeviceState::activate`]) and records
+    /// the accepted features.
+    pub fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        acked_features: u64,
+    ) -> Result<(), ActivateError> {
+        self.state.activate(mem, queues, self.queue_max_sizes.len())?;
+        self.acked_features = acked_features;
+        Ok(())
+    }
+
+    /// Back to inactive: queues dropped, features forgotten, interrupt
+    /// status cleared.
+    pub fn reset(&mut self) {
+        self.state = DeviceState::Inactive;
+        self.acked_features = 0;
+        self.interrupt.clear();
+    }
 }
 
 /// The latest notification of one queue, as taken by the device.

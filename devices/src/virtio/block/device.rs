@@ -13,17 +13,16 @@ use std::num::Wrapping;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use accounting::{abi, warn_rl};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::request::{parse, Request, RequestKind, ID_BYTES, SECTOR_SIZE};
 use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use crate::acct::QueueTagReader;
-use crate::virtio::{thread_cpu_ns, ActivateError, BlockCharge, BlockOp, Charger};
-use crate::virtio::{QueueNotifier, VirtioDevice, VirtioInterrupt, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1};
+use crate::virtio::{thread_cpu_ns, BlockCharge, BlockOp, Charger};
+use crate::virtio::{VirtioBase, VirtioDevice, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1};
 
 /// virtio device ID of a block device.
 pub const VIRTIO_ID_BLOCK: u32 = 2;
@@ -200,12 +199,7 @@ impl Disk {
 #[derive(Debug)]
 pub struct BlockDevice {
     disk: Disk,
-    avail_features: u64,
-    acked_features: u64,
-    queue_max_sizes: [u16; 1],
-    state: DeviceState,
-    notifiers: Vec<Arc<QueueNotifier>>,
-    interrupt: Arc<VirtioInterrupt>,
+    base: VirtioBase,
     stats: BlockStats,
     /// The guest's explicit per-request tags, and this device's index among
     /// the VM's virtio devices (which picks its tables).
@@ -256,12 +250,7 @@ impl BlockDevice {
                 serial: id,
                 scratch: vec![0; CHUNK],
             },
-            avail_features,
-            acked_features: 0,
-            queue_max_sizes: [QUEUE_SIZE],
-            state: DeviceState::Inactive,
-            notifiers: vec![Arc::new(QueueNotifier::new().map_err(BlockError::EventFd)?)],
-            interrupt: Arc::new(VirtioInterrupt::new().map_err(BlockError::EventFd)?),
+            base: VirtioBase::new(avail_features, &[QUEUE_SIZE]).map_err(BlockError::EventFd)?,
             stats: BlockStats::default(),
             queue_tags: None,
         })
@@ -279,12 +268,12 @@ impl BlockDevice {
 
     /// The device's state.
     pub fn state(&self) -> &DeviceState {
-        &self.state
+        &self.base.state
     }
 
     /// Features the driver accepted at activation.
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.base.acked_features
     }
 
     /// The configuration space: `capacity` (u64), then `blk_size` at 20.
@@ -307,11 +296,11 @@ impl BlockDevice {
     /// request to the tag of the pending notification.
     pub fn process_queue(&mut self, queue_index: usize, charger: &mut dyn Charger) -> ProcessStats {
         let mut out = ProcessStats::default();
-        let Some(notifier) = self.notifiers.get(queue_index).cloned() else {
+        let Some(notifier) = self.base.notifiers.get(queue_index).cloned() else {
             self.stats.ignored_notifications += 1;
             return out;
         };
-        let DeviceState::Activated { mem, queues } = &mut self.state else {
+        let DeviceState::Activated { mem, queues } = &mut self.base.state else {
             self.stats.ignored_notifications += 1;
             return out;
         };
@@ -410,7 +399,7 @@ impl BlockDevice {
             notifier.retire(queue.next_avail(), true);
         }
         if out.requests > 0 && queue.needs_notification(mem).unwrap_or(true) {
-            match self.interrupt.trigger(INTERRUPT_USED_RING) {
+            match self.base.interrupt.trigger(INTERRUPT_USED_RING) {
                 Ok(()) => {
                     self.stats.interrupts += 1;
                     out.interrupted = true;
@@ -431,45 +420,16 @@ impl VirtioDevice for BlockDevice {
         VIRTIO_ID_BLOCK
     }
 
-    fn avail_features(&self) -> u64 {
-        self.avail_features
+    fn base(&self) -> &VirtioBase {
+        &self.base
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
+    fn base_mut(&mut self) -> &mut VirtioBase {
+        &mut self.base
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) -> bool {
         crate::virtio::read_config(&self.config(), offset, data)
-    }
-
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) -> bool {
-        false
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
-        acked: u64,
-    ) -> Result<(), ActivateError> {
-        self.state.activate(mem, queues, self.queue_max_sizes.len())?;
-        self.acked_features = acked;
-        Ok(())
-    }
-
-    fn reset(&mut self) {
-        self.state = DeviceState::Inactive;
-        self.acked_features = 0;
-        self.interrupt.clear();
-    }
-
-    fn queue_notifiers(&self) -> Vec<Arc<QueueNotifier>> {
-        self.notifiers.clone()
-    }
-
-    fn interrupt(&self) -> Arc<VirtioInterrupt> {
-        self.interrupt.clone()
     }
 }
 
@@ -478,6 +438,7 @@ pub(crate) mod tests {
     use super::super::request::{HEADER_LEN, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID};
     use super::super::request::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
     use super::*;
+    use std::sync::Arc;
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;

@@ -25,8 +25,8 @@ use super::flow::{FlowBindings, FlowTable};
 use super::frame;
 use super::tap::{NetBackend, Tap, TapError, VNET_HDR_LEN};
 use crate::acct::QueueTagReader;
-use crate::virtio::{thread_cpu_ns, ActivateError, Charger, NetCharge, NetDir};
-use crate::virtio::{QueueNotifier, VirtioDevice, VirtioInterrupt, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1};
+use crate::virtio::{thread_cpu_ns, Charger, NetCharge, NetDir};
+use crate::virtio::{VirtioBase, VirtioDevice, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1};
 
 /// virtio device ID of a network device.
 pub const VIRTIO_ID_NET: u32 = 1;
@@ -213,12 +213,7 @@ fn lap(mark: &mut u64) -> u64 {
 pub struct NetDevice {
     backend: Box<dyn NetBackend>,
     mac: [u8; 6],
-    avail_features: u64,
-    acked_features: u64,
-    queue_max_sizes: [u16; 2],
-    state: DeviceState,
-    notifiers: Vec<Arc<QueueNotifier>>,
-    interrupt: Arc<VirtioInterrupt>,
+    base: VirtioBase,
     stats: NetStats,
     flows: FlowTable,
     tx_buf: Vec<u8>,
@@ -234,7 +229,7 @@ impl std::fmt::Debug for NetDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NetDevice")
             .field("mac", &self.mac)
-            .field("state", &self.state)
+            .field("state", &self.base.state)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -248,16 +243,11 @@ impl NetDevice {
 
     /// A device on `backend` with MAC `mac`.
     pub fn new(backend: Box<dyn NetBackend>, mac: [u8; 6]) -> Result<Self, NetError> {
-        let notifier = || QueueNotifier::new().map(Arc::new).map_err(NetError::EventFd);
+        let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MAC);
         Ok(Self {
             backend,
             mac,
-            avail_features: (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MAC),
-            acked_features: 0,
-            queue_max_sizes: [QUEUE_SIZE; 2],
-            state: DeviceState::Inactive,
-            notifiers: vec![notifier()?, notifier()?],
-            interrupt: Arc::new(VirtioInterrupt::new().map_err(NetError::EventFd)?),
+            base: VirtioBase::new(features, &[QUEUE_SIZE; 2]).map_err(NetError::EventFd)?,
             stats: NetStats::default(),
             flows: FlowTable::default(),
             tx_buf: Vec::with_capacity(MAX_FRAME_LEN),
@@ -285,12 +275,12 @@ impl NetDevice {
 
     /// The device's state.
     pub fn state(&self) -> &DeviceState {
-        &self.state
+        &self.base.state
     }
 
     /// Features the driver accepted at activation.
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.base.acked_features
     }
 
     /// The backend's pollable descriptor, if it has one.
@@ -311,7 +301,7 @@ impl NetDevice {
     }
 
     fn raise_interrupt(&mut self, tag: Option<u64>, out: &mut ProcessStats, charger: &mut dyn Charger) {
-        match self.interrupt.trigger(INTERRUPT_USED_RING) {
+        match self.base.interrupt.trigger(INTERRUPT_USED_RING) {
             Ok(()) => {
                 self.stats.interrupts += 1;
                 out.interrupted = true;
@@ -347,8 +337,8 @@ impl NetDevice {
     /// Sends the notified TX chains, charging each to its tag.
     pub fn process_tx(&mut self, charger: &mut dyn Charger) -> ProcessStats {
         let mut out = ProcessStats::default();
-        let notifier = self.notifiers[TX_QUEUE].clone();
-        let DeviceState::Activated { mem, queues } = &mut self.state else {
+        let notifier = self.base.notifiers[TX_QUEUE].clone();
+        let DeviceState::Activated { mem, queues } = &mut self.base.state else {
             self.stats.ignored_notifications += 1;
             return out;
         };
@@ -472,8 +462,8 @@ impl NetDevice {
     pub fn process_rx(&mut self, charger: &mut dyn Charger) -> ProcessStats {
         let mut out = ProcessStats::default();
         // RX work is charged by flow, not by who posted the buffers.
-        let _ = self.notifiers[RX_QUEUE].take();
-        let DeviceState::Activated { mem, queues } = &mut self.state else {
+        let _ = self.base.notifiers[RX_QUEUE].take();
+        let DeviceState::Activated { mem, queues } = &mut self.base.state else {
             self.stats.ignored_notifications += 1;
             out.rx_stalled = true;
             return out;
@@ -612,46 +602,21 @@ impl VirtioDevice for NetDevice {
         VIRTIO_ID_NET
     }
 
-    fn avail_features(&self) -> u64 {
-        self.avail_features
+    fn base(&self) -> &VirtioBase {
+        &self.base
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
+    fn base_mut(&mut self) -> &mut VirtioBase {
+        &mut self.base
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) -> bool {
         crate::virtio::read_config(&self.config(), offset, data)
     }
 
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) -> bool {
-        false
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
-        acked: u64,
-    ) -> Result<(), ActivateError> {
-        self.state.activate(mem, queues, self.queue_max_sizes.len())?;
-        self.acked_features = acked;
-        Ok(())
-    }
-
     fn reset(&mut self) {
-        self.state = DeviceState::Inactive;
-        self.acked_features = 0;
+        self.base.reset();
         self.rx_pending = None;
-        self.interrupt.clear();
-    }
-
-    fn queue_notifiers(&self) -> Vec<Arc<QueueNotifier>> {
-        self.notifiers.clone()
-    }
-
-    fn interrupt(&self) -> Arc<VirtioInterrupt> {
-        self.interrupt.clone()
     }
 }
 

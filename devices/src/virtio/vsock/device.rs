@@ -30,7 +30,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use accounting::{abi, warn_rl};
 use event_manager::EventSet;
@@ -44,8 +43,8 @@ use super::packet::{
 use super::packet::{SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::{VsockConnector, HOST_CID};
 use crate::acct::QueueTagReader;
-use crate::virtio::{thread_cpu_ns, ActivateError, Charger, DeviceState, NetDir, VsockCharge};
-use crate::virtio::{QueueNotifier, VirtioDevice, VirtioInterrupt, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1};
+use crate::virtio::{thread_cpu_ns, Charger, DeviceState, NetDir, VsockCharge};
+use crate::virtio::{VirtioBase, VirtioDevice, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1};
 
 /// virtio device ID of a socket device.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -312,12 +311,7 @@ struct TxEffect {
 /// A virtio-vsock device.
 pub struct VsockDevice {
     cid: u64,
-    avail_features: u64,
-    acked_features: u64,
-    queue_max_sizes: [u16; 3],
-    state: DeviceState,
-    notifiers: Vec<Arc<QueueNotifier>>,
-    interrupt: Arc<VirtioInterrupt>,
+    base: VirtioBase,
     connector: Box<dyn VsockConnector>,
     listener: Option<(UnixListener, PathBuf)>,
     conns: HashMap<ConnKey, Conn>,
@@ -339,7 +333,7 @@ impl std::fmt::Debug for VsockDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VsockDevice")
             .field("cid", &self.cid)
-            .field("state", &self.state)
+            .field("state", &self.base.state)
             .field("connections", &self.conns.len())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
@@ -389,18 +383,12 @@ impl VsockDevice {
         if cid < super::MIN_GUEST_CID || cid > u64::from(u32::MAX) {
             return Err(VsockError::Cid(cid));
         }
-        let notifier = || QueueNotifier::new().map(Arc::new).map_err(VsockError::EventFd);
         let listener = listen
             .map(|p| bind_listener(p).map(|l| (l, p.to_path_buf())))
             .transpose()?;
         Ok(Self {
             cid,
-            avail_features: 1 << VIRTIO_F_VERSION_1,
-            acked_features: 0,
-            queue_max_sizes: [QUEUE_SIZE; 3],
-            state: DeviceState::Inactive,
-            notifiers: vec![notifier()?, notifier()?, notifier()?],
-            interrupt: Arc::new(VirtioInterrupt::new().map_err(VsockError::EventFd)?),
+            base: VirtioBase::new(1 << VIRTIO_F_VERSION_1, &[QUEUE_SIZE; 3]).map_err(VsockError::EventFd)?,
             connector,
             listener,
             conns: HashMap::new(),
@@ -435,7 +423,7 @@ impl VsockDevice {
 
     /// The device's state.
     pub fn state(&self) -> &DeviceState {
-        &self.state
+        &self.base.state
     }
 
     /// The listener's descriptor, if host-initiated connections are on.
@@ -752,7 +740,7 @@ impl VsockDevice {
     }
 
     fn raise_interrupt(&mut self, tag: Option<u64>, out: &mut ProcessStats, charger: &mut dyn Charger) {
-        match self.interrupt.trigger(INTERRUPT_USED_RING) {
+        match self.base.interrupt.trigger(INTERRUPT_USED_RING) {
             Ok(()) => {
                 self.stats.interrupts += 1;
                 out.interrupted = true;
@@ -790,19 +778,19 @@ impl VsockDevice {
         f: impl FnOnce(&mut Self, &GuestMemoryMmap, &mut [Queue]) -> R,
     ) -> Option<R> {
         let DeviceState::Activated { mem, mut queues } =
-            std::mem::replace(&mut self.state, DeviceState::Inactive)
+            std::mem::replace(&mut self.base.state, DeviceState::Inactive)
         else {
             self.stats.ignored_notifications += 1;
             return None;
         };
         let r = f(self, &mem, &mut queues);
-        self.state = DeviceState::Activated { mem, queues };
+        self.base.state = DeviceState::Activated { mem, queues };
         Some(r)
     }
 
     /// Takes the notified TX packets, charging each to its tag.
     pub fn process_tx(&mut self, charger: &mut dyn Charger) -> ProcessStats {
-        let notifier = self.notifiers[TX_QUEUE].clone();
+        let notifier = self.base.notifiers[TX_QUEUE].clone();
         self.with_queues(|d, mem, queues| {
             let mut out = ProcessStats::default();
             let Some(queue) = queues.get_mut(TX_QUEUE) else {
@@ -918,9 +906,9 @@ impl VsockDevice {
     /// Delivers control packets, then host data, into the guest's receive
     /// chains while both last.
     pub fn process_rx(&mut self, charger: &mut dyn Charger) -> ProcessStats {
-        let _ = self.notifiers[RX_QUEUE].take();
-        let rx_notifier = self.notifiers[RX_QUEUE].clone();
-        let tx_notifier = self.notifiers[TX_QUEUE].clone();
+        let _ = self.base.notifiers[RX_QUEUE].take();
+        let rx_notifier = self.base.notifiers[RX_QUEUE].clone();
+        let tx_notifier = self.base.notifiers[TX_QUEUE].clone();
         let ctrl_before = self.ctrl.len();
         let out = self
             .with_queues(|d, mem, queues| {
@@ -1162,7 +1150,7 @@ impl VsockDevice {
         for stream in accepted {
             let full = self.pending.len() >= MAX_PENDING_HOST || self.conns.len() >= MAX_CONNECTIONS;
             if full
-                || !matches!(self.state, DeviceState::Activated { .. })
+                || !matches!(self.base.state, DeviceState::Activated { .. })
                 || stream.set_nonblocking(true).is_err()
             {
                 self.stats.connection_limit += u64::from(full);
@@ -1282,36 +1270,20 @@ impl VirtioDevice for VsockDevice {
         VIRTIO_ID_VSOCK
     }
 
-    fn avail_features(&self) -> u64 {
-        self.avail_features
+    fn base(&self) -> &VirtioBase {
+        &self.base
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
+    fn base_mut(&mut self) -> &mut VirtioBase {
+        &mut self.base
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) -> bool {
         crate::virtio::read_config(&self.config(), offset, data)
     }
 
-    fn write_config(&mut self, _offset: u64, _data: &[u8]) -> bool {
-        false
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
-        acked: u64,
-    ) -> Result<(), ActivateError> {
-        self.state.activate(mem, queues, self.queue_max_sizes.len())?;
-        self.acked_features = acked;
-        Ok(())
-    }
-
     fn reset(&mut self) {
-        self.state = DeviceState::Inactive;
-        self.acked_features = 0;
+        self.base.reset();
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
         for k in keys {
             self.drop_conn(k);
@@ -1321,15 +1293,6 @@ impl VirtioDevice for VsockDevice {
         }
         self.ctrl.clear();
         self.rx_ready.clear();
-        self.interrupt.clear();
-    }
-
-    fn queue_notifiers(&self) -> Vec<Arc<QueueNotifier>> {
-        self.notifiers.clone()
-    }
-
-    fn interrupt(&self) -> Arc<VirtioInterrupt> {
-        self.interrupt.clone()
     }
 }
 
@@ -1345,6 +1308,7 @@ impl Drop for VsockDevice {
 pub(crate) mod tests {
     use super::*;
     use crate::virtio::BlockCharge;
+    use std::sync::Arc;
     use std::sync::Mutex;
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
