@@ -246,6 +246,42 @@ impl VirtioBase {
         self.acked_features = 0;
         self.interrupt.clear();
     }
+
+    /// Signals used buffers and charges the interrupt to `tag`; false (and a
+    /// rate-limited log line naming `device`) if the irqfd write failed, for
+    /// the caller to count.
+    pub fn signal_used(&self, tag: Option<u64>, charger: &mut dyn Charger, device: &str) -> bool {
+        match self.interrupt.trigger(INTERRUPT_USED_RING) {
+            Ok(()) => {
+                charger.charge_interrupt(tag);
+                true
+            }
+            Err(e) => {
+                accounting::warn_rl!("{device}: irqfd write failed: {e}");
+                false
+            }
+        }
+    }
+}
+
+/// Chains the guest published on `queue` that the device has not taken, or
+/// `None` when the avail index is bogus (more than a queue ahead), logged
+/// (rate-limited, naming `device`) for the caller to count. virtio-queue
+/// itself logs a bogus index without a limit, so devices check it here
+/// first.
+pub fn pending_chains(queue: &Queue, mem: &GuestMemoryMmap, device: &str) -> Option<u16> {
+    let pending = match queue.avail_idx(mem, Ordering::Acquire) {
+        Ok(idx) => (idx - std::num::Wrapping(queue.next_avail())).0,
+        Err(_) => u16::MAX,
+    };
+    if pending > queue.size() {
+        accounting::warn_rl!(
+            "{device}: avail index {pending} chains ahead of a queue of {}",
+            queue.size()
+        );
+        return None;
+    }
+    Some(pending)
 }
 
 /// The latest notification of one queue, as taken by the device.

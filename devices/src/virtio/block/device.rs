@@ -9,7 +9,6 @@
 //! tag of the batch's last request.
 
 use std::fs::{File, OpenOptions};
-use std::num::Wrapping;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -21,8 +20,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::request::{parse, Request, RequestKind, ID_BYTES, SECTOR_SIZE};
 use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use crate::acct::QueueTagReader;
+use crate::virtio::{pending_chains, VirtioBase, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::virtio::{thread_cpu_ns, BlockCharge, BlockOp, Charger};
-use crate::virtio::{VirtioBase, VirtioDevice, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1};
 
 /// virtio device ID of a block device.
 pub const VIRTIO_ID_BLOCK: u32 = 2;
@@ -308,18 +307,8 @@ impl BlockDevice {
             self.stats.ignored_notifications += 1;
             return out;
         };
-        // virtio-queue logs without a limit when the avail index is bogus:
-        // check it here first, with the rate-limited logger.
-        let pending = match queue.avail_idx(mem, Ordering::Acquire) {
-            Ok(idx) => (idx - Wrapping(queue.next_avail())).0,
-            Err(_) => u16::MAX,
-        };
-        if pending > queue.size() {
+        if pending_chains(queue, mem, "virtio-blk").is_none() {
             self.stats.queue_errors += 1;
-            warn_rl!(
-                "virtio-blk: avail index {pending} chains ahead of a queue of {}",
-                queue.size()
-            );
             return out;
         }
         let mut last_tag = None;
@@ -399,16 +388,11 @@ impl BlockDevice {
             notifier.retire(queue.next_avail(), true);
         }
         if out.requests > 0 && queue.needs_notification(mem).unwrap_or(true) {
-            match self.base.interrupt.trigger(INTERRUPT_USED_RING) {
-                Ok(()) => {
-                    self.stats.interrupts += 1;
-                    out.interrupted = true;
-                    charger.charge_interrupt(last_tag);
-                }
-                Err(e) => {
-                    self.stats.queue_errors += 1;
-                    warn_rl!("virtio-blk: irqfd write failed: {e}");
-                }
+            if self.base.signal_used(last_tag, charger, "virtio-blk") {
+                self.stats.interrupts += 1;
+                out.interrupted = true;
+            } else {
+                self.stats.queue_errors += 1;
             }
         }
         out
@@ -438,6 +422,7 @@ pub(crate) mod tests {
     use super::super::request::{HEADER_LEN, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID};
     use super::super::request::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
     use super::*;
+    use crate::virtio::INTERRUPT_USED_RING;
     use std::sync::Arc;
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;

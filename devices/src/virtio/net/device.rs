@@ -12,7 +12,6 @@
 //! principal of the flow it answers (the flow table), or to `None`. Without
 //! a receive chain nothing is read: frames stay in the backend.
 
-use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,8 +24,8 @@ use super::flow::{FlowBindings, FlowTable};
 use super::frame;
 use super::tap::{NetBackend, Tap, TapError, VNET_HDR_LEN};
 use crate::acct::QueueTagReader;
+use crate::virtio::{pending_chains, VirtioBase, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::virtio::{thread_cpu_ns, Charger, NetCharge, NetDir};
-use crate::virtio::{VirtioBase, VirtioDevice, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1};
 
 /// virtio device ID of a network device.
 pub const VIRTIO_ID_NET: u32 = 1;
@@ -301,37 +300,19 @@ impl NetDevice {
     }
 
     fn raise_interrupt(&mut self, tag: Option<u64>, out: &mut ProcessStats, charger: &mut dyn Charger) {
-        match self.base.interrupt.trigger(INTERRUPT_USED_RING) {
-            Ok(()) => {
-                self.stats.interrupts += 1;
-                out.interrupted = true;
-                charger.charge_interrupt(tag);
-            }
-            Err(e) => {
-                self.stats.queue_errors += 1;
-                warn_rl!("virtio-net: irqfd write failed: {e}");
-            }
+        if self.base.signal_used(tag, charger, "virtio-net") {
+            self.stats.interrupts += 1;
+            out.interrupted = true;
+        } else {
+            self.stats.queue_errors += 1;
         }
     }
 
-    /// Chains the guest published and the device has not taken; `None` (and
-    /// counted) when the avail index is bogus.
+    /// [`pending_chains`], counting a bogus avail index.
     fn pending(queue: &Queue, mem: &GuestMemoryMmap, stats: &mut NetStats) -> Option<u16> {
-        // virtio-queue logs without a limit when the avail index is bogus:
-        // check it here first, with the rate-limited logger.
-        let pending = match queue.avail_idx(mem, Ordering::Acquire) {
-            Ok(idx) => (idx - Wrapping(queue.next_avail())).0,
-            Err(_) => u16::MAX,
-        };
-        if pending > queue.size() {
-            stats.queue_errors += 1;
-            warn_rl!(
-                "virtio-net: avail index {pending} chains ahead of a queue of {}",
-                queue.size()
-            );
-            return None;
-        }
-        Some(pending)
+        let pending = pending_chains(queue, mem, "virtio-net");
+        stats.queue_errors += u64::from(pending.is_none());
+        pending
     }
 
     /// Sends the notified TX chains, charging each to its tag.

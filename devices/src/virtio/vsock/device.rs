@@ -25,7 +25,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::num::Wrapping;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -44,7 +43,7 @@ use super::packet::{SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::{VsockConnector, HOST_CID};
 use crate::acct::QueueTagReader;
 use crate::virtio::{thread_cpu_ns, Charger, DeviceState, NetDir, VsockCharge};
-use crate::virtio::{VirtioBase, VirtioDevice, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1};
+use crate::virtio::{VirtioBase, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// virtio device ID of a socket device.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -740,35 +739,19 @@ impl VsockDevice {
     }
 
     fn raise_interrupt(&mut self, tag: Option<u64>, out: &mut ProcessStats, charger: &mut dyn Charger) {
-        match self.base.interrupt.trigger(INTERRUPT_USED_RING) {
-            Ok(()) => {
-                self.stats.interrupts += 1;
-                out.interrupted = true;
-                charger.charge_interrupt(tag);
-            }
-            Err(e) => {
-                self.stats.queue_errors += 1;
-                warn_rl!("virtio-vsock: irqfd write failed: {e}");
-            }
+        if self.base.signal_used(tag, charger, "virtio-vsock") {
+            self.stats.interrupts += 1;
+            out.interrupted = true;
+        } else {
+            self.stats.queue_errors += 1;
         }
     }
 
-    /// Chains the guest published and the device has not taken; `None` (and
-    /// counted) when the avail index is bogus.
+    /// [`pending_chains`], counting a bogus avail index.
     fn pending_chains(queue: &Queue, mem: &GuestMemoryMmap, stats: &mut VsockStats) -> Option<u16> {
-        let pending = match queue.avail_idx(mem, Ordering::Acquire) {
-            Ok(idx) => (idx - Wrapping(queue.next_avail())).0,
-            Err(_) => u16::MAX,
-        };
-        if pending > queue.size() {
-            stats.queue_errors += 1;
-            warn_rl!(
-                "virtio-vsock: avail index {pending} chains ahead of a queue of {}",
-                queue.size()
-            );
-            return None;
-        }
-        Some(pending)
+        let pending = crate::virtio::pending_chains(queue, mem, "virtio-vsock");
+        stats.queue_errors += u64::from(pending.is_none());
+        pending
     }
 
     /// Runs `f` with guest memory and the queues taken out of the state;
