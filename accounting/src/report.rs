@@ -307,6 +307,11 @@ pub struct Report {
     pub limits: LimitsReport,
     /// Conservation check.
     pub conservation: Conservation,
+    /// The guest agent channel's counters (connections, frames, refusals
+    /// by kind; `docs/agent-protocol.md`), non-zero only, as the VMM left
+    /// them; absent when no agent ever connected.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub agent: BTreeMap<String, u64>,
 }
 
 /// [`Limits`] in report form (tolerant of fields added later, unlike the
@@ -546,6 +551,7 @@ impl Report {
             declarations: reg.stats().into(),
             limits: reg.limits().into(),
             conservation: conservation(&total, &sum),
+            agent: BTreeMap::new(),
         }
     }
 
@@ -777,6 +783,10 @@ impl Report {
                 .map(|(k, n)| format!("{k}={n}"))
                 .collect();
             let _ = writeln!(s, "\nguest errors: {}", errs.join(", "));
+        }
+        if !self.agent.is_empty() {
+            let counts: Vec<String> = self.agent.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            let _ = writeln!(s, "agent channel: {}", counts.join(", "));
         }
         let broken: Vec<&ConservationLine> = self
             .conservation

@@ -243,6 +243,25 @@ fn agent_declarations_context_and_garbage_against_a_running_vm() {
     run.assert_conserved();
     // The refused begin is counted under the ring's name for the mistake.
     assert_eq!(run.error("ring_unknown_container"), 1);
+    // The channel's counters outlive the VM in the report (non-zero only).
+    let agent = &run.report.agent;
+    for (k, n) in [
+        ("connections", 5),
+        ("out_of_sequence", 1),
+        ("oversized", 1),
+        ("bad_version", 1),
+        ("malformed", 1),
+        ("replayed", 1),
+        ("rejected", 1),
+        ("reports", 1),
+    ] {
+        assert_eq!(agent.get(k), Some(&n), "{k} in {agent:?}");
+    }
+    assert!(
+        !agent.contains_key("invalid"),
+        "zero counters are left out: {agent:?}"
+    );
+    assert!(run.report.to_table(5).contains("agent channel: "));
     let req = run.request(REQ);
     assert_eq!(req.state, "finished");
     assert_eq!(req.container_path, "web/worker");

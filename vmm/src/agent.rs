@@ -125,6 +125,36 @@ pub struct AgentStats {
     pub flows_refused: u64,
 }
 
+impl AgentStats {
+    /// Every counter with its name (as in JSON and the metrics' `event`).
+    pub fn by_name(&self) -> [(&'static str, u64); 13] {
+        [
+            ("connections", self.connections),
+            ("refused", self.refused),
+            ("frames", self.frames),
+            ("bytes", self.bytes),
+            ("malformed", self.malformed),
+            ("invalid", self.invalid),
+            ("oversized", self.oversized),
+            ("out_of_sequence", self.out_of_sequence),
+            ("bad_version", self.bad_version),
+            ("rejected", self.rejected),
+            ("replayed", self.replayed),
+            ("reports", self.reports),
+            ("flows_refused", self.flows_refused),
+        ]
+    }
+
+    /// The non-zero counters by name, for the report.
+    pub fn nonzero(&self) -> std::collections::BTreeMap<String, u64> {
+        self.by_name()
+            .into_iter()
+            .filter(|(_, n)| *n != 0)
+            .map(|(k, n)| (k.to_string(), n))
+            .collect()
+    }
+}
+
 impl AgentCounters {
     fn read(&self) -> AgentStats {
         AgentStats {

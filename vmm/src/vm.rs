@@ -758,6 +758,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         guest_resident_bytes: resident_bytes(&mem),
         vmm_peak_rss_bytes: peak_rss_bytes(),
     };
-    let report = Report::build(&acct, info);
+    let mut report = Report::build(&acct, info);
+    report.agent = agent.stats().nonzero();
     Ok(RunOutcome { end, report })
 }

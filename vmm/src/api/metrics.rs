@@ -322,22 +322,7 @@ pub fn render_agent(out: &mut String, tenant: &str, stats: &crate::agent::AgentS
         "resourceful_agent_events_total",
         "Guest agent channel: connections, frames, bytes, reports, and each kind of refused input.",
     );
-    let events = [
-        ("connections", stats.connections),
-        ("refused_connections", stats.refused),
-        ("frames", stats.frames),
-        ("bytes", stats.bytes),
-        ("reports", stats.reports),
-        ("replayed", stats.replayed),
-        ("rejected", stats.rejected),
-        ("malformed", stats.malformed),
-        ("invalid", stats.invalid),
-        ("oversized", stats.oversized),
-        ("out_of_sequence", stats.out_of_sequence),
-        ("bad_version", stats.bad_version),
-        ("flows_refused", stats.flows_refused),
-    ];
-    for (event, n) in events {
+    for (event, n) in stats.by_name() {
         f.sample(&[("tenant", tenant), ("event", event)], n);
     }
 }
