@@ -38,15 +38,35 @@ fn api(sock: &Path, target: &str) -> Value {
 }
 
 /// The cgroup v2 mount point, from /proc/self/mountinfo.
+fn find_cgroup2() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let mount = pre.split(' ').nth(4)?;
+        post.starts_with("cgroup2 ").then(|| PathBuf::from(mount))
+    })
+}
+
+/// The cgroup v2 hierarchy: the mounted one, or (on a host with cgroup v1
+/// only) one this test mounts itself (and leaves mounted: the agent of a
+/// concurrent run may be reading it), as the agent in a guest would find.
 fn cgroup2_root() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mount = pre.split(' ').nth(4)?;
-            post.starts_with("cgroup2 ").then(|| PathBuf::from(mount))
-        })
-        .expect("a cgroup2 mount")
+    if let Some(root) = find_cgroup2() {
+        return root;
+    }
+    let dir = std::env::temp_dir().join(format!("rsrc-cgroup2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "cgroup2", "cgroup2"])
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "no cgroup2 hierarchy, and mounting one at {} failed (run as root)",
+        dir.display()
+    );
+    find_cgroup2().expect("the cgroup2 hierarchy just mounted")
 }
 
 /// A cgroup with one `sleep` in it; removed (after the sleep) on drop.
