@@ -298,6 +298,14 @@ impl QueueTagReader {
     pub fn tag(&mut self, table: u32, head: u16) -> Option<u64> {
         self.view.get()?.queue_tag(table, head)
     }
+
+    /// The explicit tag of the chain at `head` in queue `queue` of virtio
+    /// device `device` (its index among the VM's virtio devices, which picks
+    /// its tables), if the guest gave one.
+    pub fn chain_tag(&mut self, device: u32, queue: usize, head: u16) -> Option<u64> {
+        let queue = u32::try_from(queue).ok()?;
+        self.tag(abi::qtag_table(device, queue), head)
+    }
 }
 
 #[cfg(test)]

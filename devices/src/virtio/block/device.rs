@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use accounting::{abi, warn_rl};
+use accounting::warn_rl;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -322,11 +322,8 @@ impl BlockDevice {
                 break;
             };
             let head = chain.head_index();
-            let table = u32::try_from(queue_index).ok();
-            let explicit = match (&mut self.queue_tags, table) {
-                (Some((reader, device)), Some(q)) => reader.tag(abi::qtag_table(*device, q), head),
-                _ => None,
-            };
+            let explicit =
+                (self.queue_tags.as_mut()).and_then(|(r, dev)| r.chain_tag(*dev, queue_index, head));
             let tag = explicit.or(notification.tag);
             let since = notification.at;
             let (op, (status, bytes, used_len), status_addr) =

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use accounting::{abi, warn_rl};
+use accounting::warn_rl;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
@@ -339,11 +339,7 @@ impl NetDevice {
                 break;
             };
             let head = chain.head_index();
-            let table = u32::try_from(TX_QUEUE).ok();
-            let explicit = match (&mut self.queue_tags, table) {
-                (Some((reader, device)), Some(q)) => reader.tag(abi::qtag_table(*device, q), head),
-                _ => None,
-            };
+            let explicit = (self.queue_tags.as_mut()).and_then(|(r, dev)| r.chain_tag(*dev, TX_QUEUE, head));
             let tag = explicit.or(notification.tag);
             let mut charge = NetCharge {
                 tag,

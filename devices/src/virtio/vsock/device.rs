@@ -30,7 +30,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use accounting::{abi, warn_rl};
+use accounting::warn_rl;
 use event_manager::EventSet;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -796,10 +796,7 @@ impl VsockDevice {
                     break;
                 };
                 let head = chain.head_index();
-                let explicit = match (&mut d.queue_tags, u32::try_from(TX_QUEUE).ok()) {
-                    (Some((reader, device)), Some(q)) => reader.tag(abi::qtag_table(*device, q), head),
-                    _ => None,
-                };
+                let explicit = (d.queue_tags.as_mut()).and_then(|(r, dev)| r.chain_tag(*dev, TX_QUEUE, head));
                 let tag = explicit.or(notification.tag);
                 let mut charge = VsockCharge {
                     tag,
