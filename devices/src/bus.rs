@@ -14,8 +14,12 @@ use std::sync::{Arc, Mutex};
 pub enum VmAction {
     /// The guest asked to end the VM with this status.
     Exit(u32),
-    /// The guest asked for a reset (i8042 pulse); the VMM ends the VM.
+    /// The guest asked for a reset (i8042 pulse, ACPI reset register); the
+    /// VMM ends the VM.
     Reset,
+    /// The guest entered ACPI S5 (soft off) through the sleep control
+    /// register.
+    PowerOff,
 }
 
 /// A device on a [`Bus`].

@@ -206,7 +206,7 @@ fn run_vm(config: VmConfig, c: &Common) -> anyhow::Result<ExitCode> {
     }
     Ok(match outcome.end {
         VmEnd::GuestExit(status) => ExitCode::from(u8::try_from(status).unwrap_or(u8::MAX)),
-        VmEnd::Reset | VmEnd::TimeLimit => ExitCode::SUCCESS,
+        VmEnd::Reset | VmEnd::PowerOff | VmEnd::TimeLimit => ExitCode::SUCCESS,
         end => {
             eprintln!(
                 "resourceful: the VM ended abnormally ({}): {}",

@@ -19,7 +19,7 @@ use accounting::ledger::Accounting;
 use accounting::report::{Report, VmInfo};
 use devices::acct::{AcctDevice, TagRegion};
 use devices::bus::SharedDevice;
-use devices::legacy::{DebugPort, ExitPort, Serial, I8042};
+use devices::legacy::{AcpiPm, DebugPort, ExitPort, Serial, ACPI_PM_LEN, ACPI_PM_PORT, I8042};
 use devices::virtio::block::{BlockDevice, BlockHandler};
 use devices::virtio::net::{NetDevice, NetHandler};
 use devices::virtio::vsock::{AgentConnect, UdsConnector, VsockConnector, VsockDevice, VsockHandler};
@@ -80,6 +80,22 @@ pub fn virtio_cmdline(count: usize) -> String {
         .collect()
 }
 
+/// The devices the ACPI tables announce: the first `count` virtio slots.
+fn acpi_devices(count: usize) -> arch::AcpiDevices {
+    arch::AcpiDevices {
+        virtio: (0..count)
+            .map(|i| {
+                let (base, irq) = virtio_slot(i);
+                arch::VirtioMmioSlot {
+                    base,
+                    len: u32::try_from(MMIO_LEN).unwrap_or(u32::MAX),
+                    irq,
+                }
+            })
+            .collect(),
+    }
+}
+
 /// Why a VM could not be built or run.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -107,6 +123,9 @@ pub enum VmError {
     /// VM-wide CPU set-up failed.
     #[error(transparent)]
     Arch(#[from] arch::ArchError),
+    /// The ACPI tables could not be built.
+    #[error(transparent)]
+    Acpi(#[from] arch::AcpiError),
     /// vCPU set-up failed.
     #[error(transparent)]
     Regs(#[from] arch::RegsError),
@@ -353,6 +372,11 @@ fn build_devices(
     )?;
     pio.insert(Arc::new(Mutex::new(ExitPort)), u64::from(abi::EXIT_PORT), 4)?;
     pio.insert(Arc::new(Mutex::new(I8042)), 0x60, 5)?;
+    pio.insert(
+        Arc::new(Mutex::new(AcpiPm)),
+        u64::from(ACPI_PM_PORT),
+        u64::from(ACPI_PM_LEN),
+    )?;
     let mut mmio = Bus::new();
     let acct_dev = AcctDevice::new(mem.clone(), Arc::clone(region), Arc::clone(acct));
     mmio.insert(
@@ -561,10 +585,13 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         (None, KernelKind::Linux { .. }) => DEFAULT_LINUX_CMDLINE.to_string(),
         (None, KernelKind::BareMetal) => String::new(),
     };
-    cmdline.push_str(&virtio_cmdline(
-        config.disks.len() + config.nets.len() + usize::from(config.vsock.is_some()),
-    ));
+    let virtio_count = config.disks.len() + config.nets.len() + usize::from(config.vsock.is_some());
+    cmdline.push_str(&virtio_cmdline(virtio_count));
     let plan: BootPlan = boot::load_kernel(&mem, &kernel, initrd.as_deref(), &cmdline, config.vcpus)?;
+    if let KernelKind::Linux { .. } = plan.kind {
+        let rsdp = arch::create_acpi_tables(&mem, config.vcpus, &acpi_devices(virtio_count))?;
+        boot::linux::set_acpi_rsdp_addr(&mem, rsdp)?;
+    }
     let with_irqchip = plan.wants_irqchip();
     arch::setup_vm(&vm, with_irqchip)?;
 

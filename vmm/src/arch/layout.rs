@@ -13,6 +13,7 @@
 //! 0x0000_7000  Linux zero page            0x0000_8ff0  Linux boot stack top
 //! 0x0000_9000  PML4  0x0000_a000 PDPT     0x0000_b000..0x0000_f000  4 PDs
 //! 0x0002_0000  command line (64 KiB)      0x0009_fc00  EBDA / MP table
+//! 0x000e_0000  ACPI: RSDP, XSDT, FADT, MADT, DSDT (Linux, to 1 MiB)
 //! 0x0010_0000  HIMEM_START: kernel / bare-metal image, then free RAM
 //!   ...        (bare metal: per-vCPU stacks at the top of low RAM)
 //! 0xd000_0000  MMIO gap (devices; the accounting device is first)
@@ -74,6 +75,16 @@ pub const EBDA_START: u64 = 0x9_fc00;
 /// Guest-physical address of the MP floating pointer and table.
 pub const MPTABLE_START: u64 = EBDA_START;
 
+/// Start of the ACPI tables (Linux guests): the RSDP, then the XSDT, FADT,
+/// MADT and DSDT. The RSDP lies where Linux also looks for one when the boot
+/// protocol does not name it (a scan of `0xe_0000..0x10_0000`), and the
+/// area is not in the e820 RAM list, so the tables survive.
+pub const ACPI_START: u64 = 0xe_0000;
+/// Guest-physical address of the RSDP.
+pub const RSDP_ADDR: u64 = ACPI_START;
+/// End (exclusive) of the area the ACPI tables may use.
+pub const ACPI_END: u64 = HIMEM_START;
+
 /// First byte above the legacy first megabyte: kernels and bare-metal images
 /// are loaded at or above it.
 pub const HIMEM_START: u64 = 0x10_0000;
@@ -114,6 +125,7 @@ const _: () = assert!(ZERO_PAGE_ADDR + 0x1000 <= LINUX_BOOT_STACK);
 const _: () = assert!(LINUX_BOOT_STACK < PML4_ADDR);
 const _: () = assert!(PAGE_TABLES_END <= CMDLINE_ADDR);
 const _: () = assert!(CMDLINE_ADDR + CMDLINE_CAPACITY as u64 <= EBDA_START);
+const _: () = assert!(EBDA_START < ACPI_START && ACPI_START < ACPI_END && ACPI_END <= HIMEM_START);
 const _: () = assert!(IDENTITY_MAP_SIZE == MMIO_GAP_END);
 const _: () = assert!(KVM_TSS_ADDR >= MMIO_GAP_START && KVM_TSS_ADDR + 3 * 0x1000 <= MMIO_GAP_END);
 

@@ -1,6 +1,6 @@
 //! x86_64 machine setup: the guest-physical memory map, guest memory, the
 //! structures the CPU needs to run in long mode (GDT, IDT, page tables), the
-//! legacy MP table for Linux, the per-vCPU CPUID, and the register state a
+//! legacy MP table and the ACPI tables for Linux, the per-vCPU CPUID, and the register state a
 //! vCPU starts in.
 //!
 //! Everything here is pure data plus a thin layer of KVM ioctls:
@@ -11,6 +11,7 @@
 //!
 //! `docs/boot.md` describes the memory map and the CPU state at entry.
 
+pub mod acpi;
 pub mod cpuid;
 pub mod gdt;
 pub mod layout;
@@ -20,6 +21,7 @@ pub mod paging;
 pub mod regs;
 pub mod vm;
 
+pub use acpi::{create_acpi_tables, AcpiDevices, AcpiError, VirtioMmioSlot};
 pub use cpuid::{patch_cpuid, CpuidError};
 pub use gdt::{write_gdt_and_idt, write_tss, GdtError};
 pub use memory::{create_guest_memory, ram_below_gap, ram_regions, MemoryError};

@@ -13,8 +13,11 @@
 //!    bzImage's setup header (or a fresh one for an ELF) with the loader
 //!    fields filled in, and the e820 map — RAM `[0, EBDA)`, RAM
 //!    `[1 MiB, min(end, gap))`, and RAM above 4 GiB if any.
-//! 5. The MP table (CPUs and legacy interrupt routing, no ACPI), the GDT,
-//!    IDT and identity page tables.
+//! 5. The MP table (CPUs and legacy interrupt routing, for kernels without
+//!    ACPI), the GDT, IDT and identity page tables.
+//! 6. Afterwards the VM writes the ACPI tables, which need the device list
+//!    ([`crate::arch::acpi`]), and puts the RSDP's address in the zero page
+//!    with [`set_acpi_rsdp_addr`].
 //!
 //! Booting the result needs hardware virtualization: a kernel's CPL 0 code
 //! cannot run on the development machines' emulating nested KVM.
@@ -201,6 +204,18 @@ fn build_cmdline(cmdline: &str, hdr: Option<&setup_header>) -> Result<Cmdline, B
             .map_err(|e| BootError::CmdlineInvalid(Some(e)))?;
     }
     Ok(cl)
+}
+
+/// Sets `acpi_rsdp_addr` in the zero page that [`load_linux`] wrote: the
+/// kernel takes the RSDP from there (boot protocol 2.14 and later) instead of
+/// scanning the BIOS area for it.
+pub fn set_acpi_rsdp_addr(mem: &GuestMemoryMmap, rsdp: u64) -> Result<(), BootError> {
+    let field = std::mem::offset_of!(boot_params, acpi_rsdp_addr) as u64;
+    mem.write_obj(rsdp, GuestAddress(ZERO_PAGE_ADDR + field))
+        .map_err(|source| BootError::Write {
+            what: "zero page's acpi_rsdp_addr",
+            source,
+        })
 }
 
 /// The Linux path (see the module docs).

@@ -14,8 +14,12 @@ use kvm_ioctls::VcpuExit;
 pub enum VmEnd {
     /// The guest wrote this status to the exit port.
     GuestExit(u32),
-    /// The guest pulsed the i8042 reset line.
+    /// The guest asked for a reset: the i8042 reset line or the ACPI reset
+    /// register.
     Reset,
+    /// The guest powered off through ACPI (S5 written to the sleep control
+    /// register).
+    PowerOff,
     /// The guest triple-faulted (KVM_EXIT_SHUTDOWN).
     TripleFault,
     /// KVM could not emulate an instruction.
@@ -36,6 +40,7 @@ impl VmEnd {
         match self {
             Self::GuestExit(_) => "guest_exit",
             Self::Reset => "reset",
+            Self::PowerOff => "poweroff",
             Self::TripleFault => "triple_fault",
             Self::InternalError(_) => "internal_error",
             Self::UnknownExit(_) => "unknown_exit",
@@ -47,13 +52,16 @@ impl VmEnd {
 
     /// Whether the guest ended the VM on purpose.
     pub fn is_clean(&self) -> bool {
-        matches!(self, Self::GuestExit(_) | Self::Reset | Self::TimeLimit)
+        matches!(
+            self,
+            Self::GuestExit(_) | Self::Reset | Self::PowerOff | Self::TimeLimit
+        )
     }
 
     /// A sentence for the user when the end was not clean.
     pub fn detail(&self) -> Option<String> {
         match self {
-            Self::GuestExit(_) | Self::Reset | Self::TimeLimit => None,
+            Self::GuestExit(_) | Self::Reset | Self::PowerOff | Self::TimeLimit => None,
             Self::TripleFault => Some(
                 "the guest triple-faulted (an exception with no usable handler); the VM was stopped".into(),
             ),
@@ -93,6 +101,7 @@ fn stop_on(action: Option<VmAction>) -> ExitAction {
     match action {
         Some(VmAction::Exit(status)) => ExitAction::Stop(VmEnd::GuestExit(status)),
         Some(VmAction::Reset) => ExitAction::Stop(VmEnd::Reset),
+        Some(VmAction::PowerOff) => ExitAction::Stop(VmEnd::PowerOff),
         None => ExitAction::Continue,
     }
 }
@@ -153,7 +162,7 @@ pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus, stats: &IoStats) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use devices::legacy::{DebugPort, ExitPort};
+    use devices::legacy::{AcpiPm, DebugPort, ExitPort, ACPI_PM_LEN, ACPI_PM_PORT, ACPI_RESET_VALUE};
     use std::sync::atomic::Ordering;
     use std::sync::{Arc, Mutex};
 
@@ -187,6 +196,29 @@ mod tests {
             &IoStats::default(),
         );
         assert_eq!(r, (ExitReason::PortOut, ExitAction::Stop(VmEnd::GuestExit(7))));
+    }
+
+    #[test]
+    fn acpi_sleep_and_reset_registers_end_the_vm_cleanly() {
+        let (mut pio, mmio) = buses();
+        pio.insert(
+            Arc::new(Mutex::new(AcpiPm)),
+            u64::from(ACPI_PM_PORT),
+            u64::from(ACPI_PM_LEN),
+        )
+        .unwrap();
+        let s = IoStats::default();
+        let off = handle_exit(VcpuExit::IoOut(ACPI_PM_PORT, &[0x34]), &pio, &mmio, &s);
+        assert_eq!(off, (ExitReason::PortOut, ExitAction::Stop(VmEnd::PowerOff)));
+        let reset = handle_exit(
+            VcpuExit::IoOut(ACPI_PM_PORT + 2, &[ACPI_RESET_VALUE]),
+            &pio,
+            &mmio,
+            &s,
+        );
+        assert_eq!(reset, (ExitReason::PortOut, ExitAction::Stop(VmEnd::Reset)));
+        assert!(VmEnd::PowerOff.is_clean() && VmEnd::PowerOff.detail().is_none());
+        assert_eq!(VmEnd::PowerOff.name(), "poweroff");
     }
 
     #[test]
