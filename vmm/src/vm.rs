@@ -49,6 +49,8 @@ pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 /// COM1's legacy interrupt line.
 const COM1_IRQ: u32 = 4;
+/// The keyboard's ISA interrupt line.
+const I8042_IRQ: u32 = 1;
 /// The first virtio-mmio device sits right after the accounting device;
 /// the others follow, one [`MMIO_LEN`] window each.
 pub const VIRTIO_MMIO_BASE: u64 = abi::ACCT_MMIO_BASE + abi::ACCT_MMIO_SIZE;
@@ -371,7 +373,13 @@ fn build_devices(
         1,
     )?;
     pio.insert(Arc::new(Mutex::new(ExitPort)), u64::from(abi::EXIT_PORT), 4)?;
-    pio.insert(Arc::new(Mutex::new(I8042)), 0x60, 5)?;
+    let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("eventfd for the i8042 interrupt"))?;
+    if with_irqchip {
+        vm.register_irqfd(&kbd_irq, I8042_IRQ)
+            .map_err(kvm_err("connect the i8042 interrupt"))?;
+    }
+    pio.insert(Arc::new(Mutex::new(I8042::new(kbd_irq))), 0x60, 5)?;
+    pio.insert(Arc::new(Mutex::new(devices::legacy::Rtc::new())), 0x70, 2)?;
     pio.insert(
         Arc::new(Mutex::new(AcpiPm)),
         u64::from(ACPI_PM_PORT),

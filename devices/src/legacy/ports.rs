@@ -53,25 +53,6 @@ impl BusDevice for ExitPort {
     }
 }
 
-/// Just enough of an i8042 for a guest to reset the machine: command 0xfe
-/// written to the command port (offset 4 of the 0x60 range) pulses reset.
-/// The status register reads 0 (no data, input buffer empty).
-#[derive(Debug, Default)]
-pub struct I8042;
-
-/// The command written to port 0x64 that pulses the CPU reset line.
-pub const I8042_RESET_CMD: u8 = 0xfe;
-
-impl BusDevice for I8042 {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-
-    fn write(&mut self, offset: u64, data: &[u8]) -> Option<VmAction> {
-        (offset == 4 && data.first() == Some(&I8042_RESET_CMD)).then_some(VmAction::Reset)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,13 +76,5 @@ mod tests {
         let mut b = [0u8; 2];
         p.read(0, &mut b);
         assert_eq!((p.writes(), b), (2, [0xcd, 0]));
-    }
-
-    #[test]
-    fn i8042_resets_only_on_the_reset_command() {
-        let mut k = I8042;
-        assert_eq!(k.write(4, &[0xfe]), Some(VmAction::Reset));
-        assert_eq!(k.write(4, &[0xd1]), None);
-        assert_eq!(k.write(0, &[0xfe]), None);
     }
 }
