@@ -47,7 +47,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::{Immutable, IntoBytes};
 
-use super::layout::{ACPI_END, APIC_DEFAULT_PHYS_BASE, IOAPIC_DEFAULT_PHYS_BASE, RSDP_ADDR};
+use super::layout::{
+    ACPI_END, APIC_DEFAULT_PHYS_BASE, IOAPIC_DEFAULT_PHYS_BASE, RESET_VECTOR_ADDR, RSDP_ADDR,
+};
 use super::mptable::MAX_SUPPORTED_CPUS;
 
 /// OEM id in every table header.
@@ -344,6 +346,29 @@ fn dsdt(devices: &AcpiDevices) -> Result<Vec<u8>, AcpiError> {
     Ok(table.as_slice().to_vec())
 }
 
+/// Real-mode code for the reset vector: `mov dx, 0x602; mov al, 0x01;
+/// out dx, al; hlt; jmp $`. Why: on a hardware-reduced platform Linux's
+/// default reboot order becomes EFI, then "BIOS" (`efi_reboot_required()` is
+/// true when `HW_REDUCED_ACPI` is set; without EFI runtime services it falls
+/// back to `machine_real_restart`), which jumps to `f000:fff0`. With no BIOS
+/// there the vCPU would spin on zeroes for ever; the stub turns the jump into
+/// the ACPI reset. `reboot=k` (in the VMM's default command line) avoids the
+/// path altogether.
+fn reset_vector_stub() -> [u8; 9] {
+    let port = (ACPI_PM_PORT + RESET_OFFSET).to_le_bytes();
+    [
+        0xba,
+        port[0],
+        port[1],
+        0xb0,
+        ACPI_RESET_VALUE,
+        0xee,
+        0xf4,
+        0xeb,
+        0xfe,
+    ]
+}
+
 /// The next 16-byte aligned address after `len` bytes at `addr`.
 fn next_table(addr: u64, len: usize) -> u64 {
     (addr + len as u64 + 15) & !15
@@ -388,6 +413,11 @@ pub fn create_acpi_tables(
         ("FADT", fadt_addr, &fadt),
         ("MADT", madt_addr, &madt),
         ("DSDT", dsdt_addr, &dsdt),
+        (
+            "reset vector stub",
+            RESET_VECTOR_ADDR,
+            &reset_vector_stub().to_vec(),
+        ),
     ] {
         mem.write_slice(bytes, GuestAddress(addr))
             .map_err(|source| AcpiError::Write { what, source })?;
@@ -597,6 +627,15 @@ mod tests {
                 assert_eq!(count(&dsdt, format!("V{i:03X}").as_bytes()), 1);
             }
         }
+    }
+
+    #[test]
+    fn reset_vector_writes_the_reset_register() {
+        let m = mem();
+        create_acpi_tables(&m, 1, &AcpiDevices::default()).unwrap();
+        let stub = read(&m, 0xf_fff0, 9);
+        // mov dx, 0x602; mov al, 1; out dx, al; hlt; jmp $
+        assert_eq!(stub, [0xba, 0x02, 0x06, 0xb0, 0x01, 0xee, 0xf4, 0xeb, 0xfe]);
     }
 
     #[test]

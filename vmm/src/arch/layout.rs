@@ -82,8 +82,13 @@ pub const MPTABLE_START: u64 = EBDA_START;
 pub const ACPI_START: u64 = 0xe_0000;
 /// Guest-physical address of the RSDP.
 pub const RSDP_ADDR: u64 = ACPI_START;
-/// End (exclusive) of the area the ACPI tables may use.
-pub const ACPI_END: u64 = HIMEM_START;
+/// The x86 reset vector in real mode (`f000:fff0`). A hardware-reduced
+/// Linux without `reboot=k` ends its reboot attempts with a jump here (its
+/// EFI reboot is skipped, then it "returns to the BIOS"); a small stub there
+/// writes the ACPI reset register instead ([`crate::arch::acpi`]).
+pub const RESET_VECTOR_ADDR: u64 = 0xf_fff0;
+/// End (exclusive) of the area the ACPI tables may use: the reset vector.
+pub const ACPI_END: u64 = RESET_VECTOR_ADDR;
 
 /// First byte above the legacy first megabyte: kernels and bare-metal images
 /// are loaded at or above it.
@@ -125,7 +130,8 @@ const _: () = assert!(ZERO_PAGE_ADDR + 0x1000 <= LINUX_BOOT_STACK);
 const _: () = assert!(LINUX_BOOT_STACK < PML4_ADDR);
 const _: () = assert!(PAGE_TABLES_END <= CMDLINE_ADDR);
 const _: () = assert!(CMDLINE_ADDR + CMDLINE_CAPACITY as u64 <= EBDA_START);
-const _: () = assert!(EBDA_START < ACPI_START && ACPI_START < ACPI_END && ACPI_END <= HIMEM_START);
+const _: () = assert!(EBDA_START < ACPI_START && ACPI_START < ACPI_END && ACPI_END <= RESET_VECTOR_ADDR);
+const _: () = assert!(RESET_VECTOR_ADDR + 16 == HIMEM_START);
 const _: () = assert!(IDENTITY_MAP_SIZE == MMIO_GAP_END);
 const _: () = assert!(KVM_TSS_ADDR >= MMIO_GAP_START && KVM_TSS_ADDR + 3 * 0x1000 <= MMIO_GAP_END);
 
