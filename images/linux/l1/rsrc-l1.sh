@@ -1,6 +1,7 @@
 # Helpers for the scenario scripts that run in L1 (sourced by /scenario/run.sh).
 # Knobs (set them before calling): L2_VCPUS (1), L2_MEM (256 MiB),
-# VMM_TIMEOUT (seconds before the VMM gets SIGINT; it still writes its report).
+# VMM_TIMEOUT (seconds before the VMM gets SIGINT; it still writes its report),
+# L2_CMDLINE_EXTRA (appended to L2's kernel command line).
 L2_VCPUS=${L2_VCPUS:-1}
 L2_MEM=${L2_MEM:-256}
 VMM_TIMEOUT=${VMM_TIMEOUT:-300}
@@ -13,7 +14,7 @@ uptime_s() { read up _ < /proc/uptime; echo "$up"; }
 run_l2() {
     local w=$1
     shift
-    local cmdline="console=ttyS0 reboot=k panic=1 pci=off i8042.noaux loglevel=4 rsrc.workload=$w"
+    local cmdline="console=ttyS0 reboot=k panic=1 pci=off i8042.noaux loglevel=4 rsrc.workload=$w${L2_CMDLINE_EXTRA:+ $L2_CMDLINE_EXTRA}"
     echo "RSRC-L1: vmm start (workload $w, $L2_VCPUS vCPU(s)), uptime $(uptime_s) s"
     { timeout -s INT "$VMM_TIMEOUT" /bin/resourceful run --kernel /l2/vmlinuz --initrd /l2/initramfs \
         --mem-mib "$L2_MEM" --vcpus "$L2_VCPUS" --report-json /results/report.json \

@@ -303,6 +303,8 @@ pub struct Scenario {
     pub vmm_timeout_s: u64,
     /// Seconds before QEMU is killed.
     pub qemu_timeout_s: u64,
+    /// Appended to L2's kernel command line (default: `$RSRC_LINUX_L2_CMDLINE`).
+    pub l2_cmdline_extra: String,
 }
 
 impl Scenario {
@@ -314,6 +316,7 @@ impl Scenario {
             l2_vcpus: 1,
             vmm_timeout_s: 240,
             qemu_timeout_s: 420,
+            l2_cmdline_extra: std::env::var("RSRC_LINUX_L2_CMDLINE").unwrap_or_default(),
         }
     }
 }
@@ -486,8 +489,11 @@ pub fn run(scenario: &Scenario) -> Outcome {
     fs::create_dir_all(dir.join("results")).expect("create the run directory");
 
     let script = format!(
-        "L2_VCPUS={}\nVMM_TIMEOUT={}\n. /lib/rsrc-l1.sh\n{}",
-        scenario.l2_vcpus, scenario.vmm_timeout_s, scenario.script
+        "L2_VCPUS={}\nVMM_TIMEOUT={}\nL2_CMDLINE_EXTRA='{}'\n. /lib/rsrc-l1.sh\n{}",
+        scenario.l2_vcpus,
+        scenario.vmm_timeout_s,
+        scenario.l2_cmdline_extra.replace('\'', ""),
+        scenario.script
     );
     let mut initrd = fs::read(&images.l1_initramfs).expect("read L1's initramfs");
     initrd.extend(newc(&[
