@@ -14,7 +14,12 @@ uptime_s() { read up _ < /proc/uptime; echo "$up"; }
 run_l2() {
     local w=$1
     shift
-    local cmdline="console=ttyS0 reboot=k panic=1 pci=off i8042.noaux loglevel=4 rsrc.workload=$w${L2_CMDLINE_EXTRA:+ $L2_CMDLINE_EXTRA}"
+    # Emulation: L2 cannot calibrate its TSC (no working PIT timing, and the
+    # hardware-reduced ACPI platform has no PIT, HPET or PM timer), and with no
+    # tick it stops in calibrate_delay. Tell it L1's TSC rate, which it shares.
+    local khz
+    khz=$(dmesg | sed -n 's/.*tsc: Detected \([0-9]*\)\.\([0-9][0-9][0-9]\).*MHz.*/\1\2/p' | head -1)
+    local cmdline="console=ttyS0 reboot=k panic=1 pci=off i8042.noaux loglevel=4 rsrc.workload=$w${khz:+ tsc_early_khz=$khz}${L2_CMDLINE_EXTRA:+ $L2_CMDLINE_EXTRA}"
     echo "RSRC-L1: vmm start (workload $w, $L2_VCPUS vCPU(s)), uptime $(uptime_s) s"
     { timeout -s INT "$VMM_TIMEOUT" /bin/resourceful run --kernel /l2/vmlinuz --initrd /l2/initramfs \
         --mem-mib "$L2_MEM" --vcpus "$L2_VCPUS" --report-json /results/report.json \

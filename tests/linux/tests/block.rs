@@ -8,7 +8,10 @@
 //! request the device served, which also includes the kernel's own I/O
 //! (partition scan at probe, mke2fs, the file system's metadata, flushes), so
 //! it is asserted >= the workload's numbers, and == the guest block layer's
-//! totals at the end of the workload (nothing touches the disk afterwards).
+//! totals at the end of the workload (nothing touches the disk afterwards):
+//! reads, bytes and flushes exactly, write requests within the guest's
+//! flushes (a data-less write with a preflush is a write to the guest's
+//! counters and only a flush to the device).
 
 use linux_e2e::{run, scenario_script, u64_at, Outcome, Scenario};
 
@@ -39,9 +42,16 @@ fn block_io_is_charged_with_exact_direct_counts() {
     eprintln!("linux-e2e block: report block {}", r["totals"]["block"]);
 
     // The workload's direct phase, in the guest's own counters: exact.
+    // 8 x 64 KiB: the bytes are exact; the request count is not, because the
+    // device offers no VIRTIO_BLK_F_SEG_MAX, so Linux sends one segment per
+    // request and a 64 KiB buffer goes as several requests (seen: 112).
     out.check(
-        writes[2] - before[2] == 8 && writes[3] - before[3] == 8 * 128,
-        "8 direct writes of 64 KiB",
+        writes[3] - before[3] == 8 * 128,
+        "8 direct writes of 64 KiB: 1024 sectors",
+    );
+    out.check(
+        writes[2] - before[2] >= 8,
+        "8 direct writes of 64 KiB: at least 8 requests",
     );
     out.check(
         reads[0] - writes[0] == 16 && reads[1] - writes[1] == 16 * 8,
@@ -89,11 +99,16 @@ fn block_io_is_charged_with_exact_direct_counts() {
         end[1] * 512,
         "report bytes read == the guest's sectors read x 512"
     );
-    assert_eq!(
+    // The guest counts a data-less write that carries a preflush as a write
+    // (and a flush); the device sees only the flush. So: between the two.
+    assert!(
+        b("writes") <= end[2] && b("writes") + end[4] >= end[2],
+        "report writes {} vs the guest's {} writes and {} flushes",
         b("writes"),
         end[2],
-        "report writes == the guest block layer's completed writes"
+        end[4]
     );
+    assert_eq!(b("flushes"), end[4], "report flushes == the guest's flushes");
     assert_eq!(
         b("bytes_written"),
         end[3] * 512,
