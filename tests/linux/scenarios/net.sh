@@ -3,7 +3,9 @@
 tunctl -t rsrc0 > /dev/null
 ip addr add 172.16.0.1/24 dev rsrc0
 ip link set rsrc0 up
-timeout 280 nc -l -p 7000 > /results/nc-received 2>/results/nc-stderr.txt &
+# The server's stdin stays open (a sleep): on EOF there busybox nc half-closes,
+# and the client then exits before it has sent everything.
+sleep 280 | timeout 280 nc -l -p 7000 > /results/nc-received 2>/results/nc-stderr.txt &
 run_l2 net --net tap=rsrc0
 sleep 1
 echo "received-bytes $(wc -c < /results/nc-received)" > /results/l1.txt
