@@ -27,7 +27,7 @@ use devices::virtio::Charger;
 use devices::virtio::{MmioTransport, VirtioDevice, MMIO_LEN};
 use devices::{Bus, BusError};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -643,9 +643,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let (pio, mmio) = (Arc::new(devices.pio), Arc::new(devices.mmio));
     let io_stats = Arc::new(IoStats::default());
 
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("list supported CPUID"))?;
+    let cpuid = arch::HostCpuid::read(&kvm).map_err(kvm_err("list supported CPUID"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let (events_tx, events_rx) = mpsc::channel();
     let mut vcpus = Vec::with_capacity(nr_vcpus);

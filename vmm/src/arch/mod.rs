@@ -22,7 +22,7 @@ pub mod regs;
 pub mod vm;
 
 pub use acpi::{create_acpi_tables, AcpiDevices, AcpiError, VirtioMmioSlot};
-pub use cpuid::{patch_cpuid, CpuidError};
+pub use cpuid::{patch_cpuid, CpuidError, HostCaps, HostCpuid};
 pub use gdt::{write_gdt_and_idt, write_tss, GdtError};
 pub use memory::{create_guest_memory, ram_below_gap, ram_regions, MemoryError};
 pub use mptable::{setup_mptable, MptableError};

@@ -18,13 +18,12 @@
 //! from the pure functions below, which the tests check one by one.
 
 use kvm_bindings::{
-    kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs, CpuId, Msrs,
-    KVM_MP_STATE_RUNNABLE,
+    kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs, KVM_MP_STATE_RUNNABLE,
 };
 use kvm_ioctls::VcpuFd;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::cpuid::{patch_cpuid, CpuidError};
+use super::cpuid::{CpuidError, HostCpuid};
 use super::gdt::{
     kvm_segment_from_gdt, GDT, GDT_LIMIT, KERNEL_CODE_INDEX, KERNEL_DATA_INDEX, TSS_INDEX, USER_CODE_INDEX,
     USER_DATA_INDEX,
@@ -321,10 +320,23 @@ fn with_delivery_mode(reg: u32, mode: u32) -> u32 {
     (reg & !0x700) | (mode << 8)
 }
 
-/// Wires LINT0 as ExtINT (the PIC) and LINT1 as NMI, as a BIOS would.
-pub fn lapic_with_lint(mut lapic: kvm_lapic_state) -> kvm_lapic_state {
-    let lint0 = lapic_reg(&lapic, APIC_LVT0);
-    set_lapic_reg(&mut lapic, APIC_LVT0, with_delivery_mode(lint0, APIC_MODE_EXTINT));
+/// LVT mask bit.
+const APIC_LVT_MASKED: u32 = 1 << 16;
+
+/// Wires the LINT pins as a BIOS does in virtual-wire mode (MP spec 3.6.2):
+/// on the bootstrap processor LINT0 is ExtINT (the 8259 PIC's output),
+/// unmasked; on an application processor it is ExtINT but masked, so that
+/// only the BSP ever takes a PIC interrupt (KVM offers the PIC's output to
+/// every vCPU whose LINT0 accepts ExtINT). LINT1 is NMI everywhere. This is
+/// also what KVM's own reset does for the BSP.
+pub fn lapic_with_lint(mut lapic: kvm_lapic_state, bsp: bool) -> kvm_lapic_state {
+    let lint0 = with_delivery_mode(lapic_reg(&lapic, APIC_LVT0), APIC_MODE_EXTINT);
+    let lint0 = if bsp {
+        lint0 & !APIC_LVT_MASKED
+    } else {
+        lint0 | APIC_LVT_MASKED
+    };
+    set_lapic_reg(&mut lapic, APIC_LVT0, lint0);
     let lint1 = lapic_reg(&lapic, APIC_LVT1);
     set_lapic_reg(&mut lapic, APIC_LVT1, with_delivery_mode(lint1, APIC_MODE_NMI));
     lapic
@@ -351,7 +363,7 @@ fn set_msrs(vcpu: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), RegsError> {
 pub fn configure_vcpu(
     vcpu: &VcpuFd,
     mem: &GuestMemoryMmap,
-    supported_cpuid: &CpuId,
+    host_cpuid: &HostCpuid,
     vcpu_id: u8,
     nr_vcpus: u8,
     mode: &BootMode,
@@ -383,7 +395,7 @@ pub fn configure_vcpu(
         }
     }
 
-    let cpuid = patch_cpuid(supported_cpuid, vcpu_id, nr_vcpus)?;
+    let cpuid = host_cpuid.for_vcpu(vcpu_id, nr_vcpus)?;
     vcpu.set_cpuid2(&cpuid)
         .map_err(|source| RegsError::SetCpuid { vcpu_id, source })?;
 
@@ -407,7 +419,7 @@ pub fn configure_vcpu(
         match mode {
             BootMode::Linux64 { .. } => {
                 let lapic = vcpu.get_lapic().map_err(ioctl("read the local APIC"))?;
-                vcpu.set_lapic(&lapic_with_lint(lapic))
+                vcpu.set_lapic(&lapic_with_lint(lapic, vcpu_id == 0))
                     .map_err(ioctl("write the local APIC"))?;
             }
             // With an in-kernel LAPIC, KVM parks every vCPU but the first in
@@ -534,9 +546,18 @@ mod tests {
         let mut lapic = kvm_lapic_state::default();
         set_lapic_reg(&mut lapic, APIC_LVT0, 0x0001_0700);
         set_lapic_reg(&mut lapic, APIC_LVT1, 0x0001_0000);
-        let lapic = lapic_with_lint(lapic);
-        assert_eq!(lapic_reg(&lapic, APIC_LVT0), 0x0001_0700);
-        assert_eq!(lapic_reg(&lapic, APIC_LVT1), 0x0001_0400);
+        let bsp = lapic_with_lint(lapic, true);
+        assert_eq!(lapic_reg(&bsp, APIC_LVT0), 0x0000_0700);
+        assert_eq!(lapic_reg(&bsp, APIC_LVT1), 0x0001_0400);
+    }
+
+    /// Only the BSP takes the 8259's interrupts: an AP with an unmasked
+    /// ExtINT would race the BSP for the same PIC vector.
+    #[test]
+    fn ap_lint0_extint_is_masked() {
+        let ap = lapic_with_lint(kvm_lapic_state::default(), false);
+        assert_eq!(lapic_reg(&ap, APIC_LVT0), 0x0001_0700);
+        assert_eq!(lapic_reg(&ap, APIC_LVT1), 0x0000_0400);
     }
 
     /// The Linux start state is accepted by the real KVM (needs `/dev/kvm`). Running a kernel needs hardware
@@ -547,9 +568,7 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap();
         let vm = kvm.create_vm().unwrap();
         crate::arch::setup_vm(&vm, true).unwrap();
-        let cpuid = kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .unwrap();
+        let cpuid = HostCpuid::read(&kvm).unwrap();
         let vcpu = vm.create_vcpu(0).unwrap();
         let mode = BootMode::Linux64 {
             entry: GuestAddress(0x100_0000),
@@ -579,7 +598,10 @@ mod tests {
             entry: GuestAddress(0x100_0000),
             boot_params: GuestAddress(layout::ZERO_PAGE_ADDR),
         };
-        let cpuid = CpuId::new(0).unwrap();
+        let cpuid = HostCpuid {
+            supported: kvm_bindings::CpuId::new(0).unwrap(),
+            caps: Default::default(),
+        };
         assert!(matches!(
             configure_vcpu(&vcpu, &mem, &cpuid, 0, 1, &mode, false),
             Err(RegsError::EntryOutsideRam(0x100_0000))

@@ -497,7 +497,7 @@ mod tests {
     /// registers.
     fn boot_on_real_kvm(with_irqchip: bool, nr_vcpus: u8) {
         use crate::arch::{configure_vcpu, setup_vm};
-        use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+        use kvm_bindings::kvm_userspace_memory_region;
         use kvm_ioctls::{Kvm, VcpuExit};
         use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
@@ -542,7 +542,7 @@ mod tests {
             // outlives the VM in this test.
             unsafe { vm.set_user_memory_region(region_desc) }.unwrap();
         }
-        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+        let cpuid = crate::arch::HostCpuid::read(&kvm).unwrap();
         for id in 0..nr_vcpus {
             let mut vcpu = vm.create_vcpu(u64::from(id)).unwrap();
             configure_vcpu(&vcpu, &mem, &cpuid, id, nr_vcpus, &plan.mode, with_irqchip).unwrap();
