@@ -45,6 +45,11 @@ pub struct VmInfo {
     pub accounting: bool,
     /// Guest port or MMIO accesses that hit no device.
     pub unhandled_io: u64,
+    /// Where those accesses went, by address (ascending; at most
+    /// [`UNHANDLED_IO_SITES`] addresses, the first ones seen; the rest are
+    /// counted in `unhandled_io` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unhandled_io_sites: Vec<UnhandledIoSite>,
     /// Bytes of guest RAM resident in the host when the VM ended (pages the
     /// guest or the loader touched), so the VMM's own memory can be told
     /// apart from the guest's.
@@ -52,6 +57,22 @@ pub struct VmInfo {
     /// Peak resident memory of the VMM process (`VmHWM`), guest RAM it
     /// touched included; minus `guest_resident_bytes` it is the VMM's own.
     pub vmm_peak_rss_bytes: u64,
+}
+
+/// How many distinct addresses [`VmInfo::unhandled_io_sites`] lists.
+pub const UNHANDLED_IO_SITES: usize = 32;
+
+/// Accesses to one address that hit no device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct UnhandledIoSite {
+    /// `pio` (an I/O port) or `mmio`.
+    pub space: String,
+    /// The port or guest-physical address.
+    pub addr: u64,
+    /// Reads (they returned all-ones).
+    pub reads: u64,
+    /// Writes (they were dropped).
+    pub writes: u64,
 }
 
 /// Charges in report form. The JSON is sparse: reasons without exits and

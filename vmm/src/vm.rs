@@ -554,6 +554,7 @@ fn start_api(
     let info = move || VmInfo {
         wall_ns: u64::try_from(booted.elapsed().as_nanos()).unwrap_or(u64::MAX),
         unhandled_io: io_stats.unhandled.load(Ordering::Relaxed),
+        unhandled_io_sites: io_stats.sites(),
         ..base.clone()
     };
     Ok(ApiServer::start(
@@ -788,6 +789,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         wall_ns,
         accounting: config.accounting,
         unhandled_io: io_stats.unhandled.load(Ordering::Relaxed),
+        unhandled_io_sites: io_stats.sites(),
         guest_resident_bytes: resident_bytes(&mem),
         vmm_peak_rss_bytes: peak_rss_bytes(),
     };

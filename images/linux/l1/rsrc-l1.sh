@@ -14,16 +14,14 @@ uptime_s() { read up _ < /proc/uptime; echo "$up"; }
 run_l2() {
     local w=$1
     shift
-    # Emulation: L2 cannot calibrate its TSC (no working PIT timing, and the
-    # hardware-reduced ACPI platform has no PIT, HPET or PM timer), and with no
-    # tick it stops in calibrate_delay. Tell it L1's TSC rate, which it shares.
-    local khz
-    khz=$(dmesg | sed -n 's/.*tsc: Detected \([0-9]*\)\.\([0-9][0-9][0-9]\).*MHz.*/\1\2/p' | head -1)
-    local cmdline="console=ttyS0 reboot=k panic=1 pci=off i8042.noaux loglevel=4 rsrc.workload=$w${khz:+ tsc_early_khz=$khz}${L2_CMDLINE_EXTRA:+ $L2_CMDLINE_EXTRA}"
+    # L2_DEFAULT_CMDLINE=1: no --cmdline, so the VMM's default command line
+    # boots the stock kernel (and /init runs its default workload, boot).
+    local cmdline="console=ttyS0 reboot=k panic=1 pci=off i8042.noaux loglevel=4 rsrc.workload=$w${L2_CMDLINE_EXTRA:+ $L2_CMDLINE_EXTRA}"
+    [ "${L2_DEFAULT_CMDLINE:-0}" = 1 ] && cmdline=
     echo "RSRC-L1: vmm start (workload $w, $L2_VCPUS vCPU(s)), uptime $(uptime_s) s"
     { timeout -s INT "$VMM_TIMEOUT" /bin/resourceful run --kernel /l2/vmlinuz --initrd /l2/initramfs \
         --mem-mib "$L2_MEM" --vcpus "$L2_VCPUS" --report-json /results/report.json \
-        --cmdline "$cmdline" "$@" 2>/results/vmm-stderr.txt
+        ${cmdline:+--cmdline "$cmdline"} "$@" 2>/results/vmm-stderr.txt
       echo $? > /tmp/vmm.rc; } | tee /results/l2-console.txt
     echo "RSRC-L1: vmm end rc=$(cat /tmp/vmm.rc), uptime $(uptime_s) s"
     cp /tmp/vmm.rc /results/vmm.rc

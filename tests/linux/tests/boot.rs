@@ -1,4 +1,6 @@
-//! Scenario 1: boot L2 to /init and power off, with 1 and with 2 vCPUs.
+//! Scenario 1: boot L2 to /init with the VMM's default command line and power
+//! off, with 1 and with 2 vCPUs: every vCPU online and every virtio device
+//! (net, block, vsock) found through ACPI alone.
 
 use linux_e2e::{run, scenario_script, Scenario};
 
@@ -12,6 +14,21 @@ fn boot(vcpus: u32) {
     out.check(
         cpus == vcpus,
         &format!("L2 saw {cpus} CPU(s), the VM has {vcpus}"),
+    );
+    let online = out.l2_value("RSRC-L2: online ");
+    let want = if vcpus == 1 {
+        "0".to_string()
+    } else {
+        format!("0-{}", vcpus - 1)
+    };
+    out.check(
+        online == want,
+        &format!("L2's online CPUs are {online}, want {want}"),
+    );
+    let devices = out.l2_value("RSRC-L2: virtio devices ");
+    out.check(
+        devices == "1 2 19",
+        &format!("L2 found virtio devices {devices:?}, want net, block and vsock (\"1 2 19\")"),
     );
 }
 

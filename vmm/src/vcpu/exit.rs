@@ -4,6 +4,7 @@
 //! exit for accounting, and says whether the VM goes on. It touches no vCPU
 //! state, so it is unit-tested directly with hand-made exits.
 
+use accounting::report::{UnhandledIoSite, UNHANDLED_IO_SITES};
 use accounting::resource::ExitReason;
 use accounting::warn_rl;
 use devices::{Bus, VmAction};
@@ -90,10 +91,58 @@ pub enum ExitAction {
 pub struct IoStats {
     /// Port or MMIO accesses with no device behind them.
     pub unhandled: std::sync::atomic::AtomicU64,
+    /// Per address: `(mmio, addr) -> (reads, writes)`, for the first
+    /// [`UNHANDLED_IO_SITES`] addresses seen (bounded whatever the guest does).
+    sites: std::sync::Mutex<std::collections::BTreeMap<(bool, u64), (u64, u64)>>,
 }
 
-fn unhandled(stats: &IoStats, what: &str, addr: u64, len: usize) {
-    stats.unhandled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+impl IoStats {
+    /// Counts one access to `addr` that hit no device.
+    pub fn record(&self, mmio: bool, write: bool, addr: u64) {
+        self.unhandled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut sites = self
+            .sites
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let full = sites.len() >= UNHANDLED_IO_SITES;
+        let entry = match sites.get_mut(&(mmio, addr)) {
+            Some(e) => e,
+            None if full => return,
+            None => sites.entry((mmio, addr)).or_default(),
+        };
+        if write {
+            entry.1 += 1;
+        } else {
+            entry.0 += 1;
+        }
+    }
+
+    /// The listed addresses, ports first, each in ascending order.
+    pub fn sites(&self) -> Vec<UnhandledIoSite> {
+        let sites = self
+            .sites
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        sites
+            .iter()
+            .map(|(&(mmio, addr), &(reads, writes))| UnhandledIoSite {
+                space: if mmio { "mmio" } else { "pio" }.into(),
+                addr,
+                reads,
+                writes,
+            })
+            .collect()
+    }
+}
+
+fn unhandled(stats: &IoStats, mmio: bool, write: bool, addr: u64, len: usize) {
+    stats.record(mmio, write, addr);
+    let what = match (mmio, write) {
+        (false, false) => "port read",
+        (false, true) => "port write",
+        (true, false) => "MMIO read",
+        (true, true) => "MMIO write",
+    };
     warn_rl!("guest {what} of {len} bytes at {addr:#x}: no device there");
 }
 
@@ -111,27 +160,27 @@ pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus, stats: &IoStats) -
     match exit {
         VcpuExit::IoIn(port, data) => {
             if pio.read(u64::from(port), data).is_err() {
-                unhandled(stats, "port read", u64::from(port), data.len());
+                unhandled(stats, false, false, u64::from(port), data.len());
             }
             (ExitReason::PortIn, ExitAction::Continue)
         }
         VcpuExit::IoOut(port, data) => match pio.write(u64::from(port), data) {
             Ok(action) => (ExitReason::PortOut, stop_on(action)),
             Err(_) => {
-                unhandled(stats, "port write", u64::from(port), data.len());
+                unhandled(stats, false, true, u64::from(port), data.len());
                 (ExitReason::PortOut, ExitAction::Continue)
             }
         },
         VcpuExit::MmioRead(addr, data) => {
             if mmio.read(addr, data).is_err() {
-                unhandled(stats, "MMIO read", addr, data.len());
+                unhandled(stats, true, false, addr, data.len());
             }
             (ExitReason::MmioRead, ExitAction::Continue)
         }
         VcpuExit::MmioWrite(addr, data) => match mmio.write(addr, data) {
             Ok(action) => (ExitReason::MmioWrite, stop_on(action)),
             Err(_) => {
-                unhandled(stats, "MMIO write", addr, data.len());
+                unhandled(stats, true, true, addr, data.len());
                 (ExitReason::MmioWrite, ExitAction::Continue)
             }
         },
@@ -237,7 +286,41 @@ mod tests {
         );
         handle_exit(VcpuExit::IoOut(0x1234, &[0]), &pio, &mmio, &stats);
         handle_exit(VcpuExit::MmioWrite(0x10, &[0]), &pio, &mmio, &stats);
-        assert_eq!(stats.unhandled.load(Ordering::Relaxed), 3);
+        handle_exit(VcpuExit::IoOut(0x1234, &[0]), &pio, &mmio, &stats);
+        assert_eq!(stats.unhandled.load(Ordering::Relaxed), 4);
+        let site = |space: &str, addr, reads, writes| UnhandledIoSite {
+            space: space.into(),
+            addr,
+            reads,
+            writes,
+        };
+        assert_eq!(
+            stats.sites(),
+            [
+                site("pio", 0x1234, 0, 2),
+                site("mmio", 0x10, 0, 1),
+                site("mmio", 0xe000_0000, 1, 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn unhandled_sites_are_bounded_and_keep_counting_the_listed_ones() {
+        let (pio, mmio) = buses();
+        let stats = IoStats::default();
+        for port in 0x1000..0x1000 + 1000u16 {
+            handle_exit(VcpuExit::IoOut(port, &[0]), &pio, &mmio, &stats);
+        }
+        let mut data = [0u8; 1];
+        handle_exit(VcpuExit::IoIn(0x1000, &mut data), &pio, &mmio, &stats);
+        assert_eq!(stats.unhandled.load(Ordering::Relaxed), 1001);
+        let sites = stats.sites();
+        assert_eq!(sites.len(), UNHANDLED_IO_SITES);
+        assert_eq!((sites[0].addr, sites[0].reads, sites[0].writes), (0x1000, 1, 1));
+        assert_eq!(
+            sites.last().map(|s| s.addr),
+            Some(0x1000 + UNHANDLED_IO_SITES as u64 - 1)
+        );
     }
 
     #[test]
