@@ -43,6 +43,20 @@ pub struct VmInfo {
     pub wall_ns: u64,
     /// Whether exits were charged (false only for overhead measurements).
     pub accounting: bool,
+    /// How `guest_run_ns` was measured: `kvm_run_minus_halts` (time in
+    /// `KVM_RUN` minus KVM's halt polling and waiting, from its binary
+    /// statistics), `kvm_run_minus_ended_halts` (the same on a KVM without
+    /// the `blocking` flag: a halt is charged until it ends),
+    /// `kvm_run_halts_included` (no statistics: halted time counts as run
+    /// time); empty with accounting off.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub guest_run_source: String,
+    /// Time the vCPUs were halted inside `KVM_RUN` (polling or waiting),
+    /// left out of `guest_run_ns`, all vCPUs, ns.
+    pub vcpu_halted_ns: u64,
+    /// Time APs spent in `KVM_RUN` before the guest started them (INIT/SIPI),
+    /// left out of `guest_run_ns`, all vCPUs, ns.
+    pub vcpu_unstarted_ns: u64,
     /// Guest port or MMIO accesses that hit no device.
     pub unhandled_io: u64,
     /// Where those accesses went, by address (ascending; at most

@@ -116,6 +116,18 @@ fn guest_run_time_is_sampled_to_the_current_container_and_conserved() {
         a + b
     );
     assert_eq!(run.report.vcpus[0].charges.guest_run_ns, total);
+    // A polling guest never halts, and its one vCPU starts running at once:
+    // nothing is left out of its run time.
+    assert_eq!(run.report.vm.guest_run_source, "kvm_run_minus_halts");
+    assert_eq!(
+        (run.report.vm.vcpu_halted_ns, run.report.vm.vcpu_unstarted_ns),
+        (0, 0)
+    );
+    assert!(
+        total <= run.report.vm.wall_ns,
+        "run {total} ns within wall {} ns",
+        run.report.vm.wall_ns
+    );
     assert_eq!(run.container("cpu-a").provenance.guest_run, Provenance::Sampled);
     assert_eq!(run.counts_of("cpu-a"), [0; 5]);
     assert_eq!(run.counts_of("cpu-b"), [0; 5]);
@@ -138,4 +150,8 @@ fn accounting_off_charges_nothing_but_runs_the_same_guest() {
     assert_eq!(run.end, vmm::vcpu::exit::VmEnd::GuestExit(0));
     assert_eq!(run.report.totals.exits_total.count, 0);
     assert!(!run.report.vm.accounting);
+    assert_eq!(
+        run.report.vm.guest_run_source, "",
+        "nothing measured, no source claimed"
+    );
 }

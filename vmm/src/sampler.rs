@@ -1,9 +1,17 @@
 //! The run-time sampler: guest run time per principal, and the timer drain
 //! of the declaration ring.
 //!
-//! Every `interval` the sampler reads each vCPU's cumulative run time (exact,
-//! stamped around `KVM_RUN` by the vCPU thread) and the vCPU's tag slot, and
-//! charges the run time accrued since its last sample to that tag. The
+//! Every `interval` the sampler reads each vCPU's cumulative run time and
+//! the vCPU's tag slot, and charges the run time accrued since its last
+//! sample to that tag. A vCPU's run time is its time inside `KVM_RUN`
+//! (stamped around the ioctl by the vCPU thread; an AP's wait for INIT/SIPI
+//! is left out there) minus the time KVM spent polling and waiting in the
+//! guest's halts ([`HaltStats`]). KVM counts a halt when it ends, so while a
+//! vCPU is blocked (`blocking`) its sample is put off until the halt is
+//! counted; where KVM has no binary statistics, halts count as run time and
+//! the report says so (`vm.guest_run_source`). The charged total only grows:
+//! a halt that KVM polled for when a sample was taken (at most KVM's
+//! `halt_poll_ns`, 200 us by default) may stay charged as run time. The
 //! attribution is statistical (provenance `sampled`: work between two samples
 //! goes to whoever was current at the second), but the amounts are exact:
 //! the sum over principals equals the vCPUs' measured run time, because each
@@ -18,43 +26,106 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use accounting::ledger::Writer;
+use accounting::warn_rl;
 use devices::acct::{TagReader, TagRegion};
 
+use crate::vcpu::kvmstats::HaltStats;
 use crate::vcpu::VcpuShared;
+
+/// How guest run time was measured, for the report's `vm.guest_run_source`.
+pub const RUN_SOURCE_EXACT: &str = "kvm_run_minus_halts";
+/// As [`RUN_SOURCE_EXACT`], but KVM has no `blocking` flag (before Linux
+/// 5.16): a halt in progress is charged as run time until it ends.
+pub const RUN_SOURCE_NO_BLOCKING: &str = "kvm_run_minus_ended_halts";
+/// KVM has no binary statistics: halted time is charged as run time.
+pub const RUN_SOURCE_WITH_HALTS: &str = "kvm_run_halts_included";
+
+/// One vCPU as the sampler sees it.
+struct Sampled {
+    shared: Arc<VcpuShared>,
+    reader: TagReader,
+    stats: Option<HaltStats>,
+    /// Run time charged so far.
+    charged: u64,
+    /// Halted time at the last sample.
+    halted: u64,
+}
 
 /// The sampler's state.
 pub struct Sampler {
     writer: Writer,
-    readers: Vec<TagReader>,
-    vcpus: Vec<Arc<VcpuShared>>,
-    last: Vec<u64>,
+    vcpus: Vec<Sampled>,
 }
 
 impl Sampler {
-    /// A sampler charging through `writer` for the given vCPUs.
-    pub fn new(writer: Writer, region: &Arc<TagRegion>, vcpus: Vec<Arc<VcpuShared>>) -> Self {
-        let readers = (0..vcpus.len()).map(|i| region.reader(i)).collect();
-        let last = vec![0; vcpus.len()];
-        Self {
-            writer,
-            readers,
-            vcpus,
-            last,
+    /// A sampler charging through `writer` for the given vCPUs; `stats[i]`
+    /// is vCPU i's halt counters, `None` where KVM has none.
+    pub fn new(
+        writer: Writer,
+        region: &Arc<TagRegion>,
+        vcpus: Vec<Arc<VcpuShared>>,
+        stats: Vec<Option<HaltStats>>,
+    ) -> Self {
+        let mut stats = stats.into_iter();
+        let vcpus = vcpus
+            .into_iter()
+            .enumerate()
+            .map(|(i, shared)| Sampled {
+                shared,
+                reader: region.reader(i),
+                stats: stats.next().flatten(),
+                charged: 0,
+                halted: 0,
+            })
+            .collect();
+        Self { writer, vcpus }
+    }
+
+    /// How run time is measured (the weakest of the vCPUs').
+    pub fn source(&self) -> &'static str {
+        if self.vcpus.iter().any(|v| v.stats.is_none()) {
+            RUN_SOURCE_WITH_HALTS
+        } else if self
+            .vcpus
+            .iter()
+            .any(|v| v.stats.as_ref().is_some_and(|s| !s.sees_blocking()))
+        {
+            RUN_SOURCE_NO_BLOCKING
+        } else {
+            RUN_SOURCE_EXACT
         }
+    }
+
+    /// Halted time left out of run time so far, all vCPUs, ns.
+    pub fn halted_ns(&self) -> u64 {
+        self.vcpus.iter().map(|v| v.halted).sum()
     }
 
     /// One sample of every vCPU, and a drain of the ring.
     pub fn tick(&mut self) {
-        if let Some(r) = self.readers.first_mut() {
-            r.drain(self.writer.accounting());
+        if let Some(v) = self.vcpus.first_mut() {
+            v.reader.drain(self.writer.accounting());
         }
         let now = self.writer.accounting().now_ns();
-        for i in 0..self.vcpus.len() {
-            let total = self.vcpus[i].clock.read(now);
-            if total > self.last[i] {
-                let delta = total - self.last[i];
-                self.last[i] = total;
-                let tag = self.readers[i].tag();
+        for (i, v) in self.vcpus.iter_mut().enumerate() {
+            // The clock first: a halt that ends after it is subtracted a
+            // little early (caught up next time), never charged.
+            let in_run = v.shared.clock.read(now);
+            if let Some(stats) = &v.stats {
+                match stats.read() {
+                    // Not counted yet: wait until it is.
+                    Ok(h) if h.blocking => continue,
+                    Ok(h) => v.halted = h.halted_ns,
+                    Err(e) => {
+                        warn_rl!("vCPU {i}: KVM statistics unreadable ({e}); its last halted time stands")
+                    }
+                }
+            }
+            let run = in_run.saturating_sub(v.halted);
+            if run > v.charged {
+                let delta = run - v.charged;
+                v.charged = run;
+                let tag = v.reader.tag();
                 self.writer.charge_run(i, tag, delta);
             }
         }

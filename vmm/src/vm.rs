@@ -42,6 +42,7 @@ use crate::config::{
 };
 use crate::sampler::Sampler;
 use crate::vcpu::exit::{IoStats, VmEnd};
+use crate::vcpu::kvmstats::HaltStats;
 use crate::vcpu::{self, Vcpu, VcpuShared};
 
 /// Set from a SIGINT/SIGTERM handler to stop the running VM cleanly.
@@ -648,9 +649,23 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let stop = Arc::new(AtomicBool::new(false));
     let (events_tx, events_rx) = mpsc::channel();
     let mut vcpus = Vec::with_capacity(nr_vcpus);
+    let mut halt_stats = Vec::with_capacity(nr_vcpus);
     for id in 0..config.vcpus {
         let fd = vm.create_vcpu(u64::from(id)).map_err(kvm_err("create a vCPU"))?;
         arch::configure_vcpu(&fd, &mem, &cpuid, id, config.vcpus, &plan.mode, with_irqchip)?;
+        if config.accounting {
+            match HaltStats::open(&fd) {
+                Ok(s) => halt_stats.push(Some(s)),
+                Err(e) => {
+                    if id == 0 {
+                        log::warn!(
+                            "KVM binary statistics unavailable ({e}): halted time counts as guest run time"
+                        );
+                    }
+                    halt_stats.push(None);
+                }
+            }
+        }
         let id = usize::from(id);
         vcpus.push(Vcpu {
             id,
@@ -664,6 +679,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             stop: Arc::clone(&stop),
             events: events_tx.clone(),
             resume_at: None,
+            unstarted: false,
         });
     }
     drop(events_tx);
@@ -691,7 +707,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     // the baseline the overhead benchmark compares against.
     let sampler_thread = if config.accounting {
         let shared: Vec<Arc<VcpuShared>> = vcpus.iter().map(|v| Arc::clone(&v.shared)).collect();
-        let sampler = Sampler::new(acct.writer(nr_vcpus), &region, shared);
+        let sampler = Sampler::new(acct.writer(nr_vcpus), &region, shared, halt_stats);
         let interval = Duration::from_micros(config.sample_interval_us);
         let stop = Arc::clone(&sampler_stop);
         // No vCPU thread runs yet, so failing here leaves nothing behind.
@@ -707,6 +723,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let device_stop = Arc::new(AtomicBool::new(false));
     let device_thread = spawn_device_loop(devices.handlers, Arc::clone(&device_stop))?;
     let mut threads = Vec::with_capacity(nr_vcpus);
+    let unstarted: Vec<Arc<VcpuShared>> = vcpus.iter().map(|v| Arc::clone(&v.shared)).collect();
     let mut spawn_error = None;
     for v in vcpus {
         let s = Arc::clone(&v.shared);
@@ -764,13 +781,22 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     if let Some(t) = &sampler_thread {
         t.thread().unpark();
     }
+    let (mut guest_run_source, mut vcpu_halted_ns) = (String::new(), 0);
     match sampler_thread.map(std::thread::JoinHandle::join) {
         // One more tick now that the vCPUs are stopped charges the rest of
         // their run time, so the sums are exact.
-        Some(Ok(mut sampler)) => sampler.tick(),
+        Some(Ok(mut sampler)) => {
+            sampler.tick();
+            guest_run_source = sampler.source().into();
+            vcpu_halted_ns = sampler.halted_ns();
+        }
         Some(Err(_)) => log::error!("the sampler thread panicked"),
         None => {}
     }
+    let vcpu_unstarted_ns = unstarted
+        .iter()
+        .map(|u| u.unstarted_ns.load(Ordering::Relaxed))
+        .sum();
     if let Err(e) = devices.serial.lock().unwrap_or_else(|p| p.into_inner()).finish() {
         log::warn!("console output could not be flushed: {e}");
     }
@@ -788,6 +814,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         },
         wall_ns,
         accounting: config.accounting,
+        guest_run_source,
+        vcpu_halted_ns,
+        vcpu_unstarted_ns,
         unhandled_io: io_stats.unhandled.load(Ordering::Relaxed),
         unhandled_io_sites: io_stats.sites(),
         guest_resident_bytes: resident_bytes(&mem),

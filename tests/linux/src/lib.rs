@@ -466,6 +466,38 @@ impl Outcome {
             &format!("conservation broken: {}", r["conservation"]),
         );
         self.check(vm["unhandled_io"].is_u64(), "the report has no vm.unhandled_io");
+        // Run time is execution: an idle Linux halts, and what KVM counted
+        // as halted (and APs' wait to be started) is left out; all of it
+        // fits in the vCPUs' wall time.
+        let n = |v: &Value| v.as_u64().unwrap_or(0);
+        let (run, halted, unstarted) = (
+            n(&r["totals"]["guest_run_ns"]),
+            n(&vm["vcpu_halted_ns"]),
+            n(&vm["vcpu_unstarted_ns"]),
+        );
+        let wall = n(&vm["wall_ns"]).saturating_mul(n(&vm["vcpus"]));
+        eprintln!(
+            "linux-e2e: guest run {:.1} s, halted {:.1} s, unstarted {:.2} s, vCPU wall {:.1} s ({})",
+            run as f64 / 1e9,
+            halted as f64 / 1e9,
+            unstarted as f64 / 1e9,
+            wall as f64 / 1e9,
+            vm["guest_run_source"]
+        );
+        self.check(
+            vm["guest_run_source"] == "kvm_run_minus_halts",
+            &format!(
+                "run time measured as {}, want kvm_run_minus_halts",
+                vm["guest_run_source"]
+            ),
+        );
+        self.check(halted > 0, "an idle Linux halted for no time at all");
+        self.check(
+            run + halted + unstarted <= wall + wall / 100,
+            &format!(
+                "run {run} + halted {halted} + unstarted {unstarted} ns exceed the vCPUs' wall {wall} ns"
+            ),
+        );
         r
     }
 }

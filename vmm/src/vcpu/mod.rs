@@ -8,9 +8,10 @@
 //! it, through its own ledger [`Writer`].
 
 pub mod exit;
+pub mod kvmstats;
 pub mod runclock;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
@@ -42,6 +43,9 @@ pub struct VcpuShared {
     pub clock: RunClock,
     /// Set by the thread when it has left its loop for good.
     pub finished: AtomicBool,
+    /// Time this vCPU spent in `KVM_RUN` before it was started (an AP
+    /// waiting for INIT/SIPI), ns: not guest run time, so not on `clock`.
+    pub unstarted_ns: AtomicU64,
 }
 
 /// The state a vCPU thread's machine is in.
@@ -78,6 +82,10 @@ pub struct Vcpu {
     /// When the last exit's charge was taken: the next entry's timestamp,
     /// so each exit costs two clock reads, not three.
     pub resume_at: Option<u64>,
+    /// The vCPU has not been started yet (KVM's `UNINITIALIZED`: an AP
+    /// before the guest's INIT/SIPI). `KVM_RUN` then only waits, and
+    /// returns `EAGAIN` once the guest started it; the wait is not run time.
+    pub unstarted: bool,
 }
 
 impl Vcpu {
@@ -92,8 +100,16 @@ impl Vcpu {
         }
     }
 
+    /// Whether KVM holds this vCPU in wait-for-INIT/SIPI.
+    fn not_started(&self) -> bool {
+        self.fd
+            .get_mp_state()
+            .is_ok_and(|s| s.mp_state == kvm_bindings::KVM_MP_STATE_UNINITIALIZED)
+    }
+
     /// Runs the state machine until the VM stops.
     pub fn run(mut self) {
+        self.unstarted = self.writer.is_some();
         let mut reader = self.region.reader(self.id);
         let mut state = VcpuState::Running;
         while state == VcpuState::Running {
@@ -108,9 +124,15 @@ impl Vcpu {
         }
         // With accounting off nothing is timed: that is the baseline the
         // overhead benchmark compares against.
+        if self.unstarted {
+            self.unstarted = self.not_started();
+        }
+        let mut entered_at = 0;
         if let Some(w) = &self.writer {
-            let now = self.resume_at.take().unwrap_or_else(|| w.accounting().now_ns());
-            self.shared.clock.enter(now);
+            entered_at = self.resume_at.take().unwrap_or_else(|| w.accounting().now_ns());
+            if !self.unstarted {
+                self.shared.clock.enter(entered_at);
+            }
         }
         let result = self.fd.run();
         let exited_at = self.writer.as_ref().map_or(0, |w| {
@@ -118,6 +140,12 @@ impl Vcpu {
             self.shared.clock.exit(now);
             now
         });
+        if self.unstarted {
+            // Whether the guest started it is checked before the next entry.
+            self.shared
+                .unstarted_ns
+                .fetch_add(exited_at.saturating_sub(entered_at), Ordering::Relaxed);
+        }
         let exit = match result {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return VcpuState::Running,
