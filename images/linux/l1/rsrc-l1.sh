@@ -19,10 +19,24 @@ run_l2() {
     local cmdline="console=ttyS0 reboot=k panic=1 pci=off i8042.noaux loglevel=4 rsrc.workload=$w${L2_CMDLINE_EXTRA:+ $L2_CMDLINE_EXTRA}"
     [ "${L2_DEFAULT_CMDLINE:-0}" = 1 ] && cmdline=
     echo "RSRC-L1: vmm start (workload $w, $L2_VCPUS vCPU(s)), uptime $(uptime_s) s"
+    # If the VMM outlives its SIGINT by 15 s, show where its threads are in
+    # the kernel (console log level up, so the stacks reach the console).
+    ( sleep $((VMM_TIMEOUT + 15))
+      for p in $(pidof resourceful); do
+          dmesg -n 8
+          echo "RSRC-L1: vmm $p still alive after SIGINT; its threads:"
+          for t in /proc/$p/task/*; do
+              echo "RSRC-L1: thread ${t##*/} $(cat $t/comm) state $(cut -d' ' -f3 $t/stat) wchan $(cat $t/wchan)"
+              sed "s/^/RSRC-L1:   /" $t/stack 2>/dev/null
+          done
+          echo l > /proc/sysrq-trigger
+      done ) &
+    local watcher=$!
     { timeout -s INT "$VMM_TIMEOUT" /bin/resourceful run --kernel /l2/vmlinuz --initrd /l2/initramfs \
         --mem-mib "$L2_MEM" --vcpus "$L2_VCPUS" --report-json /results/report.json \
         ${cmdline:+--cmdline "$cmdline"} "$@" 2>/results/vmm-stderr.txt
       echo $? > /tmp/vmm.rc; } | tee /results/l2-console.txt
+    kill $watcher 2>/dev/null
     echo "RSRC-L1: vmm end rc=$(cat /tmp/vmm.rc), uptime $(uptime_s) s"
     cp /tmp/vmm.rc /results/vmm.rc
 }
