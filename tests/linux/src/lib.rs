@@ -466,6 +466,14 @@ impl Outcome {
             &format!("conservation broken: {}", r["conservation"]),
         );
         self.check(vm["unhandled_io"].is_u64(), "the report has no vm.unhandled_io");
+        // docs/boot.md lists what a Debian boot touches with no device (75).
+        self.check(
+            vm["unhandled_io"].as_u64().is_some_and(|n| n < 100),
+            &format!(
+                "{} unhandled port/MMIO accesses (the target is < 100): {}",
+                vm["unhandled_io"], vm["unhandled_io_sites"]
+            ),
+        );
         // Run time is execution: an idle Linux halts, and what KVM counted
         // as halted (and APs' wait to be started) is left out; all of it
         // fits in the vCPUs' wall time.

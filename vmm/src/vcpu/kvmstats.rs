@@ -177,11 +177,12 @@ impl HaltStats {
             &mut heap
         };
         self.file.read_exact_at(data, self.span.0)?;
+        // Every offset lies in the span (see `open`), at most 64 KiB long.
         let at = |off: u64| {
-            let i = (off - self.span.0) as usize;
-            let mut v = [0u8; 8];
-            v.copy_from_slice(&data[i..i + 8]);
-            u64::from_ne_bytes(v)
+            let i = usize::try_from(off - self.span.0).unwrap_or(usize::MAX);
+            data.get(i..i.saturating_add(8))
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_ne_bytes)
         };
         Ok(HaltSample {
             halted_ns: self.ns.iter().map(|&o| at(o)).fold(0u64, u64::saturating_add),
