@@ -680,6 +680,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             events: events_tx.clone(),
             resume_at: None,
             unstarted: false,
+            recent: Default::default(),
         });
     }
     drop(events_tx);

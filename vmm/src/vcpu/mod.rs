@@ -9,6 +9,7 @@
 
 pub mod exit;
 pub mod kvmstats;
+pub mod recent;
 pub mod runclock;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -86,6 +87,8 @@ pub struct Vcpu {
     /// before the guest's INIT/SIPI). `KVM_RUN` then only waits, and
     /// returns `EAGAIN` once the guest started it; the wait is not run time.
     pub unstarted: bool,
+    /// The last exits, for the log of an abnormal end.
+    pub recent: recent::RecentExits,
 }
 
 impl Vcpu {
@@ -97,6 +100,15 @@ impl Vcpu {
                 self.id, end.name(), r.rip, r.rsp, r.rflags, s.cs.selector, s.ss.selector, s.cr0, s.cr3, s.cr4, s.efer
             ),
             _ => log::error!("vCPU {} stopped ({}); its registers could not be read", self.id, end.name()),
+        }
+        if matches!(end, VmEnd::TripleFault) {
+            log::error!(
+                "vCPU {}: on AMD these registers are the reset state (KVM reinitializes a vCPU after a shutdown); what it did last: {}",
+                self.id,
+                self.recent.describe()
+            );
+        } else {
+            log::error!("vCPU {}: {}", self.id, self.recent.describe());
         }
     }
 
@@ -165,6 +177,7 @@ impl Vcpu {
             }
             None => None,
         };
+        self.recent.record(&exit);
         if matches!(exit, kvm_ioctls::VcpuExit::MmioWrite(..)) {
             // A queue notification is charged to whoever notified.
             devices::virtio::mmio::set_current_tag(tag);
