@@ -17,6 +17,7 @@
 pub mod acct;
 pub mod bus;
 pub mod legacy;
+pub mod sock;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError, VmAction};

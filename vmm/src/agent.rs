@@ -26,7 +26,6 @@
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -47,6 +46,8 @@ use devices::virtio::net::flow::FlowBindings;
 use devices::virtio::net::frame::{FiveTuple, IPPROTO_TCP, IPPROTO_UDP};
 use serde::Serialize;
 
+use crate::sock::{ClaimError, SocketFile};
+
 pub use accounting::agent::AGENT_VSOCK_PORT;
 
 /// Most agent connections served at once; more are refused and counted.
@@ -63,8 +64,11 @@ pub enum AgentError {
     /// The path exists and is something other than a socket.
     #[error("--agent-sock {0} exists and is not a socket: remove it or pass another path")]
     NotASocket(PathBuf),
+    /// Another live process serves the path.
+    #[error("--agent-sock {0}: another process serves this socket: stop it or pass another path")]
+    InUse(PathBuf),
     /// Binding or starting the accept thread failed.
-    #[error("cannot serve agents on --agent-sock {path}: {source}")]
+    #[error("cannot serve agents on --agent-sock {path}")]
     Io {
         /// The socket path.
         path: PathBuf,
@@ -304,7 +308,7 @@ pub struct AgentHub {
     conns: Mutex<Connections>,
     next_conn: AtomicU64,
     stopping: AtomicBool,
-    listener: Mutex<Option<(PathBuf, JoinHandle<()>)>>,
+    listener: Mutex<Option<Listener>>,
 }
 
 impl std::fmt::Debug for AgentHub {
@@ -313,27 +317,24 @@ impl std::fmt::Debug for AgentHub {
     }
 }
 
-fn bind_socket(path: &Path) -> Result<UnixListener, AgentError> {
-    let io = |source| AgentError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            // A live server answers; a stale socket from a dead VMM does not.
-            if UnixStream::connect(path).is_ok() {
-                return Err(io(std::io::Error::new(
-                    ErrorKind::AddrInUse,
-                    "another process serves this socket",
-                )));
-            }
-            std::fs::remove_file(path).map_err(io)?;
-        }
-        Ok(_) => return Err(AgentError::NotASocket(path.to_path_buf())),
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
-    crate::sock::bind_private(path).map_err(io)
+fn bind_socket(path: &Path) -> Result<(UnixListener, SocketFile), AgentError> {
+    crate::sock::claim(path).map_err(|e| match e {
+        ClaimError::InUse(p) => AgentError::InUse(p),
+        ClaimError::NotASocket(p) => AgentError::NotASocket(p),
+        ClaimError::Io { path, what, source } => AgentError::Io {
+            path,
+            source: std::io::Error::new(source.kind(), format!("{what}: {source}")),
+        },
+    })
+}
+
+/// The host listener: its thread, a clone of its socket to wake it, and the
+/// socket file to remove.
+#[derive(Debug)]
+struct Listener {
+    thread: JoinHandle<()>,
+    waker: UnixListener,
+    file: SocketFile,
 }
 
 impl AgentHub {
@@ -400,9 +401,20 @@ impl AgentHub {
 
     /// Serves agents on a host Unix socket at `path` (created 0600).
     pub fn listen(self: &Arc<Self>, path: &Path) -> Result<(), AgentError> {
-        let l = bind_socket(path)?;
+        let (l, file) = bind_socket(path)?;
+        let io = |source| AgentError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let waker = match l.try_clone() {
+            Ok(w) => w,
+            Err(e) => {
+                file.remove();
+                return Err(io(e));
+            }
+        };
         let hub = Arc::clone(self);
-        let handle = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("rsrc-agent-accept".into())
             .spawn(move || {
                 for s in l.incoming() {
@@ -419,12 +431,15 @@ impl AgentHub {
                         }
                     }
                 }
-            })
-            .map_err(|source| AgentError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some((path.to_path_buf(), handle));
+            });
+        let thread = match spawned {
+            Ok(t) => t,
+            Err(e) => {
+                file.remove();
+                return Err(io(e));
+            }
+        };
+        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(Listener { thread, waker, file });
         Ok(())
     }
 
@@ -479,11 +494,12 @@ impl AgentHub {
     pub fn stop(&self) {
         self.stopping.store(true, Relaxed);
         let listener = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((path, h)) = listener {
-            // Wake the accept loop, which sees `stopping` and ends.
-            let _ = UnixStream::connect(&path);
-            let _ = h.join();
-            let _ = std::fs::remove_file(&path);
+        if let Some(l) = listener {
+            // Wake the accept loop, which sees `stopping` and ends. Not by
+            // connecting to the path: the file may be gone or another's.
+            crate::sock::wake_listener(&l.waker);
+            let _ = l.thread.join();
+            l.file.remove();
         }
         let conns: Vec<_> = self.conns().drain().collect();
         for (_, (s, h)) in conns {

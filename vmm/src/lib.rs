@@ -17,7 +17,7 @@ pub mod boot;
 pub mod charger;
 pub mod config;
 pub mod sampler;
-pub mod sock;
+pub use devices::sock;
 pub mod vcpu;
 pub mod vm;
 

@@ -21,7 +21,6 @@ pub mod metrics;
 pub mod top;
 
 use std::collections::HashMap;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +28,7 @@ use std::time::Duration;
 use accounting::ledger::Accounting;
 
 use crate::agent::{AgentHub, AgentPeer, AgentStats, ContextSnapshot, GuestView};
+use crate::sock::{ClaimError, SocketFile};
 use accounting::query::{RequestFilter, SelectedRequest};
 use accounting::report::{ChargesReport, ContainerReport, RequestReport, VmInfo};
 use serde::Serialize;
@@ -48,6 +48,9 @@ pub enum ApiError {
     /// The path exists and is something other than a socket.
     #[error("--api-sock {0} exists and is not a socket: remove it or pass another path")]
     NotASocket(PathBuf),
+    /// Another live process serves the path.
+    #[error("--api-sock {0}: another process serves this socket: stop it or pass another path")]
+    InUse(PathBuf),
     /// Binding, setting the mode or starting the server thread failed.
     #[error("cannot serve the API on --api-sock {path}: {what}")]
     Io {
@@ -504,25 +507,13 @@ pub fn route(s: &ApiState, method: &str, target: &str) -> Reply {
     }
 }
 
-/// Binds `path` (removing a stale socket there), mode 0600.
-fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ApiError> {
-    let io = |what| {
-        move |source| ApiError::Io {
-            path: path.to_path_buf(),
-            what,
-            source,
-        }
-    };
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            std::fs::remove_file(path).map_err(io("remove the stale socket"))?;
-        }
-        Ok(_) => return Err(ApiError::NotASocket(path.to_path_buf())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("look at the path")(e)),
-    }
-    // Only the VMM's user may connect, from the first moment.
-    crate::sock::bind_private(path).map_err(io("bind the socket with mode 0600"))
+/// Takes `path` (replacing only a stale socket there), mode 0600.
+fn bind(path: &Path) -> Result<(std::os::unix::net::UnixListener, SocketFile), ApiError> {
+    crate::sock::claim(path).map_err(|e| match e {
+        ClaimError::InUse(p) => ApiError::InUse(p),
+        ClaimError::NotASocket(p) => ApiError::NotASocket(p),
+        ClaimError::Io { path, what, source } => ApiError::Io { path, what, source },
+    })
 }
 
 /// Most API connections served at once; more are closed at once.
@@ -541,7 +532,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// request bodies (the API is read-only: a request that announces one is
 /// answered 413 without reading it, and its connection closed).
 pub struct ApiServer {
-    path: PathBuf,
+    file: SocketFile,
     stop: Option<tokio::sync::watch::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -549,9 +540,9 @@ pub struct ApiServer {
 impl ApiServer {
     /// Binds `path` and starts serving `state` on a thread of its own.
     pub fn start(path: &Path, state: ApiState) -> Result<Self, ApiError> {
-        let listener = bind(path)?;
+        let (listener, file) = bind(path)?;
         let fail = |what, source| {
-            let _ = std::fs::remove_file(path);
+            file.remove();
             ApiError::Io {
                 path: path.to_path_buf(),
                 what,
@@ -574,7 +565,7 @@ impl ApiServer {
             .spawn(move || runtime.block_on(serve(listener, state, stopped, shown)));
         match spawned {
             Ok(thread) => Ok(Self {
-                path: path.to_path_buf(),
+                file,
                 stop: Some(stop),
                 thread: Some(thread),
             }),
@@ -584,7 +575,7 @@ impl ApiServer {
 
     /// The socket path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Stops serving (in-flight requests get [`DRAIN_TIMEOUT`] to finish),
@@ -603,11 +594,7 @@ impl ApiServer {
                 log::error!("the API thread panicked");
             }
         }
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                log::warn!("cannot remove the API socket {}: {e}", self.path.display());
-            }
-        }
+        self.file.remove();
     }
 }
 

@@ -30,6 +30,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
+use crate::sock::{ClaimError, SocketFile};
 use accounting::warn_rl;
 use event_manager::EventSet;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -312,7 +313,7 @@ pub struct VsockDevice {
     cid: u64,
     base: VirtioBase,
     connector: Box<dyn VsockConnector>,
-    listener: Option<(UnixListener, PathBuf)>,
+    listener: Option<(UnixListener, SocketFile)>,
     conns: HashMap<ConnKey, Conn>,
     by_token: HashMap<u32, ConnKey>,
     pending: HashMap<u32, PendingHost>,
@@ -354,20 +355,29 @@ fn len_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
-/// Binds `path` for host-initiated connections; a stale socket file left
-/// there by an earlier run is replaced, anything else is an error.
-fn bind_listener(path: &Path) -> Result<UnixListener, VsockError> {
-    use std::os::unix::fs::FileTypeExt;
+/// Takes `path` for host-initiated connections (`crate::sock::claim`: a
+/// stale socket file is replaced, a live one or any other file refused).
+fn bind_listener(path: &Path) -> Result<(UnixListener, SocketFile), VsockError> {
     let err = |source| VsockError::Listen {
         path: path.to_path_buf(),
         source,
     };
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        std::fs::remove_file(path).map_err(err)?;
+    let (l, file) = crate::sock::claim(path).map_err(|e| {
+        err(match e {
+            ClaimError::InUse(_) => {
+                io::Error::new(io::ErrorKind::AddrInUse, "another process serves this socket")
+            }
+            ClaimError::NotASocket(_) => {
+                io::Error::new(io::ErrorKind::AlreadyExists, "it exists and is not a socket")
+            }
+            ClaimError::Io { what, source, .. } => io::Error::new(source.kind(), format!("{what}: {source}")),
+        })
+    })?;
+    if let Err(e) = l.set_nonblocking(true) {
+        file.remove();
+        return Err(err(e));
     }
-    let l = UnixListener::bind(path).map_err(err)?;
-    l.set_nonblocking(true).map_err(err)?;
-    Ok(l)
+    Ok((l, file))
 }
 
 impl VsockDevice {
@@ -382,9 +392,7 @@ impl VsockDevice {
         if cid < super::MIN_GUEST_CID || cid > u64::from(u32::MAX) {
             return Err(VsockError::Cid(cid));
         }
-        let listener = listen
-            .map(|p| bind_listener(p).map(|l| (l, p.to_path_buf())))
-            .transpose()?;
+        let listener = listen.map(bind_listener).transpose()?;
         Ok(Self {
             cid,
             base: VirtioBase::new(1 << VIRTIO_F_VERSION_1, &[QUEUE_SIZE; 3]).map_err(VsockError::EventFd)?,
@@ -1278,8 +1286,8 @@ impl VirtioDevice for VsockDevice {
 
 impl Drop for VsockDevice {
     fn drop(&mut self) {
-        if let Some((_, path)) = &self.listener {
-            let _ = std::fs::remove_file(path);
+        if let Some((_, file)) = &self.listener {
+            file.remove();
         }
     }
 }
