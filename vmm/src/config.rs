@@ -434,6 +434,13 @@ mod tests {
         c.mem_mib = 128;
         c.tenant = "a b".into();
         assert!(c.validate().unwrap_err().to_string().contains("--tenant"));
+        // README: 1 to 64 characters from A-Z a-z 0-9 . _ -
+        for bad in [String::new(), "a".repeat(65), "é".into(), "a/b".into()] {
+            c.tenant = bad;
+            assert!(c.validate().unwrap_err().to_string().contains("1 to 64 characters"));
+        }
+        c.tenant = format!("Az09._-{}", "x".repeat(57));
+        assert!(c.validate().is_ok(), "64 characters of the allowed set");
         c.tenant = "t".into();
         c.limits.retained_requests = MAX_RETAINED_REQUESTS_LIMIT + 1;
         let e = c.validate().unwrap_err().to_string();
