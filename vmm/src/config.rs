@@ -437,7 +437,11 @@ mod tests {
         // README: 1 to 64 characters from A-Z a-z 0-9 . _ -
         for bad in [String::new(), "a".repeat(65), "é".into(), "a/b".into()] {
             c.tenant = bad;
-            assert!(c.validate().unwrap_err().to_string().contains("1 to 64 characters"));
+            assert!(c
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("1 to 64 characters"));
         }
         c.tenant = format!("Az09._-{}", "x".repeat(57));
         assert!(c.validate().is_ok(), "64 characters of the allowed set");

@@ -143,6 +143,19 @@ pub enum BootError {
         /// Lowest stack byte.
         limit: u64,
     },
+    /// The entry point is not in any byte the image loads.
+    #[error(
+        "the guest image's entry point {entry:#x} lies outside what it loads, [{start:#x}, {end:#x}): \
+         fix the program's entry symbol or linker script and pass the rebuilt file with --kernel"
+    )]
+    EntryOutsideImage {
+        /// The ELF entry point.
+        entry: u64,
+        /// Lowest byte of the image.
+        start: u64,
+        /// End of the image.
+        end: u64,
+    },
     /// The ELF has nothing to load.
     #[error("the ELF image has no PT_LOAD segment: pass a linked executable with --kernel")]
     NothingToLoad,
@@ -321,8 +334,15 @@ fn load_bare_metal(
     let ram_end = ram_below_gap(mem);
     let stack_base = layout::bare_metal_stack_base(ram_end, nr_vcpus)
         .ok_or(BootError::StacksDoNotFit { ram_end, nr_vcpus })?;
+    if !(start..end).contains(&info.entry) {
+        return Err(BootError::EntryOutsideImage {
+            entry: info.entry,
+            start,
+            end,
+        });
+    }
     let outside = |a: u64| a < HIMEM_START || a > stack_base;
-    if outside(start) || outside(end) || outside(info.entry) {
+    if outside(start) || outside(end) {
         return Err(BootError::ImageDoesNotFit {
             start,
             end,
@@ -441,6 +461,32 @@ mod tests {
         let err = load_kernel(&mem, &image, None, "", 1).unwrap_err();
         assert!(matches!(err, BootError::ImageDoesNotFit { .. }));
         assert!(err.to_string().contains("--mem-mib"));
+    }
+
+    #[test]
+    fn an_entry_point_outside_the_image_is_named_in_the_refusal() {
+        let mem = mem(32 << 20);
+        let image = build_elf(
+            0x20_0000,
+            &[
+                note_ph(note(
+                    accounting::abi::NOTE_NAME,
+                    accounting::abi::NOTE_TYPE_BAREMETAL,
+                    &[1, 0, 0, 0],
+                )),
+                load_ph(0x10_0000, vec![0xf4; 16], 16),
+            ],
+        );
+        let err = load_kernel(&mem, &image, None, "", 1).unwrap_err();
+        assert!(matches!(
+            err,
+            BootError::EntryOutsideImage {
+                entry: 0x20_0000,
+                start: 0x10_0000,
+                end: 0x10_0010
+            }
+        ));
+        assert!(err.to_string().contains("entry point 0x200000"), "{err}");
     }
 
     #[test]
