@@ -523,12 +523,14 @@ fn value_after(text: &str, prefix: &str) -> Option<String> {
 /// Runs one scenario: L1 under QEMU with the scenario appended, bounded by
 /// `qemu_timeout_s`, then the results unpacked and the report parsed.
 ///
-/// An L1 that dies before it starts the VMM (QEMU exits on its own while L1
-/// boots: seen once in about twenty runs, a reset of the emulated machine
-/// with none of the project's code running yet) is the emulator's failure,
-/// not the VMM's: that attempt is kept in `runs/NAME-l1-failed`, logged,
-/// counted in `l1-retries.txt`, and the scenario runs once more. Nothing
-/// after the VMM started is ever retried.
+/// An L1 that dies (QEMU exits on its own before L1 sent its results: the
+/// emulated machine reset, triple-faulted or its kernel crashed — seen while
+/// L1 booted with none of the project's code running, and while L2 ran) is
+/// the emulator's failure: a user-space VMM cannot bring its host kernel
+/// down. That attempt is kept in `runs/NAME-l1-failed`, logged, counted in
+/// `l1-retries.txt`, and the scenario runs once more. Anything L1 lives to
+/// report — an L2 triple fault, a hang until the VMM's SIGINT, a wrong
+/// number — fails the test at once.
 pub fn run(scenario: &Scenario) -> Outcome {
     if let Some(outcome) = attempt(scenario, true) {
         return outcome;
@@ -645,16 +647,22 @@ fn attempt(scenario: &Scenario, may_retry: bool) -> Option<Outcome> {
     }
     timings.total = t0.elapsed().as_secs_f64();
     drop(_lock);
-    if may_retry && !timed_out && timings.vmm_start.is_none() {
+    // L1 died by itself: QEMU exited without L1 saying it sent the results
+    // (an L1 reset, triple fault or kernel crash under emulation).
+    let l1_died = !timed_out
+        && !String::from_utf8_lossy(&fs::read(&console_path).unwrap_or_default())
+            .contains("RSRC-L1: results sent");
+    if may_retry && l1_died {
         let kept = cache_dir()
             .join("runs")
             .join(format!("{}-l1-failed", scenario.name));
         let _ = fs::remove_dir_all(&kept);
         let _ = fs::rename(&dir, &kept);
         let line = format!(
-            "{}: L1 ended after {:.1} s before starting the VMM (emulator failure, logs in {}); retried",
+            "{}: L1 died after {:.1} s (VMM started: {}; an emulator failure, logs in {}); retried",
             scenario.name,
             timings.total,
+            timings.vmm_start.is_some(),
             kept.display()
         );
         eprintln!("linux-e2e {line}");
