@@ -314,8 +314,8 @@ impl Scenario {
             name: name.into(),
             script: script.into(),
             l2_vcpus: 1,
-            vmm_timeout_s: 240,
-            qemu_timeout_s: 420,
+            vmm_timeout_s: 180,
+            qemu_timeout_s: 300,
             l2_cmdline_extra: std::env::var("RSRC_LINUX_L2_CMDLINE").unwrap_or_default(),
         }
     }
