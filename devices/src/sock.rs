@@ -211,7 +211,9 @@ mod tests {
         let p = temp("live");
         let (first, file) = claim(&p).unwrap();
         let ino = std::fs::symlink_metadata(&p).unwrap().ino();
-        let err = claim(&p).err().expect("a served path is refused");
+        let Err(err) = claim(&p) else {
+            panic!("a served path is refused")
+        };
         assert!(matches!(err, ClaimError::InUse(_)), "{err}");
         assert_eq!(err.to_string(), format!("another process serves {}", p.display()));
         assert_eq!(std::fs::symlink_metadata(&p).unwrap().ino(), ino, "untouched");
@@ -250,7 +252,9 @@ mod tests {
     fn rename_never_replaces() {
         let p = temp("noreplace");
         std::fs::write(&p, b"x").unwrap();
-        let err = bind_private(&p).err().expect("the path is taken");
+        let Err(err) = bind_private(&p) else {
+            panic!("the path is taken")
+        };
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         std::fs::remove_file(&p).unwrap();
     }
