@@ -1,4 +1,4 @@
-//! The agent protocol, version 1: what `resourceful-agent` (inside a Linux
+//! The agent protocol, version 2: what `resourceful-agent` (inside a Linux
 //! guest, or on the host for tests) says to the VMM over a stream (a vsock
 //! connection to port 1024, or a Unix socket).
 //!
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::abi;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The vsock port the VMM serves the agent on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// Largest frame body, in bytes (a context report of ~4,000 processes).
@@ -73,6 +73,12 @@ pub enum AgentMessage {
     },
     /// The guest's POSIX-level view, sent periodically.
     Context(ContextReport),
+    /// Asks for `synced` with the same `seq` once every earlier frame is
+    /// applied: a refusal of any of them arrives before it.
+    Sync {
+        /// Chosen by the agent.
+        seq: u64,
+    },
 }
 
 /// `hello`.
@@ -321,16 +327,117 @@ pub struct ContextReport {
     pub agent_rss_bytes: u64,
 }
 
+/// What the VMM held for agents when a `hello` came.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Previous {
+    /// No agent state: the first agent of this VM (or all it declared has
+    /// been closed).
+    None,
+    /// State declared by an agent of the same `boot_id`: it is listed in
+    /// the `held` frames that follow, for the agent to adopt or close.
+    SameBoot,
+    /// State declared by an agent of another `boot_id`: the VMM retired it
+    /// (its requests ended, its flows unbound) before answering.
+    OtherBoot,
+}
+
+/// A container the VMM holds for agents, as listed in `held`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldContainer {
+    /// Its id.
+    pub id: u32,
+    /// Its name.
+    pub name: String,
+    /// Its parent, if any.
+    #[serde(default)]
+    pub parent: Option<u32>,
+    /// The cgroup it was declared with.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+}
+
+/// A live request the VMM holds for agents, as listed in `held`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldRequest {
+    /// Its id.
+    pub id: u32,
+    /// Its container's id.
+    pub container: u32,
+}
+
+/// One `held` frame: part of what agents declared that is still live.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Held {
+    /// Live agent-declared containers.
+    #[serde(default)]
+    pub containers: Vec<HeldContainer>,
+    /// Live agent-begun requests.
+    #[serde(default)]
+    pub requests: Vec<HeldRequest>,
+    /// Flow bindings.
+    #[serde(default)]
+    pub flows: Vec<BindFlow>,
+    /// The last `held` frame of this welcome.
+    pub last: bool,
+}
+
+impl Held {
+    /// Entries in the frame.
+    pub fn len(&self) -> usize {
+        self.containers.len() + self.requests.len() + self.flows.len()
+    }
+
+    /// No entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Most entries in one `held` frame (a full container entry is at most
+/// ~4.2 KiB, so a frame stays under [`MAX_FRAME`]).
+pub const HELD_PER_FRAME: usize = 200;
+
 /// A message from the VMM to the agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum VmmMessage {
-    /// Answer to a valid `hello`.
+    /// Answer to a valid `hello`; `held` frames follow, the last with
+    /// `last: true`.
     Welcome {
         /// [`PROTOCOL_VERSION`] of the VMM.
         protocol: u32,
         /// The tenant the VM belongs to.
         tenant: String,
+        /// What the VMM held for agents when the `hello` came.
+        previous: Previous,
+        /// Above every container and request id the VM has used (0 once
+        /// `u32::MAX` was used): an agent allocating from here collides
+        /// with nothing live or retained.
+        next_id: u32,
+    },
+    /// Part of the state held for agents (see [`Previous::SameBoot`]).
+    Held(Held),
+    /// A well-formed message the books refused; the connection stays open.
+    Refused {
+        /// The refused message's `type`.
+        message: String,
+        /// Its container or request id (absent for flows).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u32>,
+        /// Its flow, for `bind_flow`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flow: Option<Flow>,
+        /// Why, as the guest-error counter names it (`ring_duplicate_name`).
+        reason: String,
+    },
+    /// Every frame before the `sync` of that `seq` has been applied.
+    Synced {
+        /// The `sync`'s `seq`.
+        seq: u64,
     },
     /// Sent before the VMM closes the connection because of a bad message.
     Error {
@@ -355,7 +462,7 @@ pub enum ProtocolError {
     #[error("hello must be the first message, and only the first")]
     Sequence,
     /// The agent speaks another version.
-    #[error("agent protocol {0} is not supported (this VMM speaks {PROTOCOL_VERSION})")]
+    #[error("agent protocol {0} is not supported: this VMM speaks protocol {PROTOCOL_VERSION}; run a resourceful-agent of the same release")]
     Version(u32),
 }
 
@@ -463,7 +570,7 @@ impl AgentMessage {
                 }
                 Ok(())
             }
-            Self::UnbindFlow { .. } => Ok(()),
+            Self::UnbindFlow { .. } | Self::Sync { .. } => Ok(()),
             Self::Context(c) => {
                 if c.processes.len() > MAX_PROCESSES {
                     return Err(ProtocolError::Invalid(format!(

@@ -37,6 +37,8 @@ pub enum GuestError {
     RingZeroId,
     /// Ring: container id already live.
     RingDuplicateContainer,
+    /// Ring: a live container of the same parent already has that name.
+    RingDuplicateName,
     /// Ring: parent container not declared.
     RingUnknownParent,
     /// Ring: container limit reached; declaration rejected.
@@ -64,7 +66,7 @@ pub enum GuestError {
 
 impl GuestError {
     /// Number of kinds.
-    pub const COUNT: usize = 23;
+    pub const COUNT: usize = 24;
     /// All kinds.
     pub const ALL: [GuestError; Self::COUNT] = [
         Self::RegisterBadCommand,
@@ -79,6 +81,7 @@ impl GuestError {
         Self::RingBadName,
         Self::RingZeroId,
         Self::RingDuplicateContainer,
+        Self::RingDuplicateName,
         Self::RingUnknownParent,
         Self::RingContainerLimit,
         Self::RingUnknownContainer,
@@ -107,6 +110,7 @@ impl GuestError {
             Self::RingBadName => "ring_bad_name",
             Self::RingZeroId => "ring_zero_id",
             Self::RingDuplicateContainer => "ring_duplicate_container",
+            Self::RingDuplicateName => "ring_duplicate_name",
             Self::RingUnknownParent => "ring_unknown_parent",
             Self::RingContainerLimit => "ring_container_limit",
             Self::RingUnknownContainer => "ring_unknown_container",

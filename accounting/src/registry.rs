@@ -43,7 +43,7 @@
 //! (`accounting::query`) takes the lock once per step. See
 //! [`RequestCursor`] for what a multi-step read sees.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -490,6 +490,11 @@ pub struct Registry {
     limits: Limits,
     containers: Vec<Container>,
     live_containers: HashMap<u32, usize>,
+    /// Paths (`parent/…/name`) of the live containers: names are unique
+    /// among the live children of a parent.
+    live_paths: HashSet<Arc<str>>,
+    /// The highest container or request id ever declared or begun.
+    max_id: u32,
     /// Guest request id → its key in `live`.
     live_ids: HashMap<u32, (usize, u64)>,
     /// Live requests by `(container, seq)`.
@@ -564,6 +569,8 @@ impl Registry {
             limits,
             containers: vec![unattributed],
             live_containers: HashMap::new(),
+            live_paths: HashSet::new(),
+            max_id: 0,
             live_ids: HashMap::new(),
             live: BTreeMap::new(),
             front_fin: 0,
@@ -575,6 +582,12 @@ impl Registry {
             next_seq: 0,
             stats: RegistryStats::default(),
         }
+    }
+
+    /// The highest container or request id ever declared or begun (0 if
+    /// none): ids above it collide with nothing live or retained.
+    pub fn max_id(&self) -> u32 {
+        self.max_id
     }
 
     /// The limits in force.
@@ -722,9 +735,14 @@ impl Registry {
             Some(p) => Arc::from(format!("{}/{name}", self.containers[p].path)),
             None => Arc::from(name.as_str()),
         };
+        if self.live_paths.contains(&path) {
+            return Err(GuestError::RingDuplicateName);
+        }
+        self.live_paths.insert(Arc::clone(&path));
         self.containers
             .push(new_container(e.id, name, path, parent, self.writers));
         self.live_containers.insert(e.id, self.containers.len() - 1);
+        self.max_id = self.max_id.max(e.id);
         self.stats.containers_declared += 1;
         Ok(())
     }
@@ -735,6 +753,7 @@ impl Registry {
             .remove(&id)
             .ok_or(GuestError::RingUnknownContainer)?;
         self.containers[idx].retired = true;
+        self.live_paths.remove(&self.containers[idx].path);
         self.stats.containers_retired += 1;
         let ending: Vec<u32> = self
             .live
@@ -774,6 +793,7 @@ impl Registry {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.max_id = self.max_id.max(id);
         self.live_ids.insert(id, (idx, seq));
         self.live.insert(
             (idx, seq),
@@ -1144,6 +1164,25 @@ mod tests {
         assert_eq!(res.container, 1);
         assert!(res.request.is_some());
         assert_eq!(res.error, None);
+    }
+
+    #[test]
+    fn names_are_unique_among_live_siblings_and_max_id_remembers() {
+        let mut r = Registry::new(1, Limits::default());
+        declare(&mut r, 5, 0, "web").unwrap();
+        assert_eq!(declare(&mut r, 6, 0, "web"), Err(GuestError::RingDuplicateName));
+        // The same name under another parent is another path.
+        declare(&mut r, 7, 0, "api").unwrap();
+        declare(&mut r, 8, 7, "web").unwrap();
+        assert_eq!(declare(&mut r, 9, 7, "web"), Err(GuestError::RingDuplicateName));
+        // Retired, the name is free again.
+        r.apply(&entry(EntryKind::RetireContainer, 5, 0, ""), 0).unwrap();
+        declare(&mut r, 6, 0, "web").unwrap();
+        r.apply(&entry(EntryKind::BeginRequest, 0x2000_0000, 6, ""), 0)
+            .unwrap();
+        r.apply(&entry(EntryKind::EndRequest, 0x2000_0000, 0, ""), 0)
+            .unwrap();
+        assert_eq!(r.max_id(), 0x2000_0000, "ended requests still count");
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct Inner {
     pub state: State,
     /// Frames waiting for the VMM.
     pub outbox: Outbox,
+    /// The highest `sync` asked for by local clients.
+    pub sync_wanted: u64,
+    /// The highest `synced` the VMM answered.
+    pub synced: u64,
 }
 
 impl Inner {
@@ -56,6 +60,7 @@ pub struct Shared {
     inner: Mutex<Inner>,
     link_cv: Condvar,
     stop_cv: Condvar,
+    sync_cv: Condvar,
     stop: AtomicBool,
 }
 
@@ -66,9 +71,12 @@ impl Shared {
             inner: Mutex::new(Inner {
                 state: State::new(),
                 outbox: Outbox::new(buffer_bytes),
+                sync_wanted: 0,
+                synced: 0,
             }),
             link_cv: Condvar::new(),
             stop_cv: Condvar::new(),
+            sync_cv: Condvar::new(),
             stop: AtomicBool::new(false),
         }
     }
@@ -90,11 +98,48 @@ impl Shared {
         let _g = self.lock();
         self.link_cv.notify_all();
         self.stop_cv.notify_all();
+        self.sync_cv.notify_all();
     }
 
     /// Wakes the link thread (something was queued).
     pub fn wake_link(&self) {
         self.link_cv.notify_all();
+    }
+
+    /// Waits until the VMM has applied everything queued before this call
+    /// (a `sync` the link thread sends once the outbox is written, or
+    /// after the replay of the next connection), at most `timeout`. False
+    /// if it did not answer in time or the agent is stopping.
+    pub fn confirm<'a>(
+        &self,
+        mut g: MutexGuard<'a, Inner>,
+        timeout: Duration,
+    ) -> (MutexGuard<'a, Inner>, bool) {
+        g.sync_wanted += 1;
+        let seq = g.sync_wanted;
+        self.link_cv.notify_all();
+        let deadline = Instant::now() + timeout;
+        while g.synced < seq && !self.stopping() {
+            let now = Instant::now();
+            if now >= deadline {
+                return (g, false);
+            }
+            g = self
+                .sync_cv
+                .wait_timeout(g, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        let ok = g.synced >= seq;
+        (g, ok)
+    }
+
+    /// The VMM answered `synced` up to `seq`.
+    pub fn synced(&self, g: &mut Inner, seq: u64) {
+        if seq > g.synced {
+            g.synced = seq;
+            self.sync_cv.notify_all();
+        }
     }
 
     /// The link thread waits for frames.
@@ -271,15 +316,24 @@ impl Agent {
                 .threads
                 .push(spawn("agent-local", move || local::serve(l, s))?);
         }
+        // The rule containers exist before the first connection, so that
+        // the state the VMM holds from an earlier agent process is adopted
+        // (not retired and declared anew).
+        let ms = u32::try_from(opts.interval.as_millis()).unwrap_or(u32::MAX);
+        let mut collector = Collector::new(&opts.proc_root, opts.cgroup_root.clone(), ms);
+        collector.set_list_threads(opts.list_threads);
+        let first = Instant::now();
+        tick(&shared, &mut collector, &opts.config);
         let s = Arc::clone(&shared);
         let (ep, h) = (opts.connect.clone(), hello());
         agent
             .threads
             .push(spawn("agent-link", move || link::run(s, ep, h))?);
         let s = Arc::clone(&shared);
-        agent
-            .threads
-            .push(spawn("agent-collect", move || collect_loop(&s, &opts))?);
+        agent.threads.push(spawn("agent-collect", move || {
+            s.sleep(opts.interval.saturating_sub(first.elapsed()));
+            collect_loop(&s, &opts, collector);
+        })?);
         Ok(agent)
     }
 
@@ -310,10 +364,7 @@ impl Drop for Agent {
     }
 }
 
-fn collect_loop(shared: &Shared, opts: &Options) {
-    let ms = u32::try_from(opts.interval.as_millis()).unwrap_or(u32::MAX);
-    let mut collector = Collector::new(&opts.proc_root, opts.cgroup_root.clone(), ms);
-    collector.set_list_threads(opts.list_threads);
+fn collect_loop(shared: &Shared, opts: &Options, mut collector: Collector) {
     while !shared.stopping() {
         let t0 = Instant::now();
         tick(shared, &mut collector, &opts.config);

@@ -18,11 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use accounting::agent::{
-    decode_vmm, encode, AgentMessage, FrameDecoder, Hello, ProtocolError, VmmMessage, AGENT_VSOCK_PORT,
-    PROTOCOL_VERSION,
+    decode_vmm, encode, AgentMessage, FrameDecoder, Held, Hello, Previous, ProtocolError, VmmMessage,
+    AGENT_VSOCK_PORT, PROTOCOL_VERSION,
 };
 
 use crate::agent::Shared;
+use crate::state::Refusal;
 
 /// First reconnection delay.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -32,6 +33,8 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes taken from the outbox per batch of writes.
 const BATCH_BYTES: usize = 256 * 1024;
+/// Most entries accepted in the `held` frames of one welcome.
+const MAX_HELD: usize = 1 << 20;
 
 /// Where the VMM listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +118,9 @@ pub enum LinkError {
     /// The outbox overflowed with declarations: start over with a replay.
     #[error("outgoing buffer overflowed; reconnecting to resynchronise")]
     Resync,
+    /// The VMM sent a message out of place.
+    #[error("unexpected message from the VMM: {0}")]
+    Unexpected(&'static str),
 }
 
 /// A connected stream socket.
@@ -225,19 +231,25 @@ impl Conn {
     }
 }
 
-/// Sends `hello` and waits for `welcome`; returns the tenant.
-pub fn handshake(conn: &Conn, hello: &Hello) -> Result<String, LinkError> {
-    conn.send_all(&encode(&AgentMessage::Hello(hello.clone()))?)?;
-    let deadline = Instant::now() + IO_TIMEOUT;
-    let mut dec = FrameDecoder::new();
+/// What a VMM said at the start of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// The VM's tenant.
+    pub tenant: String,
+    /// What it held for agents.
+    pub previous: Previous,
+    /// Where ids are free.
+    pub next_id: u32,
+    /// What it holds for agents of this boot, all `held` frames together.
+    pub held: Held,
+}
+
+/// Reads one VMM message, waiting at most until `deadline`.
+fn read_message(conn: &Conn, dec: &mut FrameDecoder, deadline: Instant) -> Result<VmmMessage, LinkError> {
     let mut buf = [0u8; 4096];
     loop {
         if let Some(body) = dec.next_frame()? {
-            return match decode_vmm(&body)? {
-                VmmMessage::Welcome { protocol, tenant } if protocol == PROTOCOL_VERSION => Ok(tenant),
-                VmmMessage::Welcome { protocol, .. } => Err(LinkError::Version(protocol)),
-                VmmMessage::Error { reason } => Err(LinkError::Refused(reason)),
-            };
+            return Ok(decode_vmm(&body)?);
         }
         if Instant::now() >= deadline {
             return Err(LinkError::Timeout);
@@ -250,6 +262,48 @@ pub fn handshake(conn: &Conn, hello: &Hello) -> Result<String, LinkError> {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Sends `hello` and reads `welcome` and the `held` frames after it.
+pub fn handshake(conn: &Conn, hello: &Hello) -> Result<Session, LinkError> {
+    conn.send_all(&encode(&AgentMessage::Hello(hello.clone()))?)?;
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut dec = FrameDecoder::new();
+    let mut session = match read_message(conn, &mut dec, deadline)? {
+        VmmMessage::Welcome {
+            protocol,
+            tenant,
+            previous,
+            next_id,
+        } if protocol == PROTOCOL_VERSION => Session {
+            tenant,
+            previous,
+            next_id,
+            held: Held::default(),
+        },
+        VmmMessage::Welcome { protocol, .. } => return Err(LinkError::Version(protocol)),
+        VmmMessage::Error { reason } => return Err(LinkError::Refused(reason)),
+        _ => return Err(LinkError::Unexpected("something other than welcome first")),
+    };
+    loop {
+        match read_message(conn, &mut dec, deadline)? {
+            VmmMessage::Held(h) => {
+                let all = &mut session.held;
+                if all.len() + h.len() > MAX_HELD {
+                    return Err(LinkError::Unexpected("more held state than an agent keeps"));
+                }
+                all.containers.extend(h.containers);
+                all.requests.extend(h.requests);
+                all.flows.extend(h.flows);
+                if h.last {
+                    all.last = true;
+                    return Ok(session);
+                }
+            }
+            VmmMessage::Error { reason } => return Err(LinkError::Refused(reason)),
+            _ => return Err(LinkError::Unexpected("something other than held after welcome")),
         }
     }
 }
@@ -291,9 +345,47 @@ impl Backoff {
     }
 }
 
-/// Checks for VMM messages without blocking: an `error` or a close ends
-/// the connection.
-fn check_peer(conn: &Conn, dec: &mut FrameDecoder) -> Result<(), LinkError> {
+/// Applies one VMM message after the handshake; the `seq` of a `synced`.
+fn on_message(shared: &Shared, m: VmmMessage) -> Result<Option<u64>, LinkError> {
+    match m {
+        VmmMessage::Error { reason } => Err(LinkError::Refused(reason)),
+        VmmMessage::Refused {
+            message,
+            id,
+            flow,
+            reason,
+        } => {
+            let mut g = shared.lock();
+            if g.state.refused.is_power_of_two() || g.state.refused == 0 {
+                log::warn!(
+                    "the VMM refused {message} {}: {reason} ({} refusals so far)",
+                    id.map(|i| i.to_string()).unwrap_or_default(),
+                    g.state.refused + 1
+                );
+            }
+            g.state.on_refused(Refusal {
+                message,
+                id,
+                flow,
+                reason,
+            });
+            Ok(None)
+        }
+        VmmMessage::Synced { seq } => {
+            let mut g = shared.lock();
+            shared.synced(&mut g, seq);
+            Ok(Some(seq))
+        }
+        VmmMessage::Welcome { .. } | VmmMessage::Held(_) => {
+            log::debug!("ignoring a welcome or held frame after the handshake");
+            Ok(None)
+        }
+    }
+}
+
+/// Handles VMM messages without blocking: an `error` or a close ends the
+/// connection.
+fn check_peer(shared: &Shared, conn: &Conn, dec: &mut FrameDecoder) -> Result<(), LinkError> {
     let mut buf = [0u8; 4096];
     loop {
         match conn.recv(&mut buf, false) {
@@ -304,21 +396,32 @@ fn check_peer(conn: &Conn, dec: &mut FrameDecoder) -> Result<(), LinkError> {
             Err(e) => return Err(e.into()),
         }
         while let Some(body) = dec.next_frame()? {
-            match decode_vmm(&body)? {
-                VmmMessage::Error { reason } => return Err(LinkError::Refused(reason)),
-                VmmMessage::Welcome { .. } => log::debug!("ignoring a second welcome"),
-            }
+            on_message(shared, decode_vmm(&body)?)?;
         }
     }
     Ok(())
 }
 
-/// Streams the outbox until the connection fails or the agent stops.
+/// Handles VMM messages until `synced` of `seq` (at most [`IO_TIMEOUT`]).
+fn await_synced(shared: &Shared, conn: &Conn, dec: &mut FrameDecoder, seq: u64) -> Result<(), LinkError> {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let m = read_message(conn, dec, deadline)?;
+        if on_message(shared, m)?.is_some_and(|s| s >= seq) {
+            return Ok(());
+        }
+    }
+}
+
+/// Streams the outbox until the connection fails or the agent stops. When
+/// everything queued is written and a local client waits for the VMM, a
+/// `sync` follows and its `synced` (and any refusal before it) is read.
 fn pump(shared: &Shared, conn: &Conn) -> Result<(), LinkError> {
     let mut dec = FrameDecoder::new();
+    let mut sync_sent = 0u64;
     loop {
-        check_peer(conn, &mut dec)?;
-        let batch = {
+        check_peer(shared, conn, &mut dec)?;
+        let (batch, sync) = {
             let mut g = shared.lock();
             if shared.stopping() {
                 return Ok(());
@@ -326,17 +429,23 @@ fn pump(shared: &Shared, conn: &Conn) -> Result<(), LinkError> {
             if g.outbox.take_resync() {
                 return Err(LinkError::Resync);
             }
-            if g.outbox.is_empty() {
-                g.state.delivered();
+            if g.outbox.is_empty() && g.sync_wanted <= sync_sent {
                 g = shared.wait_link(g, Duration::from_millis(200));
             }
-            g.outbox.pop_batch(BATCH_BYTES)
+            let batch = g.outbox.pop_batch(BATCH_BYTES);
+            let sync = (g.outbox.is_empty() && g.sync_wanted > sync_sent).then_some(g.sync_wanted);
+            (batch, sync)
         };
         for (i, f) in batch.iter().enumerate() {
             if let Err(e) = conn.send_all(&f.bytes) {
                 shared.lock().outbox.lost(&batch[i..]);
                 return Err(e.into());
             }
+        }
+        if let Some(seq) = sync {
+            conn.send_all(&encode(&AgentMessage::Sync { seq })?)?;
+            sync_sent = seq;
+            await_synced(shared, conn, &mut dec, seq)?;
         }
     }
 }
@@ -363,7 +472,7 @@ pub fn run(shared: Arc<Shared>, ep: Endpoint, hello: Hello) {
             .map_err(LinkError::from)
             .and_then(|c| c.set_timeouts(IO_TIMEOUT).map(|()| c).map_err(LinkError::from))
             .and_then(|c| handshake(&c, &hello).map(|t| (c, t)));
-        let (conn, tenant) = match attempt {
+        let (conn, session) = match attempt {
             Ok(x) => x,
             Err(e) => {
                 let e = chain(&e);
@@ -377,14 +486,21 @@ pub fn run(shared: Arc<Shared>, ep: Endpoint, hello: Hello) {
                 continue;
             }
         };
-        log::info!("connected to the VMM at {ep} (tenant {tenant:?})");
+        log::info!(
+            "connected to the VMM at {ep} (tenant {:?}; it held {} containers, {} requests, {} flows for agents: {:?})",
+            session.tenant,
+            session.held.containers.len(),
+            session.held.requests.len(),
+            session.held.flows.len(),
+            session.previous
+        );
         backoff.reset();
         quiet = false;
         {
             let mut g = shared.lock();
             let replay: Vec<Vec<u8>> = g
                 .state
-                .on_connect()
+                .on_connect(&session.held, session.next_id)
                 .iter()
                 .filter_map(|m| encode(m).ok())
                 .collect();
@@ -395,7 +511,6 @@ pub fn run(shared: Arc<Shared>, ep: Endpoint, hello: Hello) {
         {
             let mut g = shared.lock();
             g.outbox.on_disconnect();
-            g.state.on_disconnect();
         }
         match end {
             Ok(()) => break,

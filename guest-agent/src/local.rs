@@ -138,8 +138,19 @@ impl Reply {
     }
 }
 
-/// Applies one line from `client` to the shared state and queues what the
-/// VMM must hear.
+/// How long a declaration waits for the VMM to confirm it.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a reply waits for the VMM to hold.
+enum Pending {
+    Container(String, u32),
+    Request(u32),
+    Flow(Flow),
+}
+
+/// Applies one line from `client` to the shared state, queues what the VMM
+/// must hear and, for `declare`, `begin` and `bind_flow`, waits until the
+/// VMM has applied it: the reply is `ok` only for what the VMM holds.
 pub fn handle_line(shared: &Shared, client: ClientId, line: &[u8]) -> Reply {
     let req: LocalRequest = match serde_json::from_slice(line) {
         Ok(r) => r,
@@ -148,6 +159,7 @@ pub fn handle_line(shared: &Shared, client: ClientId, line: &[u8]) -> Reply {
     let mut out = Out::new();
     let mut g = shared.lock();
     let st = &mut g.state;
+    let mut pending = None;
     let r = match req {
         LocalRequest::Begin {
             container,
@@ -156,10 +168,13 @@ pub fn handle_line(shared: &Shared, client: ClientId, line: &[u8]) -> Reply {
             attributes,
         } => st
             .begin(client, &container, external_id, trace_id, attributes, &mut out)
-            .map(|id| Reply {
-                ok: true,
-                request: Some(id),
-                ..Reply::default()
+            .map(|id| {
+                pending = Some(Pending::Request(id));
+                Reply {
+                    ok: true,
+                    request: Some(id),
+                    ..Reply::default()
+                }
             }),
         LocalRequest::End { request } => st.end(request, &mut out).map(|()| ok()),
         LocalRequest::BindFlow {
@@ -168,34 +183,80 @@ pub fn handle_line(shared: &Shared, client: ClientId, line: &[u8]) -> Reply {
             remote,
             container,
             request,
-        } => st
-            .bind_flow(
-                client,
-                Flow { proto, local, remote },
-                &container,
-                request,
-                &mut out,
-            )
-            .map(|()| ok()),
+        } => {
+            let flow = Flow { proto, local, remote };
+            st.bind_flow(client, flow.clone(), &container, request, &mut out)
+                .map(|()| {
+                    pending = Some(Pending::Flow(flow));
+                    ok()
+                })
+        }
         LocalRequest::UnbindFlow { proto, local, remote } => st
             .unbind_flow(&Flow { proto, local, remote }, &mut out)
             .map(|()| ok()),
-        LocalRequest::Declare { container, cgroup } => st
-            .declare_adhoc(client, &container, cgroup, &mut out)
-            .map(|id| Reply {
-                ok: true,
-                container: Some(id),
-                ..Reply::default()
-            }),
+        LocalRequest::Declare { container, cgroup } => {
+            st.declare_adhoc(client, &container, cgroup, &mut out).map(|id| {
+                pending = Some(Pending::Container(container, id));
+                Reply {
+                    ok: true,
+                    container: Some(id),
+                    ..Reply::default()
+                }
+            })
+        }
         LocalRequest::Retire { container } => st.release_adhoc(client, &container, &mut out).map(|()| ok()),
     };
     let sent = !out.is_empty();
     g.emit(out);
-    drop(g);
     if sent {
         shared.wake_link();
     }
-    r.unwrap_or_else(Reply::err)
+    let (Ok(reply), Some(p)) = (&r, pending) else {
+        return r.unwrap_or_else(Reply::err);
+    };
+    let (mut g, answered) = shared.confirm(g, CONFIRM_TIMEOUT);
+    let st = &g.state;
+    let (held, message, id, flow) = match &p {
+        Pending::Container(name, id) => (
+            st.holds_container(name, *id),
+            "declare_container",
+            Some(*id),
+            None,
+        ),
+        Pending::Request(id) => (st.holds_request(*id), "begin_request", Some(*id), None),
+        Pending::Flow(f) => (st.holds_flow(f), "bind_flow", None, Some(f)),
+    };
+    if answered && held {
+        return reply.clone();
+    }
+    if answered {
+        let why = st
+            .refusal(message, id, flow)
+            .map_or_else(|| "it is no longer held".to_owned(), |r| r.reason.clone());
+        return Reply::err(format!("the VMM refused {message}: {why}"));
+    }
+    // Not confirmed: take it back, so nothing is held that the client was
+    // told failed.
+    let mut out = Out::new();
+    let st = &mut g.state;
+    match p {
+        Pending::Container(name, _) => {
+            let _ = st.release_adhoc(client, &name, &mut out);
+        }
+        Pending::Request(id) => {
+            let _ = st.end(id, &mut out);
+        }
+        Pending::Flow(f) => {
+            let _ = st.unbind_flow(&f, &mut out);
+        }
+    }
+    g.emit(out);
+    drop(g);
+    shared.wake_link();
+    Reply::err(format!(
+        "the VMM did not confirm {message} within {} s: it is not connected (the agent keeps reconnecting; retry later)",
+        CONFIRM_TIMEOUT.as_secs()
+    ))
 }
 
 fn ok() -> Reply {

@@ -3,20 +3,27 @@
 //!
 //! Every change returns the protocol messages that tell the VMM about it,
 //! in order; [`State::on_connect`] gives the messages that bring a VMM in
-//! step on a fresh connection: closes of what it may still hold from an
-//! earlier connection (the VMM keeps an agent's state when its connection
-//! ends), then the replay of the whole state. The state is the truth:
-//! messages lost with a connection are never re-sent as such.
+//! step on a fresh connection. The VMM lists what it holds for agents (the
+//! `held` frames after `welcome`, whoever declared it: this process on an
+//! earlier connection, or an earlier agent process of the same boot): what
+//! matches this state is adopted under the VMM's ids, the rest is closed,
+//! then the whole state is replayed. The state is the truth: messages lost
+//! with a connection are never re-sent as such.
+//!
+//! **Refusals.** A declaration the VMM refuses (`refused`) is taken out of
+//! the state without a message (the VMM does not hold it), and its reason
+//! is kept for the local client that is waiting for it.
 //!
 //! **Ids.** The agent allocates container and request ids from
-//! [`ID_BASE`]`..=u32::MAX`, wrapping and skipping live ids, so they never
-//! collide with ids that bare tag-ABI programs in the same guest choose
-//! below [`ID_BASE`].
+//! [`ID_BASE`]`..=u32::MAX`, from above the VMM's `next_id` once connected
+//! (so never an id the VM has used, live or retained), wrapping and
+//! skipping live ids; bare tag-ABI programs in the same guest should choose
+//! ids below [`ID_BASE`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use accounting::abi;
-use accounting::agent::{AgentMessage, BeginRequest, BindFlow, DeclareContainer, Flow};
+use accounting::agent::{AgentMessage, BeginRequest, BindFlow, DeclareContainer, Flow, Held};
 
 use crate::config::{Desired, RuleKey};
 
@@ -31,6 +38,8 @@ pub const MAX_FLOWS: usize = 4096;
 
 /// A local client connection.
 pub type ClientId = u64;
+/// Refusals remembered for waiting clients.
+const REFUSALS_KEPT: usize = 64;
 
 /// Hands out non-zero ids from [`ID_BASE`] up, wrapping, skipping live ones.
 #[derive(Debug)]
@@ -55,6 +64,14 @@ impl IdAlloc {
             }
         }
         None
+    }
+
+    /// Allocates from `from` on, if that is further on in the agent's
+    /// range.
+    pub fn start_at(&mut self, from: u32) {
+        if from > self.next {
+            self.next = from;
+        }
     }
 }
 
@@ -96,36 +113,32 @@ struct Binding {
     owner: ClientId,
 }
 
-/// Ids and flows a VMM may hold.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Known {
-    containers: BTreeSet<u32>,
-    requests: BTreeSet<u32>,
-    flows: HashSet<Flow>,
-}
-
-impl Known {
-    fn is_empty(&self) -> bool {
-        self.containers.is_empty() && self.requests.is_empty() && self.flows.is_empty()
-    }
+/// A declaration the VMM refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The message's `type`.
+    pub message: String,
+    /// Its id (containers, requests).
+    pub id: Option<u32>,
+    /// Its flow (`bind_flow`).
+    pub flow: Option<Flow>,
+    /// The VMM's reason.
+    pub reason: String,
 }
 
 /// The declared state.
 #[derive(Debug, Default)]
 pub struct State {
-    /// What a VMM may still hold from earlier connections (it keeps an
-    /// agent's state when the connection ends): what was live, or closed
-    /// without the close being written, when the last connection ended.
-    known: Known,
-    /// Closes emitted on the current connection and not yet written.
-    closed_recent: Known,
-    connected: bool,
     containers: BTreeMap<u32, Container>,
     by_name: HashMap<String, u32>,
     requests: BTreeMap<u32, Request>,
     flows: HashMap<Flow, Binding>,
     container_ids: IdAlloc,
     request_ids: IdAlloc,
+    /// The latest refusals, newest last.
+    refusals: VecDeque<Refusal>,
+    /// Declarations the VMM refused, in all.
+    pub refused: u64,
     /// Rule containers not declared because of [`MAX_CONTAINERS`] or names.
     pub rule_overflow: u64,
 }
@@ -197,10 +210,6 @@ impl State {
         self.requests.retain(|rid, _| !ended.contains(rid));
         self.unbind_where(|b| b.container == id, out);
         self.unrequest_flows(|r| ended.contains(&r), out);
-        if self.connected {
-            self.closed_recent.containers.insert(id);
-            self.closed_recent.requests.extend(ended);
-        }
         out.push(AgentMessage::RetireContainer { id });
     }
 
@@ -213,14 +222,7 @@ impl State {
             .collect();
         for flow in gone {
             self.flows.remove(&flow);
-            self.closed_flow(&flow);
             out.push(AgentMessage::UnbindFlow { flow });
-        }
-    }
-
-    fn closed_flow(&mut self, flow: &Flow) {
-        if self.connected {
-            self.closed_recent.flows.insert(flow.clone());
         }
     }
 
@@ -392,9 +394,6 @@ impl State {
             return Err("unknown request".into());
         }
         self.unrequest_flows(|r| r == id, out);
-        if self.connected {
-            self.closed_recent.requests.insert(id);
-        }
         out.push(AgentMessage::EndRequest { id });
         Ok(())
     }
@@ -430,7 +429,6 @@ impl State {
     /// Drops a flow binding.
     pub fn unbind_flow(&mut self, flow: &Flow, out: &mut Out) -> Result<(), String> {
         self.flows.remove(flow).ok_or("flow is not bound")?;
-        self.closed_flow(flow);
         out.push(AgentMessage::UnbindFlow { flow: flow.clone() });
         Ok(())
     }
@@ -452,7 +450,6 @@ impl State {
             .collect();
         for flow in flows {
             self.flows.remove(&flow);
-            self.closed_flow(&flow);
             out.push(AgentMessage::UnbindFlow { flow });
         }
         for id in mine {
@@ -469,75 +466,178 @@ impl State {
         }
     }
 
-    /// A connection is up: the messages that bring the VMM in step. First
-    /// the closes of what an earlier connection may have left live in the
-    /// VMM and is gone now (unbind, end, retire; a VMM that does not hold
-    /// them refuses them harmlessly), then [`Self::replay`].
-    pub fn on_connect(&mut self) -> Out {
-        let known = std::mem::take(&mut self.known);
+    /// A connection is up: the messages that bring the VMM in step with
+    /// this state, given what it holds for agents (`held`) and where ids
+    /// are free (`next_id`). A held container whose name, cgroup and (lack
+    /// of) parent match a live one here is adopted: the live one takes the
+    /// held id. Then, in order: the held flows, requests and containers
+    /// this state does not have are closed (unbind, end, retire), and the
+    /// whole state is replayed (adopted ids replay as no-ops). Containers
+    /// that were not adopted are declared under fresh ids above `next_id`.
+    pub fn on_connect(&mut self, held: &Held, next_id: u32) -> Out {
+        self.container_ids.start_at(next_id);
+        self.request_ids.start_at(next_id);
+        // Containers: adopt by name and cgroup, fresh ids for the rest.
+        let mut new_ids: HashMap<u32, u32> = HashMap::new();
+        let mut taken: HashSet<u32> = held.containers.iter().map(|h| h.id).collect();
+        for h in held.containers.iter().filter(|h| h.parent.is_none()) {
+            let Some(&ours) = self.by_name.get(&h.name) else {
+                continue;
+            };
+            let c = &self.containers[&ours];
+            if c.decl.cgroup == h.cgroup && c.decl.parent.is_none() {
+                new_ids.insert(ours, h.id);
+            }
+        }
+        let adopted: HashSet<u32> = new_ids.values().copied().collect();
+        let rest: Vec<u32> = self
+            .containers
+            .keys()
+            .copied()
+            .filter(|id| !new_ids.contains_key(id))
+            .collect();
+        // An id the VM has not used keeps (a client may hold it already).
+        let unused = |id: u32| id >= next_id.max(ID_BASE) || (next_id == 0 && id >= ID_BASE);
+        for old in rest {
+            let id = if unused(old) && !taken.contains(&old) {
+                old
+            } else {
+                self.container_ids.alloc(|id| taken.contains(&id)).unwrap_or(old)
+            };
+            taken.insert(id);
+            new_ids.insert(old, id);
+        }
+        self.rekey_containers(&new_ids);
+        // Requests keep their ids (clients hold them) unless the VMM holds
+        // that id in another container.
+        let held_requests: HashMap<u32, u32> = held.requests.iter().map(|r| (r.id, r.container)).collect();
+        let clashing: Vec<u32> = self
+            .requests
+            .iter()
+            .filter(|(id, r)| held_requests.get(id).is_some_and(|&c| c != r.begin.container))
+            .map(|(&id, _)| id)
+            .collect();
+        for old in clashing {
+            let fresh = self
+                .request_ids
+                .alloc(|id| held_requests.contains_key(&id) || self.requests.contains_key(&id));
+            if let (Some(fresh), Some(mut r)) = (fresh, self.requests.remove(&old)) {
+                r.begin.id = fresh;
+                self.requests.insert(fresh, r);
+                for b in self.flows.values_mut() {
+                    if b.bind.request == Some(old) {
+                        b.bind.request = Some(fresh);
+                    }
+                }
+            }
+        }
         let mut out = Out::new();
-        let mut flows: Vec<&Flow> = known
+        let mut stale_flows: Vec<&accounting::agent::BindFlow> = held
             .flows
             .iter()
-            .filter(|f| !self.flows.contains_key(f))
+            .filter(|b| !self.flows.contains_key(&b.flow))
             .collect();
-        flows.sort_by_key(|f| (f.local, f.remote));
+        stale_flows.sort_by_key(|b| (b.flow.local, b.flow.remote));
         out.extend(
-            flows
+            stale_flows
                 .into_iter()
-                .map(|f| AgentMessage::UnbindFlow { flow: f.clone() }),
+                .map(|b| AgentMessage::UnbindFlow { flow: b.flow.clone() }),
         );
-        let gone_requests = known.requests.iter().filter(|r| !self.requests.contains_key(r));
-        out.extend(gone_requests.map(|&id| AgentMessage::EndRequest { id }));
-        let gone_containers = known
-            .containers
-            .iter()
-            .filter(|c| !self.containers.contains_key(c));
-        out.extend(gone_containers.map(|&id| AgentMessage::RetireContainer { id }));
-        // Until written, those closes are still owed.
-        self.closed_recent = Known {
-            containers: known
-                .containers
-                .into_iter()
-                .filter(|c| !self.containers.contains_key(c))
-                .collect(),
-            requests: known
-                .requests
-                .into_iter()
-                .filter(|r| !self.requests.contains_key(r))
-                .collect(),
-            flows: known
-                .flows
-                .into_iter()
-                .filter(|f| !self.flows.contains_key(f))
-                .collect(),
-        };
-        self.connected = true;
+        out.extend(
+            held.requests
+                .iter()
+                .filter(|r| {
+                    self.requests
+                        .get(&r.id)
+                        .is_none_or(|o| o.begin.container != r.container)
+                })
+                .map(|r| AgentMessage::EndRequest { id: r.id }),
+        );
+        out.extend(
+            held.containers
+                .iter()
+                .filter(|h| !adopted.contains(&h.id))
+                .map(|h| AgentMessage::RetireContainer { id: h.id }),
+        );
         out.extend(self.replay());
         out
     }
 
-    /// The connection ended: everything live, and every close not yet
-    /// written, may be held by the VMM.
-    pub fn on_disconnect(&mut self) {
-        self.connected = false;
-        let recent = std::mem::take(&mut self.closed_recent);
-        self.known
-            .containers
-            .extend(self.containers.keys().copied().chain(recent.containers));
-        self.known
-            .requests
-            .extend(self.requests.keys().copied().chain(recent.requests));
-        self.known
-            .flows
-            .extend(self.flows.keys().cloned().chain(recent.flows));
+    /// Gives containers new ids (`map`: old to new, for every container),
+    /// and their requests and flows with them.
+    fn rekey_containers(&mut self, map: &HashMap<u32, u32>) {
+        let old = std::mem::take(&mut self.containers);
+        for (id, mut c) in old {
+            let new = map.get(&id).copied().unwrap_or(id);
+            c.decl.id = new;
+            self.by_name.insert(c.decl.name.clone(), new);
+            self.containers.insert(new, c);
+        }
+        for r in self.requests.values_mut() {
+            if let Some(&n) = map.get(&r.begin.container) {
+                r.begin.container = n;
+            }
+        }
+        for b in self.flows.values_mut() {
+            if let Some(&n) = map.get(&b.bind.container) {
+                b.bind.container = n;
+            }
+        }
     }
 
-    /// Everything queued so far has been written to the connection.
-    pub fn delivered(&mut self) {
-        if !self.closed_recent.is_empty() {
-            self.closed_recent = Known::default();
+    /// The VMM refused a declaration: what it refused leaves the state
+    /// without a message (the VMM does not hold it), and the reason is
+    /// kept for [`Self::refusal`].
+    pub fn on_refused(&mut self, r: Refusal) {
+        self.refused += 1;
+        match (r.message.as_str(), r.id, &r.flow) {
+            ("declare_container", Some(id), _) => {
+                if let Some(c) = self.containers.remove(&id) {
+                    self.by_name.remove(&c.decl.name);
+                    self.requests.retain(|_, q| q.begin.container != id);
+                    self.flows.retain(|_, b| b.bind.container != id);
+                }
+            }
+            ("begin_request", Some(id), _) if self.requests.remove(&id).is_some() => {
+                for b in self.flows.values_mut() {
+                    if b.bind.request == Some(id) {
+                        b.bind.request = None;
+                    }
+                }
+            }
+            ("bind_flow", _, Some(flow)) => {
+                self.flows.remove(flow);
+            }
+            // Closes of what the VMM did not hold change nothing here.
+            _ => {}
         }
+        if self.refusals.len() >= REFUSALS_KEPT {
+            self.refusals.pop_front();
+        }
+        self.refusals.push_back(r);
+    }
+
+    /// The latest refusal of `message` for `id` (or `flow`), if any.
+    pub fn refusal(&self, message: &str, id: Option<u32>, flow: Option<&Flow>) -> Option<&Refusal> {
+        self.refusals
+            .iter()
+            .rev()
+            .find(|r| r.message == message && r.id == id && r.flow.as_ref() == flow)
+    }
+
+    /// Whether the live container `name` has id `id`.
+    pub fn holds_container(&self, name: &str, id: u32) -> bool {
+        self.by_name.get(name) == Some(&id)
+    }
+
+    /// Whether request `id` is live.
+    pub fn holds_request(&self, id: u32) -> bool {
+        self.requests.contains_key(&id)
+    }
+
+    /// Whether `flow` is bound.
+    pub fn holds_flow(&self, flow: &Flow) -> bool {
+        self.flows.contains_key(flow)
     }
 
     /// The messages that declare the whole state to a VMM that knows
@@ -563,7 +663,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use accounting::agent::FlowProto;
+    use accounting::agent::{FlowProto, HeldContainer, HeldRequest};
 
     fn want(rule: usize, path: &str, name: &str) -> Desired {
         Desired {
@@ -654,31 +754,131 @@ mod tests {
         assert!(s.end(r, &mut out).is_err());
     }
 
+    fn held_container(id: u32, name: &str, cgroup: Option<&str>) -> HeldContainer {
+        HeldContainer {
+            id,
+            name: name.into(),
+            parent: None,
+            cgroup: cgroup.map(Into::into),
+        }
+    }
+
     #[test]
-    fn closes_missed_while_disconnected_go_before_the_replay() {
+    fn a_restarted_agent_adopts_what_matches_and_closes_the_rest() {
+        // The previous agent process declared web (0x1000_0000, /web) and
+        // batch (0x1000_0001, /batch), with a request live in web and one
+        // in batch, and a flow. This one's rules now want api, web, batch
+        // in that order, with batch at another cgroup.
+        let held = Held {
+            containers: vec![
+                held_container(ID_BASE, "web", Some("/web")),
+                held_container(ID_BASE + 1, "batch", Some("/batch")),
+            ],
+            requests: vec![
+                HeldRequest {
+                    id: ID_BASE + 2,
+                    container: ID_BASE,
+                },
+                HeldRequest {
+                    id: ID_BASE + 3,
+                    container: ID_BASE + 1,
+                },
+            ],
+            flows: vec![BindFlow {
+                flow: flow(),
+                container: ID_BASE,
+                request: Some(ID_BASE + 2),
+            }],
+            last: true,
+        };
         let mut s = State::new();
         let mut out = Out::new();
-        assert!(s.on_connect().is_empty());
-        s.declare_adhoc(1, "web", None, &mut out).unwrap();
+        s.sync_rules(
+            &[
+                want(0, "/api", "api"),
+                want(1, "/web", "web"),
+                want(2, "/new/batch", "batch"),
+            ],
+            1,
+            &mut out,
+        );
+        // Before the connection the ids clash with the held ones.
+        assert_eq!(s.container_by_name("api").unwrap().decl.id, ID_BASE);
+        let msgs = s.on_connect(&held, ID_BASE + 4);
+        assert_eq!(s.container_by_name("web").unwrap().decl.id, ID_BASE, "adopted");
+        let api = s.container_by_name("api").unwrap().decl.id;
+        let batch = s.container_by_name("batch").unwrap().decl.id;
+        assert!(
+            api >= ID_BASE + 4 && batch >= ID_BASE + 4 && api != batch,
+            "fresh ids"
+        );
+        assert_eq!(msgs[0], AgentMessage::UnbindFlow { flow: flow() });
+        assert_eq!(msgs[1], AgentMessage::EndRequest { id: ID_BASE + 2 });
+        assert_eq!(msgs[2], AgentMessage::EndRequest { id: ID_BASE + 3 });
+        assert_eq!(msgs[3], AgentMessage::RetireContainer { id: ID_BASE + 1 });
+        let declared: Vec<(u32, &str)> = msgs[4..]
+            .iter()
+            .map(|m| match m {
+                AgentMessage::DeclareContainer(d) => (d.id, d.name.as_str()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(declared.len(), 3);
+        assert!(declared.contains(&(ID_BASE, "web")));
+        assert!(declared.contains(&(api, "api")) && declared.contains(&(batch, "batch")));
+        // New requests get ids above next_id too.
+        let r = s.begin(1, "api", 0, None, BTreeMap::new(), &mut out).unwrap();
+        assert!(r >= ID_BASE + 4);
+    }
+
+    #[test]
+    fn a_reconnect_of_the_same_process_replays_as_no_ops_and_closes_what_ended() {
+        let mut s = State::new();
+        let mut out = Out::new();
+        assert!(s.on_connect(&Held::default(), ID_BASE).is_empty());
+        let c = s.declare_adhoc(1, "web", Some("/web".into()), &mut out).unwrap();
         let r1 = s.begin(1, "web", 0, None, BTreeMap::new(), &mut out).unwrap();
         let r2 = s.begin(1, "web", 0, None, BTreeMap::new(), &mut out).unwrap();
-        s.delivered();
-        s.end(r2, &mut out).unwrap(); // queued, never written
-        s.on_disconnect();
-        s.end(r1, &mut out).unwrap(); // while disconnected
+        // Disconnected: r1 ends, r3 begins.
+        s.end(r1, &mut out).unwrap();
         let r3 = s.begin(1, "web", 0, None, BTreeMap::new(), &mut out).unwrap();
-        let msgs = s.on_connect();
+        let held = Held {
+            containers: vec![held_container(c, "web", Some("/web"))],
+            requests: vec![
+                HeldRequest { id: r1, container: c },
+                HeldRequest { id: r2, container: c },
+            ],
+            flows: vec![],
+            last: true,
+        };
+        let msgs = s.on_connect(&held, r2 + 1);
         assert_eq!(msgs[0], AgentMessage::EndRequest { id: r1 });
-        assert_eq!(msgs[1], AgentMessage::EndRequest { id: r2 });
-        assert!(matches!(msgs[2], AgentMessage::DeclareContainer(_)));
+        assert!(matches!(&msgs[1], AgentMessage::DeclareContainer(d) if d.id == c));
+        assert!(matches!(&msgs[2], AgentMessage::BeginRequest(b) if b.id == r2));
         assert!(matches!(&msgs[3], AgentMessage::BeginRequest(b) if b.id == r3));
         assert_eq!(msgs.len(), 4);
-        // The closes are owed until written, then forgotten.
-        s.on_disconnect();
-        assert_eq!(s.on_connect().len(), 4);
-        s.delivered();
-        s.on_disconnect();
-        assert_eq!(s.on_connect().len(), 2);
+    }
+
+    #[test]
+    fn a_refused_declaration_leaves_the_state_and_keeps_its_reason() {
+        let mut s = State::new();
+        let mut out = Out::new();
+        let c = s.declare_adhoc(1, "web", None, &mut out).unwrap();
+        let r = s.begin(1, "web", 0, None, BTreeMap::new(), &mut out).unwrap();
+        s.on_refused(Refusal {
+            message: "declare_container".into(),
+            id: Some(c),
+            flow: None,
+            reason: "ring_duplicate_name".into(),
+        });
+        assert!(!s.holds_container("web", c));
+        assert!(!s.holds_request(r), "its requests went with it");
+        assert_eq!(
+            s.refusal("declare_container", Some(c), None).unwrap().reason,
+            "ring_duplicate_name"
+        );
+        assert!(s.replay().is_empty());
+        assert_eq!(s.refused, 1);
     }
 
     #[test]

@@ -9,7 +9,13 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use accounting::agent::{decode_agent, encode, AgentMessage, FrameDecoder, VmmMessage, PROTOCOL_VERSION};
+use std::sync::mpsc;
+
+use accounting::agent::{
+    decode_agent, encode, AgentMessage, BindFlow, FrameDecoder, Held, HeldContainer, HeldRequest, Previous,
+    VmmMessage, PROTOCOL_VERSION,
+};
+use accounting::agent::{Flow, FlowProto};
 use common::{fixture, TempDir};
 use guest_agent::agent::{Agent, Options};
 use guest_agent::config::Config;
@@ -17,9 +23,13 @@ use guest_agent::link::Endpoint;
 use guest_agent::local::Reply;
 use guest_agent::state::ID_BASE;
 
+/// The VMM's end of one connection. After the handshake a thread reads
+/// the agent's frames, answers each `sync` with `synced` (as the VMM does,
+/// after everything before it) and hands the rest to the test.
 struct Vmm {
     stream: UnixStream,
     dec: FrameDecoder,
+    rx: Option<mpsc::Receiver<AgentMessage>>,
 }
 
 fn accept(l: &UnixListener) -> Vmm {
@@ -33,6 +43,7 @@ fn accept(l: &UnixListener) -> Vmm {
                 return Vmm {
                     stream: s,
                     dec: FrameDecoder::new(),
+                    rx: None,
                 };
             }
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
@@ -41,17 +52,27 @@ fn accept(l: &UnixListener) -> Vmm {
     }
 }
 
+fn read_frame(stream: &mut UnixStream, dec: &mut FrameDecoder) -> Option<AgentMessage> {
+    let mut buf = [0u8; 65536];
+    loop {
+        if let Some(body) = dec.next_frame().unwrap() {
+            return Some(decode_agent(&body).unwrap());
+        }
+        match stream.read(&mut buf) {
+            Ok(n) if n > 0 => dec.push(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
 impl Vmm {
     /// The next message, decoded and validated as the VMM would.
     fn next(&mut self) -> AgentMessage {
-        let mut buf = [0u8; 65536];
-        loop {
-            if let Some(body) = self.dec.next_frame().unwrap() {
-                return decode_agent(&body).unwrap();
-            }
-            let n = self.stream.read(&mut buf).unwrap();
-            assert!(n > 0, "the agent closed the connection");
-            self.dec.push(&buf[..n]);
+        match &self.rx {
+            Some(rx) => rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the agent closed the connection or went quiet"),
+            None => read_frame(&mut self.stream, &mut self.dec).expect("the agent closed the connection"),
         }
     }
 
@@ -59,17 +80,39 @@ impl Vmm {
         self.stream.write_all(&encode(m).unwrap()).unwrap();
     }
 
-    fn handshake(&mut self) {
+    fn handshake(&mut self, held: Held, next_id: u32) {
         let AgentMessage::Hello(h) = self.next() else {
             panic!("hello must come first")
         };
         assert_eq!(h.protocol, PROTOCOL_VERSION);
         assert_eq!(h.agent_version, env!("CARGO_PKG_VERSION"));
         assert!(!h.kernel.is_empty());
+        let previous = if held.is_empty() {
+            Previous::None
+        } else {
+            Previous::SameBoot
+        };
         self.send(&VmmMessage::Welcome {
             protocol: PROTOCOL_VERSION,
             tenant: "t".into(),
+            previous,
+            next_id,
         });
+        self.send(&VmmMessage::Held(Held { last: true, ..held }));
+        let (tx, rx) = mpsc::channel();
+        let mut r = self.stream.try_clone().unwrap();
+        let mut w = self.stream.try_clone().unwrap();
+        let mut dec = std::mem::take(&mut self.dec);
+        std::thread::spawn(move || {
+            while let Some(m) = read_frame(&mut r, &mut dec) {
+                if let AgentMessage::Sync { seq } = m {
+                    let _ = w.write_all(&encode(&VmmMessage::Synced { seq }).unwrap());
+                } else if tx.send(m).is_err() {
+                    break;
+                }
+            }
+        });
+        self.rx = Some(rx);
     }
 
     /// Messages up to and including the first context report.
@@ -83,6 +126,12 @@ impl Vmm {
                 return out;
             }
         }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -120,6 +169,7 @@ fn kinds(ms: &[AgentMessage]) -> Vec<&'static str> {
             AgentMessage::BindFlow(_) => "bind",
             AgentMessage::UnbindFlow { .. } => "unbind",
             AgentMessage::Context(_) => "context",
+            AgentMessage::Sync { .. } => "sync",
         })
         .collect()
 }
@@ -144,7 +194,7 @@ fn the_agent_declares_reports_reconnects_and_replays() {
 
     // First connection: hello, welcome, the rule containers, a report.
     let mut vmm = accept(&listener);
-    vmm.handshake();
+    vmm.handshake(Held::default(), 1);
     let first = vmm.until_context();
     let declared: Vec<(String, Option<String>, u32)> = first
         .iter()
@@ -198,8 +248,9 @@ fn the_agent_declares_reports_reconnects_and_replays() {
     drop(listener);
     std::fs::remove_file(&vmm_path).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let req2 = app.call(r#"{"op":"begin","container":"api"}"#).request.unwrap();
-    assert_ne!(req2, req);
+    let refused = app.call(r#"{"op":"begin","container":"api"}"#);
+    assert!(!refused.ok, "not confirmed while the VMM is away: {refused:?}");
+    std::thread::sleep(Duration::from_millis(700));
     assert!(app.call(&format!(r#"{{"op":"end","request":{req}}}"#)).ok);
     std::thread::sleep(Duration::from_millis(700));
 
@@ -212,16 +263,48 @@ fn the_agent_declares_reports_reconnects_and_replays() {
     });
     drop(refused);
     let mut vmm = accept(&listener);
-    vmm.handshake();
+    // The VMM kept what the first connection declared and says so.
+    let held = Held {
+        containers: declared
+            .iter()
+            .map(|(name, cgroup, id)| HeldContainer {
+                id: *id,
+                name: name.clone(),
+                parent: None,
+                cgroup: cgroup.clone(),
+            })
+            .chain([HeldContainer {
+                id: api,
+                name: "api".into(),
+                parent: None,
+                cgroup: None,
+            }])
+            .collect(),
+        requests: vec![HeldRequest {
+            id: req,
+            container: api,
+        }],
+        flows: vec![BindFlow {
+            flow: Flow {
+                proto: FlowProto::Tcp,
+                local: "10.0.0.2:40000".parse().unwrap(),
+                remote: "1.2.3.4:443".parse().unwrap(),
+            },
+            container: api,
+            request: Some(req),
+        }],
+        last: true,
+    };
+    vmm.handshake(held, req + 1);
     let replay = vmm.until_context();
-    // The VMM kept what the first connection declared: the request that
-    // ended during the outage is ended first, then the state is replayed.
+    // The request that ended during the outage is ended first, then the
+    // state is replayed under the same ids.
     assert_eq!(
         kinds(&replay),
-        ["end", "declare", "declare", "declare", "begin", "bind", "context"]
+        ["end", "declare", "declare", "declare", "bind", "context"]
     );
     assert_eq!(replay[0], AgentMessage::EndRequest { id: req });
-    assert!(matches!(&replay[5], AgentMessage::BindFlow(b) if b.request.is_none() && b.container == api));
+    assert!(matches!(&replay[4], AgentMessage::BindFlow(b) if b.request.is_none() && b.container == api));
     let replayed_ids: Vec<u32> = replay
         .iter()
         .filter_map(|m| match m {
@@ -232,7 +315,17 @@ fn the_agent_declares_reports_reconnects_and_replays() {
     let mut want: Vec<u32> = declared.iter().map(|d| d.2).chain([api]).collect();
     want.sort_unstable();
     assert_eq!(replayed_ids, want, "the same ids, declared again");
-    assert!(matches!(&replay[4], AgentMessage::BeginRequest(b) if b.id == req2));
+
+    // Connected again, a request is confirmed, under an id above next_id.
+    let req2 = app.call(r#"{"op":"begin","container":"api"}"#).request.unwrap();
+    assert!(req2 > req);
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|m| matches!(m, AgentMessage::BeginRequest(b) if b.id == req2))
+    {
+        seen.push(vmm.next());
+    }
 
     // Reports kept through the outage come first, then fresh ones; a fresh
     // one carries the drops and the reconnection.

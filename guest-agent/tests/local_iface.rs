@@ -1,4 +1,5 @@
-//! The local interface over a real Unix socket.
+//! The local interface over a real Unix socket, with the VMM's real agent
+//! hub (in process) confirming what the agent declares.
 
 mod common;
 
@@ -8,16 +9,41 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use accounting::abi::{EntryKind, RingEntry};
+use accounting::ledger::Accounting;
+use accounting::registry::Limits;
 use common::{fixture, TempDir};
 use guest_agent::agent::{Agent, Options};
 use guest_agent::link::Endpoint;
 use guest_agent::local::{Reply, MAX_CLIENTS, MAX_LINE};
 use guest_agent::state::ID_BASE;
+use std::sync::Arc;
+use vmm::agent::AgentHub;
 
-fn agent(dir: &TempDir) -> Agent {
+/// An agent connected to a VMM's agent hub (fields drop in order: the
+/// agent first).
+struct WithVmm {
+    agent: Agent,
+    hub: Arc<AgentHub>,
+    acct: Arc<Accounting>,
+}
+
+impl std::ops::Deref for WithVmm {
+    type Target = Agent;
+    fn deref(&self) -> &Agent {
+        &self.agent
+    }
+}
+
+impl Drop for WithVmm {
+    fn drop(&mut self) {
+        self.hub.stop();
+    }
+}
+
+fn start(dir: &TempDir, vmm: &str) -> Agent {
     Agent::start(Options {
-        // Nobody listens there: the agent keeps state and retries.
-        connect: Endpoint::Unix(dir.join("no-vmm.sock")),
+        connect: Endpoint::Unix(dir.join(vmm)),
         listen: Some(dir.join("agent.sock")),
         interval: Duration::from_secs(3600),
         proc_root: fixture("proc"),
@@ -25,6 +51,17 @@ fn agent(dir: &TempDir) -> Agent {
         ..Options::default()
     })
     .unwrap()
+}
+
+fn agent(dir: &TempDir) -> WithVmm {
+    let acct = Accounting::new("t", 1, 1, Limits::default());
+    let hub = AgentHub::new(Arc::clone(&acct));
+    hub.listen(&dir.join("vmm.sock")).unwrap();
+    WithVmm {
+        agent: start(dir, "vmm.sock"),
+        hub,
+        acct,
+    }
 }
 
 struct Client {
@@ -241,4 +278,45 @@ fn a_stale_socket_is_replaced_and_other_files_refused() {
     let err = third.unwrap_err().to_string();
     assert!(err.contains("--listen"), "{err}");
     assert_eq!(std::fs::read(d.join("file")).unwrap(), b"x");
+}
+
+#[test]
+fn without_a_vmm_nothing_is_confirmed_and_nothing_is_kept() {
+    let d = TempDir::new("novmm");
+    // Nobody listens there: the agent keeps retrying.
+    let a = start(&d, "no-vmm.sock");
+    let mut c = Client::connect(&d.join("agent.sock"));
+    let r = c.call(r#"{"op":"declare","container":"web"}"#);
+    assert!(!r.ok && r.container.is_none(), "{r:?}");
+    assert_eq!(
+        r.error.as_deref(),
+        Some(
+            "the VMM did not confirm declare_container within 3 s: it is not connected (the agent keeps reconnecting; retry later)"
+        )
+    );
+    assert!(a.shared().lock().state.container_by_name("web").is_none());
+}
+
+#[test]
+fn a_refusal_reaches_the_application() {
+    let d = TempDir::new("refused");
+    let a = agent(&d);
+    // A bare tag-ABI program already holds the name.
+    a.acct
+        .apply(&RingEntry::new(EntryKind::DeclareContainer, 7, 0, 0, b"web"))
+        .unwrap();
+    let mut c = Client::connect(&d.join("agent.sock"));
+    let r = c.call(r#"{"op":"declare","container":"web"}"#);
+    assert!(!r.ok, "{r:?}");
+    assert_eq!(
+        r.error.as_deref(),
+        Some("the VMM refused declare_container: ring_duplicate_name")
+    );
+    assert!(a.shared().lock().state.container_by_name("web").is_none());
+    // Another name is fine, and its request is confirmed.
+    assert!(c.call(r#"{"op":"declare","container":"api"}"#).ok);
+    let b = c.call(r#"{"op":"begin","container":"api"}"#);
+    assert!(b.ok, "{b:?}");
+    let reg = a.acct.registry();
+    assert!(reg.live_request_container(b.request.unwrap()).is_some());
 }

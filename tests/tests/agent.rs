@@ -66,7 +66,7 @@ fn api(sock: &Path, target: &str) -> Value {
 }
 
 fn hello() -> Value {
-    json!({"type": "hello", "protocol": 1, "agent_version": "test-0", "kernel": "6.1.0-test",
+    json!({"type": "hello", "protocol": 2, "agent_version": "test-0", "kernel": "6.1.0-test",
            "boot_id": "5b2a0c1e-0000-4000-8000-000000000001", "hostname": "guest"})
 }
 
@@ -120,7 +120,16 @@ fn agent_declarations_context_and_garbage_against_a_running_vm() {
     let mut a = connect(&agent_sock);
     send(&mut a, &hello());
     let w = recv(&mut a);
-    assert_eq!(w, json!({"type": "welcome", "protocol": 1, "tenant": "acme"}));
+    let next_id = w["next_id"].as_u64().expect("next_id");
+    assert!(next_id > 0 && next_id < u64::from(WEB), "{w}");
+    assert_eq!(
+        w,
+        json!({"type": "welcome", "protocol": 2, "tenant": "acme", "previous": "none", "next_id": next_id})
+    );
+    assert_eq!(
+        recv(&mut a),
+        json!({"type": "held", "containers": [], "requests": [], "flows": [], "last": true})
+    );
     send(
         &mut a,
         &json!({"type": "declare_container", "id": WEB, "name": "web", "cgroup": "/web.slice"}),
@@ -150,6 +159,14 @@ fn agent_declarations_context_and_garbage_against_a_running_vm() {
         &json!({"type": "bind_flow", "flow": {"proto": "tcp", "local": "10.0.0.2:40000",
                 "remote": "10.0.0.1:443"}, "container": WEB, "request": REQ}),
     );
+    // The refusal is answered, in order, before `synced`.
+    send(&mut a, &json!({"type": "sync", "seq": 1}));
+    assert_eq!(
+        recv(&mut a),
+        json!({"type": "refused", "message": "begin_request", "id": REQ + 1,
+               "reason": "ring_unknown_container"})
+    );
+    assert_eq!(recv(&mut a), json!({"type": "synced", "seq": 1}));
     send(
         &mut a,
         &json!({"type": "context", "seq": 1, "taken_ns": 5, "interval_ms": 1000,

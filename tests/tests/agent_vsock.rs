@@ -29,7 +29,7 @@ const REQ: u32 = 0x1000_0100;
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 
 // The frame bodies the guest sends, byte for byte (images/guest/src/agent.rs).
-const HELLO: &str = r#"{"type":"hello","protocol":1,"agent_version":"test-guest-1","kernel":"none","boot_id":"resourceful-test-guest","hostname":"test-guest"}"#;
+const HELLO: &str = r#"{"type":"hello","protocol":2,"agent_version":"test-guest-1","kernel":"none","boot_id":"resourceful-test-guest","hostname":"test-guest"}"#;
 const DECLARE: &str = r#"{"type":"declare_container","id":268435457,"name":"guest-svc","cgroup":"/svc"}"#;
 const BEGIN: &str = r#"{"type":"begin_request","id":268435712,"container":268435457,"external_id":7,"trace_id":"0af7651916cd43dd8448eb211c80319c","attributes":{"route":"/guest"}}"#;
 const END: &str = r#"{"type":"end_request","id":268435712}"#;
@@ -79,12 +79,22 @@ fn the_guest_speaks_the_agent_protocol_over_vsock_and_is_charged_exactly() {
     for body in [HELLO, DECLARE, BEGIN, END, CONTEXT] {
         agent::decode_agent(body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e}"));
     }
+    // `welcome` (nothing held; ids 1 and 2 were declared through the ring)
+    // and the empty `held` frame, written at once.
     let welcome = agent::encode(&VmmMessage::Welcome {
         protocol: agent::PROTOCOL_VERSION,
         tenant: "acme".into(),
+        previous: agent::Previous::None,
+        next_id: 3,
     })
     .unwrap()
-    .len() as u64;
+    .len() as u64
+        + agent::encode(&VmmMessage::Held(agent::Held {
+            last: true,
+            ..Default::default()
+        }))
+        .unwrap()
+        .len() as u64;
     let error = agent::encode(&VmmMessage::Error {
         reason: ProtocolError::FrameLength(u64::from(u32::MAX)).to_string(),
     })
@@ -93,7 +103,7 @@ fn the_guest_speaks_the_agent_protocol_over_vsock_and_is_charged_exactly() {
     let sent_before_gate = framed(HELLO) + framed(DECLARE) + framed(BEGIN);
     let sent = sent_before_gate + framed(END) + framed(CONTEXT) + GARBAGE as u64;
     // As docs/guest-scenarios.md lists them.
-    assert_eq!((sent_before_gate, sent, welcome, error), (380, 782, 51, 75));
+    assert_eq!((sent_before_gate, sent, welcome, error), (380, 782, 153, 75));
 
     let dir = scratch_dir();
     let uds = dir.join("v.sock");
@@ -155,7 +165,7 @@ fn the_guest_speaks_the_agent_protocol_over_vsock_and_is_charged_exactly() {
     let want = serde_json::json!({
         "connections": 2, "refused": 0, "frames": 5, "bytes": sent, "malformed": 0, "invalid": 0,
         "oversized": 1, "out_of_sequence": 0, "bad_version": 0, "rejected": 0, "replayed": 0,
-        "reports": 1, "flows_refused": 0,
+        "reports": 1, "flows_refused": 0, "boot_retired": 0,
     });
     assert_eq!(stats, want);
     let procs = api(&api_sock, "/v1/processes");

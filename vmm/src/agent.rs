@@ -35,8 +35,9 @@ use std::time::Duration;
 
 use accounting::abi::{self, EntryKind, RingEntry};
 use accounting::agent::{
-    self, AgentMessage, BeginRequest, ContextReport, DeclareContainer, Flow, FlowProto, FrameDecoder, Hello,
-    ProtocolError, VmmMessage, PROTOCOL_VERSION,
+    self, AgentMessage, BeginRequest, BindFlow, ContextReport, DeclareContainer, Flow, FlowProto,
+    FrameDecoder, Held, HeldContainer, HeldRequest, Hello, Previous, ProtocolError, VmmMessage,
+    HELD_PER_FRAME, PROTOCOL_VERSION,
 };
 use accounting::errors::GuestError;
 use accounting::ledger::Accounting;
@@ -57,6 +58,9 @@ pub const MAX_FLOWS: usize = 4096;
 /// How long a connection may stay silent before it is closed (an agent
 /// reports every second by default).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one write to an agent may block (an agent that stops reading
+/// is dropped, it never stalls the hub).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the agent socket could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,7 @@ pub struct AgentCounters {
     replayed: AtomicU64,
     reports: AtomicU64,
     flows_refused: AtomicU64,
+    boot_retired: AtomicU64,
 }
 
 /// [`AgentCounters`] as read.
@@ -127,11 +132,14 @@ pub struct AgentStats {
     pub reports: u64,
     /// Flow bindings refused because [`MAX_FLOWS`] were kept.
     pub flows_refused: u64,
+    /// Agent-declared containers the VMM retired because an agent of
+    /// another `boot_id` said `hello` (the guest rebooted its agent's world).
+    pub boot_retired: u64,
 }
 
 impl AgentStats {
     /// Every counter with its name (as in JSON and the metrics' `event`).
-    pub fn by_name(&self) -> [(&'static str, u64); 13] {
+    pub fn by_name(&self) -> [(&'static str, u64); 14] {
         [
             ("connections", self.connections),
             ("refused", self.refused),
@@ -146,6 +154,7 @@ impl AgentStats {
             ("replayed", self.replayed),
             ("reports", self.reports),
             ("flows_refused", self.flows_refused),
+            ("boot_retired", self.boot_retired),
         ]
     }
 
@@ -175,6 +184,7 @@ impl AgentCounters {
             replayed: self.replayed.load(Relaxed),
             reports: self.reports.load(Relaxed),
             flows_refused: self.flows_refused.load(Relaxed),
+            boot_retired: self.boot_retired.load(Relaxed),
         }
     }
 }
@@ -184,6 +194,9 @@ impl AgentCounters {
 pub struct AgentContainer {
     /// Its name.
     pub name: String,
+    /// Its parent.
+    #[serde(skip)]
+    pub parent: Option<u32>,
     /// The cgroup it stands for.
     pub cgroup: Option<String>,
 }
@@ -265,7 +278,12 @@ pub struct AgentPeer {
 #[derive(Debug, Default)]
 struct HubState {
     peer: Option<AgentPeer>,
+    /// The `boot_id` of the agent whose state is held.
+    boot_id: Option<String>,
     containers: HashMap<u32, AgentContainer>,
+    /// Requests agents began, by id: their container. Entries the books
+    /// ended by other means are dropped when the state is listed.
+    requests: HashMap<u32, u32>,
     flows: HashMap<Flow, FlowBinding>,
     latest: Option<Arc<ContextSnapshot>>,
 }
@@ -512,6 +530,7 @@ impl AgentHub {
 
     fn run_connection(&self, id: u64, mut s: UnixStream) {
         let _ = s.set_read_timeout(Some(IDLE_TIMEOUT));
+        let _ = s.set_write_timeout(Some(WRITE_TIMEOUT));
         let mut dec = FrameDecoder::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut hello = false;
@@ -573,77 +592,34 @@ impl AgentHub {
         hello: &mut bool,
         m: AgentMessage,
     ) -> Result<(), ProtocolError> {
-        match (m, *hello) {
+        let refusal = match (m, *hello) {
             (AgentMessage::Hello(h), false) => {
                 if h.protocol != PROTOCOL_VERSION {
                     return Err(ProtocolError::Version(h.protocol));
                 }
                 *hello = true;
-                let b = agent::encode(&VmmMessage::Welcome {
-                    protocol: PROTOCOL_VERSION,
-                    tenant: self.acct.tenant().to_string(),
-                })?;
-                // A peer that does not read its welcome is not served.
-                s.write_all(&b)
-                    .map_err(|e| ProtocolError::Malformed(format!("cannot send welcome: {e}")))?;
-                log::info!(
-                    "agent {} connected (kernel {}, host {})",
-                    h.agent_version,
-                    h.kernel,
-                    h.hostname
-                );
-                self.state().peer = Some(AgentPeer {
-                    hello: h,
-                    connection: conn,
-                    since_ns: self.acct.now_ns(),
-                });
-                Ok(())
+                self.welcome(conn, s, h)?;
+                None
             }
-            (_, false) | (AgentMessage::Hello(_), true) => Err(ProtocolError::Sequence),
-            (AgentMessage::DeclareContainer(d), true) => {
-                self.declare(d);
-                Ok(())
-            }
+            (_, false) | (AgentMessage::Hello(_), true) => return Err(ProtocolError::Sequence),
+            (AgentMessage::DeclareContainer(d), true) => self.declare(d),
             (AgentMessage::RetireContainer { id }, true) => {
                 let e = RingEntry::new(EntryKind::RetireContainer, id, 0, 0, b"");
-                if self.apply(&e, "retire_container") {
-                    self.state().containers.remove(&id);
+                let r = self.apply(&e, "retire_container");
+                if r.is_none() {
+                    let mut st = self.state();
+                    st.containers.remove(&id);
+                    st.requests.retain(|_, c| *c != id);
                 }
-                Ok(())
+                r
             }
-            (AgentMessage::BeginRequest(b), true) => {
-                self.begin(b);
-                Ok(())
-            }
+            (AgentMessage::BeginRequest(b), true) => self.begin(b),
             (AgentMessage::EndRequest { id }, true) => {
                 let e = RingEntry::new(EntryKind::EndRequest, id, 0, 0, b"");
-                self.apply(&e, "end_request");
-                Ok(())
+                self.state().requests.remove(&id);
+                self.apply(&e, "end_request")
             }
-            (AgentMessage::BindFlow(b), true) => {
-                let mut st = self.state();
-                if st.flows.len() >= MAX_FLOWS && !st.flows.contains_key(&b.flow) {
-                    drop(st);
-                    self.counters.flows_refused.fetch_add(1, Relaxed);
-                    warn_rl!("agent flow binding refused: {MAX_FLOWS} bindings kept");
-                } else {
-                    let tag = abi::tag(b.container, b.request.unwrap_or(abi::NO_REQUEST));
-                    if let Some(k) = five_tuple(&b.flow) {
-                        self.bound_v4
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(k, tag);
-                    }
-                    st.flows.insert(
-                        b.flow,
-                        FlowBinding {
-                            container: b.container,
-                            request: b.request,
-                        },
-                    );
-                }
-                Ok(())
-            }
+            (AgentMessage::BindFlow(b), true) => self.bind_flow(b),
             (AgentMessage::UnbindFlow { flow }, true) => {
                 let mut st = self.state();
                 if let Some(k) = five_tuple(&flow) {
@@ -653,33 +629,126 @@ impl AgentHub {
                         .remove(&k);
                 }
                 st.flows.remove(&flow);
-                Ok(())
+                None
             }
             (AgentMessage::Context(report), true) => {
                 self.counters.reports.fetch_add(1, Relaxed);
                 let snap = ContextSnapshot::new(self.acct.now_ns(), conn, report);
                 self.state().latest = Some(Arc::new(snap));
-                Ok(())
+                None
+            }
+            (AgentMessage::Sync { seq }, true) => {
+                send(s, &VmmMessage::Synced { seq })?;
+                None
+            }
+        };
+        match refusal {
+            Some(r) => send(s, &r),
+            None => Ok(()),
+        }
+    }
+
+    /// Answers a `hello`: retires what an agent of another boot declared,
+    /// then sends `welcome` and the state held for this boot in `held`
+    /// frames.
+    fn welcome(&self, conn: u64, s: &mut UnixStream, h: Hello) -> Result<(), ProtocolError> {
+        let (previous, held) = {
+            let mut st = self.state();
+            self.prune(&mut st);
+            let holds = !st.containers.is_empty() || !st.requests.is_empty() || !st.flows.is_empty();
+            let previous = match &st.boot_id {
+                _ if !holds => Previous::None,
+                Some(b) if *b == h.boot_id => Previous::SameBoot,
+                _ => Previous::OtherBoot,
+            };
+            if previous == Previous::OtherBoot {
+                self.retire_all(&mut st);
+            }
+            st.boot_id = Some(h.boot_id.clone());
+            (previous, held_frames(&st))
+        };
+        let next_id = self.acct.registry().max_id().wrapping_add(1);
+        // One write: a small welcome reaches a guest as one packet.
+        let mut bytes = agent::encode(&VmmMessage::Welcome {
+            protocol: PROTOCOL_VERSION,
+            tenant: self.acct.tenant().to_string(),
+            previous,
+            next_id,
+        })?;
+        for f in held {
+            bytes.extend(agent::encode(&VmmMessage::Held(f))?);
+        }
+        s.write_all(&bytes)
+            .map_err(|e| ProtocolError::Malformed(format!("cannot send welcome: {e}")))?;
+        log::info!(
+            "agent {} connected (kernel {}, host {}, previous state: {previous:?})",
+            h.agent_version,
+            h.kernel,
+            h.hostname
+        );
+        self.state().peer = Some(AgentPeer {
+            hello: h,
+            connection: conn,
+            since_ns: self.acct.now_ns(),
+        });
+        Ok(())
+    }
+
+    /// Drops from the lists what the books no longer hold as the agent
+    /// declared it (retired or ended through the ring, or refused).
+    fn prune(&self, st: &mut HubState) {
+        let reg = self.acct.registry();
+        st.containers
+            .retain(|id, c| reg.live_container(*id).is_some_and(|l| l.name == c.name));
+        st.requests.retain(|id, c| {
+            reg.live_request_container(*id).is_some()
+                && reg.live_request_container(*id) == reg.live_container_index(*c)
+        });
+    }
+
+    /// Retires every agent-declared container (their requests end) and
+    /// unbinds every flow: the agent that declared them belongs to a boot
+    /// that is gone.
+    fn retire_all(&self, st: &mut HubState) {
+        let mut ids: Vec<u32> = st.containers.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let e = RingEntry::new(EntryKind::RetireContainer, id, 0, 0, b"");
+            if self.acct.apply(&e).is_ok() {
+                self.counters.boot_retired.fetch_add(1, Relaxed);
             }
         }
+        for id in std::mem::take(&mut st.requests).into_keys() {
+            let e = RingEntry::new(EntryKind::EndRequest, id, 0, 0, b"");
+            let _ = self.acct.apply(&e);
+        }
+        st.containers.clear();
+        st.flows.clear();
+        self.bound_v4.write().unwrap_or_else(|p| p.into_inner()).clear();
+        log::warn!("agent of another boot said hello: the previous agent's containers were retired");
     }
 
-    /// Applies a declaration to the books; false (counted, logged) if they
-    /// refused it.
-    fn apply(&self, e: &RingEntry, what: &str) -> bool {
+    /// Applies a declaration to the books; the `refused` answer (counted,
+    /// logged) if they refused it.
+    fn apply(&self, e: &RingEntry, what: &str) -> Option<VmmMessage> {
         match self.acct.apply(e) {
-            Ok(()) => true,
-            Err(err) => self.rejected(what, e.id, err),
+            Ok(()) => None,
+            Err(err) => Some(self.rejected(what, e.id, err)),
         }
     }
 
-    fn rejected(&self, what: &str, id: u32, err: GuestError) -> bool {
+    fn rejected(&self, what: &str, id: u32, err: GuestError) -> VmmMessage {
         self.counters.rejected.fetch_add(1, Relaxed);
         warn_rl!("agent {what} {id} refused: {}", err.name());
-        false
+        VmmMessage::Refused {
+            message: what.to_string(),
+            id: Some(id),
+            flow: None,
+            reason: err.name().to_string(),
+        }
     }
 
-    fn declare(&self, d: DeclareContainer) {
+    fn declare(&self, d: DeclareContainer) -> Option<VmmMessage> {
         // A reconnected agent re-sends what it declared; what matches the
         // live container is a no-op.
         let same = self
@@ -697,20 +766,22 @@ impl AgentHub {
                 0,
                 d.name.as_bytes(),
             );
-            if !self.apply(&e, "declare_container") {
-                return;
+            if let Some(r) = self.apply(&e, "declare_container") {
+                return Some(r);
             }
         }
         self.state().containers.insert(
             d.id,
             AgentContainer {
                 name: d.name,
+                parent: d.parent,
                 cgroup: d.cgroup,
             },
         );
+        None
     }
 
-    fn begin(&self, b: BeginRequest) {
+    fn begin(&self, b: BeginRequest) -> Option<VmmMessage> {
         let reg = self.acct.registry();
         let live_in = reg.live_request_container(b.id);
         let wanted = reg.live_container_index(b.container);
@@ -720,11 +791,11 @@ impl AgentHub {
             // no-op; anything else is the duplicate the ring would refuse.
             if wanted == Some(idx) {
                 self.counters.replayed.fetch_add(1, Relaxed);
-            } else {
-                self.acct.count_error(GuestError::RingDuplicateRequest);
-                self.rejected("begin_request", b.id, GuestError::RingDuplicateRequest);
+                self.state().requests.insert(b.id, b.container);
+                return None;
             }
-            return;
+            self.acct.count_error(GuestError::RingDuplicateRequest);
+            return Some(self.rejected("begin_request", b.id, GuestError::RingDuplicateRequest));
         }
         let trace_id = b.trace_id.as_deref().and_then(agent::trace_id_bytes);
         let meta = (trace_id.is_some() || !b.attributes.is_empty()).then(|| RequestMeta {
@@ -732,9 +803,110 @@ impl AgentHub {
             attributes: b.attributes.into_iter().collect(),
         });
         if let Err(err) = self.acct.begin_with_meta(b.id, b.container, b.external_id, meta) {
-            self.rejected("begin_request", b.id, err);
+            return Some(self.rejected("begin_request", b.id, err));
         }
+        let mut st = self.state();
+        if st.requests.len() >= 2 * self.acct.limits().max_live_requests as usize {
+            self.prune(&mut st);
+        }
+        st.requests.insert(b.id, b.container);
+        None
     }
+
+    fn bind_flow(&self, b: BindFlow) -> Option<VmmMessage> {
+        let mut st = self.state();
+        if st.flows.len() >= MAX_FLOWS && !st.flows.contains_key(&b.flow) {
+            drop(st);
+            self.counters.flows_refused.fetch_add(1, Relaxed);
+            self.counters.rejected.fetch_add(1, Relaxed);
+            warn_rl!("agent flow binding refused: {MAX_FLOWS} bindings kept");
+            return Some(VmmMessage::Refused {
+                message: "bind_flow".into(),
+                id: None,
+                flow: Some(b.flow),
+                reason: format!("flow_limit ({MAX_FLOWS} bindings kept)"),
+            });
+        }
+        let tag = abi::tag(b.container, b.request.unwrap_or(abi::NO_REQUEST));
+        if let Some(k) = five_tuple(&b.flow) {
+            self.bound_v4
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(k, tag);
+        }
+        st.flows.insert(
+            b.flow,
+            FlowBinding {
+                container: b.container,
+                request: b.request,
+            },
+        );
+        None
+    }
+}
+
+/// Writes one message; an agent that does not read within the write
+/// timeout loses its connection.
+fn send(s: &mut UnixStream, m: &VmmMessage) -> Result<(), ProtocolError> {
+    let b = agent::encode(m)?;
+    s.write_all(&b)
+        .map_err(|e| ProtocolError::Malformed(format!("cannot write to the agent: {e}")))
+}
+
+/// The state held for agents as `held` frames (at least one, the last
+/// marked), containers parents first.
+fn held_frames(st: &HubState) -> Vec<Held> {
+    let mut containers: Vec<HeldContainer> = st
+        .containers
+        .iter()
+        .map(|(&id, c)| HeldContainer {
+            id,
+            name: c.name.clone(),
+            parent: c.parent,
+            cgroup: c.cgroup.clone(),
+        })
+        .collect();
+    containers.sort_by_key(|c| c.id);
+    let mut requests: Vec<HeldRequest> = st
+        .requests
+        .iter()
+        .map(|(&id, &container)| HeldRequest { id, container })
+        .collect();
+    requests.sort_by_key(|r| r.id);
+    let mut flows: Vec<BindFlow> = st
+        .flows
+        .iter()
+        .map(|(f, b)| BindFlow {
+            flow: f.clone(),
+            container: b.container,
+            request: b.request,
+        })
+        .collect();
+    flows.sort_by_key(|b| (b.flow.local, b.flow.remote));
+    let mut frames = vec![Held::default()];
+    let mut push = |f: &mut dyn FnMut(&mut Held)| {
+        if frames.last().is_some_and(|h| h.len() >= HELD_PER_FRAME) {
+            frames.push(Held::default());
+        }
+        if let Some(h) = frames.last_mut() {
+            f(h);
+        }
+    };
+    for c in containers {
+        let mut c = Some(c);
+        push(&mut |h| h.containers.extend(c.take()));
+    }
+    for r in requests {
+        push(&mut |h| h.requests.push(r));
+    }
+    for b in flows {
+        let mut b = Some(b);
+        push(&mut |h| h.flows.extend(b.take()));
+    }
+    if let Some(h) = frames.last_mut() {
+        h.last = true;
+    }
+    frames
 }
 
 /// The net device's key for an IPv4 flow as the guest sends it; `None`
@@ -816,6 +988,208 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "{what}");
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    fn hello_from(boot: &str) -> AgentMessage {
+        let AgentMessage::Hello(mut h) = hello() else {
+            unreachable!()
+        };
+        h.boot_id = boot.into();
+        AgentMessage::Hello(h)
+    }
+
+    /// `welcome` and the held state that follows it.
+    fn welcome(s: &mut UnixStream) -> (Previous, u32, Held) {
+        let VmmMessage::Welcome {
+            previous, next_id, ..
+        } = recv(s)
+        else {
+            panic!("no welcome")
+        };
+        let mut all = Held::default();
+        loop {
+            let VmmMessage::Held(h) = recv(s) else {
+                panic!("no held frame")
+            };
+            all.containers.extend(h.containers);
+            all.requests.extend(h.requests);
+            all.flows.extend(h.flows);
+            if h.last {
+                all.last = true;
+                return (previous, next_id, all);
+            }
+        }
+    }
+
+    fn declare(s: &mut UnixStream, id: u32, name: &str) {
+        send(
+            s,
+            &AgentMessage::DeclareContainer(DeclareContainer {
+                id,
+                name: name.into(),
+                parent: None,
+                cgroup: Some(format!("/{name}")),
+            }),
+        );
+    }
+
+    fn begin(s: &mut UnixStream, id: u32, container: u32) {
+        send(
+            s,
+            &AgentMessage::BeginRequest(BeginRequest {
+                id,
+                container,
+                external_id: 0,
+                trace_id: None,
+                attributes: Default::default(),
+            }),
+        );
+    }
+
+    #[test]
+    fn refusals_are_answered_in_order_before_synced() {
+        let acct = Accounting::new("t", 1, 1, Limits::default());
+        let hub = AgentHub::new(Arc::clone(&acct));
+        let mut s = hub.connect_local().unwrap();
+        send(&mut s, &hello());
+        assert_eq!(welcome(&mut s).0, Previous::None);
+        declare(&mut s, 0x1000_0000, "web");
+        declare(&mut s, 0x1000_0001, "web");
+        begin(&mut s, 0x1000_0002, 0x1000_0001);
+        send(&mut s, &AgentMessage::Sync { seq: 7 });
+        assert_eq!(
+            recv(&mut s),
+            VmmMessage::Refused {
+                message: "declare_container".into(),
+                id: Some(0x1000_0001),
+                flow: None,
+                reason: "ring_duplicate_name".into()
+            }
+        );
+        assert_eq!(
+            recv(&mut s),
+            VmmMessage::Refused {
+                message: "begin_request".into(),
+                id: Some(0x1000_0002),
+                flow: None,
+                reason: "ring_unknown_container".into()
+            }
+        );
+        assert_eq!(recv(&mut s), VmmMessage::Synced { seq: 7 });
+        assert_eq!(hub.stats().rejected, 2);
+        assert_eq!(hub.containers().len(), 1, "only what the books hold is listed");
+        hub.stop();
+    }
+
+    #[test]
+    fn a_restarted_agent_is_told_what_is_held_and_another_boot_finds_it_retired() {
+        let acct = Accounting::new("t", 1, 1, Limits::default());
+        let hub = AgentHub::new(Arc::clone(&acct));
+        let mut s = hub.connect_local().unwrap();
+        send(&mut s, &hello_from("boot-1"));
+        welcome(&mut s);
+        declare(&mut s, 0x1000_0000, "web");
+        declare(&mut s, 0x1000_0001, "batch");
+        begin(&mut s, 0x1000_0005, 0x1000_0000);
+        begin(&mut s, 0x1000_0006, 0x1000_0001);
+        send(&mut s, &AgentMessage::EndRequest { id: 0x1000_0006 });
+        let flow = Flow {
+            proto: FlowProto::Tcp,
+            local: "10.0.0.2:4000".parse().unwrap(),
+            remote: "10.0.0.1:80".parse().unwrap(),
+        };
+        send(
+            &mut s,
+            &AgentMessage::BindFlow(BindFlow {
+                flow: flow.clone(),
+                container: 0x1000_0000,
+                request: Some(0x1000_0005),
+            }),
+        );
+        send(&mut s, &AgentMessage::Sync { seq: 1 });
+        assert_eq!(recv(&mut s), VmmMessage::Synced { seq: 1 });
+        drop(s);
+
+        // The same boot: everything live is listed, ids to allocate from
+        // are above every id used (the ended request's included).
+        let mut s = hub.connect_local().unwrap();
+        send(&mut s, &hello_from("boot-1"));
+        let (previous, next_id, held) = welcome(&mut s);
+        assert_eq!(previous, Previous::SameBoot);
+        assert_eq!(next_id, 0x1000_0007);
+        let names: Vec<(u32, &str)> = held.containers.iter().map(|c| (c.id, c.name.as_str())).collect();
+        assert_eq!(names, [(0x1000_0000, "web"), (0x1000_0001, "batch")]);
+        assert_eq!(held.containers[0].cgroup.as_deref(), Some("/web"));
+        assert_eq!(
+            held.requests,
+            [HeldRequest {
+                id: 0x1000_0005,
+                container: 0x1000_0000
+            }]
+        );
+        assert_eq!(held.flows.len(), 1);
+        drop(s);
+
+        // Another boot: the VMM retires it all itself.
+        let mut s = hub.connect_local().unwrap();
+        send(&mut s, &hello_from("boot-2"));
+        let (previous, _, held) = welcome(&mut s);
+        assert_eq!(previous, Previous::OtherBoot);
+        assert!(held.is_empty() && held.last);
+        assert_eq!(hub.stats().boot_retired, 2);
+        assert!(acct.registry().live_container(0x1000_0000).is_none());
+        assert_eq!(acct.registry().live_len(), 0);
+        assert!(hub.flows().is_empty());
+        assert!(hub.bound(&five_tuple(&flow).unwrap()).is_none());
+        hub.stop();
+    }
+
+    #[test]
+    fn held_state_is_split_into_bounded_frames() {
+        let acct = Accounting::new("t", 1, 1, Limits::default());
+        let hub = AgentHub::new(Arc::clone(&acct));
+        let mut s = hub.connect_local().unwrap();
+        send(&mut s, &hello());
+        welcome(&mut s);
+        let n = u32::try_from(HELD_PER_FRAME).unwrap() + 3;
+        for i in 0..n {
+            declare(&mut s, 0x1000_0000 + i, &format!("c{i}"));
+        }
+        send(&mut s, &AgentMessage::Sync { seq: 1 });
+        assert_eq!(recv(&mut s), VmmMessage::Synced { seq: 1 });
+        let mut s = hub.connect_local().unwrap();
+        send(&mut s, &hello());
+        assert!(matches!(recv(&mut s), VmmMessage::Welcome { .. }));
+        let VmmMessage::Held(first) = recv(&mut s) else {
+            panic!()
+        };
+        assert_eq!((first.len(), first.last), (HELD_PER_FRAME, false));
+        let VmmMessage::Held(second) = recv(&mut s) else {
+            panic!()
+        };
+        assert_eq!((second.len(), second.last), (3, true));
+        hub.stop();
+    }
+
+    #[test]
+    fn an_agent_of_the_old_protocol_is_told_what_to_run() {
+        let acct = Accounting::new("t", 1, 1, Limits::default());
+        let hub = AgentHub::new(Arc::clone(&acct));
+        let mut s = hub.connect_local().unwrap();
+        let AgentMessage::Hello(mut h) = hello() else {
+            unreachable!()
+        };
+        h.protocol = 1;
+        send(&mut s, &AgentMessage::Hello(h));
+        let VmmMessage::Error { reason } = recv(&mut s) else {
+            panic!("no error")
+        };
+        assert_eq!(
+            reason,
+            "agent protocol 1 is not supported: this VMM speaks protocol 2; run a resourceful-agent of the same release"
+        );
+        assert_eq!(hub.stats().bad_version, 1);
+        hub.stop();
     }
 
     #[test]

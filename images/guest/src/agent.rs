@@ -4,8 +4,9 @@
 //! the container and request it declared that way.
 //!
 //! Declarations sent over the agent channel are applied by the VMM's
-//! connection thread, asynchronously to this vCPU, and the VMM answers
-//! nothing but `welcome` and `error`. So before charging work to what it
+//! connection thread, asynchronously to this vCPU, and the guest reads
+//! nothing after `welcome` (and the `held` frame that comes with it in
+//! one packet). So before charging work to what it
 //! declared, the guest waits on a **gate**: a second vsock stream, to a host
 //! port served by the test (hybrid vsock, `uds=PATH`: `PATH_<port>`), on
 //! which the test writes one byte once the host API shows the declarations.
@@ -112,7 +113,7 @@ impl Frame {
 
 fn hello() -> Frame {
     Frame::new()
-        .s(b"{\"type\":\"hello\",\"protocol\":1,\"agent_version\":\"test-guest-1\",")
+        .s(b"{\"type\":\"hello\",\"protocol\":2,\"agent_version\":\"test-guest-1\",")
         .s(b"\"kernel\":\"none\",\"boot_id\":\"resourceful-test-guest\",\"hostname\":\"test-guest\"}")
         .done()
 }
