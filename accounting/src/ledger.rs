@@ -29,7 +29,7 @@ use std::time::Instant;
 use crate::abi::RingEntry;
 use crate::errors::{GuestError, GuestErrors};
 use crate::registry::{Limits, Registry, Resolved};
-use crate::resource::{BlockWork, Charges, Counters, ExitReason, NetCharge, VsockCharge};
+use crate::resource::{AgentCharge, BlockWork, Charges, Counters, ExitReason, NetCharge, VsockCharge};
 
 /// Tag cache entries per writer.
 const CACHE_SLOTS: usize = 8;
@@ -339,6 +339,17 @@ impl Writer {
         }
         if let Some(e) = r.error {
             self.acct.errors.inc(e);
+        }
+    }
+
+    /// Charges agent-channel work to `tag` (`None`: unattributed).
+    pub fn charge_agent(&mut self, tag: Option<u64>, work: &AgentCharge) {
+        let id = self.id;
+        self.acct.writer_totals[id].add_agent_single_writer(work);
+        let r = self.resolve(tag);
+        r.container_cells.col(id).add_agent_single_writer(work);
+        if let Some(req) = &r.request {
+            req.add_agent_single_writer(work);
         }
     }
 

@@ -209,6 +209,9 @@ impl Serialize for ChargesJson<'_> {
         if !is_zero(&c.vsock) {
             st.serialize_field("vsock", &c.vsock)?;
         }
+        if !is_zero(&c.agent) {
+            st.serialize_field("agent", &c.agent)?;
+        }
         st.end()
     }
 }

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ledger::Accounting;
 use crate::registry::{Limits, Registry, RegistryStats, RequestRow};
-use crate::resource::{BlockCharge, Charges, ExitCharge, ExitReason, NetCharge, Provenance, VsockCharge};
+use crate::resource::{
+    AgentCharge, BlockCharge, Charges, ExitCharge, ExitReason, NetCharge, Provenance, VsockCharge,
+};
 
 /// Schema identifier of the JSON report.
 pub const SCHEMA: &str = "resourceful.report/v1";
@@ -120,6 +122,9 @@ pub struct ChargesReport {
     /// virtio-vsock work.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub vsock: VsockCharge,
+    /// The agent channel's work.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub agent: AgentCharge,
 }
 
 /// Whether `v` is its type's zero.
@@ -165,6 +170,7 @@ impl From<&Charges> for ChargesReport {
             interrupts: c.interrupts,
             net: c.net,
             vsock: c.vsock,
+            agent: c.agent,
         }
     }
 }
@@ -492,6 +498,8 @@ fn conservation(total: &Charges, sum: &Charges) -> Conservation {
             sum.vsock.connections,
         ),
         ("vsock.resets", total.vsock.resets, sum.vsock.resets),
+        ("agent.frames", total.agent.frames, sum.agent.frames),
+        ("agent.host_ns", total.agent.host_ns, sum.agent.host_ns),
     ] {
         lines.push(ConservationLine {
             resource: name.into(),

@@ -55,7 +55,7 @@ fn start(dir: &TempDir, vmm: &str) -> Agent {
 
 fn agent(dir: &TempDir) -> WithVmm {
     let acct = Accounting::new("t", 1, 1, Limits::default());
-    let hub = AgentHub::new(Arc::clone(&acct));
+    let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
     hub.listen(&dir.join("vmm.sock")).unwrap();
     WithVmm {
         agent: start(dir, "vmm.sock"),

@@ -113,7 +113,7 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
     // A bare tag-ABI program holds the name `db`: the agent's is refused.
     acct.apply(&RingEntry::new(EntryKind::DeclareContainer, 9, 0, 0, b"db"))
         .unwrap();
-    let hub = AgentHub::new(Arc::clone(&acct));
+    let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
     hub.listen(&dir.join("vmm.sock")).unwrap();
     let mut writer = acct.writer(0);
     let (mut agent, mut app) = start(&dir, &[0]);

@@ -279,6 +279,12 @@ fn agent_declarations_context_and_garbage_against_a_running_vm() {
         "zero counters are left out: {agent:?}"
     );
     assert!(run.report.to_table(5).contains("agent channel: "));
+    // The channel's own work is charged to `unattributed`: every frame the
+    // hub handled, and the CPU that took.
+    let work = run.container("unattributed").charges.agent;
+    assert_eq!(Some(&work.frames), agent.get("frames"), "{agent:?}");
+    assert!(work.host_ns > 0);
+    assert_eq!(run.report.totals.agent, work, "nobody else has any");
     let req = run.request(REQ);
     assert_eq!(req.state, "finished");
     assert_eq!(req.container_path, "web/worker");

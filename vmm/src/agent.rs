@@ -40,8 +40,9 @@ use accounting::agent::{
     HELD_PER_FRAME, PROTOCOL_VERSION,
 };
 use accounting::errors::GuestError;
-use accounting::ledger::Accounting;
+use accounting::ledger::{Accounting, Writer};
 use accounting::registry::RequestMeta;
+use accounting::resource::AgentCharge;
 use accounting::warn_rl;
 use devices::virtio::net::flow::FlowBindings;
 use devices::virtio::net::frame::{FiveTuple, IPPROTO_TCP, IPPROTO_UDP};
@@ -318,6 +319,8 @@ type Connections = HashMap<u64, (UnixStream, Option<JoinHandle<()>>)>;
 /// Serves agent connections and keeps what they said.
 pub struct AgentHub {
     acct: Arc<Accounting>,
+    /// Charges the connection threads' own work (one writer, shared).
+    writer: Mutex<Option<Writer>>,
     state: Mutex<HubState>,
     /// IPv4 bindings as the net device looks them up: read per frame, so
     /// apart from `state` and behind a read-mostly lock.
@@ -357,9 +360,13 @@ struct Listener {
 
 impl AgentHub {
     /// A hub for `acct` with no connections yet.
-    pub fn new(acct: Arc<Accounting>) -> Arc<Self> {
+    /// A hub whose own CPU (parsing and applying frames) is charged
+    /// through `writer` to `unattributed` (`None`: not charged, for
+    /// `--no-accounting`).
+    pub fn new(acct: Arc<Accounting>, writer: Option<Writer>) -> Arc<Self> {
         Arc::new(Self {
             acct,
+            writer: Mutex::new(writer),
             state: Mutex::new(HubState::default()),
             bound_v4: RwLock::new(HashMap::new()),
             counters: AgentCounters::default(),
@@ -534,7 +541,7 @@ impl AgentHub {
         let mut dec = FrameDecoder::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut hello = false;
-        'read: loop {
+        loop {
             let n = match s.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -542,22 +549,12 @@ impl AgentHub {
                 Err(_) => break,
             };
             self.counters.bytes.fetch_add(n as u64, Relaxed);
+            let cpu0 = devices::virtio::thread_cpu_ns();
             dec.push(&buf[..n]);
-            loop {
-                let frame = match dec.next_frame() {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.fail(&mut s, id, &e);
-                        break 'read;
-                    }
-                };
-                self.counters.frames.fetch_add(1, Relaxed);
-                let r = agent::decode_agent(&frame).and_then(|m| self.handle(id, &mut s, &mut hello, m));
-                if let Err(e) = r {
-                    self.fail(&mut s, id, &e);
-                    break 'read;
-                }
+            let (frames, open) = self.drain(id, &mut s, &mut dec, &mut hello);
+            self.charge(frames, devices::virtio::thread_cpu_ns().saturating_sub(cpu0));
+            if !open {
+                break;
             }
         }
         let _ = s.shutdown(Shutdown::Both);
@@ -565,6 +562,37 @@ impl AgentHub {
         // thread is ending, so its handle need not be joined).
         self.conns().remove(&id);
         log::debug!("agent connection {id} closed");
+    }
+
+    /// Handles every whole frame in `dec`: how many, and whether the
+    /// connection stays open.
+    fn drain(&self, id: u64, s: &mut UnixStream, dec: &mut FrameDecoder, hello: &mut bool) -> (u64, bool) {
+        let mut frames = 0;
+        loop {
+            let frame = match dec.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return (frames, true),
+                Err(e) => {
+                    self.fail(s, id, &e);
+                    return (frames, false);
+                }
+            };
+            self.counters.frames.fetch_add(1, Relaxed);
+            frames += 1;
+            let r = agent::decode_agent(&frame).and_then(|m| self.handle(id, s, hello, m));
+            if let Err(e) = r {
+                self.fail(s, id, &e);
+                return (frames, false);
+            }
+        }
+    }
+
+    /// Charges the connection thread's work on `frames` frames to
+    /// `unattributed`: the agent works for the whole guest.
+    fn charge(&self, frames: u64, host_ns: u64) {
+        if let Some(w) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            w.charge_agent(None, &AgentCharge { frames, host_ns });
+        }
     }
 
     fn fail(&self, s: &mut UnixStream, id: u64, e: &ProtocolError) {
@@ -1049,7 +1077,7 @@ mod tests {
     #[test]
     fn refusals_are_answered_in_order_before_synced() {
         let acct = Accounting::new("t", 1, 1, Limits::default());
-        let hub = AgentHub::new(Arc::clone(&acct));
+        let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
         let mut s = hub.connect_local().unwrap();
         send(&mut s, &hello());
         assert_eq!(welcome(&mut s).0, Previous::None);
@@ -1084,7 +1112,7 @@ mod tests {
     #[test]
     fn a_restarted_agent_is_told_what_is_held_and_another_boot_finds_it_retired() {
         let acct = Accounting::new("t", 1, 1, Limits::default());
-        let hub = AgentHub::new(Arc::clone(&acct));
+        let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
         let mut s = hub.connect_local().unwrap();
         send(&mut s, &hello_from("boot-1"));
         welcome(&mut s);
@@ -1145,9 +1173,31 @@ mod tests {
     }
 
     #[test]
+    fn the_hubs_own_work_is_charged_to_unattributed_and_conserved() {
+        let acct = Accounting::new("t", 1, 1, Limits::default());
+        let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
+        let mut s = hub.connect_local().unwrap();
+        send(&mut s, &hello());
+        welcome(&mut s);
+        for i in 0..10 {
+            declare(&mut s, 0x1000_0000 + i, &format!("c{i}"));
+        }
+        send(&mut s, &AgentMessage::Sync { seq: 1 });
+        assert_eq!(recv(&mut s), VmmMessage::Synced { seq: 1 });
+        drop(s);
+        wait_until("the connection's end", || hub.conns().is_empty());
+        let unattributed = acct.registry().containers()[0].cells.sum();
+        assert_eq!(unattributed.agent.frames, 12, "hello, 10 declarations, sync");
+        assert!(unattributed.agent.host_ns > 0);
+        let total = acct.writer_totals()[1];
+        assert_eq!(total.agent, unattributed.agent, "conserved");
+        hub.stop();
+    }
+
+    #[test]
     fn held_state_is_split_into_bounded_frames() {
         let acct = Accounting::new("t", 1, 1, Limits::default());
-        let hub = AgentHub::new(Arc::clone(&acct));
+        let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
         let mut s = hub.connect_local().unwrap();
         send(&mut s, &hello());
         welcome(&mut s);
@@ -1174,7 +1224,7 @@ mod tests {
     #[test]
     fn an_agent_of_the_old_protocol_is_told_what_to_run() {
         let acct = Accounting::new("t", 1, 1, Limits::default());
-        let hub = AgentHub::new(Arc::clone(&acct));
+        let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
         let mut s = hub.connect_local().unwrap();
         let AgentMessage::Hello(mut h) = hello() else {
             unreachable!()
@@ -1195,7 +1245,7 @@ mod tests {
     #[test]
     fn bound_flows_reach_the_net_lookup_and_unbind_removes_them() {
         let acct = Accounting::new("t", 1, 1, Limits::default());
-        let hub = AgentHub::new(Arc::clone(&acct));
+        let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
         let mut s = hub.connect_local().unwrap();
         send(&mut s, &hello());
         assert!(matches!(recv(&mut s), VmmMessage::Welcome { .. }));
@@ -1234,7 +1284,7 @@ mod tests {
     #[test]
     fn connections_beyond_the_limit_are_refused_and_stop_closes_the_rest() {
         let acct = Accounting::new("t", 1, 1, Limits::default());
-        let hub = AgentHub::new(acct);
+        let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
         let open: Vec<_> = (0..MAX_CONNECTIONS)
             .map(|_| hub.connect_local().unwrap())
             .collect();

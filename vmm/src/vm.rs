@@ -61,6 +61,9 @@ pub const VIRTIO_IRQ_BASE: u32 = 5;
 const SAMPLER_WRITERS: usize = 1;
 /// Ledger writer of the device event-loop thread (after the sampler).
 const DEVICE_WRITERS: usize = 1;
+/// Ledger writer of the agent hub's connection threads (after the device
+/// thread; they share it under a lock).
+const AGENT_WRITERS: usize = 1;
 
 /// Guest-physical base and IRQ of virtio-mmio device `index`.
 pub fn virtio_slot(index: usize) -> (u64, u32) {
@@ -605,16 +608,21 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let with_irqchip = plan.wants_irqchip();
     arch::setup_vm(&vm, with_irqchip)?;
 
-    // Writers: one per vCPU, then the sampler, then the device thread.
+    // Writers: one per vCPU, then the sampler, the device thread, the agent
+    // hub.
     let acct = Accounting::new(
         &config.tenant,
         nr_vcpus,
-        SAMPLER_WRITERS + DEVICE_WRITERS,
+        SAMPLER_WRITERS + DEVICE_WRITERS + AGENT_WRITERS,
         config.limits,
     );
     // The agent channel: vsock port 1024 and, if asked, a host socket. Its
     // connections apply declarations like the ring does; nothing waits on it.
-    let agent = AgentHub::new(Arc::clone(&acct));
+    let agent_writer = nr_vcpus + SAMPLER_WRITERS + DEVICE_WRITERS;
+    let agent = AgentHub::new(
+        Arc::clone(&acct),
+        config.accounting.then(|| acct.writer(agent_writer)),
+    );
     let region = TagRegion::new(nr_vcpus);
     let env = DeviceEnv {
         vm: &vm,

@@ -212,6 +212,18 @@ const FAMILIES: &[(&str, &str, &str, Extract)] = &[
         |c| vec![("", c.vsock.resets.to_string())],
     ),
     (
+        "resourceful_agent_frames_total",
+        "Agent-channel frames the VMM handled.",
+        "",
+        |c| vec![("", c.agent.frames.to_string())],
+    ),
+    (
+        "resourceful_agent_host_seconds_total",
+        "VMM CPU spent handling agent-channel frames.",
+        "",
+        |c| vec![("", seconds(c.agent.host_ns))],
+    ),
+    (
         "resourceful_interrupts_total",
         "Interrupts injected into the guest.",
         "",
@@ -272,6 +284,8 @@ fn add(a: &mut ChargesReport, b: &ChargesReport) {
     x.connections += y.connections;
     x.resets += y.resets;
     a.interrupts += b.interrupts;
+    a.agent.frames += b.agent.frames;
+    a.agent.host_ns += b.agent.host_ns;
 }
 
 /// The exposition of `report`.
