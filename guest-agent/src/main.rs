@@ -47,6 +47,42 @@ struct Cli {
     /// Print one context report as JSON on stdout and exit.
     #[arg(long)]
     once: bool,
+    /// Be a client of a running agent's local interface (`--listen`): send
+    /// each line of stdin, print each reply; the connection, and the
+    /// requests and ad hoc containers it holds, lasts until stdin ends.
+    /// Exit status 1 if any reply was not ok.
+    #[arg(long, conflicts_with = "once")]
+    client: bool,
+}
+
+/// `--client`: stdin lines to the local interface, replies to stdout.
+fn client(socket: &std::path::Path) -> anyhow::Result<bool> {
+    use std::io::{BufRead, BufReader, Write};
+    let s = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot connect to the agent's local interface at {} (is resourceful-agent running? use --listen PATH)",
+            socket.display()
+        )
+    })?;
+    let mut replies = BufReader::new(s.try_clone()?);
+    let mut w = &s;
+    let mut all_ok = true;
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        writeln!(w, "{line}")?;
+        let mut reply = String::new();
+        if replies.read_line(&mut reply)? == 0 {
+            anyhow::bail!("the agent closed the connection");
+        }
+        all_ok &= reply.starts_with("{\"ok\":true");
+        out.write_all(reply.as_bytes())?;
+        out.flush()?;
+    }
+    Ok(all_ok)
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -58,6 +94,10 @@ extern "C" fn on_signal(_: libc::c_int) {
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if cli.client {
+        let ok = client(&cli.listen)?;
+        std::process::exit(if ok { 0 } else { 1 });
+    }
     let config = match &cli.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),

@@ -194,6 +194,33 @@ fn a_restart_with_another_config_books_every_request_where_its_application_said(
     }
     drop(app);
 
+    // A script's client: one begin confirmed, one declaration refused.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_resourceful-agent"))
+        .arg("--client")
+        .arg("--listen")
+        .arg(dir.join("local.sock"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"op\":\"begin\",\"container\":\"api\"}\n{\"op\":\"declare\",\"container\":\"db\"}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0]["ok"], true, "{text}");
+    assert_eq!(
+        lines[1]["error"], "the VMM refused declare_container: ring_duplicate_name",
+        "{text}"
+    );
+    assert_eq!(out.status.code(), Some(1), "a reply was not ok");
+
     let run = vm.join().unwrap();
     run.assert_conserved();
 }

@@ -1,8 +1,11 @@
 //! Scenario 4: the resourceful agent over vsock. The workload makes two
 //! cgroups with a sleep in each; the agent (rule "/rsrc-*") declares them as
 //! containers. L1 polls /v1/containers and /v1/processes over --api-sock.
-//! The workload kills the agent and starts it again: it reconnects, and the
-//! containers stay declared once each.
+//! The workload restarts the agent with rules for rsrc-a and rsrc-b, then
+//! again with another config (rsrc-c first, then rsrc-b, rsrc-a): it
+//! reconnects, adopts rsrc-a and rsrc-b (declared once each over the whole
+//! run), and a request an application begins in rsrc-c (`resourceful-agent
+//! --client`) is booked in rsrc-c.
 
 use linux_e2e::{http_json, run, scenario_script, u64_at, Scenario};
 use serde_json::Value;
@@ -86,7 +89,44 @@ fn agent_declares_cgroups_and_survives_a_restart() {
         assert_eq!(
             all.iter().filter(|n| *n == c).count(),
             1,
-            "container {c} once in the report: {all:?}"
+            "container {c} once in the report (adopted, never declared again): {all:?}"
         );
     }
+    // No path is live twice.
+    let live: Vec<&str> = r["containers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|c| c["retired"] == false)
+                .filter_map(|c| c["path"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut unique = live.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), live.len(), "a live path twice: {live:?}");
+    assert!(live.contains(&"rsrc-c"), "rsrc-c live: {live:?}");
+    // The application's request, confirmed by the VMM, booked in rsrc-c.
+    let reply = out.l2_value("RSRC-L2: client begin rsrc-c: ");
+    out.check(
+        reply.starts_with("{\"ok\":true,\"request\":") && reply.ends_with("rc=0"),
+        &format!("the client's begin in rsrc-c: {reply}"),
+    );
+    let booked: Vec<&Value> = r["requests"]
+        .as_array()
+        .map(|a| a.iter().filter(|q| q["external_id"] == 77).collect())
+        .unwrap_or_default();
+    assert_eq!(booked.len(), 1, "one request with external id 77: {booked:?}");
+    assert_eq!(booked[0]["container_path"], "rsrc-c", "{:?}", booked[0]);
+    assert_eq!(
+        booked[0]["state"], "finished",
+        "it ended with the client's connection"
+    );
+    assert_eq!(
+        r["agent"]["rejected"].as_u64().unwrap_or(0),
+        0,
+        "nothing refused (zero counters are left out): {}",
+        r["agent"]
+    );
 }
