@@ -165,7 +165,7 @@ fn the_guest_speaks_the_agent_protocol_over_vsock_and_is_charged_exactly() {
     let want = serde_json::json!({
         "connections": 2, "refused": 0, "frames": 5, "bytes": sent, "malformed": 0, "invalid": 0,
         "oversized": 1, "out_of_sequence": 0, "bad_version": 0, "rejected": 0, "replayed": 0,
-        "reports": 1, "flows_refused": 0, "boot_retired": 0,
+        "reports": 1, "flows_refused": 0, "boot_retired": 0, "evicted": 0,
     });
     assert_eq!(stats, want);
     let procs = api(&api_sock, "/v1/processes");

@@ -59,6 +59,8 @@ pub const MAX_FLOWS: usize = 4096;
 /// How long a connection may stay silent before it is closed (an agent
 /// reports every second by default).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a new connection has to say `hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one write to an agent may block (an agent that stops reading
 /// is dropped, it never stalls the hub).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -100,6 +102,7 @@ pub struct AgentCounters {
     reports: AtomicU64,
     flows_refused: AtomicU64,
     boot_retired: AtomicU64,
+    evicted: AtomicU64,
 }
 
 /// [`AgentCounters`] as read.
@@ -107,7 +110,8 @@ pub struct AgentCounters {
 pub struct AgentStats {
     /// Connections accepted.
     pub connections: u64,
-    /// Connections refused because [`MAX_CONNECTIONS`] were open.
+    /// Connections refused because [`MAX_CONNECTIONS`] were open, all of
+    /// them past `hello`.
     pub refused: u64,
     /// Frames received.
     pub frames: u64,
@@ -136,11 +140,14 @@ pub struct AgentStats {
     /// Agent-declared containers the VMM retired because an agent of
     /// another `boot_id` said `hello` (the guest rebooted its agent's world).
     pub boot_retired: u64,
+    /// Connections that had not said `hello`, closed to make room for a new
+    /// one when [`MAX_CONNECTIONS`] were open.
+    pub evicted: u64,
 }
 
 impl AgentStats {
     /// Every counter with its name (as in JSON and the metrics' `event`).
-    pub fn by_name(&self) -> [(&'static str, u64); 14] {
+    pub fn by_name(&self) -> [(&'static str, u64); 15] {
         [
             ("connections", self.connections),
             ("refused", self.refused),
@@ -156,6 +163,7 @@ impl AgentStats {
             ("reports", self.reports),
             ("flows_refused", self.flows_refused),
             ("boot_retired", self.boot_retired),
+            ("evicted", self.evicted),
         ]
     }
 
@@ -186,6 +194,7 @@ impl AgentCounters {
             reports: self.reports.load(Relaxed),
             flows_refused: self.flows_refused.load(Relaxed),
             boot_retired: self.boot_retired.load(Relaxed),
+            evicted: self.evicted.load(Relaxed),
         }
     }
 }
@@ -314,7 +323,17 @@ pub struct GuestView {
 
 /// Open connections by id: a handle on the stream (to shut it down) and the
 /// thread serving it.
-type Connections = HashMap<u64, (UnixStream, Option<JoinHandle<()>>)>;
+type Connections = HashMap<u64, Conn>;
+
+/// An open connection as the hub keeps it.
+struct Conn {
+    /// A handle on the stream, to shut it down.
+    ctl: UnixStream,
+    /// The thread serving it.
+    thread: Option<JoinHandle<()>>,
+    /// Whether its peer has said a valid `hello`.
+    greeted: Arc<AtomicBool>,
+}
 
 /// Serves agent connections and keeps what they said.
 pub struct AgentHub {
@@ -488,24 +507,45 @@ impl AgentHub {
         }
         let mut conns = self.conns();
         // Reap connections that ended.
-        conns.retain(|_, (_, h)| !h.as_ref().is_some_and(JoinHandle::is_finished));
+        conns.retain(|_, c| !c.thread.as_ref().is_some_and(JoinHandle::is_finished));
         if conns.len() >= MAX_CONNECTIONS {
-            self.counters.refused.fetch_add(1, Relaxed);
-            warn_rl!("agent connection refused: {MAX_CONNECTIONS} already open");
-            return false;
+            // Peers that never said hello do not lock the agent out: the
+            // oldest of them makes room.
+            let idle = conns
+                .iter()
+                .filter(|(_, c)| !c.greeted.load(Relaxed))
+                .map(|(&id, _)| id)
+                .min();
+            let Some(old) = idle.and_then(|id| conns.remove(&id)) else {
+                self.counters.refused.fetch_add(1, Relaxed);
+                warn_rl!("agent connection refused: {MAX_CONNECTIONS} agents already said hello");
+                return false;
+            };
+            let _ = old.ctl.shutdown(Shutdown::Both);
+            self.counters.evicted.fetch_add(1, Relaxed);
+            warn_rl!("agent connection without hello evicted: {MAX_CONNECTIONS} were open");
         }
         let Ok(ctl) = s.try_clone() else {
             return false;
         };
         let id = self.next_conn.fetch_add(1, Relaxed);
         let hub = Arc::clone(self);
+        let greeted = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&greeted);
         let h = std::thread::Builder::new()
             .name(format!("rsrc-agent-{id}"))
-            .spawn(move || hub.run_connection(id, s));
+            .spawn(move || hub.run_connection(id, s, &flag));
         match h {
             Ok(h) => {
                 self.counters.connections.fetch_add(1, Relaxed);
-                conns.insert(id, (ctl, Some(h)));
+                conns.insert(
+                    id,
+                    Conn {
+                        ctl,
+                        thread: Some(h),
+                        greeted,
+                    },
+                );
                 true
             }
             Err(e) => {
@@ -527,16 +567,16 @@ impl AgentHub {
             l.file.remove();
         }
         let conns: Vec<_> = self.conns().drain().collect();
-        for (_, (s, h)) in conns {
-            let _ = s.shutdown(Shutdown::Both);
-            if let Some(h) = h {
+        for (_, c) in conns {
+            let _ = c.ctl.shutdown(Shutdown::Both);
+            if let Some(h) = c.thread {
                 let _ = h.join();
             }
         }
     }
 
-    fn run_connection(&self, id: u64, mut s: UnixStream) {
-        let _ = s.set_read_timeout(Some(IDLE_TIMEOUT));
+    fn run_connection(&self, id: u64, mut s: UnixStream, greeted: &AtomicBool) {
+        let _ = s.set_read_timeout(Some(HELLO_TIMEOUT));
         let _ = s.set_write_timeout(Some(WRITE_TIMEOUT));
         let mut dec = FrameDecoder::new();
         let mut buf = vec![0u8; 64 * 1024];
@@ -555,6 +595,9 @@ impl AgentHub {
             self.charge(frames, devices::virtio::thread_cpu_ns().saturating_sub(cpu0));
             if !open {
                 break;
+            }
+            if hello && !greeted.swap(true, Relaxed) {
+                let _ = s.set_read_timeout(Some(IDLE_TIMEOUT));
             }
         }
         let _ = s.shutdown(Shutdown::Both);
@@ -1195,6 +1238,28 @@ mod tests {
     }
 
     #[test]
+    fn peers_without_hello_cannot_lock_the_agent_out() {
+        let acct = Accounting::new("t", 1, 1, Limits::default());
+        let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
+        let mut idle: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| hub.connect_local().unwrap())
+            .collect();
+        // The real agent still gets in: the oldest silent peer makes room.
+        let mut agent = hub.connect_local().expect("the agent is served");
+        send(&mut agent, &hello());
+        assert_eq!(welcome(&mut agent).0, Previous::None);
+        assert_eq!((hub.stats().evicted, hub.stats().refused), (1, 0));
+        let mut b = [0u8; 1];
+        assert_eq!(idle[0].read(&mut b).unwrap(), 0, "the oldest was closed");
+        // A silent peer is closed after the hello deadline anyway.
+        let t0 = std::time::Instant::now();
+        assert_eq!(idle[1].read(&mut b).unwrap(), 0);
+        assert!(t0.elapsed() < HELLO_TIMEOUT + Duration::from_secs(2));
+        idle.clear();
+        hub.stop();
+    }
+
+    #[test]
     fn held_state_is_split_into_bounded_frames() {
         let acct = Accounting::new("t", 1, 1, Limits::default());
         let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
@@ -1286,8 +1351,17 @@ mod tests {
         let acct = Accounting::new("t", 1, 1, Limits::default());
         let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
         let open: Vec<_> = (0..MAX_CONNECTIONS)
-            .map(|_| hub.connect_local().unwrap())
+            .map(|_| {
+                let mut s = hub.connect_local().unwrap();
+                send(&mut s, &hello());
+                welcome(&mut s);
+                s
+            })
             .collect();
+        // The flag is set after the hello frame's handling: wait for all.
+        wait_until("every hello seen", || {
+            hub.conns().values().all(|c| c.greeted.load(Relaxed))
+        });
         assert!(hub.connect_local().is_err());
         assert_eq!(hub.stats().refused, 1);
         hub.stop();
