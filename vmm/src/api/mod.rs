@@ -123,6 +123,8 @@ pub struct VmView {
     pub uptime_ns: u64,
     /// Guest accesses that hit no device so far.
     pub unhandled_io: u64,
+    /// Other crates' log lines dropped by the limiter so far.
+    pub log_lines_suppressed: u64,
     /// Disks and network interfaces.
     pub devices: DevicesInfo,
     /// The guest agent's channel.
@@ -295,6 +297,7 @@ fn get_vm(s: &ApiState) -> Reply {
             accounting: info.accounting,
             uptime_ns: info.wall_ns,
             unhandled_io: info.unhandled_io,
+            log_lines_suppressed: info.log_lines_suppressed,
             devices: s.devices.clone(),
             agent: agent_view(s),
             totals,
@@ -303,8 +306,18 @@ fn get_vm(s: &ApiState) -> Reply {
 }
 
 fn get_container(s: &ApiState, index: &str) -> Reply {
-    let Ok(i) = index.parse::<usize>() else {
-        return Reply::error(400, format!("`{index}` is not a container index (a number)"));
+    // One canonical form: decimal digits, no sign, no leading zero, no
+    // percent-encoding.
+    let canonical = !index.is_empty()
+        && index.bytes().all(|b| b.is_ascii_digit())
+        && (index == "0" || !index.starts_with('0'));
+    let Some(i) = canonical.then(|| index.parse::<usize>().ok()).flatten() else {
+        return Reply::error(
+            400,
+            format!(
+                "{index:?} is not a container index: write it in decimal without sign or leading zeros, as `index` in /v1/containers"
+            ),
+        );
     };
     match s.acct.container_view(i) {
         Some(c) => Reply::json(200, &join(s, c.to_report())),
@@ -492,7 +505,8 @@ pub fn route(s: &ApiState, method: &str, target: &str) -> Reply {
         "/metrics" => Some(Box::new(|| get_metrics(s))),
         _ => match path.strip_prefix("/v1/containers/") {
             Some(index) if !index.is_empty() && !index.contains('/') => {
-                Some(Box::new(move || get_container(s, &percent_decode(index))))
+                // The raw segment: an index has one spelling.
+                Some(Box::new(move || get_container(s, index)))
             }
             _ => None,
         },
@@ -845,6 +859,29 @@ mod tests {
         let (status, err) = json("/v1/containers/3");
         assert_eq!(status, 404);
         assert!(err["error"].as_str().unwrap().contains("there are 3"));
+        // One spelling per index; every other one is refused by name.
+        for bad in [
+            "01",
+            "%32",
+            "+1",
+            "%2B1",
+            "-1",
+            "1.0",
+            "1e0",
+            " 1",
+            "99999999999999999999999",
+        ] {
+            let (status, err) = json(&format!("/v1/containers/{bad}"));
+            assert_eq!(status, 400, "{bad}: {err}");
+            assert!(
+                err["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("without sign or leading zeros"),
+                "{err}"
+            );
+        }
+        assert_eq!(json("/v1/containers/0").0, 200);
         let (_, top) = json("/v1/requests?order=cost&limit=1");
         assert_eq!(top[0]["seq"], 1);
         assert_eq!(top[0]["container_path"], "b");
