@@ -66,6 +66,10 @@ pub struct VmInfo {
     /// counted in `unhandled_io` only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unhandled_io_sites: Vec<UnhandledIoSite>,
+    /// Log lines of other crates (the rust-vmm crates) dropped by the
+    /// VMM's per-call-site limiter: what a guest could make them print.
+    #[serde(default)]
+    pub log_lines_suppressed: u64,
     /// Bytes of guest RAM resident in the host when the VM ended (pages the
     /// guest or the loader touched), so the VMM's own memory can be told
     /// apart from the guest's.

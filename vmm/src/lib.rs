@@ -16,6 +16,7 @@ pub mod arch;
 pub mod boot;
 pub mod charger;
 pub mod config;
+pub mod logging;
 pub mod sampler;
 pub use devices::sock;
 pub mod vcpu;

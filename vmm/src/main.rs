@@ -360,7 +360,7 @@ fn top(a: &TopArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    vmm::logging::init("warn");
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => {

@@ -559,6 +559,7 @@ fn start_api(
         wall_ns: u64::try_from(booted.elapsed().as_nanos()).unwrap_or(u64::MAX),
         unhandled_io: io_stats.unhandled.load(Ordering::Relaxed),
         unhandled_io_sites: io_stats.sites(),
+        log_lines_suppressed: crate::logging::suppressed(),
         ..base.clone()
     };
     Ok(ApiServer::start(
@@ -828,6 +829,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         vcpu_unstarted_ns,
         unhandled_io: io_stats.unhandled.load(Ordering::Relaxed),
         unhandled_io_sites: io_stats.sites(),
+        log_lines_suppressed: crate::logging::suppressed(),
         guest_resident_bytes: resident_bytes(&mem),
         vmm_peak_rss_bytes: peak_rss_bytes(),
     };

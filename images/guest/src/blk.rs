@@ -154,6 +154,21 @@ impl Blk {
         })
     }
 
+    /// Puts `head` in the available ring as is (a hostile driver's entry).
+    pub fn publish_raw(&mut self, head: u16) {
+        self.queue.publish(head);
+    }
+
+    /// Claims `ahead` more available entries than were published.
+    pub fn skew_avail(&mut self, ahead: u16) {
+        self.queue.skew_avail_idx(ahead);
+    }
+
+    /// One `QueueNotify` write (one `mmio_write` exit).
+    pub fn notify(&mut self) {
+        self.mmio.write(reg::QUEUE_NOTIFY, 0);
+    }
+
     /// One request of type `kind` at `sector` with `len` data bytes from/to
     /// the start of the data buffer (`len` = 0: no data descriptor, as for
     /// FLUSH). The data descriptor is device-writable for IN and GET_ID and

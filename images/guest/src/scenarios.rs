@@ -36,9 +36,10 @@ pub enum Scenario {
     Net = 13,
     Vsock = 14,
     Agent = 15,
+    BlkBadHead = 16,
 }
 
-const ALL: [(Scenario, &[u8]); 15] = [
+const ALL: [(Scenario, &[u8]); 16] = [
     (Scenario::Basic, b"basic"),
     (Scenario::Multi, b"multi"),
     (Scenario::Demo, b"demo"),
@@ -54,6 +55,7 @@ const ALL: [(Scenario, &[u8]); 15] = [
     (Scenario::Net, b"net"),
     (Scenario::Vsock, b"vsock"),
     (Scenario::Agent, b"agent"),
+    (Scenario::BlkBadHead, b"blk-bad-head"),
 ];
 
 impl Scenario {
@@ -84,6 +86,7 @@ pub fn run(b: &Boot, s: Scenario) -> ! {
         Scenario::Net => net(b),
         Scenario::Vsock => vsock_scenario(b),
         Scenario::Agent => crate::agent::scenario(b),
+        Scenario::BlkBadHead => blk_bad_head(b),
     }
 }
 
@@ -537,6 +540,33 @@ fn blk_fail(b: &Boot, msg: &str, status: u32) -> ! {
     acct::set_tag(b.vcpu, 0);
     print(msg);
     finish(b, status)
+}
+
+/// Notifies of `blk-bad-head`.
+const BAD_HEAD_NOTIFIES: u32 = 20_000;
+
+/// `blk-bad-head`: 20,000 times, publishes an available-ring entry whose
+/// head (0xffff) is outside the 16-entry queue and notifies; then sets
+/// `avail.idx` 0x8000 entries ahead (more than the queue holds) and
+/// notifies once more. The device can use none of it; virtio-queue logs an
+/// error for every bad head, which the VMM's logger must cut down. Exit
+/// status 0.
+fn blk_bad_head(b: &Boot) -> ! {
+    print("blk-bad-head: start\n");
+    let Some(mmio) = virtio::find(b.cmdline, virtio::DEVICE_ID_BLOCK) else {
+        blk_fail(b, "blk: no device\n", 8)
+    };
+    let Ok(mut d) = Blk::init(mmio) else {
+        blk_fail(b, "blk: init failed\n", 10)
+    };
+    for _ in 0..BAD_HEAD_NOTIFIES {
+        d.publish_raw(0xffff);
+        d.notify();
+    }
+    d.skew_avail(0x8000);
+    d.notify();
+    print("blk-bad-head: done\n");
+    finish(b, 0)
 }
 
 /// One request that must end with status OK (else exit 11; no completion:

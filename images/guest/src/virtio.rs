@@ -336,6 +336,17 @@ impl Virtqueue {
         }
     }
 
+    /// Moves `avail.idx` `ahead` entries past what was published (a hostile
+    /// driver's index: more entries than the queue holds).
+    pub fn skew_avail_idx(&mut self, ahead: u16) {
+        // SAFETY: in-bounds projection; the driver alone writes the avail
+        // ring.
+        unsafe {
+            AtomicU16::from_ptr(addr_of_mut!((*self.rings).avail.idx))
+                .store(self.next_avail.wrapping_add(ahead), Ordering::Release);
+        }
+    }
+
     /// Polls `used.idx` (memory reads only, no exits) until the device has
     /// used one more chain; checks that it is `head` and returns the length
     /// the device wrote.
