@@ -238,19 +238,6 @@ impl Writer {
     #[cold]
     fn fill(&mut self, tag: u64) -> usize {
         let resolved = self.acct.registry().resolve(tag);
-        if let Some(e) = resolved.error {
-            let (c, r) = crate::abi::untag(tag);
-            crate::warn_rl!(
-                "writer {}: tag (container {c}, request {r}) is invalid: {}; charged to {}",
-                self.id,
-                e.name(),
-                if resolved.container == 0 {
-                    "unattributed"
-                } else {
-                    "the container alone"
-                }
-            );
-        }
         if self.cache.len() < CACHE_SLOTS {
             self.cache.push((tag, resolved));
             self.cache.len() - 1
@@ -273,8 +260,9 @@ impl Writer {
         if let Some(req) = &r.request {
             req.add_exit_shared(reason, host_ns);
         }
-        if let Some(e) = r.error {
+        if let (Some(e), container) = (r.error, r.container) {
             self.acct.errors.inc(e);
+            invalid_tag(id, tag, e, container);
         }
     }
 
@@ -305,8 +293,9 @@ impl Writer {
             // Only the device thread charges block work: single writer.
             req.add_block_single_writer(work);
         }
-        if let Some(e) = r.error {
+        if let (Some(e), container) = (r.error, r.container) {
             self.acct.errors.inc(e);
+            invalid_tag(id, tag, e, container);
         }
     }
 
@@ -321,8 +310,9 @@ impl Writer {
         if let Some(req) = &r.request {
             req.add_net_single_writer(work);
         }
-        if let Some(e) = r.error {
+        if let (Some(e), container) = (r.error, r.container) {
             self.acct.errors.inc(e);
+            invalid_tag(id, tag, e, container);
         }
     }
 
@@ -337,8 +327,9 @@ impl Writer {
         if let Some(req) = &r.request {
             req.add_vsock_single_writer(work);
         }
-        if let Some(e) = r.error {
+        if let (Some(e), container) = (r.error, r.container) {
             self.acct.errors.inc(e);
+            invalid_tag(id, tag, e, container);
         }
     }
 
@@ -363,6 +354,23 @@ impl Writer {
             req.add_interrupt_single_writer();
         }
     }
+}
+
+/// The warning for an invalid tag, beside the counter it goes with. The
+/// sampler's run-time charges neither count nor warn: a slot it reads may
+/// name a request that ended an instant before, which is no guest error.
+#[cold]
+fn invalid_tag(writer: usize, tag: Option<u64>, e: GuestError, container: usize) {
+    let (c, r) = crate::abi::untag(tag.unwrap_or(0));
+    crate::warn_rl!(
+        "writer {writer}: tag (container {c}, request {r}) is invalid: {}; charged to {}",
+        e.name(),
+        if container == 0 {
+            "unattributed"
+        } else {
+            "the container alone"
+        }
+    );
 }
 
 #[cfg(test)]
