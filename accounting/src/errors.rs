@@ -53,6 +53,9 @@ pub enum GuestError {
     RingUnknownRequest,
     /// Ring: reserved fields not zero (entry still applied).
     RingReservedNonZero,
+    /// Ring: a drain stopped because the guest's entries with bad sequence
+    /// numbers used up the skip budget (10,000 per second).
+    RingThrottled,
     /// Tag: container not declared (charged to `unattributed`).
     TagUnknownContainer,
     /// Tag: request not live (charged to the container alone).
@@ -66,7 +69,7 @@ pub enum GuestError {
 
 impl GuestError {
     /// Number of kinds.
-    pub const COUNT: usize = 24;
+    pub const COUNT: usize = 25;
     /// All kinds.
     pub const ALL: [GuestError; Self::COUNT] = [
         Self::RegisterBadCommand,
@@ -89,6 +92,7 @@ impl GuestError {
         Self::RingRequestLimit,
         Self::RingUnknownRequest,
         Self::RingReservedNonZero,
+        Self::RingThrottled,
         Self::TagUnknownContainer,
         Self::TagUnknownRequest,
         Self::TagRequestMismatch,
@@ -118,6 +122,7 @@ impl GuestError {
             Self::RingRequestLimit => "ring_request_limit",
             Self::RingUnknownRequest => "ring_unknown_request",
             Self::RingReservedNonZero => "ring_reserved_nonzero",
+            Self::RingThrottled => "ring_throttled",
             Self::TagUnknownContainer => "tag_unknown_container",
             Self::TagUnknownRequest => "tag_unknown_request",
             Self::TagRequestMismatch => "tag_request_mismatch",

@@ -29,7 +29,9 @@ use std::time::Instant;
 use crate::abi::RingEntry;
 use crate::errors::{GuestError, GuestErrors};
 use crate::registry::{Limits, Registry, Resolved};
-use crate::resource::{AgentCharge, BlockWork, Charges, Counters, ExitReason, NetCharge, VsockCharge};
+use crate::resource::{
+    AgentCharge, BlockWork, Charges, Counters, ExitReason, NetCharge, RingCharge, VsockCharge,
+};
 
 /// Tag cache entries per writer.
 const CACHE_SLOTS: usize = 8;
@@ -341,6 +343,17 @@ impl Writer {
         r.container_cells.col(id).add_agent_single_writer(work);
         if let Some(req) = &r.request {
             req.add_agent_single_writer(work);
+        }
+    }
+
+    /// Charges ring-drain work to `tag` (`None`: unattributed).
+    pub fn charge_ring(&mut self, tag: Option<u64>, work: &RingCharge) {
+        let id = self.id;
+        self.acct.writer_totals[id].add_ring_single_writer(work);
+        let r = self.resolve(tag);
+        r.container_cells.col(id).add_ring_single_writer(work);
+        if let Some(req) = &r.request {
+            req.add_ring_single_writer(work);
         }
     }
 

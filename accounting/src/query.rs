@@ -212,6 +212,9 @@ impl Serialize for ChargesJson<'_> {
         if !is_zero(&c.agent) {
             st.serialize_field("agent", &c.agent)?;
         }
+        if !is_zero(&c.ring) {
+            st.serialize_field("ring", &c.ring)?;
+        }
         st.end()
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::ledger::Accounting;
 use crate::registry::{Limits, Registry, RegistryStats, RequestRow};
 use crate::resource::{
-    AgentCharge, BlockCharge, Charges, ExitCharge, ExitReason, NetCharge, Provenance, VsockCharge,
+    AgentCharge, BlockCharge, Charges, ExitCharge, ExitReason, NetCharge, Provenance, RingCharge, VsockCharge,
 };
 
 /// Schema identifier of the JSON report.
@@ -129,6 +129,9 @@ pub struct ChargesReport {
     /// The agent channel's work.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub agent: AgentCharge,
+    /// Ring drains off the exit path.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ring: RingCharge,
 }
 
 /// Whether `v` is its type's zero.
@@ -175,6 +178,7 @@ impl From<&Charges> for ChargesReport {
             net: c.net,
             vsock: c.vsock,
             agent: c.agent,
+            ring: c.ring,
         }
     }
 }
@@ -504,6 +508,8 @@ fn conservation(total: &Charges, sum: &Charges) -> Conservation {
         ("vsock.resets", total.vsock.resets, sum.vsock.resets),
         ("agent.frames", total.agent.frames, sum.agent.frames),
         ("agent.host_ns", total.agent.host_ns, sum.agent.host_ns),
+        ("ring.entries", total.ring.entries, sum.ring.entries),
+        ("ring.host_ns", total.ring.host_ns, sum.ring.host_ns),
     ] {
         lines.push(ConservationLine {
             resource: name.into(),

@@ -251,6 +251,18 @@ pub struct ExitCharge {
     pub host_ns: u64,
 }
 
+/// Declaration-ring work done off the exit path: entries the sampler
+/// thread consumed (applied or skipped) for a guest that did not exit, and
+/// the CPU that took. (A vCPU's own drains are inside its exits' `host_ns`.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RingCharge {
+    /// Entries consumed.
+    pub entries: u64,
+    /// Sampler thread CPU spent consuming them, ns.
+    pub host_ns: u64,
+}
+
 /// The agent channel's work: frames the VMM parsed and applied for the
 /// guest's agent, and the CPU time that took.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,6 +294,8 @@ pub struct Charges {
     pub vsock: VsockCharge,
     /// The agent channel's work.
     pub agent: AgentCharge,
+    /// Ring drains off the exit path.
+    pub ring: RingCharge,
 }
 
 impl Charges {
@@ -306,6 +320,8 @@ impl Charges {
         self.block.add(&other.block);
         self.agent.frames += other.agent.frames;
         self.agent.host_ns += other.agent.host_ns;
+        self.ring.entries += other.ring.entries;
+        self.ring.host_ns += other.ring.host_ns;
         self.interrupts += other.interrupts;
         self.net.add(&other.net);
         self.vsock.add(&other.vsock);
@@ -335,6 +351,7 @@ impl Charges {
             net,
             vsock,
             agent,
+            ring,
         } = self;
         for ExitCharge { count, host_ns } in exits.iter_mut() {
             f(count);
@@ -410,6 +427,9 @@ impl Charges {
         let AgentCharge { frames, host_ns } = agent;
         f(frames);
         f(host_ns);
+        let RingCharge { entries, host_ns } = ring;
+        f(entries);
+        f(host_ns);
     }
 
     /// Every field as a word, in [`Charges::for_each_word_mut`] order.
@@ -467,6 +487,8 @@ pub struct Counters {
     vsock: [AtomicU64; 7],
     /// Agent channel: frames, host ns.
     agent: [AtomicU64; 2],
+    /// Ring drains off the exit path: entries, host ns.
+    ring: [AtomicU64; 2],
 }
 
 const BLK_ERRORS: usize = 4;
@@ -573,6 +595,12 @@ impl Counters {
         add_single_writer(&self.agent[1], w.host_ns);
     }
 
+    /// Adds ring-drain work. Only the block's single writer.
+    pub fn add_ring_single_writer(&self, w: &RingCharge) {
+        add_single_writer(&self.ring[0], w.entries);
+        add_single_writer(&self.ring[1], w.host_ns);
+    }
+
     /// Adds one injected interrupt. Only the block's single writer.
     pub fn add_interrupt_single_writer(&self) {
         add_single_writer(&self.interrupts, 1);
@@ -626,6 +654,8 @@ impl Counters {
         });
         out.agent.frames += self.agent[0].load(Relaxed);
         out.agent.host_ns += self.agent[1].load(Relaxed);
+        out.ring.entries += self.ring[0].load(Relaxed);
+        out.ring.host_ns += self.ring[1].load(Relaxed);
     }
 
     /// This block's current values.
@@ -707,7 +737,7 @@ mod tests {
     #[test]
     fn counter_block_is_cache_line_sized_and_aligned() {
         assert_eq!(std::mem::align_of::<Counters>(), 64);
-        // 42 counters: six cache lines.
+        // 44 counters: six cache lines.
         assert_eq!(std::mem::size_of::<Counters>(), 384);
     }
 

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use accounting::ledger::Writer;
+use accounting::resource::RingCharge;
 use accounting::warn_rl;
 use devices::acct::{TagReader, TagRegion};
 
@@ -104,7 +105,18 @@ impl Sampler {
     /// One sample of every vCPU, and a drain of the ring.
     pub fn tick(&mut self) {
         if let Some(v) = self.vcpus.first_mut() {
-            v.reader.drain(self.writer.accounting());
+            if v.reader.pending() {
+                // A guest that declares without exiting: this work is the
+                // VMM's, done for the guest, so it is charged (to
+                // `unattributed`: no vCPU's tag is the drain's).
+                let cpu0 = devices::virtio::thread_cpu_ns();
+                let entries = v.reader.drain(self.writer.accounting());
+                if entries > 0 {
+                    let host_ns = devices::virtio::thread_cpu_ns().saturating_sub(cpu0);
+                    let entries = u64::try_from(entries).unwrap_or(u64::MAX);
+                    self.writer.charge_ring(None, &RingCharge { entries, host_ns });
+                }
+            }
         }
         let now = self.writer.accounting().now_ns();
         for (i, v) in self.vcpus.iter_mut().enumerate() {
@@ -144,5 +156,63 @@ impl Sampler {
             }
             self.tick();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use accounting::abi::{self, EntryKind, RingEntry};
+    use accounting::ledger::Accounting;
+    use accounting::registry::Limits;
+    use devices::acct::{Registration, TagRegion};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    #[test]
+    fn the_samplers_drains_are_charged_to_unattributed_and_conserved() {
+        const GPA: u64 = 0x10000;
+        const RING: u32 = 64;
+        let m = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut raw = [0u8; 64];
+        raw[0..4].copy_from_slice(&abi::MAGIC.to_le_bytes());
+        raw[4..6].copy_from_slice(&abi::ABI_VERSION.to_le_bytes());
+        raw[6..8].copy_from_slice(&64u16.to_le_bytes());
+        raw[8..12].copy_from_slice(&1u32.to_le_bytes());
+        raw[12..16].copy_from_slice(&64u32.to_le_bytes());
+        raw[16..20].copy_from_slice(&RING.to_le_bytes());
+        raw[20..24].copy_from_slice(&128u32.to_le_bytes());
+        m.write_slice(&raw, GuestAddress(GPA)).unwrap();
+        let region = TagRegion::new(1);
+        let len = abi::region_len(1, RING) as u64;
+        region.set(Some(Registration::new(&m, GPA, len, 1).unwrap()));
+        // 50 declarations of a guest that does not exit.
+        for pos in 0..50u32 {
+            let mut e = RingEntry::new(
+                EntryKind::DeclareContainer,
+                pos + 1,
+                0,
+                0,
+                format!("c{pos}").as_bytes(),
+            );
+            e.seq = u64::from(pos) + 1;
+            m.write_slice(&e.to_bytes(), GuestAddress(GPA + 128 + 64 * u64::from(pos)))
+                .unwrap();
+        }
+        let acct = Accounting::new("t", 1, 1, Limits::default());
+        let mut s = Sampler::new(
+            acct.writer(1),
+            &region,
+            vec![Arc::new(VcpuShared::default())],
+            vec![None],
+        );
+        s.tick();
+        assert_eq!(acct.registry().containers().len(), 51, "applied");
+        let unattributed = acct.registry().containers()[0].cells.sum();
+        assert_eq!(unattributed.ring.entries, 50);
+        assert!(unattributed.ring.host_ns > 0);
+        assert_eq!(acct.writer_totals()[1].ring, unattributed.ring, "conserved");
+        // Nothing pending: nothing more is charged.
+        s.tick();
+        assert_eq!(acct.registry().containers()[0].cells.sum().ring.entries, 50);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use accounting::abi::{self, RegionHeader, RingEntry, Status};
 use accounting::errors::GuestError;
@@ -23,8 +24,51 @@ pub struct Registration {
     consumed: AtomicU64,
     /// Entries rejected so far.
     rejected: AtomicU64,
-    /// Serialises consumers (vCPU threads and the sampler).
-    drain: Mutex<()>,
+    /// Serialises consumers (vCPU threads and the sampler), and holds the
+    /// budget of skipped entries.
+    drain: Mutex<SkipBudget>,
+}
+
+/// Entries with a bad sequence number a ring may make the VMM skip per
+/// second (and at once): a valid entry costs the guest a write per entry
+/// per lap, a stale bad one costs it nothing once written, so bad ones are
+/// what a guest could make the host spin on.
+pub const SKIPS_PER_SEC: u64 = 10_000;
+
+/// A token bucket of skips, refilled at [`SKIPS_PER_SEC`].
+#[derive(Debug)]
+struct SkipBudget {
+    tokens: u64,
+    since: Instant,
+}
+
+impl SkipBudget {
+    fn new() -> Self {
+        Self {
+            tokens: SKIPS_PER_SEC,
+            since: Instant::now(),
+        }
+    }
+
+    /// Refills for the time since the last refill; takes one token.
+    fn take(&mut self, now: Instant) -> bool {
+        if self.tokens == 0 {
+            let ms = u64::try_from(now.saturating_duration_since(self.since).as_millis()).unwrap_or(u64::MAX);
+            let add = ms.saturating_mul(SKIPS_PER_SEC) / 1000;
+            if add > 0 {
+                self.tokens = add.min(SKIPS_PER_SEC);
+                self.since = now;
+            }
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        if self.tokens == 0 {
+            self.since = now;
+        }
+        true
+    }
 }
 
 // SAFETY: `host` points into guest memory mapped for the whole life of `mem`,
@@ -61,7 +105,7 @@ impl Registration {
             mem: mem.clone(),
             consumed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
-            drain: Mutex::new(()),
+            drain: Mutex::new(SkipBudget::new()),
         };
         // Every registration starts the ring afresh: positions from 0, and
         // no entry left over from an earlier registration can match one.
@@ -125,10 +169,18 @@ impl Registration {
         seq > pos
     }
 
-    /// Applies every complete entry in order, at most one ring's worth.
-    /// Returns the number of entries consumed.
+    /// Applies every complete entry in order, at most one ring's worth;
+    /// entries with a sequence number ahead of the consumer are skipped
+    /// only while the skip budget lasts ([`SKIPS_PER_SEC`]): past it the
+    /// drain stops there (counted once per drain as `ring_throttled`) and
+    /// goes on when the budget refills. Returns the number of entries
+    /// consumed.
     fn drain(&self, acct: &Accounting) -> usize {
-        let _guard = self.drain.lock().unwrap_or_else(|p| p.into_inner());
+        self.drain_at(acct, Instant::now())
+    }
+
+    fn drain_at(&self, acct: &Accounting, now: Instant) -> usize {
+        let mut budget = self.drain.lock().unwrap_or_else(|p| p.into_inner());
         let n = u64::from(self.geom.ring_entries);
         let mut done = 0;
         while done < n {
@@ -161,6 +213,11 @@ impl Registration {
                     );
                 }
             } else {
+                if !budget.take(now) {
+                    acct.count_error(GuestError::RingThrottled);
+                    warn_rl!("tag ring: more than {SKIPS_PER_SEC} entries with bad sequence numbers per second; draining paused");
+                    break;
+                }
                 acct.count_error(GuestError::RingBadSeq);
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 warn_rl!("tag ring: entry {pos} has sequence {seq}, ahead of the consumer; skipped");
@@ -272,6 +329,12 @@ impl TagReader {
     pub fn tag(&mut self) -> Option<u64> {
         let vcpu = self.vcpu;
         self.view.get()?.slot(vcpu).map(|w| w.load(Ordering::Acquire))
+    }
+
+    /// Whether the ring holds entries to consume (or skip): two loads.
+    #[inline]
+    pub fn pending(&mut self) -> bool {
+        self.view.get().is_some_and(Registration::ring_pending)
     }
 
     /// Drains pending declarations into `acct`; returns how many entries
@@ -407,6 +470,40 @@ mod tests {
         assert_eq!(r1.tag(), Some(tag(3, 4)));
         region.set(None);
         assert_eq!(r1.tag(), None);
+    }
+
+    #[test]
+    fn a_poisoned_ring_costs_at_most_the_skip_budget_per_second() {
+        // The largest ring, every entry's sequence number far ahead: once
+        // written, these cost the guest nothing while the consumer laps.
+        const RING: u32 = abi::MAX_RING_ENTRIES;
+        let m = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let len = write_header(&m, 1, RING);
+        let reg = Registration::new(&m, GPA, len, 1).unwrap();
+        for pos in 0..u64::from(RING) {
+            m.write_obj(u64::MAX / 2, GuestAddress(GPA + 128 + 64 * pos))
+                .unwrap();
+        }
+        let acct = Accounting::new("t", 1, 0, Limits::default());
+        let t0 = Instant::now();
+        assert_eq!(reg.drain_at(&acct, t0), SKIPS_PER_SEC as usize, "one budget");
+        assert_eq!(acct.errors().get(GuestError::RingBadSeq), SKIPS_PER_SEC);
+        assert_eq!(acct.errors().get(GuestError::RingThrottled), 1);
+        // Every further drain in the same instant skips nothing.
+        for _ in 0..1000 {
+            assert_eq!(reg.drain_at(&acct, t0), 0);
+        }
+        assert_eq!(acct.errors().get(GuestError::RingThrottled), 1001);
+        // 100 ms later: 1,000 more.
+        let later = t0 + std::time::Duration::from_millis(100);
+        assert_eq!(reg.drain_at(&acct, later), 1000);
+        // A valid entry at the consumer's position is applied whatever the
+        // budget.
+        let pos = SKIPS_PER_SEC + 1000;
+        push(&m, 1, RING, pos, declare(7, "ok"));
+        assert_eq!(reg.drain_at(&acct, later), 1);
+        assert!(acct.registry().live_container(7).is_some());
+        assert_eq!(acct.errors().get(GuestError::RingBadSeq), SKIPS_PER_SEC + 1000);
     }
 
     #[test]

@@ -224,6 +224,18 @@ const FAMILIES: &[(&str, &str, &str, Extract)] = &[
         |c| vec![("", seconds(c.agent.host_ns))],
     ),
     (
+        "resourceful_ring_drain_entries_total",
+        "Declaration-ring entries the sampler consumed off the exit path.",
+        "",
+        |c| vec![("", c.ring.entries.to_string())],
+    ),
+    (
+        "resourceful_ring_drain_host_seconds_total",
+        "VMM CPU the sampler spent consuming declaration-ring entries.",
+        "",
+        |c| vec![("", seconds(c.ring.host_ns))],
+    ),
+    (
         "resourceful_interrupts_total",
         "Interrupts injected into the guest.",
         "",
@@ -286,6 +298,8 @@ fn add(a: &mut ChargesReport, b: &ChargesReport) {
     a.interrupts += b.interrupts;
     a.agent.frames += b.agent.frames;
     a.agent.host_ns += b.agent.host_ns;
+    a.ring.entries += b.ring.entries;
+    a.ring.host_ns += b.ring.host_ns;
 }
 
 /// The exposition of `report`.
