@@ -602,7 +602,14 @@ fn attempt(scenario: &Scenario, may_retry: bool) -> Option<Outcome> {
         .arg(&initrd_path)
         .args([
             "-append",
-            &format!("console=ttyS0 panic=-1 loglevel=1 rsrc.timeout={l1_timeout}"),
+            &format!(
+                "console=ttyS0 panic=-1 loglevel=1 rsrc.timeout={l1_timeout}{}",
+                // Extra kvm_amd parameters for L1, comma-separated
+                // (`nrips=0`), for experiments with the emulated SVM.
+                std::env::var("RSRC_LINUX_KVM_AMD")
+                    .map(|v| format!(" rsrc.kvm_amd={v}"))
+                    .unwrap_or_default()
+            ),
         ])
         .arg("-serial")
         .arg(format!("file:{}", console_path.display()))
