@@ -191,7 +191,7 @@ impl AgentCounters {
             bad_version: self.bad_version.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             replayed: self.replayed.load(Relaxed),
-            reports: self.reports.load(Relaxed),
+            reports: self.reports.load(std::sync::atomic::Ordering::Acquire),
             flows_refused: self.flows_refused.load(Relaxed),
             boot_retired: self.boot_retired.load(Relaxed),
             evicted: self.evicted.load(Relaxed),
@@ -703,9 +703,13 @@ impl AgentHub {
                 None
             }
             (AgentMessage::Context(report), true) => {
-                self.counters.reports.fetch_add(1, Relaxed);
                 let snap = ContextSnapshot::new(self.acct.now_ns(), conn, report);
                 self.state().latest = Some(Arc::new(snap));
+                // Counted once it can be read: a reader that sees the count
+                // sees the report.
+                self.counters
+                    .reports
+                    .fetch_add(1, std::sync::atomic::Ordering::Release);
                 None
             }
             (AgentMessage::Sync { seq }, true) => {
