@@ -10,13 +10,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::TempDir;
+use common::{App, TempDir};
 use serde_json::Value;
 use vmm::api::client;
 
@@ -68,37 +68,18 @@ fn start_agent(dir: &TempDir, config: &str) -> AgentProc {
     AgentProc(child)
 }
 
-/// An application's connection to the agent (its requests end when it
-/// closes).
-struct App {
-    w: UnixStream,
-    r: BufReader<UnixStream>,
+/// An application connected to the agent's local socket.
+fn connect_app(dir: &TempDir) -> App {
+    App::new(eventually("the agent's local socket", || {
+        UnixStream::connect(dir.join("local.sock")).ok()
+    }))
 }
 
-impl App {
-    fn connect(dir: &TempDir) -> Self {
-        let w = eventually("the agent's local socket", || {
-            UnixStream::connect(dir.join("local.sock")).ok()
-        });
-        w.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Self {
-            r: BufReader::new(w.try_clone().unwrap()),
-            w,
-        }
-    }
-
-    fn call(&mut self, line: &str) -> Value {
-        writeln!(self.w, "{line}").unwrap();
-        let mut reply = String::new();
-        self.r.read_line(&mut reply).unwrap();
-        serde_json::from_str(&reply).unwrap()
-    }
-
-    fn begin(&mut self, container: &str) -> u64 {
-        let r = self.call(&format!(r#"{{"op":"begin","container":"{container}"}}"#));
-        assert_eq!(r["ok"], true, "begin in {container}: {r}");
-        r["request"].as_u64().unwrap()
-    }
+/// Begins a request in `container`; it must be confirmed.
+fn begin(app: &mut App, container: &str) -> u64 {
+    let r = app.call(&format!(r#"{{"op":"begin","container":"{container}"}}"#));
+    assert_eq!(r["ok"], true, "begin in {container}: {r}");
+    r["request"].as_u64().unwrap()
 }
 
 /// Live containers by path; fails if a path is live twice.
@@ -151,20 +132,20 @@ fn a_restart_with_another_config_books_every_request_where_its_application_said(
         let s = &api(&api_sock, "/v1/vm")["agent"]["stats"];
         (s["rejected"].as_u64()? >= 1).then_some(())
     });
-    let mut app = App::connect(&dir);
+    let mut app = connect_app(&dir);
     let r = app.call(r#"{"op":"declare","container":"batch"}"#);
     assert_eq!(r["ok"], false, "{r}");
     assert_eq!(
         r["error"], "the VMM refused declare_container: ring_duplicate_name",
         "{r}"
     );
-    let first = app.begin("web");
+    let first = begin(&mut app, "web");
     assert_eq!(booked_under(&api_sock, first).as_deref(), Some("web"));
     assert_eq!(
         app.call(&format!(r#"{{"op":"end","request":{first}}}"#))["ok"],
         true
     );
-    let open = app.begin("web");
+    let open = begin(&mut app, "web");
     drop(agent);
     drop(app);
 
@@ -174,9 +155,9 @@ fn a_restart_with_another_config_books_every_request_where_its_application_said(
         r#"{"containers":[{"cgroup":"/api"},{"cgroup":"/web"},{"cgroup":"/batch"}]}"#,
     );
     eventually("api declared", || live(&api_sock).get("api").copied());
-    let mut app = App::connect(&dir);
-    let api_req = app.begin("api");
-    let web_req = app.begin("web");
+    let mut app = connect_app(&dir);
+    let api_req = begin(&mut app, "api");
+    let web_req = begin(&mut app, "web");
     assert_eq!(booked_under(&api_sock, api_req).as_deref(), Some("api"));
     assert_eq!(booked_under(&api_sock, web_req).as_deref(), Some("web"));
     let now = live(&api_sock);

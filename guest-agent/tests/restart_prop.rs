@@ -11,7 +11,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +19,7 @@ use accounting::abi::{tag, EntryKind, RingEntry};
 use accounting::ledger::Accounting;
 use accounting::registry::Limits;
 use accounting::resource::ExitReason;
-use common::TempDir;
+use common::{App, TempDir};
 use guest_agent::agent::{Agent, Options};
 use guest_agent::config::Config;
 use guest_agent::link::Endpoint;
@@ -54,29 +53,6 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-struct App {
-    w: UnixStream,
-    r: BufReader<UnixStream>,
-}
-
-impl App {
-    fn connect(dir: &TempDir) -> Self {
-        let w = UnixStream::connect(dir.join("local.sock")).unwrap();
-        w.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Self {
-            r: BufReader::new(w.try_clone().unwrap()),
-            w,
-        }
-    }
-
-    fn call(&mut self, line: &str) -> Value {
-        writeln!(self.w, "{line}").unwrap();
-        let mut reply = String::new();
-        self.r.read_line(&mut reply).unwrap();
-        serde_json::from_str(&reply).unwrap()
-    }
-}
-
 fn start(dir: &TempDir, rules: &[usize]) -> (Agent, App) {
     let rules: Vec<String> = rules
         .iter()
@@ -100,7 +76,7 @@ fn start(dir: &TempDir, rules: &[usize]) -> (Agent, App) {
         assert!(Instant::now() < deadline, "the agent did not connect");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let app = App::connect(dir);
+    let app = App::new(UnixStream::connect(dir.join("local.sock")).unwrap());
     (agent, app)
 }
 

@@ -37,3 +37,31 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// An application's line connection to an agent's local interface (its
+/// requests end when it closes).
+pub struct App {
+    w: std::os::unix::net::UnixStream,
+    r: std::io::BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl App {
+    /// Wraps a connected stream (replies awaited at most 10 s).
+    pub fn new(w: std::os::unix::net::UnixStream) -> Self {
+        w.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        Self {
+            r: std::io::BufReader::new(w.try_clone().unwrap()),
+            w,
+        }
+    }
+
+    /// One request line, its reply as JSON.
+    pub fn call(&mut self, line: &str) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        writeln!(self.w, "{line}").unwrap();
+        let mut reply = String::new();
+        self.r.read_line(&mut reply).unwrap();
+        serde_json::from_str(&reply).unwrap()
+    }
+}
