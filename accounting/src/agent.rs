@@ -342,21 +342,9 @@ pub enum Previous {
     OtherBoot,
 }
 
-/// A container the VMM holds for agents, as listed in `held`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeldContainer {
-    /// Its id.
-    pub id: u32,
-    /// Its name.
-    pub name: String,
-    /// Its parent, if any.
-    #[serde(default)]
-    pub parent: Option<u32>,
-    /// The cgroup it was declared with.
-    #[serde(default)]
-    pub cgroup: Option<String>,
-}
+/// A container the VMM holds for agents, as listed in `held`: the fields
+/// of its `declare_container`.
+pub type HeldContainer = DeclareContainer;
 
 /// A live request the VMM holds for agents, as listed in `held`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
