@@ -176,6 +176,16 @@ fn api_serves_the_live_books() {
         v["devices"],
         serde_json::json!({ "disks": [], "nets": [], "vsock": null })
     );
+    // Every device's counters, live: this VM has only the legacy devices
+    // that keep any.
+    let names: Vec<&str> = v["device_counters"]
+        .as_array()
+        .expect("device_counters")
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["i8042", "rtc"]);
+    assert_eq!(v["device_counters"][1]["counters"]["bad_time_writes"], 0);
     // Per-reason exits (reasons without exits are left out) add up to the total.
     let by_reason = v["totals"]["exits"].as_object().expect("exits by reason");
     let sum: u64 = by_reason.values().map(|e| e["count"].as_u64().unwrap()).sum();
@@ -287,9 +297,17 @@ fn api_serves_the_live_books() {
         "resourceful_net_retransmitted_bytes_total",
         "resourceful_net_spoofed_frames_total",
         "resourceful_interrupts_total",
+        "resourceful_device_events_total",
     ] {
         assert!(names.contains(want), "{want} missing");
     }
+    assert!(samples
+        .iter()
+        .any(|(n, l, v)| n == "resourceful_device_events_total"
+            && l["device"] == "rtc"
+            && l["kind"] == "cmos-rtc"
+            && l["counter"] == "bad_time_writes"
+            && *v == 0.0));
     let port_out_unattributed = samples
         .iter()
         .find(|(n, l, _)| {

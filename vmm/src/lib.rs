@@ -8,6 +8,7 @@
 //! - [`vcpu`]: the vCPU threads and the pure exit dispatch.
 //! - [`sampler`]: guest run time by principal, and the timer drain.
 //! - [`vm`]: assembles and runs a VM and produces the report.
+//! - [`probes`]: every device's counters, for the report and the API.
 //! - [`api`]: the host API (JSON and Prometheus metrics on a Unix socket).
 
 pub mod agent;
@@ -17,6 +18,7 @@ pub mod boot;
 pub mod charger;
 pub mod config;
 pub mod logging;
+pub mod probes;
 pub mod sampler;
 pub use devices::sock;
 pub mod vcpu;

@@ -37,9 +37,10 @@ pub enum Scenario {
     Vsock = 14,
     Agent = 15,
     BlkBadHead = 16,
+    RequestChurn = 17,
 }
 
-const ALL: [(Scenario, &[u8]); 16] = [
+const ALL: [(Scenario, &[u8]); 17] = [
     (Scenario::Basic, b"basic"),
     (Scenario::Multi, b"multi"),
     (Scenario::Demo, b"demo"),
@@ -56,6 +57,7 @@ const ALL: [(Scenario, &[u8]); 16] = [
     (Scenario::Vsock, b"vsock"),
     (Scenario::Agent, b"agent"),
     (Scenario::BlkBadHead, b"blk-bad-head"),
+    (Scenario::RequestChurn, b"request-churn"),
 ];
 
 impl Scenario {
@@ -87,6 +89,7 @@ pub fn run(b: &Boot, s: Scenario) -> ! {
         Scenario::Vsock => vsock_scenario(b),
         Scenario::Agent => crate::agent::scenario(b),
         Scenario::BlkBadHead => blk_bad_head(b),
+        Scenario::RequestChurn => request_churn(b),
     }
 }
 
@@ -500,6 +503,36 @@ fn request_flood(b: &Boot) -> ! {
     port_work(3);
     acct::set_tag(b.vcpu, 0);
     print_flood_stats("request-flood: max_live_requests=", limit);
+    finish(b, 0)
+}
+
+/// Requests of `request-churn` unless `requests=N` says otherwise.
+const CHURN_REQUESTS: u64 = 200_000;
+
+/// `request-churn`: begins and ends `requests=N` requests (default
+/// 200,000) one after the other in container `r`, each with its sequence
+/// number as the guest's 64-bit id; one port write inside every 1,000th,
+/// so the finished requests carry charges. The VMM's retention limit
+/// decides how many stay in the report. Exit status 0.
+fn request_churn(b: &Boot) -> ! {
+    print("request-churn: start\n");
+    acct::register();
+    declare(RF_CONTAINER, 0, b"r");
+    let n = arg(b.cmdline, b"requests=")
+        .and_then(parse_u64)
+        .unwrap_or(CHURN_REQUESTS);
+    for i in 0..n {
+        // Ids cycle below 2^31 (0 is not an id); ended ids may be reused.
+        let id = (i % 0x7fff_fffe) as u32 + 1;
+        acct::begin_request(id, RF_CONTAINER, i);
+        if i % 1000 == 0 {
+            acct::set_tag(b.vcpu, tag(RF_CONTAINER, id));
+            port_work(1);
+            acct::set_tag(b.vcpu, 0);
+        }
+        acct::end_request(id);
+    }
+    print("request-churn: done\n");
     finish(b, 0)
 }
 

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use accounting::report::{ChargesReport, ContainerReport, Report};
+use accounting::report::{ChargesReport, ContainerReport, DeviceCounters, Report};
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -352,6 +352,30 @@ pub fn render_agent(out: &mut String, tenant: &str, stats: &crate::agent::AgentS
     );
     for (event, n) in stats.by_name() {
         f.sample(&[("tenant", tenant), ("event", event)], n);
+    }
+}
+
+/// Appends every device's counters: `resourceful_device_events_total`
+/// labelled `tenant`, `device` (`disk0`, …), `kind` (`virtio-blk`, …) and
+/// `counter` (`malformed`, `transport.bad_accesses`, …).
+pub fn render_devices(out: &mut String, tenant: &str, devices: &[DeviceCounters]) {
+    let mut f = Family::new(
+        out,
+        "resourceful_device_events_total",
+        "Device counters: work done, and each kind of malformed or dropped guest input.",
+    );
+    for d in devices {
+        for (counter, n) in &d.counters {
+            f.sample(
+                &[
+                    ("tenant", tenant),
+                    ("device", &d.name),
+                    ("kind", &d.kind),
+                    ("counter", counter),
+                ],
+                n,
+            );
+        }
     }
 }
 

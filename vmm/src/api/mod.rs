@@ -28,9 +28,10 @@ use std::time::Duration;
 use accounting::ledger::Accounting;
 
 use crate::agent::{AgentHub, AgentPeer, AgentStats, ContextSnapshot, GuestView};
+use crate::probes::DeviceProbes;
 use crate::sock::{ClaimError, SocketFile};
 use accounting::query::{RequestFilter, SelectedRequest};
-use accounting::report::{ChargesReport, ContainerReport, RequestReport, VmInfo};
+use accounting::report::{ChargesReport, ContainerReport, DeviceCounters, RequestReport, VmInfo};
 use serde::Serialize;
 
 /// Default number of requests listed by `GET /v1/requests`.
@@ -127,6 +128,9 @@ pub struct VmView {
     pub log_lines_suppressed: u64,
     /// Disks and network interfaces.
     pub devices: DevicesInfo,
+    /// Every counter each device keeps, as of now (as the report's
+    /// `devices`).
+    pub device_counters: Vec<DeviceCounters>,
     /// The guest agent's channel.
     pub agent: AgentView,
     /// The report's tenant totals, as of now.
@@ -139,6 +143,7 @@ pub struct ApiState {
     devices: DevicesInfo,
     info: Box<dyn Fn() -> VmInfo + Send + Sync>,
     agent: Option<Arc<AgentHub>>,
+    probes: Option<Arc<DeviceProbes>>,
 }
 
 impl ApiState {
@@ -154,7 +159,19 @@ impl ApiState {
             devices,
             info: Box::new(info),
             agent: None,
+            probes: None,
         }
+    }
+
+    /// Serves the devices' counters (`/v1/vm`, `/metrics`) from `probes`.
+    pub fn with_device_probes(mut self, probes: Arc<DeviceProbes>) -> Self {
+        self.probes = Some(probes);
+        self
+    }
+
+    /// Every device's counters now (none without probes).
+    fn device_counters(&self) -> Vec<DeviceCounters> {
+        self.probes.as_ref().map(|p| p.read()).unwrap_or_default()
     }
 
     /// Serves the guest agent's view (`/v1/processes`, the containers'
@@ -299,6 +316,7 @@ fn get_vm(s: &ApiState) -> Reply {
             unhandled_io: info.unhandled_io,
             log_lines_suppressed: info.log_lines_suppressed,
             devices: s.devices.clone(),
+            device_counters: s.device_counters(),
             agent: agent_view(s),
             totals,
         },
@@ -392,6 +410,7 @@ fn get_metrics(s: &ApiState) -> Reply {
             if let Some(hub) = &s.agent {
                 metrics::render_agent(&mut text, s.acct.tenant(), &hub.stats());
             }
+            metrics::render_devices(&mut text, s.acct.tenant(), &s.device_counters());
             text.into_bytes()
         },
     }
