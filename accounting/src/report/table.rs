@@ -5,6 +5,7 @@
 //! It is written as it is rendered, flushed every [`SPILL`] bytes, so a
 //! VM with a million containers does not need its table in memory.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -39,6 +40,24 @@ pub(crate) fn rank(c: &ChargesReport) -> (u64, u64) {
     (c.exits_total.host_ns, c.exits_total.count)
 }
 
+/// `text` as the table shows it: control characters written as Rust
+/// escapes (`\n`, `\u{1b}`), so a name, a path (`--kernel`) or an error
+/// message can neither forge rows nor drive the terminal.
+pub(crate) fn shown(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Writes `s` out once it holds [`SPILL`] bytes; the first error is kept.
 fn spill(s: &mut String, w: &mut dyn Write, failed: &mut Option<io::Error>) {
     if s.len() >= SPILL {
@@ -58,19 +77,19 @@ pub(crate) fn write(w: &mut dyn Write, t: &Table<'_>) -> io::Result<()> {
     let _ = writeln!(
         s,
         "tenant {}  |  {} vCPU(s), {} MiB, {} boot of {}  |  wall {:.1} ms  |  end: {}{}",
-        t.tenant,
+        shown(t.tenant),
         v.vcpus,
         v.mem_mib,
-        v.boot,
-        v.kernel,
+        shown(&v.boot),
+        shown(&v.kernel),
         ms(v.wall_ns),
-        v.end,
+        shown(&v.end),
         v.guest_status
             .map(|st| format!(" (status {st})"))
             .unwrap_or_default(),
     );
     if let Some(d) = &v.end_detail {
-        let _ = writeln!(s, "  {d}");
+        let _ = writeln!(s, "  {}", shown(d));
     }
     let header = format!(
         "{:<28} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10} {:>6}",
@@ -98,9 +117,9 @@ pub(crate) fn write(w: &mut dyn Write, t: &Table<'_>) -> io::Result<()> {
     };
     (t.containers)(&mut |c| {
         let name = if c.retired {
-            format!("{} (retired)", c.path)
+            format!("{} (retired)", shown(&c.path))
         } else {
-            c.path.clone()
+            shown(&c.path).into_owned()
         };
         row(&mut s, &name, &c.charges, c.requests.begun.to_string());
         spill(&mut s, w, &mut failed);
@@ -148,7 +167,7 @@ pub(crate) fn write(w: &mut dyn Write, t: &Table<'_>) -> io::Result<()> {
         };
         (t.containers)(&mut |c| {
             if c.charges.block.ops() > 0 || c.charges.interrupts > 0 {
-                block_row(&mut s, &c.path, &c.charges);
+                block_row(&mut s, &shown(&c.path), &c.charges);
                 spill(&mut s, w, &mut failed);
             }
         });
@@ -176,7 +195,7 @@ pub(crate) fn write(w: &mut dyn Write, t: &Table<'_>) -> io::Result<()> {
         };
         (t.containers)(&mut |c| {
             if c.charges.net.tx_frames + c.charges.net.rx_frames > 0 {
-                net_row(&mut s, &c.path, &c.charges.net);
+                net_row(&mut s, &shown(&c.path), &c.charges.net);
                 spill(&mut s, w, &mut failed);
             }
         });
@@ -204,7 +223,7 @@ pub(crate) fn write(w: &mut dyn Write, t: &Table<'_>) -> io::Result<()> {
         };
         (t.containers)(&mut |c| {
             if c.charges.vsock.tx_packets + c.charges.vsock.rx_packets > 0 {
-                vsock_row(&mut s, &c.path, &c.charges.vsock);
+                vsock_row(&mut s, &shown(&c.path), &c.charges.vsock);
                 spill(&mut s, w, &mut failed);
             }
         });
@@ -222,8 +241,8 @@ pub(crate) fn write(w: &mut dyn Write, t: &Table<'_>) -> io::Result<()> {
                 s,
                 "{:<10} {:<20} {:>9} {:>8} {:>8} {:>8} {:>10.3} {:>10.3}",
                 r.id,
-                r.container_path,
-                r.state,
+                shown(&r.container_path),
+                shown(&r.state),
                 c.exits_total.count,
                 c.exits_of(ExitReason::PortOut).count,
                 c.exits_of(ExitReason::MmioWrite).count,
@@ -240,11 +259,15 @@ pub(crate) fn write(w: &mut dyn Write, t: &Table<'_>) -> io::Result<()> {
         }
     }
     if !t.guest_errors.is_empty() {
-        let errs: Vec<String> = t.guest_errors.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let errs: Vec<String> = t
+            .guest_errors
+            .iter()
+            .map(|(k, n)| format!("{}={n}", shown(k)))
+            .collect();
         let _ = writeln!(s, "\nguest errors: {}", errs.join(", "));
     }
     if !t.agent.is_empty() {
-        let counts: Vec<String> = t.agent.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let counts: Vec<String> = t.agent.iter().map(|(k, n)| format!("{}={n}", shown(k))).collect();
         let _ = writeln!(s, "agent channel: {}", counts.join(", "));
     }
     let broken: Vec<&ConservationLine> = t
@@ -264,7 +287,9 @@ pub(crate) fn write(w: &mut dyn Write, t: &Table<'_>) -> io::Result<()> {
             let _ = writeln!(
                 s,
                 "\nconservation BROKEN: {} tenant {} != containers {}",
-                l.resource, l.tenant_total, l.containers_sum
+                shown(&l.resource),
+                l.tenant_total,
+                l.containers_sum
             );
         }
     }
@@ -272,4 +297,36 @@ pub(crate) fn write(w: &mut dyn Write, t: &Table<'_>) -> io::Result<()> {
         return Err(e);
     }
     w.write_all(s.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Report, VmInfo};
+    use super::shown;
+    use crate::ledger::Accounting;
+
+    #[test]
+    fn control_characters_in_texts_are_escaped_not_printed() {
+        // Found by the report_table fuzz target: the tenant, a `--kernel`
+        // path and an end detail reached the terminal as they were.
+        let acct = Accounting::new("t\x1b[2J", 1, 0, Default::default());
+        let vm = VmInfo {
+            kernel: "/tmp/a\nb".into(),
+            end_detail: Some("x\ry\u{9b}".into()),
+            ..Default::default()
+        };
+
+        let table = Report::build(&acct, vm).to_table(10);
+
+        assert!(!table.chars().any(|c| c.is_control() && c != '\n'), "{table:?}");
+        for escaped in [r"t\u{1b}[2J", r"/tmp/a\nb", r"x\ry\u{9b}"] {
+            assert!(table.contains(escaped), "{escaped} missing from {table:?}");
+        }
+    }
+
+    #[test]
+    fn clean_text_is_shown_as_it_is() {
+        assert!(matches!(shown("web/api"), std::borrow::Cow::Borrowed("web/api")));
+        assert_eq!(shown("名前 é"), "名前 é");
+    }
 }
