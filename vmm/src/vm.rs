@@ -110,6 +110,9 @@ pub enum VmError {
     /// A user-set value is wrong.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The process may not open as many descriptors as the VM may need.
+    #[error(transparent)]
+    FdLimit(#[from] crate::limits::FdLimitError),
     /// `/dev/kvm` could not be opened.
     #[error("cannot open /dev/kvm: is KVM available on this host and may this user use it (root, or the kvm group)?")]
     OpenKvm(#[source] kvm_ioctls::Error),
@@ -642,6 +645,7 @@ impl Drop for AgentGuard {
 /// Builds and runs the VM described by `config` until it ends.
 pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     config.validate()?;
+    crate::limits::ensure_fd_limit(config)?;
     let nr_vcpus = usize::from(config.vcpus);
     let kernel = kernel_bytes(&config.kernel)?;
     let initrd = config

@@ -552,9 +552,9 @@ fn bind(path: &Path) -> Result<(std::os::unix::net::UnixListener, SocketFile), A
 /// Most API connections served at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 64;
 /// Largest request head (request line and headers) read, in bytes.
-const MAX_HEAD: usize = 16 * 1024;
+pub const MAX_HEAD: usize = 16 * 1024;
 /// How long a client may take to send a request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running API server. Dropping it (or [`ApiServer::stop`]) shuts it down
 /// gracefully and removes the socket file.

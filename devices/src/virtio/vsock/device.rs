@@ -67,13 +67,13 @@ pub const CONN_BUF_ALLOC: u32 = 64 * 1024;
 /// Host ports of host-initiated connections start here.
 pub const FIRST_HOST_PORT: u32 = 1 << 30;
 /// Most control packets waiting for a receive chain.
-const MAX_CTRL: usize = 4 * MAX_CONNECTIONS + 64;
+pub const MAX_CTRL: usize = 4 * MAX_CONNECTIONS + 64;
 /// TX stops taking packets while this many control packets wait.
 const TX_CTRL_LIMIT: usize = MAX_CTRL - 64;
 /// Send a CREDIT_UPDATE once this much more has been forwarded.
 const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_ALLOC / 4;
 /// Longest `CONNECT <port>` line.
-const MAX_CONNECT_LINE: usize = 32;
+pub const MAX_CONNECT_LINE: usize = 32;
 /// Event data of the listener (queues use their index).
 pub(crate) const LISTENER_TOKEN: u32 = 3;
 /// Event data of host streams start here.
