@@ -232,6 +232,12 @@ pub(crate) fn load_linux(
         LinuxFormat::Elf => {
             let info = elf_note::parse_elf(kernel)?;
             let (start, end) = info.load_range().ok_or(BootError::NothingToLoad)?;
+            // linux-loader checks the entry, not the segments: one below
+            // 1 MiB would overlap the zero page, command line, page tables
+            // and MP table written below.
+            if start < HIMEM_START {
+                return Err(BootError::KernelBelowHimem { start });
+            }
             // As for a bare-metal image: the vCPUs would start in bytes the
             // image does not load.
             if !(start..end).contains(&info.entry) {
@@ -584,6 +590,16 @@ mod tests {
                 entry: 0x200_0000,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn elf_kernel_with_a_segment_below_1_mib_is_refused() {
+        // Found by the boot_image fuzz target: a PT_LOAD at 0xfff6a, entry above 1 MiB.
+        let image = build_elf(0x10_0000, &[load_ph(0xf_f000, vec![0x90; 64], 0x2000)]);
+        assert!(matches!(
+            load_kernel(&mem(128 << 20), &image, None, "", 1),
+            Err(BootError::KernelBelowHimem { start: 0xf_f000 })
         ));
     }
 
