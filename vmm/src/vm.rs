@@ -892,6 +892,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         wall_ns,
         accounting: config.accounting,
         guest_run_source,
+        clock_source: acct.clock_source().into(),
         vcpu_halted_ns,
         vcpu_unstarted_ns,
         unhandled_io: io_stats.unhandled.load(Ordering::Relaxed),

@@ -124,6 +124,24 @@ fn the_linux_protocol_elf_path_runs_a_plain_cpl0_elf() {
     );
 }
 
+/// The guest of the Firecracker comparison (`vmm/benches/vs_firecracker.rs`)
+/// makes exactly its count of port writes plus the i8042 reset, and the
+/// books' clock is named in the report.
+#[test]
+fn the_exit_loop_guest_makes_exactly_its_exits_and_resets() {
+    let path = scratch("exit-loop");
+    std::fs::write(&path, images::exit_loop(1000)).unwrap();
+    let out = resourceful(&["run", "--kernel", path.to_str().unwrap(), "--json"]);
+    let _ = std::fs::remove_file(&path);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Report = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report.vm.end, "reset");
+    let exits = report.totals.exits_of(accounting::resource::ExitReason::PortOut);
+    assert_eq!((exits.count, report.totals.exits_total.count), (1001, 1001));
+    assert!(["tsc", "monotonic"].contains(&report.vm.clock_source.as_str()));
+    assert!(report.conservation.holds);
+}
+
 #[test]
 fn user_mistakes_name_the_flag_to_fix() {
     let out = resourceful(&["run", "--kernel", "/nonexistent/vmlinux"]);

@@ -57,6 +57,11 @@ pub struct VmInfo {
     /// time); empty with accounting off.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub guest_run_source: String,
+    /// What the books' clock reads (`host_ns`, run time, request times):
+    /// `tsc` (an invariant TSC, calibrated once) or `monotonic`
+    /// (`CLOCK_MONOTONIC`); empty in reports of older versions.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub clock_source: String,
     /// Time the vCPUs were halted inside `KVM_RUN` (polling or waiting),
     /// left out of `guest_run_ns`, all vCPUs, ns.
     pub vcpu_halted_ns: u64,
