@@ -209,6 +209,33 @@ fn api_serves_the_live_books() {
         .map(|c| c["path"].as_str().unwrap())
         .collect();
     assert_eq!(paths, ["unattributed", "cpu-a", "cpu-b"]);
+    // Paged: a page of 2 links to the rest, which has no link.
+    let (status, headers, body) = get(&sock, "/v1/containers?limit=2");
+    assert_eq!(status, 200);
+    assert_eq!(headers["link"], "</v1/containers?after=1&limit=2>; rel=\"next\"");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let (status, headers, body) = get(&sock, "/v1/containers?after=1&limit=2");
+    assert_eq!(status, 200);
+    assert!(!headers.contains_key("link"), "{headers:?}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()[0]["path"], "cpu-b");
+    // The client follows the links to the end (the charges move on: the
+    // VM runs, so compare which containers came back).
+    let all = vmm::api::client::get_all(&sock, "/v1/containers?limit=1").unwrap();
+    let all: Value = serde_json::from_str(&all.body).unwrap();
+    let all_paths: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(all_paths, paths);
     let (status, one) = get_json(&sock, "/v1/containers/1");
     assert_eq!((status, one["path"].as_str()), (200, Some("cpu-a")));
     let (status, err) = get_json(&sock, "/v1/containers/9999");

@@ -228,7 +228,8 @@ fn run_vm(config: VmConfig, c: &Common) -> anyhow::Result<ExitCode> {
 
 /// GETs `target` from the API and parses its JSON, or says what went wrong.
 fn api_json(sock: &std::path::Path, target: &str) -> anyhow::Result<serde_json::Value> {
-    let r = vmm::api::client::get(sock, target)?;
+    // Paged lists (`/v1/containers`) are followed to their end.
+    let r = vmm::api::client::get_all(sock, target)?;
     let body: serde_json::Value = serde_json::from_str(&r.body)
         .with_context(|| format!("GET {target}: the answer is not JSON (HTTP {})", r.status))?;
     if r.status != 200 {
