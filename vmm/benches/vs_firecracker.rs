@@ -19,7 +19,9 @@
 //! code; system CPU is mostly KVM's (with CPL0 guest code emulated by the
 //! nested KVM of the development machines, it is not the VMM's).
 //!
-//! Knobs: `VS_FC_ROUNDS` (default 20). Writes `target/vs_firecracker.json`.
+//! Knobs: `VS_FC_ROUNDS` (default 20); `RESOURCEFUL_BIN=PATH` measures that
+//! `resourceful` binary instead of this build's (e.g. the static release
+//! build of docs/benchmarks.md). Writes `target/vs_firecracker.json`.
 //! Nothing here asserts a timing.
 
 use std::path::{Path, PathBuf};
@@ -81,8 +83,9 @@ fn resourceful(
     extra: &'static [&'static str],
     env: Option<(&'static str, &'static str)>,
 ) -> Box<dyn Fn(&Path) -> Command> {
+    let bin = std::env::var_os("RESOURCEFUL_BIN").map_or_else(|| PathBuf::from(BIN), PathBuf::from);
     Box::new(move |kernel: &Path| {
-        let mut c = Command::new(BIN);
+        let mut c = Command::new(&bin);
         c.args(["run", "--kernel"])
             .arg(kernel)
             .args(["--vcpus", "1", "--mem-mib", "128", "--console", "/dev/null"])
