@@ -45,12 +45,20 @@ use vmm::api::{route, ApiState, DevicesInfo};
 struct Counting;
 
 static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// The most `LIVE_BYTES` reached since it was last reset (the report's
+/// cost is the peak during its writing minus the bytes before).
+static PEAK_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(by: usize) {
+    let now = LIVE_BYTES.fetch_add(by, Relaxed) + by;
+    PEAK_BYTES.fetch_max(now, Relaxed);
+}
 
 // SAFETY: forwards every call to the system allocator unchanged and only
 // counts sizes on the side.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(l.size(), Relaxed);
+        grew(l.size());
         // SAFETY: the caller's contract is passed on as is.
         unsafe { System.alloc(l) }
     }
@@ -60,12 +68,12 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(l.size(), Relaxed);
+        grew(l.size());
         // SAFETY: as above.
         unsafe { System.alloc_zeroed(l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(new, Relaxed);
+        grew(new);
         LIVE_BYTES.fetch_sub(l.size(), Relaxed);
         // SAFETY: as above.
         unsafe { System.realloc(p, l, new) }
@@ -130,7 +138,7 @@ const NR_VCPUS: usize = 2;
 
 /// The books: `containers` containers (100 top-level, the rest nested one
 /// level below them) and `requests` finished requests retained.
-fn build(containers: u32, requests: u32) -> (Arc<Accounting>, u64, u64, u64) {
+fn build(containers: u32, requests: u32) -> (Arc<Accounting>, u64, u64, u64, f64) {
     let limits = Limits {
         max_containers: containers,
         max_live_requests: 4096,
@@ -138,11 +146,13 @@ fn build(containers: u32, requests: u32) -> (Arc<Accounting>, u64, u64, u64) {
     };
     // vCPU writers, then the sampler, then the device thread (as vm.rs).
     let acct = Accounting::new("bench", NR_VCPUS, 2, limits);
+    let before = LIVE_BYTES.load(Relaxed);
     for id in 1..=containers {
         let parent = if id <= 100 { 0 } else { 1 + id % 100 };
         acct.apply(&ring(EntryKind::DeclareContainer, id, parent, &format!("c{id}")))
             .expect("declare");
     }
+    let per_container = (LIVE_BYTES.load(Relaxed) - before) as f64 / f64::from(containers);
     let mut vcpus: Vec<_> = (0..NR_VCPUS).map(|i| acct.writer(i)).collect();
     let mut sampler = acct.writer(NR_VCPUS);
     let mut device = acct.writer(NR_VCPUS + 1);
@@ -210,7 +220,7 @@ fn build(containers: u32, requests: u32) -> (Arc<Accounting>, u64, u64, u64) {
         "built {containers} containers and {total} requests ({requests} retained, {} evicted) in {build_s:.1} s",
         total - requests
     );
-    (acct, bytes, rss, u64::from(total))
+    (acct, bytes, rss, u64::from(total), per_container)
 }
 
 struct Timed {
@@ -248,7 +258,7 @@ fn main() {
     let requests = u32::try_from(env_usize("API_READ_REQUESTS", 1_000_000)).expect("u32");
     let iters = env_usize("API_READ_ITERS", 200).max(1);
 
-    let (acct, bytes, rss, _) = build(containers, requests);
+    let (acct, bytes, rss, _, per_container) = build(containers, requests);
     let per_req = bytes as f64 / f64::from(requests);
     let rss_per_req = rss as f64 / f64::from(requests);
 
@@ -381,4 +391,36 @@ fn main() {
         "heap per retained finished request: {per_req:.1} B (counting allocator, requested sizes; target {TARGET_BYTES_PER_REQUEST} B); \
          RSS delta per request {rss_per_req:.1} B"
     );
+    println!(
+        "heap per container: {per_container:.1} B ({NR_VCPUS} vCPU writers + the sampler and the device thread: a counter block per writer)"
+    );
+
+    // The final report, written as the VMM writes it (to a sink here):
+    // what it allocates beyond the books at its peak, and how long it takes.
+    let before = LIVE_BYTES.load(Relaxed);
+    PEAK_BYTES.store(before, Relaxed);
+    let t = Instant::now();
+    accounting::report::ReportWriter::new(&acct, VmInfo::default())
+        .write_json(std::io::sink())
+        .expect("a sink takes everything");
+    let report_s = t.elapsed().as_secs_f64();
+    let report_peak = PEAK_BYTES.load(Relaxed).saturating_sub(before);
+    println!(
+        "final report of {containers} containers and {requests} retained requests: {:.1} MB at most beyond the books \
+         ({:.1} B per retained request), written in {report_s:.1} s",
+        report_peak as f64 / 1e6,
+        report_peak as f64 / f64::from(requests)
+    );
+
+    // Live requests: begun and charged, not ended.
+    let live = acct.limits().max_live_requests;
+    let before = LIVE_BYTES.load(Relaxed);
+    let mut w = acct.writer(0);
+    for id in 0..live {
+        let id = 2_000_000 + id;
+        acct.apply(&ring(EntryKind::BeginRequest, id, 1, "")).expect("begin");
+        w.charge_exit(Some(tag(1, id)), ExitReason::PortOut, 1);
+    }
+    let per_live = (LIVE_BYTES.load(Relaxed) - before) as f64 / f64::from(live);
+    println!("heap per live request: {per_live:.1} B ({live} begun and charged once each)");
 }
