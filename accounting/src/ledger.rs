@@ -414,6 +414,45 @@ mod tests {
         .unwrap();
     }
 
+    /// The cache lines a block occupies.
+    fn lines(c: &Counters) -> std::ops::Range<usize> {
+        let start = std::ptr::from_ref(c) as usize;
+        start / 64..(start + std::mem::size_of::<Counters>()).div_ceil(64)
+    }
+
+    /// What a vCPU's exit writes, when its tag names a container (no
+    /// request), is its own: its total and its column of the container's
+    /// ledger, in cache lines no other vCPU writes (docs/benchmarks.md, exit
+    /// path scaling). Only a request's block is shared, when two vCPUs serve
+    /// one request at once.
+    #[test]
+    fn no_two_vcpus_write_one_cache_line_on_the_exit_path() {
+        const VCPUS: usize = 8;
+        let acct = Accounting::new("t", VCPUS, 3, Limits::default());
+        declare(&acct, 1, "web");
+        let mut seen: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        for v in 0..VCPUS {
+            let mut w = acct.writer(v);
+            w.charge_exit(Some(tag(1, 0)), ExitReason::PortOut, 1);
+            let r = w.resolve(Some(tag(1, 0))).clone();
+            assert_eq!(r.container, 1);
+            for block in [&acct.writer_totals[v], r.container_cells.col(v)] {
+                assert_eq!(block.read().exits_total().count, 1, "vCPU {v} wrote this block");
+                seen.push((v, lines(block)));
+            }
+        }
+        for (i, (va, a)) in seen.iter().enumerate() {
+            for (vb, b) in &seen[i + 1..] {
+                if va != vb {
+                    assert!(
+                        a.end <= b.start || b.end <= a.start,
+                        "vCPUs {va} and {vb} share a line"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn charges_land_on_container_request_and_vcpu() {
         let acct = Accounting::new("t", 2, 1, Limits::default());

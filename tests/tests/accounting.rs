@@ -155,3 +155,17 @@ fn accounting_off_charges_nothing_but_runs_the_same_guest() {
         "nothing measured, no source claimed"
     );
 }
+
+/// The workload of the exit-path scaling benchmark: every vCPU makes its
+/// port writes under its own container (even vCPUs `cpu-a`, odd `cpu-b`).
+#[test]
+fn every_vcpu_s_exits_are_charged_to_its_container_under_contention() {
+    let run = run_scenario("exits exits=1000", 4);
+    run.assert_clean();
+    assert_eq!(counts(&run.container("cpu-a").charges), [0, 2000, 0, 0, 0]);
+    assert_eq!(counts(&run.container("cpu-b").charges), [0, 2000, 0, 0, 0]);
+    for v in &run.report.vcpus {
+        assert!(v.charges.exits_total.count >= 1000, "vCPU {}", v.id);
+    }
+    assert!(run.report.conservation.holds);
+}

@@ -418,7 +418,8 @@ fn main() {
     let mut w = acct.writer(0);
     for id in 0..live {
         let id = 2_000_000 + id;
-        acct.apply(&ring(EntryKind::BeginRequest, id, 1, "")).expect("begin");
+        acct.apply(&ring(EntryKind::BeginRequest, id, 1, ""))
+            .expect("begin");
         w.charge_exit(Some(tag(1, id)), ExitReason::PortOut, 1);
     }
     let per_live = (LIVE_BYTES.load(Relaxed) - before) as f64 / f64::from(live);

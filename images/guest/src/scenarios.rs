@@ -40,9 +40,10 @@ pub enum Scenario {
     RequestChurn = 17,
     AcctStraddle = 18,
     SlotTiming = 19,
+    Exits = 20,
 }
 
-const ALL: [(Scenario, &[u8]); 19] = [
+const ALL: [(Scenario, &[u8]); 20] = [
     (Scenario::Basic, b"basic"),
     (Scenario::Multi, b"multi"),
     (Scenario::Demo, b"demo"),
@@ -62,6 +63,7 @@ const ALL: [(Scenario, &[u8]); 19] = [
     (Scenario::RequestChurn, b"request-churn"),
     (Scenario::AcctStraddle, b"acct-straddle"),
     (Scenario::SlotTiming, b"slot-timing"),
+    (Scenario::Exits, b"exits"),
 ];
 
 impl Scenario {
@@ -96,6 +98,7 @@ pub fn run(b: &Boot, s: Scenario) -> ! {
         Scenario::RequestChurn => request_churn(b),
         Scenario::AcctStraddle => acct_straddle(b),
         Scenario::SlotTiming => slot_timing(b),
+        Scenario::Exits => exits(b),
     }
 }
 
@@ -105,6 +108,7 @@ pub fn secondary(b: &Boot, s: Scenario) {
         Scenario::Multi => multi_part(b),
         Scenario::Demo => demo_part(b),
         Scenario::Spin => spin_part(b),
+        Scenario::Exits => exits_part(b),
         _ => {}
     }
 }
@@ -329,6 +333,37 @@ fn spin_part(b: &Boot) {
     core::hint::black_box(burn(iters));
     acct::set_tag(b.vcpu, tag(second, 0));
     core::hint::black_box(burn(iters / 4));
+    acct::set_tag(b.vcpu, 0);
+}
+
+/// Port writes per vCPU of `exits` unless `exits=N` says otherwise.
+const EXITS_PER_VCPU: u64 = 100_000;
+
+/// `exits` (any number of vCPUs): every vCPU makes `exits=N` port writes
+/// (default 100,000) with its slot at `cpu-a` (even vCPUs) or `cpu-b` (odd):
+/// the workload of the exit-path scaling benchmark.
+fn exits(b: &Boot) -> ! {
+    acct::register();
+    declare(SPIN_A, 0, b"cpu-a");
+    declare(SPIN_B, 0, b"cpu-b");
+    print("exits: start\n");
+    release_others(Scenario::Exits);
+    exits_part(b);
+    wait_others(b);
+    print("exits: done\n");
+    finish(b, 0)
+}
+
+fn exits_part(b: &Boot) {
+    let n = arg(b.cmdline, b"exits=")
+        .and_then(parse_u64)
+        .unwrap_or(EXITS_PER_VCPU);
+    let mine = if b.vcpu % 2 == 0 { SPIN_A } else { SPIN_B };
+    acct::set_tag(b.vcpu, tag(mine, 0));
+    for _ in 0..n / 1_000_000 {
+        port_work(1_000_000);
+    }
+    port_work((n % 1_000_000) as u32);
     acct::set_tag(b.vcpu, 0);
 }
 
