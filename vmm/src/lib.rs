@@ -18,6 +18,7 @@ pub mod charger;
 pub mod config;
 pub mod logging;
 pub mod sampler;
+pub mod sandbox;
 pub use devices::sock;
 pub mod vcpu;
 pub mod vm;
