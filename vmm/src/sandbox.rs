@@ -238,8 +238,10 @@ pub fn violation_line(buf: &mut [u8; 256], name: &[u8], kind: &str, syscall: i64
     put(
         buf,
         &mut at,
-        b", which its list does not allow; exiting with status 159\n",
+        b", which its list does not allow; exiting with status ",
     );
+    put_num(buf, &mut at, u64::from(VIOLATION_STATUS.unsigned_abs()));
+    put(buf, &mut at, b"\n");
     at
 }
 
