@@ -143,3 +143,31 @@ fn a_run_reports_its_filters_on_and_no_seccomp_off_with_a_warning() {
     assert_eq!(report.vm.seccomp, "off");
     assert!(stderr(&off).contains("WARNING: --no-seccomp"), "{}", stderr(&off));
 }
+
+#[test]
+fn a_run_stopped_continued_and_interrupted_ends_cleanly() {
+    // SIGSTOP/SIGCONT resumes interrupted sleeps through restart_syscall,
+    // and SIGINT's handler may run on any thread: the lists allow both.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_resourceful"))
+        .args(["demo", "--duration", "30", "--json", "--console", "/dev/null"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    for (sig, pause) in [(libc::SIGSTOP, 300), (libc::SIGCONT, 300), (libc::SIGINT, 0)] {
+        // SAFETY: kill(2) of our own child, which has not been reaped.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+        std::thread::sleep(std::time::Duration::from_millis(pause));
+    }
+    let out = child.wait_with_output().expect("the run ends");
+    // A signal is an abnormal end for the CLI (status 1), with its report.
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("seccomp"), "{}", stderr(&out));
+    let report: Report = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    assert_eq!(
+        (report.vm.end.as_str(), report.vm.seccomp.as_str()),
+        ("signal", "on")
+    );
+}
