@@ -148,7 +148,7 @@ fn a_run_reports_its_filters_on_and_no_seccomp_off_with_a_warning() {
 fn a_run_stopped_continued_and_interrupted_ends_cleanly() {
     // SIGSTOP/SIGCONT resumes interrupted sleeps through restart_syscall,
     // and SIGINT's handler may run on any thread: the lists allow both.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_resourceful"))
+    let child = Command::new(env!("CARGO_BIN_EXE_resourceful"))
         .args(["demo", "--duration", "30", "--json", "--console", "/dev/null"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
