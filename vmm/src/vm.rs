@@ -483,10 +483,12 @@ fn stop_vcpus(stop: &AtomicBool, threads: &[(std::thread::JoinHandle<()>, Arc<Vc
 
 /// Runs the virtio devices' event loop on a thread of its own until `stop`.
 /// No thread is started when there are no devices.
+/// The thread says on `filtered` once its filter is in.
 fn spawn_device_loop(
     handlers: Vec<Subscriber>,
     stop: Arc<AtomicBool>,
     seccomp: Seccomp,
+    filtered: mpsc::Sender<()>,
 ) -> Result<Option<std::thread::JoinHandle<()>>, VmError> {
     if handlers.is_empty() {
         return Ok(None);
@@ -503,6 +505,7 @@ fn spawn_device_loop(
         .name("rsrc-devices".into())
         .spawn(move || {
             sandbox::enter_or_exit(ThreadKind::Devices, seccomp);
+            let _ = filtered.send(());
             while !stop.load(Ordering::Acquire) {
                 if let Err(e) = em.run_with_timeout(DEVICE_LOOP_TIMEOUT_MS) {
                     log::error!("device event loop: {e:?}");
@@ -749,6 +752,10 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     // With accounting off nothing is sampled or drained either: that run is
     // the baseline the overhead benchmark compares against.
     let seccomp = config.seccomp;
+    // The sampler and device threads read guest memory and queues: they say
+    // when their filter is in, and the vCPUs wait for that (below).
+    let (filtered_tx, filtered_rx) = mpsc::channel();
+    let sampler_filtered = filtered_tx.clone();
     let sampler_thread = if config.accounting {
         let shared: Vec<Arc<VcpuShared>> = vcpus.iter().map(|v| Arc::clone(&v.shared)).collect();
         let sampler = Sampler::new(acct.writer(nr_vcpus), &region, shared, halt_stats);
@@ -760,18 +767,20 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
                 .name("rsrc-sampler".into())
                 .spawn(move || {
                     sandbox::enter_or_exit(ThreadKind::Sampler, seccomp);
+                    let _ = sampler_filtered.send(());
                     sampler.run(interval, stop)
                 })
                 .map_err(host_err("spawn the sampler thread"))?,
         )
     } else {
+        drop(sampler_filtered);
         None
     };
     let device_stop = Arc::new(AtomicBool::new(false));
-    let device_thread = spawn_device_loop(devices.handlers, Arc::clone(&device_stop), seccomp)?;
-    // The vCPUs wait at this gate, filtered, until the main thread has
-    // installed its own filter (when it does): no guest code runs before
-    // every thread is sandboxed.
+    let device_thread = spawn_device_loop(devices.handlers, Arc::clone(&device_stop), seccomp, filtered_tx)?;
+    // The vCPUs wait at this gate, filtered, until the sampler and device
+    // threads have installed their filters and the main thread its own (when
+    // it does): no guest code runs before those threads are sandboxed.
     let gate = Arc::new(Gate::default());
     let mut threads = Vec::with_capacity(nr_vcpus);
     let unstarted: Vec<Arc<VcpuShared>> = vcpus.iter().map(|v| Arc::clone(&v.shared)).collect();
@@ -796,6 +805,14 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         }
     }
 
+    // Each started thread sends once. This thread holds no sender, so if
+    // they all end without sending the wait ends too.
+    let started_filtering = usize::from(sampler_thread.is_some()) + usize::from(device_thread.is_some());
+    for _ in 0..started_filtering {
+        if filtered_rx.recv().is_err() {
+            break;
+        }
+    }
     if config.seccomp_main_thread {
         sandbox::enter_or_exit(ThreadKind::Main, seccomp);
     }
