@@ -227,6 +227,10 @@ fn run_vm(config: VmConfig, c: &Common) -> anyhow::Result<ExitCode> {
         println!("{}", report.to_json());
     } else {
         println!("\n{}", report.to_table(c.top_requests));
+        // The JSON says it in vm.seccomp; the table's reader is told too.
+        if config.seccomp != Seccomp::Trap {
+            println!("seccomp: {} (this run had no sandbox)", report.vm.seccomp);
+        }
     }
     Ok(match outcome.end {
         VmEnd::GuestExit(status) => ExitCode::from(u8::try_from(status).unwrap_or(u8::MAX)),

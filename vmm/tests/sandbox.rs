@@ -9,7 +9,7 @@
 //! makes a syscall. The parent checks how the child ended: the documented
 //! status and stderr line, or the errno the lists promise. The CLI tests
 //! then check that a real run reports its filters on, and `--no-seccomp`
-//! off with a warning.
+//! off (JSON and table) with a warning.
 
 use std::process::{Command, Output};
 
@@ -142,6 +142,13 @@ fn a_run_reports_its_filters_on_and_no_seccomp_off_with_a_warning() {
     let report: Report = serde_json::from_slice(&off.stdout).expect("one JSON report");
     assert_eq!(report.vm.seccomp, "off");
     assert!(stderr(&off).contains("WARNING: --no-seccomp"), "{}", stderr(&off));
+    let table = resourceful(&["demo", "--vcpus", "1", "--no-seccomp"]);
+    assert!(table.status.success(), "{}", stderr(&table));
+    let stdout = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        stdout.contains("\nseccomp: off (this run had no sandbox)\n"),
+        "{stdout}"
+    );
 }
 
 #[test]
