@@ -33,6 +33,7 @@ const GUEST_RUSTFLAGS: &[&str] = &[
 const BINARIES: &[(&str, &str)] = &[
     ("resourceful-test-guest", "RESOURCEFUL_TEST_GUEST_ELF"),
     ("exit-cpl0", "RESOURCEFUL_EXIT_CPL0_ELF"),
+    ("exit-loop", "RESOURCEFUL_EXIT_LOOP_ELF"),
 ];
 
 /// Variables of the parent build that must not leak into the guest build

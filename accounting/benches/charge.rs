@@ -165,7 +165,11 @@ fn charge(c: &mut Criterion) {
     let mut g = c.benchmark_group("clock");
     g.throughput(Throughput::Elements(1));
     let acct = Accounting::new("t", 1, 0, Limits::default());
-    g.bench_function("now_ns", |b| b.iter(|| black_box(acct.now_ns())));
+    g.bench_function(format!("now_ns ({})", acct.clock_source()), |b| {
+        b.iter(|| black_box(acct.now_ns()))
+    });
+    let mono = accounting::clock::Clock::monotonic();
+    g.bench_function("now_ns (monotonic)", |b| b.iter(|| black_box(mono.now_ns())));
     g.finish();
 }
 

@@ -24,9 +24,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use crate::abi::RingEntry;
+use crate::clock::Clock;
 use crate::errors::{GuestError, GuestErrors};
 use crate::registry::{Limits, Registry, Resolved};
 use crate::resource::{
@@ -58,7 +58,7 @@ pub struct Accounting {
     /// time written by the sampler into the sampled vCPU's block (different
     /// fields, one writer each).
     writer_totals: Box<[Counters]>,
-    start: Instant,
+    clock: Clock,
 }
 
 impl Accounting {
@@ -76,7 +76,7 @@ impl Accounting {
             registry_waiters: AtomicU64::new(0),
             errors: GuestErrors::default(),
             writer_totals: (0..writers).map(|_| Counters::default()).collect(),
-            start: Instant::now(),
+            clock: Clock::start(),
         })
     }
 
@@ -96,9 +96,16 @@ impl Accounting {
         self.nr_vcpus
     }
 
-    /// Nanoseconds since the books were opened.
+    /// Nanoseconds since the books were opened ([`Clock`]: the TSC where
+    /// it is invariant).
+    #[inline]
     pub fn now_ns(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        self.clock.now_ns()
+    }
+
+    /// What [`Accounting::now_ns`] reads: `tsc` or `monotonic`.
+    pub fn clock_source(&self) -> &'static str {
+        self.clock.source()
     }
 
     /// The guest-error counters.

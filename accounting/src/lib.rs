@@ -24,6 +24,8 @@ pub mod abi;
 #[cfg(feature = "std")]
 pub mod agent;
 #[cfg(feature = "std")]
+pub mod clock;
+#[cfg(feature = "std")]
 pub mod compact;
 #[cfg(feature = "std")]
 pub mod errors;

@@ -337,17 +337,28 @@ impl Accounting {
     /// `containers` without building the report. The lock is taken once per
     /// [`CONTAINER_STEP`] containers (and their live requests).
     pub fn containers_view(&self) -> (Vec<ContainerView>, ReadStats) {
+        let (views, _, stats) = self.containers_page(0, usize::MAX);
+        (views, stats)
+    }
+
+    /// At most `limit` containers from index `start` on, as of now, and how
+    /// many containers there are in all: a page of
+    /// [`Accounting::containers_view`], read in the same steps.
+    pub fn containers_page(&self, start: usize, limit: usize) -> (Vec<ContainerView>, usize, ReadStats) {
         let mut stats = ReadStats::default();
         let mut rows = Vec::new();
-        let mut next = 0;
+        let mut next = start;
         let mut first = true;
+        let mut total = 0;
         loop {
             let done = self.step(&mut stats, |reg| {
+                total = reg.containers().len();
                 if first {
                     reg.sweep();
-                    rows.reserve(reg.containers().len());
+                    rows.reserve(total.saturating_sub(start).min(limit));
                 }
-                reg.container_rows(&mut next, CONTAINER_STEP, &mut rows)
+                let want = limit.saturating_sub(rows.len()).min(CONTAINER_STEP);
+                want == 0 || reg.container_rows(&mut next, want, &mut rows) || rows.len() >= limit
             });
             first = false;
             if done {
@@ -362,7 +373,7 @@ impl Accounting {
                 row,
             })
             .collect();
-        (views, stats)
+        (views, total, stats)
     }
 
     /// One container by index, as of now (one short lock hold).

@@ -332,10 +332,6 @@ impl Keys {
             pending: cost == PENDING_COST,
         })
     }
-
-    fn iter(&self) -> impl Iterator<Item = Key> + '_ {
-        (0..self.len()).filter_map(|i| self.get(i))
-    }
 }
 
 #[derive(Debug)]
@@ -613,7 +609,13 @@ impl Registry {
     /// Retained finished requests, oldest (first finished) first, as rows
     /// (charges decoded on the way).
     pub fn finished_requests(&self) -> impl Iterator<Item = RequestRow> + '_ {
-        self.keys.iter().zip(self.cold.iter()).map(|(k, c)| RequestRow {
+        (0..self.keys.len()).filter_map(|i| self.finished_row(i))
+    }
+
+    /// The retained finished request at position `i` (0: oldest), as a row.
+    fn finished_row(&self, i: usize) -> Option<RequestRow> {
+        let (k, c) = (self.keys.get(i)?, self.cold.get(i)?);
+        Some(RequestRow {
             guest_id: c.guest_id,
             container: k.container as usize,
             external_id: c.external_id,
@@ -638,31 +640,68 @@ impl Registry {
 
     /// Every live and retained request, in begin order (`seq`).
     pub fn request_rows(&self) -> Vec<RequestRow> {
-        let mut rows: Vec<RequestRow> = self
-            .finished_requests()
-            .chain(self.live.values().map(Request::row))
-            .collect();
-        rows.sort_unstable_by_key(|r| r.seq);
-        rows
+        self.requests_by_seq().collect()
+    }
+
+    /// Every live and retained request, in begin order (`seq`), one row at
+    /// a time: what a streamed report walks. It holds a sort permutation
+    /// of the retained requests (4 bytes each) and a reference per live
+    /// one, never a row per request.
+    pub fn requests_by_seq(&self) -> impl Iterator<Item = RequestRow> + '_ {
+        // Retention is bounded by `Limits::retained_requests`, a u32.
+        let mut order: Vec<u32> = (0..u32::try_from(self.keys.len()).unwrap_or(u32::MAX)).collect();
+        order.sort_unstable_by_key(|&i| self.keys.seq.get(i as usize).copied());
+        let mut finished = order
+            .into_iter()
+            .filter_map(move |i| self.finished_row(i as usize))
+            .peekable();
+        // `live` is ordered by (container, seq): sort the references.
+        let mut live: Vec<&Request> = self.live.values().collect();
+        live.sort_unstable_by_key(|r| r.seq);
+        let mut live = live.into_iter().map(Request::row).peekable();
+        std::iter::from_fn(move || match (finished.peek(), live.peek()) {
+            (Some(f), Some(l)) if l.seq < f.seq => live.next(),
+            (Some(_), _) => finished.next(),
+            (None, _) => live.next(),
+        })
     }
 
     /// Per container, the charges of all its requests, evicted ones
     /// included: `settled` plus what live and pending requests read now.
     /// O(containers + live requests), never O(finished requests).
     pub fn requests_charged(&self) -> Vec<Charges> {
-        let mut out: Vec<Charges> = self.containers.iter().map(|c| c.settled).collect();
+        let unsettled = self.requests_unsettled();
+        self.containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut sum = c.settled;
+                if let Some(u) = unsettled.get(&i) {
+                    sum.add(u);
+                }
+                sum
+            })
+            .collect()
+    }
+
+    /// Per container that has any, the charges of its requests that are
+    /// not settled into it yet: live requests, pending retained ones and
+    /// pending evicted ones. O(live + pending): add it to a container's
+    /// `settled` for the whole of its requests' charges.
+    pub fn requests_unsettled(&self) -> HashMap<usize, Charges> {
+        let mut out: HashMap<usize, Charges> = HashMap::new();
         for r in self.live.values() {
-            r.cells.add_into(&mut out[r.container]);
+            r.cells.add_into(out.entry(r.container).or_default());
         }
         for &fin in &self.pending {
             if let Some((k, c)) = self.retained_at(fin) {
                 if let Stored::Pending(cells) = &c.charges {
-                    cells.add_into(&mut out[k.container as usize]);
+                    cells.add_into(out.entry(k.container as usize).or_default());
                 }
             }
         }
         for (idx, cells) in &self.evicted_pending {
-            cells.add_into(&mut out[*idx]);
+            cells.add_into(out.entry(*idx).or_default());
         }
         out
     }

@@ -7,6 +7,7 @@
 //! - [`virtio`]: the virtio-mmio transport (virtio 1.x) and virtio-blk on a
 //!   raw file, whose requests are charged to the tag of the vCPU that
 //!   notified the queue.
+//! - [`counters`]: every device counter by name, for the report and the API.
 //! - [`acct`]: the accounting device through which a guest registers its tag
 //!   region, and the shared view of that region (tag slots, declaration ring)
 //!   that vCPU threads and the sampler read.
@@ -16,6 +17,7 @@
 
 pub mod acct;
 pub mod bus;
+pub mod counters;
 pub mod legacy;
 pub mod sock;
 pub mod virtio;

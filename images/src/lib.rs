@@ -15,6 +15,9 @@
 //!   ELF path: entered at CPL0 with paging on, it writes `ok\n` to COM1 and
 //!   status 0 to the exit port.
 //!
+//! - [`exit_loop`]: a plain 64-bit ELF making N port writes, then an i8042
+//!   reset: the guest of the comparison with Firecracker.
+//!
 //! The files also stay on disk ([`TEST_GUEST_PATH`], [`EXIT_CPL0_PATH`]) so
 //! they can be passed to `resourceful run --kernel PATH`.
 
@@ -25,6 +28,10 @@ pub const EXIT_CPL0_PATH: &str = env!("RESOURCEFUL_EXIT_CPL0_ELF");
 
 static TEST_GUEST: &[u8] = include_bytes!(env!("RESOURCEFUL_TEST_GUEST_ELF"));
 static EXIT_CPL0: &[u8] = include_bytes!(env!("RESOURCEFUL_EXIT_CPL0_ELF"));
+static EXIT_LOOP: &[u8] = include_bytes!(env!("RESOURCEFUL_EXIT_LOOP_ELF"));
+
+/// What precedes the exit count in the `exit-loop` image.
+const EXIT_LOOP_MARKER: &[u8] = b"RSRCLOOP";
 
 /// The bare-metal test guest: an ELF64 x86-64 executable, `.text` at 1 MiB,
 /// entry at `.text`'s start, carrying the `Resourceful` marker note in a
@@ -38,6 +45,22 @@ pub fn test_guest() -> &'static [u8] {
 /// `out`s) and status 0 to port 0xf4.
 pub fn exit_cpl0() -> &'static [u8] {
     EXIT_CPL0
+}
+
+/// The `exit-loop` program with its count set to `n` (at least 1): a plain
+/// ELF64 x86-64 executable (`.text` at 1 MiB, no notes) that at CPL0 makes
+/// `n` one-byte `out`s to port 0x80 and then resets through the i8042
+/// (0xfe to port 0x64): `n + 1` `port_out` exits. The guest of
+/// `vmm/benches/vs_firecracker.rs`, which any VMM booting ELF kernels can run.
+pub fn exit_loop(n: u32) -> Vec<u8> {
+    let mut image = EXIT_LOOP.to_vec();
+    let at = image
+        .windows(EXIT_LOOP_MARKER.len())
+        .position(|w| w == EXIT_LOOP_MARKER)
+        .expect("the exit-loop image carries its marker")
+        + EXIT_LOOP_MARKER.len();
+    image[at..at + 4].copy_from_slice(&n.max(1).to_le_bytes());
+    image
 }
 
 #[cfg(test)]
@@ -167,6 +190,17 @@ mod tests {
         check_layout(elf);
         assert!(phdrs(elf).iter().all(|p| p.p_type != PT_NOTE), "no PT_NOTE");
         assert!(notes(elf).is_empty());
+    }
+
+    #[test]
+    fn exit_loop_is_a_plain_elf_whose_count_is_patched() {
+        let elf = exit_loop(12_345);
+        check_layout(&elf);
+        assert!(phdrs(&elf).iter().all(|p| p.p_type != PT_NOTE), "no PT_NOTE");
+        let at = elf.windows(8).position(|w| w == b"RSRCLOOP").unwrap() + 8;
+        assert_eq!(u32_at(&elf, at), 12_345);
+        assert_eq!(u32_at(&exit_loop(0), at), 1, "at least one exit");
+        assert_eq!(u32_at(EXIT_LOOP, at), 100_000, "as built");
     }
 
     #[test]

@@ -47,9 +47,10 @@ pub fn boot(mut config: VmConfig) -> Run {
     let outcome = vmm::run(&config).expect("the VM should build and run");
     let console = std::fs::read_to_string(&console_path).unwrap_or_default();
     let _ = std::fs::remove_file(&console_path);
+    let report = outcome.report();
     Run {
         end: outcome.end,
-        report: outcome.report,
+        report,
         console,
     }
 }

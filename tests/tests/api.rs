@@ -176,6 +176,16 @@ fn api_serves_the_live_books() {
         v["devices"],
         serde_json::json!({ "disks": [], "nets": [], "vsock": null })
     );
+    // Every device's counters, live: this VM has only the legacy devices
+    // that keep any.
+    let names: Vec<&str> = v["device_counters"]
+        .as_array()
+        .expect("device_counters")
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["i8042", "rtc"]);
+    assert_eq!(v["device_counters"][1]["counters"]["bad_time_writes"], 0);
     // Per-reason exits (reasons without exits are left out) add up to the total.
     let by_reason = v["totals"]["exits"].as_object().expect("exits by reason");
     let sum: u64 = by_reason.values().map(|e| e["count"].as_u64().unwrap()).sum();
@@ -199,6 +209,33 @@ fn api_serves_the_live_books() {
         .map(|c| c["path"].as_str().unwrap())
         .collect();
     assert_eq!(paths, ["unattributed", "cpu-a", "cpu-b"]);
+    // Paged: a page of 2 links to the rest, which has no link.
+    let (status, headers, body) = get(&sock, "/v1/containers?limit=2");
+    assert_eq!(status, 200);
+    assert_eq!(headers["link"], "</v1/containers?after=1&limit=2>; rel=\"next\"");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let (status, headers, body) = get(&sock, "/v1/containers?after=1&limit=2");
+    assert_eq!(status, 200);
+    assert!(!headers.contains_key("link"), "{headers:?}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()[0]["path"], "cpu-b");
+    // The client follows the links to the end (the charges move on: the
+    // VM runs, so compare which containers came back).
+    let all = vmm::api::client::get_all(&sock, "/v1/containers?limit=1").unwrap();
+    let all: Value = serde_json::from_str(&all.body).unwrap();
+    let all_paths: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(all_paths, paths);
     let (status, one) = get_json(&sock, "/v1/containers/1");
     assert_eq!((status, one["path"].as_str()), (200, Some("cpu-a")));
     let (status, err) = get_json(&sock, "/v1/containers/9999");
@@ -287,9 +324,17 @@ fn api_serves_the_live_books() {
         "resourceful_net_retransmitted_bytes_total",
         "resourceful_net_spoofed_frames_total",
         "resourceful_interrupts_total",
+        "resourceful_device_events_total",
     ] {
         assert!(names.contains(want), "{want} missing");
     }
+    assert!(samples
+        .iter()
+        .any(|(n, l, v)| n == "resourceful_device_events_total"
+            && l["device"] == "rtc"
+            && l["kind"] == "cmos-rtc"
+            && l["counter"] == "bad_time_writes"
+            && *v == 0.0));
     let port_out_unattributed = samples
         .iter()
         .find(|(n, l, _)| {

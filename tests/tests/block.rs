@@ -105,6 +105,40 @@ fn block_requests_are_charged_to_the_notifying_principal_and_reach_the_file() {
         "{:?}",
         run.report.guest_errors
     );
+
+    // The device's own counters reach the report: 11 requests, the one past
+    // the end malformed (it had a status byte, so nothing was dropped), one
+    // activation after the driver's reset, one notify per request.
+    let disk = run
+        .report
+        .devices
+        .iter()
+        .find(|d| d.name == "disk0")
+        .expect("disk0 in the report's devices");
+    assert_eq!(disk.kind, "virtio-blk");
+    let want: std::collections::BTreeMap<String, u64> = [
+        ("requests", 11),
+        ("bytes_read", 4 * 4096),
+        ("bytes_written", 4 * 4096),
+        ("io_errors", 0),
+        ("unsupported", 0),
+        ("malformed", 1),
+        ("dropped", 0),
+        ("read_only_refusals", 0),
+        ("queue_errors", 0),
+        ("interrupts", 11),
+        ("ignored_notifications", 0),
+        ("transport.bad_accesses", 0),
+        ("transport.refused_features", 0),
+        ("transport.failed_activations", 0),
+        ("transport.activations", 1),
+        ("transport.resets", 1),
+        ("transport.notifications", 11),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(disk.counters, want);
 }
 
 /// `b` with only its times kept, so a struct literal can state every count.

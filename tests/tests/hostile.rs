@@ -116,3 +116,59 @@ fn a_triple_fault_still_yields_a_balanced_report() {
     assert_eq!(run.counts_of("doomed"), [0, 2, 0, 0, 1]);
     run.assert_conserved();
 }
+
+/// tag-abi.md, "Bad accesses": an 8-byte access at `0xd000_0ffc` crosses the
+/// accounting window's end; KVM splits it at the page boundary. The half
+/// inside reaches the device as a 4-byte access at offset 0xffc (a bad
+/// access: counted, a read gives all-ones); the half outside goes where its
+/// address leads, here nowhere (`unhandled_io`, all-ones). Each half is an
+/// exit of its own, charged like any other.
+#[test]
+fn an_access_straddling_the_accounting_window_is_split_and_each_half_judged() {
+    let run = run_scenario("acct-straddle", 1);
+    run.assert_clean();
+    assert!(
+        run.console.contains("acct-straddle: read all-ones"),
+        "{}",
+        run.console
+    );
+    let errors: Vec<(&str, u64)> = run
+        .report
+        .guest_errors
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    assert_eq!(errors, [("device_bad_access", 2)]);
+    assert_eq!(run.report.vm.unhandled_io, 2);
+    let sites = &run.report.vm.unhandled_io_sites;
+    assert_eq!(sites.len(), 1, "{sites:?}");
+    assert_eq!(
+        (
+            sites[0].space.as_str(),
+            sites[0].addr,
+            sites[0].reads,
+            sites[0].writes
+        ),
+        ("mmio", accounting::abi::ACCT_MMIO_BASE + 0x1000, 1, 1)
+    );
+    // Two MMIO writes and two MMIO reads: the store and the load, twice each.
+    let c = counts(&run.container("unattributed").charges);
+    assert_eq!((c[2], c[3]), (2, 2));
+}
+
+/// tag-abi.md: the slot is read once `KVM_RUN` returned, **before** the exit
+/// is handled. The exit that unregisters the region is charged to the
+/// container the slot named; after it, with no region, everything is
+/// `unattributed`. (Read after handling, the write would be `unattributed`'s.)
+#[test]
+fn the_slot_is_read_before_the_exit_is_handled() {
+    let run = run_scenario("slot-timing", 1);
+    run.assert_clean();
+    assert!(run.console.contains("slot-timing: done"), "{}", run.console);
+    assert_eq!(counts(&run.container("worker").charges), [0, 0, 0, 1, 0]);
+    let unattributed = counts(&run.container("unattributed").charges);
+    // The REG_STATUS read and the 3 port writes came after it.
+    assert_eq!(unattributed[2], 1 + 1, "register's status read and unregister's");
+    assert!(unattributed[1] >= 3);
+    assert!(run.report.conservation.holds);
+}

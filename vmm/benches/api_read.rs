@@ -15,7 +15,9 @@
 //!    number retained; and the RSS delta likewise (glibc's chunk headers and
 //!    rounding included).
 //! 3. Times the real handler path, `vmm::api::route`, for
-//!    `GET /v1/containers` and `GET /v1/requests?order=cost&limit=100`
+//!    `GET /v1/containers` (its default page of 1,000; for reference a page
+//!    from the middle and all 10,000 at once) and
+//!    `GET /v1/requests?order=cost&limit=100`
 //!    (and, for reference, `order=begin` and one container's top 100): p50,
 //!    p99 and max over the iterations, answers' sizes.
 //! 4. The registry lock: the longest single hold of each read (timed inside
@@ -274,6 +276,18 @@ fn main() {
     let by_container = format!("/v1/requests?container={top_container}&order=cost&limit=100");
     let timed = [
         time(&state, "GET /v1/containers", "/v1/containers", iters),
+        time(
+            &state,
+            "GET /v1/containers?after=5000 (a middle page)",
+            "/v1/containers?after=5000",
+            iters,
+        ),
+        time(
+            &state,
+            "GET /v1/containers?limit=10000 (all at once)",
+            "/v1/containers?limit=10000",
+            iters.min(50),
+        ),
         time(
             &state,
             "GET /v1/requests?order=cost&limit=100",

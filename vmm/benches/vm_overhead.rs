@@ -119,12 +119,12 @@ fn run_demo(accounting: bool, sample_interval_us: u64) -> Report {
     let out = vmm::run(&demo_config(accounting, sample_interval_us))
         .unwrap_or_else(|e| panic!("demo VM failed to run: {e}"));
     assert!(
-        out.report.vm.end == "guest_exit" && out.report.vm.guest_status == Some(0),
+        out.vm.end == "guest_exit" && out.vm.guest_status == Some(0),
         "demo VM ended badly: {} {:?}",
-        out.report.vm.end,
-        out.report.vm.end_detail
+        out.vm.end,
+        out.vm.end_detail
     );
-    out.report
+    out.report()
 }
 
 struct Overhead {

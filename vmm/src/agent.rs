@@ -59,12 +59,12 @@ pub const MAX_CONNECTIONS: usize = 8;
 pub const MAX_FLOWS: usize = 4096;
 /// How long a connection may stay silent before it is closed (an agent
 /// reports every second by default).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a new connection has to say `hello`.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one write to an agent may block (an agent that stops reading
 /// is dropped, it never stalls the hub).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the agent socket could not be served.
 #[derive(Debug, thiserror::Error)]

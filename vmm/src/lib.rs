@@ -8,6 +8,8 @@
 //! - [`vcpu`]: the vCPU threads and the pure exit dispatch.
 //! - [`sampler`]: guest run time by principal, and the timer drain.
 //! - [`vm`]: assembles and runs a VM and produces the report.
+//! - [`limits`]: the VMM's own bounds (threads, descriptors).
+//! - [`probes`]: every device's counters, for the report and the API.
 //! - [`api`]: the host API (JSON and Prometheus metrics on a Unix socket).
 
 pub mod agent;
@@ -16,7 +18,9 @@ pub mod arch;
 pub mod boot;
 pub mod charger;
 pub mod config;
+pub mod limits;
 pub mod logging;
+pub mod probes;
 pub mod sampler;
 pub mod sandbox;
 pub use devices::sock;

@@ -1,6 +1,7 @@
 //! `resourceful`: boot a guest, charge its work to the principals it
 //! declares, and report.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -214,24 +215,31 @@ fn run_vm(config: VmConfig, c: &Common) -> anyhow::Result<ExitCode> {
         ),
     }
     let outcome = vmm::run(&config)?;
-    let report = &outcome.report;
+    // Written as it is built: the report never sits whole in memory.
+    let report = outcome.writer();
     if let Some(path) = &c.report_json {
-        std::fs::write(path, report.to_json()).with_context(|| {
+        let file = std::fs::File::create(path).and_then(|f| report.write_json(f));
+        file.with_context(|| {
             format!(
                 "cannot write the report to {} (check --report-json)",
                 path.display()
             )
         })?;
     }
+    let mut out = std::io::stdout().lock();
     if c.json {
-        println!("{}", report.to_json());
+        report.write_json(&mut out)?;
+        writeln!(out)?;
     } else {
-        println!("\n{}", report.to_table(c.top_requests));
+        writeln!(out)?;
+        report.write_table(&mut out, c.top_requests)?;
         // The JSON says it in vm.seccomp; the table's reader is told too.
         if config.seccomp != Seccomp::Trap {
-            println!("seccomp: {} (this run had no sandbox)", report.vm.seccomp);
+            writeln!(out, "seccomp: {} (this run had no sandbox)", outcome.vm.seccomp)?;
         }
     }
+    out.flush()?;
+    drop(report);
     Ok(match outcome.end {
         VmEnd::GuestExit(status) => ExitCode::from(u8::try_from(status).unwrap_or(u8::MAX)),
         VmEnd::Reset | VmEnd::PowerOff | VmEnd::TimeLimit => ExitCode::SUCCESS,
@@ -248,7 +256,8 @@ fn run_vm(config: VmConfig, c: &Common) -> anyhow::Result<ExitCode> {
 
 /// GETs `target` from the API and parses its JSON, or says what went wrong.
 fn api_json(sock: &std::path::Path, target: &str) -> anyhow::Result<serde_json::Value> {
-    let r = vmm::api::client::get(sock, target)?;
+    // Paged lists (`/v1/containers`) are followed to their end.
+    let r = vmm::api::client::get_all(sock, target)?;
     let body: serde_json::Value = serde_json::from_str(&r.body)
         .with_context(|| format!("GET {target}: the answer is not JSON (HTTP {})", r.status))?;
     if r.status != 200 {

@@ -7,6 +7,7 @@
 //! signal), stops and joins everything, flushes the console and builds the
 //! report. Whatever way the VM ends, a report is produced.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use accounting::abi;
 use accounting::ledger::Accounting;
-use accounting::report::{Report, VmInfo};
+use accounting::report::{DeviceCounters, Report, ReportWriter, VmInfo};
 use devices::acct::{AcctDevice, TagRegion};
 use devices::bus::SharedDevice;
 use devices::legacy::{AcpiPm, DebugPort, ExitPort, Serial, ACPI_PM_LEN, ACPI_PM_PORT, I8042};
@@ -40,6 +41,7 @@ use crate::config::{
     ConfigError, ConsoleTarget, DiskConfig, KernelSource, NetConfig, VmConfig, VsockConfig,
     DEFAULT_LINUX_CMDLINE,
 };
+use crate::probes::{lock, DeviceProbes};
 use crate::sampler::Sampler;
 use crate::sandbox::{self, Seccomp, ThreadKind};
 use crate::vcpu::exit::{IoStats, VmEnd};
@@ -109,6 +111,9 @@ pub enum VmError {
     /// A user-set value is wrong.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The process may not open as many descriptors as the VM may need.
+    #[error(transparent)]
+    FdLimit(#[from] crate::limits::FdLimitError),
     /// `/dev/kvm` could not be opened.
     #[error("cannot open /dev/kvm: is KVM available on this host and may this user use it (root, or the kvm group)?")]
     OpenKvm(#[source] kvm_ioctls::Error),
@@ -196,8 +201,30 @@ pub enum VmError {
 pub struct RunOutcome {
     /// How the VM ended.
     pub end: VmEnd,
-    /// The final report.
-    pub report: Report,
+    /// The books, final: every vCPU and device thread has stopped.
+    pub books: Arc<Accounting>,
+    /// What the VMM knows about the VM (the report's `vm`).
+    pub vm: VmInfo,
+    /// The agent channel's non-zero counters.
+    pub agent: BTreeMap<String, u64>,
+    /// Every device's counters.
+    pub devices: Vec<DeviceCounters>,
+}
+
+impl RunOutcome {
+    /// The report, written as it is built (`ReportWriter::write_json`,
+    /// `write_table`): what the CLI does, so that a VM with a million
+    /// requests needs no second copy of its books.
+    pub fn writer(&self) -> ReportWriter<'_> {
+        ReportWriter::new(&self.books, self.vm.clone())
+            .with_agent(self.agent.clone())
+            .with_devices(self.devices.clone())
+    }
+
+    /// The whole report in memory.
+    pub fn report(&self) -> Report {
+        self.writer().into_report()
+    }
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -244,6 +271,8 @@ struct Devices {
     serial: Arc<Mutex<Serial>>,
     /// Event-loop subscribers of the virtio devices.
     handlers: Vec<Subscriber>,
+    /// Every device's counters.
+    probes: Arc<DeviceProbes>,
 }
 
 /// Everything `build_devices` needs.
@@ -263,11 +292,13 @@ struct DeviceEnv<'a> {
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// Puts virtio device `dev` in slot `index`: its interrupt line (with an
-/// irqchip) and its transport on the MMIO bus.
+/// irqchip) and its transport on the MMIO bus; its counters are read as
+/// `name` of `kind`.
 fn place_virtio<D: VirtioDevice + 'static>(
     env: &DeviceEnv<'_>,
-    mmio: &mut Bus,
+    bus: &mut VirtioBus<'_>,
     index: usize,
+    (name, kind): (String, &'static str),
     dev: D,
 ) -> Result<Arc<Mutex<D>>, VmError> {
     let (base, irq) = virtio_slot(index);
@@ -277,9 +308,17 @@ fn place_virtio<D: VirtioDevice + 'static>(
             .map_err(kvm_err("connect a virtio interrupt"))?;
     }
     let dev = Arc::new(Mutex::new(dev));
-    let transport = MmioTransport::new(env.mem.clone(), Arc::clone(&dev));
-    mmio.insert(Arc::new(Mutex::new(transport)), base, MMIO_LEN)?;
+    let transport = Arc::new(Mutex::new(MmioTransport::new(env.mem.clone(), Arc::clone(&dev))));
+    bus.mmio
+        .insert(Arc::clone(&transport) as SharedDevice, base, MMIO_LEN)?;
+    bus.probes.add_virtio(name, kind, Arc::clone(&dev), transport);
     Ok(dev)
+}
+
+/// Where virtio devices go: the MMIO bus, and the list of counters.
+struct VirtioBus<'a> {
+    mmio: &'a mut Bus,
+    probes: &'a mut DeviceProbes,
 }
 
 /// The charger of the device thread's ledger column.
@@ -312,7 +351,7 @@ fn build_virtio(
     disks: &[DiskConfig],
     nets: &[NetConfig],
     vsock: Option<VsockSetup<'_>>,
-    mmio: &mut Bus,
+    bus: &mut VirtioBus<'_>,
 ) -> Result<Vec<Subscriber>, VmError> {
     let index = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
     let mut subscribers: Vec<Subscriber> = Vec::with_capacity(disks.len() + nets.len());
@@ -326,7 +365,7 @@ fn build_virtio(
             })?;
         // Requests may carry the guest's explicit tags (queue tag tables).
         dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
-        let dev = place_virtio(env, mmio, i, dev)?;
+        let dev = place_virtio(env, bus, i, (format!("disk{i}"), "virtio-blk"), dev)?;
         subscribers.push(Arc::new(Mutex::new(BlockHandler::new(dev, device_charger(env)))));
     }
     for (j, net) in nets.iter().enumerate() {
@@ -337,7 +376,7 @@ fn build_virtio(
         })?;
         dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
         dev.set_flow_bindings(Arc::clone(env.agent) as Arc<dyn devices::virtio::net::flow::FlowBindings>);
-        let dev = place_virtio(env, mmio, i, dev)?;
+        let dev = place_virtio(env, bus, i, (format!("net{j}"), "virtio-net"), dev)?;
         subscribers.push(Arc::new(Mutex::new(NetHandler::new(dev, device_charger(env)))));
     }
     if let Some(v) = vsock {
@@ -346,7 +385,7 @@ fn build_virtio(
         let mut dev =
             VsockDevice::new(v.config.cid, connector, v.config.uds.as_deref()).map_err(VmError::Vsock)?;
         dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
-        let dev = place_virtio(env, mmio, i, dev)?;
+        let dev = place_virtio(env, bus, i, ("vsock0".into(), "virtio-vsock"), dev)?;
         subscribers.push(Arc::new(Mutex::new(VsockHandler::new(dev, device_charger(env)))));
     }
     Ok(subscribers)
@@ -386,8 +425,21 @@ fn build_devices(
         vm.register_irqfd(&kbd_irq, I8042_IRQ)
             .map_err(kvm_err("connect the i8042 interrupt"))?;
     }
-    pio.insert(Arc::new(Mutex::new(I8042::new(kbd_irq))), 0x60, 5)?;
-    pio.insert(Arc::new(Mutex::new(devices::legacy::Rtc::new())), 0x70, 2)?;
+    let mut probes = DeviceProbes::default();
+    let i8042 = Arc::new(Mutex::new(I8042::new(kbd_irq)));
+    pio.insert(Arc::clone(&i8042) as SharedDevice, 0x60, 5)?;
+    probes.add(
+        "i8042".into(),
+        "i8042",
+        Box::new(move || vec![("dropped".into(), lock(&i8042).dropped())]),
+    );
+    let rtc = Arc::new(Mutex::new(devices::legacy::Rtc::new()));
+    pio.insert(Arc::clone(&rtc) as SharedDevice, 0x70, 2)?;
+    probes.add(
+        "rtc".into(),
+        "cmos-rtc",
+        Box::new(move || vec![("bad_time_writes".into(), lock(&rtc).bad_time_writes())]),
+    );
     pio.insert(
         Arc::new(Mutex::new(AcpiPm)),
         u64::from(ACPI_PM_PORT),
@@ -400,12 +452,22 @@ fn build_devices(
         abi::ACCT_MMIO_BASE,
         abi::ACCT_MMIO_SIZE,
     )?;
-    let handlers = build_virtio(env, disks, nets, vsock, &mut mmio)?;
+    let handlers = build_virtio(
+        env,
+        disks,
+        nets,
+        vsock,
+        &mut VirtioBus {
+            mmio: &mut mmio,
+            probes: &mut probes,
+        },
+    )?;
     Ok(Devices {
         pio,
         mmio,
         serial,
         handlers,
+        probes: Arc::new(probes),
     })
 }
 
@@ -528,6 +590,7 @@ fn start_api(
     acct: &Arc<Accounting>,
     agent: &Arc<AgentHub>,
     io_stats: &Arc<IoStats>,
+    probes: &Arc<DeviceProbes>,
     boot_kind: &'static str,
 ) -> Result<crate::api::ApiServer, VmError> {
     use crate::api::{ApiServer, ApiState, DevicesInfo, DiskInfo, NetInfo, VsockInfo};
@@ -574,7 +637,9 @@ fn start_api(
     };
     Ok(ApiServer::start(
         path,
-        ApiState::new(Arc::clone(acct), devices, info).with_agent(Arc::clone(agent)),
+        ApiState::new(Arc::clone(acct), devices, info)
+            .with_agent(Arc::clone(agent))
+            .with_device_probes(Arc::clone(probes)),
         config.seccomp,
     )?)
 }
@@ -612,6 +677,7 @@ impl Drop for AgentGuard {
 /// Builds and runs the VM described by `config` until it ends.
 pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     config.validate()?;
+    crate::limits::ensure_fd_limit(config)?;
     let nr_vcpus = usize::from(config.vcpus);
     let kernel = kernel_bytes(&config.kernel)?;
     let initrd = config
@@ -685,6 +751,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         vsock,
     )?;
     let (pio, mmio) = (Arc::new(devices.pio), Arc::new(devices.mmio));
+    let probes = devices.probes;
     let io_stats = Arc::new(IoStats::default());
 
     let cpuid = arch::HostCpuid::read(&kvm).map_err(kvm_err("list supported CPUID"))?;
@@ -739,7 +806,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let api = config
         .api_sock
         .as_deref()
-        .map(|path| start_api(path, config, &acct, &agent, &io_stats, boot_kind))
+        .map(|path| start_api(path, config, &acct, &agent, &io_stats, &probes, boot_kind))
         .transpose()?;
     // The hub stops itself (and removes its socket) if a later step fails.
     let _agent_guard = AgentGuard(Arc::clone(&agent));
@@ -874,7 +941,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         .iter()
         .map(|u| u.unstarted_ns.load(Ordering::Relaxed))
         .sum();
-    if let Err(e) = devices.serial.lock().unwrap_or_else(|p| p.into_inner()).finish() {
+    if let Err(e) = lock(&devices.serial).finish() {
         log::warn!("console output could not be flushed: {e}");
     }
 
@@ -893,6 +960,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         accounting: config.accounting,
         seccomp: config.seccomp.name().into(),
         guest_run_source,
+        clock_source: acct.clock_source().into(),
         vcpu_halted_ns,
         vcpu_unstarted_ns,
         unhandled_io: io_stats.unhandled.load(Ordering::Relaxed),
@@ -901,7 +969,11 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         guest_resident_bytes: resident_bytes(&mem),
         vmm_peak_rss_bytes: peak_rss_bytes(),
     };
-    let mut report = Report::build(&acct, info);
-    report.agent = agent.stats().nonzero();
-    Ok(RunOutcome { end, report })
+    Ok(RunOutcome {
+        end,
+        books: acct,
+        vm: info,
+        agent: agent.stats().nonzero(),
+        devices: probes.read(),
+    })
 }

@@ -11,4 +11,4 @@ mod device;
 mod region;
 
 pub use device::AcctDevice;
-pub use region::{QueueTagReader, Registration, TagReader, TagRegion};
+pub use region::{QueueTagReader, Registration, TagReader, TagRegion, SKIPS_PER_SEC};

@@ -12,7 +12,7 @@ pub use acpi_pm::{
     AcpiPm, ACPI_PM_LEN, ACPI_PM_PORT, ACPI_RESET_VALUE, RESET_OFFSET, SLEEP_CONTROL_OFFSET,
     SLEEP_STATUS_OFFSET, SLP_TYP_S5,
 };
-pub use i8042::{I8042, I8042_RESET_CMD};
+pub use i8042::{I8042, I8042_RESET_CMD, QUEUE_LEN as I8042_QUEUE_LEN};
 pub use ports::{DebugPort, ExitPort};
 pub use rtc::Rtc;
-pub use serial::{ConsoleOut, EventFdTrigger, Serial};
+pub use serial::{ConsoleOut, EventFdTrigger, Serial, LINE_MAX as SERIAL_LINE_MAX};

@@ -39,7 +39,7 @@ impl std::fmt::Debug for ConsoleOut {
     }
 }
 
-const LINE_MAX: usize = 4096;
+pub const LINE_MAX: usize = 4096;
 
 impl ConsoleOut {
     /// Console output to `inner`.

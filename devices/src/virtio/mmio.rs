@@ -68,6 +68,15 @@ pub struct MmioStats {
     pub notifications: u64,
 }
 
+crate::counters::named_counters!(MmioStats {
+    bad_accesses,
+    refused_features,
+    failed_activations,
+    activations,
+    resets,
+    notifications,
+});
+
 /// The low 32 bits of `v`.
 #[allow(clippy::cast_possible_truncation)]
 fn low32(v: u64) -> u32 {
@@ -488,6 +497,9 @@ mod tests {
     impl VirtioDevice for Dummy {
         fn device_type(&self) -> u32 {
             42
+        }
+        fn counters(&self) -> Vec<(&'static str, u64)> {
+            vec![("resets", u64::from(self.resets))]
         }
         fn base(&self) -> &VirtioBase {
             &self.base

@@ -185,6 +185,8 @@ pub trait VirtioDevice: Send {
     fn interrupt(&self) -> Arc<VirtioInterrupt> {
         Arc::clone(&self.base().interrupt)
     }
+    /// Every counter the device keeps, by name (its stats struct's fields).
+    fn counters(&self) -> Vec<(&'static str, u64)>;
 }
 
 /// What every virtio device here keeps the same way: offered and accepted

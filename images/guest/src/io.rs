@@ -41,6 +41,20 @@ pub fn mmio_write64(offset: u64, value: u64) {
     };
 }
 
+/// One 64-bit load from the accounting device at `offset`: one `mmio_read`
+/// (two, each of its own, when it crosses the window's end: KVM splits it).
+#[inline(always)]
+pub fn mmio_read64(offset: u64) -> u64 {
+    let addr = abi::ACCT_MMIO_BASE + offset;
+    let value: u64;
+    // SAFETY: as in `mmio_write64`.
+    unsafe {
+        asm!("mov {v}, qword ptr [{a}]", a = in(reg) addr, v = out(reg) value,
+             options(nostack, preserves_flags))
+    };
+    value
+}
+
 /// One 32-bit load from the accounting device at `offset`: one `mmio_read`.
 #[inline(always)]
 pub fn mmio_read32(offset: u64) -> u32 {

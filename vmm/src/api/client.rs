@@ -15,6 +15,9 @@ pub struct Response {
     pub content_type: Option<String>,
     /// The body (de-chunked).
     pub body: String,
+    /// The target of a `Link: <…>; rel="next"` header (a paged list's next
+    /// page), if sent.
+    pub next: Option<String>,
 }
 
 /// Why a GET failed.
@@ -71,7 +74,7 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, ClientError> {
         .and_then(|s| s.get(..3))
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or_else(|| bad("bad status line"))?;
-    let (mut content_type, mut length, mut chunked) = (None, None, false);
+    let (mut content_type, mut length, mut chunked, mut next) = (None, None, false, None);
     for l in lines {
         let Some((k, v)) = l.split_once(':') else {
             return Err(bad("bad header line"));
@@ -81,6 +84,12 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, ClientError> {
             "content-type" => content_type = Some(v.to_string()),
             "content-length" => length = Some(v.parse::<usize>().map_err(|_| bad("bad Content-Length"))?),
             "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
+            "link" if v.ends_with("rel=\"next\"") => {
+                next = v
+                    .strip_prefix('<')
+                    .and_then(|v| v.split_once('>'))
+                    .map(|(target, _)| target.to_string());
+            }
             _ => {}
         }
     }
@@ -114,7 +123,39 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, ClientError> {
         status,
         content_type,
         body: String::from_utf8(body).map_err(|_| bad("body is not UTF-8"))?,
+        next,
     })
+}
+
+/// Most pages [`get_all`] follows.
+const MAX_PAGES: usize = 100_000;
+
+/// GETs a paged list (`/v1/containers`) page after page, following each
+/// `Link: <…>; rel="next"`, and answers with one response whose body is the
+/// JSON array of every page's elements. The first answer that is not a 200
+/// JSON array is returned as it is.
+pub fn get_all(sock: &Path, target: &str) -> Result<Response, ClientError> {
+    let mut all: Vec<serde_json::Value> = Vec::new();
+    let mut target = target.to_string();
+    for _ in 0..MAX_PAGES {
+        let page = get(sock, &target)?;
+        let items = match serde_json::from_str::<Vec<serde_json::Value>>(&page.body) {
+            Ok(items) if page.status == 200 => items,
+            _ => return Ok(page),
+        };
+        all.extend(items);
+        match page.next {
+            Some(next) => target = next,
+            None => {
+                return Ok(Response {
+                    body: serde_json::Value::Array(all).to_string(),
+                    next: None,
+                    ..page
+                })
+            }
+        }
+    }
+    Err(ClientError::Malformed(format!("more than {MAX_PAGES} pages")))
 }
 
 #[cfg(test)]

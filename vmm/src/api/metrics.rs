@@ -10,7 +10,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use accounting::report::{ChargesReport, ContainerReport, Report};
+use accounting::report::{ChargesReport, ContainerReport, DeviceCounters, Report};
+use accounting::resource::ExitReason;
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -83,10 +84,11 @@ const FAMILIES: &[(&str, &str, &str, Extract)] = &[
         "resourceful_exits_total",
         "vCPU exits charged, by reason.",
         "reason",
+        // Every reason, zeros included: a series exists from the start.
         |c| {
-            c.exits
+            ExitReason::ALL
                 .iter()
-                .map(|(r, e)| (exit_reason(r), e.count.to_string()))
+                .map(|r| (r.name(), c.exits_of(*r).count.to_string()))
                 .collect()
         },
     ),
@@ -95,9 +97,9 @@ const FAMILIES: &[(&str, &str, &str, Extract)] = &[
         "Host time spent handling charged exits, by reason.",
         "reason",
         |c| {
-            c.exits
+            ExitReason::ALL
                 .iter()
-                .map(|(r, e)| (exit_reason(r), seconds(e.host_ns)))
+                .map(|r| (r.name(), seconds(c.exits_of(*r).host_ns)))
                 .collect()
         },
     ),
@@ -243,21 +245,6 @@ const FAMILIES: &[(&str, &str, &str, Extract)] = &[
     ),
 ];
 
-/// Reason names are a fixed set; anything else (a future reason) is shown as
-/// `other_reason` rather than leaked unescaped into a static label.
-fn exit_reason(r: &str) -> &'static str {
-    match r {
-        "port_in" => "port_in",
-        "port_out" => "port_out",
-        "mmio_read" => "mmio_read",
-        "mmio_write" => "mmio_write",
-        "shutdown" => "shutdown",
-        "internal_error" => "internal_error",
-        "other" => "other",
-        _ => "other_reason",
-    }
-}
-
 /// Adds `b` into `a` (for containers sharing a path).
 fn add(a: &mut ChargesReport, b: &ChargesReport) {
     for (r, e) in &b.exits {
@@ -352,6 +339,30 @@ pub fn render_agent(out: &mut String, tenant: &str, stats: &crate::agent::AgentS
     );
     for (event, n) in stats.by_name() {
         f.sample(&[("tenant", tenant), ("event", event)], n);
+    }
+}
+
+/// Appends every device's counters: `resourceful_device_events_total`
+/// labelled `tenant`, `device` (`disk0`, …), `kind` (`virtio-blk`, …) and
+/// `counter` (`malformed`, `transport.bad_accesses`, …).
+pub fn render_devices(out: &mut String, tenant: &str, devices: &[DeviceCounters]) {
+    let mut f = Family::new(
+        out,
+        "resourceful_device_events_total",
+        "Device counters: work done, and each kind of malformed or dropped guest input.",
+    );
+    for d in devices {
+        for (counter, n) in &d.counters {
+            f.sample(
+                &[
+                    ("tenant", tenant),
+                    ("device", &d.name),
+                    ("kind", &d.kind),
+                    ("counter", counter),
+                ],
+                n,
+            );
+        }
     }
 }
 

@@ -28,16 +28,21 @@ use std::time::Duration;
 use accounting::ledger::Accounting;
 
 use crate::agent::{AgentHub, AgentPeer, AgentStats, ContextSnapshot, GuestView};
+use crate::probes::DeviceProbes;
 use crate::sandbox::{self, Seccomp, ThreadKind};
 use crate::sock::{ClaimError, SocketFile};
 use accounting::query::{RequestFilter, SelectedRequest};
-use accounting::report::{ChargesReport, ContainerReport, RequestReport, VmInfo};
+use accounting::report::{ChargesReport, ContainerReport, DeviceCounters, RequestReport, VmInfo};
 use serde::Serialize;
 
 /// Default number of requests listed by `GET /v1/requests`.
 pub const DEFAULT_REQUEST_LIMIT: usize = 100;
 /// Largest `limit` accepted by `GET /v1/requests`.
 pub const MAX_REQUEST_LIMIT: usize = 10_000;
+/// Containers in one page of `GET /v1/containers` unless `limit` says.
+pub const DEFAULT_CONTAINER_LIMIT: usize = 1_000;
+/// Largest `limit` accepted by `GET /v1/containers`.
+pub const MAX_CONTAINER_LIMIT: usize = 10_000;
 /// How long in-flight API requests may take to finish once the VM has ended.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// The `Content-Type` of JSON answers.
@@ -128,6 +133,9 @@ pub struct VmView {
     pub log_lines_suppressed: u64,
     /// Disks and network interfaces.
     pub devices: DevicesInfo,
+    /// Every counter each device keeps, as of now (as the report's
+    /// `devices`).
+    pub device_counters: Vec<DeviceCounters>,
     /// The guest agent's channel.
     pub agent: AgentView,
     /// The report's tenant totals, as of now.
@@ -140,6 +148,7 @@ pub struct ApiState {
     devices: DevicesInfo,
     info: Box<dyn Fn() -> VmInfo + Send + Sync>,
     agent: Option<Arc<AgentHub>>,
+    probes: Option<Arc<DeviceProbes>>,
 }
 
 impl ApiState {
@@ -155,7 +164,19 @@ impl ApiState {
             devices,
             info: Box::new(info),
             agent: None,
+            probes: None,
         }
+    }
+
+    /// Serves the devices' counters (`/v1/vm`, `/metrics`) from `probes`.
+    pub fn with_device_probes(mut self, probes: Arc<DeviceProbes>) -> Self {
+        self.probes = Some(probes);
+        self
+    }
+
+    /// Every device's counters now (none without probes).
+    fn device_counters(&self) -> Vec<DeviceCounters> {
+        self.probes.as_ref().map(|p| p.read()).unwrap_or_default()
     }
 
     /// Serves the guest agent's view (`/v1/processes`, the containers'
@@ -175,6 +196,8 @@ pub struct Reply {
     pub content_type: &'static str,
     /// The body.
     pub body: Vec<u8>,
+    /// A `Link` header: the next page of a paged list.
+    pub link: Option<String>,
 }
 
 impl Reply {
@@ -185,6 +208,7 @@ impl Reply {
                 status,
                 content_type: JSON,
                 body,
+                link: None,
             },
             Err(e) => Self::error(500, format!("cannot serialize the answer: {e}")),
         }
@@ -199,6 +223,7 @@ impl Reply {
                 status: 200,
                 content_type: JSON,
                 body,
+                link: None,
             },
             Err(e) => Self::error(500, format!("cannot serialize the answer: {e}")),
         }
@@ -210,6 +235,7 @@ impl Reply {
             status,
             content_type: JSON,
             body: serde_json::json!({ "error": msg }).to_string().into_bytes(),
+            link: None,
         }
     }
 }
@@ -300,19 +326,24 @@ fn get_vm(s: &ApiState) -> Reply {
             unhandled_io: info.unhandled_io,
             log_lines_suppressed: info.log_lines_suppressed,
             devices: s.devices.clone(),
+            device_counters: s.device_counters(),
             agent: agent_view(s),
             totals,
         },
     )
 }
 
-fn get_container(s: &ApiState, index: &str) -> Reply {
-    // One canonical form: decimal digits, no sign, no leading zero, no
-    // percent-encoding.
+/// A container index in its one canonical form: decimal digits, no sign,
+/// no leading zero, no percent-encoding.
+fn canonical_index(index: &str) -> Option<usize> {
     let canonical = !index.is_empty()
         && index.bytes().all(|b| b.is_ascii_digit())
         && (index == "0" || !index.starts_with('0'));
-    let Some(i) = canonical.then(|| index.parse::<usize>().ok()).flatten() else {
+    canonical.then(|| index.parse::<usize>().ok()).flatten()
+}
+
+fn get_container(s: &ApiState, index: &str) -> Reply {
+    let Some(i) = canonical_index(index) else {
         return Reply::error(
             400,
             format!(
@@ -366,8 +397,44 @@ struct ListedContainer<'a> {
     guest: Option<GuestView>,
 }
 
-fn get_containers(s: &ApiState) -> Reply {
-    let (views, _) = s.acct.containers_view();
+/// The parsed query of `GET /v1/containers`: one page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContainerQuery {
+    /// Containers with a greater index only (the last index of the page
+    /// before); `None`: from `unattributed` (index 0) on.
+    pub after: Option<usize>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl ContainerQuery {
+    /// Parses `after` and `limit`; other parameters are ignored.
+    pub fn parse(params: &HashMap<String, String>) -> Result<Self, String> {
+        let after = params
+            .get("after")
+            .map(|a| {
+                canonical_index(a).ok_or_else(|| {
+                    format!("after={a} is not a container index: pass the last `index` of the previous page, in decimal")
+                })
+            })
+            .transpose()?;
+        let limit = match params.get("limit") {
+            None => DEFAULT_CONTAINER_LIMIT,
+            Some(l) => canonical_index(l)
+                .filter(|n| (1..=MAX_CONTAINER_LIMIT).contains(n))
+                .ok_or_else(|| format!("limit={l} is not a number from 1 to {MAX_CONTAINER_LIMIT}"))?,
+        };
+        Ok(Self { after, limit })
+    }
+}
+
+fn get_containers(s: &ApiState, query: &str) -> Reply {
+    let q = match ContainerQuery::parse(&parse_query(query)) {
+        Ok(q) => q,
+        Err(msg) => return Reply::error(400, msg),
+    };
+    let start = q.after.map_or(0, |a| a.saturating_add(1));
+    let (views, total, _) = s.acct.containers_page(start, q.limit);
     let listed: Vec<ListedContainer<'_>> = views
         .iter()
         .map(|v| ListedContainer {
@@ -376,7 +443,14 @@ fn get_containers(s: &ApiState) -> Reply {
         })
         .collect();
     // About 0.6 KB of JSON per container.
-    Reply::json_sized(&listed, listed.len().saturating_mul(768))
+    let mut reply = Reply::json_sized(&listed, listed.len().saturating_mul(768));
+    if let Some(last) = views.last().map(|v| v.row.index).filter(|l| l + 1 < total) {
+        reply.link = Some(format!(
+            "</v1/containers?after={last}&limit={}>; rel=\"next\"",
+            q.limit
+        ));
+    }
+    reply
 }
 
 fn get_metrics(s: &ApiState) -> Reply {
@@ -386,6 +460,7 @@ fn get_metrics(s: &ApiState) -> Reply {
         .map(accounting::query::ContainerView::to_report)
         .collect();
     Reply {
+        link: None,
         status: 200,
         content_type: metrics::CONTENT_TYPE,
         body: {
@@ -393,6 +468,7 @@ fn get_metrics(s: &ApiState) -> Reply {
             if let Some(hub) = &s.agent {
                 metrics::render_agent(&mut text, s.acct.tenant(), &hub.stats());
             }
+            metrics::render_devices(&mut text, s.acct.tenant(), &s.device_counters());
             text.into_bytes()
         },
     }
@@ -500,7 +576,7 @@ pub fn route(s: &ApiState, method: &str, target: &str) -> Reply {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let endpoint: Option<Box<dyn FnOnce() -> Reply + '_>> = match path {
         "/v1/vm" => Some(Box::new(|| get_vm(s))),
-        "/v1/containers" => Some(Box::new(|| get_containers(s))),
+        "/v1/containers" => Some(Box::new(|| get_containers(s, query))),
         "/v1/requests" => Some(Box::new(|| get_requests(s, query))),
         "/v1/processes" => Some(Box::new(|| get_processes(s))),
         "/metrics" => Some(Box::new(|| get_metrics(s))),
@@ -534,9 +610,9 @@ fn bind(path: &Path) -> Result<(std::os::unix::net::UnixListener, SocketFile), A
 /// Most API connections served at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 64;
 /// Largest request head (request line and headers) read, in bytes.
-const MAX_HEAD: usize = 16 * 1024;
+pub const MAX_HEAD: usize = 16 * 1024;
 /// How long a client may take to send a request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running API server. Dropping it (or [`ApiServer::stop`]) shuts it down
 /// gracefully and removes the socket file.
@@ -654,6 +730,13 @@ fn answer(state: &ApiState, rq: &hyper::Request<hyper::body::Incoming>) -> hyper
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(reply.content_type),
     );
+    if let Some(link) = reply
+        .link
+        .as_deref()
+        .and_then(|l| hyper::header::HeaderValue::from_str(l).ok())
+    {
+        headers.insert(hyper::header::LINK, link);
+    }
     if reply.status == 405 {
         headers.insert(
             hyper::header::ALLOW,
@@ -799,6 +882,52 @@ mod tests {
             ("container", "a"),
         ] {
             assert!(query(&[bad]).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn containers_are_listed_in_pages_that_link_to_the_next() {
+        let acct = Accounting::new("t", 1, 1, Default::default());
+        for id in 1..=24u32 {
+            let name = format!("c{id}");
+            let e = RingEntry::new(EntryKind::DeclareContainer, id, 0, 0, name.as_bytes());
+            acct.apply(&e).unwrap();
+        }
+        let state = ApiState::new(Arc::clone(&acct), DevicesInfo::default(), VmInfo::default);
+        let page = |target: &str| {
+            let r = route(&state, "GET", target);
+            assert_eq!(r.status, 200, "{target}");
+            let v: Vec<serde_json::Value> = serde_json::from_slice(&r.body).unwrap();
+            let idx: Vec<u64> = v.iter().map(|c| c["index"].as_u64().unwrap()).collect();
+            (idx, r.link)
+        };
+        // 25 containers (unattributed and 24): the default page holds them all.
+        let (all, link) = page("/v1/containers");
+        assert_eq!((all, link), ((0..25).collect::<Vec<u64>>(), None));
+        // Pages of 10, each linking to the next; the last links nowhere.
+        let (first, link) = page("/v1/containers?limit=10");
+        assert_eq!(first, (0..10).collect::<Vec<u64>>());
+        assert_eq!(
+            link.as_deref(),
+            Some("</v1/containers?after=9&limit=10>; rel=\"next\"")
+        );
+        let (second, link) = page("/v1/containers?after=9&limit=10");
+        assert_eq!(second, (10..20).collect::<Vec<u64>>());
+        let (last, link2) = page("/v1/containers?after=19&limit=10");
+        assert_eq!(last, (20..25).collect::<Vec<u64>>());
+        assert!(link.is_some() && link2.is_none());
+        assert_eq!(page("/v1/containers?after=24").0, Vec::<u64>::new());
+        assert_eq!(page("/v1/containers?after=99").0, Vec::<u64>::new());
+        for bad in [
+            "limit=0",
+            "limit=10001",
+            "limit=010",
+            "after=-1",
+            "after=01",
+            "after=x",
+        ] {
+            let r = route(&state, "GET", &format!("/v1/containers?{bad}"));
+            assert_eq!(r.status, 400, "{bad}");
         }
     }
 

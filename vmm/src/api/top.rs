@@ -49,7 +49,8 @@ pub enum TopError {
 }
 
 fn get_json(sock: &Path, target: &str) -> Result<Value, TopError> {
-    let r = client::get(sock, target)?;
+    // Paged lists (`/v1/containers`) are followed to their end.
+    let r = client::get_all(sock, target)?;
     let bad = |what: String| TopError::Answer {
         target: target.to_string(),
         what,

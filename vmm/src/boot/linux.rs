@@ -232,6 +232,21 @@ pub(crate) fn load_linux(
         LinuxFormat::Elf => {
             let info = elf_note::parse_elf(kernel)?;
             let (start, end) = info.load_range().ok_or(BootError::NothingToLoad)?;
+            // linux-loader checks the entry, not the segments: one below
+            // 1 MiB would overlap the zero page, command line, page tables
+            // and MP table written below.
+            if start < HIMEM_START {
+                return Err(BootError::KernelBelowHimem { start });
+            }
+            // As for a bare-metal image: the vCPUs would start in bytes the
+            // image does not load.
+            if !(start..end).contains(&info.entry) {
+                return Err(BootError::EntryOutsideImage {
+                    entry: info.entry,
+                    start,
+                    end,
+                });
+            }
             Elf::load(mem, None, &mut Cursor::new(kernel), himem).map_err(BootError::Load)?;
             zero_bss(mem, &info)?;
             (info.entry, None, start, end)
@@ -245,16 +260,20 @@ pub(crate) fn load_linux(
             let res = BzImage::load(mem, None, &mut Cursor::new(kernel), himem).map_err(BootError::Load)?;
             let hdr = res.setup_header;
             let start = res.kernel_load.0;
+            // `startup_64` must be among the protected-mode bytes loaded.
+            let entry = start + BZIMAGE_64BIT_ENTRY_OFFSET;
+            if entry >= res.kernel_end {
+                return Err(BootError::EntryOutsideImage {
+                    entry,
+                    start,
+                    end: res.kernel_end,
+                });
+            }
             // The kernel decompresses in place and needs `init_size` bytes.
             let init_end = hdr
                 .filter(|h| h.version >= 0x020a)
                 .map_or(0, |h| start.saturating_add(u64::from(h.init_size)));
-            (
-                start + BZIMAGE_64BIT_ENTRY_OFFSET,
-                hdr,
-                start,
-                res.kernel_end.max(init_end),
-            )
+            (entry, hdr, start, res.kernel_end.max(init_end))
         }
     };
 
@@ -542,6 +561,45 @@ mod tests {
         assert!(matches!(
             load_kernel(&mem(128 << 20), &image, None, "", 1),
             Err(BootError::UnknownFormat)
+        ));
+    }
+
+    #[test]
+    fn bzimage_too_short_for_its_64_bit_entry_is_refused() {
+        // Found by the boot_image fuzz target: no protected-mode bytes at all,
+        // or fewer than reach startup_64 at +0x200.
+        for kernel_bytes in [0, 0x200] {
+            let mut image = bzimage();
+            image.truncate(1024 + kernel_bytes);
+            assert!(
+                matches!(
+                    load_kernel(&mem(128 << 20), &image, None, "", 1),
+                    Err(BootError::EntryOutsideImage { entry: 0x10_0200, .. })
+                ),
+                "{kernel_bytes} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn elf_kernel_with_entry_outside_its_segments_is_refused() {
+        let image = build_elf(0x200_0000, &[load_ph(0x100_0000, vec![0x90; 64], 0x1000)]);
+        assert!(matches!(
+            load_kernel(&mem(128 << 20), &image, None, "", 1),
+            Err(BootError::EntryOutsideImage {
+                entry: 0x200_0000,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn elf_kernel_with_a_segment_below_1_mib_is_refused() {
+        // Found by the boot_image fuzz target: a PT_LOAD at 0xfff6a, entry above 1 MiB.
+        let image = build_elf(0x10_0000, &[load_ph(0xf_f000, vec![0x90; 64], 0x2000)]);
+        assert!(matches!(
+            load_kernel(&mem(128 << 20), &image, None, "", 1),
+            Err(BootError::KernelBelowHimem { start: 0xf_f000 })
         ));
     }
 

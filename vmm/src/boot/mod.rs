@@ -143,6 +143,15 @@ pub enum BootError {
         /// Lowest stack byte.
         limit: u64,
     },
+    /// A Linux ELF kernel loads below 1 MiB, where the boot structures go.
+    #[error(
+        "the kernel image loads at {start:#x}, below {HIMEM_START:#x} where the zero page, command \
+         line and page tables go: pass a vmlinux linked at 1 MiB or above with --kernel"
+    )]
+    KernelBelowHimem {
+        /// Lowest byte of the image.
+        start: u64,
+    },
     /// The entry point is not in any byte the image loads.
     #[error(
         "the guest image's entry point {entry:#x} lies outside what it loads, [{start:#x}, {end:#x}): \

@@ -26,7 +26,7 @@ const HEADER_LEN: usize = 24;
 const DESC_LEN: usize = 16;
 /// Bounds on what the header may announce (KVM has ~60 vCPU statistics with
 /// 48-byte names); beyond them the file is not one this code understands.
-const MAX_DESCS: usize = 4096;
+pub const MAX_DESCS: usize = 4096;
 const MAX_NAME: usize = 256;
 /// Descriptor flags: type mask and "cumulative"; unit mask, "seconds";
 /// base mask, "power of 10".

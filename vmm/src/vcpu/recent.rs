@@ -37,10 +37,12 @@ pub struct RecentExits {
 }
 
 fn value_of(data: &[u8]) -> u64 {
-    let mut v = [0u8; 8];
-    let n = data.len().min(8);
-    v[..n].copy_from_slice(&data[..n]);
-    u64::from_le_bytes(v)
+    // Byte by byte: a variable-length copy_from_slice is a call to libc's
+    // memcpy on every exit.
+    data.iter()
+        .take(8)
+        .enumerate()
+        .fold(0, |v, (i, b)| v | u64::from(*b) << (8 * i))
 }
 
 fn len_of(data: &[u8]) -> u8 {

@@ -8,6 +8,7 @@
 //! the batch it raises one interrupt if the queue wants one, charged to the
 //! tag of the batch's last request.
 
+use crate::counters::NamedCounters;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -82,6 +83,20 @@ pub struct BlockStats {
     /// Notifications of an inactive device or a queue out of range.
     pub ignored_notifications: u64,
 }
+
+crate::counters::named_counters!(BlockStats {
+    requests,
+    bytes_read,
+    bytes_written,
+    io_errors,
+    unsupported,
+    malformed,
+    dropped,
+    read_only_refusals,
+    queue_errors,
+    interrupts,
+    ignored_notifications,
+});
 
 /// What one `process_queue` call did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -399,6 +414,9 @@ impl BlockDevice {
 impl VirtioDevice for BlockDevice {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_BLOCK
+    }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.stats.named()
     }
 
     fn base(&self) -> &VirtioBase {

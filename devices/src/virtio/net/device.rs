@@ -12,6 +12,7 @@
 //! principal of the flow it answers (the flow table), or to `None`. Without
 //! a receive chain nothing is read: frames stay in the backend.
 
+use crate::counters::NamedCounters;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -89,6 +90,25 @@ pub struct NetStats {
     /// Notifications of an inactive device or a queue out of range.
     pub ignored_notifications: u64,
 }
+
+crate::counters::named_counters!(NetStats {
+    tx_frames,
+    tx_bytes,
+    tx_malformed,
+    tx_too_long,
+    tx_spoofed,
+    tx_backend_errors,
+    tx_retransmitted_bytes,
+    rx_frames,
+    rx_bytes,
+    rx_unattributed,
+    rx_malformed,
+    rx_dropped,
+    rx_backend_errors,
+    queue_errors,
+    interrupts,
+    ignored_notifications,
+});
 
 /// What one `process_tx` / `process_rx` call did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -577,6 +597,9 @@ impl NetDevice {
 impl VirtioDevice for NetDevice {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_NET
+    }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.stats.named()
     }
 
     fn base(&self) -> &VirtioBase {

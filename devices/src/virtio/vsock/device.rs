@@ -22,6 +22,7 @@
 //! The host descriptors are watched by the device thread's event loop; the
 //! device only says what it wants watched ([`VsockDevice::sync_watch`]).
 
+use crate::counters::NamedCounters;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -66,13 +67,13 @@ pub const CONN_BUF_ALLOC: u32 = 64 * 1024;
 /// Host ports of host-initiated connections start here.
 pub const FIRST_HOST_PORT: u32 = 1 << 30;
 /// Most control packets waiting for a receive chain.
-const MAX_CTRL: usize = 4 * MAX_CONNECTIONS + 64;
+pub const MAX_CTRL: usize = 4 * MAX_CONNECTIONS + 64;
 /// TX stops taking packets while this many control packets wait.
 const TX_CTRL_LIMIT: usize = MAX_CTRL - 64;
 /// Send a CREDIT_UPDATE once this much more has been forwarded.
 const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_ALLOC / 4;
 /// Longest `CONNECT <port>` line.
-const MAX_CONNECT_LINE: usize = 32;
+pub const MAX_CONNECT_LINE: usize = 32;
 /// Event data of the listener (queues use their index).
 pub(crate) const LISTENER_TOKEN: u32 = 3;
 /// Event data of host streams start here.
@@ -152,6 +153,33 @@ pub struct VsockStats {
     /// Notifications of an inactive device.
     pub ignored_notifications: u64,
 }
+
+crate::counters::named_counters!(VsockStats {
+    tx_packets,
+    tx_bytes,
+    rx_packets,
+    rx_bytes,
+    connections_opened,
+    connections_refused,
+    connection_limit,
+    resets_from_guest,
+    resets_to_guest,
+    malformed,
+    bad_cid,
+    bad_type,
+    bad_op,
+    bad_len,
+    unknown_connection,
+    credit_violations,
+    host_write_errors,
+    host_read_errors,
+    bad_connect_lines,
+    rx_malformed,
+    ctrl_dropped,
+    queue_errors,
+    interrupts,
+    ignored_notifications,
+});
 
 /// What one `process_*` call did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -1256,6 +1284,9 @@ fn apply_watch(w: &mut dyn FdWatcher, fd: RawFd, token: u32, reg: &mut Option<Ev
 impl VirtioDevice for VsockDevice {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_VSOCK
+    }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.stats.named()
     }
 
     fn base(&self) -> &VirtioBase {

@@ -32,7 +32,8 @@ use std::path::{Path, PathBuf};
 
 pub use device::{
     FdWatcher, ProcessStats, VsockDevice, VsockError, VsockStats, CONN_BUF_ALLOC, EVENT_QUEUE,
-    FIRST_HOST_PORT, MAX_CONNECTIONS, MAX_PENDING_HOST, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK,
+    FIRST_HOST_PORT, MAX_CONNECTIONS, MAX_CONNECT_LINE, MAX_CTRL, MAX_PENDING_HOST, QUEUE_SIZE, RX_QUEUE,
+    TX_QUEUE, VIRTIO_ID_VSOCK,
 };
 pub use event_handler::VsockHandler;
 

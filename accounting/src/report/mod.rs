@@ -8,7 +8,6 @@
 //! tenant total counted independently per vCPU.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +16,11 @@ use crate::registry::{Limits, Registry, RegistryStats, RequestRow};
 use crate::resource::{
     AgentCharge, BlockCharge, Charges, ExitCharge, ExitReason, NetCharge, Provenance, RingCharge, VsockCharge,
 };
+
+mod stream;
+mod table;
+
+pub use stream::ReportWriter;
 
 /// Schema identifier of the JSON report.
 pub const SCHEMA: &str = "resourceful.report/v1";
@@ -58,6 +62,11 @@ pub struct VmInfo {
     /// time); empty with accounting off.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub guest_run_source: String,
+    /// What the books' clock reads (`host_ns`, run time, request times):
+    /// `tsc` (an invariant TSC, calibrated once) or `monotonic`
+    /// (`CLOCK_MONOTONIC`); empty in reports of older versions.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub clock_source: String,
     /// Time the vCPUs were halted inside `KVM_RUN` (polling or waiting),
     /// left out of `guest_run_ns`, all vCPUs, ns.
     pub vcpu_halted_ns: u64,
@@ -105,12 +114,12 @@ pub struct UnhandledIoSite {
 /// are left out, and read back as zero.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChargesReport {
-    /// Exits by reason name; every reason is present in memory, and the
-    /// JSON leaves out reasons with no exits (an absent reason reads as 0).
+    /// Exits by reason name, only reasons that had exits, in memory as in
+    /// the JSON (an absent reason reads as 0: use [`ChargesReport::exits_of`]).
     #[serde(
-        default = "no_exits",
+        default,
         serialize_with = "exits_with_any",
-        deserialize_with = "exits_all_reasons"
+        deserialize_with = "exits_nonzero"
     )]
     pub exits: BTreeMap<String, ExitCharge>,
     /// All exits.
@@ -144,22 +153,10 @@ pub fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
-/// Every reason, with no exits.
-fn no_exits() -> BTreeMap<String, ExitCharge> {
-    ExitReason::ALL
-        .iter()
-        .map(|r| (r.name().to_string(), ExitCharge::default()))
-        .collect()
-}
-
-/// Reads the sparse map back with every reason present.
-fn exits_all_reasons<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<String, ExitCharge>, D::Error> {
+/// Reads the map back without reasons that had no exits.
+fn exits_nonzero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, ExitCharge>, D::Error> {
     let mut m = BTreeMap::<String, ExitCharge>::deserialize(d)?;
-    for r in ExitReason::ALL {
-        m.entry(r.name().to_string()).or_default();
-    }
+    m.retain(|_, e| !is_zero(e));
     Ok(m)
 }
 
@@ -173,6 +170,7 @@ impl From<&Charges> for ChargesReport {
         Self {
             exits: ExitReason::ALL
                 .iter()
+                .filter(|r| !is_zero(&c.exits[r.index()]))
                 .map(|r| (r.name().to_string(), c.exits[r.index()]))
                 .collect(),
             exits_total: c.exits_total(),
@@ -366,6 +364,24 @@ pub struct Report {
     /// them; absent when no agent ever connected.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub agent: BTreeMap<String, u64>,
+    /// Every counter each device keeps (malformed chains, drops, queue
+    /// errors, …), devices in bus order; absent in reports written before
+    /// it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceCounters>,
+}
+
+/// The counters of one device, by name (`docs/report.md`, "devices").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCounters {
+    /// `disk0`, `net0`, `vsock0`, `i8042`, `rtc`: virtio devices are
+    /// numbered by kind in slot order.
+    pub name: String,
+    /// `virtio-blk`, `virtio-net`, `virtio-vsock`, `i8042`, `cmos-rtc`.
+    pub kind: String,
+    /// Counter name → value since the VM started. A virtio device's
+    /// transport counters are prefixed `transport.`.
+    pub counters: BTreeMap<String, u64>,
 }
 
 /// [`Limits`] in report form (tolerant of fields added later, unlike the
@@ -529,88 +545,10 @@ fn conservation(total: &Charges, sum: &Charges) -> Conservation {
 }
 
 impl Report {
-    /// Sums the books into a report.
+    /// Sums the books into a report, in memory. For a large VM, write it
+    /// with [`ReportWriter`] instead, which never holds it whole.
     pub fn build(acct: &Accounting, vm: VmInfo) -> Report {
-        let vcpu_totals = acct.vcpu_totals();
-        let mut total = Charges::default();
-        for w in &acct.writer_totals() {
-            total.add(w);
-        }
-        let mut reg = acct.registry();
-        reg.sweep();
-        let requests = reg.request_rows();
-
-        // Per-container request sums: settled (compacted and evicted
-        // requests) plus what live and pending requests read now.
-        let in_requests = reg.requests_charged();
-
-        let mut sum = Charges::default();
-        let containers: Vec<ContainerReport> = reg
-            .containers()
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let charges = c.cells.sum();
-                sum.add(&charges);
-                let unattributed = i == 0;
-                ContainerReport {
-                    index: i,
-                    id: c.guest_id,
-                    name: c.name.clone(),
-                    path: path_of(&reg, i),
-                    parent: c.parent,
-                    retired: c.retired,
-                    provenance: ProvenanceReport {
-                        exits: if unattributed {
-                            Provenance::Unattributed
-                        } else {
-                            Provenance::Exact
-                        },
-                        guest_run: if unattributed {
-                            Provenance::Unattributed
-                        } else {
-                            Provenance::Sampled
-                        },
-                        devices: if unattributed {
-                            Provenance::Unattributed
-                        } else {
-                            Provenance::Exact
-                        },
-                    },
-                    charges: ChargesReport::from(&charges),
-                    requests: RequestSummary {
-                        begun: c.requests_begun,
-                        ended: c.requests_ended,
-                        live: c.requests_live,
-                        retained: c.requests_retained,
-                        evicted: c.requests_evicted,
-                        charged: ChargesReport::from(&in_requests[i]),
-                    },
-                }
-            })
-            .collect();
-
-        Report {
-            schema: SCHEMA.to_string(),
-            tenant: acct.tenant().to_string(),
-            vm,
-            totals: ChargesReport::from(&total),
-            vcpus: vcpu_totals
-                .iter()
-                .enumerate()
-                .map(|(id, c)| VcpuReport {
-                    id,
-                    charges: ChargesReport::from(c),
-                })
-                .collect(),
-            containers,
-            requests: requests.iter().map(|r| request_report(&reg, r)).collect(),
-            guest_errors: acct.errors().nonzero(),
-            declarations: reg.stats().into(),
-            limits: reg.limits().into(),
-            conservation: conservation(&total, &sum),
-            agent: BTreeMap::new(),
-        }
+        ReportWriter::new(acct, vm).into_report()
     }
 
     /// Pretty JSON.
@@ -627,247 +565,26 @@ impl Report {
     /// A readable table: VM line, containers, the most expensive requests,
     /// guest errors, conservation.
     pub fn to_table(&self, max_requests: usize) -> String {
-        let mut s = String::new();
-        let ms = |ns: u64| ns as f64 / 1e6;
-        let v = &self.vm;
-        let _ = writeln!(
-            s,
-            "tenant {}  |  {} vCPU(s), {} MiB, {} boot of {}  |  wall {:.1} ms  |  end: {}{}",
-            self.tenant,
-            v.vcpus,
-            v.mem_mib,
-            v.boot,
-            v.kernel,
-            ms(v.wall_ns),
-            v.end,
-            v.guest_status
-                .map(|st| format!(" (status {st})"))
-                .unwrap_or_default(),
-        );
-        if let Some(d) = &v.end_detail {
-            let _ = writeln!(s, "  {d}");
-        }
-        let header = format!(
-            "{:<28} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10} {:>6}",
-            "CONTAINER",
-            "EXITS",
-            "PIO_IN",
-            "PIO_OUT",
-            "MMIO_RD",
-            "MMIO_WR",
-            "OTHER",
-            "HOST_MS",
-            "RUN_MS",
-            "REQS"
-        );
-        let _ = writeln!(s, "\n{header}");
-        let row = |s: &mut String, name: &str, c: &ChargesReport, reqs: String| {
-            let other = c.exits_of(ExitReason::Shutdown).count
-                + c.exits_of(ExitReason::InternalError).count
-                + c.exits_of(ExitReason::Other).count;
-            let _ = writeln!(
-                s,
-                "{:<28} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>10.3} {:>10.3} {:>6}",
-                name,
-                c.exits_total.count,
-                c.exits_of(ExitReason::PortIn).count,
-                c.exits_of(ExitReason::PortOut).count,
-                c.exits_of(ExitReason::MmioRead).count,
-                c.exits_of(ExitReason::MmioWrite).count,
-                other,
-                ms(c.exits_total.host_ns),
-                ms(c.guest_run_ns),
-                reqs,
-            );
+        let mut top: Vec<&RequestReport> = self.requests.iter().collect();
+        // Stable: among equal costs, the earlier request first.
+        top.sort_by_key(|r| std::cmp::Reverse(table::rank(&r.charges)));
+        top.truncate(max_requests);
+        let t = table::Table {
+            tenant: &self.tenant,
+            vm: &self.vm,
+            totals: &self.totals,
+            requests_begun: self.declarations.requests_begun,
+            containers: &|f| self.containers.iter().for_each(f),
+            top: &top,
+            requests_listed: self.requests.len(),
+            guest_errors: &self.guest_errors,
+            agent: &self.agent,
+            conservation: &self.conservation,
         };
-        for c in &self.containers {
-            let name = if c.retired {
-                format!("{} (retired)", c.path)
-            } else {
-                c.path.clone()
-            };
-            row(&mut s, &name, &c.charges, c.requests.begun.to_string());
-        }
-        row(
-            &mut s,
-            "= tenant total",
-            &self.totals,
-            self.declarations.requests_begun.to_string(),
-        );
-
-        if self.totals.block.ops() > 0 || self.totals.interrupts > 0 {
-            let _ = writeln!(
-                s,
-                "\n{:<28} {:>7} {:>7} {:>7} {:>7} {:>6} {:>10} {:>10} {:>9} {:>10} {:>5}",
-                "BLOCK",
-                "READS",
-                "WRITES",
-                "FLUSHES",
-                "OTHER",
-                "ERRORS",
-                "KIB_READ",
-                "KIB_WRITE",
-                "DEV_MS",
-                "AVG_LAT_US",
-                "IRQS"
-            );
-            let block_row = |s: &mut String, name: &str, c: &ChargesReport| {
-                let b = &c.block;
-                let avg_lat_us = if b.ops() > 0 {
-                    b.latency_ns as f64 / b.ops() as f64 / 1e3
-                } else {
-                    0.0
-                };
-                let _ = writeln!(
-                    s,
-                    "{:<28} {:>7} {:>7} {:>7} {:>7} {:>6} {:>10.1} {:>10.1} {:>9.3} {:>10.1} {:>5}",
-                    name,
-                    b.reads,
-                    b.writes,
-                    b.flushes,
-                    b.other,
-                    b.errors,
-                    b.bytes_read as f64 / 1024.0,
-                    b.bytes_written as f64 / 1024.0,
-                    ms(b.device_ns),
-                    avg_lat_us,
-                    c.interrupts,
-                );
-            };
-            for c in self
-                .containers
-                .iter()
-                .filter(|c| c.charges.block.ops() > 0 || c.charges.interrupts > 0)
-            {
-                block_row(&mut s, &c.path, &c.charges);
-            }
-            block_row(&mut s, "= tenant total", &self.totals);
-        }
-        if self.totals.net.tx_frames + self.totals.net.rx_frames > 0 {
-            let _ = writeln!(
-                s,
-                "\n{:<28} {:>8} {:>10} {:>8} {:>10} {:>9} {:>9} {:>7}",
-                "NET", "TX", "TX_KIB", "RX", "RX_KIB", "HOST_MS", "RETX_KIB", "SPOOFED"
-            );
-            let net_row = |s: &mut String, name: &str, n: &NetCharge| {
-                let _ = writeln!(
-                    s,
-                    "{:<28} {:>8} {:>10.1} {:>8} {:>10.1} {:>9.3} {:>9.1} {:>7}",
-                    name,
-                    n.tx_frames,
-                    n.tx_bytes as f64 / 1024.0,
-                    n.rx_frames,
-                    n.rx_bytes as f64 / 1024.0,
-                    ms(n.host_ns),
-                    n.retransmitted_bytes as f64 / 1024.0,
-                    n.spoofed_frames,
-                );
-            };
-            for c in self
-                .containers
-                .iter()
-                .filter(|c| c.charges.net.tx_frames + c.charges.net.rx_frames > 0)
-            {
-                net_row(&mut s, &c.path, &c.charges.net);
-            }
-            net_row(&mut s, "= tenant total", &self.totals.net);
-        }
-        if self.totals.vsock.tx_packets + self.totals.vsock.rx_packets > 0 {
-            let _ = writeln!(
-                s,
-                "\n{:<28} {:>8} {:>10} {:>8} {:>10} {:>9} {:>6} {:>6}",
-                "VSOCK", "TX", "TX_KIB", "RX", "RX_KIB", "HOST_MS", "CONNS", "RESETS"
-            );
-            let vsock_row = |s: &mut String, name: &str, v: &VsockCharge| {
-                let _ = writeln!(
-                    s,
-                    "{:<28} {:>8} {:>10.1} {:>8} {:>10.1} {:>9.3} {:>6} {:>6}",
-                    name,
-                    v.tx_packets,
-                    v.tx_bytes as f64 / 1024.0,
-                    v.rx_packets,
-                    v.rx_bytes as f64 / 1024.0,
-                    ms(v.host_ns),
-                    v.connections,
-                    v.resets,
-                );
-            };
-            for c in self
-                .containers
-                .iter()
-                .filter(|c| c.charges.vsock.tx_packets + c.charges.vsock.rx_packets > 0)
-            {
-                vsock_row(&mut s, &c.path, &c.charges.vsock);
-            }
-            vsock_row(&mut s, "= tenant total", &self.totals.vsock);
-        }
-        if !self.requests.is_empty() && max_requests > 0 {
-            let mut top: Vec<&RequestReport> = self.requests.iter().collect();
-            top.sort_by_key(|r| {
-                std::cmp::Reverse((r.charges.exits_total.host_ns, r.charges.exits_total.count))
-            });
-            let _ = writeln!(
-                s,
-                "\n{:<10} {:<20} {:>9} {:>8} {:>8} {:>8} {:>10} {:>10}",
-                "REQUEST", "CONTAINER", "STATE", "EXITS", "PIO_OUT", "MMIO_WR", "HOST_MS", "RUN_MS"
-            );
-            for r in top.iter().take(max_requests) {
-                let c = &r.charges;
-                let _ = writeln!(
-                    s,
-                    "{:<10} {:<20} {:>9} {:>8} {:>8} {:>8} {:>10.3} {:>10.3}",
-                    r.id,
-                    r.container_path,
-                    r.state,
-                    c.exits_total.count,
-                    c.exits_of(ExitReason::PortOut).count,
-                    c.exits_of(ExitReason::MmioWrite).count,
-                    ms(c.exits_total.host_ns),
-                    ms(c.guest_run_ns),
-                );
-            }
-            if self.requests.len() > max_requests {
-                let _ = writeln!(
-                    s,
-                    "… {} more requests in the JSON report",
-                    self.requests.len() - max_requests
-                );
-            }
-        }
-        if !self.guest_errors.is_empty() {
-            let errs: Vec<String> = self
-                .guest_errors
-                .iter()
-                .map(|(k, n)| format!("{k}={n}"))
-                .collect();
-            let _ = writeln!(s, "\nguest errors: {}", errs.join(", "));
-        }
-        if !self.agent.is_empty() {
-            let counts: Vec<String> = self.agent.iter().map(|(k, n)| format!("{k}={n}")).collect();
-            let _ = writeln!(s, "agent channel: {}", counts.join(", "));
-        }
-        let broken: Vec<&ConservationLine> = self
-            .conservation
-            .lines
-            .iter()
-            .filter(|l| l.tenant_total != l.containers_sum)
-            .collect();
-        if broken.is_empty() {
-            let _ = writeln!(
-                s,
-                "\nconservation: holds for all {} resources",
-                self.conservation.lines.len()
-            );
-        } else {
-            for l in broken {
-                let _ = writeln!(
-                    s,
-                    "\nconservation BROKEN: {} tenant {} != containers {}",
-                    l.resource, l.tenant_total, l.containers_sum
-                );
-            }
-        }
-        s
+        let mut out = Vec::new();
+        // Writing to a Vec cannot fail.
+        let _ = table::write(&mut out, &t);
+        String::from_utf8_lossy(&out).into_owned()
     }
 }
 
@@ -965,6 +682,58 @@ mod tests {
         assert_eq!(r.requests[0].charges.vsock.tx_bytes, 5);
         assert_eq!((r.totals.vsock.rx_bytes, r.totals.vsock.resets), (9, 1));
         assert!(r.to_table(0).contains("VSOCK"));
+    }
+
+    #[test]
+    fn the_streamed_report_is_the_built_report_byte_for_byte() {
+        let acct = books();
+        let mut w0 = acct.writer(0);
+        // Requests with equal and different costs, finished in another
+        // order than begun, and one live: the table's ranking and the
+        // JSON's begin order both have something to get wrong.
+        for (id, cost) in [(20u32, 5u64), (21, 9), (22, 5), (23, 9), (24, 1)] {
+            acct.apply(&RingEntry {
+                kind: EntryKind::BeginRequest as u16,
+                id,
+                arg: 1,
+                ..Default::default()
+            })
+            .unwrap();
+            w0.charge_exit(Some(tag(1, id)), ExitReason::PortOut, cost);
+        }
+        for id in [23u32, 20, 24, 21] {
+            acct.apply(&RingEntry {
+                kind: EntryKind::EndRequest as u16,
+                id,
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let devices = vec![DeviceCounters {
+            name: "disk0".into(),
+            kind: "virtio-blk".into(),
+            counters: [("dropped".to_string(), 3)].into(),
+        }];
+        let agent: BTreeMap<String, u64> = [("frames".to_string(), 2)].into();
+        let mut report = Report::build(&acct, VmInfo::default());
+        report.agent = agent.clone();
+        report.devices = devices.clone();
+        let writer = ReportWriter::new(&acct, VmInfo::default())
+            .with_agent(agent)
+            .with_devices(devices);
+        let mut json = Vec::new();
+        writer.write_json(&mut json).unwrap();
+        assert_eq!(String::from_utf8(json).unwrap(), report.to_json());
+        let seqs: Vec<u64> = report.requests.iter().map(|r| r.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        for n in [0, 1, 2, 3, 10] {
+            let mut table = Vec::new();
+            writer.write_table(&mut table, n).unwrap();
+            assert_eq!(String::from_utf8(table).unwrap(), report.to_table(n), "top {n}");
+        }
+        let (top, listed) = writer.top_requests(3);
+        let ids: Vec<u32> = top.iter().map(|r| r.id).collect();
+        assert_eq!((ids, listed), (vec![21, 23, 20], 6));
     }
 
     #[test]
