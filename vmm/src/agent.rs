@@ -48,6 +48,7 @@ use devices::virtio::net::flow::FlowBindings;
 use devices::virtio::net::frame::{FiveTuple, IPPROTO_TCP, IPPROTO_UDP};
 use serde::Serialize;
 
+use crate::sandbox::{self, Seccomp, ThreadKind};
 use crate::sock::{ClaimError, SocketFile};
 
 pub use accounting::agent::AGENT_VSOCK_PORT;
@@ -349,6 +350,8 @@ pub struct AgentHub {
     next_conn: AtomicU64,
     stopping: AtomicBool,
     listener: Mutex<Option<Listener>>,
+    /// The filter level of the hub's threads.
+    seccomp: Seccomp,
 }
 
 impl std::fmt::Debug for AgentHub {
@@ -383,7 +386,14 @@ impl AgentHub {
     /// through `writer` to `unattributed` (`None`: not charged, for
     /// `--no-accounting`).
     pub fn new(acct: Arc<Accounting>, writer: Option<Writer>) -> Arc<Self> {
+        Self::sandboxed(acct, writer, Seccomp::Off)
+    }
+
+    /// A hub whose threads (the accept loop, each connection) install the
+    /// agent filter first, at `seccomp` (docs/sandbox.md).
+    pub fn sandboxed(acct: Arc<Accounting>, writer: Option<Writer>, seccomp: Seccomp) -> Arc<Self> {
         Arc::new(Self {
+            seccomp,
             acct,
             writer: Mutex::new(writer),
             state: Mutex::new(HubState::default()),
@@ -461,6 +471,7 @@ impl AgentHub {
         let spawned = std::thread::Builder::new()
             .name("rsrc-agent-accept".into())
             .spawn(move || {
+                sandbox::enter_or_exit(ThreadKind::Agent, hub.seccomp);
                 for s in l.incoming() {
                     if hub.stopping.load(Relaxed) {
                         break;
@@ -534,7 +545,12 @@ impl AgentHub {
         let flag = Arc::clone(&greeted);
         let h = std::thread::Builder::new()
             .name(format!("rsrc-agent-{id}"))
-            .spawn(move || hub.run_connection(id, s, &flag));
+            .spawn(move || {
+                // Started by the accept loop or, for vsock, by the device
+                // thread: this filter stacks on the one inherited.
+                sandbox::enter_or_exit(ThreadKind::Agent, hub.seccomp);
+                hub.run_connection(id, s, &flag)
+            });
         match h {
             Ok(h) => {
                 self.counters.connections.fetch_add(1, Relaxed);

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use accounting::registry::Limits;
 use serde::{Deserialize, Serialize};
 
+pub use crate::sandbox::Seccomp;
+
 /// Where the guest's kernel comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -269,6 +271,16 @@ pub struct VmConfig {
     /// `time_limit`), if it has not ended before.
     #[serde(default)]
     pub time_limit_ms: Option<u64>,
+    /// The seccomp filters of the VMM's threads (docs/sandbox.md): on
+    /// (`trap`) unless `--no-seccomp` asks for none (debugging only).
+    #[serde(default)]
+    pub seccomp: Seccomp,
+    /// Whether the thread that calls [`crate::run`] also installs the main
+    /// filter, just before the vCPUs start. Only for a process that does
+    /// nothing else afterwards but print the report (the CLI); never for a
+    /// library caller such as a test harness, whose own thread it would be.
+    #[serde(default)]
+    pub seccomp_main_thread: bool,
 }
 
 fn yes() -> bool {
@@ -356,6 +368,8 @@ impl VmConfig {
             api_sock: None,
             agent_sock: None,
             time_limit_ms: None,
+            seccomp: Seccomp::default(),
+            seccomp_main_thread: false,
         }
     }
 

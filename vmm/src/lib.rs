@@ -22,6 +22,7 @@ pub mod limits;
 pub mod logging;
 pub mod probes;
 pub mod sampler;
+pub mod sandbox;
 pub use devices::sock;
 pub mod vcpu;
 pub mod vm;

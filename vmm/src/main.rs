@@ -10,7 +10,8 @@ use accounting::registry::Limits;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use vmm::config::{
-    Builtin, ConsoleTarget, DiskConfig, KernelSource, NetConfig, VmConfig, VsockConfig, DEFAULT_SAMPLE_US,
+    Builtin, ConsoleTarget, DiskConfig, KernelSource, NetConfig, Seccomp, VmConfig, VsockConfig,
+    DEFAULT_SAMPLE_US,
 };
 use vmm::vcpu::exit::VmEnd;
 
@@ -111,6 +112,13 @@ struct Common {
     /// run on the host); inside the guest the agent uses vsock port 1024.
     #[arg(long = "agent-sock", value_name = "PATH")]
     agent_sock: Option<PathBuf>,
+    /// Run the VMM's threads without their seccomp filters. For debugging only: the report says so.
+    #[arg(long = "no-seccomp")]
+    no_seccomp: bool,
+    /// Only log syscalls outside the seccomp lists (kernel audit log) instead of stopping the VMM:
+    /// for regenerating the lists (docs/sandbox.md), never for production.
+    #[arg(long = "seccomp-log", conflicts_with = "no_seccomp")]
+    seccomp_log: bool,
 }
 
 #[derive(Args)]
@@ -173,6 +181,13 @@ fn config(kernel: KernelSource, cmdline: Option<String>, c: &Common) -> VmConfig
         sample_interval_us: c.sample_us,
         api_sock: c.api_sock.clone(),
         agent_sock: c.agent_sock.clone(),
+        seccomp: match (c.no_seccomp, c.seccomp_log) {
+            (true, _) => Seccomp::Off,
+            (false, true) => Seccomp::Log,
+            (false, false) => Seccomp::Trap,
+        },
+        // The CLI's own thread does nothing after the run but print the report.
+        seccomp_main_thread: true,
         ..VmConfig::new(kernel)
     }
 }
@@ -190,6 +205,15 @@ fn install_stop_handlers() {
 
 fn run_vm(config: VmConfig, c: &Common) -> anyhow::Result<ExitCode> {
     install_stop_handlers();
+    match config.seccomp {
+        Seccomp::Trap => {}
+        Seccomp::Off => eprintln!(
+            "resourceful: WARNING: --no-seccomp: the VMM runs WITHOUT its seccomp sandbox; for debugging only (the report says seccomp: off)"
+        ),
+        Seccomp::Log => eprintln!(
+            "resourceful: WARNING: --seccomp-log: syscalls outside the seccomp lists are only logged, not stopped; for regenerating the lists only (the report says seccomp: log)"
+        ),
+    }
     let outcome = vmm::run(&config)?;
     // Written as it is built: the report never sits whole in memory.
     let report = outcome.writer();
@@ -209,6 +233,10 @@ fn run_vm(config: VmConfig, c: &Common) -> anyhow::Result<ExitCode> {
     } else {
         writeln!(out)?;
         report.write_table(&mut out, c.top_requests)?;
+        // The JSON says it in vm.seccomp; the table's reader is told too.
+        if config.seccomp != Seccomp::Trap {
+            writeln!(out, "seccomp: {} (this run had no sandbox)", outcome.vm.seccomp)?;
+        }
     }
     out.flush()?;
     drop(report);

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use accounting::abi;
@@ -43,6 +43,7 @@ use crate::config::{
 };
 use crate::probes::{lock, DeviceProbes};
 use crate::sampler::Sampler;
+use crate::sandbox::{self, Seccomp, ThreadKind};
 use crate::vcpu::exit::{IoStats, VmEnd};
 use crate::vcpu::kvmstats::HaltStats;
 use crate::vcpu::{self, Vcpu, VcpuShared};
@@ -181,6 +182,9 @@ pub enum VmError {
     /// The agent socket could not be served.
     #[error(transparent)]
     Agent(#[from] crate::agent::AgentError),
+    /// The seccomp sandbox could not be set up.
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::SandboxError),
     /// A host resource (eventfd, thread, signal handler) was refused.
     #[error("host resource: {what}")]
     Host {
@@ -541,9 +545,12 @@ fn stop_vcpus(stop: &AtomicBool, threads: &[(std::thread::JoinHandle<()>, Arc<Vc
 
 /// Runs the virtio devices' event loop on a thread of its own until `stop`.
 /// No thread is started when there are no devices.
+/// The thread says on `filtered` once its filter is in.
 fn spawn_device_loop(
     handlers: Vec<Subscriber>,
     stop: Arc<AtomicBool>,
+    seccomp: Seccomp,
+    filtered: mpsc::Sender<()>,
 ) -> Result<Option<std::thread::JoinHandle<()>>, VmError> {
     if handlers.is_empty() {
         return Ok(None);
@@ -559,6 +566,8 @@ fn spawn_device_loop(
     let handle = std::thread::Builder::new()
         .name("rsrc-devices".into())
         .spawn(move || {
+            sandbox::enter_or_exit(ThreadKind::Devices, seccomp);
+            let _ = filtered.send(());
             while !stop.load(Ordering::Acquire) {
                 if let Err(e) = em.run_with_timeout(DEVICE_LOOP_TIMEOUT_MS) {
                     log::error!("device event loop: {e:?}");
@@ -616,6 +625,7 @@ fn start_api(
         boot: boot_kind.into(),
         end: "running".into(),
         accounting: config.accounting,
+        seccomp: config.seccomp.name().into(),
         ..VmInfo::default()
     };
     let info = move || VmInfo {
@@ -630,7 +640,29 @@ fn start_api(
         ApiState::new(Arc::clone(acct), devices, info)
             .with_agent(Arc::clone(agent))
             .with_device_probes(Arc::clone(probes)),
+        config.seccomp,
     )?)
+}
+
+/// A gate the vCPU threads wait at until the main thread opens it.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.opened.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        while !*open {
+            open = self.opened.wait(open).unwrap_or_else(|p| p.into_inner());
+        }
+    }
 }
 
 /// Stops the agent hub when dropped, on every way out of [`run`].
@@ -686,9 +718,10 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     // The agent channel: vsock port 1024 and, if asked, a host socket. Its
     // connections apply declarations like the ring does; nothing waits on it.
     let agent_writer = nr_vcpus + SAMPLER_WRITERS + DEVICE_WRITERS;
-    let agent = AgentHub::new(
+    let agent = AgentHub::sandboxed(
         Arc::clone(&acct),
         config.accounting.then(|| acct.writer(agent_writer)),
+        config.seccomp,
     );
     let region = TagRegion::new(nr_vcpus);
     let env = DeviceEnv {
@@ -761,6 +794,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     }
     drop(events_tx);
     vcpu::install_kick_handler().map_err(host_err("install the vCPU kick signal handler"))?;
+    if config.seccomp == Seccomp::Trap {
+        sandbox::install_violation_handler()?;
+    }
     let boot_kind = match plan.kind {
         KernelKind::BareMetal => "baremetal",
         KernelKind::Linux { .. } => "linux",
@@ -782,6 +818,11 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let sampler_stop = Arc::new(AtomicBool::new(false));
     // With accounting off nothing is sampled or drained either: that run is
     // the baseline the overhead benchmark compares against.
+    let seccomp = config.seccomp;
+    // The sampler and device threads read guest memory and queues: they say
+    // when their filter is in, and the vCPUs wait for that (below).
+    let (filtered_tx, filtered_rx) = mpsc::channel();
+    let sampler_filtered = filtered_tx.clone();
     let sampler_thread = if config.accounting {
         let shared: Vec<Arc<VcpuShared>> = vcpus.iter().map(|v| Arc::clone(&v.shared)).collect();
         let sampler = Sampler::new(acct.writer(nr_vcpus), &region, shared, halt_stats);
@@ -791,23 +832,36 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         Some(
             std::thread::Builder::new()
                 .name("rsrc-sampler".into())
-                .spawn(move || sampler.run(interval, stop))
+                .spawn(move || {
+                    sandbox::enter_or_exit(ThreadKind::Sampler, seccomp);
+                    let _ = sampler_filtered.send(());
+                    sampler.run(interval, stop)
+                })
                 .map_err(host_err("spawn the sampler thread"))?,
         )
     } else {
+        drop(sampler_filtered);
         None
     };
     let device_stop = Arc::new(AtomicBool::new(false));
-    let device_thread = spawn_device_loop(devices.handlers, Arc::clone(&device_stop))?;
+    let device_thread = spawn_device_loop(devices.handlers, Arc::clone(&device_stop), seccomp, filtered_tx)?;
+    // The vCPUs wait at this gate, filtered, until the sampler and device
+    // threads have installed their filters and the main thread its own (when
+    // it does): no guest code runs before those threads are sandboxed.
+    let gate = Arc::new(Gate::default());
     let mut threads = Vec::with_capacity(nr_vcpus);
     let unstarted: Vec<Arc<VcpuShared>> = vcpus.iter().map(|v| Arc::clone(&v.shared)).collect();
     let mut spawn_error = None;
     for v in vcpus {
         let s = Arc::clone(&v.shared);
+        let gate = Arc::clone(&gate);
         match std::thread::Builder::new()
             .name(format!("rsrc-vcpu{}", v.id))
-            .spawn(move || v.run())
-        {
+            .spawn(move || {
+                sandbox::enter_or_exit(ThreadKind::Vcpu, seccomp);
+                gate.wait();
+                v.run()
+            }) {
             Ok(handle) => threads.push((handle, s)),
             Err(e) => {
                 // The vCPUs already started must be stopped and joined, and
@@ -817,6 +871,19 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             }
         }
     }
+
+    // Each started thread sends once. This thread holds no sender, so if
+    // they all end without sending the wait ends too.
+    let started_filtering = usize::from(sampler_thread.is_some()) + usize::from(device_thread.is_some());
+    for _ in 0..started_filtering {
+        if filtered_rx.recv().is_err() {
+            break;
+        }
+    }
+    if config.seccomp_main_thread {
+        sandbox::enter_or_exit(ThreadKind::Main, seccomp);
+    }
+    gate.open();
 
     let end = match spawn_error {
         Some(e) => VmEnd::VcpuError(format!("cannot start a vCPU thread: {e}")),
@@ -891,6 +958,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         },
         wall_ns,
         accounting: config.accounting,
+        seccomp: config.seccomp.name().into(),
         guest_run_source,
         clock_source: acct.clock_source().into(),
         vcpu_halted_ns,

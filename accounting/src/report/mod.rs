@@ -49,6 +49,11 @@ pub struct VmInfo {
     pub wall_ns: u64,
     /// Whether exits were charged (false only for overhead measurements).
     pub accounting: bool,
+    /// The VMM threads' seccomp filters (docs/sandbox.md): `on`, `off`
+    /// (`--no-seccomp`, debugging only) or `log` (regenerating the lists);
+    /// empty in reports written before the field existed.
+    #[serde(default)]
+    pub seccomp: String,
     /// How `guest_run_ns` was measured: `kvm_run_minus_halts` (time in
     /// `KVM_RUN` minus KVM's halt polling and waiting, from its binary
     /// statistics), `kvm_run_minus_ended_halts` (the same on a KVM without

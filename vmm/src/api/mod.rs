@@ -29,6 +29,7 @@ use accounting::ledger::Accounting;
 
 use crate::agent::{AgentHub, AgentPeer, AgentStats, ContextSnapshot, GuestView};
 use crate::probes::DeviceProbes;
+use crate::sandbox::{self, Seccomp, ThreadKind};
 use crate::sock::{ClaimError, SocketFile};
 use accounting::query::{RequestFilter, SelectedRequest};
 use accounting::report::{ChargesReport, ContainerReport, DeviceCounters, RequestReport, VmInfo};
@@ -628,8 +629,9 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Binds `path` and starts serving `state` on a thread of its own.
-    pub fn start(path: &Path, state: ApiState) -> Result<Self, ApiError> {
+    /// Binds `path` and starts serving `state` on a thread of its own,
+    /// which installs the API filter first (`seccomp`, docs/sandbox.md).
+    pub fn start(path: &Path, state: ApiState, seccomp: Seccomp) -> Result<Self, ApiError> {
         let (listener, file) = bind(path)?;
         let fail = |what, source| {
             file.remove();
@@ -652,7 +654,10 @@ impl ApiServer {
         let state = Arc::new(state);
         let spawned = std::thread::Builder::new()
             .name("rsrc-api".into())
-            .spawn(move || runtime.block_on(serve(listener, state, stopped, shown)));
+            .spawn(move || {
+                sandbox::enter_or_exit(ThreadKind::Api, seccomp);
+                runtime.block_on(serve(listener, state, stopped, shown));
+            });
         match spawned {
             Ok(thread) => Ok(Self {
                 file,
