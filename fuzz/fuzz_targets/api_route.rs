@@ -1,12 +1,13 @@
 //! The host API's router and query parsing (`vmm::api::route`,
-//! `vmm::api::parse_query`, `RequestQuery::parse`) over small real books:
+//! `vmm::api::parse_query`, `ContainerQuery::parse`, `RequestQuery::parse`)
+//! over small real books:
 //! an `Accounting` with a few containers (one a child, one retired) and
 //! finished and live requests.
 //!
 //! The input is a method and a target: free text, a container segment
 //! (canonical, with leading zeros, a sign, percent-encoded, or anything),
-//! a `/v1/requests` query from fuzzed pairs, or a known path with any
-//! query. Nothing may panic, and:
+//! a `/v1/containers` or `/v1/requests` query from fuzzed pairs, or a known
+//! path with any query. Nothing may panic, and:
 //! - the status is one `docs/api.yaml` documents for `route` (200, 400,
 //!   404, 405; 413 and 431 come from the HTTP layer, not from `route`);
 //! - every body but `/metrics`' is JSON, an error is `{"error": "..."}`;
@@ -14,8 +15,14 @@
 //! - `/v1/containers/{index}` answers 200 exactly for a canonical decimal
 //!   index (no leading zero, sign or percent-encoding) of a container, 404
 //!   for a canonical one past the end, and 400 otherwise;
+//! - `/v1/containers` is 400 exactly when `ContainerQuery::parse` refuses
+//!   its query, and otherwise lists `limit` containers (fewer on the last
+//!   page) in index order from `after + 1`, with a `Link` to the next page
+//!   exactly when containers remain, which answers 200 and goes on from
+//!   there;
 //! - `/v1/requests` lists at most `limit` requests, all of the `container`
 //!   asked for, and is 400 exactly when `RequestQuery::parse` refuses;
+//! - no other answer has a `Link`;
 //! - `parse_query` of percent-encoded pairs gives back the pairs (a later
 //!   repeat of a name wins).
 #![no_main]
@@ -29,7 +36,7 @@ use accounting::report::VmInfo;
 use accounting::resource::ExitReason;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use vmm::api::{parse_query, route, ApiState, DevicesInfo, RequestQuery};
+use vmm::api::{parse_query, route, ApiState, ContainerQuery, DevicesInfo, RequestQuery};
 
 #[derive(Arbitrary, Debug)]
 enum Method {
@@ -56,7 +63,8 @@ enum Segment {
 enum Target {
     Raw(String),
     Container(Segment, String),
-    Requests(Vec<(Key, String)>, bool),
+    /// `/v1/requests` (or `/v1/containers` when the flag is set).
+    Query(Vec<(Key, String)>, bool, bool),
     Known(u8, String),
 }
 
@@ -65,6 +73,7 @@ enum Key {
     Container,
     Order,
     Limit,
+    After,
     Other(String),
 }
 
@@ -94,7 +103,7 @@ fuzz_target!(|input: Input| {
     let target = match &input.target {
         Target::Raw(t) => t.clone(),
         Target::Container(seg, tail) => format!("/v1/containers/{}{tail}", segment(seg)),
-        Target::Requests(pairs, encode) => {
+        Target::Query(pairs, encode, containers) => {
             let q: Vec<String> = pairs
                 .iter()
                 .map(|(k, v)| {
@@ -102,6 +111,7 @@ fuzz_target!(|input: Input| {
                         Key::Container => "container",
                         Key::Order => "order",
                         Key::Limit => "limit",
+                        Key::After => "after",
                         Key::Other(k) => k,
                     };
                     if *encode {
@@ -111,7 +121,12 @@ fuzz_target!(|input: Input| {
                     }
                 })
                 .collect();
-            format!("/v1/requests?{}", q.join("&"))
+            let path = if *containers {
+                "/v1/containers"
+            } else {
+                "/v1/requests"
+            };
+            format!("{path}?{}", q.join("&"))
         }
         Target::Known(i, q) => format!("{}?{q}", PATHS[usize::from(*i) % PATHS.len()]),
     };
@@ -162,6 +177,19 @@ fn check_route(state: &ApiState, method: &str, target: &str) {
         assert_eq!(reply.status, want, "GET /v1/containers/{seg:?}");
         return;
     }
+    if path != "/v1/containers" {
+        assert_eq!(reply.link, None, "{target:?}: a Link on an unpaged answer");
+    }
+    if path == "/v1/containers" {
+        match ContainerQuery::parse(&parse_query(query)) {
+            Ok(q) => {
+                assert_eq!(reply.status, 200, "{target:?}");
+                check_page(state, target, q, &reply, 0);
+            }
+            Err(_) => assert_eq!(reply.status, 400, "{target:?}"),
+        }
+        return;
+    }
     if path == "/v1/requests" {
         match RequestQuery::parse(&parse_query(query)) {
             Ok(q) => {
@@ -181,6 +209,57 @@ fn check_route(state: &ApiState, method: &str, target: &str) {
         return;
     }
     assert_eq!(reply.status, 200, "{method} {target:?}");
+}
+
+/// A 200 page of `/v1/containers` for `q`: `limit` rows (fewer on the last
+/// page), indices increasing from `after + 1`, and a `Link` to the next page
+/// exactly when containers remain; the next page is checked the same way
+/// (a few deep).
+fn check_page(state: &ApiState, target: &str, q: ContainerQuery, reply: &vmm::api::Reply, depth: u32) {
+    let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let rows = v.as_array().expect("/v1/containers is an array");
+    let first = q.after.map_or(0, |a| a.saturating_add(1));
+    let count = state_count();
+    let want = count.saturating_sub(first).min(q.limit);
+    assert_eq!(
+        rows.len(),
+        want,
+        "{target:?}: {} rows, {count} containers",
+        rows.len()
+    );
+    for (k, r) in rows.iter().enumerate() {
+        assert_eq!(
+            r["index"].as_u64(),
+            Some((first + k) as u64),
+            "{target:?}: row {k} {r}"
+        );
+    }
+    let end = first + rows.len();
+    match &reply.link {
+        Some(link) => {
+            assert!(
+                !rows.is_empty() && end < count,
+                "{target:?}: a Link after the last container"
+            );
+            let want = format!(
+                "</v1/containers?after={}&limit={}>; rel=\"next\"",
+                end - 1,
+                q.limit
+            );
+            assert_eq!(link, &want, "{target:?}");
+            if depth < 4 {
+                let next = &link[1..link.find('>').unwrap()];
+                let r = route(state, "GET", next);
+                assert_eq!(r.status, 200, "{next:?}");
+                let nq = ContainerQuery::parse(&parse_query(next.split_once('?').unwrap().1)).unwrap();
+                check_page(state, next, nq, &r, depth + 1);
+            }
+        }
+        None => assert!(
+            rows.is_empty() || end >= count,
+            "{target:?}: no Link at {end} of {count}"
+        ),
+    }
 }
 
 /// Percent-encoded pairs come back from `parse_query` as they were.
