@@ -18,35 +18,29 @@ use std::time::{Duration, Instant};
 use accounting::abi;
 use accounting::ledger::Accounting;
 use accounting::report::{DeviceCounters, Report, ReportWriter, VmInfo};
-use devices::acct::{AcctDevice, TagRegion};
-use devices::bus::SharedDevice;
-use devices::legacy::{AcpiPm, DebugPort, ExitPort, Serial, ACPI_PM_LEN, ACPI_PM_PORT, I8042};
-use devices::virtio::block::{BlockDevice, BlockHandler};
-use devices::virtio::net::{NetDevice, NetHandler};
-use devices::virtio::vsock::{AgentConnect, UdsConnector, VsockConnector, VsockDevice, VsockHandler};
-use devices::virtio::Charger;
-use devices::virtio::{MmioTransport, VirtioDevice, MMIO_LEN};
-use devices::{Bus, BusError};
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use devices::acct::TagRegion;
+use devices::virtio::vsock::AgentConnect;
+use devices::virtio::MMIO_LEN;
+use devices::BusError;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::agent::AgentHub;
 use crate::arch;
 use crate::boot::{self, BootPlan, KernelKind};
-use crate::charger::BooksCharger;
-use crate::config::{
-    ConfigError, ConsoleTarget, DiskConfig, KernelSource, NetConfig, VmConfig, VsockConfig,
-    DEFAULT_LINUX_CMDLINE,
-};
+use crate::config::{ConfigError, ConsoleTarget, KernelSource, VmConfig, DEFAULT_LINUX_CMDLINE};
 use crate::probes::{lock, DeviceProbes};
 use crate::sampler::Sampler;
 use crate::sandbox::{self, Seccomp, ThreadKind};
 use crate::vcpu::exit::{IoStats, VmEnd};
 use crate::vcpu::kvmstats::HaltStats;
 use crate::vcpu::{self, Vcpu, VcpuShared};
+
+mod board;
+
+pub use board::vsock_connector;
+use board::{build_devices, spawn_device_loop, DeviceEnv, VsockSetup};
 
 /// Set from a SIGINT/SIGTERM handler to stop the running VM cleanly.
 pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -264,213 +258,6 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
     Ok(())
 }
 
-/// The devices of a VM, on their buses.
-struct Devices {
-    pio: Bus,
-    mmio: Bus,
-    serial: Arc<Mutex<Serial>>,
-    /// Event-loop subscribers of the virtio devices.
-    handlers: Vec<Subscriber>,
-    /// Every device's counters.
-    probes: Arc<DeviceProbes>,
-}
-
-/// Everything `build_devices` needs.
-struct DeviceEnv<'a> {
-    vm: &'a VmFd,
-    with_irqchip: bool,
-    mem: &'a GuestMemoryMmap,
-    region: &'a Arc<TagRegion>,
-    acct: &'a Arc<Accounting>,
-    accounting: bool,
-    device_writer: usize,
-    /// The agent's flow bindings, which the net devices consult.
-    agent: &'a Arc<AgentHub>,
-}
-
-/// An event-loop subscriber (one per virtio device).
-type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
-
-/// Puts virtio device `dev` in slot `index`: its interrupt line (with an
-/// irqchip) and its transport on the MMIO bus; its counters are read as
-/// `name` of `kind`.
-fn place_virtio<D: VirtioDevice + 'static>(
-    env: &DeviceEnv<'_>,
-    bus: &mut VirtioBus<'_>,
-    index: usize,
-    (name, kind): (String, &'static str),
-    dev: D,
-) -> Result<Arc<Mutex<D>>, VmError> {
-    let (base, irq) = virtio_slot(index);
-    if env.with_irqchip {
-        env.vm
-            .register_irqfd(dev.interrupt().irqfd(), irq)
-            .map_err(kvm_err("connect a virtio interrupt"))?;
-    }
-    let dev = Arc::new(Mutex::new(dev));
-    let transport = Arc::new(Mutex::new(MmioTransport::new(env.mem.clone(), Arc::clone(&dev))));
-    bus.mmio
-        .insert(Arc::clone(&transport) as SharedDevice, base, MMIO_LEN)?;
-    bus.probes.add_virtio(name, kind, Arc::clone(&dev), transport);
-    Ok(dev)
-}
-
-/// Where virtio devices go: the MMIO bus, and the list of counters.
-struct VirtioBus<'a> {
-    mmio: &'a mut Bus,
-    probes: &'a mut DeviceProbes,
-}
-
-/// The charger of the device thread's ledger column.
-fn device_charger(env: &DeviceEnv<'_>) -> Box<dyn Charger + Send> {
-    let writer = env.accounting.then(|| env.acct.writer(env.device_writer));
-    Box::new(BooksCharger::new(writer, env.with_irqchip))
-}
-
-/// VSOCK CONNECTOR: how guest connects reach the host. Port
-/// [`devices::virtio::vsock::AGENT_PORT`] (1024) goes to `agent` (the
-/// agent server hands out one end of a stream pair); any other port P to
-/// `UDS_P` when `--vsock ...,uds=UDS` is set; the rest are refused.
-pub fn vsock_connector(
-    uds: Option<std::path::PathBuf>,
-    agent: Option<AgentConnect>,
-) -> Box<dyn VsockConnector> {
-    Box::new(UdsConnector::new(uds, agent))
-}
-
-/// The vsock device of `--vsock`, if any, and its agent-port server.
-struct VsockSetup<'a> {
-    config: &'a VsockConfig,
-    agent: Option<AgentConnect>,
-}
-
-/// The virtio devices: disks first, then network interfaces, then vsock, in
-/// slot order (which is also their index for the guest's queue tag tables).
-fn build_virtio(
-    env: &DeviceEnv<'_>,
-    disks: &[DiskConfig],
-    nets: &[NetConfig],
-    vsock: Option<VsockSetup<'_>>,
-    bus: &mut VirtioBus<'_>,
-) -> Result<Vec<Subscriber>, VmError> {
-    let index = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
-    let mut subscribers: Vec<Subscriber> = Vec::with_capacity(disks.len() + nets.len());
-    for (i, disk) in disks.iter().enumerate() {
-        let mut dev =
-            BlockDevice::open(&disk.path, disk.read_only, &format!("rsrc-disk{i}")).map_err(|source| {
-                VmError::Disk {
-                    path: disk.path.display().to_string(),
-                    source,
-                }
-            })?;
-        // Requests may carry the guest's explicit tags (queue tag tables).
-        dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
-        let dev = place_virtio(env, bus, i, (format!("disk{i}"), "virtio-blk"), dev)?;
-        subscribers.push(Arc::new(Mutex::new(BlockHandler::new(dev, device_charger(env)))));
-    }
-    for (j, net) in nets.iter().enumerate() {
-        let i = disks.len() + j;
-        let mut dev = NetDevice::open_tap(&net.tap, net.mac).map_err(|source| VmError::Net {
-            tap: net.tap.clone(),
-            source,
-        })?;
-        dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
-        dev.set_flow_bindings(Arc::clone(env.agent) as Arc<dyn devices::virtio::net::flow::FlowBindings>);
-        let dev = place_virtio(env, bus, i, (format!("net{j}"), "virtio-net"), dev)?;
-        subscribers.push(Arc::new(Mutex::new(NetHandler::new(dev, device_charger(env)))));
-    }
-    if let Some(v) = vsock {
-        let i = disks.len() + nets.len();
-        let connector = vsock_connector(v.config.uds.clone(), v.agent);
-        let mut dev =
-            VsockDevice::new(v.config.cid, connector, v.config.uds.as_deref()).map_err(VmError::Vsock)?;
-        dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
-        let dev = place_virtio(env, bus, i, ("vsock0".into(), "virtio-vsock"), dev)?;
-        subscribers.push(Arc::new(Mutex::new(VsockHandler::new(dev, device_charger(env)))));
-    }
-    Ok(subscribers)
-}
-
-fn build_devices(
-    env: &DeviceEnv<'_>,
-    console: Box<dyn Write + Send>,
-    disks: &[DiskConfig],
-    nets: &[NetConfig],
-    vsock: Option<VsockSetup<'_>>,
-) -> Result<Devices, VmError> {
-    let DeviceEnv {
-        vm,
-        with_irqchip,
-        mem,
-        region,
-        acct,
-        ..
-    } = *env;
-    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("eventfd for the serial interrupt"))?;
-    if with_irqchip {
-        vm.register_irqfd(&irq, COM1_IRQ)
-            .map_err(kvm_err("connect the serial interrupt"))?;
-    }
-    let serial = Arc::new(Mutex::new(Serial::new(irq, console)));
-    let mut pio = Bus::new();
-    pio.insert(serial.clone() as SharedDevice, u64::from(abi::COM1_PORT), 8)?;
-    pio.insert(
-        Arc::new(Mutex::new(DebugPort::default())),
-        u64::from(abi::DEBUG_PORT),
-        1,
-    )?;
-    pio.insert(Arc::new(Mutex::new(ExitPort)), u64::from(abi::EXIT_PORT), 4)?;
-    let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("eventfd for the i8042 interrupt"))?;
-    if with_irqchip {
-        vm.register_irqfd(&kbd_irq, I8042_IRQ)
-            .map_err(kvm_err("connect the i8042 interrupt"))?;
-    }
-    let mut probes = DeviceProbes::default();
-    let i8042 = Arc::new(Mutex::new(I8042::new(kbd_irq)));
-    pio.insert(Arc::clone(&i8042) as SharedDevice, 0x60, 5)?;
-    probes.add(
-        "i8042".into(),
-        "i8042",
-        Box::new(move || vec![("dropped".into(), lock(&i8042).dropped())]),
-    );
-    let rtc = Arc::new(Mutex::new(devices::legacy::Rtc::new()));
-    pio.insert(Arc::clone(&rtc) as SharedDevice, 0x70, 2)?;
-    probes.add(
-        "rtc".into(),
-        "cmos-rtc",
-        Box::new(move || vec![("bad_time_writes".into(), lock(&rtc).bad_time_writes())]),
-    );
-    pio.insert(
-        Arc::new(Mutex::new(AcpiPm)),
-        u64::from(ACPI_PM_PORT),
-        u64::from(ACPI_PM_LEN),
-    )?;
-    let mut mmio = Bus::new();
-    let acct_dev = AcctDevice::new(mem.clone(), Arc::clone(region), Arc::clone(acct));
-    mmio.insert(
-        Arc::new(Mutex::new(acct_dev)),
-        abi::ACCT_MMIO_BASE,
-        abi::ACCT_MMIO_SIZE,
-    )?;
-    let handlers = build_virtio(
-        env,
-        disks,
-        nets,
-        vsock,
-        &mut VirtioBus {
-            mmio: &mut mmio,
-            probes: &mut probes,
-        },
-    )?;
-    Ok(Devices {
-        pio,
-        mmio,
-        serial,
-        handlers,
-        probes: Arc::new(probes),
-    })
-}
-
 /// Bytes of guest RAM resident in the host, by `mincore` over each region
 /// in 1 GiB steps (so the vector stays small for large guests).
 fn resident_bytes(mem: &GuestMemoryMmap) -> u64 {
@@ -542,45 +329,6 @@ fn stop_vcpus(stop: &AtomicBool, threads: &[(std::thread::JoinHandle<()>, Arc<Vc
         wait = (wait * 2).min(Duration::from_millis(1));
     }
 }
-
-/// Runs the virtio devices' event loop on a thread of its own until `stop`.
-/// No thread is started when there are no devices.
-/// The thread says on `filtered` once its filter is in.
-fn spawn_device_loop(
-    handlers: Vec<Subscriber>,
-    stop: Arc<AtomicBool>,
-    seccomp: Seccomp,
-    filtered: mpsc::Sender<()>,
-) -> Result<Option<std::thread::JoinHandle<()>>, VmError> {
-    if handlers.is_empty() {
-        return Ok(None);
-    }
-    let mut em =
-        EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().map_err(|e| VmError::Host {
-            what: "create the device event loop",
-            source: std::io::Error::other(format!("{e:?}")),
-        })?;
-    for h in handlers {
-        em.add_subscriber(h);
-    }
-    let handle = std::thread::Builder::new()
-        .name("rsrc-devices".into())
-        .spawn(move || {
-            sandbox::enter_or_exit(ThreadKind::Devices, seccomp);
-            let _ = filtered.send(());
-            while !stop.load(Ordering::Acquire) {
-                if let Err(e) = em.run_with_timeout(DEVICE_LOOP_TIMEOUT_MS) {
-                    log::error!("device event loop: {e:?}");
-                    break;
-                }
-            }
-        })
-        .map_err(host_err("spawn the device thread"))?;
-    Ok(Some(handle))
-}
-
-/// How often the device loop checks whether the VM has stopped, in ms.
-const DEVICE_LOOP_TIMEOUT_MS: i32 = 20;
 
 /// Starts the host API on `path` over the live books; its VM facts are
 /// those of a running VM (`end: "running"`, `wall_ns` = time since now).
