@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// How long the calibration waits between its two readings.
-const CALIBRATION: Duration = Duration::from_millis(5);
+const CALIBRATION: Duration = Duration::from_millis(1);
 
 /// A calibrated TSC rate: `ns = ticks * mult >> 32`.
 #[derive(Clone, Copy, Debug)]
