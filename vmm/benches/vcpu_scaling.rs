@@ -25,6 +25,9 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
+mod common;
+use common::{median, reap, secs};
+
 const BIN: &str = env!("CARGO_BIN_EXE_resourceful");
 const N_LO: u64 = 2_000;
 const N_HI: u64 = 10_000;
@@ -54,31 +57,14 @@ fn run(vcpus: u8, n: u64, accounting: bool) -> (f64, Value) {
         .stderr(Stdio::null())
         .spawn()
         .expect("resourceful runs");
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let pid = child.id();
     let mut out = String::new();
     std::io::Read::read_to_string(&mut child.stdout.expect("piped"), &mut out).unwrap();
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our unwaited child; both pointers are valid.
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    assert_eq!(rc, pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "status {status:#x}"
-    );
-    let user = ru.ru_utime.tv_sec as f64 + ru.ru_utime.tv_usec as f64 / 1e6;
-    (user, serde_json::from_str(&out).expect("one JSON report"))
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
+    let ru = reap(pid, &format!("{vcpus} vCPUs, {n} exits each"));
+    (
+        secs(ru.ru_utime),
+        serde_json::from_str(&out).expect("one JSON report"),
+    )
 }
 
 fn main() {

@@ -32,6 +32,9 @@ use accounting::resource::ExitReason;
 use serde_json::{json, Value};
 use vmm::config::{Builtin, ConsoleTarget, KernelSource, VmConfig};
 
+mod common;
+use common::{median, sorted};
+
 const BIN: &str = env!("CARGO_BIN_EXE_resourceful");
 
 // Targets from the issue.
@@ -47,13 +50,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Sorted copy.
-fn sorted(v: &[f64]) -> Vec<f64> {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s
-}
-
 /// Nearest-rank percentile (`p` in 0..=100) of a non-empty slice.
 fn pct(v: &[f64], p: f64) -> f64 {
     let s = sorted(v);
@@ -67,18 +63,6 @@ fn pct(v: &[f64], p: f64) -> f64 {
     )]
     let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
     s[rank.clamp(1, s.len()) - 1]
-}
-
-fn median(v: &[f64]) -> f64 {
-    let s = sorted(v);
-    let n = s.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
 }
 
 fn stats(v: &[f64]) -> Value {

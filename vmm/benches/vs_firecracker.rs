@@ -29,6 +29,9 @@ use std::process::{Command, Stdio};
 
 use serde_json::json;
 
+mod common;
+use common::{mad, median, reap, secs};
+
 const BIN: &str = env!("CARGO_BIN_EXE_resourceful");
 const N_LO: u32 = 10_000;
 const N_HI: u32 = 100_000;
@@ -41,10 +44,6 @@ struct Usage {
     maxrss_kib: u64,
 }
 
-fn secs(t: libc::timeval) -> f64 {
-    t.tv_sec as f64 + t.tv_usec as f64 / 1e6
-}
-
 /// Runs `cmd` to its end and returns its rusage; panics if it failed.
 fn measured(mut cmd: Command, what: &str) -> Usage {
     // Reaped by wait4 below, which also gives its resource usage.
@@ -55,17 +54,7 @@ fn measured(mut cmd: Command, what: &str) -> Usage {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our unwaited child; both pointers are valid.
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    assert_eq!(rc, pid, "{what}: wait4: {}", std::io::Error::last_os_error());
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{what}: ended with status {status:#x}"
-    );
+    let ru = reap(child.id(), what);
     Usage {
         user: secs(ru.ru_utime),
         sys: secs(ru.ru_stime),
@@ -112,26 +101,6 @@ fn firecracker(bin: PathBuf) -> Box<dyn Fn(&Path) -> Command> {
         c.arg("--no-api").arg("--config-file").arg(&config);
         c
     })
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    }
-}
-
-/// Median absolute deviation.
-fn mad(v: &[f64]) -> f64 {
-    let m = median(v);
-    median(&v.iter().map(|x| (x - m).abs()).collect::<Vec<_>>())
 }
 
 fn main() {
