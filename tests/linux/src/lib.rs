@@ -474,9 +474,12 @@ impl Outcome {
                 vm["unhandled_io"], vm["unhandled_io_sites"]
             ),
         );
-        // Run time is execution: an idle Linux halts, and what KVM counted
-        // as halted (and APs' wait to be started) is left out; all of it
-        // fits in the vCPUs' wall time.
+        // Run time is execution: what KVM counted as halted (and APs' wait
+        // to be started) is left out, and all of it fits in the vCPUs' wall
+        // time. How much a busy boot halts depends on the emulator's timing
+        // (a 1-vCPU boot once halted for no time at all: every halt found
+        // its interrupt already pending); the boot workload's idle second
+        // is where the tests assert halted time (`halted_ns`).
         let n = |v: &Value| v.as_u64().unwrap_or(0);
         let (run, halted, unstarted) = (
             n(&r["totals"]["guest_run_ns"]),
@@ -499,7 +502,6 @@ impl Outcome {
                 vm["guest_run_source"]
             ),
         );
-        self.check(halted > 0, "an idle Linux halted for no time at all");
         self.check(
             run + halted + unstarted <= wall + wall / 100,
             &format!(
