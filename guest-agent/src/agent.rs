@@ -16,7 +16,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use accounting::agent::{encode, Hello, MAX_FRAME, MAX_TEXT, PROTOCOL_VERSION};
+use std::collections::HashMap;
+
+use accounting::abi;
+use accounting::agent::{encode, AgentMessage, Hello, MAX_FRAME, MAX_TEXT, PROTOCOL_VERSION};
 
 use crate::collect::{encode_report, Collector};
 use crate::config::{self, Config};
@@ -25,6 +28,7 @@ use crate::local;
 use crate::outbox::Outbox;
 use crate::procfs::{read_file, sanitize_text};
 use crate::state::{Out, State};
+use crate::tagger::{self, Tagger};
 
 /// Default outgoing buffer, bytes.
 pub const DEFAULT_BUFFER_BYTES: usize = 1 << 20;
@@ -40,11 +44,70 @@ pub struct Inner {
     pub sync_wanted: u64,
     /// The highest `synced` the VMM answered.
     pub synced: u64,
+    /// The eBPF slot tagger's part (see [`crate::tagger`]).
+    pub tagging: Tagging,
+}
+
+/// The slot tagger, when it runs, and what the VMM said of its slots.
+#[derive(Debug, Default)]
+pub struct Tagging {
+    /// The loaded tagger.
+    pub tagger: Option<Tagger>,
+    /// Where cgroup paths are (their directories' inodes are cgroup ids).
+    pub cgroup_root: Option<PathBuf>,
+    /// The vCPUs the VMM reads slots of (its last `slots_registered`).
+    pub registered: Option<Vec<u32>>,
+    /// Map updates that failed, in all.
+    pub errors: u64,
+}
+
+impl Tagging {
+    /// The `register_slots` message, when tagging runs.
+    pub fn registration(&self) -> Option<AgentMessage> {
+        self.tagger
+            .as_ref()
+            .map(|t| AgentMessage::RegisterSlots(t.registration().clone()))
+    }
 }
 
 impl Inner {
+    /// Makes the tagger's cgroup map name each live container that has a
+    /// cgroup (a container whose cgroup directory is gone is left out).
+    pub fn sync_tags(&mut self) {
+        let (Some(t), Some(root)) = (&self.tagging.tagger, &self.tagging.cgroup_root) else {
+            return;
+        };
+        let want: HashMap<u64, u64> = self
+            .state
+            .containers()
+            .filter_map(|c| {
+                let path = c.decl.cgroup.as_deref()?;
+                let id = tagger::cgroup_id(root, path).ok()?;
+                Some((id, abi::tag(c.decl.id, abi::NO_REQUEST)))
+            })
+            .collect();
+        if let Err(e) = t.sync_cgroups(&want) {
+            self.tagging.errors += 1;
+            if self.tagging.errors.is_power_of_two() {
+                log::warn!(
+                    "cannot update the tagger's cgroup map: {e} ({} failures)",
+                    self.tagging.errors
+                );
+            }
+        }
+    }
+
     /// Queues the messages of a state change.
     pub fn emit(&mut self, msgs: Out) {
+        let containers_changed = msgs.iter().any(|m| {
+            matches!(
+                m,
+                AgentMessage::DeclareContainer(_) | AgentMessage::RetireContainer { .. }
+            )
+        });
+        if containers_changed {
+            self.sync_tags();
+        }
         for m in msgs {
             match encode(&m) {
                 Ok(b) => self.outbox.push_event(b),
@@ -73,6 +136,7 @@ impl Shared {
                 outbox: Outbox::new(buffer_bytes),
                 sync_wanted: 0,
                 synced: 0,
+                tagging: Tagging::default(),
             }),
             link_cv: Condvar::new(),
             stop_cv: Condvar::new(),
@@ -187,6 +251,22 @@ pub struct Options {
     pub cgroup_root: Option<PathBuf>,
     /// Whether threads are listed.
     pub list_threads: bool,
+    /// Whether the eBPF slot tagger runs.
+    pub tagging: TaggingMode,
+    /// Where it is pinned (none: not pinned).
+    pub bpf_pin_dir: Option<PathBuf>,
+}
+
+/// `--tagging`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaggingMode {
+    /// Run it if the kernel allows; warn and go on without it otherwise.
+    #[default]
+    Auto,
+    /// Run it or refuse to start.
+    On,
+    /// Never load it.
+    Off,
 }
 
 impl Default for Options {
@@ -200,6 +280,8 @@ impl Default for Options {
             proc_root: PathBuf::from("/proc"),
             cgroup_root: crate::cgroup::host_cgroup2_mount(),
             list_threads: true,
+            tagging: TaggingMode::Off,
+            bpf_pin_dir: None,
         }
     }
 }
@@ -219,6 +301,11 @@ pub enum AgentError {
     /// A thread could not be started.
     #[error("cannot start a thread")]
     Thread(#[source] std::io::Error),
+    /// `--tagging on`, and the tagger could not start.
+    #[error(
+        "slot tagging was asked for (--tagging on) and cannot run; use --tagging auto to go on without it"
+    )]
+    Tagging(#[source] tagger::TaggerError),
 }
 
 /// This guest's `hello`.
@@ -298,6 +385,34 @@ impl Agent {
     /// Binds the local socket and starts the threads.
     pub fn start(opts: Options) -> Result<Self, AgentError> {
         let shared = Arc::new(Shared::new(opts.buffer_bytes));
+        let tagger = match opts.tagging {
+            TaggingMode::Off => None,
+            mode => match Tagger::start(opts.bpf_pin_dir.as_deref()) {
+                Ok(t) => {
+                    log::info!(
+                        "slot tagging: {} slots in {} page(s){}",
+                        t.nr_slots(),
+                        t.registration().pages.len(),
+                        if t.reused() {
+                            ", reusing the pinned tagger"
+                        } else {
+                            ""
+                        }
+                    );
+                    Some(t)
+                }
+                Err(e) if mode == TaggingMode::On => return Err(AgentError::Tagging(e)),
+                Err(e) => {
+                    log::warn!("slot tagging is off: {e}");
+                    None
+                }
+            },
+        };
+        {
+            let mut g = shared.lock();
+            g.tagging.tagger = tagger;
+            g.tagging.cgroup_root = opts.cgroup_root.clone();
+        }
         let listener = match &opts.listen {
             Some(p) => Some(local::bind(p).map_err(|e| AgentError::Listen {
                 path: p.clone(),

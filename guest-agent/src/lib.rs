@@ -28,3 +28,4 @@ pub mod local;
 pub mod outbox;
 pub mod procfs;
 pub mod state;
+pub mod tagger;

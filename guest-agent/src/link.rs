@@ -376,6 +376,14 @@ fn on_message(shared: &Shared, m: VmmMessage) -> Result<Option<u64>, LinkError> 
             shared.synced(&mut g, seq);
             Ok(Some(seq))
         }
+        VmmMessage::SlotsRegistered { vcpus } => {
+            let mut g = shared.lock();
+            if g.tagging.registered.as_ref() != Some(&vcpus) {
+                log::info!("the VMM reads the tag slots of vCPUs {vcpus:?}");
+            }
+            g.tagging.registered = Some(vcpus);
+            Ok(None)
+        }
         VmmMessage::Welcome { .. } | VmmMessage::Held(_) => {
             log::debug!("ignoring a welcome or held frame after the handshake");
             Ok(None)
@@ -498,12 +506,20 @@ pub fn run(shared: Arc<Shared>, ep: Endpoint, hello: Hello) {
         quiet = false;
         {
             let mut g = shared.lock();
-            let replay: Vec<Vec<u8>> = g
+            let mut replay: Vec<Vec<u8>> = g
                 .state
                 .on_connect(&session.held, session.next_id)
                 .iter()
                 .filter_map(|m| encode(m).ok())
                 .collect();
+            // Every connection says where the slots are (the same pages
+            // again after an agent restart: no change at the VMM), and the
+            // tag maps follow the ids the replay may have changed.
+            g.tagging.registered = None;
+            if let Some(m) = g.tagging.registration() {
+                replay.extend(encode(&m).ok());
+            }
+            g.sync_tags();
             g.outbox.on_connect(replay, sessions > 0);
         }
         sessions += 1;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use guest_agent::agent::{Agent, Options, DEFAULT_BUFFER_BYTES};
+use guest_agent::agent::{Agent, Options, TaggingMode, DEFAULT_BUFFER_BYTES};
 use guest_agent::collect::Collector;
 use guest_agent::config::Config;
 use guest_agent::link::Endpoint;
@@ -44,6 +44,18 @@ struct Cli {
     /// Do not list threads (their switches are still summed per process).
     #[arg(long)]
     no_threads: bool,
+    /// eBPF slot tagging (docs/agent.md, "Tagging"): `auto` runs it where
+    /// the kernel allows and goes on without it otherwise, `on` refuses to
+    /// start without it, `off` never loads it.
+    #[arg(long, value_enum, default_value_t = TaggingMode::Auto)]
+    tagging: TaggingMode,
+    /// The bpffs directory the tagger is pinned in, so that it outlives an
+    /// agent restart (mounted at /sys/fs/bpf if no bpffs is there).
+    #[arg(long, default_value = guest_agent::tagger::DEFAULT_PIN_DIR)]
+    bpf_pin_dir: PathBuf,
+    /// Do not pin the tagger: it stops tagging when this agent exits.
+    #[arg(long)]
+    no_bpf_pin: bool,
     /// Print one context report as JSON on stdout and exit.
     #[arg(long)]
     once: bool,
@@ -127,6 +139,8 @@ fn main() -> anyhow::Result<()> {
         proc_root: cli.proc_root,
         cgroup_root,
         list_threads: !cli.no_threads,
+        tagging: cli.tagging,
+        bpf_pin_dir: (!cli.no_bpf_pin).then_some(cli.bpf_pin_dir),
     };
     for sig in [libc::SIGINT, libc::SIGTERM] {
         let handler: extern "C" fn(libc::c_int) = on_signal;

@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
+//
+// Tags each CPU's Resourceful tag slot with the principal of the task that
+// runs on it (docs/tag-abi.md, "Slots registered by the agent").
+//
+// At every context switch, `tp_btf/sched_switch` looks up the tag of the
+// task being switched in (`next`; at this tracepoint `current` is still the
+// previous task), in this order:
+//   1. its thread's request binding (`thread_tags`, by thread id);
+//   2. its cgroup v2's container (`cgroup_tags`, by cgroup id, which is the
+//      inode number of the cgroup's directory);
+//   3. its process's container (`process_tags`, by thread-group id);
+//   4. else 0, `unattributed`.
+// and stores it in `slots[cpu]`, a BPF_F_MMAPABLE array whose pages the
+// agent registers with the VMM as guest-physical pages: the hypervisor reads
+// the slot at each exit of that vCPU.
+//
+// Self-contained: no kernel or libbpf headers. The kernel structures are
+// declared with only the fields used, `preserve_access_index` makes libbpf
+// relocate their offsets against the running kernel's BTF (CO-RE), and the
+// loads are direct BTF dereferences (cheaper than probe-read helpers).
+
+typedef unsigned char __u8;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+
+#define SEC(name) __attribute__((section(name), used))
+#define __uint(name, val) int (*name)[val]
+#define __type(name, val) typeof(val) *name
+
+// include/uapi/linux/bpf.h
+#define BPF_MAP_TYPE_HASH 1
+#define BPF_MAP_TYPE_ARRAY 2
+#define BPF_F_NO_PREALLOC (1U << 0)
+#define BPF_F_MMAPABLE (1U << 10)
+#define BPF_EXIST 2
+
+static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
+static __u32 (*bpf_get_smp_processor_id)(void) = (void *)8;
+
+struct kernfs_node {
+	__u64 id;
+} __attribute__((preserve_access_index));
+
+struct cgroup {
+	struct kernfs_node *kn;
+} __attribute__((preserve_access_index));
+
+struct css_set {
+	struct cgroup *dfl_cgrp;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	int pid;
+	int tgid;
+	struct css_set *cgroups;
+} __attribute__((preserve_access_index));
+
+// One slot: a cache line, the tag in its first 8 bytes (accounting::abi).
+struct slot {
+	__u64 tag;
+	__u64 reserved[7];
+};
+
+// The loader sets max_entries to the guest's possible CPUs, rounded up to
+// a page of slots (64); at most MAX_SLOTS.
+#define MAX_SLOTS 1024
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct slot);
+	__uint(max_entries, 64);
+} slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+} thread_tags SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, __u64);
+	__uint(max_entries, 4096);
+} cgroup_tags SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+} process_tags SEC(".maps");
+
+static __attribute__((always_inline)) __u64 tag_of(struct task_struct *t)
+{
+	__u32 tid = t->pid;
+	__u64 *v = bpf_map_lookup_elem(&thread_tags, &tid);
+	if (v)
+		return *v;
+	// Each pointer may be NULL; a BTF load through NULL reads 0.
+	__u64 cgroup = t->cgroups->dfl_cgrp->kn->id;
+	v = bpf_map_lookup_elem(&cgroup_tags, &cgroup);
+	if (v)
+		return *v;
+	__u32 tgid = t->tgid;
+	v = bpf_map_lookup_elem(&process_tags, &tgid);
+	if (v)
+		return *v;
+	return 0;
+}
+
+// sched_switch(bool preempt, struct task_struct *prev,
+//              struct task_struct *next, unsigned int prev_state)
+SEC("tp_btf/sched_switch")
+int on_switch(__u64 *ctx)
+{
+	struct task_struct *next = (struct task_struct *)ctx[2];
+	__u32 cpu = bpf_get_smp_processor_id();
+	if (cpu >= MAX_SLOTS)
+		return 0;
+	struct slot *s = bpf_map_lookup_elem(&slots, &cpu);
+	if (!s)
+		return 0;
+	__u64 tag = tag_of(next);
+	// A store only on a change: the slot's cache line stays clean (and
+	// shared with the hypervisor's reads) while one principal runs.
+	if (s->tag != tag)
+		s->tag = tag;
+	return 0;
+}
+
+// GPL-compatible, as tracing programs must be (the file is dual-licensed).
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,211 @@
+//! The eBPF slot tagger on the host's own kernel (root, BTF): it loads,
+//! tags CPU 0's slot with the container of a cgroup whose task runs there,
+//! with a thread's request binding over its cgroup, with 0 once the task is
+//! gone, and a second tagger reuses the first one's pins (same pages, the
+//! program still attached after the first is dropped).
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use accounting::abi::tag;
+use guest_agent::tagger::{cgroup_id, Tagger};
+
+const CONTAINER: u32 = 0x1000_0001;
+const REQUEST: u32 = 0x1000_0100;
+
+fn mount(fstype: &str, at: &Path) {
+    std::fs::create_dir_all(at).unwrap();
+    let t = CString::new(fstype).unwrap();
+    let p = CString::new(at.to_str().unwrap()).unwrap();
+    // SAFETY: NUL-terminated strings, no data.
+    let r = unsafe { libc::mount(t.as_ptr(), p.as_ptr(), t.as_ptr(), 0, std::ptr::null()) };
+    assert_eq!(
+        r,
+        0,
+        "mount -t {fstype} {}: {}",
+        at.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+fn umount(at: &Path) {
+    let p = CString::new(at.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+    let _ = std::fs::remove_dir(at);
+}
+
+/// A cgroup v2 hierarchy of the test's own, with one child cgroup.
+struct Cgroup {
+    root: PathBuf,
+    /// Its path from the root: the hierarchy is the one cgroup v2 tree of
+    /// the machine however often it is mounted, so each test has its own.
+    path: String,
+}
+
+impl Cgroup {
+    fn new(test: &str) -> Self {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "the tagger test needs root (eBPF, cgroups, pagemap)"
+        );
+        let root = std::env::temp_dir().join(format!("rsrc-tagger-cg2-{test}-{}", std::process::id()));
+        mount("cgroup2", &root);
+        let path = format!("/rsrc-tagger-{test}-{}", std::process::id());
+        std::fs::create_dir_all(root.join(&path[1..])).unwrap();
+        Self { root, path }
+    }
+
+    fn id(&self) -> u64 {
+        cgroup_id(&self.root, &self.path).unwrap()
+    }
+
+    /// A shell spinning on CPU 0, in the cgroup.
+    fn spinner(&self) -> Spinner {
+        let child = Spinner(
+            Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .unwrap(),
+        );
+        let pid = child.0.id();
+        // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays in bounds.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(pid as i32, std::mem::size_of_val(&set), &set),
+                0
+            );
+        }
+        let procs = self.root.join(&self.path[1..]).join("cgroup.procs");
+        if let Err(e) = std::fs::write(&procs, pid.to_string()) {
+            panic!("cannot move {pid} into {}: {e}", procs.display());
+        }
+        child
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(self.root.join(&self.path[1..]));
+        umount(&self.root);
+    }
+}
+
+/// A child killed when dropped, even by a failing assertion.
+struct Spinner(Child);
+
+impl Spinner {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn stop(c: Spinner) {
+    drop(c);
+}
+
+/// Polls CPU 0's slot until it holds `want`.
+fn wait_slot(t: &Tagger, want: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = t.slot(0).unwrap();
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: CPU 0's slot holds {got:#x}, want {want:#x}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn the_tagger_tags_a_cgroups_task_its_threads_binding_and_idle() {
+    let cg = Cgroup::new("tags");
+    let t = Tagger::start(None).expect("the tagger loads on the host kernel");
+    let reg = t.registration();
+    assert_eq!(reg.pages.len() as u32 * 64, t.nr_slots());
+    assert!(
+        reg.pages.iter().all(|p| *p > 0 && p % 4096 == 0),
+        "{:?}",
+        reg.pages
+    );
+    let cpus = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .matches("processor")
+        .count();
+    assert_eq!(reg.cpus.len(), cpus, "one slot per CPU: {:?}", reg.cpus);
+    assert!(reg.cpus.iter().enumerate().all(|(i, c)| c.slot == i as u32));
+
+    let container = tag(CONTAINER, 0);
+    t.sync_cgroups(&HashMap::from([(cg.id(), container)])).unwrap();
+    let spin = cg.spinner();
+    wait_slot(&t, container, "a task of the cgroup runs on CPU 0");
+
+    // A request binding of the thread goes over its cgroup's container.
+    let request = tag(CONTAINER, REQUEST);
+    t.bind_thread(spin.id(), Some(request)).unwrap();
+    wait_slot(&t, request, "the thread is bound to a request");
+    t.bind_thread(spin.id(), None).unwrap();
+    wait_slot(&t, container, "the binding is gone");
+    stop(spin);
+    wait_slot(&t, 0, "the cgroup's task is gone (idle or other tasks run)");
+
+    // The map is the whole truth: an empty one tags nothing.
+    t.sync_cgroups(&HashMap::new()).unwrap();
+    let spin = cg.spinner();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_ne!(t.slot(0), Some(container));
+    stop(spin);
+}
+
+#[test]
+fn a_pinned_tagger_outlives_its_agent_and_is_reused() {
+    let cg = Cgroup::new("pins");
+    let bpffs = std::env::temp_dir().join(format!("rsrc-tagger-bpf-{}", std::process::id()));
+    mount("bpf", &bpffs);
+    let dir = bpffs.join("resourceful");
+    let container = tag(CONTAINER + 1, 0);
+    let first = Tagger::start(Some(&dir)).unwrap();
+    assert!(!first.reused());
+    assert!(dir.join("link").exists(), "the link is pinned");
+    first
+        .sync_cgroups(&HashMap::from([(cg.id(), container)]))
+        .unwrap();
+    let pages = first.registration().pages.clone();
+    drop(first);
+
+    // No agent now: the pinned program still tags.
+    let spin = cg.spinner();
+    let second = Tagger::start(Some(&dir)).unwrap();
+    assert!(second.reused(), "the second tagger reuses the pins");
+    assert_eq!(
+        second.registration().pages,
+        pages,
+        "the same pages: nothing to re-register"
+    );
+    wait_slot(
+        &second,
+        container,
+        "the first tagger's cgroup map, through the pins",
+    );
+    stop(spin);
+    drop(second);
+    let _ = std::fs::remove_dir_all(&dir);
+    umount(&bpffs);
+}
