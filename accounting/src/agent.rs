@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::abi;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The vsock port the VMM serves the agent on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// Largest frame body, in bytes (a context report of ~4,000 processes).
@@ -73,12 +73,51 @@ pub enum AgentMessage {
     },
     /// The guest's POSIX-level view, sent periodically.
     Context(ContextReport),
+    /// The guest's tag slots are in these pages (Linux: the agent's eBPF
+    /// slot map); replaces any earlier `register_slots`.
+    RegisterSlots(RegisterSlots),
+    /// Forget the slots of `register_slots`: later exits are charged to
+    /// `unattributed` (unless the accounting device has a region).
+    UnregisterSlots,
     /// Asks for `synced` with the same `seq` once every earlier frame is
     /// applied: a refusal of any of them arrives before it.
     Sync {
         /// Chosen by the agent.
         seq: u64,
     },
+}
+
+/// Bytes in one slot page: [`SLOTS_PER_PAGE`] slots of 64 bytes.
+pub const SLOT_PAGE_SIZE: u64 = 4096;
+/// Slots in one page.
+pub const SLOTS_PER_PAGE: u32 = 64;
+/// Most pages in one `register_slots`: [`abi::MAX_SLOTS`] slots.
+pub const MAX_SLOT_PAGES: usize = (abi::MAX_SLOTS as usize).div_ceil(SLOTS_PER_PAGE as usize);
+
+/// `register_slots`: where each vCPU's tag slot is, as guest-physical pages
+/// (a Linux guest's slots live in a kernel array whose pages are not
+/// contiguous) and the guest's CPU numbering (slot `k` is in page
+/// `k / 64` at byte `64 · (k % 64)`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterSlots {
+    /// Guest-physical addresses of the slot pages, each 4 KiB-aligned:
+    /// 1..=[`MAX_SLOT_PAGES`] of them, no two the same.
+    pub pages: Vec<u64>,
+    /// Which slot is each CPU's, by the CPU's APIC id (which is its vCPU
+    /// index in Resourceful): no APIC id or slot twice, every slot inside
+    /// the pages.
+    pub cpus: Vec<SlotCpu>,
+}
+
+/// One CPU of [`RegisterSlots`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotCpu {
+    /// The CPU's APIC id (`/proc/cpuinfo`'s `apicid`).
+    pub apic_id: u32,
+    /// Its slot: the guest's CPU number, for an array indexed by it.
+    pub slot: u32,
 }
 
 /// `hello`.
@@ -422,6 +461,12 @@ pub enum VmmMessage {
         /// Why, as the guest-error counter names it (`ring_duplicate_name`).
         reason: String,
     },
+    /// A `register_slots` is in force: these vCPUs' slots are read from
+    /// now on.
+    SlotsRegistered {
+        /// The vCPUs (by index, which is the APIC id) that have a slot.
+        vcpus: Vec<u32>,
+    },
     /// Every frame before the `sync` of that `seq` has been applied.
     Synced {
         /// The `sync`'s `seq`.
@@ -452,6 +497,50 @@ pub enum ProtocolError {
     /// The agent speaks another version.
     #[error("agent protocol {0} is not supported: this VMM speaks protocol {PROTOCOL_VERSION}; run a resourceful-agent of the same release")]
     Version(u32),
+}
+
+impl RegisterSlots {
+    /// The bounds that need no knowledge of the VM (the VMM checks the
+    /// pages against guest RAM and the APIC ids against its vCPUs).
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        let bad = |m: String| Err(ProtocolError::Invalid(m));
+        if self.pages.is_empty() || self.pages.len() > MAX_SLOT_PAGES {
+            return bad(format!("register_slots needs 1..={MAX_SLOT_PAGES} pages"));
+        }
+        if let Some(p) = self.pages.iter().find(|p| !p.is_multiple_of(SLOT_PAGE_SIZE)) {
+            return bad(format!("slot page {p:#x} is not 4 KiB-aligned"));
+        }
+        let mut pages = self.pages.clone();
+        pages.sort_unstable();
+        if pages.windows(2).any(|w| w[0] == w[1]) {
+            return bad("a slot page is listed twice".into());
+        }
+        if self.cpus.is_empty() || self.cpus.len() > abi::MAX_SLOTS as usize {
+            return bad(format!("register_slots needs 1..={} cpus", abi::MAX_SLOTS));
+        }
+        // The page count is at most 16, so this cannot overflow.
+        let slots = self.pages.len() as u32 * SLOTS_PER_PAGE;
+        if let Some(c) = self.cpus.iter().find(|c| c.slot >= slots) {
+            return bad(format!("slot {} is outside the {slots} slots of the pages", c.slot));
+        }
+        let mut ids: Vec<u32> = self.cpus.iter().map(|c| c.apic_id).collect();
+        ids.sort_unstable();
+        let mut used: Vec<u32> = self.cpus.iter().map(|c| c.slot).collect();
+        used.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) || used.windows(2).any(|w| w[0] == w[1]) {
+            return bad("an APIC id or a slot is listed twice".into());
+        }
+        Ok(())
+    }
+
+    /// Where vCPU `apic_id`'s slot is: (page index, byte offset in it).
+    pub fn slot_of(&self, apic_id: u32) -> Option<(usize, u64)> {
+        let c = self.cpus.iter().find(|c| c.apic_id == apic_id)?;
+        Some((
+            (c.slot / SLOTS_PER_PAGE) as usize,
+            u64::from(c.slot % SLOTS_PER_PAGE) * 64,
+        ))
+    }
 }
 
 fn check_text(what: &str, s: &str, max: usize) -> Result<(), ProtocolError> {
@@ -525,6 +614,8 @@ impl AgentMessage {
                     None => Ok(()),
                 }
             }
+            Self::RegisterSlots(r) => r.validate(),
+            Self::UnregisterSlots => Ok(()),
             Self::RetireContainer { id } => check_id("container id", *id),
             Self::EndRequest { id } => check_id("request id", *id),
             Self::BeginRequest(b) => {
