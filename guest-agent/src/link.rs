@@ -376,6 +376,10 @@ fn on_message(shared: &Shared, m: VmmMessage) -> Result<Option<u64>, LinkError> 
             shared.synced(&mut g, seq);
             Ok(Some(seq))
         }
+        VmmMessage::SlotsRegistered { vcpus } => {
+            log::debug!("the VMM reads the slots of vCPUs {vcpus:?}");
+            Ok(None)
+        }
         VmmMessage::Welcome { .. } | VmmMessage::Held(_) => {
             log::debug!("ignoring a welcome or held frame after the handshake");
             Ok(None)

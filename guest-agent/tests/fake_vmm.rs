@@ -169,6 +169,8 @@ fn kinds(ms: &[AgentMessage]) -> Vec<&'static str> {
             AgentMessage::BindFlow(_) => "bind",
             AgentMessage::UnbindFlow { .. } => "unbind",
             AgentMessage::Context(_) => "context",
+            AgentMessage::RegisterSlots(_) => "register_slots",
+            AgentMessage::UnregisterSlots {} => "unregister_slots",
             AgentMessage::Sync { .. } => "sync",
         })
         .collect()

@@ -113,7 +113,7 @@ impl Frame {
 
 fn hello() -> Frame {
     Frame::new()
-        .s(b"{\"type\":\"hello\",\"protocol\":2,\"agent_version\":\"test-guest-1\",")
+        .s(b"{\"type\":\"hello\",\"protocol\":3,\"agent_version\":\"test-guest-1\",")
         .s(b"\"kernel\":\"none\",\"boot_id\":\"resourceful-test-guest\",\"hostname\":\"test-guest\"}")
         .done()
 }
