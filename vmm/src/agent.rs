@@ -705,7 +705,7 @@ impl AgentHub {
         hello: &mut bool,
         m: AgentMessage,
     ) -> Result<(), ProtocolError> {
-        let refusal = match (m, *hello) {
+        let answer = match (m, *hello) {
             (AgentMessage::Hello(h), false) => {
                 if h.protocol != PROTOCOL_VERSION {
                     return Err(ProtocolError::Version(h.protocol));
@@ -754,13 +754,8 @@ impl AgentHub {
                     .fetch_add(1, std::sync::atomic::Ordering::Release);
                 None
             }
-            (AgentMessage::RegisterSlots(r), true) => match self.register_slots(&r) {
-                Ok(vcpus) => {
-                    send(s, &VmmMessage::SlotsRegistered { vcpus })?;
-                    None
-                }
-                Err(refused) => Some(refused),
-            },
+            // Always answered: `slots_registered` or `refused`.
+            (AgentMessage::RegisterSlots(r), true) => Some(self.register_slots(&r)),
             (AgentMessage::UnregisterSlots {}, true) => {
                 if let Some(slots) = &self.slots {
                     slots.clear();
@@ -772,7 +767,7 @@ impl AgentHub {
                 None
             }
         };
-        match refusal {
+        match answer {
             Some(r) => send(s, &r),
             None => Ok(()),
         }
@@ -885,10 +880,10 @@ impl AgentHub {
         }
     }
 
-    /// Installs the guest's slot pages: the vCPUs that now have a slot, or
-    /// the `refused` answer (counted as `rejected`; the guest-error counter
-    /// and the log line are `AgentSlots`').
-    fn register_slots(&self, r: &RegisterSlots) -> Result<Vec<u32>, VmmMessage> {
+    /// Installs the guest's slot pages; the answer: `slots_registered` with
+    /// the vCPUs that now have a slot, or `refused` (counted as `rejected`;
+    /// the guest-error counter and the log line are `AgentSlots`').
+    fn register_slots(&self, r: &RegisterSlots) -> VmmMessage {
         let refused = |reason: &str| {
             self.counters.rejected.fetch_add(1, Relaxed);
             VmmMessage::Refused {
@@ -900,9 +895,12 @@ impl AgentHub {
         };
         let Some(slots) = &self.slots else {
             warn_rl!("agent register_slots refused: this hub serves no VM");
-            return Err(refused("slots_unavailable"));
+            return refused("slots_unavailable");
         };
-        slots.register(r).map_err(|e| refused(e.reason()))
+        match slots.register(r) {
+            Ok(vcpus) => VmmMessage::SlotsRegistered { vcpus },
+            Err(e) => refused(e.reason()),
+        }
     }
 
     fn declare(&self, d: DeclareContainer) -> Option<VmmMessage> {

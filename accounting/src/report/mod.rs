@@ -686,6 +686,18 @@ mod tests {
     }
 
     #[test]
+    fn a_vm_section_without_slots_reads_as_no_source() {
+        let vm: VmInfo = serde_json::from_str(r#"{"vcpus":2,"boot":"linux"}"#).unwrap();
+        assert_eq!(vm.slots, SlotsInfo::default());
+        assert_eq!(vm.slots.source, "none");
+        let back = serde_json::to_value(&vm).unwrap();
+        assert_eq!(
+            back["slots"],
+            serde_json::json!({"source": "none", "vcpus": [], "pages": 0, "registrations": 0, "refusals": 0})
+        );
+    }
+
+    #[test]
     fn vsock_charges_are_conserved_and_get_a_table_section() {
         let acct = books();
         let mut dev = acct.writer(2);

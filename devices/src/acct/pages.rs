@@ -345,6 +345,9 @@ mod tests {
         assert_eq!(acct.errors().get(GuestError::SlotsUnknownApicId), 1);
         assert_eq!(s.info().source, "none");
         assert!(s.info().vcpus.is_empty());
+        // Pages are checked first: both wrong is `slots_not_in_ram`.
+        let both = req(&[0x10_0000], &[(9, 0)]);
+        assert_eq!(s.register(&both), Err(SlotsRefusal::NotInRam { page: 0x10_0000 }));
     }
 
     #[test]
