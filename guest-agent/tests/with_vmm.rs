@@ -158,7 +158,7 @@ fn the_real_agent_feeds_the_api_and_survives_being_killed() {
         found.then_some(p)
     });
     assert_eq!(procs["agent"]["connected"], true);
-    assert_eq!(procs["agent"]["peer"]["hello"]["protocol"], 2);
+    assert_eq!(procs["agent"]["peer"]["hello"]["protocol"], 3);
     let me = std::process::id();
     assert!(procs["context"]["report"]["processes"]
         .as_array()
