@@ -1,4 +1,4 @@
-//! The agent protocol, version 2: what `resourceful-agent` (inside a Linux
+//! The agent protocol, version 3: what `resourceful-agent` (inside a Linux
 //! guest, or on the host for tests) says to the VMM over a stream (a vsock
 //! connection to port 1024, or a Unix socket).
 //!
@@ -77,8 +77,11 @@ pub enum AgentMessage {
     /// slot map); replaces any earlier `register_slots`.
     RegisterSlots(RegisterSlots),
     /// Forget the slots of `register_slots`: later exits are charged to
-    /// `unattributed` (unless the accounting device has a region).
-    UnregisterSlots,
+    /// `unattributed` (unless the accounting device has a region). A
+    /// struct variant without fields, not a unit variant: serde ignores
+    /// unknown fields beside the tag of a unit variant, and the protocol
+    /// refuses them everywhere.
+    UnregisterSlots {},
     /// Asks for `synced` with the same `seq` once every earlier frame is
     /// applied: a refusal of any of them arrives before it.
     Sync {
@@ -501,7 +504,9 @@ pub enum ProtocolError {
 
 impl RegisterSlots {
     /// The bounds that need no knowledge of the VM (the VMM checks the
-    /// pages against guest RAM and the APIC ids against its vCPUs).
+    /// pages against guest RAM and the APIC ids against its vCPUs). Costs
+    /// no allocation: at most [`MAX_SLOT_PAGES`] pages and
+    /// [`abi::MAX_SLOTS`] CPUs are looked at, slots in a bit set.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         let bad = |m: String| Err(ProtocolError::Invalid(m));
         if self.pages.is_empty() || self.pages.len() > MAX_SLOT_PAGES {
@@ -510,40 +515,56 @@ impl RegisterSlots {
         if let Some(p) = self.pages.iter().find(|p| !p.is_multiple_of(SLOT_PAGE_SIZE)) {
             return bad(format!("slot page {p:#x} is not 4 KiB-aligned"));
         }
-        let mut pages = self.pages.clone();
-        pages.sort_unstable();
-        if pages.windows(2).any(|w| w[0] == w[1]) {
+        if (1..self.pages.len()).any(|i| self.pages[..i].contains(&self.pages[i])) {
             return bad("a slot page is listed twice".into());
         }
         if self.cpus.is_empty() || self.cpus.len() > abi::MAX_SLOTS as usize {
             return bad(format!("register_slots needs 1..={} cpus", abi::MAX_SLOTS));
         }
-        // The page count is at most 16, so this cannot overflow.
-        let slots = self.pages.len() as u32 * SLOTS_PER_PAGE;
+        let slots = self.slots();
         if let Some(c) = self.cpus.iter().find(|c| c.slot >= slots) {
             return bad(format!(
                 "slot {} is outside the {slots} slots of the pages",
                 c.slot
             ));
         }
-        let mut ids: Vec<u32> = self.cpus.iter().map(|c| c.apic_id).collect();
-        ids.sort_unstable();
-        let mut used: Vec<u32> = self.cpus.iter().map(|c| c.slot).collect();
-        used.sort_unstable();
-        if ids.windows(2).any(|w| w[0] == w[1]) || used.windows(2).any(|w| w[0] == w[1]) {
-            return bad("an APIC id or a slot is listed twice".into());
+        // Every slot is below MAX_SLOTS (1024) now: one bit each.
+        let mut used = [0u64; abi::MAX_SLOTS as usize / 64];
+        for c in &self.cpus {
+            let (word, bit) = ((c.slot / 64) as usize, 1u64 << (c.slot % 64));
+            if used[word] & bit != 0 {
+                return bad(format!("slot {} is listed twice", c.slot));
+            }
+            used[word] |= bit;
+        }
+        // APIC ids are arbitrary u32s: compare pairwise, at most
+        // 1024 · 1023 / 2 comparisons of one word each.
+        if (1..self.cpus.len()).any(|i| self.cpus[..i].iter().any(|c| c.apic_id == self.cpus[i].apic_id)) {
+            return bad("an APIC id is listed twice".into());
         }
         Ok(())
+    }
+
+    /// How many slots the pages hold (64 per page).
+    pub fn slots(&self) -> u32 {
+        u32::try_from(self.pages.len())
+            .unwrap_or(u32::MAX)
+            .saturating_mul(SLOTS_PER_PAGE)
     }
 
     /// Where vCPU `apic_id`'s slot is: (page index, byte offset in it).
     pub fn slot_of(&self, apic_id: u32) -> Option<(usize, u64)> {
         let c = self.cpus.iter().find(|c| c.apic_id == apic_id)?;
-        Some((
-            (c.slot / SLOTS_PER_PAGE) as usize,
-            u64::from(c.slot % SLOTS_PER_PAGE) * 64,
-        ))
+        Some(slot_position(c.slot))
     }
+}
+
+/// Where slot `slot` is: (page index, byte offset in the page).
+pub fn slot_position(slot: u32) -> (usize, u64) {
+    (
+        (slot / SLOTS_PER_PAGE) as usize,
+        u64::from(slot % SLOTS_PER_PAGE) * 64,
+    )
 }
 
 fn check_text(what: &str, s: &str, max: usize) -> Result<(), ProtocolError> {
@@ -618,7 +639,7 @@ impl AgentMessage {
                 }
             }
             Self::RegisterSlots(r) => r.validate(),
-            Self::UnregisterSlots => Ok(()),
+            Self::UnregisterSlots {} => Ok(()),
             Self::RetireContainer { id } => check_id("container id", *id),
             Self::EndRequest { id } => check_id("request id", *id),
             Self::BeginRequest(b) => {
@@ -866,6 +887,84 @@ mod tests {
         ] {
             assert!(decode_agent(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    fn slots(pages: &[u64], cpus: &[(u32, u32)]) -> RegisterSlots {
+        RegisterSlots {
+            pages: pages.to_vec(),
+            cpus: cpus
+                .iter()
+                .map(|&(apic_id, slot)| SlotCpu { apic_id, slot })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn slot_messages_have_the_documented_wire_form() {
+        let m = AgentMessage::RegisterSlots(slots(&[4096, 0x2000], &[(0, 0), (1, 65)]));
+        let b = encode(&m).unwrap();
+        assert_eq!(
+            &b[4..],
+            br#"{"type":"register_slots","pages":[4096,8192],"cpus":[{"apic_id":0,"slot":0},{"apic_id":1,"slot":65}]}"#
+        );
+        roundtrip(&m);
+        let u = encode(&AgentMessage::UnregisterSlots {}).unwrap();
+        assert_eq!(&u[4..], br#"{"type":"unregister_slots"}"#);
+        roundtrip(&AgentMessage::UnregisterSlots {});
+        let r = encode(&VmmMessage::SlotsRegistered { vcpus: vec![0, 1] }).unwrap();
+        assert_eq!(&r[4..], br#"{"type":"slots_registered","vcpus":[0,1]}"#);
+        assert_eq!(
+            decode_vmm(&r[4..]).unwrap(),
+            VmmMessage::SlotsRegistered { vcpus: vec![0, 1] }
+        );
+    }
+
+    #[test]
+    fn register_slots_validate_accepts_the_bounds() {
+        assert_eq!(slots(&[0], &[(0, 0)]).validate(), Ok(()));
+        // 16 pages, 1024 CPUs, slots reversed, APIC ids sparse.
+        let pages: Vec<u64> = (0..16u64).map(|i| (i + 1) << 12).collect();
+        let cpus: Vec<(u32, u32)> = (0..1024u32).map(|i| (i * 7, 1023 - i)).collect();
+        let full = slots(&pages, &cpus);
+        assert_eq!(full.validate(), Ok(()));
+        assert_eq!(full.slots(), 1024);
+        assert_eq!(full.slot_of(0), Some((15, 63 * 64)));
+        assert_eq!(full.slot_of(7), Some((15, 62 * 64)));
+        assert_eq!(full.slot_of(1), None);
+        assert_eq!(slot_position(64), (1, 0));
+    }
+
+    #[test]
+    fn register_slots_validate_refuses_each_broken_bound() {
+        let pages17: Vec<u64> = (0..17u64).map(|i| i << 12).collect();
+        let cpus1025: Vec<(u32, u32)> = (0..1025u32).map(|i| (i, i % 64)).collect();
+        for (what, r) in [
+            ("no pages", slots(&[], &[(0, 0)])),
+            ("17 pages", slots(&pages17, &[(0, 0)])),
+            ("unaligned page", slots(&[0x1008], &[(0, 0)])),
+            ("page twice", slots(&[0x1000, 0x2000, 0x1000], &[(0, 0)])),
+            ("no cpus", slots(&[0x1000], &[])),
+            (
+                "1025 cpus",
+                slots(
+                    &(0..17u64).map(|i| i << 12).take(16).collect::<Vec<_>>(),
+                    &cpus1025,
+                ),
+            ),
+            ("slot outside the pages", slots(&[0x1000], &[(0, 64)])),
+            ("slot twice", slots(&[0x1000], &[(0, 3), (1, 3)])),
+            ("apic id twice", slots(&[0x1000], &[(5, 0), (5, 1)])),
+        ] {
+            assert!(matches!(r.validate(), Err(ProtocolError::Invalid(_))), "{what}");
+            // And a frame carrying it closes the connection.
+            let body = serde_json::to_vec(&AgentMessage::RegisterSlots(r)).unwrap();
+            assert!(decode_agent(&body).is_err(), "{what}");
+        }
+        assert!(decode_agent(
+            br#"{"type":"register_slots","pages":[4096],"cpus":[{"apic_id":0,"slot":0,"x":1}]}"#
+        )
+        .is_err());
+        assert!(decode_agent(br#"{"type":"unregister_slots","pages":[]}"#).is_err());
     }
 
     #[test]

@@ -65,11 +65,17 @@ pub enum GuestError {
     TagRequestMismatch,
     /// Tag: a request without a container (charged to `unattributed`).
     TagRequestWithoutContainer,
+    /// Agent `register_slots`: a slot page not wholly inside one guest RAM
+    /// range (the previous slots stay in force).
+    SlotsNotInRam,
+    /// Agent `register_slots`: an APIC id the VM has no vCPU for (the
+    /// previous slots stay in force).
+    SlotsUnknownApicId,
 }
 
 impl GuestError {
     /// Number of kinds.
-    pub const COUNT: usize = 25;
+    pub const COUNT: usize = 27;
     /// All kinds.
     pub const ALL: [GuestError; Self::COUNT] = [
         Self::RegisterBadCommand,
@@ -97,6 +103,8 @@ impl GuestError {
         Self::TagUnknownRequest,
         Self::TagRequestMismatch,
         Self::TagRequestWithoutContainer,
+        Self::SlotsNotInRam,
+        Self::SlotsUnknownApicId,
     ];
 
     /// Name used in reports and logs.
@@ -127,6 +135,8 @@ impl GuestError {
             Self::TagUnknownRequest => "tag_unknown_request",
             Self::TagRequestMismatch => "tag_request_mismatch",
             Self::TagRequestWithoutContainer => "tag_request_without_container",
+            Self::SlotsNotInRam => "slots_not_in_ram",
+            Self::SlotsUnknownApicId => "slots_unknown_apic_id",
         }
     }
 

@@ -17,7 +17,7 @@ use accounting::agent::{
 };
 use accounting::agent::{Flow, FlowProto};
 use common::{fixture, TempDir};
-use guest_agent::agent::{Agent, Options};
+use guest_agent::agent::{Agent, Options, TaggingMode};
 use guest_agent::config::Config;
 use guest_agent::link::Endpoint;
 use guest_agent::local::Reply;
@@ -169,6 +169,8 @@ fn kinds(ms: &[AgentMessage]) -> Vec<&'static str> {
             AgentMessage::BindFlow(_) => "bind",
             AgentMessage::UnbindFlow { .. } => "unbind",
             AgentMessage::Context(_) => "context",
+            AgentMessage::RegisterSlots(_) => "register_slots",
+            AgentMessage::UnregisterSlots {} => "unregister_slots",
             AgentMessage::Sync { .. } => "sync",
         })
         .collect()
@@ -189,6 +191,8 @@ fn the_agent_declares_reports_reconnects_and_replays() {
         proc_root: fixture("proc"),
         cgroup_root: Some(fixture("cgroup")),
         list_threads: true,
+        tagging: TaggingMode::Off,
+        bpf_pin_dir: None,
     })
     .unwrap();
 

@@ -60,7 +60,7 @@ fn start_agent(dir: &TempDir, config: &str) -> AgentProc {
         .arg(&path)
         .arg("--cgroup-root")
         .arg(dir.join("cgroup"))
-        .args(["--interval-ms", "100", "--no-threads"])
+        .args(["--interval-ms", "100", "--no-threads", "--tagging", "off"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -20,7 +20,7 @@ use accounting::ledger::Accounting;
 use accounting::registry::Limits;
 use accounting::resource::ExitReason;
 use common::{App, TempDir};
-use guest_agent::agent::{Agent, Options};
+use guest_agent::agent::{Agent, Options, TaggingMode};
 use guest_agent::config::Config;
 use guest_agent::link::Endpoint;
 use proptest::prelude::*;
@@ -67,6 +67,8 @@ fn start(dir: &TempDir, rules: &[usize]) -> (Agent, App) {
         interval: Duration::from_millis(50),
         cgroup_root: Some(dir.join("cgroup")),
         list_threads: false,
+        tagging: TaggingMode::Off,
+        bpf_pin_dir: None,
         ..Options::default()
     })
     .unwrap();

@@ -102,7 +102,7 @@ fn start_agent(agent_sock: &Path, listen: &Path, config: &Path) -> Child {
         .arg(listen)
         .arg("--config")
         .arg(config)
-        .args(["--interval-ms", "100", "--no-threads"])
+        .args(["--interval-ms", "100", "--no-threads", "--tagging", "off"])
         .stderr(Stdio::null())
         .spawn()
         .expect("resourceful-agent starts")
@@ -158,7 +158,7 @@ fn the_real_agent_feeds_the_api_and_survives_being_killed() {
         found.then_some(p)
     });
     assert_eq!(procs["agent"]["connected"], true);
-    assert_eq!(procs["agent"]["peer"]["hello"]["protocol"], 2);
+    assert_eq!(procs["agent"]["peer"]["hello"]["protocol"], 3);
     let me = std::process::id();
     assert!(procs["context"]["report"]["processes"]
         .as_array()

@@ -66,7 +66,7 @@ fn api(sock: &Path, target: &str) -> Value {
 }
 
 fn hello() -> Value {
-    json!({"type": "hello", "protocol": 2, "agent_version": "test-0", "kernel": "6.1.0-test",
+    json!({"type": "hello", "protocol": 3, "agent_version": "test-0", "kernel": "6.1.0-test",
            "boot_id": "5b2a0c1e-0000-4000-8000-000000000001", "hostname": "guest"})
 }
 
@@ -124,7 +124,7 @@ fn agent_declarations_context_and_garbage_against_a_running_vm() {
     assert!(next_id > 0 && next_id < u64::from(WEB), "{w}");
     assert_eq!(
         w,
-        json!({"type": "welcome", "protocol": 2, "tenant": "acme", "previous": "none", "next_id": next_id})
+        json!({"type": "welcome", "protocol": 3, "tenant": "acme", "previous": "none", "next_id": next_id})
     );
     assert_eq!(
         recv(&mut a),

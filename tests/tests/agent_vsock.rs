@@ -29,7 +29,7 @@ const REQ: u32 = 0x1000_0100;
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 
 // The frame bodies the guest sends, byte for byte (images/guest/src/agent.rs).
-const HELLO: &str = r#"{"type":"hello","protocol":2,"agent_version":"test-guest-1","kernel":"none","boot_id":"resourceful-test-guest","hostname":"test-guest"}"#;
+const HELLO: &str = r#"{"type":"hello","protocol":3,"agent_version":"test-guest-1","kernel":"none","boot_id":"resourceful-test-guest","hostname":"test-guest"}"#;
 const DECLARE: &str = r#"{"type":"declare_container","id":268435457,"name":"guest-svc","cgroup":"/svc"}"#;
 const BEGIN: &str = r#"{"type":"begin_request","id":268435712,"container":268435457,"external_id":7,"trace_id":"0af7651916cd43dd8448eb211c80319c","attributes":{"route":"/guest"}}"#;
 const END: &str = r#"{"type":"end_request","id":268435712}"#;

@@ -188,7 +188,7 @@ fn every_endpoint_answers_as_documented() {
     let mut a = UnixStream::connect(&agent).unwrap();
     send(
         &mut a,
-        &json!({"type": "hello", "protocol": 2, "agent_version": "t", "kernel": "k", "boot_id": "b"}),
+        &json!({"type": "hello", "protocol": 3, "agent_version": "t", "kernel": "k", "boot_id": "b"}),
     );
     send(
         &mut a,

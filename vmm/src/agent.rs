@@ -15,6 +15,9 @@
 //!   program could not; re-sent declarations that match what is live (an
 //!   agent replaying its state after a reconnect) are accepted as no-ops;
 //! - flow bindings and the latest context report are kept here, bounded;
+//! - `register_slots` is checked against the VM and published as a source
+//!   of tag slots by [`AgentSlots`] (`devices::acct`), answered with
+//!   `slots_registered` or `refused`;
 //! - a frame that is malformed, oversized or breaks a rule closes that
 //!   connection with a counted error and an `error` message; accounting is
 //!   untouched by it.
@@ -36,14 +39,15 @@ use std::time::Duration;
 use accounting::abi::{self, EntryKind, RingEntry};
 use accounting::agent::{
     self, AgentMessage, BeginRequest, BindFlow, ContextReport, DeclareContainer, Flow, FlowProto,
-    FrameDecoder, Held, HeldContainer, HeldRequest, Hello, Previous, ProtocolError, VmmMessage,
-    HELD_PER_FRAME, PROTOCOL_VERSION,
+    FrameDecoder, Held, HeldContainer, HeldRequest, Hello, Previous, ProtocolError, RegisterSlots,
+    VmmMessage, HELD_PER_FRAME, PROTOCOL_VERSION,
 };
 use accounting::errors::GuestError;
 use accounting::ledger::{Accounting, Writer};
 use accounting::registry::RequestMeta;
 use accounting::resource::AgentCharge;
 use accounting::warn_rl;
+use devices::acct::AgentSlots;
 use devices::virtio::net::flow::FlowBindings;
 use devices::virtio::net::frame::{FiveTuple, IPPROTO_TCP, IPPROTO_UDP};
 use serde::Serialize;
@@ -352,6 +356,9 @@ pub struct AgentHub {
     listener: Mutex<Option<Listener>>,
     /// The filter level of the hub's threads.
     seccomp: Seccomp,
+    /// Where `register_slots` installs the guest's slot pages (`None`: a
+    /// hub without a VM, which refuses them).
+    slots: Option<Arc<AgentSlots>>,
 }
 
 impl std::fmt::Debug for AgentHub {
@@ -381,17 +388,29 @@ struct Listener {
 }
 
 impl AgentHub {
-    /// A hub for `acct` with no connections yet.
-    /// A hub whose own CPU (parsing and applying frames) is charged
+    /// A hub for `acct` with no connections yet, and no VM behind it:
+    /// `register_slots` is refused (`slots_unavailable`).
+    /// Its own CPU (parsing and applying frames) is charged
     /// through `writer` to `unattributed` (`None`: not charged, for
     /// `--no-accounting`).
     pub fn new(acct: Arc<Accounting>, writer: Option<Writer>) -> Arc<Self> {
-        Self::sandboxed(acct, writer, Seccomp::Off)
+        Self::sandboxed(acct, writer, Seccomp::Off, None)
+    }
+
+    /// A hub that installs `register_slots` through `slots`.
+    pub fn with_slots(acct: Arc<Accounting>, writer: Option<Writer>, slots: Arc<AgentSlots>) -> Arc<Self> {
+        Self::sandboxed(acct, writer, Seccomp::Off, Some(slots))
     }
 
     /// A hub whose threads (the accept loop, each connection) install the
-    /// agent filter first, at `seccomp` (docs/sandbox.md).
-    pub fn sandboxed(acct: Arc<Accounting>, writer: Option<Writer>, seccomp: Seccomp) -> Arc<Self> {
+    /// agent filter first, at `seccomp` (docs/sandbox.md), and that
+    /// installs `register_slots` through `slots`.
+    pub fn sandboxed(
+        acct: Arc<Accounting>,
+        writer: Option<Writer>,
+        seccomp: Seccomp,
+        slots: Option<Arc<AgentSlots>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             seccomp,
             acct,
@@ -403,6 +422,7 @@ impl AgentHub {
             next_conn: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             listener: Mutex::new(None),
+            slots,
         })
     }
 
@@ -423,6 +443,12 @@ impl AgentHub {
     pub fn peer(&self) -> Option<AgentPeer> {
         let peer = self.state().peer.clone()?;
         self.conns().contains_key(&peer.connection).then_some(peer)
+    }
+
+    /// Where the vCPUs' tag slots are read from, and what `register_slots`
+    /// did (`vm.slots`).
+    pub fn slots_info(&self) -> accounting::report::SlotsInfo {
+        self.slots.as_ref().map(|s| s.info()).unwrap_or_default()
     }
 
     /// The latest context report.
@@ -679,7 +705,7 @@ impl AgentHub {
         hello: &mut bool,
         m: AgentMessage,
     ) -> Result<(), ProtocolError> {
-        let refusal = match (m, *hello) {
+        let answer = match (m, *hello) {
             (AgentMessage::Hello(h), false) => {
                 if h.protocol != PROTOCOL_VERSION {
                     return Err(ProtocolError::Version(h.protocol));
@@ -728,12 +754,20 @@ impl AgentHub {
                     .fetch_add(1, std::sync::atomic::Ordering::Release);
                 None
             }
+            // Always answered: `slots_registered` or `refused`.
+            (AgentMessage::RegisterSlots(r), true) => Some(self.register_slots(&r)),
+            (AgentMessage::UnregisterSlots {}, true) => {
+                if let Some(slots) = &self.slots {
+                    slots.clear();
+                }
+                None
+            }
             (AgentMessage::Sync { seq }, true) => {
                 send(s, &VmmMessage::Synced { seq })?;
                 None
             }
         };
-        match refusal {
+        match answer {
             Some(r) => send(s, &r),
             None => Ok(()),
         }
@@ -754,6 +788,13 @@ impl AgentHub {
             };
             if previous == Previous::OtherBoot {
                 self.retire_all(&mut st);
+            }
+            // The slot pages belong to the boot that registered them, held
+            // state or not; an agent of the same boot finds them in force
+            // (the map outlives the agent process).
+            let other_boot = st.boot_id.as_ref().is_some_and(|b| *b != h.boot_id);
+            if let (true, Some(slots)) = (other_boot, &self.slots) {
+                slots.clear();
             }
             st.boot_id = Some(h.boot_id.clone());
             (previous, held_frames(&st))
@@ -836,6 +877,29 @@ impl AgentHub {
             id: Some(id),
             flow: None,
             reason: err.name().to_string(),
+        }
+    }
+
+    /// Installs the guest's slot pages; the answer: `slots_registered` with
+    /// the vCPUs that now have a slot, or `refused` (counted as `rejected`;
+    /// the guest-error counter and the log line are `AgentSlots`').
+    fn register_slots(&self, r: &RegisterSlots) -> VmmMessage {
+        let refused = |reason: &str| {
+            self.counters.rejected.fetch_add(1, Relaxed);
+            VmmMessage::Refused {
+                message: "register_slots".into(),
+                id: None,
+                flow: None,
+                reason: reason.into(),
+            }
+        };
+        let Some(slots) = &self.slots else {
+            warn_rl!("agent register_slots refused: this hub serves no VM");
+            return refused("slots_unavailable");
+        };
+        match slots.register(r) {
+            Ok(vcpus) => VmmMessage::SlotsRegistered { vcpus },
+            Err(e) => refused(e.reason()),
         }
     }
 
@@ -1314,14 +1378,16 @@ mod tests {
         let AgentMessage::Hello(mut h) = hello() else {
             unreachable!()
         };
-        h.protocol = 1;
+        // The previous release's agent: it would not understand
+        // `slots_registered`.
+        h.protocol = 2;
         send(&mut s, &AgentMessage::Hello(h));
         let VmmMessage::Error { reason } = recv(&mut s) else {
             panic!("no error")
         };
         assert_eq!(
             reason,
-            "agent protocol 1 is not supported: this VMM speaks protocol 2; run a resourceful-agent of the same release"
+            "agent protocol 2 is not supported: this VMM speaks protocol 3; run a resourceful-agent of the same release"
         );
         assert_eq!(hub.stats().bad_version, 1);
         hub.stop();
@@ -1436,5 +1502,126 @@ mod tests {
         // Everything is below the root.
         assert_eq!(guest_view_of("/", &snap).processes, 4);
         assert_eq!(guest_view_of("/a/b", &snap).process_cpu_ns, 21);
+    }
+
+    /// A hub over 1 MiB of guest RAM with 2 vCPUs.
+    fn slots_hub() -> (
+        Arc<AgentHub>,
+        Arc<AgentSlots>,
+        Arc<devices::acct::TagRegion>,
+        Arc<Accounting>,
+    ) {
+        use vm_memory::{GuestAddress, GuestMemoryMmap};
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let acct = Accounting::new("t", 2, 1, Limits::default());
+        let region = devices::acct::TagRegion::new(2);
+        let slots = Arc::new(AgentSlots::new(Arc::clone(&region), mem, Arc::clone(&acct)));
+        let hub = AgentHub::with_slots(Arc::clone(&acct), Some(acct.writer(2)), Arc::clone(&slots));
+        (hub, slots, region, acct)
+    }
+
+    fn register_slots(pages: &[u64], cpus: &[(u32, u32)]) -> AgentMessage {
+        AgentMessage::RegisterSlots(RegisterSlots {
+            pages: pages.to_vec(),
+            cpus: cpus
+                .iter()
+                .map(|&(apic_id, slot)| agent::SlotCpu { apic_id, slot })
+                .collect(),
+        })
+    }
+
+    fn refused_reason(m: VmmMessage) -> String {
+        match m {
+            VmmMessage::Refused {
+                message, id, reason, ..
+            } => {
+                assert_eq!((message.as_str(), id), ("register_slots", None));
+                reason
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn register_slots_is_answered_refused_against_the_vm_and_replaced_only_on_success() {
+        let (hub, slots, region, acct) = slots_hub();
+        let mut s = hub.connect_local().unwrap();
+        send(&mut s, &hello());
+        welcome(&mut s);
+
+        send(&mut s, &register_slots(&[0x3000], &[(1, 7)]));
+        assert_eq!(recv(&mut s), VmmMessage::SlotsRegistered { vcpus: vec![1] });
+        // Outside RAM, then an APIC id beyond the 2 vCPUs: refused, counted,
+        // the connection and the registration stay.
+        send(&mut s, &register_slots(&[0x3000, 0x10_0000], &[(0, 0)]));
+        assert_eq!(refused_reason(recv(&mut s)), "slots_not_in_ram");
+        send(&mut s, &register_slots(&[0x4000], &[(0, 0), (2, 1)]));
+        assert_eq!(refused_reason(recv(&mut s)), "slots_unknown_apic_id");
+        assert_eq!(acct.errors().get(GuestError::SlotsNotInRam), 1);
+        assert_eq!(acct.errors().get(GuestError::SlotsUnknownApicId), 1);
+        assert_eq!(hub.stats().rejected, 2);
+        assert_eq!(region.agent().unwrap().vcpus(), vec![1]);
+        let info = slots.info();
+        assert_eq!((info.registrations, info.refusals, info.pages), (1, 2, 1));
+
+        // The identical registration again: a no-op, answered all the same.
+        send(&mut s, &register_slots(&[0x3000], &[(1, 7)]));
+        assert_eq!(recv(&mut s), VmmMessage::SlotsRegistered { vcpus: vec![1] });
+        assert_eq!(slots.info().registrations, 1);
+
+        // A structurally bad one closes the connection, as any invalid frame.
+        send(&mut s, &register_slots(&[0x3008], &[(0, 0)]));
+        assert!(matches!(recv(&mut s), VmmMessage::Error { .. }));
+        assert_eq!(hub.stats().invalid, 1);
+        assert_eq!(region.agent().unwrap().vcpus(), vec![1]);
+        hub.stop();
+    }
+
+    #[test]
+    fn slots_survive_a_reconnect_of_the_same_boot_and_not_another_boot_or_unregister() {
+        let (hub, slots, region, _) = slots_hub();
+        let mut a = hub.connect_local().unwrap();
+        send(&mut a, &hello_from("boot-1"));
+        welcome(&mut a);
+        send(&mut a, &register_slots(&[0x3000], &[(0, 0), (1, 1)]));
+        assert_eq!(recv(&mut a), VmmMessage::SlotsRegistered { vcpus: vec![0, 1] });
+        drop(a);
+
+        // The agent restarts in the same boot: the slots are still in force.
+        let mut b = hub.connect_local().unwrap();
+        send(&mut b, &hello_from("boot-1"));
+        welcome(&mut b);
+        assert_eq!(slots.info().source, "agent");
+        send(&mut b, &AgentMessage::UnregisterSlots {});
+        send(&mut b, &AgentMessage::Sync { seq: 1 });
+        assert_eq!(recv(&mut b), VmmMessage::Synced { seq: 1 });
+        assert!(region.agent().is_none());
+        send(&mut b, &register_slots(&[0x5000], &[(0, 3)]));
+        assert_eq!(recv(&mut b), VmmMessage::SlotsRegistered { vcpus: vec![0] });
+        drop(b);
+
+        // Another boot: the pages of the old one mean nothing any more.
+        let mut c = hub.connect_local().unwrap();
+        send(&mut c, &hello_from("boot-2"));
+        welcome(&mut c);
+        assert!(region.agent().is_none());
+        let info = slots.info();
+        assert_eq!(
+            (info.source.as_str(), info.pages, info.registrations),
+            ("none", 0, 2)
+        );
+        hub.stop();
+    }
+
+    #[test]
+    fn a_hub_without_a_vm_refuses_slots() {
+        let acct = Accounting::new("t", 1, 1, Limits::default());
+        let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
+        let mut s = hub.connect_local().unwrap();
+        send(&mut s, &hello());
+        welcome(&mut s);
+        send(&mut s, &register_slots(&[0x3000], &[(0, 0)]));
+        assert_eq!(refused_reason(recv(&mut s)), "slots_unavailable");
+        hub.stop();
     }
 }

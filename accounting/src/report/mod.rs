@@ -91,6 +91,43 @@ pub struct VmInfo {
     /// Peak resident memory of the VMM process (`VmHWM`), guest RAM it
     /// touched included; minus `guest_resident_bytes` it is the VMM's own.
     pub vmm_peak_rss_bytes: u64,
+    /// Where the vCPUs' tag slots are read from (`docs/tag-abi.md`, "Slots
+    /// registered by the agent").
+    pub slots: SlotsInfo,
+}
+
+/// Where the vCPUs' tag slots are read from, and what the agent's
+/// `register_slots` did (`vm.slots` in the report and in `GET /v1/vm`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SlotsInfo {
+    /// `device` (a region registered through the accounting device, which
+    /// wins), `agent` (pages registered by the guest agent) or `none`.
+    pub source: String,
+    /// The vCPUs whose slot is read from that source, ascending; the others'
+    /// exits are charged to `unattributed`.
+    pub vcpus: Vec<u32>,
+    /// Pages of the agent's registration in force (0 if none), whether or
+    /// not a device region overrides it.
+    pub pages: usize,
+    /// `register_slots` messages that installed a registration (an
+    /// identical one sent again is not counted).
+    pub registrations: u64,
+    /// `register_slots` messages refused against the VM (pages outside RAM,
+    /// unknown APIC ids).
+    pub refusals: u64,
+}
+
+impl Default for SlotsInfo {
+    fn default() -> Self {
+        Self {
+            source: "none".into(),
+            vcpus: Vec::new(),
+            pages: 0,
+            registrations: 0,
+            refusals: 0,
+        }
+    }
 }
 
 /// How many distinct addresses [`VmInfo::unhandled_io_sites`] lists.
@@ -646,6 +683,18 @@ mod tests {
         assert_eq!(back, r);
         let table = r.to_table(10);
         assert!(table.contains("web/api") && table.contains("conservation: holds"));
+    }
+
+    #[test]
+    fn a_vm_section_without_slots_reads_as_no_source() {
+        let vm: VmInfo = serde_json::from_str(r#"{"vcpus":2,"boot":"linux"}"#).unwrap();
+        assert_eq!(vm.slots, SlotsInfo::default());
+        assert_eq!(vm.slots.source, "none");
+        let back = serde_json::to_value(&vm).unwrap();
+        assert_eq!(
+            back["slots"],
+            serde_json::json!({"source": "none", "vcpus": [], "pages": 0, "registrations": 0, "refusals": 0})
+        );
     }
 
     #[test]

@@ -6,9 +6,15 @@
 //! Each vCPU thread then holds a [`TagReader`] that reads its tag slot with
 //! one atomic load through a host pointer, and drains the declaration ring
 //! into the books when the guest has posted something.
+//!
+//! A Linux guest's agent registers its slots another way, as a list of
+//! guest-physical pages over the agent protocol (`pages.rs`,
+//! [`AgentSlots`]); the device's region wins where both exist.
 
 mod device;
+mod pages;
 mod region;
 
 pub use device::AcctDevice;
-pub use region::{QueueTagReader, Registration, TagReader, TagRegion, SKIPS_PER_SEC};
+pub use pages::{AgentSlots, PageSlots, SlotsRefusal};
+pub use region::{QueueTagReader, Registration, SlotSource, TagReader, TagRegion, SKIPS_PER_SEC};

@@ -1,4 +1,8 @@
 //! The registered region: tag slots and the declaration ring.
+//!
+//! [`TagRegion`] also holds the second source of slots, the pages the guest
+//! agent registers (`pages.rs`): both are published under one generation
+//! counter, so a reader notices either change with the same single load.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,6 +12,8 @@ use accounting::abi::{self, RegionHeader, RingEntry, Status};
 use accounting::errors::GuestError;
 use accounting::ledger::Accounting;
 use accounting::region::{self as geometry, Geometry};
+
+use super::pages::PageSlots;
 use accounting::warn_rl;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -235,14 +241,45 @@ impl Registration {
     }
 }
 
-/// The VM's current registration, shared by the device, the vCPU threads and
-/// the sampler. Readers notice a change through a generation counter (one
-/// relaxed-cost load per exit) and only then take the lock.
+/// The VM's current slot sources, shared by the device, the agent hub, the
+/// vCPU threads and the sampler. Readers notice a change through a
+/// generation counter (one acquire load per exit) and only then take the
+/// lock.
 #[derive(Debug)]
 pub struct TagRegion {
     nr_vcpus: usize,
     generation: AtomicU64,
-    current: Mutex<Option<Arc<Registration>>>,
+    current: Mutex<Sources>,
+}
+
+/// Where slots come from: the accounting device's region (which also
+/// carries the ring and the queue tag tables) and the agent's pages.
+#[derive(Clone, Debug, Default)]
+struct Sources {
+    device: Option<Arc<Registration>>,
+    agent: Option<Arc<PageSlots>>,
+}
+
+/// Which source a vCPU's slot is read from now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotSource {
+    /// A region registered through the accounting device.
+    Device,
+    /// Pages registered by the guest agent (`register_slots`).
+    Agent,
+    /// Nothing registered: exits are charged to `unattributed`.
+    None,
+}
+
+impl SlotSource {
+    /// The name used in the report and the API.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Device => "device",
+            Self::Agent => "agent",
+            Self::None => "none",
+        }
+    }
 }
 
 impl TagRegion {
@@ -251,7 +288,7 @@ impl TagRegion {
         Arc::new(Self {
             nr_vcpus,
             generation: AtomicU64::new(0),
-            current: Mutex::new(None),
+            current: Mutex::new(Sources::default()),
         })
     }
 
@@ -260,15 +297,43 @@ impl TagRegion {
         self.nr_vcpus
     }
 
-    /// Replaces the registration (or clears it with `None`).
+    fn sources(&self) -> std::sync::MutexGuard<'_, Sources> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the device's registration (or clears it with `None`).
     pub fn set(&self, reg: Option<Registration>) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = reg.map(Arc::new);
+        self.sources().device = reg.map(Arc::new);
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// The current registration.
+    /// Replaces the agent's slot pages (or clears them with `None`).
+    pub fn set_agent(&self, slots: Option<PageSlots>) {
+        self.sources().agent = slots.map(Arc::new);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The current device registration.
     pub fn current(&self) -> Option<Arc<Registration>> {
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.sources().device.clone()
+    }
+
+    /// The agent's slot pages in force.
+    pub fn agent(&self) -> Option<Arc<PageSlots>> {
+        self.sources().agent.clone()
+    }
+
+    /// Which source slots are read from now, and the vCPUs that have one
+    /// there (ascending). A device region covers every vCPU (it is refused
+    /// with fewer slots than vCPUs).
+    pub fn slot_source(&self) -> (SlotSource, Vec<u32>) {
+        let s = self.sources().clone();
+        let all = || (0..self.nr_vcpus).filter_map(|v| u32::try_from(v).ok()).collect();
+        match (&s.device, &s.agent) {
+            (Some(_), _) => (SlotSource::Device, all()),
+            (None, Some(a)) => (SlotSource::Agent, a.vcpus()),
+            (None, None) => (SlotSource::None, Vec::new()),
+        }
     }
 
     /// A reader for vCPU `vcpu`'s slot.
@@ -287,13 +352,13 @@ impl TagRegion {
     }
 }
 
-/// One thread's cached view of the current registration: a generation
-/// check (one load) per use, the lock only when it changed.
+/// One thread's cached view of the current sources: a generation check
+/// (one load) per use, the lock only when it changed.
 #[derive(Debug)]
 struct View {
     region: Arc<TagRegion>,
     generation: u64,
-    reg: Option<Arc<Registration>>,
+    sources: Sources,
 }
 
 impl View {
@@ -301,18 +366,24 @@ impl View {
         Self {
             region: Arc::clone(region),
             generation: u64::MAX,
-            reg: None,
+            sources: Sources::default(),
         }
     }
 
     #[inline]
-    fn get(&mut self) -> Option<&Registration> {
+    fn sources(&mut self) -> &Sources {
         let g = self.region.generation.load(Ordering::Acquire);
         if g != self.generation {
-            self.reg = self.region.current();
+            self.sources = self.region.sources().clone();
             self.generation = g;
         }
-        self.reg.as_deref()
+        &self.sources
+    }
+
+    /// The device's registration (the ring and the queue tags are its only).
+    #[inline]
+    fn get(&mut self) -> Option<&Registration> {
+        self.sources().device.as_deref()
     }
 }
 
@@ -324,11 +395,18 @@ pub struct TagReader {
 }
 
 impl TagReader {
-    /// The vCPU's current tag; `None` when no region is registered.
+    /// The vCPU's current tag: from the device's region if one is
+    /// registered, else from the agent's pages if they give this vCPU a
+    /// slot; `None` (charged to `unattributed`) otherwise. One atomic
+    /// acquire load of the slot either way.
     #[inline]
     pub fn tag(&mut self) -> Option<u64> {
         let vcpu = self.vcpu;
-        self.view.get()?.slot(vcpu).map(|w| w.load(Ordering::Acquire))
+        let s = self.view.sources();
+        if let Some(w) = s.device.as_deref().and_then(|reg| reg.slot(vcpu)) {
+            return Some(w.load(Ordering::Acquire));
+        }
+        s.agent.as_deref()?.tag(vcpu)
     }
 
     /// Whether the ring holds entries to consume (or skip): two loads.

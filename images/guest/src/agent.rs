@@ -36,22 +36,22 @@ pub const AG_EXTERNAL: u64 = 7;
 pub const AG_TRACE: &[u8] = b"0af7651916cd43dd8448eb211c80319c";
 /// The host port of the VMM's agent server (`accounting::agent::
 /// AGENT_VSOCK_PORT`, which needs `std`).
-const AGENT_PORT: u32 = 1024;
+pub(crate) const AGENT_PORT: u32 = 1024;
 /// Guest ports: the agent connection, the garbage connection, the gate.
 const PORT_AGENT: u32 = 41_000;
 const PORT_GARBAGE: u32 = 41_001;
 const PORT_GATE: u32 = 41_002;
 /// Default host port of the gate (`agent_gate_port=` overrides).
-const GATE_PORT: u32 = 5000;
+pub(crate) const GATE_PORT: u32 = 5000;
 /// Polls for a packet the VMM sends on its own (about a second or more).
 const POLLS: u64 = 1 << 28;
 /// Polls for a gate byte: the test writes it after polling the API.
 const GATE_POLLS: u64 = 1 << 32;
 /// Longest frame this guest builds or accepts.
-const FRAME_MAX: usize = 512;
+pub(crate) const FRAME_MAX: usize = 512;
 
 /// Exit statuses.
-mod status {
+pub(crate) mod status {
     pub const NO_DEVICE: u32 = 40;
     pub const INIT: u32 = 41;
     pub const TX: u32 = 42;
@@ -62,30 +62,32 @@ mod status {
     pub const NOT_CLOSED: u32 = 47;
     pub const BAD_GATE: u32 = 48;
     pub const REFUSED: u32 = 49;
+    /// `agent-slots`: the answer to `register_slots` is not the expected one.
+    pub const SLOTS_REPLY: u32 = 50;
 }
 
 /// An agent frame being built: 4-byte big-endian length, then the body.
-struct Frame {
+pub(crate) struct Frame {
     buf: [u8; FRAME_MAX],
     len: usize,
 }
 
 impl Frame {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Frame {
             buf: [0; FRAME_MAX],
             len: 4,
         }
     }
 
-    fn s(mut self, bytes: &[u8]) -> Self {
+    pub(crate) fn s(mut self, bytes: &[u8]) -> Self {
         let n = bytes.len().min(FRAME_MAX - self.len);
         self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
         self.len += n;
         self
     }
 
-    fn n(self, mut v: u64) -> Self {
+    pub(crate) fn n(self, mut v: u64) -> Self {
         let mut digits = [0u8; 20];
         let mut i = digits.len();
         loop {
@@ -100,20 +102,20 @@ impl Frame {
     }
 
     /// The frame with its length prefix filled in.
-    fn done(mut self) -> Self {
+    pub(crate) fn done(mut self) -> Self {
         let body = (self.len - 4) as u32;
         self.buf[..4].copy_from_slice(&body.to_be_bytes());
         self
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
 }
 
-fn hello() -> Frame {
+pub(crate) fn hello() -> Frame {
     Frame::new()
-        .s(b"{\"type\":\"hello\",\"protocol\":2,\"agent_version\":\"test-guest-1\",")
+        .s(b"{\"type\":\"hello\",\"protocol\":3,\"agent_version\":\"test-guest-1\",")
         .s(b"\"kernel\":\"none\",\"boot_id\":\"resourceful-test-guest\",\"hostname\":\"test-guest\"}")
         .done()
 }
@@ -160,24 +162,24 @@ fn context() -> Frame {
 }
 
 /// Whether `hay` contains `needle`.
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Sets the slot to tag 0, prints `msg` and exits with `status`.
-fn fail(b: &Boot, msg: &str, status: u32) -> ! {
+pub(crate) fn fail(b: &Boot, msg: &str, status: u32) -> ! {
     acct::set_tag(b.vcpu, 0);
     print(msg);
     finish(b, status)
 }
 
-struct Run<'a> {
-    b: &'a Boot,
-    d: Vsock,
+pub(crate) struct Run<'a> {
+    pub(crate) b: &'a Boot,
+    pub(crate) d: Vsock,
 }
 
 impl Run<'_> {
-    fn send(&mut self, c: &Conn, op: u16, payload: &[u8], flags: u32) {
+    pub(crate) fn send(&mut self, c: &Conn, op: u16, payload: &[u8], flags: u32) {
         match self.d.send_on(c, op, payload, flags) {
             Ok(()) => {}
             Err(UsedError::Timeout | UsedError::WrongId) => fail(self.b, "agent: tx failed\n", status::TX),
@@ -204,7 +206,7 @@ impl Run<'_> {
     }
 
     /// Waits for a packet of op `want` on `c`.
-    fn expect(&mut self, c: &mut Conn, want: u16, status: u32, msg: &str) {
+    pub(crate) fn expect(&mut self, c: &mut Conn, want: u16, status: u32, msg: &str) {
         let (got, _) = self.recv(c, POLLS, &mut []);
         if got != want {
             fail(self.b, msg, status);
@@ -212,14 +214,20 @@ impl Run<'_> {
     }
 
     /// REQUEST to the host port of `c`, answered by RESPONSE: 2 exits.
-    fn connect(&mut self, c: &mut Conn) {
+    pub(crate) fn connect(&mut self, c: &mut Conn) {
         self.send(c, op::REQUEST, &[], 0);
         self.expect(c, op::RESPONSE, status::REFUSED, "agent: connect refused\n");
     }
 
     /// Reads one whole agent frame from `c` into `buf` (RW packets only);
     /// its length with the prefix. One exit per packet.
-    fn recv_frame(&mut self, c: &mut Conn, buf: &mut [u8; FRAME_MAX], status: u32, msg: &str) -> usize {
+    pub(crate) fn recv_frame(
+        &mut self,
+        c: &mut Conn,
+        buf: &mut [u8; FRAME_MAX],
+        status: u32,
+        msg: &str,
+    ) -> usize {
         let mut got = 0;
         loop {
             let mut pkt = [0u8; FRAME_MAX];
@@ -239,7 +247,7 @@ impl Run<'_> {
     }
 
     /// Waits for the gate byte `want` (one RW packet of 1 byte): 1 exit.
-    fn gate(&mut self, g: &mut Conn, want: u8) {
+    pub(crate) fn gate(&mut self, g: &mut Conn, want: u8) {
         let mut byte = [0u8; 1];
         let (o, n) = self.recv(g, GATE_POLLS, &mut byte);
         if o != op::RW || n != 1 || byte[0] != want {

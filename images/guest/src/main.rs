@@ -11,6 +11,7 @@
 
 mod acct;
 mod agent;
+mod agent_slots;
 mod blk;
 mod frame;
 mod io;

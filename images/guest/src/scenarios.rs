@@ -41,9 +41,10 @@ pub enum Scenario {
     AcctStraddle = 18,
     SlotTiming = 19,
     Exits = 20,
+    AgentSlots = 21,
 }
 
-const ALL: [(Scenario, &[u8]); 20] = [
+const ALL: [(Scenario, &[u8]); 21] = [
     (Scenario::Basic, b"basic"),
     (Scenario::Multi, b"multi"),
     (Scenario::Demo, b"demo"),
@@ -64,6 +65,7 @@ const ALL: [(Scenario, &[u8]); 20] = [
     (Scenario::AcctStraddle, b"acct-straddle"),
     (Scenario::SlotTiming, b"slot-timing"),
     (Scenario::Exits, b"exits"),
+    (Scenario::AgentSlots, b"agent-slots"),
 ];
 
 impl Scenario {
@@ -99,6 +101,7 @@ pub fn run(b: &Boot, s: Scenario) -> ! {
         Scenario::AcctStraddle => acct_straddle(b),
         Scenario::SlotTiming => slot_timing(b),
         Scenario::Exits => exits(b),
+        Scenario::AgentSlots => crate::agent_slots::scenario(b),
     }
 }
 

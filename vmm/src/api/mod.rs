@@ -32,7 +32,7 @@ use crate::probes::DeviceProbes;
 use crate::sandbox::{self, Seccomp, ThreadKind};
 use crate::sock::{ClaimError, SocketFile};
 use accounting::query::{RequestFilter, SelectedRequest};
-use accounting::report::{ChargesReport, ContainerReport, DeviceCounters, RequestReport, VmInfo};
+use accounting::report::{ChargesReport, ContainerReport, DeviceCounters, RequestReport, SlotsInfo, VmInfo};
 use serde::Serialize;
 
 /// Default number of requests listed by `GET /v1/requests`.
@@ -138,6 +138,9 @@ pub struct VmView {
     pub device_counters: Vec<DeviceCounters>,
     /// The guest agent's channel.
     pub agent: AgentView,
+    /// Where the vCPUs' tag slots are read from (as the report's
+    /// `vm.slots`).
+    pub slots: SlotsInfo,
     /// The report's tenant totals, as of now.
     pub totals: ChargesReport,
 }
@@ -328,6 +331,7 @@ fn get_vm(s: &ApiState) -> Reply {
             devices: s.devices.clone(),
             device_counters: s.device_counters(),
             agent: agent_view(s),
+            slots: info.slots,
             totals,
         },
     )

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use accounting::abi;
 use accounting::ledger::Accounting;
 use accounting::report::{DeviceCounters, Report, ReportWriter, VmInfo};
-use devices::acct::TagRegion;
+use devices::acct::{AgentSlots, TagRegion};
 use devices::virtio::vsock::AgentConnect;
 use devices::virtio::MMIO_LEN;
 use devices::BusError;
@@ -376,11 +376,13 @@ fn start_api(
         seccomp: config.seccomp.name().into(),
         ..VmInfo::default()
     };
+    let hub = Arc::clone(agent);
     let info = move || VmInfo {
         wall_ns: u64::try_from(booted.elapsed().as_nanos()).unwrap_or(u64::MAX),
         unhandled_io: io_stats.unhandled.load(Ordering::Relaxed),
         unhandled_io_sites: io_stats.sites(),
         log_lines_suppressed: crate::logging::suppressed(),
+        slots: hub.slots_info(),
         ..base.clone()
     };
     Ok(ApiServer::start(
@@ -465,13 +467,21 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     );
     // The agent channel: vsock port 1024 and, if asked, a host socket. Its
     // connections apply declarations like the ring does; nothing waits on it.
+    // The guest's agent may register its tag slots as pages (a Linux
+    // guest): a second source of slots beside the accounting device's.
+    let region = TagRegion::new(nr_vcpus);
+    let slots = Arc::new(AgentSlots::new(
+        Arc::clone(&region),
+        mem.clone(),
+        Arc::clone(&acct),
+    ));
     let agent_writer = nr_vcpus + SAMPLER_WRITERS + DEVICE_WRITERS;
     let agent = AgentHub::sandboxed(
         Arc::clone(&acct),
         config.accounting.then(|| acct.writer(agent_writer)),
         config.seccomp,
+        Some(slots),
     );
-    let region = TagRegion::new(nr_vcpus);
     let env = DeviceEnv {
         vm: &vm,
         with_irqchip,
@@ -716,6 +726,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         log_lines_suppressed: crate::logging::suppressed(),
         guest_resident_bytes: resident_bytes(&mem),
         vmm_peak_rss_bytes: peak_rss_bytes(),
+        slots: agent.slots_info(),
     };
     Ok(RunOutcome {
         end,
