@@ -28,7 +28,7 @@ use crate::local;
 use crate::outbox::Outbox;
 use crate::procfs::{read_file, sanitize_text};
 use crate::state::{Out, State};
-use crate::tagger::{self, Tagger};
+use crate::tagger::{self, Tagger, ThreadBindings};
 
 /// Default outgoing buffer, bytes.
 pub const DEFAULT_BUFFER_BYTES: usize = 1 << 20;
@@ -57,6 +57,8 @@ pub struct Tagging {
     pub cgroup_root: Option<PathBuf>,
     /// The vCPUs the VMM reads slots of (its last `slots_registered`).
     pub registered: Option<Vec<u32>>,
+    /// Threads bound to requests (`work_for`).
+    pub bindings: ThreadBindings,
     /// Map updates that failed, in all.
     pub errors: u64,
 }
@@ -97,6 +99,20 @@ impl Inner {
         }
     }
 
+    /// Ends the thread bindings of a closed client (`Some`) and of requests
+    /// that ended.
+    pub fn prune_bindings(&mut self, closed: Option<crate::state::ClientId>) {
+        let Some(t) = &self.tagging.tagger else {
+            return;
+        };
+        let state = &self.state;
+        let failed = self.tagging.bindings.prune(t, closed, |r| state.holds_request(r));
+        if failed > 0 {
+            self.tagging.errors += 1;
+            log::warn!("cannot remove {failed} thread bindings from the tagger's map; retried later");
+        }
+    }
+
     /// Queues the messages of a state change.
     pub fn emit(&mut self, msgs: Out) {
         let containers_changed = msgs.iter().any(|m| {
@@ -107,6 +123,9 @@ impl Inner {
         });
         if containers_changed {
             self.sync_tags();
+        }
+        if msgs.iter().any(|m| matches!(m, AgentMessage::EndRequest { .. })) {
+            self.prune_bindings(None);
         }
         for m in msgs {
             match encode(&m) {

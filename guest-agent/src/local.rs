@@ -11,6 +11,9 @@
 //! → {"op":"bind_flow","proto":"tcp","local":"10.0.0.2:40000","remote":"1.2.3.4:443","container":"web","request":268435456}
 //! ← {"ok":true}
 //! → {"op":"unbind_flow","proto":"tcp","local":"10.0.0.2:40000","remote":"1.2.3.4:443"}
+//! → {"op":"work_for","request":268435456,"tid":4242}
+//! ← {"ok":true}
+//! → {"op":"work_for","tid":4242}
 //! → {"op":"end","request":268435456}
 //! → {"op":"retire","container":"web"}
 //! → {"op":"nonsense"}
@@ -110,6 +113,18 @@ pub enum LocalRequest {
         /// Its name.
         container: String,
     },
+    /// A thread of the client's process works for `request` from its next
+    /// context switch on (the eBPF tagger writes the request's tag into
+    /// its CPU's slot); without `request`, back to its cgroup's or
+    /// process's container.
+    WorkFor {
+        /// A live request; absent: unbind.
+        #[serde(default)]
+        request: Option<u32>,
+        /// The thread (`gettid()`); absent: the client's main thread.
+        #[serde(default)]
+        tid: Option<u32>,
+    },
 }
 
 /// One reply line.
@@ -152,6 +167,12 @@ enum Pending {
 /// must hear and, for `declare`, `begin` and `bind_flow`, waits until the
 /// VMM has applied it: the reply is `ok` only for what the VMM holds.
 pub fn handle_line(shared: &Shared, client: ClientId, line: &[u8]) -> Reply {
+    handle_line_from(shared, client, None, line)
+}
+
+/// [`handle_line`] for a client whose process is `peer` (`SO_PEERCRED`),
+/// which `work_for` needs.
+pub fn handle_line_from(shared: &Shared, client: ClientId, peer: Option<u32>, line: &[u8]) -> Reply {
     let req: LocalRequest = match serde_json::from_slice(line) {
         Ok(r) => r,
         Err(e) => return Reply::err(format!("bad request: {e}")),
@@ -205,6 +226,11 @@ pub fn handle_line(shared: &Shared, client: ClientId, line: &[u8]) -> Reply {
             })
         }
         LocalRequest::Retire { container } => st.release_adhoc(client, &container, &mut out).map(|()| ok()),
+        LocalRequest::WorkFor { request, tid } => {
+            let r = work_for(&mut g, client, peer, request, tid);
+            drop(g);
+            return r.map_or_else(Reply::err, |()| ok());
+        }
     };
     let sent = !out.is_empty();
     g.emit(out);
@@ -347,9 +373,65 @@ fn write_reply(mut s: &UnixStream, r: &Reply) -> io::Result<()> {
     s.write_all(&line)
 }
 
+/// `work_for`: binds (or unbinds) a thread of the client's own process.
+fn work_for(
+    g: &mut crate::agent::Inner,
+    client: ClientId,
+    peer: Option<u32>,
+    request: Option<u32>,
+    tid: Option<u32>,
+) -> Result<(), String> {
+    let Some(pid) = peer else {
+        return Err("work_for needs the client's process (SO_PEERCRED), which this connection lacks".into());
+    };
+    let tid = tid.unwrap_or(pid);
+    if tid == 0 || !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
+        return Err(format!(
+            "thread {tid} is not a thread of the client's process {pid}"
+        ));
+    }
+    let tagging = &mut g.tagging;
+    let Some(t) = &tagging.tagger else {
+        return Err("slot tagging is off in this agent (see its --tagging and its log)".into());
+    };
+    match request {
+        None => tagging.bindings.unbind(t, tid),
+        Some(r) => {
+            let container = g
+                .state
+                .request_container(r)
+                .ok_or_else(|| format!("request {r} is not live"))?;
+            tagging
+                .bindings
+                .bind(t, client, tid, r, accounting::abi::tag(container, r))
+        }
+    }
+}
+
+/// The process on the other end of a Unix stream.
+fn peer_pid(stream: &UnixStream) -> Option<u32> {
+    // SAFETY: an all-zero ucred is a valid out-parameter.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>()).ok()?;
+    // SAFETY: a valid socket, and `cred`/`len` describe a writable ucred.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && cred.pid > 0)
+        .then(|| u32::try_from(cred.pid).ok())
+        .flatten()
+}
+
 /// Serves one client until it closes, misbehaves or the agent stops; then
 /// cleans up after it.
 fn client(shared: &Shared, id: ClientId, stream: UnixStream) {
+    let peer = peer_pid(&stream);
     let _ = stream.set_read_timeout(Some(POLL));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
     let mut reader = BufReader::new(&stream);
@@ -375,7 +457,7 @@ fn client(shared: &Shared, id: ClientId, stream: UnixStream) {
         let reply = if line.iter().all(u8::is_ascii_whitespace) {
             None
         } else {
-            Some(handle_line(shared, id, line))
+            Some(handle_line_from(shared, id, peer, line))
         };
         buf.clear();
         if let Some(r) = reply {
@@ -387,6 +469,7 @@ fn client(shared: &Shared, id: ClientId, stream: UnixStream) {
     let mut out = Out::new();
     let mut g = shared.lock();
     g.state.client_closed(id, &mut out);
+    g.prune_bindings(Some(id));
     let sent = !out.is_empty();
     g.emit(out);
     drop(g);

@@ -44,7 +44,7 @@ struct Cli {
     /// Do not list threads (their switches are still summed per process).
     #[arg(long)]
     no_threads: bool,
-    /// eBPF slot tagging (docs/agent.md, "Tagging"): `auto` runs it where
+    /// eBPF slot tagging (docs/tagging.md): `auto` runs it where
     /// the kernel allows and goes on without it otherwise, `on` refuses to
     /// start without it, `off` never loads it.
     #[arg(long, value_enum, default_value_t = TaggingMode::Auto)]

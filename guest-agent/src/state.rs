@@ -635,6 +635,11 @@ impl State {
         self.requests.contains_key(&id)
     }
 
+    /// The container of live request `id`.
+    pub fn request_container(&self, id: u32) -> Option<u32> {
+        self.requests.get(&id).map(|r| r.begin.container)
+    }
+
     /// Whether `flow` is bound.
     pub fn holds_flow(&self, flow: &Flow) -> bool {
         self.flows.contains_key(flow)

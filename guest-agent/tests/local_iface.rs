@@ -320,3 +320,115 @@ fn a_refusal_reaches_the_application() {
     let reg = a.acct.registry();
     assert!(reg.live_request_container(b.request.unwrap()).is_some());
 }
+
+/// The thread calling this (`gettid`), and the CPU it runs on after a
+/// sleep (so it has just been switched in there).
+fn me_after_a_switch() -> (u32, u32) {
+    std::thread::sleep(Duration::from_millis(1));
+    // SAFETY: gettid and sched_getcpu have no preconditions.
+    let (tid, cpu) = unsafe { (libc::gettid(), libc::sched_getcpu()) };
+    (tid as u32, cpu as u32)
+}
+
+/// Whether, within 5 s, this thread is seen switched in under `tag`.
+fn slot_follows(a: &Agent, tag: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let (_, cpu) = me_after_a_switch();
+        let g = a.shared().lock();
+        if g.tagging.tagger.as_ref().and_then(|t| t.slot(cpu)) == Some(tag) {
+            return true;
+        }
+    }
+    false
+}
+
+/// `work_for` with the eBPF tagger on the host kernel (root): a thread of
+/// the client's own process is bound to a live request, its CPU's slot
+/// names the request while it runs, and the binding ends with the request
+/// and with the client's connection. Threads of other processes, dead
+/// requests and a tagger that is off are refused.
+#[test]
+fn work_for_binds_the_clients_own_thread_until_its_request_or_connection_ends() {
+    let d = TempDir::new("workfor");
+    let acct = Accounting::new("t", 1, 1, Limits::default());
+    let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
+    hub.listen(&d.join("vmm.sock")).unwrap();
+    let a = Agent::start(Options {
+        connect: Endpoint::Unix(d.join("vmm.sock")),
+        listen: Some(d.join("agent.sock")),
+        interval: Duration::from_secs(3600),
+        proc_root: fixture("proc"),
+        cgroup_root: None,
+        tagging: guest_agent::agent::TaggingMode::On,
+        ..Options::default()
+    })
+    .expect("the agent starts with the tagger (root, BTF)");
+    let _hub = WithHub(hub);
+    let mut c = Client::connect(&d.join("agent.sock"));
+    let web = c
+        .call(r#"{"op":"declare","container":"web"}"#)
+        .container
+        .expect("web");
+    let req = c
+        .call(r#"{"op":"begin","container":"web"}"#)
+        .request
+        .expect("a request");
+    let (tid, _) = me_after_a_switch();
+
+    let r = c.call(&format!(r#"{{"op":"work_for","request":{req},"tid":{tid}}}"#));
+    assert!(r.ok, "{r:?}");
+    let tag = accounting::abi::tag(web, req);
+    assert!(
+        slot_follows(&a, tag),
+        "this thread's CPU slot never named the request"
+    );
+    let r = c.call(r#"{"op":"work_for","request":4294967295}"#);
+    assert!(!r.ok && r.error.as_deref().unwrap().contains("not live"), "{r:?}");
+    let r = c.call(&format!(r#"{{"op":"work_for","request":{req},"tid":1}}"#));
+    assert!(
+        !r.ok && r.error.as_deref().unwrap().contains("not a thread"),
+        "{r:?}"
+    );
+
+    // The request ends: the binding goes with it.
+    assert!(c.call(&format!(r#"{{"op":"end","request":{req}}}"#)).ok);
+    assert_eq!(a.shared().lock().tagging.bindings.len(), 0);
+    assert!(slot_follows(&a, 0), "the slot still names an ended request");
+
+    // The connection closes: its bindings go.
+    let req = c
+        .call(r#"{"op":"begin","container":"web"}"#)
+        .request
+        .expect("a request");
+    assert!(
+        c.call(&format!(r#"{{"op":"work_for","request":{req},"tid":{tid}}}"#))
+            .ok
+    );
+    assert_eq!(a.shared().lock().tagging.bindings.len(), 1);
+    drop(c);
+    eventually("the closed client's binding ends", || {
+        a.shared().lock().tagging.bindings.is_empty()
+    });
+    drop(a);
+
+    // Without the tagger, work_for says so.
+    let d = TempDir::new("workfor-off");
+    let off = agent(&d);
+    let mut c = Client::connect(&d.join("agent.sock"));
+    let r = c.call(r#"{"op":"work_for"}"#);
+    assert!(
+        !r.ok && r.error.as_deref().unwrap().contains("tagging is off"),
+        "{r:?}"
+    );
+    drop(off);
+}
+
+/// Stops a hub when dropped.
+struct WithHub(Arc<AgentHub>);
+
+impl Drop for WithHub {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}

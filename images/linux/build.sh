@@ -65,6 +65,9 @@ make_root() {
     cp "$AGENT" "$ROOT/bin/resourceful-agent"
     strip "$ROOT/bin/resourceful-agent" 2>/dev/null || true
     cp "$HERE/guest/resourceful-agent.json" "$ROOT/etc/resourceful-agent.json"
+    # rsrc-mmio, the tagging workload's known MMIO exits, static like the agent.
+    gcc -O2 -static -o "$ROOT/bin/rsrc-mmio" "$HERE/guest/rsrc-mmio.c" \
+        || die "cannot build rsrc-mmio static: apt-get install gcc libc6-dev"
     mkdir -p "$ROOT/workloads"
     cp "$HERE"/guest/workloads/* "$ROOT/workloads/"
     install -m 0755 "$HERE/guest/init" "$ROOT/init"

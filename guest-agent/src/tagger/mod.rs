@@ -1,6 +1,6 @@
 //! The eBPF slot tagger: at every context switch of the guest, the tag of
 //! the task switched in goes into its CPU's tag slot, which the VMM reads at
-//! each exit of that vCPU (docs/agent.md, "Tagging").
+//! each exit of that vCPU (docs/tagging.md).
 //!
 //! The program (`bpf/slots.bpf.c`, compiled by `build.rs`) is loaded with
 //! libbpf (libbpf-rs; vendored and static, so the agent stays one static
@@ -15,6 +15,7 @@
 //! while the agent is restarted; a new agent finds the pins and reuses them
 //! (same pages, so its registration changes nothing at the VMM).
 
+mod bindings;
 mod guest;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use accounting::abi::MAX_SLOTS;
 use accounting::agent::{RegisterSlots, SlotCpu, SLOTS_PER_PAGE};
 use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, ObjectBuilder};
 
+pub use bindings::{ThreadBindings, MAX_BINDINGS};
 pub use guest::{apic_ids, cgroup_id, cpu_count, physical_pages};
 
 /// The compiled program.
