@@ -187,6 +187,8 @@ fn a_pinned_tagger_outlives_its_agent_and_is_reused() {
     first
         .sync_cgroups(&HashMap::from([(cg.id(), container)]))
         .unwrap();
+    // A binding of the first agent's (its client dies with it).
+    first.bind_thread(1, Some(tag(CONTAINER + 1, REQUEST))).unwrap();
     let pages = first.registration().pages.clone();
     drop(first);
 
@@ -203,6 +205,11 @@ fn a_pinned_tagger_outlives_its_agent_and_is_reused() {
         &second,
         container,
         "the first tagger's cgroup map, through the pins",
+    );
+    assert_eq!(
+        second.thread_bindings(),
+        0,
+        "the dead agent's thread bindings are cleared"
     );
     stop(spin);
     drop(second);

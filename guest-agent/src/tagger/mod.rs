@@ -133,6 +133,13 @@ impl Tagger {
             }
         };
         let [slots, thread_tags, cgroup_tags, process_tags] = maps;
+        if reused {
+            // The thread bindings were the dead agent's clients': their
+            // connections ended with it, and so do their requests once the
+            // new agent reconciles with the VMM. The cgroup and process maps
+            // stay until the new agent's state replaces them.
+            sync_map(&thread_tags, HashMap::new()).map_err(bpf_err("clear the thread bindings of"))?;
+        }
         let map_len = nr_slots as usize * SLOT_BYTES;
         // SAFETY: a fresh shared read-only mapping of the array's values
         // (BPF_F_MMAPABLE maps them from offset 0); the kernel checks the
@@ -285,6 +292,11 @@ impl Tagger {
                 .cast::<AtomicU64>()
         };
         Some(w.load(Ordering::Acquire))
+    }
+
+    /// Entries in the thread map now.
+    pub fn thread_bindings(&self) -> usize {
+        self.thread_tags.keys().count()
     }
 
     /// Makes the cgroup map hold exactly `want` (cgroup id → tag).

@@ -1,10 +1,16 @@
 //! Linux tasks charged to their containers: L2's agent tags each vCPU's
 //! slot at every context switch (eBPF, guest-agent/src/tagger) and
 //! registers the slot pages with the VMM (`register_slots`). Two cgroups,
-//! rule containers rsrc-a and rsrc-b, each run `rsrc-mmio`: 4000 and 2500
-//! writes to the accounting device's scratch register, which only they
-//! make. Each container is charged at least its own writes, and (the slot
-//! follows the task) nowhere near the other's.
+//! rule containers rsrc-a and rsrc-b, run `rsrc-mmio`: writes to the
+//! accounting device's scratch register, which only they make — rsrc-a
+//! 4000 with the agent running, rsrc-b 2500 after the agent was killed
+//! (the pinned tagger goes on), rsrc-a 1000 more under a restarted agent
+//! that reuses the pins (one registration at the VMM in all). Each
+//! container is charged at least its own writes, and (the slot follows the
+//! task) nowhere near the other's. Then a server in rsrc-srv serves three
+//! requests at once on three threads, each bound to its request with
+//! `work_for`: each request, found by its trace id, is charged its own 500,
+//! 1000 or 1500 writes.
 
 use linux_e2e::{run, scenario_script, Scenario};
 use serde_json::Value;
@@ -34,9 +40,23 @@ fn each_cgroups_exits_are_charged_to_its_container() {
         vm["slots"]["vcpus"] == serde_json::json!([0]),
         &format!("vCPU 0 has no slot: vm.slots {}", vm["slots"]),
     );
+    out.check(
+        out.l2_console.contains("RSRC-L2: agent killed")
+            && out
+                .l2_value("RSRC-L2: agent restarted: ")
+                .contains("reusing the pinned tagger"),
+        "the restarted agent did not reuse the pinned tagger",
+    );
+    out.check(
+        vm["slots"]["registrations"] == 1 && vm["slots"]["refusals"] == 0,
+        &format!(
+            "the restarted agent's registration of the same pages changed something: vm.slots {}",
+            vm["slots"]
+        ),
+    );
     let total = r["totals"]["exits"]["mmio_write"]["count"].as_u64().unwrap_or(0);
     let un = container(r, "unattributed").map_or(0, mmio_writes);
-    for (name, want, other) in [("rsrc-a", 4000, 2500), ("rsrc-b", 2500, 4000)] {
+    for (name, want, other) in [("rsrc-a", 5000, 2500), ("rsrc-b", 2500, 5000)] {
         let c = container(r, name)
             .unwrap_or_else(|| panic!("no live container {name} in the report: {}", r["containers"]));
         let got = mmio_writes(c);
@@ -50,4 +70,28 @@ fn each_cgroups_exits_are_charged_to_its_container() {
     }
     // Where the rest went (conservation is checked by check_common).
     eprintln!("linux-e2e tagging: unattributed mmio_write {un} of {total}");
+
+    // The server's requests, by trace id: each at least its thread's
+    // writes, and less than the next request's share on top.
+    let requests = r["requests"].as_array().cloned().unwrap_or_default();
+    for i in 1..=3u64 {
+        let trace = format!("{i:032x}");
+        let want = 500 * i;
+        let Some(q) = requests.iter().find(|q| q["trace_id"] == trace.as_str()) else {
+            panic!("no request with trace id {trace} in the report: {requests:?}");
+        };
+        let got = mmio_writes(q);
+        eprintln!(
+            "linux-e2e tagging: request {} (trace {trace}, external {}) mmio_write {got}, its thread made {want}",
+            q["id"], q["external_id"]
+        );
+        out.check(
+            q["container_path"] == "rsrc-srv" && q["external_id"] == i && q["state"] == "finished",
+            &format!("request {trace} is not rsrc-srv's finished request {i}: {q}"),
+        );
+        out.check(
+            got >= want && got < want + 250,
+            &format!("request {trace} was charged {got} mmio writes, its thread made {want}"),
+        );
+    }
 }
