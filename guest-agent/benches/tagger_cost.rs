@@ -168,7 +168,7 @@ fn rebinds() {
     assert!(c.call(r#"{"op":"declare","container":"bench"}"#).contains("true"));
     let id = |s: String| -> u32 {
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
-        v["request"].as_u64().expect("a request") as u32
+        u32::try_from(v["request"].as_u64().expect("a request")).expect("a u32 id")
     };
     let a = id(c.call(r#"{"op":"begin","container":"bench"}"#));
     let b = id(c.call(r#"{"op":"begin","container":"bench"}"#));

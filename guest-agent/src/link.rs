@@ -432,6 +432,14 @@ fn pump(shared: &Shared, conn: &Conn) -> Result<(), LinkError> {
         let (batch, sync) = {
             let mut g = shared.lock();
             if shared.stopping() {
+                // An unpinned tagger's map is freed with this process: its
+                // pages go back to the guest kernel, so the VMM must stop
+                // reading them (a pinned one goes on tagging).
+                let unpinned = g.tagging.tagger.as_ref().is_some_and(|t| !t.pinned());
+                drop(g);
+                if unpinned {
+                    let _ = conn.send_all(&encode(&AgentMessage::UnregisterSlots {})?);
+                }
                 return Ok(());
             }
             if g.outbox.take_resync() {

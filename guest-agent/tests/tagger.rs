@@ -4,6 +4,8 @@
 //! gone, and a second tagger reuses the first one's pins (same pages, the
 //! program still attached after the first is dropped).
 
+#![allow(clippy::cast_possible_truncation)] // CPU and page counts
+
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -49,11 +51,8 @@ struct Cgroup {
 impl Cgroup {
     fn new(test: &str) -> Self {
         // SAFETY: geteuid has no preconditions.
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "the tagger test needs root (eBPF, cgroups, pagemap)"
-        );
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(euid, 0, "the tagger test needs root (eBPF, cgroups, pagemap)");
         let root = std::env::temp_dir().join(format!("rsrc-tagger-cg2-{test}-{}", std::process::id()));
         mount("cgroup2", &root);
         let path = format!("/rsrc-tagger-{test}-{}", std::process::id());

@@ -266,6 +266,11 @@ impl Tagger {
         &self.register
     }
 
+    /// Whether the tagger is pinned (it outlives this process).
+    pub fn pinned(&self) -> bool {
+        self._link.is_none()
+    }
+
     /// Whether an earlier agent's pinned tagger was reused.
     pub fn reused(&self) -> bool {
         self.reused
@@ -343,7 +348,7 @@ fn mount_bpffs_for(dir: &Path) -> io::Result<()> {
     // SAFETY: an all-zero statfs is a valid out-parameter.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a NUL-terminated path and `st` a writable statfs.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && i64::from(st.f_type) == BPF_FS_MAGIC {
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type == BPF_FS_MAGIC {
         return Ok(());
     }
     std::fs::create_dir_all(root)?;
