@@ -37,6 +37,7 @@ typedef unsigned long long __u64;
 
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
 static __u32 (*bpf_get_smp_processor_id)(void) = (void *)8;
+static struct task_struct *(*bpf_get_current_task_btf)(void) = (void *)158;
 
 struct kernfs_node {
 	__u64 id;
@@ -54,6 +55,33 @@ struct task_struct {
 	int pid;
 	int tgid;
 	struct css_set *cgroups;
+} __attribute__((preserve_access_index));
+
+// The block layer, as far as a request's cgroup: the blkcg of the bio's
+// blkg is the cgroup that submitted it (or its nearest ancestor with the io
+// controller enabled).
+struct cgroup_subsys_state {
+	struct cgroup *cgroup;
+} __attribute__((preserve_access_index));
+
+struct blkcg {
+	struct cgroup_subsys_state css;
+} __attribute__((preserve_access_index));
+
+struct blkcg_gq {
+	struct blkcg *blkcg;
+} __attribute__((preserve_access_index));
+
+struct bio {
+	struct blkcg_gq *bi_blkg;
+} __attribute__((preserve_access_index));
+
+struct request {
+	struct bio *bio;
+} __attribute__((preserve_access_index));
+
+struct blk_mq_queue_data {
+	struct request *rq;
 } __attribute__((preserve_access_index));
 
 // One slot: a cache line, the tag in its first 8 bytes (accounting::abi).
@@ -137,4 +165,45 @@ int on_switch(__u64 *ctx)
 }
 
 // GPL-compatible, as tracing programs must be (the file is dual-licensed).
+static __attribute__((always_inline)) struct slot *this_cpu_slot(void)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	if (cpu >= MAX_SLOTS)
+		return 0;
+	return bpf_map_lookup_elem(&slots, &cpu);
+}
+
+// virtio-blk hands a request to the device in virtio_queue_rq, often on a
+// kernel worker (blk-mq dispatches plugged requests from kblockd), which is
+// no container's. For the length of the call the slot names the container
+// of the cgroup that submitted the request, so the queue notification (the
+// exit that charges the device work) is charged to it. Loaded only when the
+// virtio_blk module's BTF is there.
+SEC("fentry/virtio_queue_rq")
+int on_queue_rq(__u64 *ctx)
+{
+	struct blk_mq_queue_data *bd = (struct blk_mq_queue_data *)ctx[1];
+	__u64 cgroup = bd->rq->bio->bi_blkg->blkcg->css.cgroup->kn->id;
+	__u64 *v = bpf_map_lookup_elem(&cgroup_tags, &cgroup);
+	struct slot *s = this_cpu_slot();
+	if (!v || !s)
+		return 0;
+	if (s->tag != *v)
+		s->tag = *v;
+	return 0;
+}
+
+// ... and back to the running task's principal after it.
+SEC("fexit/virtio_queue_rq")
+int on_queue_rq_exit(__u64 *ctx)
+{
+	struct slot *s = this_cpu_slot();
+	if (!s)
+		return 0;
+	__u64 tag = tag_of(bpf_get_current_task_btf());
+	if (s->tag != tag)
+		s->tag = tag;
+	return 0;
+}
+
 char LICENSE[] SEC("license") = "GPL";

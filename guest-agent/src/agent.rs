@@ -409,9 +409,14 @@ impl Agent {
             mode => match Tagger::start(opts.bpf_pin_dir.as_deref()) {
                 Ok(t) => {
                     log::info!(
-                        "slot tagging: {} slots in {} page(s){}",
+                        "slot tagging: {} slots in {} page(s){}{}",
                         t.nr_slots(),
                         t.registration().pages.len(),
+                        if t.blk_hooks() {
+                            ", virtio-blk dispatch hooked"
+                        } else {
+                            ""
+                        },
                         if t.reused() {
                             ", reusing the pinned tagger"
                         } else {

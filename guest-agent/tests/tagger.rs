@@ -137,6 +137,19 @@ fn wait_slot(t: &Tagger, want: u64, what: &str) {
 fn the_tagger_tags_a_cgroups_task_its_threads_binding_and_idle() {
     let cg = Cgroup::new("tags");
     let t = Tagger::start(None).expect("the tagger loads on the host kernel");
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap();
+    let driver = kallsyms
+        .lines()
+        .any(|l| l.ends_with(" virtio_queue_rq") || l.contains(" virtio_queue_rq\t"));
+    // Only where the driver is (and the kernel can trampoline it).
+    assert!(
+        driver || !t.blk_hooks(),
+        "virtio-blk hooks without virtio_queue_rq"
+    );
+    eprintln!(
+        "virtio_queue_rq in the kernel: {driver}; hooks loaded: {}",
+        t.blk_hooks()
+    );
     let reg = t.registration();
     assert_eq!(reg.pages.len() as u32 * 64, t.nr_slots());
     assert!(

@@ -40,6 +40,9 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/resourceful";
 const SLOT_BYTES: usize = 64;
 const PAGE: usize = 4096;
 const MAPS: [&str; 4] = ["slots", "thread_tags", "cgroup_tags", "process_tags"];
+const SWITCH_PROG: &str = "on_switch";
+const BLK_PROGS: [&str; 2] = ["on_queue_rq", "on_queue_rq_exit"];
+const BLK_LINKS: [&str; 2] = ["link-blk-enter", "link-blk-exit"];
 
 /// Why tagging could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,8 +84,10 @@ pub struct Tagger {
     thread_tags: MapHandle,
     cgroup_tags: MapHandle,
     process_tags: MapHandle,
-    /// Held while the link is not pinned (the program detaches with it).
-    _link: Option<Link>,
+    /// Held while the links are not pinned (the programs detach with them).
+    links: Vec<Link>,
+    /// Whether the virtio-blk dispatch hooks run.
+    blk_hooks: bool,
     /// The slots, mapped read-only.
     map: *mut libc::c_void,
     map_len: usize,
@@ -125,11 +130,14 @@ impl Tagger {
             .map(|(cpu, apic_id)| SlotCpu { apic_id, slot: cpu })
             .collect();
         let reused = pin_dir.and_then(|d| Self::reuse(d, nr_slots));
-        let (maps, link, reused) = match reused {
-            Some(maps) => (maps, None, true),
+        let (maps, links, blk_hooks, reused) = match reused {
+            Some(maps) => {
+                let blk = pin_dir.is_some_and(|d| d.join(BLK_LINKS[0]).exists());
+                (maps, Vec::new(), blk, true)
+            }
             None => {
-                let (maps, link) = Self::load(nr_slots, pin_dir)?;
-                (maps, link, false)
+                let (maps, links, blk) = Self::load(nr_slots, pin_dir)?;
+                (maps, links, blk, false)
             }
         };
         let [slots, thread_tags, cgroup_tags, process_tags] = maps;
@@ -162,7 +170,8 @@ impl Tagger {
             thread_tags,
             cgroup_tags,
             process_tags,
-            _link: link,
+            links,
+            blk_hooks,
             map,
             map_len,
             nr_slots,
@@ -181,7 +190,30 @@ impl Tagger {
         Ok(t)
     }
 
-    fn load(nr_slots: u32, pin_dir: Option<&Path>) -> Result<([MapHandle; 4], Option<Link>), TaggerError> {
+    /// Loads the object and attaches its programs: the links (switch
+    /// first) and whether the virtio-blk hooks are among them. The hooks
+    /// are `fentry`/`fexit` programs, which some kernels refuse (no BPF
+    /// trampolines, a function ftrace cannot patch): then the rest loads
+    /// without them.
+    fn load(nr_slots: u32, pin_dir: Option<&Path>) -> Result<([MapHandle; 4], Vec<Link>, bool), TaggerError> {
+        // The virtio-blk hooks attach to the driver's function: only where
+        // it is built in or its module is loaded.
+        if kernel_has_function("virtio_queue_rq") {
+            match Self::load_with(nr_slots, pin_dir, true) {
+                Ok(r) => return Ok(r),
+                Err(e) => log::warn!(
+                    "the slot tagger's virtio-blk hooks cannot load ({e}): block requests that a kernel worker dispatches stay unattributed"
+                ),
+            }
+        }
+        Self::load_with(nr_slots, pin_dir, false)
+    }
+
+    fn load_with(
+        nr_slots: u32,
+        pin_dir: Option<&Path>,
+        blk: bool,
+    ) -> Result<([MapHandle; 4], Vec<Link>, bool), TaggerError> {
         let mut open = ObjectBuilder::default()
             .open_memory(OBJECT)
             .map_err(bpf_err("open"))?;
@@ -190,16 +222,29 @@ impl Tagger {
                 m.set_max_entries(nr_slots).map_err(bpf_err("size"))?;
             }
         }
+        for mut p in open.progs_mut() {
+            if BLK_PROGS.iter().any(|n| p.name() == *n) {
+                p.set_autoload(blk);
+            }
+        }
         let obj = open.load().map_err(bpf_err("load"))?;
-        let mut link = obj
-            .progs_mut()
-            .find(|p| p.name() == "on_switch")
-            .ok_or(TaggerError::Bpf {
-                what: "find",
-                source: libbpf_rs::Error::from(io::Error::from(io::ErrorKind::NotFound)),
-            })?
-            .attach()
-            .map_err(bpf_err("attach"))?;
+        let mut links = Vec::new();
+        let mut names = vec![SWITCH_PROG];
+        if blk {
+            names.extend(BLK_PROGS);
+        }
+        for name in names {
+            let link = obj
+                .progs_mut()
+                .find(|p| p.name() == name)
+                .ok_or(TaggerError::Bpf {
+                    what: "find",
+                    source: libbpf_rs::Error::from(io::Error::from(io::ErrorKind::NotFound)),
+                })?
+                .attach()
+                .map_err(bpf_err("attach"))?;
+            links.push(link);
+        }
         let mut maps = Vec::with_capacity(MAPS.len());
         for name in MAPS {
             let m = obj.maps().find(|m| m.name() == name).ok_or(TaggerError::Bpf {
@@ -212,7 +257,7 @@ impl Tagger {
             what: "keep",
             source: libbpf_rs::Error::from(io::Error::from(io::ErrorKind::InvalidData)),
         })?;
-        let pinned = pin_dir.is_some_and(|d| match Self::pin(d, &mut maps, &mut link) {
+        let pinned = pin_dir.is_some_and(|d| match Self::pin(d, &mut maps, &mut links) {
             Ok(()) => true,
             Err(e) => {
                 log::warn!(
@@ -223,18 +268,26 @@ impl Tagger {
                 false
             }
         });
-        Ok((maps, (!pinned).then_some(link)))
+        Ok((maps, if pinned { Vec::new() } else { links }, blk))
     }
 
-    fn pin(dir: &Path, maps: &mut [MapHandle; 4], link: &mut Link) -> Result<(), Box<dyn std::error::Error>> {
+    fn pin(
+        dir: &Path,
+        maps: &mut [MapHandle; 4],
+        links: &mut [Link],
+    ) -> Result<(), Box<dyn std::error::Error>> {
         mount_bpffs_for(dir)?;
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
         for (m, name) in maps.iter_mut().zip(MAPS) {
             m.pin(dir.join(name))?;
         }
+        let (switch, blk) = links.split_first_mut().ok_or("no link to pin")?;
+        for (l, name) in blk.iter_mut().zip(BLK_LINKS) {
+            l.pin(dir.join(name))?;
+        }
         // Pinned last: its presence says the rest is there.
-        link.pin(dir.join("link"))?;
+        switch.pin(dir.join("link"))?;
         Ok(())
     }
 
@@ -268,7 +321,13 @@ impl Tagger {
 
     /// Whether the tagger is pinned (it outlives this process).
     pub fn pinned(&self) -> bool {
-        self._link.is_none()
+        self.links.is_empty()
+    }
+
+    /// Whether the virtio-blk dispatch hooks run (the module was loaded
+    /// when the tagger was).
+    pub fn blk_hooks(&self) -> bool {
+        self.blk_hooks
     }
 
     /// Whether an earlier agent's pinned tagger was reused.
@@ -332,6 +391,19 @@ impl Tagger {
             },
         }
     }
+}
+
+/// Whether `/proc/kallsyms` lists a text symbol `name` (of the kernel or a
+/// loaded module).
+fn kernel_has_function(name: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/kallsyms") else {
+        return false;
+    };
+    text.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_, kind, sym) = (f.next(), f.next(), f.next());
+        matches!(kind, Some("t" | "T")) && sym == Some(name)
+    })
 }
 
 /// `BPF_FS_MAGIC`.

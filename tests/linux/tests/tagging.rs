@@ -94,4 +94,20 @@ fn each_cgroups_exits_are_charged_to_its_container() {
             &format!("request {trace} was charged {got} mmio writes, its thread made {want}"),
         );
     }
+
+    // Disk I/O: rsrc-blk's 16 direct 4 KiB writes, whoever dispatched them.
+    out.check(
+        out.l2_value("RSRC-L2: tagging ready: ")
+            .contains("virtio-blk dispatch hooked"),
+        "the tagger's virtio-blk hooks did not load in L2",
+    );
+    let blk = container(r, "rsrc-blk").expect("a live container rsrc-blk");
+    eprintln!("linux-e2e tagging: rsrc-blk block {}", blk["charges"]["block"]);
+    out.check(
+        blk["charges"]["block"]["writes"] == 16 && blk["charges"]["block"]["bytes_written"] == 65536,
+        &format!(
+            "rsrc-blk's 16 direct 4 KiB writes were charged as {}",
+            blk["charges"]["block"]
+        ),
+    );
 }
