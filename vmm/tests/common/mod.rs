@@ -40,7 +40,37 @@ pub fn http_get(addr: SocketAddr, target: &str) -> std::io::Result<(u16, String)
         .and_then(|r| r.get(..3))
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
-    Ok((status, body.to_string()))
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked"));
+    Ok((status, if chunked { dechunk(body)? } else { body.to_string() }))
+}
+
+/// The body of a `Transfer-Encoding: chunked` answer (Prometheus' Go
+/// server sends larger answers so).
+fn dechunk(mut raw: &str) -> std::io::Result<String> {
+    let bad = || std::io::Error::other("bad chunked body");
+    let mut out = String::new();
+    loop {
+        let (size, rest) = raw.split_once("\r\n").ok_or_else(bad)?;
+        let size =
+            usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).map_err(|_| bad())?;
+        if size == 0 {
+            return Ok(out);
+        }
+        out.push_str(rest.get(..size).ok_or_else(bad)?);
+        raw = rest.get(size + 2..).ok_or_else(bad)?;
+    }
+}
+
+/// `s` percent-encoded for a URL query value.
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Sums the samples of `name` in an exposition by the value of `label`
