@@ -229,6 +229,24 @@ fn prometheus_sums_two_tenants_exactly_as_their_vmms_report() {
             vec!["vm-g".into(), "globex".into()]
         ]
     );
+    // Every expression of the shipped dashboard parses and runs in this
+    // Prometheus (Grafana's variables given plain values).
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/grafana-dashboard.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            let expr = expr.replace("$__rate_interval", "5s").replace("$tenant", ".*");
+            let target = format!("/api/v1/query?query={}", url_encode(&expr));
+            assert!(prom.api(&target).is_some(), "{expr}");
+        }
+    }
     // The books did not move while Prometheus read them.
     assert_eq!(vmm_totals(&acme.api_sock).0, 3241.0);
     assert_eq!(vmm_totals(&globex.api_sock).0, 379.0);
