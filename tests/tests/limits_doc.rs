@@ -107,6 +107,10 @@ fn constants() -> BTreeMap<&'static str, u64> {
             n(devices::virtio::vsock::MAX_CTRL),
         ),
         ("vmm::api::MAX_CONNECTIONS", n(vmm::api::MAX_CONNECTIONS)),
+        (
+            "vmm::api::MAX_METRICS_CONNECTIONS",
+            n(vmm::api::MAX_METRICS_CONNECTIONS),
+        ),
         ("vmm::api::MAX_HEAD", n(vmm::api::MAX_HEAD)),
         ("vmm::api::HEAD_TIMEOUT", secs(vmm::api::HEAD_TIMEOUT)),
         ("vmm::api::MAX_REQUEST_LIMIT", n(vmm::api::MAX_REQUEST_LIMIT)),

@@ -263,6 +263,13 @@ pub struct VmConfig {
     /// `docs/api.yaml`) on this Unix socket while the VM runs.
     #[serde(default)]
     pub api_sock: Option<PathBuf>,
+    /// Also serve the Prometheus exposition (`GET /metrics`, the same text
+    /// as the API socket's) over TCP on this address (`--metrics-addr`;
+    /// port 0 picks a free port, shown as `metrics_addr` in `GET /v1/vm`
+    /// and the report). Unauthenticated: loopback unless the network is
+    /// trusted.
+    #[serde(default)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Also serve guest agents on this host Unix socket (mode 0600), besides
     /// vsock port 1024: for agents run on the host, and for tests.
     #[serde(default)]
@@ -366,6 +373,7 @@ impl VmConfig {
             accounting: true,
             sample_interval_us: DEFAULT_SAMPLE_US,
             api_sock: None,
+            metrics_addr: None,
             agent_sock: None,
             time_limit_ms: None,
             seccomp: Seccomp::default(),

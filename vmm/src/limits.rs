@@ -27,6 +27,9 @@ pub const VSOCK_FDS: u64 = 5;
 /// The API server besides its connections: the listener, the runtime's
 /// epoll and waker.
 pub const API_FDS: u64 = 3;
+/// The metrics listener (`--metrics-addr`) besides its connections, on
+/// the API server's thread and runtime.
+pub const METRICS_FDS: u64 = 1;
 /// The agent hub besides its connections: the listener and its waker.
 pub const AGENT_FDS: u64 = 2;
 
@@ -40,8 +43,14 @@ pub fn fd_bound(config: &VmConfig) -> u64 {
     if config.vsock.is_some() {
         fds += VSOCK_FDS + n(vsock::MAX_CONNECTIONS) + n(vsock::MAX_PENDING_HOST);
     }
+    if config.api_sock.is_some() || config.metrics_addr.is_some() {
+        fds += API_FDS;
+    }
     if config.api_sock.is_some() {
-        fds += API_FDS + n(crate::api::MAX_CONNECTIONS);
+        fds += n(crate::api::MAX_CONNECTIONS);
+    }
+    if config.metrics_addr.is_some() {
+        fds += METRICS_FDS + n(crate::api::MAX_METRICS_CONNECTIONS);
     }
     // Agent connections come through vsock port 1024 or `--agent-sock`:
     // each holds its stream and a clone to shut it down.
@@ -56,7 +65,7 @@ pub fn thread_bound(config: &VmConfig) -> usize {
     1 + usize::from(config.vcpus)
         + usize::from(config.accounting)
         + usize::from(!config.disks.is_empty() || !config.nets.is_empty() || config.vsock.is_some())
-        + usize::from(config.api_sock.is_some())
+        + usize::from(config.api_sock.is_some() || config.metrics_addr.is_some())
         + usize::from(config.agent_sock.is_some())
         + crate::agent::MAX_CONNECTIONS
 }
@@ -150,5 +159,11 @@ mod tests {
         c.api_sock = Some("/a".into());
         assert_eq!(fd_bound(&c), base + 6 + 3 + 5 + 256 + 16 + 3 + 64);
         assert_eq!(thread_bound(&c), 1 + 4 + 1 + 1 + 1 + 8);
+        // Metrics share the API's thread and runtime.
+        c.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+        assert_eq!(fd_bound(&c), base + 6 + 3 + 5 + 256 + 16 + 3 + 64 + 1 + 16);
+        assert_eq!(thread_bound(&c), 1 + 4 + 1 + 1 + 1 + 8);
+        c.api_sock = None;
+        assert_eq!(fd_bound(&c), base + 6 + 3 + 5 + 256 + 16 + 3 + 1 + 16);
     }
 }

@@ -108,6 +108,11 @@ struct Common {
     /// Serve the host API (JSON under /v1, Prometheus /metrics) on this Unix socket, mode 0600.
     #[arg(long = "api-sock", value_name = "PATH")]
     api_sock: Option<PathBuf>,
+    /// Also serve the Prometheus exposition (GET /metrics, as on --api-sock) over TCP on IP:PORT, for
+    /// Prometheus to scrape; e.g. 127.0.0.1:9101. Port 0 picks a free port (logged, and shown as
+    /// metrics_addr in GET /v1/vm and the report). Unauthenticated: a non-loopback address is warned about.
+    #[arg(long = "metrics-addr", value_name = "IP:PORT", value_parser = parse_metrics_addr)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Also serve guest agents on this Unix socket, mode 0600 (for `resourceful-agent --connect unix:PATH`
     /// run on the host); inside the guest the agent uses vsock port 1024.
     #[arg(long = "agent-sock", value_name = "PATH")]
@@ -160,6 +165,14 @@ struct DemoArgs {
     common: Common,
 }
 
+/// `--metrics-addr IP:PORT`, or what to write instead.
+fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse().map_err(|_| {
+        "expected IP:PORT, such as 127.0.0.1:9101, [::1]:9101 or 127.0.0.1:0 for a free port (host names are not resolved)"
+            .to_string()
+    })
+}
+
 fn config(kernel: KernelSource, cmdline: Option<String>, c: &Common) -> VmConfig {
     let console = match (&c.console, c.json) {
         (Some(p), _) => ConsoleTarget::File(p.clone()),
@@ -180,6 +193,7 @@ fn config(kernel: KernelSource, cmdline: Option<String>, c: &Common) -> VmConfig
         accounting: !c.no_accounting,
         sample_interval_us: c.sample_us,
         api_sock: c.api_sock.clone(),
+        metrics_addr: c.metrics_addr,
         agent_sock: c.agent_sock.clone(),
         seccomp: match (c.no_seccomp, c.seccomp_log) {
             (true, _) => Seccomp::Off,
@@ -397,7 +411,9 @@ fn top(a: &TopArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    vmm::logging::init("warn");
+    // Warnings, and where metrics are served (the port --metrics-addr
+    // IP:0 picked).
+    vmm::logging::init(&format!("warn,{}=info", vmm::api::server::LISTEN_LOG_TARGET));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => {

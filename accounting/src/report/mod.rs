@@ -94,6 +94,11 @@ pub struct VmInfo {
     /// Where the vCPUs' tag slots are read from (`docs/tag-abi.md`, "Slots
     /// registered by the agent").
     pub slots: SlotsInfo,
+    /// Where `--metrics-addr` served the Prometheus exposition over TCP,
+    /// `IP:PORT` as bound (port 0 resolved to the port picked); absent
+    /// without the flag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
 }
 
 /// Where the vCPUs' tag slots are read from, and what the agent's

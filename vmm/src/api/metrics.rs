@@ -6,6 +6,11 @@
 //! summed, so each series stays cumulative). Exits are also labelled
 //! `reason`, device work `op` or `dir`; guest errors are per tenant, labelled
 //! `kind`.
+//!
+//! The same text is served on the API socket and on `--metrics-addr`
+//! (`server`). No series carries a per-VM label: Prometheus adds its
+//! target's labels (`instance`, and `vm` in docs/prometheus.yml), so two
+//! VMMs of one tenant never collide and `sum by (tenant)` adds them up.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

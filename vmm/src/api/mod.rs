@@ -1,6 +1,7 @@
 //! The host API: read-only JSON views of a running VM's books and a
 //! Prometheus `/metrics` endpoint, served over HTTP/1.1 on a Unix socket
-//! (`--api-sock PATH`, mode 0600).
+//! (`--api-sock PATH`, mode 0600); `/metrics` alone also over TCP
+//! (`--metrics-addr IP:PORT`), for Prometheus to scrape.
 //!
 //! The server (hyper's HTTP/1.1, on a single-threaded tokio runtime of its
 //! own thread, see [`ApiServer`]) answers requests one at a time. Every answer is read fresh from the live books
@@ -10,7 +11,9 @@
 //! steps and never walks the finished requests for `/v1/containers` or
 //! `/metrics`. Endpoints are described in `docs/api.yaml`.
 //!
-//! - [`ApiServer`]: bind, serve, shut down gracefully and remove the socket.
+//! - [`server`]: [`ApiServer`] binds, serves both listeners, shuts down
+//!   gracefully and removes the socket; [`route`] answers the socket,
+//!   [`route_metrics`] the metrics listener.
 //! - [`metrics`]: the Prometheus text exposition.
 //! - [`client`]: a minimal HTTP/1.1 GET client over a Unix socket, used by
 //!   `resourceful report --api-sock PATH`.
@@ -18,19 +21,21 @@
 
 pub mod client;
 pub mod metrics;
+pub mod server;
 pub mod top;
 
+pub use server::{
+    ApiServer, MetricsListener, HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD, MAX_METRICS_CONNECTIONS,
+};
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use accounting::ledger::Accounting;
 
 use crate::agent::{AgentHub, AgentPeer, AgentStats, ContextSnapshot, GuestView};
 use crate::probes::DeviceProbes;
-use crate::sandbox::{self, Seccomp, ThreadKind};
-use crate::sock::{ClaimError, SocketFile};
 use accounting::query::{RequestFilter, SelectedRequest};
 use accounting::report::{ChargesReport, ContainerReport, DeviceCounters, RequestReport, SlotsInfo, VmInfo};
 use serde::Serialize;
@@ -43,10 +48,10 @@ pub const MAX_REQUEST_LIMIT: usize = 10_000;
 pub const DEFAULT_CONTAINER_LIMIT: usize = 1_000;
 /// Largest `limit` accepted by `GET /v1/containers`.
 pub const MAX_CONTAINER_LIMIT: usize = 10_000;
-/// How long in-flight API requests may take to finish once the VM has ended.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// The `Content-Type` of JSON answers.
 const JSON: &str = "application/json";
+/// The `Content-Type` of the metrics listener's own answers.
+const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Why the API server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +69,17 @@ pub enum ApiError {
         path: PathBuf,
         /// What was being done.
         what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--metrics-addr` could not be bound.
+    #[error("--metrics-addr {addr}: {advice}")]
+    MetricsAddr {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// What to do about it.
+        advice: String,
         /// The error.
         #[source]
         source: std::io::Error,
@@ -141,6 +157,9 @@ pub struct VmView {
     /// Where the vCPUs' tag slots are read from (as the report's
     /// `vm.slots`).
     pub slots: SlotsInfo,
+    /// Where `--metrics-addr` serves `/metrics` over TCP (`IP:PORT` as
+    /// bound, port 0 resolved); `null` without the flag.
+    pub metrics_addr: Option<String>,
     /// The report's tenant totals, as of now.
     pub totals: ChargesReport,
 }
@@ -229,6 +248,16 @@ impl Reply {
                 link: None,
             },
             Err(e) => Self::error(500, format!("cannot serialize the answer: {e}")),
+        }
+    }
+
+    /// `msg` and a newline as plain text, with `status`.
+    fn text(status: u16, msg: &str) -> Self {
+        Self {
+            status,
+            content_type: TEXT,
+            body: format!("{msg}\n").into_bytes(),
+            link: None,
         }
     }
 
@@ -332,6 +361,7 @@ fn get_vm(s: &ApiState) -> Reply {
             device_counters: s.device_counters(),
             agent: agent_view(s),
             slots: info.slots,
+            metrics_addr: info.metrics_addr,
             totals,
         },
     )
@@ -575,6 +605,29 @@ pub fn parse_query(query: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// Answers `method target` on the metrics listener (`--metrics-addr`):
+/// `/metrics` as on the socket, `/` a one-line pointer to it, nothing else
+/// (the JSON API is served on the Unix socket only, behind its mode).
+/// Answers other than the exposition are plain text.
+pub fn route_metrics(s: &ApiState, method: &str, target: &str) -> Reply {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let known = matches!(path, "/metrics" | "/");
+    if known && method != "GET" && method != "HEAD" {
+        return Reply::text(405, "only GET is served here");
+    }
+    match path {
+        "/metrics" => get_metrics(s),
+        "/" => Reply::text(
+            200,
+            "Resourceful VMM: Prometheus metrics at /metrics (the JSON API is on the --api-sock Unix socket)",
+        ),
+        _ => Reply::text(
+            404,
+            "not found: only /metrics is served on --metrics-addr; the JSON API (/v1/...) is on the --api-sock Unix socket",
+        ),
+    }
+}
+
 /// Answers `method target` (`target`: the path with an optional query).
 pub fn route(s: &ApiState, method: &str, target: &str) -> Reply {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -602,226 +655,9 @@ pub fn route(s: &ApiState, method: &str, target: &str) -> Reply {
     }
 }
 
-/// Takes `path` (replacing only a stale socket there), mode 0600.
-fn bind(path: &Path) -> Result<(std::os::unix::net::UnixListener, SocketFile), ApiError> {
-    crate::sock::claim(path).map_err(|e| match e {
-        ClaimError::InUse(p) => ApiError::InUse(p),
-        ClaimError::NotASocket(p) => ApiError::NotASocket(p),
-        ClaimError::Io { path, what, source } => ApiError::Io { path, what, source },
-    })
-}
-
-/// Most API connections served at once; more are closed at once.
-pub const MAX_CONNECTIONS: usize = 64;
-/// Largest request head (request line and headers) read, in bytes.
-pub const MAX_HEAD: usize = 16 * 1024;
-/// How long a client may take to send a request head.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A running API server. Dropping it (or [`ApiServer::stop`]) shuts it down
-/// gracefully and removes the socket file.
-///
-/// It is hyper's HTTP/1.1 server on a single-threaded tokio runtime that
-/// lives on the `rsrc-api` thread: at most [`MAX_CONNECTIONS`] connections,
-/// request heads of at most 16 KiB that must arrive within 10 s, and no
-/// request bodies (the API is read-only: a request that announces one is
-/// answered 413 without reading it, and its connection closed).
-pub struct ApiServer {
-    file: SocketFile,
-    stop: Option<tokio::sync::watch::Sender<bool>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl ApiServer {
-    /// Binds `path` and starts serving `state` on a thread of its own,
-    /// which installs the API filter first (`seccomp`, docs/sandbox.md).
-    pub fn start(path: &Path, state: ApiState, seccomp: Seccomp) -> Result<Self, ApiError> {
-        let (listener, file) = bind(path)?;
-        let fail = |what, source| {
-            file.remove();
-            ApiError::Io {
-                path: path.to_path_buf(),
-                what,
-                source,
-            }
-        };
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| fail("make the socket non-blocking", e))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| fail("start the API runtime", e))?;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let shown = path.display().to_string();
-        let state = Arc::new(state);
-        let spawned = std::thread::Builder::new()
-            .name("rsrc-api".into())
-            .spawn(move || {
-                sandbox::enter_or_exit(ThreadKind::Api, seccomp);
-                runtime.block_on(serve(listener, state, stopped, shown));
-            });
-        match spawned {
-            Ok(thread) => Ok(Self {
-                file,
-                stop: Some(stop),
-                thread: Some(thread),
-            }),
-            Err(source) => Err(fail("spawn the API thread", source)),
-        }
-    }
-
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        self.file.path()
-    }
-
-    /// Stops serving (in-flight requests get [`DRAIN_TIMEOUT`] to finish),
-    /// joins the thread and removes the socket file.
-    pub fn stop(mut self) {
-        self.shutdown_now();
-    }
-
-    fn shutdown_now(&mut self) {
-        let Some(stop) = self.stop.take() else {
-            return;
-        };
-        let _ = stop.send(true);
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                log::error!("the API thread panicked");
-            }
-        }
-        self.file.remove();
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        self.shutdown_now();
-    }
-}
-
-type Body = http_body_util::Full<hyper::body::Bytes>;
-
-/// Whether the request announces a body (the API takes none).
-fn has_body(rq: &hyper::Request<hyper::body::Incoming>) -> bool {
-    let headers = rq.headers();
-    headers.contains_key(hyper::header::TRANSFER_ENCODING)
-        || headers
-            .get(hyper::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) != Some(0))
-}
-
-/// Answers one request.
-fn answer(state: &ApiState, rq: &hyper::Request<hyper::body::Incoming>) -> hyper::Response<Body> {
-    let body_refused = has_body(rq);
-    let reply = if body_refused {
-        Reply::error(
-            413,
-            "the API is read-only and takes no request body: send a GET without one".into(),
-        )
-    } else {
-        let target = rq.uri().path_and_query().map_or("/", |p| p.as_str());
-        route(state, rq.method().as_str(), target)
-    };
-    let mut response = hyper::Response::new(Body::new(reply.body.into()));
-    *response.status_mut() =
-        hyper::StatusCode::from_u16(reply.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    let headers = response.headers_mut();
-    headers.insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(reply.content_type),
-    );
-    if let Some(link) = reply
-        .link
-        .as_deref()
-        .and_then(|l| hyper::header::HeaderValue::from_str(l).ok())
-    {
-        headers.insert(hyper::header::LINK, link);
-    }
-    if reply.status == 405 {
-        headers.insert(
-            hyper::header::ALLOW,
-            hyper::header::HeaderValue::from_static("GET, HEAD"),
-        );
-    }
-    if body_refused {
-        // The body is never read: the connection cannot be reused.
-        headers.insert(
-            hyper::header::CONNECTION,
-            hyper::header::HeaderValue::from_static("close"),
-        );
-    }
-    response
-}
-
-/// The API thread's body: accepts connections until told to stop, then
-/// lets in-flight requests finish for at most [`DRAIN_TIMEOUT`].
-async fn serve(
-    listener: std::os::unix::net::UnixListener,
-    state: Arc<ApiState>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    shown: String,
-) {
-    let listener = match tokio::net::UnixListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            log::error!("API on {shown}: {e}");
-            return;
-        }
-    };
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.changed() => break,
-            a = listener.accept() => a,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                accounting::warn_rl!("API on {shown}: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            accounting::warn_rl!("API on {shown}: connection refused, {MAX_CONNECTIONS} already open");
-            continue;
-        };
-        let state = Arc::clone(&state);
-        let service = hyper::service::service_fn(move |rq| {
-            let reply = answer(&state, &rq);
-            async move { Ok::<_, std::convert::Infallible>(reply) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(HEAD_TIMEOUT)
-            .max_buf_size(MAX_HEAD)
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                log::debug!("API connection: {e}");
-            }
-            drop(slot);
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
-            log::warn!("API on {shown}: requests still in flight after the VM ended were dropped");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     use accounting::abi::{tag, EntryKind, RingEntry};
 
@@ -936,6 +772,36 @@ mod tests {
     }
 
     #[test]
+    fn the_metrics_listener_serves_the_exposition_and_nothing_else() {
+        let acct = books(&[(1, 10, 0), (2, 50, 5)]);
+        let state = ApiState::new(acct, DevicesInfo::default(), VmInfo::default);
+        let tcp = route_metrics(&state, "GET", "/metrics");
+        let unix = route(&state, "GET", "/metrics");
+        assert_eq!(tcp.status, 200);
+        assert_eq!(tcp.content_type, metrics::CONTENT_TYPE);
+        assert_eq!(tcp.body, unix.body, "the same exposition as the socket's");
+        let root = route_metrics(&state, "GET", "/");
+        assert_eq!((root.status, root.content_type), (200, TEXT));
+        assert!(String::from_utf8(root.body).unwrap().contains("/metrics"));
+        for target in [
+            "/v1/vm",
+            "/v1/containers",
+            "/v1/containers/1",
+            "/v1/requests?order=cost",
+            "/metrics/x",
+        ] {
+            let r = route_metrics(&state, "GET", target);
+            assert_eq!((r.status, r.content_type), (404, TEXT), "{target}");
+            assert!(
+                String::from_utf8(r.body).unwrap().contains("--api-sock"),
+                "{target}"
+            );
+        }
+        assert_eq!(route_metrics(&state, "POST", "/metrics").status, 405);
+        assert_eq!(route_metrics(&state, "HEAD", "/metrics?x=1").status, 200);
+    }
+
+    #[test]
     fn queries_are_split_and_decoded() {
         let q = parse_query("order=cost&limit=1%30&&x&container=2+&container=3");
         assert_eq!(q["order"], "cost");
@@ -1028,22 +894,5 @@ mod tests {
         let metrics = route(&state, "GET", "/metrics");
         let text = String::from_utf8(metrics.body).unwrap();
         assert!(text.contains("resourceful_exits_total{tenant=\"t\",container=\"b\",reason=\"port_out\"} 1"));
-    }
-
-    #[test]
-    fn bind_refuses_a_regular_file_and_replaces_a_stale_socket() {
-        let dir = std::env::temp_dir().join(format!("rsrc-api-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("file");
-        std::fs::write(&file, b"x").unwrap();
-        let err = bind(&file).unwrap_err();
-        assert!(err.to_string().contains("--api-sock"), "{err}");
-        let sock = dir.join("sock");
-        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
-        let l = bind(&sock).unwrap();
-        let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        drop(l);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -330,10 +330,13 @@ fn stop_vcpus(stop: &AtomicBool, threads: &[(std::thread::JoinHandle<()>, Arc<Vc
     }
 }
 
-/// Starts the host API on `path` over the live books; its VM facts are
-/// those of a running VM (`end: "running"`, `wall_ns` = time since now).
+/// Starts the host API on `path` and/or `/metrics` on `metrics` over the
+/// live books; its VM facts are those of a running VM (`end: "running"`,
+/// `wall_ns` = time since now).
+#[allow(clippy::too_many_arguments)]
 fn start_api(
-    path: &std::path::Path,
+    path: Option<&std::path::Path>,
+    metrics: Option<crate::api::MetricsListener>,
     config: &VmConfig,
     acct: &Arc<Accounting>,
     agent: &Arc<AgentHub>,
@@ -374,6 +377,7 @@ fn start_api(
         end: "running".into(),
         accounting: config.accounting,
         seccomp: config.seccomp.name().into(),
+        metrics_addr: metrics.as_ref().map(|m| m.local_addr().to_string()),
         ..VmInfo::default()
     };
     let hub = Arc::clone(agent);
@@ -387,6 +391,7 @@ fn start_api(
     };
     Ok(ApiServer::start(
         path,
+        metrics,
         ApiState::new(Arc::clone(acct), devices, info)
             .with_agent(Arc::clone(agent))
             .with_device_probes(Arc::clone(probes)),
@@ -561,11 +566,19 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     };
     // Before any thread starts: failing here leaves nothing behind, and a
     // later early return drops (stops) the server.
-    let api = config
-        .api_sock
-        .as_deref()
-        .map(|path| start_api(path, config, &acct, &agent, &io_stats, &probes, boot_kind))
+    let metrics = config
+        .metrics_addr
+        .map(crate::api::MetricsListener::bind)
         .transpose()?;
+    let metrics_addr = metrics.as_ref().map(|m| m.local_addr().to_string());
+    let api = if config.api_sock.is_some() || metrics.is_some() {
+        let path = config.api_sock.as_deref();
+        Some(start_api(
+            path, metrics, config, &acct, &agent, &io_stats, &probes, boot_kind,
+        )?)
+    } else {
+        None
+    };
     // The hub stops itself (and removes its socket) if a later step fails.
     let _agent_guard = AgentGuard(Arc::clone(&agent));
     if let Some(path) = &config.agent_sock {
@@ -727,6 +740,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         guest_resident_bytes: resident_bytes(&mem),
         vmm_peak_rss_bytes: peak_rss_bytes(),
         slots: agent.slots_info(),
+        metrics_addr,
     };
     Ok(RunOutcome {
         end,
