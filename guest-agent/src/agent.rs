@@ -22,12 +22,13 @@ use accounting::abi;
 use accounting::agent::{encode, AgentMessage, Hello, MAX_FRAME, MAX_TEXT, PROTOCOL_VERSION};
 
 use crate::collect::{encode_report, Collector};
+use crate::config::RuleKey;
 use crate::config::{self, Config};
 use crate::link::{self, Endpoint};
 use crate::local;
 use crate::outbox::Outbox;
 use crate::procfs::{read_file, sanitize_text};
-use crate::state::{Out, State};
+use crate::state::{Container, Origin, Out, State};
 use crate::tagger::{self, Tagger, ThreadBindings};
 
 /// Default outgoing buffer, bytes.
@@ -59,6 +60,9 @@ pub struct Tagging {
     pub registered: Option<Vec<u32>>,
     /// Threads bound to requests (`work_for`).
     pub bindings: ThreadBindings,
+    /// The process map as last written (pid → tag), so a tick writes only
+    /// what changed.
+    pub processes: HashMap<u32, u64>,
     /// Map updates that failed, in all.
     pub errors: u64,
 }
@@ -82,6 +86,7 @@ impl Inner {
         let want: HashMap<u64, u64> = self
             .state
             .containers()
+            .filter(|c| !is_process_rule(c))
             .filter_map(|c| {
                 let path = c.decl.cgroup.as_deref()?;
                 let id = tagger::cgroup_id(root, path).ok()?;
@@ -95,6 +100,49 @@ impl Inner {
                     "cannot update the tagger's cgroup map: {e} ({} failures)",
                     self.tagging.errors
                 );
+            }
+        }
+    }
+
+    /// Makes the tagger's process map name each process a `process` rule
+    /// matched (`matches`: pid, rule, rendered name, from
+    /// [`config::process_matches`]) with its rule container, writing only
+    /// what changed since the last call.
+    pub fn sync_processes(&mut self, matches: &[(u32, usize, String)]) {
+        let Some(t) = &self.tagging.tagger else {
+            return;
+        };
+        let ids: HashMap<(usize, &str), u32> = self
+            .state
+            .containers()
+            .filter_map(|c| match &c.origin {
+                Origin::Rule {
+                    key: RuleKey::Process { rule, name },
+                    ..
+                } => Some(((*rule, name.as_str()), c.decl.id)),
+                _ => None,
+            })
+            .collect();
+        let want: HashMap<u32, u64> = matches
+            .iter()
+            .filter_map(|(pid, rule, name)| {
+                let id = ids.get(&(*rule, name.as_str()))?;
+                Some((*pid, abi::tag(*id, abi::NO_REQUEST)))
+            })
+            .collect();
+        if want == self.tagging.processes {
+            return;
+        }
+        match t.update_processes(&self.tagging.processes, &want) {
+            Ok(()) => self.tagging.processes = want,
+            Err(e) => {
+                self.tagging.errors += 1;
+                if self.tagging.errors.is_power_of_two() {
+                    log::warn!(
+                        "cannot update the tagger's process map: {e} ({} failures)",
+                        self.tagging.errors
+                    );
+                }
             }
         }
     }
@@ -134,6 +182,19 @@ impl Inner {
             }
         }
     }
+}
+
+/// Whether a container comes from a `process` rule: its tasks are tagged
+/// by process (the cgroup it carries is the first match's, for context
+/// only, and may hold other processes).
+fn is_process_rule(c: &Container) -> bool {
+    matches!(
+        c.origin,
+        Origin::Rule {
+            key: RuleKey::Process { .. },
+            ..
+        }
+    )
 }
 
 /// State shared by the agent's threads.
@@ -375,6 +436,9 @@ pub fn tick(shared: &Shared, collector: &mut Collector, config: &Config) {
         g.state
             .sync_rules(&desired, config.retire_after_intervals, &mut out);
         g.emit(out);
+        if g.tagging.tagger.is_some() {
+            g.sync_processes(&config::process_matches(config, &snap.processes));
+        }
         g.outbox.drops
     };
     let report = collector.report(snap, drops);

@@ -346,9 +346,58 @@ pub fn desired(config: &Config, cgroups: &[CgroupInfo], processes: &[ProcessInfo
     out
 }
 
+/// The processes that `process` rules match, for the slot tagger: each
+/// process under the first rule whose pattern matches its comm, as (pid,
+/// rule index, the container name the rule renders for it, before
+/// sanitizing: the `RuleKey::Process` name).
+pub fn process_matches(config: &Config, processes: &[ProcessInfo]) -> Vec<(u32, usize, String)> {
+    let rules: Vec<(usize, &str, &str)> = config
+        .containers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let pat = r.process.as_deref()?;
+            Some((i, pat, r.name.as_deref().unwrap_or("{comm}")))
+        })
+        .collect();
+    processes
+        .iter()
+        .filter_map(|p| {
+            let (rule, _, tmpl) = rules.iter().find(|(_, pat, _)| glob_match(pat, &p.comm, false))?;
+            Some((p.pid, *rule, render(tmpl, &[("comm", &p.comm)])))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_matches_take_the_first_process_rule_per_process() {
+        let c = Config::parse(
+            r#"{"containers":[{"cgroup":"/x/*"},{"process":"pg*","name":"db-{comm}"},{"process":"p*"}]}"#,
+            "t",
+        )
+        .unwrap();
+        let proc = |pid: u32, comm: &str| ProcessInfo {
+            pid,
+            ppid: 1,
+            comm: comm.into(),
+            cgroup: "/".into(),
+            usage: Default::default(),
+            read_bytes: 0,
+            write_bytes: 0,
+            rss_bytes: 0,
+            threads: Vec::new(),
+            threads_omitted: 0,
+        };
+        let m = process_matches(&c, &[proc(1, "init"), proc(7, "pgbouncer"), proc(9, "python")]);
+        assert_eq!(
+            m,
+            vec![(7, 1, "db-pgbouncer".to_string()), (9, 2, "python".to_string())]
+        );
+    }
 
     fn cg(path: &str) -> CgroupInfo {
         CgroupInfo {

@@ -432,3 +432,69 @@ impl Drop for WithHub {
         self.0.stop();
     }
 }
+
+/// A `process` rule's processes are tagged by process id (the tagger's
+/// process map, kept each interval): a spinner whose comm the rule matches
+/// names its container in CPU 0's slot while it runs there, and its entry
+/// goes when it exits. Root and BTF, like the other tagger tests.
+#[test]
+fn a_process_rules_processes_are_tagged_with_its_container() {
+    let d = TempDir::new("ptags");
+    // A comm of its own: sh run through a link of that name (15 bytes at most).
+    let comm = format!("rsrc-spin-{:05}", std::process::id() % 100_000);
+    let link = d.join(&comm);
+    std::os::unix::fs::symlink("/bin/sh", &link).unwrap();
+    let acct = Accounting::new("t", 1, 1, Limits::default());
+    let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
+    hub.listen(&d.join("vmm.sock")).unwrap();
+    let _hub = WithHub(hub);
+    let a = Agent::start(Options {
+        connect: Endpoint::Unix(d.join("vmm.sock")),
+        listen: Some(d.join("agent.sock")),
+        config: guest_agent::config::Config::parse(
+            r#"{"containers":[{"process":"rsrc-spin-*","name":"spinners"}]}"#,
+            "test",
+        )
+        .unwrap(),
+        interval: Duration::from_millis(100),
+        proc_root: "/proc".into(),
+        cgroup_root: None,
+        tagging: guest_agent::agent::TaggingMode::On,
+        ..Options::default()
+    })
+    .expect("the agent starts with the tagger (root, BTF)");
+    let mut spin = std::process::Command::new(&link)
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .unwrap();
+    // SAFETY: a zeroed cpu_set_t is valid; CPU 0 is in bounds.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(spin.id() as i32, std::mem::size_of_val(&set), &set);
+    }
+    let id = || {
+        a.shared()
+            .lock()
+            .state
+            .container_by_name("spinners")
+            .map(|c| c.decl.id)
+    };
+    eventually("the rule declares spinners", || id().is_some());
+    let tag = accounting::abi::tag(id().unwrap(), 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = false;
+    while !seen && Instant::now() < deadline {
+        seen = a.shared().lock().tagging.tagger.as_ref().and_then(|t| t.slot(0)) == Some(tag);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = spin.kill();
+    let _ = spin.wait();
+    assert!(
+        seen,
+        "CPU 0's slot never named spinners while its process spun there"
+    );
+    eventually("the exited process leaves the process map", || {
+        a.shared().lock().tagging.processes.is_empty()
+    });
+}

@@ -379,6 +379,26 @@ impl Tagger {
         )
     }
 
+    /// Moves the process map from `have` (what it holds) to `want`,
+    /// writing only the differences.
+    pub fn update_processes(
+        &self,
+        have: &HashMap<u32, u64>,
+        want: &HashMap<u32, u64>,
+    ) -> Result<(), libbpf_rs::Error> {
+        for pid in have.keys().filter(|p| !want.contains_key(p)) {
+            match self.process_tags.delete(&pid.to_ne_bytes()) {
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                r => r?,
+            }
+        }
+        for (pid, tag) in want.iter().filter(|(p, t)| have.get(p) != Some(t)) {
+            self.process_tags
+                .update(&pid.to_ne_bytes(), &tag.to_ne_bytes(), MapFlags::ANY)?;
+        }
+        Ok(())
+    }
+
     /// Thread `tid` works for `tag` from its next switch-in on (`None`:
     /// back to its cgroup's or process's container).
     pub fn bind_thread(&self, tid: u32, tag: Option<u64>) -> Result<(), libbpf_rs::Error> {
