@@ -12,6 +12,9 @@
  *       i + 1 and trace id 000...0(i+1), binds its own thread to it
  *       (work_for), makes N * (i + 1) writes, and ends it. Prints one line
  *       per request: "request ID external I writes W".
+ *   rsrc-mmio udp IPV4 PORT N SIZE
+ *       N UDP datagrams of SIZE bytes to IPV4:PORT from one socket, one
+ *       sendto each (a frame each: SIZE stays under the MTU). No MMIO.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -24,6 +27,8 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 #define ACCT_MMIO_BASE 0xd0000000UL
 #define REG_SCRATCH 0x40
@@ -104,11 +109,33 @@ static void *work(void *arg)
 	return NULL;
 }
 
+static int udp(const char *ip, int port, long n, int size)
+{
+	char buf[1400];
+	struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(port) };
+	int fd = socket(AF_INET, SOCK_DGRAM, 0);
+	if (fd < 0 || inet_pton(AF_INET, ip, &to.sin_addr) != 1 || size < 1 || size > (int)sizeof buf) {
+		fprintf(stderr, "rsrc-mmio: udp: bad socket, address or size\n");
+		return 1;
+	}
+	memset(buf, 'u', sizeof buf);
+	for (long i = 0; i < n; i++) {
+		if (sendto(fd, buf, size, 0, (struct sockaddr *)&to, sizeof to) != size) {
+			perror("rsrc-mmio: sendto");
+			return 1;
+		}
+	}
+	printf("RSRC-L2: udp %ld datagrams of %d bytes sent\n", n, size);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 6 && strcmp(argv[1], "udp") == 0)
+		return udp(argv[2], atoi(argv[3]), strtol(argv[4], NULL, 10), atoi(argv[5]));
 	int serve = argc == 5 && strcmp(argv[1], "serve") == 0;
 	if (argc != 2 && !serve) {
-		fprintf(stderr, "usage: rsrc-mmio N | rsrc-mmio serve CONTAINER WORKERS N\n");
+		fprintf(stderr, "usage: rsrc-mmio N | rsrc-mmio serve CONTAINER WORKERS N | rsrc-mmio udp IPV4 PORT N SIZE\n");
 		return 2;
 	}
 	int fd = open("/dev/mem", O_RDWR | O_SYNC);
