@@ -214,6 +214,9 @@ impl Tagger {
         pin_dir: Option<&Path>,
         blk: bool,
     ) -> Result<([MapHandle; 4], Vec<Link>, bool), TaggerError> {
+        // libbpf's own lines go to the agent's log, at debug level: what
+        // failed reaches the log through the error the caller reports.
+        libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Info, libbpf_line)));
         let mut open = ObjectBuilder::default()
             .open_memory(OBJECT)
             .map_err(bpf_err("open"))?;
@@ -410,6 +413,15 @@ impl Tagger {
                 r => r,
             },
         }
+    }
+}
+
+/// One line libbpf printed.
+fn libbpf_line(level: libbpf_rs::PrintLevel, msg: String) {
+    let msg = msg.trim_end();
+    match level {
+        libbpf_rs::PrintLevel::Warn => log::debug!(target: "libbpf", "{msg}"),
+        _ => log::trace!(target: "libbpf", "{msg}"),
     }
 }
 
