@@ -113,7 +113,7 @@ impl Tagger {
                 format!("not a CPU list: {possible:?}"),
             ),
         })?;
-        let nr_slots = cpus.div_ceil(SLOTS_PER_PAGE) * SLOTS_PER_PAGE;
+        let nr_slots = cpus.checked_next_multiple_of(SLOTS_PER_PAGE).unwrap_or(u32::MAX);
         if nr_slots > MAX_SLOTS {
             return Err(TaggerError::Guest {
                 what: "possible CPUs".into(),
@@ -144,9 +144,12 @@ impl Tagger {
         if reused {
             // The thread bindings were the dead agent's clients': their
             // connections ended with it, and so do their requests once the
-            // new agent reconciles with the VMM. The cgroup and process maps
-            // stay until the new agent's state replaces them.
+            // new agent reconciles with the VMM. The process map is rebuilt
+            // at the new agent's first interval (a stale pid could name a
+            // new process). The cgroup map stays until the new agent's
+            // state replaces it whole.
             sync_map(&thread_tags, HashMap::new()).map_err(bpf_err("clear the thread bindings of"))?;
+            sync_map(&process_tags, HashMap::new()).map_err(bpf_err("clear the process map of"))?;
         }
         let map_len = nr_slots as usize * SLOT_BYTES;
         // SAFETY: a fresh shared read-only mapping of the array's values
