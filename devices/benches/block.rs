@@ -136,6 +136,7 @@ impl Charger for On {
             device_ns: c.device_ns,
             latency_ns: c.latency_ns,
             error: c.status != VIRTIO_BLK_S_OK,
+        throttled_ns: None,
         };
         self.writer.charge_block(c.tag, &work);
     }

@@ -271,6 +271,8 @@ fn add(a: &mut ChargesReport, b: &ChargesReport) {
     x.bytes_written += y.bytes_written;
     x.device_ns += y.device_ns;
     x.latency_ns += y.latency_ns;
+    x.throttle_events += y.throttle_events;
+    x.throttled_ns += y.throttled_ns;
     let (x, y) = (&mut a.net, &b.net);
     x.tx_frames += y.tx_frames;
     x.tx_bytes += y.tx_bytes;
