@@ -770,7 +770,7 @@ mod tests {
             device_ns: 7,
             latency_ns: 9,
             error: false,
-        throttled_ns: None,
+            throttled_ns: None,
         });
         c.add_block_shared(&BlockWork {
             op: BlockOp::Write,
@@ -778,7 +778,7 @@ mod tests {
             device_ns: 1,
             latency_ns: 2,
             error: true,
-        throttled_ns: None,
+            throttled_ns: None,
         });
         c.add_block_shared(&BlockWork {
             op: BlockOp::Flush,
@@ -786,7 +786,7 @@ mod tests {
             device_ns: 1,
             latency_ns: 1,
             error: false,
-        throttled_ns: None,
+            throttled_ns: None,
         });
         c.add_interrupt_shared();
         let b = c.read().block;

@@ -188,7 +188,9 @@ impl std::str::FromStr for ContainerLimit {
             return Err(format!("`{s}` names no container: expected {LIMIT_FORM}"));
         }
         if path == "tenant" {
-            return Err("tenant limits are not built yet: name a container path (--limit PATH:blk-ops=RATE)".into());
+            return Err(
+                "tenant limits are not built yet: name a container path (--limit PATH:blk-ops=RATE)".into(),
+            );
         }
         let (mut ops, mut bytes, mut ops_burst, mut bytes_burst) = (None, None, None, None);
         for opt in opts.split(',') {
@@ -200,7 +202,10 @@ impl std::str::FromStr for ContainerLimit {
                 "blk-ops" => ops = Some(parse_rate(v, false).map_err(bad)?),
                 "blk-bytes" => bytes = Some(parse_rate(v, true).map_err(bad)?),
                 "blk-ops-burst" => {
-                    ops_burst = Some(v.parse::<u64>().map_err(|_| bad(format!("`{v}` is not a whole number")))?)
+                    ops_burst = Some(
+                        v.parse::<u64>()
+                            .map_err(|_| bad(format!("`{v}` is not a whole number")))?,
+                    )
                 }
                 "blk-bytes-burst" => bytes_burst = Some(parse_size(v).map_err(bad)?),
                 _ => return Err(format!("unknown --limit key `{k}`: expected {LIMIT_FORM}")),
@@ -209,14 +214,16 @@ impl std::str::FromStr for ContainerLimit {
         if ops.is_none() && bytes.is_none() {
             return Err(format!("--limit {path} sets no rate: expected {LIMIT_FORM}"));
         }
-        let with_burst = |r: Option<devices::virtio::block::BucketConfig>, burst: Option<u64>, key: &str| match (r, burst) {
-            (Some(r), b) => Ok(Some(BucketConfig {
-                one_time_burst: b.unwrap_or(0),
-                ..BucketConfig::from_rate(r)
-            })),
-            (None, Some(_)) => Err(format!("--limit {path}: {key}-burst needs {key}=RATE too")),
-            (None, None) => Ok(None),
-        };
+        let with_burst =
+            |r: Option<devices::virtio::block::BucketConfig>, burst: Option<u64>, key: &str| match (r, burst)
+            {
+                (Some(r), b) => Ok(Some(BucketConfig {
+                    one_time_burst: b.unwrap_or(0),
+                    ..BucketConfig::from_rate(r)
+                })),
+                (None, Some(_)) => Err(format!("--limit {path}: {key}-burst needs {key}=RATE too")),
+                (None, None) => Ok(None),
+            };
         Ok(Self {
             path: path.to_owned(),
             blk_ops: with_burst(ops, ops_burst, "blk-ops")?,
@@ -643,7 +650,9 @@ mod tests {
 
     #[test]
     fn limit_flags_parse_rates_and_bursts() {
-        let l: ContainerLimit = "web/api:blk-ops=100/s,blk-bytes=1MiB/s,blk-ops-burst=50".parse().unwrap();
+        let l: ContainerLimit = "web/api:blk-ops=100/s,blk-bytes=1MiB/s,blk-ops-burst=50"
+            .parse()
+            .unwrap();
         assert_eq!(l.path, "web/api");
         assert_eq!(
             l.blk_ops,
@@ -653,7 +662,10 @@ mod tests {
                 refill_time_ms: 1000
             })
         );
-        assert_eq!(l.blk_bytes.map(|b| (b.size, b.one_time_burst)), Some((1 << 20, 0)));
+        assert_eq!(
+            l.blk_bytes.map(|b| (b.size, b.one_time_burst)),
+            Some((1 << 20, 0))
+        );
         let l: ContainerLimit = "a:blk-ops=10/100ms".parse().unwrap();
         assert_eq!(l.blk_ops.map(|b| b.refill_time_ms), Some(100));
     }
@@ -697,7 +709,10 @@ mod tests {
         }];
         assert!(c.validate().unwrap_err().to_string().contains("refill time"));
         c.container_limits = vec![l; MAX_CONTAINER_LIMITS + 1];
-        assert_eq!(c.validate(), Err(ConfigError::ContainerLimits(MAX_CONTAINER_LIMITS + 1)));
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::ContainerLimits(MAX_CONTAINER_LIMITS + 1))
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@ use accounting::registry::Limits;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use vmm::config::{
-    Builtin, ConsoleTarget, ContainerLimit, DiskConfig, KernelSource, NetConfig, Seccomp, VmConfig, VsockConfig,
-    DEFAULT_SAMPLE_US,
+    Builtin, ConsoleTarget, ContainerLimit, DiskConfig, KernelSource, NetConfig, Seccomp, VmConfig,
+    VsockConfig, DEFAULT_SAMPLE_US,
 };
 use vmm::vcpu::exit::VmEnd;
 

@@ -145,6 +145,18 @@ const FAMILIES: &[(&str, &str, &str, Extract)] = &[
         },
     ),
     (
+        "resourceful_block_throttle_events_total",
+        "virtio-blk requests a per-container limit (--limit) held back.",
+        "",
+        |c| vec![("", c.block.throttle_events.to_string())],
+    ),
+    (
+        "resourceful_block_throttled_seconds_total",
+        "Time virtio-blk requests were held by a per-container limit.",
+        "",
+        |c| vec![("", seconds(c.block.throttled_ns))],
+    ),
+    (
         "resourceful_net_frames_total",
         "virtio-net frames, by direction.",
         "dir",

@@ -9,10 +9,10 @@
 //! tag of the batch's last request.
 
 use crate::counters::NamedCounters;
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -375,7 +375,11 @@ impl BlockDevice {
             // Hold at most a queue's worth: an honest driver cannot have
             // more chains outstanding; a hostile one re-publishing heads
             // waits in the avail ring until the held ones go.
-            if self.throttle.as_ref().is_some_and(|t| t.held >= usize::from(queue.size())) {
+            if self
+                .throttle
+                .as_ref()
+                .is_some_and(|t| t.held >= usize::from(queue.size()))
+            {
                 self.stats.throttle_stalls += 1;
                 blocked = true;
                 break;
@@ -394,14 +398,17 @@ impl BlockDevice {
                 None => None,
             };
             if let (Some(k), Some(t)) = (held, self.throttle.as_mut()) {
-                t.hold(k, Held {
-                    queue: queue_index,
-                    head,
-                    tag,
-                    since: notification.at,
-                    at_ns: t.now(),
-                    parsed,
-                });
+                t.hold(
+                    k,
+                    Held {
+                        queue: queue_index,
+                        head,
+                        tag,
+                        since: notification.at,
+                        at_ns: t.now(),
+                        parsed,
+                    },
+                );
                 self.stats.throttled += 1;
             } else {
                 let done = Done {
@@ -411,7 +418,15 @@ impl BlockDevice {
                     throttled_ns: None,
                     parsed,
                 };
-                let bad = complete(&mut self.disk, &mut self.stats, mem, queue, done, charger, &mut cpu_mark);
+                let bad = complete(
+                    &mut self.disk,
+                    &mut self.stats,
+                    mem,
+                    queue,
+                    done,
+                    charger,
+                    &mut cpu_mark,
+                );
                 out.malformed += u64::from(bad);
                 out.requests += 1;
                 last_tag = tag;
@@ -467,7 +482,15 @@ impl BlockDevice {
                 throttled_ns: Some(now.saturating_sub(h.at_ns)),
                 parsed: h.parsed,
             };
-            let bad = complete(&mut self.disk, &mut self.stats, mem, queue, done, charger, &mut cpu_mark);
+            let bad = complete(
+                &mut self.disk,
+                &mut self.stats,
+                mem,
+                queue,
+                done,
+                charger,
+                &mut cpu_mark,
+            );
             out.malformed += u64::from(bad);
             if let Some(t) = touched.get_mut(h.queue) {
                 *t = true;
@@ -475,7 +498,8 @@ impl BlockDevice {
             out.requests += 1;
             last_tag = h.tag;
         }
-        let notify = (queues.iter_mut().zip(&touched)).any(|(q, &t)| t && q.needs_notification(mem).unwrap_or(true));
+        let notify =
+            (queues.iter_mut().zip(&touched)).any(|(q, &t)| t && q.needs_notification(mem).unwrap_or(true));
         if out.requests > 0 && notify {
             if self.base.signal_used(last_tag, charger, "virtio-blk") {
                 self.stats.interrupts += 1;
@@ -520,7 +544,11 @@ fn complete(
     let head = d.head;
     let malformed = d.parsed.is_err();
     let (op, (status, bytes, used_len), status_addr) = match d.parsed {
-        Ok(req) => (op_of(req.kind), disk.execute(mem, &req, stats), Some(req.status_addr)),
+        Ok(req) => (
+            op_of(req.kind),
+            disk.execute(mem, &req, stats),
+            Some(req.status_addr),
+        ),
         Err(m) => {
             stats.malformed += 1;
             warn_rl!("virtio-blk: malformed request at head {head}: {}", m.error);
@@ -1065,5 +1093,122 @@ pub(crate) mod tests {
 
         assert_eq!(out.requests, 0);
         assert_eq!(d.stats().queue_errors, 1);
+    }
+
+    /// Limit 0 for requests tagged `.0`, none for the rest.
+    pub(crate) struct OneTag(pub(crate) u64);
+
+    impl LimitLookup for OneTag {
+        fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
+            (tag == Some(self.0)).then_some(0)
+        }
+    }
+
+    pub(crate) fn ops_limit(size: u64, refill: Duration) -> Vec<BlockLimitConfig> {
+        vec![BlockLimitConfig {
+            path: "limited".into(),
+            ops: Some(super::super::limiter::BucketConfig {
+                size,
+                one_time_burst: 0,
+                refill_time: refill,
+            }),
+            bytes: None,
+        }]
+    }
+
+    #[test]
+    fn a_limited_tag_is_held_beyond_its_bucket_and_others_pass_it() {
+        let (m, f) = (mem(), disk_file());
+        let q = MockSplitQueue::new(&m, 16);
+        let mut d = activated(&m, &q, &f, false);
+        d.set_limits(&ops_limit(1, Duration::from_secs(3600)), Box::new(OneTag(7)))
+            .unwrap();
+        let mut rec = Recorder::default();
+        // Tag 7 publishes 3 reads at once, then tag 8 two more.
+        for at in [0u16, 3, 6] {
+            push_request(&m, &q, at, VIRTIO_BLK_T_IN, 0, &[(0x4_0000, 512, WRITE)]);
+        }
+        d.queue_notifiers()[0].post_at(Some(7), Some(3));
+        for at in [9u16, 12] {
+            push_request(&m, &q, at, VIRTIO_BLK_T_IN, 0, &[(0x4_0000, 512, WRITE)]);
+        }
+        d.queue_notifiers()[0].post_at(Some(8), Some(5));
+
+        let out = d.process_queue(0, &mut rec);
+
+        // A bucket of 1 and 3 requests issued at once: exactly 3 - 1 held,
+        // and tag 8's requests completed past them.
+        assert_eq!(out.requests, 3);
+        assert_eq!(d.throttled_now(), 2);
+        assert_eq!(d.stats().throttled, 2);
+        assert_eq!(q.used().idx().load(), 3);
+        assert_eq!((used(&q, 0).0, used(&q, 1).0, used(&q, 2).0), (0, 9, 12));
+        let tags: Vec<_> = rec.blocks.iter().map(|c| (c.tag, c.throttled)).collect();
+        assert_eq!(tags, vec![(Some(7), false), (Some(8), false), (Some(8), false)]);
+        // Nothing is due for an hour, and nothing is dropped meanwhile.
+        assert!(d.next_release().unwrap() > Duration::from_secs(1000));
+        assert_eq!(d.release_held(&mut rec).requests, 0);
+        assert_eq!(d.throttled_now(), 2);
+    }
+
+    #[test]
+    fn held_requests_complete_when_tokens_refill_charged_with_their_wait() {
+        let (m, f) = (mem(), disk_file());
+        let q = MockSplitQueue::new(&m, 16);
+        let mut d = activated(&m, &q, &f, false);
+        d.set_limits(&ops_limit(1, Duration::from_millis(2)), Box::new(OneTag(7)))
+            .unwrap();
+        let mut rec = Recorder::default();
+        for at in [0u16, 3, 6, 9] {
+            push_request(&m, &q, at, VIRTIO_BLK_T_IN, 0, &[(0x4_0000, 512, WRITE)]);
+        }
+        d.queue_notifiers()[0].post(Some(7));
+        d.process_queue(0, &mut rec);
+        assert_eq!(d.throttled_now(), 3);
+
+        while let Some(wait) = d.next_release() {
+            std::thread::sleep(wait);
+            d.release_held(&mut rec);
+        }
+
+        // Every request completed once, in order, the held ones with their wait.
+        assert_eq!(q.used().idx().load(), 4);
+        let heads: Vec<_> = (0..4).map(|i| used(&q, i).0).collect();
+        assert_eq!(heads, vec![0, 3, 6, 9]);
+        let held: Vec<_> = rec.blocks.iter().map(|c| c.throttled).collect();
+        assert_eq!(held, vec![false, true, true, true]);
+        assert!(rec.blocks[1..]
+            .iter()
+            .all(|c| c.throttled_ns > 0 && c.status == VIRTIO_BLK_S_OK));
+        assert_eq!(rec.blocks[0].throttled_ns, 0);
+    }
+
+    #[test]
+    fn a_hostile_driver_cannot_make_the_device_hold_more_than_a_queue() {
+        let (m, f) = (mem(), disk_file());
+        let q = MockSplitQueue::new(&m, 16);
+        let mut d = activated(&m, &q, &f, false);
+        d.set_limits(&ops_limit(1, Duration::from_secs(3600)), Box::new(OneTag(7)))
+            .unwrap();
+        let mut rec = Recorder::default();
+        // One chain at head 0, its head published again and again in the
+        // avail ring (a driver may not do this; a hostile one can).
+        push_request(&m, &q, 0, VIRTIO_BLK_T_FLUSH, 0, &[]);
+        let mut published = 1u16;
+        for round in 0..40u16 {
+            for i in 0..8u16 {
+                let slot = (published + i) % 16;
+                q.avail().ring().ref_at(usize::from(slot)).unwrap().store(0);
+            }
+            published += 8;
+            q.avail().idx().store(published);
+            d.queue_notifiers()[0].post(Some(7));
+            d.process_queue(0, &mut rec);
+            assert!(d.throttled_now() <= 16, "round {round}: {}", d.throttled_now());
+        }
+
+        assert_eq!(d.throttled_now(), 16);
+        assert!(d.stats().throttle_stalls > 0);
+        assert_eq!(rec.blocks.len(), 1);
     }
 }

@@ -65,7 +65,8 @@ impl BlockHandler {
         // SAFETY: F_GETFL/F_SETFL on an fd this function owns; no memory is passed.
         let flags = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_GETFL) };
         // SAFETY: as above.
-        if flags < 0 || unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        if flags < 0 || unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+        {
             return Err(std::io::Error::last_os_error());
         }
         let mut h = Self::new(device, charger);

@@ -13,7 +13,6 @@
 
 use std::time::Duration;
 
-
 /// Why a bucket's configuration is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BucketError {
@@ -139,7 +138,10 @@ impl TokenBucket {
         let missing = u128::from(need - self.budget);
         let (size, refill) = (u128::from(self.size), u128::from(self.refill_ns));
         // The least t with (t * size + carry) / refill >= missing.
-        let wait = (missing * refill).saturating_sub(self.carry).div_ceil(size).max(1);
+        let wait = (missing * refill)
+            .saturating_sub(self.carry)
+            .div_ceil(size)
+            .max(1);
         u64::try_from(wait).unwrap_or(u64::MAX)
     }
 }
@@ -239,8 +241,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "G" | "GiB" => 1 << 30,
         _ => return Err(format!("unknown unit `{unit}` in `{s}`: use B, KiB, MiB or GiB")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
 }
 
 fn parse_period(s: &str) -> Result<Duration, String> {
@@ -254,7 +255,8 @@ fn parse_period(s: &str) -> Result<Duration, String> {
     let n: u64 = if n.is_empty() {
         1
     } else {
-        n.parse().map_err(|_| format!("`{s}` is not a period: use s or ms, e.g. /s or /100ms"))?
+        n.parse()
+            .map_err(|_| format!("`{s}` is not a period: use s or ms, e.g. /s or /100ms"))?
     };
     n.checked_mul(unit)
         .map(Duration::from_millis)
@@ -333,7 +335,7 @@ mod tests {
         let mut b = bucket(1024, 1000, 0);
         assert!(b.try_take(4096, 0));
         assert!(!b.try_take(4096, 500 * MS));
-        assert_eq!(b.wait_ns(4096, 0), 1000 * MS);
+        assert_eq!(b.wait_ns(4096, 500 * MS), 500 * MS);
         assert!(b.try_take(4096, 1000 * MS));
     }
 
@@ -357,9 +359,16 @@ mod tests {
             refill_time: Duration::from_secs(1),
         };
         assert_eq!(TokenBucket::new(c, 0), Err(BucketError::ZeroSize));
-        let c = BucketConfig { size: 1, refill_time: Duration::ZERO, ..c };
+        let c = BucketConfig {
+            size: 1,
+            refill_time: Duration::ZERO,
+            ..c
+        };
         assert_eq!(TokenBucket::new(c, 0), Err(BucketError::ZeroRefill));
-        let c = BucketConfig { refill_time: Duration::from_secs(90_000), ..c };
+        let c = BucketConfig {
+            refill_time: Duration::from_secs(90_000),
+            ..c
+        };
         assert_eq!(TokenBucket::new(c, 0), Err(BucketError::RefillTooLong));
     }
 

@@ -14,7 +14,7 @@ mod event_handler;
 mod limiter;
 mod request;
 
-pub use device::{BlockDevice, BlockError, BlockStats, DeviceState, ProcessStats};
+pub use device::{BlockDevice, BlockError, BlockStats, DeviceState, ProcessStats, QUEUE_SIZE};
 pub use event_handler::BlockHandler;
 pub use limiter::{
     parse_rate, parse_size, BlockLimitConfig, BucketConfig, BucketError, LimitLookup, TokenBucket, MAX_REFILL,
