@@ -666,6 +666,12 @@ impl Throttle {
         }
     }
 
+    /// Drops every held request (the driver reset the device).
+    fn forget_held(&mut self) {
+        self.waiting.iter_mut().for_each(VecDeque::clear);
+        self.held = 0;
+    }
+
     /// The first held request, of any limit, whose tokens are there now.
     fn pop_ready(&mut self) -> Option<Held> {
         let now = self.now();
@@ -709,6 +715,15 @@ impl VirtioDevice for BlockDevice {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) -> bool {
         crate::virtio::read_config(&self.config(), offset, data)
+    }
+
+    /// Held requests belong to the queues the driver just dropped: they are
+    /// forgotten (never completed onto a later queue), the buckets kept.
+    fn reset(&mut self) {
+        if let Some(t) = self.throttle.as_mut() {
+            t.forget_held();
+        }
+        self.base.reset();
     }
 }
 
@@ -1149,6 +1164,9 @@ pub(crate) mod tests {
         assert!(d.next_release().unwrap() > Duration::from_secs(1000));
         assert_eq!(d.release_held(&mut rec).requests, 0);
         assert_eq!(d.throttled_now(), 2);
+        // A reset drops the queues, and with them what was held on them.
+        d.reset();
+        assert_eq!((d.throttled_now(), d.next_release()), (0, None));
     }
 
     #[test]
