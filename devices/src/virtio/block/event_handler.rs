@@ -252,4 +252,43 @@ mod tests {
 
         assert_eq!(h.spurious(), 1);
     }
+
+    #[test]
+    fn the_limit_timer_releases_held_requests_on_the_event_loop() {
+        use super::super::device::tests::{ops_limit, OneTag};
+        use std::time::Duration;
+        // Arrange: an activated disk whose tag 7 may do one request per 5 ms.
+        let (m, f) = (mem(), disk_file());
+        let q = MockSplitQueue::new(&m, 16);
+        for at in [0u16, 3, 6] {
+            push_request(&m, &q, at, VIRTIO_BLK_T_IN, 0, &[(0x5_0000, 512, WRITE)]);
+        }
+        let mut dev = BlockDevice::open(f.as_path(), false, "x").unwrap();
+        dev.activate(m.clone(), vec![q.create_queue().unwrap()], 1 << 32)
+            .unwrap();
+        dev.set_limits(&ops_limit(1, Duration::from_millis(5)), Box::new(OneTag(7)))
+            .unwrap();
+        let device = Arc::new(Mutex::new(dev));
+        let recorder = Arc::new(Mutex::new(Recorder::default()));
+        let mut em = EventManager::<BlockHandler>::new().unwrap();
+        em.add_subscriber(BlockHandler::with_limits(device.clone(), Box::new(recorder.clone())).unwrap());
+
+        // Act: tag 7 notifies once; the loop runs until the timer let all go.
+        device.lock().unwrap().queue_notifiers()[0].post(Some(7));
+        let mut rounds = 0;
+        while q.used().idx().load() < 3 {
+            em.run_with_timeout(1000).unwrap();
+            rounds += 1;
+            assert!(rounds < 100, "the timer did not release the held requests");
+        }
+
+        // Assert: one passed at once, two were held and released by the timer.
+        let rec = recorder.lock().unwrap();
+        let held: Vec<_> = rec.blocks.iter().map(|c| (c.tag, c.throttled)).collect();
+        assert_eq!(held, vec![(Some(7), false), (Some(7), true), (Some(7), true)]);
+        assert_eq!(device.lock().unwrap().stats().throttled, 2);
+        assert_eq!(device.lock().unwrap().next_release(), None);
+        // Nothing is left armed: the loop now times out with nothing to do.
+        assert_eq!(em.run_with_timeout(20).unwrap(), 0);
+    }
 }
