@@ -398,6 +398,11 @@ impl BlockDevice {
                 None => None,
             };
             if let (Some(k), Some(t)) = (held, self.throttle.as_mut()) {
+                // Its parsing so far is its own device time, charged when it
+                // completes, not the next request's.
+                let now = thread_cpu_ns();
+                let parse_ns = now.saturating_sub(cpu_mark);
+                cpu_mark = now;
                 t.hold(
                     k,
                     Held {
@@ -406,6 +411,7 @@ impl BlockDevice {
                         tag,
                         since: notification.at,
                         at_ns: t.now(),
+                        parse_ns,
                         parsed,
                     },
                 );
@@ -416,6 +422,7 @@ impl BlockDevice {
                     tag,
                     since: notification.at,
                     throttled_ns: None,
+                    earlier_device_ns: 0,
                     parsed,
                 };
                 let bad = complete(
@@ -480,6 +487,7 @@ impl BlockDevice {
                 tag: h.tag,
                 since: h.since,
                 throttled_ns: Some(now.saturating_sub(h.at_ns)),
+                earlier_device_ns: h.parse_ns,
                 parsed: h.parsed,
             };
             let bad = complete(
@@ -526,6 +534,8 @@ struct Done {
     since: Instant,
     /// How long a limit held it, if it did.
     throttled_ns: Option<u64>,
+    /// Device time spent on it before it was held (parsing).
+    earlier_device_ns: u64,
     parsed: Result<Request, Malformed>,
 }
 
@@ -573,7 +583,7 @@ fn complete(
             let now = thread_cpu_ns();
             let spent = now.saturating_sub(*cpu_mark);
             *cpu_mark = now;
-            spent
+            spent.saturating_add(d.earlier_device_ns)
         },
         latency_ns: u64::try_from(d.since.elapsed().as_nanos()).unwrap_or(u64::MAX),
         status,
@@ -596,6 +606,8 @@ struct Held {
     since: Instant,
     /// When it was held, on the throttle's clock.
     at_ns: u64,
+    /// Device thread CPU time spent on it before it was held.
+    parse_ns: u64,
     parsed: Result<Request, Malformed>,
 }
 
