@@ -1379,6 +1379,7 @@ mod tests {
                 device_ns: v,
                 latency_ns: v * 3,
                 error: v.is_multiple_of(3),
+                throttled_ns: None,
             }),
             3 => c.add_interrupt_shared(),
             _ => c.add_net_single_writer(&crate::resource::NetCharge {

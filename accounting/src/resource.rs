@@ -111,6 +111,10 @@ pub struct BlockCharge {
     pub device_ns: u64,
     /// Sum of request latencies (notification to used-ring update), ns.
     pub latency_ns: u64,
+    /// Requests a per-container limit held back (throttle events).
+    pub throttle_events: u64,
+    /// Time those requests were held, ns (part of `latency_ns`).
+    pub throttled_ns: u64,
 }
 
 impl BlockCharge {
@@ -129,6 +133,8 @@ impl BlockCharge {
         self.bytes_written += o.bytes_written;
         self.device_ns += o.device_ns;
         self.latency_ns += o.latency_ns;
+        self.throttle_events += o.throttle_events;
+        self.throttled_ns += o.throttled_ns;
     }
 }
 
@@ -239,6 +245,8 @@ pub struct BlockWork {
     pub latency_ns: u64,
     /// Whether the guest was answered with an error status.
     pub error: bool,
+    /// Time a per-container limit held it back, if one did.
+    pub throttled_ns: Option<u64>,
 }
 
 /// Count and host handling time of exits of one reason.
@@ -369,6 +377,8 @@ impl Charges {
             bytes_written,
             device_ns,
             latency_ns,
+            throttle_events,
+            throttled_ns,
         } = block;
         for w in [
             reads,
@@ -380,6 +390,8 @@ impl Charges {
             bytes_written,
             device_ns,
             latency_ns,
+            throttle_events,
+            throttled_ns,
         ] {
             f(w);
         }
@@ -476,8 +488,8 @@ pub struct Counters {
     guest_run_ns: AtomicU64,
     run_samples: AtomicU64,
     /// Block: reads, writes, flushes, other, errors, bytes read, bytes
-    /// written, device ns, latency ns.
-    block: [AtomicU64; 9],
+    /// written, device ns, latency ns, throttle events, throttled ns.
+    block: [AtomicU64; 11],
     interrupts: AtomicU64,
     /// Net: tx frames, tx bytes, rx frames, rx bytes, host ns, retransmitted
     /// bytes, spoofed frames.
@@ -496,11 +508,13 @@ const BLK_BYTES_READ: usize = 5;
 const BLK_BYTES_WRITTEN: usize = 6;
 const BLK_DEVICE_NS: usize = 7;
 const BLK_LATENCY_NS: usize = 8;
+const BLK_THROTTLE_EVENTS: usize = 9;
+const BLK_THROTTLED_NS: usize = 10;
 
 impl BlockWork {
     /// The counter deltas of this request, indexed like `Counters::block`.
-    fn deltas(&self) -> [u64; 9] {
-        let mut d = [0u64; 9];
+    fn deltas(&self) -> [u64; 11] {
+        let mut d = [0u64; 11];
         d[match self.op {
             BlockOp::Read => 0,
             BlockOp::Write => 1,
@@ -515,6 +529,10 @@ impl BlockWork {
         }
         d[BLK_DEVICE_NS] = self.device_ns;
         d[BLK_LATENCY_NS] = self.latency_ns;
+        if let Some(ns) = self.throttled_ns {
+            d[BLK_THROTTLE_EVENTS] = 1;
+            d[BLK_THROTTLED_NS] = ns;
+        }
         d
     }
 }
@@ -619,7 +637,7 @@ impl Counters {
         }
         out.guest_run_ns += self.guest_run_ns.load(Relaxed);
         out.run_samples += self.run_samples.load(Relaxed);
-        let b: [u64; 9] = std::array::from_fn(|i| self.block[i].load(Relaxed));
+        let b: [u64; 11] = std::array::from_fn(|i| self.block[i].load(Relaxed));
         out.block.add(&BlockCharge {
             reads: b[0],
             writes: b[1],
@@ -630,6 +648,8 @@ impl Counters {
             bytes_written: b[BLK_BYTES_WRITTEN],
             device_ns: b[BLK_DEVICE_NS],
             latency_ns: b[BLK_LATENCY_NS],
+            throttle_events: b[BLK_THROTTLE_EVENTS],
+            throttled_ns: b[BLK_THROTTLED_NS],
         });
         out.interrupts += self.interrupts.load(Relaxed);
         let n: [u64; 7] = std::array::from_fn(|i| self.net[i].load(Relaxed));
@@ -750,6 +770,7 @@ mod tests {
             device_ns: 7,
             latency_ns: 9,
             error: false,
+            throttled_ns: None,
         });
         c.add_block_shared(&BlockWork {
             op: BlockOp::Write,
@@ -757,6 +778,7 @@ mod tests {
             device_ns: 1,
             latency_ns: 2,
             error: true,
+            throttled_ns: None,
         });
         c.add_block_shared(&BlockWork {
             op: BlockOp::Flush,
@@ -764,6 +786,7 @@ mod tests {
             device_ns: 1,
             latency_ns: 1,
             error: false,
+            throttled_ns: None,
         });
         c.add_interrupt_shared();
         let b = c.read().block;

@@ -136,6 +136,7 @@ impl Charger for On {
             device_ns: c.device_ns,
             latency_ns: c.latency_ns,
             error: c.status != VIRTIO_BLK_S_OK,
+            throttled_ns: c.throttled.then_some(c.throttled_ns),
         };
         self.writer.charge_block(c.tag, &work);
     }
@@ -494,6 +495,8 @@ fn charge_alone(iters: u64) -> (f64, f64) {
         device_ns: 1500,
         latency_ns: 3000,
         status: VIRTIO_BLK_S_OK,
+        throttled: false,
+        throttled_ns: 0,
     };
     let time = |ch: &mut dyn Charger| {
         ch.charge_block(&c);

@@ -200,6 +200,8 @@ fuzz_target!(|input: Input| {
                     device_ns: u64::from(*bytes / 7),
                     latency_ns: u64::from(*bytes / 3),
                     error: *error,
+                    // The op byte's high bit: a request a limit held.
+                    throttled_ns: (*op >= 0x80).then_some(u64::from(*bytes / 5)),
                 };
                 dev.charge_block(Some(tag(small(*container), 0)), &work);
             }

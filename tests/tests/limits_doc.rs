@@ -22,6 +22,14 @@ fn constants() -> BTreeMap<&'static str, u64> {
         ("vmm::config::MIN_MEM_MIB", vmm::config::MIN_MEM_MIB),
         ("vmm::config::MAX_DISKS", n(vmm::config::MAX_DISKS)),
         ("vmm::config::MAX_VIRTIO", n(vmm::config::MAX_VIRTIO)),
+        (
+            "vmm::config::MAX_CONTAINER_LIMITS",
+            n(vmm::config::MAX_CONTAINER_LIMITS),
+        ),
+        (
+            "devices::virtio::block::QUEUE_SIZE",
+            u64::from(devices::virtio::block::QUEUE_SIZE),
+        ),
         ("vmm::boot::MAX_IMAGE_BYTES", vmm::boot::MAX_IMAGE_BYTES),
         (
             "--max-containers",

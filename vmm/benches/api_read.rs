@@ -193,6 +193,7 @@ fn build(containers: u32, requests: u32) -> (Arc<Accounting>, u64, u64, u64, f64
                     device_ns: 10_000 + rng.below(50_000),
                     latency_ns: 40_000 + rng.below(200_000),
                     error: false,
+                    throttled_ns: None,
                 },
             );
             device.charge_interrupt(t);

@@ -77,6 +77,7 @@ impl Charger for BooksCharger {
                 device_ns: c.device_ns,
                 latency_ns: c.latency_ns,
                 error: c.status != virtio::block::VIRTIO_BLK_S_OK,
+                throttled_ns: c.throttled.then_some(c.throttled_ns),
             };
             w.charge_block(c.tag, &work);
         }
@@ -164,6 +165,8 @@ mod tests {
             device_ns: 5,
             latency_ns: 9,
             status: 0,
+            throttled: false,
+            throttled_ns: 0,
         };
         polling.charge_block(&c);
         polling.charge_block(&BlockCharge {

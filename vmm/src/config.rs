@@ -111,6 +111,127 @@ impl std::str::FromStr for DiskConfig {
     }
 }
 
+/// One token bucket of a per-container limit (Firecracker's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketConfig {
+    /// Tokens a full bucket holds.
+    pub size: u64,
+    /// Tokens available once, before the bucket's own, never refilled.
+    #[serde(default)]
+    pub one_time_burst: u64,
+    /// Milliseconds for an empty bucket to fill.
+    pub refill_time_ms: u64,
+}
+
+impl BucketConfig {
+    /// The device's form.
+    pub fn bucket(self) -> devices::virtio::block::BucketConfig {
+        devices::virtio::block::BucketConfig {
+            size: self.size,
+            one_time_burst: self.one_time_burst,
+            refill_time: std::time::Duration::from_millis(self.refill_time_ms),
+        }
+    }
+
+    fn from_rate(r: devices::virtio::block::BucketConfig) -> Self {
+        Self {
+            size: r.size,
+            one_time_burst: r.one_time_burst,
+            refill_time_ms: u64::try_from(r.refill_time.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// A limit on one container's block I/O (`--limit PATH:blk-ops=RATE,...`):
+/// it applies to the live container of that path whenever there is one,
+/// on each disk (docs/limits-per-container.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerLimit {
+    /// The container's path (names from the top level down, joined with
+    /// `/`), or `unattributed`.
+    pub path: String,
+    /// Block requests of any kind.
+    #[serde(default)]
+    pub blk_ops: Option<BucketConfig>,
+    /// Data bytes of block reads and writes.
+    #[serde(default)]
+    pub blk_bytes: Option<BucketConfig>,
+}
+
+/// What `--limit` expects, for error messages.
+const LIMIT_FORM: &str =
+    "--limit PATH:blk-ops=RATE[,blk-bytes=RATE][,blk-ops-burst=N][,blk-bytes-burst=SIZE], RATE like 100/s, 10/100ms or 1MiB/s";
+
+impl ContainerLimit {
+    /// The device's form.
+    pub fn block(&self) -> devices::virtio::block::BlockLimitConfig {
+        devices::virtio::block::BlockLimitConfig {
+            path: self.path.clone(),
+            ops: self.blk_ops.map(BucketConfig::bucket),
+            bytes: self.blk_bytes.map(BucketConfig::bucket),
+        }
+    }
+}
+
+impl std::str::FromStr for ContainerLimit {
+    type Err = String;
+
+    /// `PATH:blk-ops=RATE,blk-bytes=RATE,blk-ops-burst=N,blk-bytes-burst=SIZE`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        use devices::virtio::block::{parse_rate, parse_size};
+        let Some((path, opts)) = s.rsplit_once(':') else {
+            return Err(format!("`{s}` names no container: expected {LIMIT_FORM}"));
+        };
+        if path.is_empty() {
+            return Err(format!("`{s}` names no container: expected {LIMIT_FORM}"));
+        }
+        if path == "tenant" {
+            return Err(
+                "tenant limits are not built yet: name a container path (--limit PATH:blk-ops=RATE)".into(),
+            );
+        }
+        let (mut ops, mut bytes, mut ops_burst, mut bytes_burst) = (None, None, None, None);
+        for opt in opts.split(',') {
+            let (k, v) = opt
+                .split_once('=')
+                .ok_or_else(|| format!("`{opt}` is not KEY=VALUE: expected {LIMIT_FORM}"))?;
+            let bad = |e: String| format!("--limit {path}: {k}: {e}");
+            match k {
+                "blk-ops" => ops = Some(parse_rate(v, false).map_err(bad)?),
+                "blk-bytes" => bytes = Some(parse_rate(v, true).map_err(bad)?),
+                "blk-ops-burst" => {
+                    ops_burst = Some(
+                        v.parse::<u64>()
+                            .map_err(|_| bad(format!("`{v}` is not a whole number")))?,
+                    )
+                }
+                "blk-bytes-burst" => bytes_burst = Some(parse_size(v).map_err(bad)?),
+                _ => return Err(format!("unknown --limit key `{k}`: expected {LIMIT_FORM}")),
+            }
+        }
+        if ops.is_none() && bytes.is_none() {
+            return Err(format!("--limit {path} sets no rate: expected {LIMIT_FORM}"));
+        }
+        let with_burst =
+            |r: Option<devices::virtio::block::BucketConfig>, burst: Option<u64>, key: &str| match (r, burst)
+            {
+                (Some(r), b) => Ok(Some(BucketConfig {
+                    one_time_burst: b.unwrap_or(0),
+                    ..BucketConfig::from_rate(r)
+                })),
+                (None, Some(_)) => Err(format!("--limit {path}: {key}-burst needs {key}=RATE too")),
+                (None, None) => Ok(None),
+            };
+        Ok(Self {
+            path: path.to_owned(),
+            blk_ops: with_burst(ops, ops_burst, "blk-ops")?,
+            blk_bytes: with_burst(bytes, bytes_burst, "blk-bytes")?,
+        })
+    }
+}
+
 /// A virtio-net interface backed by a TAP device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -253,6 +374,9 @@ pub struct VmConfig {
     /// Bounds on guest-declared state.
     #[serde(default)]
     pub limits: Limits,
+    /// Per-container limits on block I/O (`--limit`).
+    #[serde(default)]
+    pub container_limits: Vec<ContainerLimit>,
     /// Whether exits are charged (off only to measure the overhead).
     #[serde(default = "yes")]
     pub accounting: bool,
@@ -311,6 +435,9 @@ pub const MAX_MEM_MIB: u64 = 1 << 20;
 pub const MAX_DISKS: usize = 8;
 /// Most virtio devices per VM (disks, network interfaces and vsock together).
 pub const MAX_VIRTIO: usize = 8;
+/// Most `--limit` flags per VM (each is looked up once per block request
+/// of a limited device).
+pub const MAX_CONTAINER_LIMITS: usize = 64;
 /// Smallest guest RAM accepted, in MiB.
 pub const MIN_MEM_MIB: u64 = 16;
 /// Most containers a VM may be allowed (`--max-containers`): each costs a
@@ -340,6 +467,17 @@ pub enum ConfigError {
     /// Too many virtio devices.
     #[error("{0} virtio devices is too many: at most {MAX_VIRTIO} --disk, --net and --vsock flags together")]
     Virtio(usize),
+    /// Too many `--limit` flags.
+    #[error("{0} --limit flags is too many: pass at most {MAX_CONTAINER_LIMITS}")]
+    ContainerLimits(usize),
+    /// Two `--limit` flags for one path, or a bucket the device refuses.
+    #[error("--limit {path}: {reason}")]
+    ContainerLimit {
+        /// The container path.
+        path: String,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
     /// Bad sampling interval.
     #[error("sample interval {0} µs is out of range: use 100 to 1000000")]
     SampleInterval(u64),
@@ -370,6 +508,7 @@ impl VmConfig {
             nets: Vec::new(),
             vsock: None,
             limits: Limits::default(),
+            container_limits: Vec::new(),
             accounting: true,
             sample_interval_us: DEFAULT_SAMPLE_US,
             api_sock: None,
@@ -379,6 +518,32 @@ impl VmConfig {
             seccomp: Seccomp::default(),
             seccomp_main_thread: false,
         }
+    }
+
+    /// Checks the `--limit` flags: a bounded number, one per path, each
+    /// bucket one the device accepts (a config may come from a file, not
+    /// only the flag parser).
+    fn validate_container_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.container_limits;
+        if l.len() > MAX_CONTAINER_LIMITS {
+            return Err(ConfigError::ContainerLimits(l.len()));
+        }
+        for (i, c) in l.iter().enumerate() {
+            let err = |reason: String| ConfigError::ContainerLimit {
+                path: c.path.clone(),
+                reason,
+            };
+            if l[..i].iter().any(|p| p.path == c.path) {
+                return Err(err("given twice: pass one --limit per container path".into()));
+            }
+            if c.blk_ops.is_none() && c.blk_bytes.is_none() {
+                return Err(err("sets no rate: pass blk-ops=RATE or blk-bytes=RATE".into()));
+            }
+            for b in [c.blk_ops, c.blk_bytes].into_iter().flatten() {
+                devices::virtio::block::TokenBucket::new(b.bucket(), 0).map_err(|e| err(e.to_string()))?;
+            }
+        }
+        Ok(())
     }
 
     /// Checks every field a user sets.
@@ -404,6 +569,7 @@ impl VmConfig {
         if virtio > MAX_VIRTIO {
             return Err(ConfigError::Virtio(virtio));
         }
+        self.validate_container_limits()?;
         if !(100..=1_000_000).contains(&self.sample_interval_us) {
             return Err(ConfigError::SampleInterval(self.sample_interval_us));
         }
@@ -480,6 +646,73 @@ mod tests {
         c.limits.retained_requests = MAX_RETAINED_REQUESTS_LIMIT;
         c.limits.max_containers = u32::MAX;
         assert!(c.validate().unwrap_err().to_string().contains("--max-containers"));
+    }
+
+    #[test]
+    fn limit_flags_parse_rates_and_bursts() {
+        let l: ContainerLimit = "web/api:blk-ops=100/s,blk-bytes=1MiB/s,blk-ops-burst=50"
+            .parse()
+            .unwrap();
+        assert_eq!(l.path, "web/api");
+        assert_eq!(
+            l.blk_ops,
+            Some(BucketConfig {
+                size: 100,
+                one_time_burst: 50,
+                refill_time_ms: 1000
+            })
+        );
+        assert_eq!(
+            l.blk_bytes.map(|b| (b.size, b.one_time_burst)),
+            Some((1 << 20, 0))
+        );
+        let l: ContainerLimit = "a:blk-ops=10/100ms".parse().unwrap();
+        assert_eq!(l.blk_ops.map(|b| b.refill_time_ms), Some(100));
+    }
+
+    #[test]
+    fn bad_limit_flags_say_what_is_expected() {
+        for bad in [
+            "web",
+            ":blk-ops=1/s",
+            "web:",
+            "web:blk-ops=0/s",
+            "web:blk-ops=5",
+            "web:blk-iops=5/s",
+            "web:blk-ops-burst=5",
+            "web:blk-bytes=1XB/s",
+            "tenant:blk-ops=5/s",
+        ] {
+            let e = bad.parse::<ContainerLimit>().unwrap_err();
+            assert!(e.contains("--limit"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn duplicate_or_empty_container_limits_are_refused() {
+        let mut c = VmConfig::new(KernelSource::Builtin(Builtin::TestGuest));
+        let l: ContainerLimit = "a:blk-ops=1/s".parse().unwrap();
+        c.container_limits = vec![l.clone(), l.clone()];
+        assert!(matches!(c.validate(), Err(ConfigError::ContainerLimit { .. })));
+        c.container_limits = vec![ContainerLimit {
+            blk_ops: None,
+            ..l.clone()
+        }];
+        assert!(c.validate().is_err());
+        c.container_limits = vec![ContainerLimit {
+            blk_ops: Some(BucketConfig {
+                size: 1,
+                one_time_burst: 0,
+                refill_time_ms: 0,
+            }),
+            ..l.clone()
+        }];
+        assert!(c.validate().unwrap_err().to_string().contains("refill time"));
+        c.container_limits = vec![l; MAX_CONTAINER_LIMITS + 1];
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::ContainerLimits(MAX_CONTAINER_LIMITS + 1))
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@ use accounting::registry::Limits;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use vmm::config::{
-    Builtin, ConsoleTarget, DiskConfig, KernelSource, NetConfig, Seccomp, VmConfig, VsockConfig,
-    DEFAULT_SAMPLE_US,
+    Builtin, ConsoleTarget, ContainerLimit, DiskConfig, KernelSource, NetConfig, Seccomp, VmConfig,
+    VsockConfig, DEFAULT_SAMPLE_US,
 };
 use vmm::vcpu::exit::VmEnd;
 
@@ -84,6 +84,11 @@ struct Common {
     /// Requests listed in the table report (the JSON has them all).
     #[arg(long = "top-requests", default_value_t = 10)]
     top_requests: usize,
+    /// A token-bucket limit on one container's block I/O, applied to the live container of that path
+    /// (repeatable): PATH:blk-ops=RATE[,blk-bytes=RATE][,blk-ops-burst=N][,blk-bytes-burst=SIZE],
+    /// RATE like 100/s, 10/100ms or 1MiB/s. Held requests are delayed, never dropped.
+    #[arg(long = "limit", value_name = "PATH:blk-ops=RATE,...")]
+    limit: Vec<ContainerLimit>,
     /// Most containers the guest may declare over the VM's life, 0-1000000.
     #[arg(long = "max-containers", value_name = "N", default_value_t = Limits::default().max_containers)]
     max_containers: u32,
@@ -190,6 +195,7 @@ fn config(kernel: KernelSource, cmdline: Option<String>, c: &Common) -> VmConfig
             max_live_requests: c.max_live_requests,
             retained_requests: c.retain_requests,
         },
+        container_limits: c.limit.clone(),
         accounting: !c.no_accounting,
         sample_interval_us: c.sample_us,
         api_sock: c.api_sock.clone(),

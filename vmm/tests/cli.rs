@@ -167,6 +167,14 @@ fn user_mistakes_name_the_flag_to_fix() {
     assert!(stderr(&out).contains("--mem-mib"), "{}", stderr(&out));
     let out = resourceful(&["run", "--kernel", "builtin:nope"]);
     assert!(stderr(&out).contains("builtin:test-guest"), "{}", stderr(&out));
+    for bad in ["web", "web:blk-ops=0/s", "web:blk-ops=5/h", "web:iops=5/s"] {
+        let out = resourceful(&["demo", "--limit", bad]);
+        assert_ne!(out.status.code(), Some(0), "{bad}");
+        let e = stderr(&out);
+        assert!(e.contains("--limit") && e.contains("blk-ops=RATE"), "{bad}: {e}");
+    }
+    let out = resourceful(&["demo", "--limit", "a:blk-ops=1/s", "--limit", "a:blk-ops=2/s"]);
+    assert!(stderr(&out).contains("given twice"), "{}", stderr(&out));
 }
 
 #[test]

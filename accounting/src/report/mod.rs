@@ -542,6 +542,8 @@ fn conservation(total: &Charges, sum: &Charges) -> Conservation {
         ("block.bytes_written", tb.bytes_written, sb.bytes_written),
         ("block.device_ns", tb.device_ns, sb.device_ns),
         ("block.latency_ns", tb.latency_ns, sb.latency_ns),
+        ("block.throttle_events", tb.throttle_events, sb.throttle_events),
+        ("block.throttled_ns", tb.throttled_ns, sb.throttled_ns),
         ("interrupts", total.interrupts, sum.interrupts),
         ("net.tx_frames", total.net.tx_frames, sum.net.tx_frames),
         ("net.tx_bytes", total.net.tx_bytes, sum.net.tx_bytes),

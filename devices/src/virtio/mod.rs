@@ -510,6 +510,10 @@ pub struct BlockCharge {
     pub latency_ns: u64,
     /// The status byte the guest got (`VIRTIO_BLK_S_*`).
     pub status: u8,
+    /// Whether a per-container limit held it back before it ran.
+    pub throttled: bool,
+    /// How long it was held, ns (0 when not held).
+    pub throttled_ns: u64,
 }
 
 /// Which way a network frame went.

@@ -145,6 +145,18 @@ const FAMILIES: &[(&str, &str, &str, Extract)] = &[
         },
     ),
     (
+        "resourceful_block_throttle_events_total",
+        "virtio-blk requests a per-container limit (--limit) held back.",
+        "",
+        |c| vec![("", c.block.throttle_events.to_string())],
+    ),
+    (
+        "resourceful_block_throttled_seconds_total",
+        "Time virtio-blk requests were held by a per-container limit.",
+        "",
+        |c| vec![("", seconds(c.block.throttled_ns))],
+    ),
+    (
         "resourceful_net_frames_total",
         "virtio-net frames, by direction.",
         "dir",
@@ -271,6 +283,8 @@ fn add(a: &mut ChargesReport, b: &ChargesReport) {
     x.bytes_written += y.bytes_written;
     x.device_ns += y.device_ns;
     x.latency_ns += y.latency_ns;
+    x.throttle_events += y.throttle_events;
+    x.throttled_ns += y.throttled_ns;
     let (x, y) = (&mut a.net, &b.net);
     x.tx_frames += y.tx_frames;
     x.tx_bytes += y.tx_bytes;

@@ -82,6 +82,8 @@ struct Sample {
     host_ns: u64,
     run_ns: u64,
     blk_ops: u64,
+    /// Block requests held by a per-container limit, and for how long.
+    blk_throttled_ns: u64,
     net_frames: u64,
     begun: u64,
 }
@@ -95,6 +97,7 @@ fn sample(c: &Value) -> Sample {
         host_ns: u(&ch["exits_total"]["host_ns"]),
         run_ns: u(&ch["guest_run_ns"]),
         blk_ops: u(&blk["reads"]) + u(&blk["writes"]) + u(&blk["flushes"]) + u(&blk["other"]),
+        blk_throttled_ns: u(&blk["throttled_ns"]),
         net_frames: u(&net["tx_frames"]) + u(&net["rx_frames"]),
         begun: u(&c["requests"]["begun"]),
     }
@@ -152,8 +155,17 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<30} {:>9} {:>9} {:>7} {:>8} {:>8} {:>7} {:>9} {:>10}",
-        "CONTAINER", "EXITS/s", "HOSTms/s", "%RUN", "BLKop/s", "NETfr/s", "REQ/s", "REQS", "GUEST_CPU"
+        "\n{:<30} {:>9} {:>9} {:>7} {:>8} {:>8} {:>7} {:>9} {:>10} {:>10}",
+        "CONTAINER",
+        "EXITS/s",
+        "HOSTms/s",
+        "%RUN",
+        "BLKop/s",
+        "NETfr/s",
+        "REQ/s",
+        "REQS",
+        "GUEST_CPU",
+        "THROTms/s"
     );
     let mut rows: Vec<(String, Sample, f64, String)> = cur
         .containers
@@ -184,7 +196,7 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
         let then = before.get(name.trim_end_matches(" (retired)")).copied();
         let _ = writeln!(
             out,
-            "{:<30} {:>9.0} {:>9.2} {:>6.1}% {:>8.0} {:>8.0} {:>7.0} {:>9} {:>10}",
+            "{:<30} {:>9.0} {:>9.2} {:>6.1}% {:>8.0} {:>8.0} {:>7.0} {:>9} {:>10} {:>10.1}",
             truncate(name, 30),
             rate(s.exits, then.map(|t| t.exits)),
             host / 1e6,
@@ -194,6 +206,8 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
             rate(s.begun, then.map(|t| t.begun)),
             s.begun,
             guest,
+            // Block time held by a per-container --limit, ms per second.
+            rate(s.blk_throttled_ns, then.map(|t| t.blk_throttled_ns)) / 1e6,
         );
     }
     let requests = cur.requests.as_array().map(Vec::as_slice).unwrap_or_default();
@@ -245,7 +259,7 @@ mod tests {
                  "requests": {"begun": 0}},
                 {"path": "web", "retired": false,
                  "charges": {"exits_total": {"count": exits, "host_ns": host_ns}, "guest_run_ns": run_ns,
-                             "block": {"reads": 3}},
+                             "block": {"reads": 3, "throttled_ns": run_ns / 10}},
                  "requests": {"begun": begun}, "guest": {"cpu_usage_us": 1_500_000}},
             ]),
             requests: json!([{"id": 7, "container_path": "web", "state": "live",
@@ -276,6 +290,8 @@ mod tests {
         assert_eq!(cols[6], "10", "{web}");
         assert_eq!(cols[7], "30", "{web}");
         assert_eq!(cols[8], "1.50s", "{web}");
+        // 100 ms held by a --limit over 2 s.
+        assert_eq!(cols[9], "50.0", "{web}");
         // Busiest first.
         let order: Vec<&str> = out.lines().filter_map(|l| l.split_whitespace().next()).collect();
         let web_at = order.iter().position(|n| *n == "web").unwrap();

@@ -12,7 +12,7 @@ use accounting::ledger::Accounting;
 use devices::acct::{AcctDevice, TagRegion};
 use devices::bus::SharedDevice;
 use devices::legacy::{AcpiPm, DebugPort, ExitPort, Serial, ACPI_PM_LEN, ACPI_PM_PORT, I8042};
-use devices::virtio::block::{BlockDevice, BlockHandler};
+use devices::virtio::block::{BlockDevice, BlockHandler, LimitLookup};
 use devices::virtio::net::{NetDevice, NetHandler};
 use devices::virtio::vsock::{AgentConnect, UdsConnector, VsockConnector, VsockDevice, VsockHandler};
 use devices::virtio::Charger;
@@ -26,7 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{host_err, kvm_err, virtio_slot, VmError, COM1_IRQ, I8042_IRQ};
 use crate::agent::AgentHub;
 use crate::charger::BooksCharger;
-use crate::config::{DiskConfig, NetConfig, VsockConfig};
+use crate::config::{ContainerLimit, DiskConfig, NetConfig, VsockConfig};
 use crate::probes::{lock, DeviceProbes};
 use crate::sandbox::{self, Seccomp, ThreadKind};
 
@@ -52,6 +52,26 @@ pub(super) struct DeviceEnv<'a> {
     pub(super) device_writer: usize,
     /// The agent's flow bindings, which the net devices consult.
     pub(super) agent: &'a Arc<AgentHub>,
+    /// Per-container block limits (`--limit`), put on every disk.
+    pub(super) container_limits: &'a [ContainerLimit],
+}
+
+/// Which `--limit` a block request falls under: the path of the container
+/// its tag charges (the registry's answer, so a limit follows whatever
+/// live container has that path; an unknown or absent tag charges
+/// `unattributed`). Asked once per request, only on a disk with limits.
+struct RegistryLookup {
+    acct: Arc<Accounting>,
+    paths: Vec<String>,
+}
+
+impl LimitLookup for RegistryLookup {
+    fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
+        let reg = self.acct.registry();
+        let idx = tag.map_or(0, |t| reg.resolve(t).container);
+        let path = &reg.containers().get(idx)?.path;
+        self.paths.iter().position(|p| **p == **path)
+    }
 }
 
 /// An event-loop subscriber (one per virtio device).
@@ -131,8 +151,24 @@ fn build_virtio(
             })?;
         // Requests may carry the guest's explicit tags (queue tag tables).
         dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
+        let limited = !env.container_limits.is_empty();
+        if limited {
+            let limits: Vec<_> = env.container_limits.iter().map(ContainerLimit::block).collect();
+            let lookup = RegistryLookup {
+                acct: Arc::clone(env.acct),
+                paths: limits.iter().map(|l| l.path.clone()).collect(),
+            };
+            // Validated with the configuration: a refusal here is a bug.
+            dev.set_limits(&limits, Box::new(lookup))
+                .map_err(|e| VmError::Limits(e.to_string()))?;
+        }
         let dev = place_virtio(env, bus, i, (format!("disk{i}"), "virtio-blk"), dev)?;
-        subscribers.push(Arc::new(Mutex::new(BlockHandler::new(dev, device_charger(env)))));
+        let handler = if limited {
+            BlockHandler::with_limits(dev, device_charger(env)).map_err(VmError::LimitTimer)?
+        } else {
+            BlockHandler::new(dev, device_charger(env))
+        };
+        subscribers.push(Arc::new(Mutex::new(handler)));
     }
     for (j, net) in nets.iter().enumerate() {
         let i = disks.len() + j;

@@ -156,6 +156,12 @@ pub enum VmError {
         #[source]
         source: devices::virtio::block::BlockError,
     },
+    /// A `--limit` the block device refused (validation should have).
+    #[error("invalid --limit: {0}")]
+    Limits(String),
+    /// The timer that releases throttled block requests could not be made.
+    #[error("cannot create the block limit timer (timerfd)")]
+    LimitTimer(#[source] std::io::Error),
     /// A TAP device could not be opened.
     #[error("cannot use the TAP device {tap}: check --net tap=NAME (root or CAP_NET_ADMIN is needed to create one)")]
     Net {
@@ -496,6 +502,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         accounting: config.accounting,
         device_writer: nr_vcpus + SAMPLER_WRITERS,
         agent: &agent,
+        container_limits: &config.container_limits,
     };
     // Port 1024 of the vsock device is served by the agent hub.
     let vsock = config.vsock.as_ref().map(|v| {

@@ -9,16 +9,19 @@
 //! tag of the batch's last request.
 
 use crate::counters::NamedCounters;
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use accounting::warn_rl;
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::request::{parse, Request, RequestKind, ID_BYTES, SECTOR_SIZE};
+use super::limiter::{BlockLimit, BlockLimitConfig, BucketError, LimitLookup};
+use super::request::{parse, Malformed, Request, RequestKind, ID_BYTES, SECTOR_SIZE};
 use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use crate::acct::QueueTagReader;
 use crate::virtio::{pending_chains, VirtioBase, VirtioDevice, VIRTIO_F_VERSION_1};
@@ -82,6 +85,11 @@ pub struct BlockStats {
     pub interrupts: u64,
     /// Notifications of an inactive device or a queue out of range.
     pub ignored_notifications: u64,
+    /// Requests a per-container limit held back before completing.
+    pub throttled: u64,
+    /// Times the device stopped taking chains because a queue's worth of
+    /// requests was held (only a hostile or broken driver gets there).
+    pub throttle_stalls: u64,
 }
 
 crate::counters::named_counters!(BlockStats {
@@ -96,12 +104,14 @@ crate::counters::named_counters!(BlockStats {
     queue_errors,
     interrupts,
     ignored_notifications,
+    throttled,
+    throttle_stalls,
 });
 
 /// What one `process_queue` call did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcessStats {
-    /// Chains taken off the available ring.
+    /// Requests completed (chains a limit held are counted when they go).
     pub requests: u64,
     /// Of which malformed.
     pub malformed: u64,
@@ -218,6 +228,9 @@ pub struct BlockDevice {
     /// The guest's explicit per-request tags, and this device's index among
     /// the VM's virtio devices (which picks its tables).
     queue_tags: Option<(QueueTagReader, u32)>,
+    /// Per-container limits and the requests they hold (`None`: no limit
+    /// on this device, and nothing on the request path looks for one).
+    throttle: Option<Throttle>,
 }
 
 fn op_of(kind: RequestKind) -> BlockOp {
@@ -267,6 +280,7 @@ impl BlockDevice {
             base: VirtioBase::new(avail_features, &[QUEUE_SIZE]).map_err(BlockError::EventFd)?,
             stats: BlockStats::default(),
             queue_tags: None,
+            throttle: None,
         })
     }
 
@@ -306,8 +320,31 @@ impl BlockDevice {
         self.queue_tags = Some((reader, device_index));
     }
 
+    /// Puts this device's requests under per-container limits: `lookup`
+    /// names, per request, which of `limits` (if any) its tag falls under.
+    /// Refuses an invalid bucket (the caller validated the flags already).
+    pub fn set_limits(
+        &mut self,
+        limits: &[BlockLimitConfig],
+        lookup: Box<dyn LimitLookup>,
+    ) -> Result<(), BucketError> {
+        self.throttle = Some(Throttle::new(limits, lookup)?);
+        Ok(())
+    }
+
+    /// Requests held back by a limit right now.
+    pub fn throttled_now(&self) -> usize {
+        self.throttle.as_ref().map_or(0, |t| t.held)
+    }
+
+    /// How long until the first held request may go (`None`: none held).
+    pub fn next_release(&mut self) -> Option<Duration> {
+        self.throttle.as_mut().and_then(Throttle::next_wait)
+    }
+
     /// Processes the available chains of queue `queue_index`, charging each
-    /// request to the tag of the pending notification.
+    /// request to the tag of the pending notification. A request whose
+    /// container's limit has no tokens is held (see [`Self::release_held`]).
     pub fn process_queue(&mut self, queue_index: usize, charger: &mut dyn Charger) -> ProcessStats {
         let mut out = ProcessStats::default();
         let Some(notifier) = self.base.notifiers.get(queue_index).cloned() else {
@@ -327,66 +364,82 @@ impl BlockDevice {
             return out;
         }
         let mut last_tag = None;
+        let mut blocked = false;
         // Each chain is charged to the first notification made after the
         // guest published it; a chain not yet notified waits for its own.
         // CLOCK_THREAD_CPUTIME_ID is a system call, not a vDSO read: one per
         // request, each reading doubling as the next request's start.
         let mut cpu_mark = thread_cpu_ns();
+        let mut popped = 0u64;
         while let Some(notification) = notifier.covering(queue.next_avail()) {
+            // Hold at most a queue's worth: an honest driver cannot have
+            // more chains outstanding; a hostile one re-publishing heads
+            // waits in the avail ring until the held ones go.
+            if self
+                .throttle
+                .as_ref()
+                .is_some_and(|t| t.held >= usize::from(queue.size()))
+            {
+                self.stats.throttle_stalls += 1;
+                blocked = true;
+                break;
+            }
             let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
                 break;
             };
+            popped += 1;
             let head = chain.head_index();
             let explicit =
                 (self.queue_tags.as_mut()).and_then(|(r, dev)| r.chain_tag(*dev, queue_index, head));
             let tag = explicit.or(notification.tag);
-            let since = notification.at;
-            let (op, (status, bytes, used_len), status_addr) =
-                match parse(chain, self.disk.sectors, queue.size()) {
-                    Ok(req) => (
-                        op_of(req.kind),
-                        self.disk.execute(mem, &req, &mut self.stats),
-                        Some(req.status_addr),
-                    ),
-                    Err(m) => {
-                        self.stats.malformed += 1;
-                        out.malformed += 1;
-                        warn_rl!("virtio-blk: malformed request at head {head}: {}", m.error);
-                        let used = u32::from(m.status_addr.is_some());
-                        let op = m.kind.map_or(BlockOp::Unsupported, op_of);
-                        (op, (VIRTIO_BLK_S_IOERR, 0, used), m.status_addr)
-                    }
+            let parsed = parse(chain, self.disk.sectors, queue.size());
+            let held = match self.throttle.as_mut() {
+                Some(t) => t.admit(tag, &parsed),
+                None => None,
+            };
+            if let (Some(k), Some(t)) = (held, self.throttle.as_mut()) {
+                // Its parsing so far is its own device time, charged when it
+                // completes, not the next request's.
+                let now = thread_cpu_ns();
+                let parse_ns = now.saturating_sub(cpu_mark);
+                cpu_mark = now;
+                t.hold(
+                    k,
+                    Held {
+                        queue: queue_index,
+                        head,
+                        tag,
+                        since: notification.at,
+                        at_ns: t.now(),
+                        parse_ns,
+                        parsed,
+                    },
+                );
+                self.stats.throttled += 1;
+            } else {
+                let done = Done {
+                    head,
+                    tag,
+                    since: notification.at,
+                    throttled_ns: None,
+                    earlier_device_ns: 0,
+                    parsed,
                 };
-            match status_addr {
-                Some(addr) if mem.write_obj(status, addr).is_ok() => {}
-                Some(_) => self.stats.queue_errors += 1,
-                None => self.stats.dropped += 1,
+                let bad = complete(
+                    &mut self.disk,
+                    &mut self.stats,
+                    mem,
+                    queue,
+                    done,
+                    charger,
+                    &mut cpu_mark,
+                );
+                out.malformed += u64::from(bad);
+                out.requests += 1;
+                last_tag = tag;
             }
-            // Charge before the used element is published: once the guest
-            // sees it, it may end the request, and the charge must find the
-            // request still live.
-            charger.charge_block(&BlockCharge {
-                tag,
-                op,
-                bytes,
-                device_ns: {
-                    let now = thread_cpu_ns();
-                    let spent = now.saturating_sub(cpu_mark);
-                    cpu_mark = now;
-                    spent
-                },
-                latency_ns: u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX),
-                status,
-            });
-            if let Err(e) = queue.add_used(&*mem, head, used_len) {
-                self.stats.queue_errors += 1;
-                warn_rl!("virtio-blk: used ring update failed: {e}");
-            }
-            self.stats.requests += 1;
-            out.requests += 1;
-            last_tag = tag;
             notifier.retire(queue.next_avail(), false);
-            if out.requests >= u64::from(queue.size()) {
+            if popped >= u64::from(queue.size()) {
                 out.more_pending = queue
                     .avail_idx(mem, Ordering::Acquire)
                     .is_ok_and(|i| i.0 != queue.next_avail());
@@ -396,7 +449,7 @@ impl BlockDevice {
         if out.more_pending {
             // The marks stay; only the wake-up is needed.
             notifier.wake();
-        } else {
+        } else if !blocked {
             notifier.retire(queue.next_avail(), true);
         }
         if out.requests > 0 && queue.needs_notification(mem).unwrap_or(true) {
@@ -408,6 +461,251 @@ impl BlockDevice {
             }
         }
         out
+    }
+
+    /// Completes the held requests whose limits have tokens again (each
+    /// container's in the order they came), then takes up the queue again
+    /// if it stopped because a queue's worth was held.
+    pub fn release_held(&mut self, charger: &mut dyn Charger) -> ProcessStats {
+        let mut out = ProcessStats::default();
+        let DeviceState::Activated { mem, queues } = &mut self.base.state else {
+            return out;
+        };
+        let Some(throttle) = self.throttle.as_mut() else {
+            return out;
+        };
+        let mut last_tag = None;
+        let mut cpu_mark = thread_cpu_ns();
+        let mut touched = vec![false; queues.len()];
+        while let Some(h) = throttle.pop_ready() {
+            let now = throttle.now();
+            let Some(queue) = queues.get_mut(h.queue) else {
+                continue;
+            };
+            let done = Done {
+                head: h.head,
+                tag: h.tag,
+                since: h.since,
+                throttled_ns: Some(now.saturating_sub(h.at_ns)),
+                earlier_device_ns: h.parse_ns,
+                parsed: h.parsed,
+            };
+            let bad = complete(
+                &mut self.disk,
+                &mut self.stats,
+                mem,
+                queue,
+                done,
+                charger,
+                &mut cpu_mark,
+            );
+            out.malformed += u64::from(bad);
+            if let Some(t) = touched.get_mut(h.queue) {
+                *t = true;
+            }
+            out.requests += 1;
+            last_tag = h.tag;
+        }
+        let notify =
+            (queues.iter_mut().zip(&touched)).any(|(q, &t)| t && q.needs_notification(mem).unwrap_or(true));
+        if out.requests > 0 && notify {
+            if self.base.signal_used(last_tag, charger, "virtio-blk") {
+                self.stats.interrupts += 1;
+                out.interrupted = true;
+            } else {
+                self.stats.queue_errors += 1;
+            }
+        }
+        // Chains left in the avail ring when the hold was full.
+        for i in 0..self.base.notifiers.len() {
+            let r = self.process_queue(i, charger);
+            out.requests += r.requests;
+            out.malformed += r.malformed;
+            out.interrupted |= r.interrupted;
+        }
+        out
+    }
+}
+
+/// A request to complete now.
+struct Done {
+    head: u16,
+    tag: Option<u64>,
+    since: Instant,
+    /// How long a limit held it, if it did.
+    throttled_ns: Option<u64>,
+    /// Device time spent on it before it was held (parsing).
+    earlier_device_ns: u64,
+    parsed: Result<Request, Malformed>,
+}
+
+/// Executes a parsed request, writes its status, charges it and puts it on
+/// the used ring.
+/// Returns whether the chain was malformed.
+fn complete(
+    disk: &mut Disk,
+    stats: &mut BlockStats,
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    d: Done,
+    charger: &mut dyn Charger,
+    cpu_mark: &mut u64,
+) -> bool {
+    let head = d.head;
+    let malformed = d.parsed.is_err();
+    let (op, (status, bytes, used_len), status_addr) = match d.parsed {
+        Ok(req) => (
+            op_of(req.kind),
+            disk.execute(mem, &req, stats),
+            Some(req.status_addr),
+        ),
+        Err(m) => {
+            stats.malformed += 1;
+            warn_rl!("virtio-blk: malformed request at head {head}: {}", m.error);
+            let used = u32::from(m.status_addr.is_some());
+            let op = m.kind.map_or(BlockOp::Unsupported, op_of);
+            (op, (VIRTIO_BLK_S_IOERR, 0, used), m.status_addr)
+        }
+    };
+    match status_addr {
+        Some(addr) if mem.write_obj(status, addr).is_ok() => {}
+        Some(_) => stats.queue_errors += 1,
+        None => stats.dropped += 1,
+    }
+    // Charge before the used element is published: once the guest sees
+    // it, it may end the request, and the charge must find the request
+    // still live.
+    charger.charge_block(&BlockCharge {
+        tag: d.tag,
+        op,
+        bytes,
+        device_ns: {
+            let now = thread_cpu_ns();
+            let spent = now.saturating_sub(*cpu_mark);
+            *cpu_mark = now;
+            spent.saturating_add(d.earlier_device_ns)
+        },
+        latency_ns: u64::try_from(d.since.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        status,
+        throttled: d.throttled_ns.is_some(),
+        throttled_ns: d.throttled_ns.unwrap_or(0),
+    });
+    if let Err(e) = queue.add_used(mem, head, used_len) {
+        stats.queue_errors += 1;
+        warn_rl!("virtio-blk: used ring update failed: {e}");
+    }
+    stats.requests += 1;
+    malformed
+}
+
+/// A request a limit holds back.
+struct Held {
+    queue: usize,
+    head: u16,
+    tag: Option<u64>,
+    since: Instant,
+    /// When it was held, on the throttle's clock.
+    at_ns: u64,
+    /// Device thread CPU time spent on it before it was held.
+    parse_ns: u64,
+    parsed: Result<Request, Malformed>,
+}
+
+/// Bytes a request takes from a bytes bucket: the data of reads and writes.
+fn bytes_of(parsed: &Result<Request, Malformed>) -> u64 {
+    match parsed {
+        Ok(r) if matches!(r.kind, RequestKind::In | RequestKind::Out) => r.data_len(),
+        _ => 0,
+    }
+}
+
+/// The device's limits and the requests they hold, one FIFO per limit.
+struct Throttle {
+    limits: Vec<BlockLimit>,
+    waiting: Vec<VecDeque<Held>>,
+    /// Requests held, all limits together (at most a queue's size).
+    held: usize,
+    lookup: Box<dyn LimitLookup>,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for Throttle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Throttle")
+            .field("limits", &self.limits.len())
+            .field("held", &self.held)
+            .finish()
+    }
+}
+
+impl Throttle {
+    fn new(limits: &[BlockLimitConfig], lookup: Box<dyn LimitLookup>) -> Result<Self, BucketError> {
+        let limits = limits
+            .iter()
+            .map(|c| BlockLimit::new(c, 0))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            waiting: limits.iter().map(|_| VecDeque::new()).collect(),
+            limits,
+            held: 0,
+            lookup,
+            epoch: Instant::now(),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// `Some(k)`: the request must wait in limit `k`'s FIFO (it has no
+    /// tokens, or earlier requests of that limit still wait). `None`: go
+    /// (its tokens are taken).
+    fn admit(&mut self, tag: Option<u64>, parsed: &Result<Request, Malformed>) -> Option<usize> {
+        let k = self.lookup.limit_of(tag)?;
+        let now = self.now();
+        let (limit, waiting) = (self.limits.get_mut(k)?, self.waiting.get(k)?);
+        if waiting.is_empty() && limit.try_take(bytes_of(parsed), now) {
+            None
+        } else {
+            Some(k)
+        }
+    }
+
+    fn hold(&mut self, k: usize, h: Held) {
+        if let Some(w) = self.waiting.get_mut(k) {
+            w.push_back(h);
+            self.held += 1;
+        }
+    }
+
+    /// Drops every held request (the driver reset the device).
+    fn forget_held(&mut self) {
+        self.waiting.iter_mut().for_each(VecDeque::clear);
+        self.held = 0;
+    }
+
+    /// The first held request, of any limit, whose tokens are there now.
+    fn pop_ready(&mut self) -> Option<Held> {
+        let now = self.now();
+        for (limit, waiting) in self.limits.iter_mut().zip(self.waiting.iter_mut()) {
+            let Some(front) = waiting.front() else {
+                continue;
+            };
+            if limit.try_take(bytes_of(&front.parsed), now) {
+                self.held -= 1;
+                return waiting.pop_front();
+            }
+        }
+        None
+    }
+
+    /// Time until the first held request can go.
+    fn next_wait(&mut self) -> Option<Duration> {
+        let now = self.now();
+        (self.limits.iter_mut().zip(self.waiting.iter()))
+            .filter_map(|(l, w)| w.front().map(|h| l.wait_ns(bytes_of(&h.parsed), now)))
+            .min()
+            .map(Duration::from_nanos)
     }
 }
 
@@ -429,6 +727,15 @@ impl VirtioDevice for BlockDevice {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) -> bool {
         crate::virtio::read_config(&self.config(), offset, data)
+    }
+
+    /// Held requests belong to the queues the driver just dropped: they are
+    /// forgotten (never completed onto a later queue), the buckets kept.
+    fn reset(&mut self) {
+        if let Some(t) = self.throttle.as_mut() {
+            t.forget_held();
+        }
+        self.base.reset();
     }
 }
 
@@ -813,5 +1120,125 @@ pub(crate) mod tests {
 
         assert_eq!(out.requests, 0);
         assert_eq!(d.stats().queue_errors, 1);
+    }
+
+    /// Limit 0 for requests tagged `.0`, none for the rest.
+    pub(crate) struct OneTag(pub(crate) u64);
+
+    impl LimitLookup for OneTag {
+        fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
+            (tag == Some(self.0)).then_some(0)
+        }
+    }
+
+    pub(crate) fn ops_limit(size: u64, refill: Duration) -> Vec<BlockLimitConfig> {
+        vec![BlockLimitConfig {
+            path: "limited".into(),
+            ops: Some(super::super::limiter::BucketConfig {
+                size,
+                one_time_burst: 0,
+                refill_time: refill,
+            }),
+            bytes: None,
+        }]
+    }
+
+    #[test]
+    fn a_limited_tag_is_held_beyond_its_bucket_and_others_pass_it() {
+        let (m, f) = (mem(), disk_file());
+        let q = MockSplitQueue::new(&m, 16);
+        let mut d = activated(&m, &q, &f, false);
+        d.set_limits(&ops_limit(1, Duration::from_secs(3600)), Box::new(OneTag(7)))
+            .unwrap();
+        let mut rec = Recorder::default();
+        // Tag 7 publishes 3 reads at once, then tag 8 two more.
+        for at in [0u16, 3, 6] {
+            push_request(&m, &q, at, VIRTIO_BLK_T_IN, 0, &[(0x4_0000, 512, WRITE)]);
+        }
+        d.queue_notifiers()[0].post_at(Some(7), Some(3));
+        for at in [9u16, 12] {
+            push_request(&m, &q, at, VIRTIO_BLK_T_IN, 0, &[(0x4_0000, 512, WRITE)]);
+        }
+        d.queue_notifiers()[0].post_at(Some(8), Some(5));
+
+        let out = d.process_queue(0, &mut rec);
+
+        // A bucket of 1 and 3 requests issued at once: exactly 3 - 1 held,
+        // and tag 8's requests completed past them.
+        assert_eq!(out.requests, 3);
+        assert_eq!(d.throttled_now(), 2);
+        assert_eq!(d.stats().throttled, 2);
+        assert_eq!(q.used().idx().load(), 3);
+        assert_eq!((used(&q, 0).0, used(&q, 1).0, used(&q, 2).0), (0, 9, 12));
+        let tags: Vec<_> = rec.blocks.iter().map(|c| (c.tag, c.throttled)).collect();
+        assert_eq!(tags, vec![(Some(7), false), (Some(8), false), (Some(8), false)]);
+        // Nothing is due for an hour, and nothing is dropped meanwhile.
+        assert!(d.next_release().unwrap() > Duration::from_secs(1000));
+        assert_eq!(d.release_held(&mut rec).requests, 0);
+        assert_eq!(d.throttled_now(), 2);
+        // A reset drops the queues, and with them what was held on them.
+        d.reset();
+        assert_eq!((d.throttled_now(), d.next_release()), (0, None));
+    }
+
+    #[test]
+    fn held_requests_complete_when_tokens_refill_charged_with_their_wait() {
+        let (m, f) = (mem(), disk_file());
+        let q = MockSplitQueue::new(&m, 16);
+        let mut d = activated(&m, &q, &f, false);
+        d.set_limits(&ops_limit(1, Duration::from_millis(2)), Box::new(OneTag(7)))
+            .unwrap();
+        let mut rec = Recorder::default();
+        for at in [0u16, 3, 6, 9] {
+            push_request(&m, &q, at, VIRTIO_BLK_T_IN, 0, &[(0x4_0000, 512, WRITE)]);
+        }
+        d.queue_notifiers()[0].post(Some(7));
+        d.process_queue(0, &mut rec);
+        assert_eq!(d.throttled_now(), 3);
+
+        while let Some(wait) = d.next_release() {
+            std::thread::sleep(wait);
+            d.release_held(&mut rec);
+        }
+
+        // Every request completed once, in order, the held ones with their wait.
+        assert_eq!(q.used().idx().load(), 4);
+        let heads: Vec<_> = (0..4).map(|i| used(&q, i).0).collect();
+        assert_eq!(heads, vec![0, 3, 6, 9]);
+        let held: Vec<_> = rec.blocks.iter().map(|c| c.throttled).collect();
+        assert_eq!(held, vec![false, true, true, true]);
+        assert!(rec.blocks[1..]
+            .iter()
+            .all(|c| c.throttled_ns > 0 && c.status == VIRTIO_BLK_S_OK));
+        assert_eq!(rec.blocks[0].throttled_ns, 0);
+    }
+
+    #[test]
+    fn a_hostile_driver_cannot_make_the_device_hold_more_than_a_queue() {
+        let (m, f) = (mem(), disk_file());
+        let q = MockSplitQueue::new(&m, 16);
+        let mut d = activated(&m, &q, &f, false);
+        d.set_limits(&ops_limit(1, Duration::from_secs(3600)), Box::new(OneTag(7)))
+            .unwrap();
+        let mut rec = Recorder::default();
+        // One chain at head 0, its head published again and again in the
+        // avail ring (a driver may not do this; a hostile one can).
+        push_request(&m, &q, 0, VIRTIO_BLK_T_FLUSH, 0, &[]);
+        let mut published = 1u16;
+        for round in 0..40u16 {
+            for i in 0..8u16 {
+                let slot = (published + i) % 16;
+                q.avail().ring().ref_at(usize::from(slot)).unwrap().store(0);
+            }
+            published += 8;
+            q.avail().idx().store(published);
+            d.queue_notifiers()[0].post(Some(7));
+            d.process_queue(0, &mut rec);
+            assert!(d.throttled_now() <= 16, "round {round}: {}", d.throttled_now());
+        }
+
+        assert_eq!(d.throttled_now(), 16);
+        assert!(d.stats().throttle_stalls > 0);
+        assert_eq!(rec.blocks.len(), 1);
     }
 }

@@ -6,10 +6,13 @@
 //! through the `Charger` it owns. Queue processing itself lives in
 //! `device.rs`.
 
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use accounting::warn_rl;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::device::BlockDevice;
 use crate::virtio::{Charger, QueueNotifier, VirtioDevice};
@@ -20,7 +23,13 @@ pub struct BlockHandler {
     notifiers: Vec<Arc<QueueNotifier>>,
     charger: Box<dyn Charger + Send>,
     spurious: u64,
+    /// Fires when a request held by a per-container limit may go; only a
+    /// device with limits has one (see [`BlockHandler::with_limits`]).
+    timer: Option<TimerFd>,
 }
+
+/// The event data of the release timer (queue indexes are below it).
+const TIMER_DATA: u32 = u32::MAX;
 
 impl std::fmt::Debug for BlockHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,7 +50,54 @@ impl BlockHandler {
             notifiers,
             charger,
             spurious: 0,
+            timer: None,
         }
+    }
+
+    /// Like [`BlockHandler::new`], for a device that has limits
+    /// ([`BlockDevice::set_limits`]): adds a non-blocking timerfd that
+    /// releases held requests when their tokens are due.
+    pub fn with_limits(
+        device: Arc<Mutex<BlockDevice>>,
+        charger: Box<dyn Charger + Send>,
+    ) -> std::io::Result<Self> {
+        let timer = TimerFd::new()?;
+        // SAFETY: F_GETFL/F_SETFL on an fd this function owns; no memory is passed.
+        let flags = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_GETFL) };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut h = Self::new(device, charger);
+        h.timer = Some(timer);
+        Ok(h)
+    }
+
+    /// Arms the timer for the first held request, or disarms it.
+    fn rearm(&mut self, device: &mut BlockDevice) {
+        let Some(timer) = self.timer.as_mut() else {
+            return;
+        };
+        let r = match device.next_release() {
+            Some(d) => timer.reset(d.max(Duration::from_nanos(1)), None),
+            None => timer.clear(),
+        };
+        if let Err(e) = r {
+            warn_rl!("virtio-blk: cannot arm the limit timer: {e}");
+        }
+    }
+
+    /// Releases the held requests that are due, as if the timer had fired.
+    pub fn handle_timer(&mut self) {
+        if let Some(t) = self.timer.as_mut() {
+            // Non-blocking: EAGAIN when it was re-armed since it fired.
+            let _ = t.wait();
+        }
+        let device = Arc::clone(&self.device);
+        let mut device = device.lock().unwrap_or_else(|e| e.into_inner());
+        device.release_held(self.charger.as_mut());
+        self.rearm(&mut device);
     }
 
     /// Events that named no queue or carried no input.
@@ -57,8 +113,12 @@ impl BlockHandler {
         };
         // Non-blocking: EAGAIN when a previous batch already drained it.
         let _ = n.eventfd().read();
-        let mut device = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        let device = Arc::clone(&self.device);
+        let mut device = device.lock().unwrap_or_else(|e| e.into_inner());
         device.process_queue(index, self.charger.as_mut());
+        if self.timer.is_some() {
+            self.rearm(&mut device);
+        }
     }
 }
 
@@ -69,12 +129,21 @@ impl MutEventSubscriber for BlockHandler {
                 log::error!("virtio-blk: cannot register queue {i} eventfd: {e:?}");
             }
         }
+        if let Some(t) = &self.timer {
+            if let Err(e) = ops.add(Events::with_data(t, TIMER_DATA, EventSet::IN)) {
+                log::error!("virtio-blk: cannot register the limit timer: {e:?}");
+            }
+        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         if !events.event_set().contains(EventSet::IN) {
             self.spurious += 1;
             warn_rl!("virtio-blk: unexpected event set {:?}", events.event_set());
+            return;
+        }
+        if events.data() == TIMER_DATA && self.timer.is_some() {
+            self.handle_timer();
             return;
         }
         match usize::try_from(events.data()) {
@@ -182,5 +251,44 @@ mod tests {
         h.handle_queue(5);
 
         assert_eq!(h.spurious(), 1);
+    }
+
+    #[test]
+    fn the_limit_timer_releases_held_requests_on_the_event_loop() {
+        use super::super::device::tests::{ops_limit, OneTag};
+        use std::time::Duration;
+        // Arrange: an activated disk whose tag 7 may do one request per 5 ms.
+        let (m, f) = (mem(), disk_file());
+        let q = MockSplitQueue::new(&m, 16);
+        for at in [0u16, 3, 6] {
+            push_request(&m, &q, at, VIRTIO_BLK_T_IN, 0, &[(0x5_0000, 512, WRITE)]);
+        }
+        let mut dev = BlockDevice::open(f.as_path(), false, "x").unwrap();
+        dev.activate(m.clone(), vec![q.create_queue().unwrap()], 1 << 32)
+            .unwrap();
+        dev.set_limits(&ops_limit(1, Duration::from_millis(5)), Box::new(OneTag(7)))
+            .unwrap();
+        let device = Arc::new(Mutex::new(dev));
+        let recorder = Arc::new(Mutex::new(Recorder::default()));
+        let mut em = EventManager::<BlockHandler>::new().unwrap();
+        em.add_subscriber(BlockHandler::with_limits(device.clone(), Box::new(recorder.clone())).unwrap());
+
+        // Act: tag 7 notifies once; the loop runs until the timer let all go.
+        device.lock().unwrap().queue_notifiers()[0].post(Some(7));
+        let mut rounds = 0;
+        while q.used().idx().load() < 3 {
+            em.run_with_timeout(1000).unwrap();
+            rounds += 1;
+            assert!(rounds < 100, "the timer did not release the held requests");
+        }
+
+        // Assert: one passed at once, two were held and released by the timer.
+        let rec = recorder.lock().unwrap();
+        let held: Vec<_> = rec.blocks.iter().map(|c| (c.tag, c.throttled)).collect();
+        assert_eq!(held, vec![(Some(7), false), (Some(7), true), (Some(7), true)]);
+        assert_eq!(device.lock().unwrap().stats().throttled, 2);
+        assert_eq!(device.lock().unwrap().next_release(), None);
+        // Nothing is left armed: the loop now times out with nothing to do.
+        assert_eq!(em.run_with_timeout(20).unwrap(), 0);
     }
 }

@@ -1,0 +1,409 @@
+//! Per-container token buckets for virtio-blk (docs/limits-per-container.md).
+//!
+//! A [`TokenBucket`] is Firecracker's RateLimiter bucket by its names: a
+//! `size` (tokens a full bucket holds), a `refill_time` (how long an empty
+//! bucket takes to fill) and an optional `one_time_burst` (tokens spent
+//! first, never refilled). Time is passed in as nanoseconds of a monotonic
+//! clock so the arithmetic is tested with a fake one.
+//!
+//! A [`BlockLimit`] is one container path's pair of buckets (operations and
+//! bytes). The device asks a [`LimitLookup`] which limit, if any, a request's
+//! tag falls under; the VMM answers from the registry (the container's
+//! path), so a limit applies to whatever live container has that path.
+
+use std::time::Duration;
+
+/// Why a bucket's configuration is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BucketError {
+    /// A bucket of size 0 would never let anything through.
+    #[error("a bucket's size must be at least 1")]
+    ZeroSize,
+    /// A refill time of 0 would be an unlimited rate.
+    #[error("a bucket's refill time must be at least 1 ms")]
+    ZeroRefill,
+    /// Refill time past a day: almost surely a unit mistake.
+    #[error("a bucket's refill time must be at most one day")]
+    RefillTooLong,
+}
+
+/// How a bucket is configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketConfig {
+    /// Tokens a full bucket holds.
+    pub size: u64,
+    /// Tokens available once, before the bucket's own, never refilled.
+    pub one_time_burst: u64,
+    /// Time for an empty bucket to fill completely.
+    pub refill_time: Duration,
+}
+
+/// Longest refill time accepted.
+pub const MAX_REFILL: Duration = Duration::from_secs(24 * 3600);
+
+/// A token bucket. Tokens are never created beyond `size` per
+/// `refill_time` (refill rounds time up, so a fraction of a token is never
+/// credited early) and never go negative.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenBucket {
+    size: u64,
+    refill_ns: u64,
+    burst: u64,
+    budget: u64,
+    /// Time up to which refill has been credited.
+    credited_ns: u64,
+    /// Token fraction earned but not yet credited, in units of 1/`refill_ns`.
+    carry: u128,
+}
+
+impl TokenBucket {
+    /// A full bucket at time `now_ns`.
+    pub fn new(c: BucketConfig, now_ns: u64) -> Result<Self, BucketError> {
+        if c.size == 0 {
+            return Err(BucketError::ZeroSize);
+        }
+        if c.refill_time < Duration::from_millis(1) {
+            return Err(BucketError::ZeroRefill);
+        }
+        if c.refill_time > MAX_REFILL {
+            return Err(BucketError::RefillTooLong);
+        }
+        Ok(Self {
+            size: c.size,
+            refill_ns: u64::try_from(c.refill_time.as_nanos()).unwrap_or(u64::MAX),
+            burst: c.one_time_burst,
+            budget: c.size,
+            credited_ns: now_ns,
+            carry: 0,
+        })
+    }
+
+    /// Tokens available now (the bucket's plus what is left of the burst).
+    pub fn available(&mut self, now_ns: u64) -> u64 {
+        self.refill(now_ns);
+        self.budget.saturating_add(self.burst)
+    }
+
+    /// Credits the tokens earned since the last refill. Exact: the
+    /// fraction of a token earned so far is carried (`carry` / `refill_ns`),
+    /// so tokens are neither created early nor lost to rounding.
+    fn refill(&mut self, now_ns: u64) {
+        let elapsed = now_ns.saturating_sub(self.credited_ns);
+        self.credited_ns = self.credited_ns.max(now_ns);
+        if elapsed == 0 {
+            return;
+        }
+        if self.budget >= self.size {
+            self.carry = 0;
+            return;
+        }
+        let (size, refill) = (u128::from(self.size), u128::from(self.refill_ns));
+        let total = u128::from(elapsed) * size + self.carry;
+        let earned = total / refill;
+        let room = u128::from(self.size - self.budget);
+        if earned >= room {
+            self.budget = self.size;
+            self.carry = 0;
+        } else {
+            // earned < room <= size: it fits in a u64.
+            self.budget += u64::try_from(earned).unwrap_or(0);
+            self.carry = total % refill;
+        }
+    }
+
+    /// Takes `n` tokens (a request larger than the bucket takes a full
+    /// bucket) if they are there; else takes nothing.
+    pub fn try_take(&mut self, n: u64, now_ns: u64) -> bool {
+        self.refill(now_ns);
+        let n = n.min(self.size.saturating_add(self.burst));
+        let from_burst = n.min(self.burst);
+        let rest = n - from_burst;
+        // A request larger than the bucket was cut to the bucket's size:
+        // it waits for a full bucket and empties it.
+        if rest > self.budget {
+            return false;
+        }
+        self.burst -= from_burst;
+        self.budget = self.budget.saturating_sub(rest);
+        true
+    }
+
+    /// Nanoseconds from `now_ns` until `try_take(n)` can succeed (0: now).
+    pub fn wait_ns(&mut self, n: u64, now_ns: u64) -> u64 {
+        self.refill(now_ns);
+        let need = n.saturating_sub(self.burst).min(self.size);
+        if need <= self.budget {
+            return 0;
+        }
+        let missing = u128::from(need - self.budget);
+        let (size, refill) = (u128::from(self.size), u128::from(self.refill_ns));
+        // The least t with (t * size + carry) / refill >= missing.
+        let wait = (missing * refill)
+            .saturating_sub(self.carry)
+            .div_ceil(size)
+            .max(1);
+        u64::try_from(wait).unwrap_or(u64::MAX)
+    }
+}
+
+/// One container path's limit on a block device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockLimitConfig {
+    /// The container path it applies to (`unattributed` included).
+    pub path: String,
+    /// Requests (of any kind).
+    pub ops: Option<BucketConfig>,
+    /// Data bytes of reads and writes.
+    pub bytes: Option<BucketConfig>,
+}
+
+/// Which of the device's limits (an index into the list it was given), if
+/// any, a request charged to `tag` falls under. Implemented by the VMM over
+/// the registry; called once per request, only on a device with limits.
+pub trait LimitLookup: Send {
+    /// The index of the limit of the container `tag` charges, if any.
+    fn limit_of(&mut self, tag: Option<u64>) -> Option<usize>;
+}
+
+/// A limit's live buckets.
+#[derive(Clone, Debug)]
+pub(crate) struct BlockLimit {
+    ops: Option<TokenBucket>,
+    bytes: Option<TokenBucket>,
+}
+
+impl BlockLimit {
+    pub(crate) fn new(c: &BlockLimitConfig, now_ns: u64) -> Result<Self, BucketError> {
+        Ok(Self {
+            ops: c.ops.map(|b| TokenBucket::new(b, now_ns)).transpose()?,
+            bytes: c.bytes.map(|b| TokenBucket::new(b, now_ns)).transpose()?,
+        })
+    }
+
+    /// Takes one op and `bytes` from both buckets, or nothing from either.
+    pub(crate) fn try_take(&mut self, bytes: u64, now_ns: u64) -> bool {
+        let ops_ok = self.ops.as_mut().is_none_or(|b| b.wait_ns(1, now_ns) == 0);
+        let bytes_ok = bytes == 0 || self.bytes.as_mut().is_none_or(|b| b.wait_ns(bytes, now_ns) == 0);
+        if !(ops_ok && bytes_ok) {
+            return false;
+        }
+        let a = self.ops.as_mut().is_none_or(|b| b.try_take(1, now_ns));
+        let c = bytes == 0 || self.bytes.as_mut().is_none_or(|b| b.try_take(bytes, now_ns));
+        a && c
+    }
+
+    /// Nanoseconds until a request of `bytes` can pass.
+    pub(crate) fn wait_ns(&mut self, bytes: u64, now_ns: u64) -> u64 {
+        let a = self.ops.as_mut().map_or(0, |b| b.wait_ns(1, now_ns));
+        let c = match (bytes, self.bytes.as_mut()) {
+            (0, _) | (_, None) => 0,
+            (n, Some(b)) => b.wait_ns(n, now_ns),
+        };
+        a.max(c)
+    }
+}
+
+/// Parses a rate: `N/s`, `N/ms` or `N/<k>ms` / `N/<k>s` (`10/100ms`), N
+/// with an optional binary unit (`K`, `KiB`, `M`, `MiB`, `G`, `GiB`) when
+/// `bytes`. The bucket holds N tokens and refills in the period.
+pub fn parse_rate(s: &str, bytes: bool) -> Result<BucketConfig, String> {
+    let (count, period) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}` is not a rate: expected COUNT/PERIOD, e.g. 100/s or 1MiB/s"))?;
+    let size = if bytes {
+        parse_size(count)?
+    } else {
+        count
+            .parse::<u64>()
+            .map_err(|_| format!("`{count}` is not a whole number of operations (e.g. 100/s)"))?
+    };
+    let refill_time = parse_period(period)?;
+    let c = BucketConfig {
+        size,
+        one_time_burst: 0,
+        refill_time,
+    };
+    TokenBucket::new(c, 0).map_err(|e| format!("`{s}`: {e}"))?;
+    Ok(c)
+}
+
+/// A byte count: digits and an optional binary unit.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(digits);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte count (e.g. 4096, 64KiB, 1MiB)"))?;
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => return Err(format!("unknown unit `{unit}` in `{s}`: use B, KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn parse_period(s: &str) -> Result<Duration, String> {
+    let (n, unit) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else {
+        return Err(format!("`{s}` is not a period: use s or ms, e.g. /s or /100ms"));
+    };
+    let n: u64 = if n.is_empty() {
+        1
+    } else {
+        n.parse()
+            .map_err(|_| format!("`{s}` is not a period: use s or ms, e.g. /s or /100ms"))?
+    };
+    n.checked_mul(unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("period `{s}` is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn bucket(size: u64, refill_ms: u64, burst: u64) -> TokenBucket {
+        let c = BucketConfig {
+            size,
+            one_time_burst: burst,
+            refill_time: Duration::from_millis(refill_ms),
+        };
+        TokenBucket::new(c, 0).unwrap()
+    }
+
+    #[test]
+    fn a_full_bucket_gives_its_size_then_refuses() {
+        let mut b = bucket(3, 1000, 0);
+        assert!((0..3).all(|_| b.try_take(1, 0)));
+        assert!(!b.try_take(1, 0));
+        assert_eq!(b.available(0), 0);
+    }
+
+    #[test]
+    fn refill_is_proportional_and_never_past_size() {
+        let mut b = bucket(10, 1000, 0);
+        assert!(b.try_take(10, 0));
+        assert_eq!(b.available(100 * MS), 1);
+        assert_eq!(b.available(550 * MS), 5);
+        assert_eq!(b.available(10_000 * MS), 10);
+    }
+
+    #[test]
+    fn refill_never_credits_a_fraction_early() {
+        // 3 tokens per second: a token every 333.33 ms. Polling every 1 ms
+        // for a second must credit exactly 3 tokens, not more.
+        let mut b = bucket(3, 1000, 0);
+        assert!(b.try_take(3, 0));
+        let mut taken = 0;
+        for t in 1..=1000u64 {
+            while b.try_take(1, t * MS) {
+                taken += 1;
+            }
+        }
+        assert_eq!(taken, 3);
+        assert!(!b.try_take(1, 1000 * MS));
+    }
+
+    #[test]
+    fn wait_ns_names_the_moment_tokens_are_there() {
+        let mut b = bucket(4, 1000, 0);
+        assert!(b.try_take(4, 0));
+        let w = b.wait_ns(1, 0);
+        assert_eq!(w, 250 * MS);
+        assert!(!b.try_take(1, w - 1));
+        assert!(b.try_take(1, w));
+    }
+
+    #[test]
+    fn the_one_time_burst_is_spent_first_and_not_refilled() {
+        let mut b = bucket(2, 1000, 5);
+        assert_eq!(b.available(0), 7);
+        assert!((0..7).all(|_| b.try_take(1, 0)));
+        assert!(!b.try_take(1, 0));
+        assert_eq!(b.available(10_000 * MS), 2);
+    }
+
+    #[test]
+    fn a_request_larger_than_the_bucket_passes_on_a_full_bucket() {
+        let mut b = bucket(1024, 1000, 0);
+        assert!(b.try_take(4096, 0));
+        assert!(!b.try_take(4096, 500 * MS));
+        assert_eq!(b.wait_ns(4096, 500 * MS), 500 * MS);
+        assert!(b.try_take(4096, 1000 * MS));
+    }
+
+    #[test]
+    fn huge_rates_and_times_do_not_overflow() {
+        let mut b = bucket(u64::MAX, 1, u64::MAX);
+        assert!(b.try_take(u64::MAX, 0));
+        assert!(b.try_take(u64::MAX, 0));
+        assert!(b.available(u64::MAX) > 0);
+        let mut slow = bucket(1, 24 * 3600 * 1000, 0);
+        assert!(slow.try_take(1, 0));
+        assert_eq!(slow.wait_ns(1, 0), 24 * 3600 * 1000 * MS);
+        assert!(slow.try_take(1, u64::MAX));
+    }
+
+    #[test]
+    fn zero_and_invalid_configurations_are_refused() {
+        let c = BucketConfig {
+            size: 0,
+            one_time_burst: 0,
+            refill_time: Duration::from_secs(1),
+        };
+        assert_eq!(TokenBucket::new(c, 0), Err(BucketError::ZeroSize));
+        let c = BucketConfig {
+            size: 1,
+            refill_time: Duration::ZERO,
+            ..c
+        };
+        assert_eq!(TokenBucket::new(c, 0), Err(BucketError::ZeroRefill));
+        let c = BucketConfig {
+            refill_time: Duration::from_secs(90_000),
+            ..c
+        };
+        assert_eq!(TokenBucket::new(c, 0), Err(BucketError::RefillTooLong));
+    }
+
+    #[test]
+    fn rates_parse_with_units_and_periods() {
+        let r = parse_rate("100/s", false).unwrap();
+        assert_eq!((r.size, r.refill_time), (100, Duration::from_secs(1)));
+        let r = parse_rate("1MiB/s", true).unwrap();
+        assert_eq!(r.size, 1 << 20);
+        let r = parse_rate("10/100ms", false).unwrap();
+        assert_eq!((r.size, r.refill_time), (10, Duration::from_millis(100)));
+        for bad in ["0/s", "100", "100/h", "x/s", "1MiB/s", "5/0ms"] {
+            assert!(parse_rate(bad, false).is_err(), "{bad}");
+        }
+        assert!(parse_rate("1TiB/s", true).is_err());
+    }
+
+    #[test]
+    fn a_limit_takes_from_both_buckets_or_neither() {
+        let ops = parse_rate("5/s", false).unwrap();
+        let bytes = parse_rate("1KiB/s", true).unwrap();
+        let c = BlockLimitConfig {
+            path: "a".into(),
+            ops: Some(ops),
+            bytes: Some(bytes),
+        };
+        let mut l = BlockLimit::new(&c, 0).unwrap();
+        assert!(l.try_take(512, 0));
+        assert!(l.try_take(512, 0));
+        // Bytes are spent; the ops bucket must not lose a token for it.
+        assert!(!l.try_take(512, 0));
+        assert!(l.try_take(0, 0));
+        assert!(l.try_take(0, 0));
+        assert!(l.try_take(0, 0));
+        assert!(!l.try_take(0, 0));
+        assert_eq!(l.wait_ns(512, 0), 500 * MS);
+    }
+}
