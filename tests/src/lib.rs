@@ -2,8 +2,10 @@
 //! project's bare-metal test guest in a real KVM VM with a scenario, and hand
 //! back the report and what the guest printed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use accounting::report::{ChargesReport, ContainerReport, Report, RequestReport};
 use accounting::resource::ExitReason;
@@ -137,5 +139,36 @@ impl Run {
             vcpu_sum.host_ns += v.charges.exits_total.host_ns;
         }
         assert_eq!(vcpu_sum, self.report.totals.exits_total);
+    }
+}
+
+/// A fresh, empty directory for one test's sockets and files, named after
+/// `name` and this process.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("resourceful-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("a scratch directory");
+    d
+}
+
+/// `GET target` over the host API socket `sock`: it must answer 200, and
+/// its JSON body is returned.
+pub fn api_json(sock: &Path, target: &str) -> serde_json::Value {
+    let r = vmm::api::client::get(sock, target).expect("GET over the API socket");
+    assert_eq!(r.status, 200, "{target}: {}", r.body);
+    serde_json::from_str(&r.body).expect("a JSON body")
+}
+
+/// Polls `f` every 10 ms until it returns `Some`, failing after 30 s or if
+/// the VM (run on the thread `vm`) ended.
+pub fn wait_for<T>(what: &str, vm: &JoinHandle<Run>, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(!vm.is_finished(), "the VM ended while waiting for {what}");
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

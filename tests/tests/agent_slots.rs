@@ -12,52 +12,23 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use accounting::agent;
-use resourceful_tests::{boot, config, Run};
+use resourceful_tests::{api_json, boot, config, scratch_dir, wait_for, Run};
 use serde_json::{json, Value};
-use vmm::api::client;
 use vmm::config::VsockConfig;
 
 const GATE_PORT: u32 = 5000;
 /// Port writes the guest does with the container's tag in its slot.
 const WORK: u64 = 9;
 
-fn scratch_dir(case: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("resourceful-agent-slots-{case}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn api(sock: &Path, target: &str) -> Value {
-    let r = client::get(sock, target).expect("GET over the API socket");
-    assert_eq!(r.status, 200, "{target}: {}", r.body);
-    serde_json::from_str(&r.body).unwrap()
-}
-
-/// Polls `f` every 10 ms until it returns `Some`, failing after 30 s or if
-/// the VM ended.
-fn wait_for<T>(what: &str, vm: &thread::JoinHandle<Run>, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(!vm.is_finished(), "the VM ended while waiting for {what}");
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Boots `agent-slots` with `extra` on the command line, opens the gate
 /// once `GET /v1/vm` shows `slots` satisfying `ready`, and returns the run
 /// and the `slots` seen then.
 fn run(case: &str, extra: &str, ready: impl Fn(&Value) -> bool) -> (Run, Value) {
-    let dir = scratch_dir(case);
+    let dir = scratch_dir(&format!("agent-slots-{case}"));
     let uds = dir.join("v.sock");
     let api_sock = dir.join("api.sock");
     let gate_listener = UnixListener::bind(format!("{}_{GATE_PORT}", uds.display())).unwrap();
@@ -85,7 +56,7 @@ fn run(case: &str, extra: &str, ready: impl Fn(&Value) -> bool) -> (Run, Value) 
     gate.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     wait_for("the API socket", &vm, || api_sock.exists().then_some(()));
     let slots = wait_for("the slots in GET /v1/vm", &vm, || {
-        let s = api(&api_sock, "/v1/vm")["slots"].clone();
+        let s = api_json(&api_sock, "/v1/vm")["slots"].clone();
         ready(&s).then_some(s)
     });
     gate.write_all(b"1").unwrap();

@@ -13,15 +13,13 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use accounting::agent::{self, ProtocolError, VmmMessage};
 use accounting::resource::VsockCharge;
-use resourceful_tests::{boot, config, Run};
+use resourceful_tests::{api_json, boot, config, scratch_dir, wait_for};
 use serde_json::Value;
-use vmm::api::client;
 use vmm::config::VsockConfig;
 
 const GATE_PORT: u32 = 5000;
@@ -40,33 +38,6 @@ const GARBAGE: usize = 4;
 /// Bytes on the wire of a frame with `body`.
 fn framed(body: &str) -> u64 {
     4 + body.len() as u64
-}
-
-fn scratch_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("resourceful-agent-vsock-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn api(sock: &Path, target: &str) -> Value {
-    let r = client::get(sock, target).expect("GET over the API socket");
-    assert_eq!(r.status, 200, "{target}: {}", r.body);
-    serde_json::from_str(&r.body).unwrap()
-}
-
-/// Polls `f` every 10 ms until it returns `Some`, failing after 30 s or if
-/// the VM ended.
-fn wait_for<T>(what: &str, vm: &thread::JoinHandle<Run>, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(!vm.is_finished(), "the VM ended while waiting for {what}");
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn find<'a>(list: &'a Value, key: &str, want: &Value) -> Option<&'a Value> {
@@ -105,7 +76,7 @@ fn the_guest_speaks_the_agent_protocol_over_vsock_and_is_charged_exactly() {
     // As docs/guest-scenarios.md lists them.
     assert_eq!((sent_before_gate, sent, welcome, error), (380, 782, 153, 75));
 
-    let dir = scratch_dir();
+    let dir = scratch_dir("agent-vsock");
     let uds = dir.join("v.sock");
     let api_sock = dir.join("api.sock");
     let gate_listener = UnixListener::bind(format!("{}_{GATE_PORT}", uds.display())).unwrap();
@@ -133,24 +104,24 @@ fn the_guest_speaks_the_agent_protocol_over_vsock_and_is_charged_exactly() {
 
     // Gate 1: the declarations the guest sent over vsock are applied.
     let live = wait_for("the request begun over vsock", &vm, || {
-        let reqs = api(&api_sock, "/v1/requests?order=begin&limit=100");
+        let reqs = api_json(&api_sock, "/v1/requests?order=begin&limit=100");
         find(&reqs, "id", &REQ.into()).cloned()
     });
     assert_eq!(live["state"], "live", "{live}");
     assert_eq!(live["trace_id"], TRACE);
     assert_eq!(live["external_id"], 7);
     assert_eq!(live["attributes"]["route"], "/guest");
-    let containers = api(&api_sock, "/v1/containers");
+    let containers = api_json(&api_sock, "/v1/containers");
     assert!(
         find(&containers, "path", &"guest-svc".into()).is_some(),
         "{containers}"
     );
-    let vm_info = api(&api_sock, "/v1/vm");
+    let vm_info = api_json(&api_sock, "/v1/vm");
     let stats = &vm_info["agent"]["stats"];
     assert_eq!(stats["connections"], 1, "{stats}");
     assert_eq!(stats["frames"], 3, "{stats}");
     assert_eq!(stats["bytes"], sent_before_gate, "{stats}");
-    let procs = api(&api_sock, "/v1/processes");
+    let procs = api_json(&api_sock, "/v1/processes");
     assert_eq!(procs["agent"]["connected"], true, "{procs}");
     assert_eq!(procs["agent"]["peer"]["hello"]["agent_version"], "test-guest-1");
     assert_eq!(procs["agent"]["peer"]["hello"]["hostname"], "test-guest");
@@ -159,7 +130,7 @@ fn the_guest_speaks_the_agent_protocol_over_vsock_and_is_charged_exactly() {
     // Gate 2: the garbage connection was closed and counted, and the first
     // connection's end_request and context report arrived after it.
     let stats = wait_for("the context report", &vm, || {
-        let s = api(&api_sock, "/v1/vm")["agent"]["stats"].clone();
+        let s = api_json(&api_sock, "/v1/vm")["agent"]["stats"].clone();
         (s["reports"] == 1).then_some(s)
     });
     let want = serde_json::json!({
@@ -168,12 +139,12 @@ fn the_guest_speaks_the_agent_protocol_over_vsock_and_is_charged_exactly() {
         "reports": 1, "flows_refused": 0, "boot_retired": 0, "evicted": 0,
     });
     assert_eq!(stats, want);
-    let procs = api(&api_sock, "/v1/processes");
+    let procs = api_json(&api_sock, "/v1/processes");
     assert_eq!(procs["provenance"], "agent");
     let report = &procs["context"]["report"];
     assert_eq!(report["seq"], 1, "{procs}");
     assert_eq!(report["processes"][0]["comm"], "guest");
-    let containers = api(&api_sock, "/v1/containers");
+    let containers = api_json(&api_sock, "/v1/containers");
     let svc = find(&containers, "path", &"guest-svc".into()).unwrap();
     let guest = &svc["guest"];
     assert_eq!(guest["provenance"], "agent", "{svc}");
@@ -182,7 +153,7 @@ fn the_guest_speaks_the_agent_protocol_over_vsock_and_is_charged_exactly() {
     assert_eq!(guest["memory_current"], 8192);
     assert_eq!(guest["processes"], 1);
     assert_eq!(guest["process_cpu_ns"], 2500);
-    let reqs = api(&api_sock, "/v1/requests?order=begin&limit=100");
+    let reqs = api_json(&api_sock, "/v1/requests?order=begin&limit=100");
     let ended = find(&reqs, "id", &REQ.into()).unwrap_or_else(|| panic!("{reqs}"));
     assert_eq!(ended["state"], "finished", "{ended}");
     gate.write_all(b"2").unwrap();

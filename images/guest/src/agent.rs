@@ -256,33 +256,52 @@ impl Run<'_> {
     }
 }
 
-/// See the module documentation and docs/guest-scenarios.md.
-pub fn scenario(b: &Boot) -> ! {
-    print("agent: start\n");
-    let gate_port = arg(b.cmdline, b"agent_gate_port=")
+/// What the agent scenarios open with: the vsock device, and the agent
+/// stream (guest port `agent_port`, to the VMM's agent port) and the gate
+/// stream (guest port `gate_port`, to `agent_gate_port=` of the command
+/// line or [`GATE_PORT`]), not yet connected.
+pub(crate) fn open(b: &Boot, agent_port: u32, gate_port: u32) -> (Run<'_>, Conn, Conn) {
+    let peer_gate = arg(b.cmdline, b"agent_gate_port=")
         .and_then(parse_u64)
         .and_then(|p| u32::try_from(p).ok())
         .unwrap_or(GATE_PORT);
-    acct::register();
-    acct::declare_container(AG_AGENT, 0, b"agent");
-    acct::declare_container(AG_GATE, 0, b"gate");
     let Some(mmio) = virtio::find(b.cmdline, vsock::DEVICE_ID_VSOCK) else {
         fail(b, "agent: no device\n", status::NO_DEVICE)
     };
     let Ok(d) = Vsock::init(mmio) else {
         fail(b, "agent: init failed\n", status::INIT)
     };
-    let mut r = Run { b, d };
-    let mut a = Conn {
-        port: PORT_AGENT,
+    let a = Conn {
+        port: agent_port,
         peer_port: AGENT_PORT,
         fwd_cnt: 0,
     };
-    let mut g = Conn {
-        port: PORT_GATE,
-        peer_port: gate_port,
+    let g = Conn {
+        port: gate_port,
+        peer_port: peer_gate,
         fwd_cnt: 0,
     };
+    (Run { b, d }, a, g)
+}
+
+impl Run<'_> {
+    /// `hello` on the connected agent stream, and the VMM's `welcome`.
+    pub(crate) fn handshake(&mut self, a: &mut Conn, buf: &mut [u8; FRAME_MAX]) {
+        self.send(a, op::RW, hello().bytes(), 0);
+        let n = self.recv_frame(a, buf, status::NO_WELCOME, "agent: no welcome\n");
+        if !contains(&buf[4..n], b"\"type\":\"welcome\"") {
+            fail(self.b, "agent: no welcome\n", status::NO_WELCOME);
+        }
+    }
+}
+
+/// See the module documentation and docs/guest-scenarios.md.
+pub fn scenario(b: &Boot) -> ! {
+    print("agent: start\n");
+    acct::register();
+    acct::declare_container(AG_AGENT, 0, b"agent");
+    acct::declare_container(AG_GATE, 0, b"gate");
+    let (mut r, mut a, mut g) = open(b, PORT_AGENT, PORT_GATE);
     let mut buf = [0u8; FRAME_MAX];
     let gate_tag = tag(AG_GATE, NO_REQUEST);
     let agent_tag = tag(AG_AGENT, NO_REQUEST);
@@ -294,11 +313,7 @@ pub fn scenario(b: &Boot) -> ! {
     // 2. agent: hello, welcome, declare_container, begin_request.
     acct::set_tag(b.vcpu, agent_tag);
     r.connect(&mut a);
-    r.send(&a, op::RW, hello().bytes(), 0);
-    let n = r.recv_frame(&mut a, &mut buf, status::NO_WELCOME, "agent: no welcome\n");
-    if !contains(&buf[4..n], b"\"type\":\"welcome\"") {
-        fail(b, "agent: no welcome\n", status::NO_WELCOME);
-    }
+    r.handshake(&mut a, &mut buf);
     r.send(&a, op::RW, declare_container().bytes(), 0);
     r.send(&a, op::RW, begin_request().bytes(), 0);
 

@@ -17,11 +17,10 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::agent::{contains, fail, hello, status, Frame, Run, AGENT_PORT, FRAME_MAX, GATE_PORT};
+use crate::agent::{fail, open, status, Frame, FRAME_MAX};
 use crate::io::{port_work, print};
-use crate::virtio;
-use crate::vsock::{self, op, Conn, Vsock};
-use crate::{arg, finish, parse_u64, Boot};
+use crate::vsock::{self, op};
+use crate::{arg, finish, Boot};
 use accounting::abi::{tag, ACCT_MMIO_BASE, NO_REQUEST};
 
 /// The container declared over the agent channel (`slots-svc`).
@@ -73,44 +72,20 @@ const REFUSED: &[u8] =
 /// See the module documentation and docs/guest-scenarios.md.
 pub fn scenario(b: &Boot) -> ! {
     print("slots: start\n");
-    let gate_port = arg(b.cmdline, b"agent_gate_port=")
-        .and_then(parse_u64)
-        .and_then(|p| u32::try_from(p).ok())
-        .unwrap_or(GATE_PORT);
     let outside = arg(b.cmdline, b"slots_page=outside").is_some();
     let (page, want) = if outside {
         (ACCT_MMIO_BASE, REFUSED)
     } else {
         (SLOT_PAGE.0.as_ptr() as u64, REGISTERED)
     };
-    let Some(mmio) = virtio::find(b.cmdline, vsock::DEVICE_ID_VSOCK) else {
-        fail(b, "agent: no device\n", status::NO_DEVICE)
-    };
-    let Ok(d) = Vsock::init(mmio) else {
-        fail(b, "agent: init failed\n", status::INIT)
-    };
-    let mut r = Run { b, d };
-    let mut a = Conn {
-        port: PORT_AGENT,
-        peer_port: AGENT_PORT,
-        fwd_cnt: 0,
-    };
-    let mut g = Conn {
-        port: PORT_GATE,
-        peer_port: gate_port,
-        fwd_cnt: 0,
-    };
+    let (mut r, mut a, mut g) = open(b, PORT_AGENT, PORT_GATE);
     let mut buf = [0u8; FRAME_MAX];
 
     // 1. The gate, then the agent connection: hello, welcome,
     //    declare_container, register_slots and its answer.
     r.connect(&mut g);
     r.connect(&mut a);
-    r.send(&a, op::RW, hello().bytes(), 0);
-    let n = r.recv_frame(&mut a, &mut buf, status::NO_WELCOME, "agent: no welcome\n");
-    if !contains(&buf[4..n], b"\"type\":\"welcome\"") {
-        fail(b, "agent: no welcome\n", status::NO_WELCOME);
-    }
+    r.handshake(&mut a, &mut buf);
     r.send(&a, op::RW, declare_container().bytes(), 0);
     r.send(&a, op::RW, register_slots(page).bytes(), 0);
     let n = r.recv_frame(&mut a, &mut buf, status::SLOTS_REPLY, "slots: bad answer\n");

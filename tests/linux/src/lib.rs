@@ -525,7 +525,7 @@ fn value_after(text: &str, prefix: &str) -> Option<String> {
 /// Runs one scenario: L1 under QEMU with the scenario appended, bounded by
 /// `qemu_timeout_s`, then the results unpacked and the report parsed.
 ///
-/// Two failures are the emulator's, not the project's, and get one retry
+/// Three failures are the emulator's, not the project's, and get one retry
 /// (at most one per scenario):
 /// - L1 dies: QEMU exits on its own before L1 sent its results (the emulated
 ///   machine reset, triple-faulted or its kernel crashed — seen while L1
@@ -537,6 +537,9 @@ fn value_after(text: &str, prefix: &str) -> Option<String> {
 ///   deterministic boot state and, at most, four PCI config probes that no
 ///   device answers; the same image boots in the other attempts (seen in 2
 ///   of 20 two-vCPU runs, after 1 and 5 exits).
+/// - L1 hangs: QEMU reaches its bound and L1 never printed what its own
+///   bounds on the VMM print (`vmm end` after the VMM's SIGINT, or the
+///   watchdog's line 15 s later): L1's user space stopped running.
 ///
 /// Such an attempt is kept in `runs/NAME-emulator-failed`, logged and
 /// appended to `emulator-retries.txt`, and the scenario runs once more.
@@ -674,6 +677,26 @@ fn attempt(scenario: &Scenario, may_retry: bool) -> Option<Outcome> {
     if may_retry && l1_died {
         let why = format!(
             "L1 died after {:.1} s (VMM started: {})",
+            timings.total,
+            timings.vmm_start.is_some()
+        );
+        keep_for_retry(scenario, &dir, &why);
+        return None;
+    }
+    // L1 hung: QEMU ran into its bound, yet L1's own bounds never fired —
+    // no `vmm end` (its `timeout -s INT` ends the VMM after
+    // `vmm_timeout_s`) and no watchdog line (printed 15 s later if the VMM
+    // outlived its SIGINT). Those are L1 user-space processes of their own;
+    // a VMM process cannot stop L1's kernel from running them, so L1 itself
+    // stopped (seen once: nothing on L1's console for 296 s after `vmm
+    // start`, and the same scenario passed at once after).
+    let console_now = String::from_utf8_lossy(&fs::read(&console_path).unwrap_or_default()).into_owned();
+    let l1_hung = timed_out
+        && !console_now.contains("RSRC-L1: vmm end")
+        && !console_now.contains("still alive after SIGINT");
+    if may_retry && l1_hung {
+        let why = format!(
+            "L1 hung: no line from its own VMM bound or watchdog in {:.0} s (VMM started: {})",
             timings.total,
             timings.vmm_start.is_some()
         );
