@@ -172,3 +172,45 @@ pub fn wait_for<T>(what: &str, vm: &JoinHandle<Run>, mut f: impl FnMut() -> Opti
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A VM of the test guest running `scenario` (`cmdline`: its whole command
+/// line) with vsock (CID 3, the host side under `dir`) and the API socket
+/// `dir/api.sock`, whose guest first opens a stream to host port
+/// `gate_port` and waits there: returns the VM's thread, that gate stream
+/// (blocking, reads time out after 60 s) and the API socket's path, once
+/// the socket exists.
+pub fn boot_gated(
+    dir: &Path,
+    scenario: &str,
+    cmdline: String,
+    gate_port: u32,
+) -> (JoinHandle<Run>, std::os::unix::net::UnixStream, PathBuf) {
+    let uds = dir.join("v.sock");
+    let api_sock = dir.join("api.sock");
+    let gate_listener = std::os::unix::net::UnixListener::bind(format!("{}_{gate_port}", uds.display()))
+        .expect("bind the gate's socket");
+    gate_listener
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
+    let mut cfg = config(scenario, 1);
+    cfg.cmdline = Some(cmdline);
+    cfg.vsock = Some(vmm::config::VsockConfig {
+        cid: 3,
+        uds: Some(uds),
+    });
+    cfg.api_sock = Some(api_sock.clone());
+    // A guard only: the gated scenarios end by themselves well under a
+    // second once their gates open.
+    cfg.time_limit_ms = Some(120_000);
+    let vm = std::thread::spawn(move || boot(cfg));
+    let gate = wait_for("the gate connection", &vm, || match gate_listener.accept() {
+        Ok((s, _)) => Some(s),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        Err(e) => panic!("accept: {e}"),
+    });
+    gate.set_nonblocking(false).expect("a blocking gate");
+    gate.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("a read timeout");
+    wait_for("the API socket", &vm, || api_sock.exists().then_some(()));
+    (vm, gate, api_sock)
+}

@@ -10,15 +10,11 @@
 //!
 //! Exact counts: docs/guest-scenarios.md, `agent-slots`.
 
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::net::UnixListener;
-use std::thread;
-use std::time::Duration;
+use std::io::{Read, Write};
 
 use accounting::agent;
-use resourceful_tests::{api_json, boot, config, scratch_dir, wait_for, Run};
+use resourceful_tests::{api_json, boot_gated, scratch_dir, wait_for, Run};
 use serde_json::{json, Value};
-use vmm::config::VsockConfig;
 
 const GATE_PORT: u32 = 5000;
 /// Port writes the guest does with the container's tag in its slot.
@@ -29,32 +25,12 @@ const WORK: u64 = 9;
 /// and the `slots` seen then.
 fn run(case: &str, extra: &str, ready: impl Fn(&Value) -> bool) -> (Run, Value) {
     let dir = scratch_dir(&format!("agent-slots-{case}"));
-    let uds = dir.join("v.sock");
-    let api_sock = dir.join("api.sock");
-    let gate_listener = UnixListener::bind(format!("{}_{GATE_PORT}", uds.display())).unwrap();
-    gate_listener.set_nonblocking(true).unwrap();
-    let mut cfg = config("agent-slots", 1);
-    cfg.cmdline = Some(format!(
-        "scenario=agent-slots agent_gate_port={GATE_PORT} {extra}"
-    ));
-    cfg.vsock = Some(VsockConfig {
-        cid: 3,
-        uds: Some(uds.clone()),
-    });
-    cfg.api_sock = Some(api_sock.clone());
-    // A guard only: the scenario ends by itself well under a second after
-    // the gate opens.
-    cfg.time_limit_ms = Some(120_000);
-    let vm = thread::spawn(move || boot(cfg));
-
-    let mut gate = wait_for("the gate connection", &vm, || match gate_listener.accept() {
-        Ok((s, _)) => Some(s),
-        Err(e) if e.kind() == ErrorKind::WouldBlock => None,
-        Err(e) => panic!("accept: {e}"),
-    });
-    gate.set_nonblocking(false).unwrap();
-    gate.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    wait_for("the API socket", &vm, || api_sock.exists().then_some(()));
+    let (vm, mut gate, api_sock) = boot_gated(
+        &dir,
+        "agent-slots",
+        format!("scenario=agent-slots agent_gate_port={GATE_PORT} {extra}"),
+        GATE_PORT,
+    );
     let slots = wait_for("the slots in GET /v1/vm", &vm, || {
         let s = api_json(&api_sock, "/v1/vm")["slots"].clone();
         ready(&s).then_some(s)

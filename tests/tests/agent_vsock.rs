@@ -11,16 +11,12 @@
 //! the test read the agent counters (`GET /v1/vm`) while the VM still runs.
 //! Exact counts: docs/guest-scenarios.md, `agent`.
 
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::net::UnixListener;
-use std::thread;
-use std::time::Duration;
+use std::io::{Read, Write};
 
 use accounting::agent::{self, ProtocolError, VmmMessage};
 use accounting::resource::VsockCharge;
-use resourceful_tests::{api_json, boot, config, scratch_dir, wait_for};
+use resourceful_tests::{api_json, boot_gated, scratch_dir, wait_for};
 use serde_json::Value;
-use vmm::config::VsockConfig;
 
 const GATE_PORT: u32 = 5000;
 const REQ: u32 = 0x1000_0100;
@@ -77,30 +73,12 @@ fn the_guest_speaks_the_agent_protocol_over_vsock_and_is_charged_exactly() {
     assert_eq!((sent_before_gate, sent, welcome, error), (380, 782, 153, 75));
 
     let dir = scratch_dir("agent-vsock");
-    let uds = dir.join("v.sock");
-    let api_sock = dir.join("api.sock");
-    let gate_listener = UnixListener::bind(format!("{}_{GATE_PORT}", uds.display())).unwrap();
-    gate_listener.set_nonblocking(true).unwrap();
-    let mut cfg = config("agent", 1);
-    cfg.cmdline = Some(format!("scenario=agent agent_gate_port={GATE_PORT}"));
-    cfg.vsock = Some(VsockConfig {
-        cid: 3,
-        uds: Some(uds.clone()),
-    });
-    cfg.api_sock = Some(api_sock.clone());
-    // A guard only: the scenario ends by itself in well under a second once
-    // the gates open.
-    cfg.time_limit_ms = Some(120_000);
-    let vm = thread::spawn(move || boot(cfg));
-
-    let mut gate = wait_for("the gate connection", &vm, || match gate_listener.accept() {
-        Ok((s, _)) => Some(s),
-        Err(e) if e.kind() == ErrorKind::WouldBlock => None,
-        Err(e) => panic!("accept: {e}"),
-    });
-    gate.set_nonblocking(false).unwrap();
-    gate.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    wait_for("the API socket", &vm, || api_sock.exists().then_some(()));
+    let (vm, mut gate, api_sock) = boot_gated(
+        &dir,
+        "agent",
+        format!("scenario=agent agent_gate_port={GATE_PORT}"),
+        GATE_PORT,
+    );
 
     // Gate 1: the declarations the guest sent over vsock are applied.
     let live = wait_for("the request begun over vsock", &vm, || {
