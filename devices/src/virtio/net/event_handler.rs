@@ -248,6 +248,60 @@ mod tests {
     }
 
     #[test]
+    fn the_limit_timer_sends_held_tx_frames_on_the_event_loop() {
+        use crate::virtio::limiter::{BlockLimitConfig, BucketConfig, LimitLookup};
+        use std::time::Duration;
+        struct OneTag;
+        impl LimitLookup for OneTag {
+            fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
+                (tag == Some(7)).then_some(0)
+            }
+        }
+        // Arrange: tag 7 may send one frame per 5 ms; three are queued.
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let f = ipv4_frame(MAC, &tcp([10, 0, 0, 2], 1, [10, 0, 0, 1], 2), 1, &[3; 64]);
+        for at in [0, 2, 4] {
+            push_tx(&m, &txq, at, &f);
+        }
+        let (mut d, backend) = activated(&m, &rxq, &txq);
+        let limits = [BlockLimitConfig {
+            path: "limited".into(),
+            ops: Some(BucketConfig {
+                size: 1,
+                one_time_burst: 0,
+                refill_time: Duration::from_millis(5),
+            }),
+            bytes: None,
+        }];
+        d.set_tx_limits(&limits, Box::new(OneTag)).unwrap();
+        let device = Arc::new(Mutex::new(d));
+        let notifiers = device.lock().unwrap().queue_notifiers();
+        let recorder = Arc::new(Mutex::new(Recorder::default()));
+        let mut em = EventManager::<NetHandler>::new().unwrap();
+        em.add_subscriber(NetHandler::with_limits(device.clone(), Box::new(recorder.clone())).unwrap());
+
+        // Act: tag 7 notifies once; the loop runs until the timer let all go.
+        notifiers[TX_QUEUE].post_at(Some(7), Some(3));
+        let mut rounds = 0;
+        while txq.used().idx().load() < 3 {
+            em.run_with_timeout(1000).unwrap();
+            rounds += 1;
+            assert!(rounds < 100, "the timer did not send the held frames");
+        }
+
+        // Assert: one went at once, two were held and sent by the timer.
+        assert_eq!(backend.0.lock().unwrap().from_guest.len(), 3);
+        let rec = recorder.lock().unwrap();
+        let held: Vec<_> = rec.nets.iter().map(|c| (c.tag, c.throttled_ns.is_some())).collect();
+        assert_eq!(held, vec![(Some(7), false), (Some(7), true), (Some(7), true)]);
+        assert_eq!(device.lock().unwrap().stats().tx_throttled, 2);
+        assert_eq!(device.lock().unwrap().next_tx_release(), None);
+        // Nothing is left armed: the loop now times out with nothing to do.
+        assert_eq!(em.run_with_timeout(20).unwrap(), 0);
+    }
+
+    #[test]
     fn an_rx_notify_with_no_frames_leaves_nothing_charged() {
         let m = mem();
         let (rxq, txq) = queues(&m);
