@@ -227,7 +227,12 @@ fn a_limited_container_is_throttled_on_tx_and_the_others_are_not() {
     // Held, never dropped: the exact counts of the unlimited run.
     let (tcp, udp, spoof) = (net("tcp"), net("udp"), net("spoof"));
     assert_eq!(
-        (tcp.tx_frames, tcp.tx_bytes, tcp.retransmitted_bytes, tcp.rx_frames),
+        (
+            tcp.tx_frames,
+            tcp.tx_bytes,
+            tcp.retransmitted_bytes,
+            tcp.rx_frames
+        ),
         (3, 3 * tcp_frame, 100, 0)
     );
     let requests: u64 = (1..=3).map(|r| udp_frame(100 * r)).sum();

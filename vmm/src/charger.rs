@@ -155,7 +155,10 @@ mod tests {
             throttled_ns: Some(7),
             ..tx
         });
-        assert_eq!((held.throttle_events, held.throttled_ns, held.tx_frames), (1, 7, 1));
+        assert_eq!(
+            (held.throttle_events, held.throttled_ns, held.tx_frames),
+            (1, 7, 1)
+        );
     }
     use accounting::abi::{tag, EntryKind, RingEntry};
     use accounting::ledger::Accounting;

@@ -732,7 +732,8 @@ mod tests {
             })
         );
         assert_eq!(
-            l.net_tx_bytes.map(|b| (b.size, b.one_time_burst, b.refill_time_ms)),
+            l.net_tx_bytes
+                .map(|b| (b.size, b.one_time_burst, b.refill_time_ms)),
             Some((64 << 10, 0, 100))
         );
         assert!(l.limits_net_tx() && !l.limits_block());
@@ -770,7 +771,10 @@ mod tests {
             ("web:net-tx-frames=1/0ms", "1 ms"),
             ("web:net-tx-frames=1/2000000s", "one day"),
             ("web:net-tx-frames-burst=5", "needs net-tx-frames=RATE"),
-            ("web:blk-ops=1/s,net-tx-bytes-burst=1KiB", "needs net-tx-bytes=RATE"),
+            (
+                "web:blk-ops=1/s,net-tx-bytes-burst=1KiB",
+                "needs net-tx-bytes=RATE",
+            ),
             ("web:net-rx-frames=5/s", "unknown --limit key"),
             ("web:net-tx-burst=5", "unknown --limit key"),
             ("web:net-tx-frames-burst=x,net-tx-frames=1/s", "whole number"),

@@ -13,11 +13,11 @@ mod device;
 mod event_handler;
 mod request;
 
-pub use device::{BlockDevice, BlockError, BlockStats, DeviceState, ProcessStats, QUEUE_SIZE};
-pub use event_handler::BlockHandler;
 pub use super::limiter::{
     parse_rate, parse_size, BlockLimitConfig, BucketConfig, BucketError, LimitLookup, TokenBucket, MAX_REFILL,
 };
+pub use device::{BlockDevice, BlockError, BlockStats, DeviceState, ProcessStats, QUEUE_SIZE};
+pub use event_handler::BlockHandler;
 pub use request::{
     parse, Malformed, Request, RequestError, RequestKind, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP,

@@ -25,8 +25,8 @@ use super::flow::{FlowBindings, FlowTable};
 use super::frame;
 use super::tap::{NetBackend, Tap, TapError, VNET_HDR_LEN};
 use super::throttle::{frame_bytes, HeldFrame, TxThrottle};
-use crate::virtio::limiter::{BlockLimitConfig, BucketError, LimitLookup};
 use crate::acct::QueueTagReader;
+use crate::virtio::limiter::{BlockLimitConfig, BucketError, LimitLookup};
 use crate::virtio::{pending_chains, VirtioBase, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::virtio::{thread_cpu_ns, Charger, NetCharge, NetDir};
 
@@ -468,7 +468,11 @@ impl NetDevice {
             while let Some(notification) = notifier.covering(queue.next_avail()) {
                 // Hold at most a queue's worth (and HELD_BYTES_MAX): past it
                 // the chains wait in the guest's ring, not in VMM memory.
-                if self.tx_throttle.as_ref().is_some_and(|t| !t.has_room(queue.size())) {
+                if self
+                    .tx_throttle
+                    .as_ref()
+                    .is_some_and(|t| !t.has_room(queue.size()))
+                {
                     self.stats.tx_throttle_stalls += 1;
                     blocked = true;
                     break;

@@ -293,7 +293,11 @@ mod tests {
         // Assert: one went at once, two were held and sent by the timer.
         assert_eq!(backend.0.lock().unwrap().from_guest.len(), 3);
         let rec = recorder.lock().unwrap();
-        let held: Vec<_> = rec.nets.iter().map(|c| (c.tag, c.throttled_ns.is_some())).collect();
+        let held: Vec<_> = rec
+            .nets
+            .iter()
+            .map(|c| (c.tag, c.throttled_ns.is_some()))
+            .collect();
         assert_eq!(held, vec![(Some(7), false), (Some(7), true), (Some(7), true)]);
         assert_eq!(device.lock().unwrap().stats().tx_throttled, 2);
         assert_eq!(device.lock().unwrap().next_tx_release(), None);

@@ -21,5 +21,5 @@ pub use device::{
     RX_QUEUE, TX_QUEUE, VIRTIO_ID_NET, VIRTIO_NET_F_MAC,
 };
 pub use event_handler::NetHandler;
-pub use throttle::HELD_BYTES_MAX;
 pub use tap::{validate_name, NetBackend, Tap, TapError, MAX_IFNAME, VNET_HDR_LEN};
+pub use throttle::HELD_BYTES_MAX;

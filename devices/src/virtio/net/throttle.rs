@@ -189,7 +189,12 @@ mod tests {
     }
 
     fn frame(payload: usize) -> Vec<u8> {
-        ipv4_frame(MAC, &tcp([10, 0, 0, 2], 40000, [10, 0, 0, 1], 80), 1, &vec![7; payload])
+        ipv4_frame(
+            MAC,
+            &tcp([10, 0, 0, 2], 40000, [10, 0, 0, 1], 80),
+            1,
+            &vec![7; payload],
+        )
     }
 
     #[test]
@@ -197,8 +202,11 @@ mod tests {
         let m = mem();
         let (rxq, txq) = queues(&m);
         let (mut d, wire) = activated(&m, &rxq, &txq);
-        d.set_tx_limits(&limit(Some(1), None, Duration::from_secs(3600)), Box::new(OneTag(7)))
-            .unwrap();
+        d.set_tx_limits(
+            &limit(Some(1), None, Duration::from_secs(3600)),
+            Box::new(OneTag(7)),
+        )
+        .unwrap();
         let mut rec = Recorder::default();
         let f = frame(10);
         // Three frames of tag 7 (heads 0, 2, 4), then two of tag 8 (6, 8).
@@ -238,8 +246,11 @@ mod tests {
         let m = mem();
         let (rxq, txq) = queues(&m);
         let (mut d, wire) = activated(&m, &rxq, &txq);
-        d.set_tx_limits(&limit(Some(1), None, Duration::from_millis(2)), Box::new(OneTag(7)))
-            .unwrap();
+        d.set_tx_limits(
+            &limit(Some(1), None, Duration::from_millis(2)),
+            Box::new(OneTag(7)),
+        )
+        .unwrap();
         let mut rec = Recorder::default();
         let frames: Vec<_> = (0..3).map(|i| frame(10 + i)).collect();
         for (at, f) in [0u16, 2, 4].into_iter().zip(&frames) {
@@ -259,7 +270,10 @@ mod tests {
 
         assert_eq!(d.next_tx_release(), None);
         let sent: Vec<_> = wire.0.lock().unwrap().from_guest.iter().map(Vec::len).collect();
-        let want: Vec<_> = frames.iter().map(|f| f.len() + super::super::VNET_HDR_LEN).collect();
+        let want: Vec<_> = frames
+            .iter()
+            .map(|f| f.len() + super::super::VNET_HDR_LEN)
+            .collect();
         assert_eq!(sent, want, "each container's frames leave in the order sent");
         let heads: Vec<_> = (0..3).map(|i| used(&txq, i).0).collect();
         assert_eq!(heads, vec![0, 2, 4]);
@@ -281,8 +295,11 @@ mod tests {
         let f = frame(100);
         let len = u64::try_from(f.len()).unwrap();
         // Room for exactly two frames: the third waits.
-        d.set_tx_limits(&limit(None, Some(2 * len), Duration::from_secs(3600)), Box::new(OneTag(7)))
-            .unwrap();
+        d.set_tx_limits(
+            &limit(None, Some(2 * len), Duration::from_secs(3600)),
+            Box::new(OneTag(7)),
+        )
+        .unwrap();
         let mut rec = Recorder::default();
         for at in [0, 2, 4] {
             push_tx(&m, &txq, at, &f);
@@ -299,8 +316,11 @@ mod tests {
         let m = mem();
         let (rxq, txq) = queues(&m);
         let (mut d, _wire) = activated(&m, &rxq, &txq);
-        d.set_tx_limits(&limit(Some(1), None, Duration::from_secs(3600)), Box::new(OneTag(7)))
-            .unwrap();
+        d.set_tx_limits(
+            &limit(Some(1), None, Duration::from_secs(3600)),
+            Box::new(OneTag(7)),
+        )
+        .unwrap();
         let mut rec = Recorder::default();
         // One chain at head 0, its head published again and again in the
         // avail ring (a driver may not do this; a hostile one can).
@@ -315,7 +335,11 @@ mod tests {
             txq.avail().idx().store(published);
             d.queue_notifiers()[TX_QUEUE].post(Some(7));
             d.process_tx(&mut rec);
-            assert!(d.tx_throttled_now() <= 16, "round {round}: {}", d.tx_throttled_now());
+            assert!(
+                d.tx_throttled_now() <= 16,
+                "round {round}: {}",
+                d.tx_throttled_now()
+            );
         }
 
         assert_eq!(d.tx_throttled_now(), 16);
