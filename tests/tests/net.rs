@@ -273,3 +273,44 @@ fn a_limited_container_is_throttled_on_tx_and_the_others_are_not() {
     );
     assert_eq!(line("net.throttled_ns"), (tcp.throttled_ns, tcp.throttled_ns));
 }
+
+/// `udp` limited to one frame per 100 ms: its three requests' datagrams and
+/// the explicitly tagged one (sent from tcp's vCPU) share one bucket. Each
+/// held frame's wait is charged to the request that sent it (or to the
+/// container, for the explicitly tagged one), and those add up; the echoes
+/// still come back, so the counts are exact.
+#[test]
+fn tx_throttling_is_charged_to_the_request_that_sent_the_frame() {
+    let (run, echoed) = run_net(vec!["udp:net-tx-frames=1/100ms".parse().unwrap()]);
+
+    run.assert_clean();
+    assert_eq!(echoed, 4);
+    let net = |path: &str| run.container(path).charges.net;
+    let udp_frame = |payload: u64| 14 + 20 + 8 + payload;
+    let (udp, tcp) = (net("udp"), net("tcp"));
+    let requests: u64 = (1..=3).map(|r| udp_frame(100 * r)).sum();
+    assert_eq!((udp.tx_frames, udp.tx_bytes), (4, requests + udp_frame(10)));
+    assert_eq!((udp.rx_frames, udp.rx_bytes), (4, requests + udp_frame(10)));
+    // The first of udp's 4 frames always passes a full bucket of 1.
+    assert!(udp.throttle_events <= 3, "{udp:?}");
+    assert_eq!(udp.throttle_events == 0, udp.throttled_ns == 0, "{udp:?}");
+    // Per request: each one's own frame, never more than one hold each.
+    let mut per_request = (0, 0);
+    for r in 1..=3 {
+        let n = run.request(r).charges.net;
+        assert_eq!((n.tx_frames, n.rx_frames), (1, 1), "request {r}");
+        assert!(n.throttle_events <= 1, "request {r}: {n:?}");
+        assert_eq!(n.throttle_events == 0, n.throttled_ns == 0, "request {r}: {n:?}");
+        per_request.0 += n.throttle_events;
+        per_request.1 += n.throttled_ns;
+    }
+    // The container's totals are its requests' plus, at most, the one
+    // explicitly tagged frame charged to the container itself.
+    assert!(per_request.0 <= udp.throttle_events && udp.throttle_events <= per_request.0 + 1);
+    assert!(per_request.1 <= udp.throttled_ns);
+    // tcp is not limited: its own frames never wait, though its vCPU sent
+    // the frame charged (and limited) as udp's.
+    assert_eq!((tcp.tx_frames, tcp.throttle_events, tcp.throttled_ns), (3, 0, 0));
+    let dev = run.report.devices.iter().find(|d| d.name == "net0").unwrap();
+    assert_eq!(dev.counters.get("tx_throttled"), Some(&udp.throttle_events));
+}
