@@ -6,6 +6,9 @@
 //! (a spoofed frame is dropped), written to the backend, learned in the flow
 //! table, charged to the chain's tag (explicit queue tag, else the covering
 //! notification, as virtio-blk does), and only then put on the used ring.
+//! On a device with per-container TX limits ([`NetDevice::set_tx_limits`]),
+//! a frame whose container's bucket is empty is held (`throttle.rs`) and
+//! goes through the same steps when its tokens come; later chains go past it.
 //!
 //! RX ([`NetDevice::process_rx`]): while the guest has posted a receive
 //! chain, one frame is read from the backend into it and charged to the
@@ -528,6 +531,8 @@ impl NetDevice {
                                 .and_then(|t| t.admit(bound.or(tag), charge.bytes).map(|k| (t, k)));
                             if let Some((t, k)) = limit {
                                 // Its work so far is charged when it is sent.
+                                // The copy is its own work too.
+                                let buf = self.tx_buf.clone();
                                 let host_ns = lap(&mut cpu_mark);
                                 let at_ns = t.now();
                                 t.hold(
@@ -538,7 +543,7 @@ impl NetDevice {
                                         bound,
                                         at_ns,
                                         host_ns,
-                                        buf: self.tx_buf.clone(),
+                                        buf,
                                     },
                                 );
                                 self.stats.tx_throttled += 1;
