@@ -158,6 +158,10 @@ pub struct NetCharge {
     pub retransmitted_bytes: u64,
     /// Frames dropped because their source MAC was not the device's.
     pub spoofed_frames: u64,
+    /// TX frames a per-container limit held back (throttle events).
+    pub throttle_events: u64,
+    /// Time those frames were held, ns (wall time, not host CPU).
+    pub throttled_ns: u64,
 }
 
 impl NetCharge {
@@ -169,10 +173,12 @@ impl NetCharge {
         self.host_ns += o.host_ns;
         self.retransmitted_bytes += o.retransmitted_bytes;
         self.spoofed_frames += o.spoofed_frames;
+        self.throttle_events += o.throttle_events;
+        self.throttled_ns += o.throttled_ns;
     }
 
     /// The counter deltas of one frame's work, indexed like `Counters::net`.
-    fn deltas(&self) -> [u64; 7] {
+    fn deltas(&self) -> [u64; 9] {
         [
             self.tx_frames,
             self.tx_bytes,
@@ -181,6 +187,8 @@ impl NetCharge {
             self.host_ns,
             self.retransmitted_bytes,
             self.spoofed_frames,
+            self.throttle_events,
+            self.throttled_ns,
         ]
     }
 }
@@ -404,6 +412,8 @@ impl Charges {
             host_ns,
             retransmitted_bytes,
             spoofed_frames,
+            throttle_events,
+            throttled_ns,
         } = net;
         for w in [
             tx_frames,
@@ -413,6 +423,8 @@ impl Charges {
             host_ns,
             retransmitted_bytes,
             spoofed_frames,
+            throttle_events,
+            throttled_ns,
         ] {
             f(w);
         }
@@ -492,8 +504,8 @@ pub struct Counters {
     block: [AtomicU64; 11],
     interrupts: AtomicU64,
     /// Net: tx frames, tx bytes, rx frames, rx bytes, host ns, retransmitted
-    /// bytes, spoofed frames.
-    net: [AtomicU64; 7],
+    /// bytes, spoofed frames, throttle events, throttled ns.
+    net: [AtomicU64; 9],
     /// Vsock: tx packets, tx bytes, rx packets, rx bytes, host ns,
     /// connections, resets.
     vsock: [AtomicU64; 7],
@@ -652,7 +664,7 @@ impl Counters {
             throttled_ns: b[BLK_THROTTLED_NS],
         });
         out.interrupts += self.interrupts.load(Relaxed);
-        let n: [u64; 7] = std::array::from_fn(|i| self.net[i].load(Relaxed));
+        let n: [u64; 9] = std::array::from_fn(|i| self.net[i].load(Relaxed));
         out.net.add(&NetCharge {
             tx_frames: n[0],
             tx_bytes: n[1],
@@ -661,6 +673,8 @@ impl Counters {
             host_ns: n[4],
             retransmitted_bytes: n[5],
             spoofed_frames: n[6],
+            throttle_events: n[7],
+            throttled_ns: n[8],
         });
         let v: [u64; 7] = std::array::from_fn(|i| self.vsock[i].load(Relaxed));
         out.vsock.add(&VsockCharge {

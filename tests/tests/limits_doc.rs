@@ -30,6 +30,14 @@ fn constants() -> BTreeMap<&'static str, u64> {
             "devices::virtio::block::QUEUE_SIZE",
             u64::from(devices::virtio::block::QUEUE_SIZE),
         ),
+        (
+            "devices::virtio::net::QUEUE_SIZE",
+            u64::from(devices::virtio::net::QUEUE_SIZE),
+        ),
+        (
+            "devices::virtio::net::HELD_BYTES_MAX",
+            n(devices::virtio::net::HELD_BYTES_MAX),
+        ),
         ("vmm::boot::MAX_IMAGE_BYTES", vmm::boot::MAX_IMAGE_BYTES),
         (
             "--max-containers",

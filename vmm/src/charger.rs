@@ -48,6 +48,8 @@ pub fn net_work(c: &virtio::NetCharge) -> NetCharge {
         host_ns: c.host_ns,
         retransmitted_bytes: c.retransmitted_bytes,
         spoofed_frames: if c.spoofed { c.frames.max(1) } else { 0 },
+        throttle_events: u64::from(c.throttled_ns.is_some()),
+        throttled_ns: c.throttled_ns.unwrap_or(0),
     }
 }
 
@@ -118,6 +120,7 @@ mod tests {
             retransmitted_bytes: 100,
             spoofed: false,
             attributed_by_flow: false,
+            throttled_ns: None,
         };
         let w = net_work(&tx);
         assert_eq!(
@@ -146,6 +149,15 @@ mod tests {
         assert_eq!(
             net_work(&virtio::NetCharge { spoofed: true, ..tx }).spoofed_frames,
             1
+        );
+        assert_eq!((w.throttle_events, w.throttled_ns), (0, 0));
+        let held = net_work(&virtio::NetCharge {
+            throttled_ns: Some(7),
+            ..tx
+        });
+        assert_eq!(
+            (held.throttle_events, held.throttled_ns, held.tx_frames),
+            (1, 7, 1)
         );
     }
     use accounting::abi::{tag, EntryKind, RingEntry};

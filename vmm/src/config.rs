@@ -143,9 +143,10 @@ impl BucketConfig {
     }
 }
 
-/// A limit on one container's block I/O (`--limit PATH:blk-ops=RATE,...`):
-/// it applies to the live container of that path whenever there is one,
-/// on each disk (docs/limits-per-container.md).
+/// A limit on one container's block I/O and network TX (`--limit
+/// PATH:blk-ops=RATE,net-tx-frames=RATE,...`): it applies to the live
+/// container of that path whenever there is one, on each disk and each
+/// network device (docs/limits-per-container.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerLimit {
@@ -158,11 +159,18 @@ pub struct ContainerLimit {
     /// Data bytes of block reads and writes.
     #[serde(default)]
     pub blk_bytes: Option<BucketConfig>,
+    /// Frames the guest sends (virtio-net TX).
+    #[serde(default)]
+    pub net_tx_frames: Option<BucketConfig>,
+    /// Bytes of those frames (Ethernet frames, without the virtio-net header).
+    #[serde(default)]
+    pub net_tx_bytes: Option<BucketConfig>,
 }
 
 /// What `--limit` expects, for error messages.
-const LIMIT_FORM: &str =
-    "--limit PATH:blk-ops=RATE[,blk-bytes=RATE][,blk-ops-burst=N][,blk-bytes-burst=SIZE], RATE like 100/s, 10/100ms or 1MiB/s";
+const LIMIT_FORM: &str = "--limit PATH:KEY=VALUE[,...] with keys blk-ops=RATE, blk-bytes=RATE, \
+     net-tx-frames=RATE, net-tx-bytes=RATE and their -burst=N (blk-ops-burst, net-tx-bytes-burst, ...), \
+     RATE like 100/s, 10/100ms or 1MiB/s";
 
 impl ContainerLimit {
     /// The device's form.
@@ -173,14 +181,34 @@ impl ContainerLimit {
             bytes: self.blk_bytes.map(BucketConfig::bucket),
         }
     }
+
+    /// Whether it limits block I/O (else the disks ignore it).
+    pub fn limits_block(&self) -> bool {
+        self.blk_ops.is_some() || self.blk_bytes.is_some()
+    }
+
+    /// The net device's form: a frame is an operation.
+    pub fn net_tx(&self) -> devices::virtio::limiter::BlockLimitConfig {
+        devices::virtio::limiter::BlockLimitConfig {
+            path: self.path.clone(),
+            ops: self.net_tx_frames.map(BucketConfig::bucket),
+            bytes: self.net_tx_bytes.map(BucketConfig::bucket),
+        }
+    }
+
+    /// Whether it limits network TX (else the net devices ignore it).
+    pub fn limits_net_tx(&self) -> bool {
+        self.net_tx_frames.is_some() || self.net_tx_bytes.is_some()
+    }
 }
 
 impl std::str::FromStr for ContainerLimit {
     type Err = String;
 
-    /// `PATH:blk-ops=RATE,blk-bytes=RATE,blk-ops-burst=N,blk-bytes-burst=SIZE`.
+    /// `PATH:blk-ops=RATE,blk-bytes=RATE,blk-ops-burst=N,blk-bytes-burst=SIZE`,
+    /// and the same four for net TX (`net-tx-frames`, `net-tx-bytes`).
     fn from_str(s: &str) -> Result<Self, String> {
-        use devices::virtio::block::{parse_rate, parse_size};
+        use devices::virtio::limiter::{parse_rate, parse_size};
         let Some((path, opts)) = s.rsplit_once(':') else {
             return Err(format!("`{s}` names no container: expected {LIMIT_FORM}"));
         };
@@ -192,42 +220,56 @@ impl std::str::FromStr for ContainerLimit {
                 "tenant limits are not built yet: name a container path (--limit PATH:blk-ops=RATE)".into(),
             );
         }
-        let (mut ops, mut bytes, mut ops_burst, mut bytes_burst) = (None, None, None, None);
+        // Per key family (blk-ops, blk-bytes, net-tx-frames, net-tx-bytes):
+        // its rate and its burst.
+        const KEYS: [(&str, bool); 4] = [
+            ("blk-ops", false),
+            ("blk-bytes", true),
+            ("net-tx-frames", false),
+            ("net-tx-bytes", true),
+        ];
+        let mut rates: [Option<devices::virtio::limiter::BucketConfig>; 4] = [None; 4];
+        let mut bursts: [Option<u64>; 4] = [None; 4];
         for opt in opts.split(',') {
             let (k, v) = opt
                 .split_once('=')
                 .ok_or_else(|| format!("`{opt}` is not KEY=VALUE: expected {LIMIT_FORM}"))?;
             let bad = |e: String| format!("--limit {path}: {k}: {e}");
-            match k {
-                "blk-ops" => ops = Some(parse_rate(v, false).map_err(bad)?),
-                "blk-bytes" => bytes = Some(parse_rate(v, true).map_err(bad)?),
-                "blk-ops-burst" => {
-                    ops_burst = Some(
-                        v.parse::<u64>()
-                            .map_err(|_| bad(format!("`{v}` is not a whole number")))?,
-                    )
-                }
-                "blk-bytes-burst" => bytes_burst = Some(parse_size(v).map_err(bad)?),
-                _ => return Err(format!("unknown --limit key `{k}`: expected {LIMIT_FORM}")),
+            let family = |key: &str| KEYS.iter().position(|(name, _)| *name == key);
+            if let Some(i) = family(k) {
+                rates[i] = Some(parse_rate(v, KEYS[i].1).map_err(bad)?);
+            } else if let Some(i) = k.strip_suffix("-burst").and_then(family) {
+                bursts[i] = Some(if KEYS[i].1 {
+                    parse_size(v).map_err(bad)?
+                } else {
+                    v.parse::<u64>()
+                        .map_err(|_| bad(format!("`{v}` is not a whole number")))?
+                });
+            } else {
+                return Err(format!("unknown --limit key `{k}`: expected {LIMIT_FORM}"));
             }
         }
-        if ops.is_none() && bytes.is_none() {
-            return Err(format!("--limit {path} sets no rate: expected {LIMIT_FORM}"));
-        }
-        let with_burst =
-            |r: Option<devices::virtio::block::BucketConfig>, burst: Option<u64>, key: &str| match (r, burst)
-            {
-                (Some(r), b) => Ok(Some(BucketConfig {
+        let mut buckets = [None; 4];
+        for (i, (key, _)) in KEYS.iter().enumerate() {
+            buckets[i] = match (rates[i], bursts[i]) {
+                (Some(r), b) => Some(BucketConfig {
                     one_time_burst: b.unwrap_or(0),
                     ..BucketConfig::from_rate(r)
-                })),
-                (None, Some(_)) => Err(format!("--limit {path}: {key}-burst needs {key}=RATE too")),
-                (None, None) => Ok(None),
+                }),
+                (None, Some(_)) => return Err(format!("--limit {path}: {key}-burst needs {key}=RATE too")),
+                (None, None) => None,
             };
+        }
+        if rates.iter().all(Option::is_none) {
+            return Err(format!("--limit {path} sets no rate: expected {LIMIT_FORM}"));
+        }
+        let [blk_ops, blk_bytes, net_tx_frames, net_tx_bytes] = buckets;
         Ok(Self {
             path: path.to_owned(),
-            blk_ops: with_burst(ops, ops_burst, "blk-ops")?,
-            blk_bytes: with_burst(bytes, bytes_burst, "blk-bytes")?,
+            blk_ops,
+            blk_bytes,
+            net_tx_frames,
+            net_tx_bytes,
         })
     }
 }
@@ -536,10 +578,15 @@ impl VmConfig {
             if l[..i].iter().any(|p| p.path == c.path) {
                 return Err(err("given twice: pass one --limit per container path".into()));
             }
-            if c.blk_ops.is_none() && c.blk_bytes.is_none() {
-                return Err(err("sets no rate: pass blk-ops=RATE or blk-bytes=RATE".into()));
+            if !c.limits_block() && !c.limits_net_tx() {
+                return Err(err(
+                    "sets no rate: pass blk-ops, blk-bytes, net-tx-frames or net-tx-bytes=RATE".into(),
+                ));
             }
-            for b in [c.blk_ops, c.blk_bytes].into_iter().flatten() {
+            for b in [c.blk_ops, c.blk_bytes, c.net_tx_frames, c.net_tx_bytes]
+                .into_iter()
+                .flatten()
+            {
                 devices::virtio::block::TokenBucket::new(b.bucket(), 0).map_err(|e| err(e.to_string()))?;
             }
         }
@@ -668,6 +715,91 @@ mod tests {
         );
         let l: ContainerLimit = "a:blk-ops=10/100ms".parse().unwrap();
         assert_eq!(l.blk_ops.map(|b| b.refill_time_ms), Some(100));
+    }
+
+    #[test]
+    fn net_tx_limit_keys_parse_alone_and_beside_blk_keys() {
+        let l: ContainerLimit = "batch:net-tx-frames=100/s,net-tx-bytes=64KiB/100ms,net-tx-frames-burst=20"
+            .parse()
+            .unwrap();
+        assert_eq!((l.blk_ops, l.blk_bytes), (None, None));
+        assert_eq!(
+            l.net_tx_frames,
+            Some(BucketConfig {
+                size: 100,
+                one_time_burst: 20,
+                refill_time_ms: 1000
+            })
+        );
+        assert_eq!(
+            l.net_tx_bytes
+                .map(|b| (b.size, b.one_time_burst, b.refill_time_ms)),
+            Some((64 << 10, 0, 100))
+        );
+        assert!(l.limits_net_tx() && !l.limits_block());
+        let net = l.net_tx();
+        assert_eq!(net.path, "batch");
+        assert_eq!(net.ops.map(|b| (b.size, b.one_time_burst)), Some((100, 20)));
+        assert_eq!(net.bytes.map(|b| b.size), Some(64 << 10));
+
+        // One flag may carry both families; each device takes its own.
+        let l: ContainerLimit = "web:blk-ops=10/s,net-tx-bytes=1MiB/s,net-tx-bytes-burst=4KiB"
+            .parse()
+            .unwrap();
+        assert!(l.limits_block() && l.limits_net_tx());
+        assert_eq!(l.blk_ops.map(|b| b.size), Some(10));
+        assert_eq!(l.net_tx_frames, None);
+        assert_eq!(
+            l.net_tx_bytes.map(|b| (b.size, b.one_time_burst)),
+            Some((1 << 20, 4 << 10))
+        );
+        assert_eq!(l.block().ops.map(|b| b.size), Some(10));
+        assert_eq!(l.block().bytes, None);
+        assert_eq!(l.net_tx().ops, None);
+        let mut c = VmConfig::new(KernelSource::Builtin(Builtin::TestGuest));
+        c.container_limits = vec![l];
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_net_tx_limit_keys_are_refused_naming_the_flag() {
+        for (bad, says) in [
+            ("web:net-tx-frames=0/s", "size"),
+            ("web:net-tx-frames=5", "rate"),
+            ("web:net-tx-frames=1MiB/s", "whole number"),
+            ("web:net-tx-bytes=1XB/s", "unit"),
+            ("web:net-tx-frames=1/0ms", "1 ms"),
+            ("web:net-tx-frames=1/2000000s", "one day"),
+            ("web:net-tx-frames-burst=5", "needs net-tx-frames=RATE"),
+            (
+                "web:blk-ops=1/s,net-tx-bytes-burst=1KiB",
+                "needs net-tx-bytes=RATE",
+            ),
+            ("web:net-rx-frames=5/s", "unknown --limit key"),
+            ("web:net-tx-burst=5", "unknown --limit key"),
+            ("web:net-tx-frames-burst=x,net-tx-frames=1/s", "whole number"),
+            ("tenant:net-tx-frames=5/s", "tenant limits are not built"),
+        ] {
+            let e = bad.parse::<ContainerLimit>().unwrap_err();
+            assert!(e.contains("--limit") && e.contains(says), "{bad}: {e}");
+        }
+        // A configuration from elsewhere than the parser is checked too.
+        let mut c = VmConfig::new(KernelSource::Builtin(Builtin::TestGuest));
+        let l: ContainerLimit = "a:net-tx-frames=1/s".parse().unwrap();
+        c.container_limits = vec![ContainerLimit {
+            net_tx_frames: Some(BucketConfig {
+                size: 0,
+                one_time_burst: 0,
+                refill_time_ms: 1000,
+            }),
+            ..l.clone()
+        }];
+        assert!(c.validate().unwrap_err().to_string().contains("size"));
+        c.container_limits = vec![ContainerLimit {
+            net_tx_frames: None,
+            ..l
+        }];
+        assert!(c.validate().unwrap_err().to_string().contains("net-tx-frames"));
     }
 
     #[test]

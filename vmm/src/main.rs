@@ -84,9 +84,10 @@ struct Common {
     /// Requests listed in the table report (the JSON has them all).
     #[arg(long = "top-requests", default_value_t = 10)]
     top_requests: usize,
-    /// A token-bucket limit on one container's block I/O, applied to the live container of that path
-    /// (repeatable): PATH:blk-ops=RATE[,blk-bytes=RATE][,blk-ops-burst=N][,blk-bytes-burst=SIZE],
-    /// RATE like 100/s, 10/100ms or 1MiB/s. Held requests are delayed, never dropped.
+    /// A token-bucket limit on one container's block I/O and network TX, applied to the live
+    /// container of that path (repeatable): PATH:blk-ops=RATE[,blk-bytes=RATE][,net-tx-frames=RATE]
+    /// [,net-tx-bytes=RATE][,KEY-burst=N], RATE like 100/s, 10/100ms or 1MiB/s. Held requests and
+    /// frames are delayed, never dropped.
     #[arg(long = "limit", value_name = "PATH:blk-ops=RATE,...")]
     limit: Vec<ContainerLimit>,
     /// Most containers the guest may declare over the VM's life, 0-1000000.

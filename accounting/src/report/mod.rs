@@ -560,6 +560,12 @@ fn conservation(total: &Charges, sum: &Charges) -> Conservation {
             total.net.spoofed_frames,
             sum.net.spoofed_frames,
         ),
+        (
+            "net.throttle_events",
+            total.net.throttle_events,
+            sum.net.throttle_events,
+        ),
+        ("net.throttled_ns", total.net.throttled_ns, sum.net.throttled_ns),
         ("vsock.tx_packets", total.vsock.tx_packets, sum.vsock.tx_packets),
         ("vsock.tx_bytes", total.vsock.tx_bytes, sum.vsock.tx_bytes),
         ("vsock.rx_packets", total.vsock.rx_packets, sum.vsock.rx_packets),

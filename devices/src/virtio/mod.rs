@@ -3,6 +3,7 @@
 //! - [`mmio`]: the virtio-mmio transport (virtio 1.x, modern only), generic
 //!   over [`VirtioDevice`]; it sits on the MMIO [`Bus`](crate::Bus).
 //! - [`block`]: virtio-blk on a raw file, processed on the device event loop.
+//! - [`limiter`]: per-container token buckets (virtio-blk, virtio-net TX).
 //! - [`net`]: virtio-net on a TAP interface (library only: not wired yet).
 //! - [`vsock`]: virtio-vsock stream sockets to host Unix sockets.
 //!
@@ -24,6 +25,7 @@
 //! (negotiated by a feature bit) will take precedence over the notifier tag.
 
 pub mod block;
+pub mod limiter;
 pub mod mmio;
 pub mod net;
 pub mod vsock;
@@ -549,6 +551,8 @@ pub struct NetCharge {
     pub spoofed: bool,
     /// RX: the tag came from the flow table or the agent's flow bindings.
     pub attributed_by_flow: bool,
+    /// TX: how long a per-container limit held the frame back, if one did.
+    pub throttled_ns: Option<u64>,
 }
 
 /// One vsock packet's charge (virtio-vsock), or host work on a connection.

@@ -191,6 +191,18 @@ const FAMILIES: &[(&str, &str, &str, Extract)] = &[
         |c| vec![("", c.net.spoofed_frames.to_string())],
     ),
     (
+        "resourceful_net_throttle_events_total",
+        "virtio-net TX frames held by a per-container limit.",
+        "",
+        |c| vec![("", c.net.throttle_events.to_string())],
+    ),
+    (
+        "resourceful_net_throttled_seconds_total",
+        "Time virtio-net TX frames were held by a per-container limit.",
+        "",
+        |c| vec![("", seconds(c.net.throttled_ns))],
+    ),
+    (
         "resourceful_vsock_packets_total",
         "virtio-vsock packets, by direction.",
         "dir",
@@ -293,6 +305,8 @@ fn add(a: &mut ChargesReport, b: &ChargesReport) {
     x.host_ns += y.host_ns;
     x.retransmitted_bytes += y.retransmitted_bytes;
     x.spoofed_frames += y.spoofed_frames;
+    x.throttle_events += y.throttle_events;
+    x.throttled_ns += y.throttled_ns;
     let (x, y) = (&mut a.vsock, &b.vsock);
     x.tx_packets += y.tx_packets;
     x.tx_bytes += y.tx_bytes;

@@ -85,6 +85,8 @@ struct Sample {
     /// Block requests held by a per-container limit, and for how long.
     blk_throttled_ns: u64,
     net_frames: u64,
+    /// TX frames held by a per-container limit: for how long.
+    net_throttled_ns: u64,
     begun: u64,
 }
 
@@ -99,6 +101,7 @@ fn sample(c: &Value) -> Sample {
         blk_ops: u(&blk["reads"]) + u(&blk["writes"]) + u(&blk["flushes"]) + u(&blk["other"]),
         blk_throttled_ns: u(&blk["throttled_ns"]),
         net_frames: u(&net["tx_frames"]) + u(&net["rx_frames"]),
+        net_throttled_ns: u(&net["throttled_ns"]),
         begun: u(&c["requests"]["begun"]),
     }
 }
@@ -155,7 +158,7 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<30} {:>9} {:>9} {:>7} {:>8} {:>8} {:>7} {:>9} {:>10} {:>10}",
+        "\n{:<30} {:>9} {:>9} {:>7} {:>8} {:>8} {:>7} {:>9} {:>10} {:>10} {:>10}",
         "CONTAINER",
         "EXITS/s",
         "HOSTms/s",
@@ -165,7 +168,8 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
         "REQ/s",
         "REQS",
         "GUEST_CPU",
-        "THROTms/s"
+        "THROTms/s",
+        "NTHROTms/s"
     );
     let mut rows: Vec<(String, Sample, f64, String)> = cur
         .containers
@@ -196,7 +200,7 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
         let then = before.get(name.trim_end_matches(" (retired)")).copied();
         let _ = writeln!(
             out,
-            "{:<30} {:>9.0} {:>9.2} {:>6.1}% {:>8.0} {:>8.0} {:>7.0} {:>9} {:>10} {:>10.1}",
+            "{:<30} {:>9.0} {:>9.2} {:>6.1}% {:>8.0} {:>8.0} {:>7.0} {:>9} {:>10} {:>10.1} {:>10.1}",
             truncate(name, 30),
             rate(s.exits, then.map(|t| t.exits)),
             host / 1e6,
@@ -208,6 +212,8 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
             guest,
             // Block time held by a per-container --limit, ms per second.
             rate(s.blk_throttled_ns, then.map(|t| t.blk_throttled_ns)) / 1e6,
+            // The same for TX frames.
+            rate(s.net_throttled_ns, then.map(|t| t.net_throttled_ns)) / 1e6,
         );
     }
     let requests = cur.requests.as_array().map(Vec::as_slice).unwrap_or_default();
@@ -259,7 +265,8 @@ mod tests {
                  "requests": {"begun": 0}},
                 {"path": "web", "retired": false,
                  "charges": {"exits_total": {"count": exits, "host_ns": host_ns}, "guest_run_ns": run_ns,
-                             "block": {"reads": 3, "throttled_ns": run_ns / 10}},
+                             "block": {"reads": 3, "throttled_ns": run_ns / 10},
+                             "net": {"tx_frames": 1, "throttled_ns": run_ns / 20}},
                  "requests": {"begun": begun}, "guest": {"cpu_usage_us": 1_500_000}},
             ]),
             requests: json!([{"id": 7, "container_path": "web", "state": "live",
@@ -292,6 +299,8 @@ mod tests {
         assert_eq!(cols[8], "1.50s", "{web}");
         // 100 ms held by a --limit over 2 s.
         assert_eq!(cols[9], "50.0", "{web}");
+        // 50 ms of TX frames held over 2 s.
+        assert_eq!(cols[10], "25.0", "{web}");
         // Busiest first.
         let order: Vec<&str> = out.lines().filter_map(|l| l.split_whitespace().next()).collect();
         let web_at = order.iter().position(|n| *n == "web").unwrap();

@@ -52,11 +52,12 @@ pub(super) struct DeviceEnv<'a> {
     pub(super) device_writer: usize,
     /// The agent's flow bindings, which the net devices consult.
     pub(super) agent: &'a Arc<AgentHub>,
-    /// Per-container block limits (`--limit`), put on every disk.
+    /// Per-container limits (`--limit`): the block keys on every disk, the
+    /// net TX keys on every net device.
     pub(super) container_limits: &'a [ContainerLimit],
 }
 
-/// Which `--limit` a block request falls under: the path of the container
+/// Which `--limit` a block request or TX frame falls under: the path of the container
 /// its tag charges (the registry's answer, so a limit follows whatever
 /// live container has that path; an unknown or absent tag charges
 /// `unattributed`). Asked once per request, only on a disk with limits.
@@ -151,9 +152,12 @@ fn build_virtio(
             })?;
         // Requests may carry the guest's explicit tags (queue tag tables).
         dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
-        let limited = !env.container_limits.is_empty();
+        let limits: Vec<_> = (env.container_limits.iter())
+            .filter(|l| l.limits_block())
+            .map(ContainerLimit::block)
+            .collect();
+        let limited = !limits.is_empty();
         if limited {
-            let limits: Vec<_> = env.container_limits.iter().map(ContainerLimit::block).collect();
             let lookup = RegistryLookup {
                 acct: Arc::clone(env.acct),
                 paths: limits.iter().map(|l| l.path.clone()).collect(),
@@ -178,8 +182,27 @@ fn build_virtio(
         })?;
         dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
         dev.set_flow_bindings(Arc::clone(env.agent) as Arc<dyn devices::virtio::net::flow::FlowBindings>);
+        let limits: Vec<_> = (env.container_limits.iter())
+            .filter(|l| l.limits_net_tx())
+            .map(ContainerLimit::net_tx)
+            .collect();
+        let limited = !limits.is_empty();
+        if limited {
+            let lookup = RegistryLookup {
+                acct: Arc::clone(env.acct),
+                paths: limits.iter().map(|l| l.path.clone()).collect(),
+            };
+            // Validated with the configuration: a refusal here is a bug.
+            dev.set_tx_limits(&limits, Box::new(lookup))
+                .map_err(|e| VmError::Limits(e.to_string()))?;
+        }
         let dev = place_virtio(env, bus, i, (format!("net{j}"), "virtio-net"), dev)?;
-        subscribers.push(Arc::new(Mutex::new(NetHandler::new(dev, device_charger(env)))));
+        let handler = if limited {
+            NetHandler::with_limits(dev, device_charger(env)).map_err(VmError::LimitTimer)?
+        } else {
+            NetHandler::new(dev, device_charger(env))
+        };
+        subscribers.push(Arc::new(Mutex::new(handler)));
     }
     if let Some(v) = vsock {
         let i = disks.len() + nets.len();

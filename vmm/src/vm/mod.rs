@@ -159,8 +159,8 @@ pub enum VmError {
     /// A `--limit` the block device refused (validation should have).
     #[error("invalid --limit: {0}")]
     Limits(String),
-    /// The timer that releases throttled block requests could not be made.
-    #[error("cannot create the block limit timer (timerfd)")]
+    /// The timer that releases throttled block requests or TX frames could not be made.
+    #[error("cannot create a limit timer (timerfd)")]
     LimitTimer(#[source] std::io::Error),
     /// A TAP device could not be opened.
     #[error("cannot use the TAP device {tap}: check --net tap=NAME (root or CAP_NET_ADMIN is needed to create one)")]

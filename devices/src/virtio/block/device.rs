@@ -20,10 +20,10 @@ use accounting::warn_rl;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::limiter::{BlockLimit, BlockLimitConfig, BucketError, LimitLookup};
 use super::request::{parse, Malformed, Request, RequestKind, ID_BYTES, SECTOR_SIZE};
 use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use crate::acct::QueueTagReader;
+use crate::virtio::limiter::{BlockLimit, BlockLimitConfig, BucketError, LimitLookup};
 use crate::virtio::{pending_chains, VirtioBase, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::virtio::{thread_cpu_ns, BlockCharge, BlockOp, Charger};
 
@@ -1134,7 +1134,7 @@ pub(crate) mod tests {
     pub(crate) fn ops_limit(size: u64, refill: Duration) -> Vec<BlockLimitConfig> {
         vec![BlockLimitConfig {
             path: "limited".into(),
-            ops: Some(super::super::limiter::BucketConfig {
+            ops: Some(crate::virtio::limiter::BucketConfig {
                 size,
                 one_time_burst: 0,
                 refill_time: refill,

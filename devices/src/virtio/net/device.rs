@@ -6,6 +6,9 @@
 //! (a spoofed frame is dropped), written to the backend, learned in the flow
 //! table, charged to the chain's tag (explicit queue tag, else the covering
 //! notification, as virtio-blk does), and only then put on the used ring.
+//! On a device with per-container TX limits ([`NetDevice::set_tx_limits`]),
+//! a frame whose container's bucket is empty is held (`throttle.rs`) and
+//! goes through the same steps when its tokens come; later chains go past it.
 //!
 //! RX ([`NetDevice::process_rx`]): while the guest has posted a receive
 //! chain, one frame is read from the backend into it and charged to the
@@ -15,7 +18,7 @@
 use crate::counters::NamedCounters;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use accounting::warn_rl;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
@@ -24,7 +27,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 use super::flow::{FlowBindings, FlowTable};
 use super::frame;
 use super::tap::{NetBackend, Tap, TapError, VNET_HDR_LEN};
+use super::throttle::{frame_bytes, HeldFrame, TxThrottle};
 use crate::acct::QueueTagReader;
+use crate::virtio::limiter::{BlockLimitConfig, BucketError, LimitLookup};
 use crate::virtio::{pending_chains, VirtioBase, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::virtio::{thread_cpu_ns, Charger, NetCharge, NetDir};
 
@@ -71,6 +76,12 @@ pub struct NetStats {
     pub tx_backend_errors: u64,
     /// TCP payload bytes sent again.
     pub tx_retransmitted_bytes: u64,
+    /// TX frames a per-container limit held back before sending them.
+    pub tx_throttled: u64,
+    /// Times the device stopped taking TX chains because held frames
+    /// reached their bound (a queue's worth, or `HELD_BYTES_MAX` bytes):
+    /// then every container's frames behind wait in the ring.
+    pub tx_throttle_stalls: u64,
     /// Frames delivered to the guest.
     pub rx_frames: u64,
     /// Their bytes (without the virtio-net header).
@@ -99,6 +110,8 @@ crate::counters::named_counters!(NetStats {
     tx_spoofed,
     tx_backend_errors,
     tx_retransmitted_bytes,
+    tx_throttled,
+    tx_throttle_stalls,
     rx_frames,
     rx_bytes,
     rx_unattributed,
@@ -228,6 +241,44 @@ fn lap(mark: &mut u64) -> u64 {
     spent
 }
 
+/// What sending one TX frame touches.
+struct Tx<'a> {
+    backend: &'a mut dyn NetBackend,
+    stats: &'a mut NetStats,
+    flows: &'a mut FlowTable,
+}
+
+impl Tx<'_> {
+    /// Writes `buf` (header and frame) to the backend and learns it in the
+    /// flow table; a flow the agent bound (`bound`) is charged to that
+    /// principal once the frame is written.
+    fn transmit(self, buf: &[u8], bound: Option<u64>, charge: &mut NetCharge, out: &mut ProcessStats) {
+        let info = frame::parse(buf.get(VNET_HDR_LEN..).unwrap_or_default());
+        let start = Instant::now();
+        let written = self.backend.write_frame(buf);
+        charge.wall_ns = elapsed_ns(start);
+        match written {
+            Ok(_) => {
+                self.stats.tx_frames += 1;
+                self.stats.tx_bytes += charge.bytes;
+                out.frames += 1;
+                if let Some((flow, tcp)) = info.and_then(|i| Some((i.flow?, i.tcp))) {
+                    if let Some(b) = bound {
+                        charge.tag = Some(b);
+                    }
+                    charge.retransmitted_bytes = self.flows.on_tx(flow, charge.tag, tcp);
+                    self.stats.tx_retransmitted_bytes += charge.retransmitted_bytes;
+                }
+            }
+            Err(e) => {
+                self.stats.tx_backend_errors += 1;
+                out.dropped += 1;
+                warn_rl!("virtio-net: backend write failed, frame dropped: {e}");
+            }
+        }
+    }
+}
+
 /// A virtio-net device on a [`NetBackend`].
 pub struct NetDevice {
     backend: Box<dyn NetBackend>,
@@ -242,6 +293,9 @@ pub struct NetDevice {
     rx_pending: Option<(usize, Instant)>,
     queue_tags: Option<(QueueTagReader, u32)>,
     bindings: Option<Arc<dyn FlowBindings>>,
+    /// Per-container TX limits and the frames they hold (`None`: no limit
+    /// on this device, and nothing on the TX path looks).
+    tx_throttle: Option<TxThrottle>,
 }
 
 impl std::fmt::Debug for NetDevice {
@@ -274,6 +328,7 @@ impl NetDevice {
             rx_pending: None,
             queue_tags: None,
             bindings: None,
+            tx_throttle: None,
         })
     }
 
@@ -335,7 +390,33 @@ impl NetDevice {
         pending
     }
 
-    /// Sends the notified TX chains, charging each to its tag.
+    /// Puts TX frames under per-container limits: `lookup` names, per
+    /// frame, which of `limits` (if any) its tag falls under. A frame whose
+    /// limit has no tokens is held until they refill (see
+    /// [`Self::next_tx_release`]).
+    pub fn set_tx_limits(
+        &mut self,
+        limits: &[BlockLimitConfig],
+        lookup: Box<dyn LimitLookup>,
+    ) -> Result<(), BucketError> {
+        self.tx_throttle = Some(TxThrottle::new(limits, lookup)?);
+        Ok(())
+    }
+
+    /// TX frames held back by a limit right now.
+    pub fn tx_throttled_now(&self) -> usize {
+        self.tx_throttle.as_ref().map_or(0, TxThrottle::held)
+    }
+
+    /// How long until the first held TX frame may go (`None`: none held).
+    pub fn next_tx_release(&mut self) -> Option<Duration> {
+        self.tx_throttle.as_mut().and_then(TxThrottle::next_wait)
+    }
+
+    /// Sends the held TX frames whose tokens are there, then the notified
+    /// TX chains, charging each to its tag. A frame whose container's limit
+    /// has no tokens (or whose limit already holds frames) is held; the
+    /// queue goes on past it.
     pub fn process_tx(&mut self, charger: &mut dyn Charger) -> ProcessStats {
         let mut out = ProcessStats::default();
         let notifier = self.base.notifiers[TX_QUEUE].clone();
@@ -347,105 +428,162 @@ impl NetDevice {
             self.stats.ignored_notifications += 1;
             return out;
         };
-        if Self::pending(queue, mem, &mut self.stats).is_none() {
-            return out;
-        }
         let mut last_tag = None;
         let mut cpu_mark = thread_cpu_ns();
-        // Each chain goes to the first notification made after the guest
-        // published it; a chain not yet notified waits for its own.
-        while let Some(notification) = notifier.covering(queue.next_avail()) {
-            let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
-                break;
-            };
-            let head = chain.head_index();
-            let explicit = (self.queue_tags.as_mut()).and_then(|(r, dev)| r.chain_tag(*dev, TX_QUEUE, head));
-            let tag = explicit.or(notification.tag);
-            let mut charge = NetCharge {
-                tag,
-                dir: NetDir::Tx,
-                frames: 0,
-                bytes: 0,
-                host_ns: 0,
-                wall_ns: 0,
-                retransmitted_bytes: 0,
-                spoofed: false,
-                attributed_by_flow: false,
-            };
-            match gather(chain, queue.size(), &mut self.tx_buf) {
-                Err(e) => {
-                    if e == ChainError::TooLong {
-                        self.stats.tx_too_long += 1;
-                    } else {
-                        self.stats.tx_malformed += 1;
-                    }
-                    out.dropped += 1;
-                    warn_rl!("virtio-net: TX chain at head {head} dropped: {e}");
+        if let Some(t) = self.tx_throttle.as_mut() {
+            while let Some(h) = t.pop_ready() {
+                let mut charge = NetCharge {
+                    tag: h.tag,
+                    dir: NetDir::Tx,
+                    frames: 1,
+                    bytes: h.frame_bytes(),
+                    host_ns: 0,
+                    wall_ns: 0,
+                    retransmitted_bytes: 0,
+                    spoofed: false,
+                    attributed_by_flow: false,
+                    throttled_ns: Some(t.now().saturating_sub(h.at_ns)),
+                };
+                let tx = Tx {
+                    backend: self.backend.as_mut(),
+                    stats: &mut self.stats,
+                    flows: &mut self.flows,
+                };
+                tx.transmit(&h.buf, h.bound, &mut charge, &mut out);
+                charge.host_ns = lap(&mut cpu_mark).saturating_add(h.host_ns);
+                charger.charge_net(&charge);
+                if let Err(e) = queue.add_used(&*mem, h.head, 0) {
+                    self.stats.queue_errors += 1;
+                    warn_rl!("virtio-net: used ring update failed: {e}");
                 }
-                Ok(()) => {
-                    let frame_bytes = &self.tx_buf[VNET_HDR_LEN..];
-                    charge.frames = 1;
-                    charge.bytes = u64::try_from(frame_bytes.len()).unwrap_or(u64::MAX);
-                    let info = frame::parse(frame_bytes);
-                    if info.is_none_or(|i| i.src_mac != self.mac) {
-                        self.stats.tx_spoofed += 1;
+                out.chains += 1;
+                last_tag = charge.tag;
+            }
+        }
+        let mut blocked = false;
+        let mut popped = 0u64;
+        'tx: {
+            if Self::pending(queue, mem, &mut self.stats).is_none() {
+                break 'tx;
+            }
+            // Each chain goes to the first notification made after the guest
+            // published it; a chain not yet notified waits for its own.
+            while let Some(notification) = notifier.covering(queue.next_avail()) {
+                // Hold at most a queue's worth (and HELD_BYTES_MAX): past it
+                // the chains wait in the guest's ring, not in VMM memory.
+                if self
+                    .tx_throttle
+                    .as_ref()
+                    .is_some_and(|t| !t.has_room(queue.size()))
+                {
+                    self.stats.tx_throttle_stalls += 1;
+                    blocked = true;
+                    break;
+                }
+                let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
+                    break;
+                };
+                popped += 1;
+                let head = chain.head_index();
+                let explicit =
+                    (self.queue_tags.as_mut()).and_then(|(r, dev)| r.chain_tag(*dev, TX_QUEUE, head));
+                let tag = explicit.or(notification.tag);
+                let mut charge = NetCharge {
+                    tag,
+                    dir: NetDir::Tx,
+                    frames: 0,
+                    bytes: 0,
+                    host_ns: 0,
+                    wall_ns: 0,
+                    retransmitted_bytes: 0,
+                    spoofed: false,
+                    attributed_by_flow: false,
+                    throttled_ns: None,
+                };
+                let mut held = false;
+                match gather(chain, queue.size(), &mut self.tx_buf) {
+                    Err(e) => {
+                        if e == ChainError::TooLong {
+                            self.stats.tx_too_long += 1;
+                        } else {
+                            self.stats.tx_malformed += 1;
+                        }
                         out.dropped += 1;
-                        charge.spoofed = true;
-                        warn_rl!("virtio-net: TX frame with a foreign source MAC dropped");
-                    } else {
-                        let start = Instant::now();
-                        let written = self.backend.write_frame(&self.tx_buf);
-                        charge.wall_ns = elapsed_ns(start);
-                        match written {
-                            Ok(_) => {
-                                self.stats.tx_frames += 1;
-                                self.stats.tx_bytes += charge.bytes;
-                                out.frames += 1;
-                                if let Some((flow, tcp)) = info.and_then(|i| Some((i.flow?, i.tcp))) {
-                                    // A flow the guest agent bound is charged to its
-                                    // principal unless the frame carried an explicit tag.
-                                    if explicit.is_none() {
-                                        if let Some(bound) =
-                                            self.bindings.as_ref().and_then(|b| b.bound(&flow))
-                                        {
-                                            charge.tag = Some(bound);
-                                        }
-                                    }
-                                    charge.retransmitted_bytes = self.flows.on_tx(flow, charge.tag, tcp);
-                                    self.stats.tx_retransmitted_bytes += charge.retransmitted_bytes;
-                                }
-                            }
-                            Err(e) => {
-                                self.stats.tx_backend_errors += 1;
-                                out.dropped += 1;
-                                warn_rl!("virtio-net: backend write failed, frame dropped: {e}");
+                        warn_rl!("virtio-net: TX chain at head {head} dropped: {e}");
+                    }
+                    Ok(()) => {
+                        charge.frames = 1;
+                        charge.bytes = frame_bytes(&self.tx_buf);
+                        let info = frame::parse(&self.tx_buf[VNET_HDR_LEN..]);
+                        if info.as_ref().is_none_or(|i| i.src_mac != self.mac) {
+                            self.stats.tx_spoofed += 1;
+                            out.dropped += 1;
+                            charge.spoofed = true;
+                            warn_rl!("virtio-net: TX frame with a foreign source MAC dropped");
+                        } else {
+                            // A flow the guest agent bound is charged to its
+                            // principal unless the frame carried an explicit tag.
+                            let bound = match (explicit, info.and_then(|i| i.flow), self.bindings.as_ref()) {
+                                (None, Some(flow), Some(b)) => b.bound(&flow),
+                                _ => None,
+                            };
+                            let limit = (self.tx_throttle.as_mut())
+                                .and_then(|t| t.admit(bound.or(tag), charge.bytes).map(|k| (t, k)));
+                            if let Some((t, k)) = limit {
+                                // Its work so far is charged when it is sent.
+                                // The copy is its own work too.
+                                let buf = self.tx_buf.clone();
+                                let host_ns = lap(&mut cpu_mark);
+                                let at_ns = t.now();
+                                t.hold(
+                                    k,
+                                    HeldFrame {
+                                        head,
+                                        tag,
+                                        bound,
+                                        at_ns,
+                                        host_ns,
+                                        buf,
+                                    },
+                                );
+                                self.stats.tx_throttled += 1;
+                                held = true;
+                            } else {
+                                let tx = Tx {
+                                    backend: self.backend.as_mut(),
+                                    stats: &mut self.stats,
+                                    flows: &mut self.flows,
+                                };
+                                tx.transmit(&self.tx_buf, bound, &mut charge, &mut out);
                             }
                         }
                     }
                 }
+                if !held {
+                    // Charge before the used element is published: once the
+                    // guest sees it, it may end the request.
+                    charge.host_ns = lap(&mut cpu_mark);
+                    charger.charge_net(&charge);
+                    if let Err(e) = queue.add_used(&*mem, head, 0) {
+                        self.stats.queue_errors += 1;
+                        warn_rl!("virtio-net: used ring update failed: {e}");
+                    }
+                    out.chains += 1;
+                    last_tag = charge.tag;
+                }
+                notifier.retire(queue.next_avail(), false);
+                if popped >= u64::from(queue.size()) {
+                    out.more_pending = queue
+                        .avail_idx(mem, Ordering::Acquire)
+                        .is_ok_and(|i| i.0 != queue.next_avail());
+                    break;
+                }
             }
-            // Charge before the used element is published: once the guest
-            // sees it, it may end the request.
-            charge.host_ns = lap(&mut cpu_mark);
-            charger.charge_net(&charge);
-            if let Err(e) = queue.add_used(&*mem, head, 0) {
-                self.stats.queue_errors += 1;
-                warn_rl!("virtio-net: used ring update failed: {e}");
+            if out.more_pending {
+                notifier.wake();
+            } else if !blocked {
+                notifier.retire(queue.next_avail(), true);
             }
-            out.chains += 1;
-            last_tag = charge.tag;
-            notifier.retire(queue.next_avail(), false);
-            if out.chains >= u64::from(queue.size()) {
-                out.more_pending = queue
-                    .avail_idx(mem, Ordering::Acquire)
-                    .is_ok_and(|i| i.0 != queue.next_avail());
-                break;
-            }
-        }
-        if out.more_pending {
-            notifier.wake();
-        } else {
-            notifier.retire(queue.next_avail(), true);
         }
         let notify = out.chains > 0 && queue.needs_notification(mem).unwrap_or(true);
         if notify {
@@ -571,6 +709,7 @@ impl NetDevice {
                             retransmitted_bytes: 0,
                             spoofed: false,
                             attributed_by_flow: tag.is_some(),
+                            throttled_ns: None,
                         });
                         u32::try_from(len).unwrap_or(u32::MAX)
                     }
@@ -614,7 +753,12 @@ impl VirtioDevice for NetDevice {
         crate::virtio::read_config(&self.config(), offset, data)
     }
 
+    /// Held TX frames belong to the queue the driver just dropped: they are
+    /// forgotten (never put on a later queue's used ring), the buckets kept.
     fn reset(&mut self) {
+        if let Some(t) = self.tx_throttle.as_mut() {
+            t.forget_held();
+        }
         self.base.reset();
         self.rx_pending = None;
     }

@@ -7,18 +7,27 @@
 //! level-triggered, so when RX stalls for want of receive buffers the
 //! handler stops watching it and waits for the RX notify before watching it
 //! again: frames wait in the TAP meanwhile, and the loop does not spin.
+//!
+//! A device with per-container TX limits ([`NetDevice::set_tx_limits`]) has
+//! a fourth source, a non-blocking `timerfd` armed for the moment the first
+//! held TX frame's tokens are due (never 0 ns ahead); when it fires the held
+//! frames that have tokens are sent and the TX queue is taken up again.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use accounting::warn_rl;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::device::{NetDevice, ProcessStats, RX_QUEUE, TX_QUEUE};
 use crate::virtio::{Charger, QueueNotifier, VirtioDevice};
 
 /// Event data of the backend descriptor (queues use their index).
 const BACKEND: u32 = 2;
+/// Event data of the TX limit timer.
+const TIMER: u32 = 3;
 
 /// The network device's subscriber on the device event loop.
 pub struct NetHandler {
@@ -29,6 +38,9 @@ pub struct NetHandler {
     watching_backend: bool,
     charger: Box<dyn Charger + Send>,
     spurious: u64,
+    /// Fires when a TX frame held by a per-container limit may go; only a
+    /// device with limits has one (see [`NetHandler::with_limits`]).
+    timer: Option<TimerFd>,
 }
 
 impl std::fmt::Debug for NetHandler {
@@ -56,7 +68,55 @@ impl NetHandler {
             watching_backend: false,
             charger,
             spurious: 0,
+            timer: None,
         }
+    }
+
+    /// Like [`NetHandler::new`], for a device that has TX limits
+    /// ([`NetDevice::set_tx_limits`]): adds a non-blocking timerfd that
+    /// sends held frames when their tokens are due.
+    pub fn with_limits(
+        device: Arc<Mutex<NetDevice>>,
+        charger: Box<dyn Charger + Send>,
+    ) -> std::io::Result<Self> {
+        let timer = TimerFd::new()?;
+        // SAFETY: F_GETFL/F_SETFL on an fd this function owns; no memory is passed.
+        let flags = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_GETFL) };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut h = Self::new(device, charger);
+        h.timer = Some(timer);
+        Ok(h)
+    }
+
+    /// Arms the timer for the first held TX frame, or disarms it.
+    fn rearm(timer: Option<&mut TimerFd>, device: &mut NetDevice) {
+        let Some(timer) = timer else {
+            return;
+        };
+        let r = match device.next_tx_release() {
+            Some(d) => timer.reset(d.max(Duration::from_nanos(1)), None),
+            None => timer.clear(),
+        };
+        if let Err(e) = r {
+            warn_rl!("virtio-net: cannot arm the limit timer: {e}");
+        }
+    }
+
+    /// Sends the held TX frames that are due and takes up the TX queue, as
+    /// if the timer had fired.
+    pub fn handle_timer(&mut self) -> ProcessStats {
+        if let Some(t) = self.timer.as_mut() {
+            // Non-blocking: EAGAIN when it was re-armed since it fired.
+            let _ = t.wait();
+        }
+        let mut device = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        let out = device.process_tx(self.charger.as_mut());
+        Self::rearm(self.timer.as_mut(), &mut device);
+        out
     }
 
     /// Events that named no source or carried no input.
@@ -74,7 +134,9 @@ impl NetHandler {
         // Non-blocking: EAGAIN when a previous batch already drained it.
         let _ = self.notifiers[TX_QUEUE].eventfd().read();
         let mut device = self.device.lock().unwrap_or_else(|e| e.into_inner());
-        device.process_tx(self.charger.as_mut())
+        let out = device.process_tx(self.charger.as_mut());
+        Self::rearm(self.timer.as_mut(), &mut device);
+        out
     }
 
     /// Receives into the RX queue, as if the backend or the RX eventfd had fired.
@@ -113,6 +175,11 @@ impl MutEventSubscriber for NetHandler {
         }
         // Until the driver posts receive buffers (and notifies), there is
         // nowhere to put frames: the backend is watched from the first RX notify.
+        if let Some(t) = &self.timer {
+            if let Err(e) = ops.add(Events::with_data(t, TIMER, EventSet::IN)) {
+                log::error!("virtio-net: cannot register the limit timer: {e:?}");
+            }
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -132,6 +199,9 @@ impl MutEventSubscriber for NetHandler {
             d if usize::try_from(d).ok() == Some(RX_QUEUE) => {
                 let out = self.handle_rx();
                 self.watch_backend(ops, !out.rx_stalled);
+            }
+            TIMER if self.timer.is_some() => {
+                self.handle_timer();
             }
             BACKEND => {
                 let out = self.handle_rx();
@@ -175,6 +245,64 @@ mod tests {
         let got: Vec<_> = rec.nets.iter().map(|c| (c.tag, c.dir, c.bytes)).collect();
         assert_eq!(got, vec![(Some(9), NetDir::Tx, u64::try_from(f.len()).unwrap())]);
         assert_eq!(rec.interrupts, vec![Some(9)]);
+    }
+
+    #[test]
+    fn the_limit_timer_sends_held_tx_frames_on_the_event_loop() {
+        use crate::virtio::limiter::{BlockLimitConfig, BucketConfig, LimitLookup};
+        use std::time::Duration;
+        struct OneTag;
+        impl LimitLookup for OneTag {
+            fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
+                (tag == Some(7)).then_some(0)
+            }
+        }
+        // Arrange: tag 7 may send one frame per 5 ms; three are queued.
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let f = ipv4_frame(MAC, &tcp([10, 0, 0, 2], 1, [10, 0, 0, 1], 2), 1, &[3; 64]);
+        for at in [0, 2, 4] {
+            push_tx(&m, &txq, at, &f);
+        }
+        let (mut d, backend) = activated(&m, &rxq, &txq);
+        let limits = [BlockLimitConfig {
+            path: "limited".into(),
+            ops: Some(BucketConfig {
+                size: 1,
+                one_time_burst: 0,
+                refill_time: Duration::from_millis(5),
+            }),
+            bytes: None,
+        }];
+        d.set_tx_limits(&limits, Box::new(OneTag)).unwrap();
+        let device = Arc::new(Mutex::new(d));
+        let notifiers = device.lock().unwrap().queue_notifiers();
+        let recorder = Arc::new(Mutex::new(Recorder::default()));
+        let mut em = EventManager::<NetHandler>::new().unwrap();
+        em.add_subscriber(NetHandler::with_limits(device.clone(), Box::new(recorder.clone())).unwrap());
+
+        // Act: tag 7 notifies once; the loop runs until the timer let all go.
+        notifiers[TX_QUEUE].post_at(Some(7), Some(3));
+        let mut rounds = 0;
+        while txq.used().idx().load() < 3 {
+            em.run_with_timeout(1000).unwrap();
+            rounds += 1;
+            assert!(rounds < 100, "the timer did not send the held frames");
+        }
+
+        // Assert: one went at once, two were held and sent by the timer.
+        assert_eq!(backend.0.lock().unwrap().from_guest.len(), 3);
+        let rec = recorder.lock().unwrap();
+        let held: Vec<_> = rec
+            .nets
+            .iter()
+            .map(|c| (c.tag, c.throttled_ns.is_some()))
+            .collect();
+        assert_eq!(held, vec![(Some(7), false), (Some(7), true), (Some(7), true)]);
+        assert_eq!(device.lock().unwrap().stats().tx_throttled, 2);
+        assert_eq!(device.lock().unwrap().next_tx_release(), None);
+        // Nothing is left armed: the loop now times out with nothing to do.
+        assert_eq!(em.run_with_timeout(20).unwrap(), 0);
     }
 
     #[test]

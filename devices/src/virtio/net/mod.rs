@@ -6,6 +6,7 @@
 //! - `frame.rs`: what accounting needs from a frame (MAC, 5-tuple, TCP sequence).
 //! - `flow.rs`: the bounded flow table (RX attribution, retransmissions).
 //! - `device.rs`: the device, its TX and RX processing.
+//! - `throttle.rs`: per-container TX limits and the frames they hold.
 //! - `event_handler.rs`: the event-loop wiring.
 
 mod device;
@@ -13,6 +14,7 @@ mod event_handler;
 pub mod flow;
 pub mod frame;
 mod tap;
+mod throttle;
 
 pub use device::{
     ChainError, DeviceState, NetDevice, NetError, NetStats, ProcessStats, MAX_FRAME_LEN, QUEUE_SIZE,
@@ -20,3 +22,4 @@ pub use device::{
 };
 pub use event_handler::NetHandler;
 pub use tap::{validate_name, NetBackend, Tap, TapError, MAX_IFNAME, VNET_HDR_LEN};
+pub use throttle::HELD_BYTES_MAX;

@@ -1,4 +1,5 @@
-//! Per-container token buckets for virtio-blk (docs/limits-per-container.md).
+//! Per-container token buckets for virtio-blk and virtio-net TX
+//! (docs/limits-per-container.md).
 //!
 //! A [`TokenBucket`] is Firecracker's RateLimiter bucket by its names: a
 //! `size` (tokens a full bucket holds), a `refill_time` (how long an empty
@@ -7,7 +8,7 @@
 //! clock so the arithmetic is tested with a fake one.
 //!
 //! A [`BlockLimit`] is one container path's pair of buckets (operations and
-//! bytes). The device asks a [`LimitLookup`] which limit, if any, a request's
+//! bytes; on virtio-net TX an operation is a frame). The device asks a [`LimitLookup`] which limit, if any, a request's
 //! tag falls under; the VMM answers from the registry (the container's
 //! path), so a limit applies to whatever live container has that path.
 
@@ -167,13 +168,13 @@ pub trait LimitLookup: Send {
 
 /// A limit's live buckets.
 #[derive(Clone, Debug)]
-pub(crate) struct BlockLimit {
+pub struct BlockLimit {
     ops: Option<TokenBucket>,
     bytes: Option<TokenBucket>,
 }
 
 impl BlockLimit {
-    pub(crate) fn new(c: &BlockLimitConfig, now_ns: u64) -> Result<Self, BucketError> {
+    pub fn new(c: &BlockLimitConfig, now_ns: u64) -> Result<Self, BucketError> {
         Ok(Self {
             ops: c.ops.map(|b| TokenBucket::new(b, now_ns)).transpose()?,
             bytes: c.bytes.map(|b| TokenBucket::new(b, now_ns)).transpose()?,
@@ -181,7 +182,7 @@ impl BlockLimit {
     }
 
     /// Takes one op and `bytes` from both buckets, or nothing from either.
-    pub(crate) fn try_take(&mut self, bytes: u64, now_ns: u64) -> bool {
+    pub fn try_take(&mut self, bytes: u64, now_ns: u64) -> bool {
         let ops_ok = self.ops.as_mut().is_none_or(|b| b.wait_ns(1, now_ns) == 0);
         let bytes_ok = bytes == 0 || self.bytes.as_mut().is_none_or(|b| b.wait_ns(bytes, now_ns) == 0);
         if !(ops_ok && bytes_ok) {
@@ -193,7 +194,7 @@ impl BlockLimit {
     }
 
     /// Nanoseconds until a request of `bytes` can pass.
-    pub(crate) fn wait_ns(&mut self, bytes: u64, now_ns: u64) -> u64 {
+    pub fn wait_ns(&mut self, bytes: u64, now_ns: u64) -> u64 {
         let a = self.ops.as_mut().map_or(0, |b| b.wait_ns(1, now_ns));
         let c = match (bytes, self.bytes.as_mut()) {
             (0, _) | (_, None) => 0,
