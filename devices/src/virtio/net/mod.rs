@@ -1,6 +1,6 @@
 //! virtio-net on a TAP interface, every frame charged to a principal.
 //!
-//! Library code: the VMM does not attach it yet.
+//! The VMM attaches one per `--net tap=NAME` (docs/virtio.md).
 //!
 //! - `tap.rs`: the [`NetBackend`] trait and the [`Tap`] that implements it.
 //! - `frame.rs`: what accounting needs from a frame (MAC, 5-tuple, TCP sequence).
