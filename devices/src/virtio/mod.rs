@@ -25,9 +25,11 @@
 //! (negotiated by a feature bit) will take precedence over the notifier tag.
 
 pub mod block;
+pub mod limit_timer;
 pub mod limiter;
 pub mod mmio;
 pub mod net;
+pub(crate) mod throttle;
 pub mod vsock;
 
 use std::collections::VecDeque;

@@ -9,7 +9,6 @@
 //! tag of the batch's last request.
 
 use crate::counters::NamedCounters;
-use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -23,7 +22,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::request::{parse, Malformed, Request, RequestKind, ID_BYTES, SECTOR_SIZE};
 use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use crate::acct::QueueTagReader;
-use crate::virtio::limiter::{BlockLimit, BlockLimitConfig, BucketError, LimitLookup};
+use crate::virtio::limiter::{BlockLimitConfig, BucketError, LimitLookup};
+use crate::virtio::throttle::HeldWork;
 use crate::virtio::{pending_chains, VirtioBase, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::virtio::{thread_cpu_ns, BlockCharge, BlockOp, Charger};
 
@@ -334,7 +334,7 @@ impl BlockDevice {
 
     /// Requests held back by a limit right now.
     pub fn throttled_now(&self) -> usize {
-        self.throttle.as_ref().map_or(0, |t| t.held)
+        self.throttle.as_ref().map_or(0, Throttle::held)
     }
 
     /// How long until the first held request may go (`None`: none held).
@@ -378,7 +378,7 @@ impl BlockDevice {
             if self
                 .throttle
                 .as_ref()
-                .is_some_and(|t| t.held >= usize::from(queue.size()))
+                .is_some_and(|t| !t.has_room(usize::from(queue.size()), usize::MAX))
             {
                 self.stats.throttle_stalls += 1;
                 blocked = true;
@@ -394,7 +394,7 @@ impl BlockDevice {
             let tag = explicit.or(notification.tag);
             let parsed = parse(chain, self.disk.sectors, queue.size());
             let held = match self.throttle.as_mut() {
-                Some(t) => t.admit(tag, &parsed),
+                Some(t) => t.admit(tag, bytes_of(&parsed)),
                 None => None,
             };
             if let (Some(k), Some(t)) = (held, self.throttle.as_mut()) {
@@ -619,95 +619,15 @@ fn bytes_of(parsed: &Result<Request, Malformed>) -> u64 {
     }
 }
 
-/// The device's limits and the requests they hold, one FIFO per limit.
-struct Throttle {
-    limits: Vec<BlockLimit>,
-    waiting: Vec<VecDeque<Held>>,
-    /// Requests held, all limits together (at most a queue's size).
-    held: usize,
-    lookup: Box<dyn LimitLookup>,
-    epoch: Instant,
-}
-
-impl std::fmt::Debug for Throttle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Throttle")
-            .field("limits", &self.limits.len())
-            .field("held", &self.held)
-            .finish()
+impl HeldWork for Held {
+    fn bytes(&self) -> u64 {
+        bytes_of(&self.parsed)
     }
 }
 
-impl Throttle {
-    fn new(limits: &[BlockLimitConfig], lookup: Box<dyn LimitLookup>) -> Result<Self, BucketError> {
-        let limits = limits
-            .iter()
-            .map(|c| BlockLimit::new(c, 0))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            waiting: limits.iter().map(|_| VecDeque::new()).collect(),
-            limits,
-            held: 0,
-            lookup,
-            epoch: Instant::now(),
-        })
-    }
-
-    fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// `Some(k)`: the request must wait in limit `k`'s FIFO (it has no
-    /// tokens, or earlier requests of that limit still wait). `None`: go
-    /// (its tokens are taken).
-    fn admit(&mut self, tag: Option<u64>, parsed: &Result<Request, Malformed>) -> Option<usize> {
-        let k = self.lookup.limit_of(tag)?;
-        let now = self.now();
-        let (limit, waiting) = (self.limits.get_mut(k)?, self.waiting.get(k)?);
-        if waiting.is_empty() && limit.try_take(bytes_of(parsed), now) {
-            None
-        } else {
-            Some(k)
-        }
-    }
-
-    fn hold(&mut self, k: usize, h: Held) {
-        if let Some(w) = self.waiting.get_mut(k) {
-            w.push_back(h);
-            self.held += 1;
-        }
-    }
-
-    /// Drops every held request (the driver reset the device).
-    fn forget_held(&mut self) {
-        self.waiting.iter_mut().for_each(VecDeque::clear);
-        self.held = 0;
-    }
-
-    /// The first held request, of any limit, whose tokens are there now.
-    fn pop_ready(&mut self) -> Option<Held> {
-        let now = self.now();
-        for (limit, waiting) in self.limits.iter_mut().zip(self.waiting.iter_mut()) {
-            let Some(front) = waiting.front() else {
-                continue;
-            };
-            if limit.try_take(bytes_of(&front.parsed), now) {
-                self.held -= 1;
-                return waiting.pop_front();
-            }
-        }
-        None
-    }
-
-    /// Time until the first held request can go.
-    fn next_wait(&mut self) -> Option<Duration> {
-        let now = self.now();
-        (self.limits.iter_mut().zip(self.waiting.iter()))
-            .filter_map(|(l, w)| w.front().map(|h| l.wait_ns(bytes_of(&h.parsed), now)))
-            .min()
-            .map(Duration::from_nanos)
-    }
-}
+/// The device's limits and the requests they hold (nothing is copied:
+/// a held request is its parsed chain, bounded by the queue).
+type Throttle = crate::virtio::throttle::Throttle<Held>;
 
 impl VirtioDevice for BlockDevice {
     fn device_type(&self) -> u32 {

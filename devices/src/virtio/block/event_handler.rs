@@ -6,15 +6,13 @@
 //! through the `Charger` it owns. Queue processing itself lives in
 //! `device.rs`.
 
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use accounting::warn_rl;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use vmm_sys_util::timerfd::TimerFd;
 
 use super::device::BlockDevice;
+use crate::virtio::limit_timer::LimitTimer;
 use crate::virtio::{Charger, QueueNotifier, VirtioDevice};
 
 /// The block device's subscriber on the device event loop.
@@ -25,7 +23,7 @@ pub struct BlockHandler {
     spurious: u64,
     /// Fires when a request held by a per-container limit may go; only a
     /// device with limits has one (see [`BlockHandler::with_limits`]).
-    timer: Option<TimerFd>,
+    timer: Option<LimitTimer>,
 }
 
 /// The event data of the release timer (queue indexes are below it).
@@ -61,38 +59,22 @@ impl BlockHandler {
         device: Arc<Mutex<BlockDevice>>,
         charger: Box<dyn Charger + Send>,
     ) -> std::io::Result<Self> {
-        let timer = TimerFd::new()?;
-        // SAFETY: F_GETFL/F_SETFL on an fd this function owns; no memory is passed.
-        let flags = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_GETFL) };
-        // SAFETY: as above.
-        if flags < 0 || unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
         let mut h = Self::new(device, charger);
-        h.timer = Some(timer);
+        h.timer = Some(LimitTimer::new()?);
         Ok(h)
     }
 
     /// Arms the timer for the first held request, or disarms it.
     fn rearm(&mut self, device: &mut BlockDevice) {
-        let Some(timer) = self.timer.as_mut() else {
-            return;
-        };
-        let r = match device.next_release() {
-            Some(d) => timer.reset(d.max(Duration::from_nanos(1)), None),
-            None => timer.clear(),
-        };
-        if let Err(e) = r {
-            warn_rl!("virtio-blk: cannot arm the limit timer: {e}");
+        if let Some(timer) = self.timer.as_mut() {
+            timer.arm(device.next_release(), "virtio-blk");
         }
     }
 
     /// Releases the held requests that are due, as if the timer had fired.
     pub fn handle_timer(&mut self) {
         if let Some(t) = self.timer.as_mut() {
-            // Non-blocking: EAGAIN when it was re-armed since it fired.
-            let _ = t.wait();
+            t.acknowledge();
         }
         let device = Arc::clone(&self.device);
         let mut device = device.lock().unwrap_or_else(|e| e.into_inner());

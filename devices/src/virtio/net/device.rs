@@ -27,7 +27,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 use super::flow::{FlowBindings, FlowTable};
 use super::frame;
 use super::tap::{NetBackend, Tap, TapError, VNET_HDR_LEN};
-use super::throttle::{frame_bytes, HeldFrame, TxThrottle};
+use super::throttle::{frame_bytes, has_room, HeldFrame, TxThrottle};
 use crate::acct::QueueTagReader;
 use crate::virtio::limiter::{BlockLimitConfig, BucketError, LimitLookup};
 use crate::virtio::{pending_chains, VirtioBase, VirtioDevice, VIRTIO_F_VERSION_1};
@@ -474,7 +474,7 @@ impl NetDevice {
                 if self
                     .tx_throttle
                     .as_ref()
-                    .is_some_and(|t| !t.has_room(queue.size()))
+                    .is_some_and(|t| !has_room(t, queue.size()))
                 {
                     self.stats.tx_throttle_stalls += 1;
                     blocked = true;

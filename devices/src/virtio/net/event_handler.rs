@@ -13,15 +13,14 @@
 //! held TX frame's tokens are due (never 0 ns ahead); when it fires the held
 //! frames that have tokens are sent and the TX queue is taken up again.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use accounting::warn_rl;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use vmm_sys_util::timerfd::TimerFd;
 
 use super::device::{NetDevice, ProcessStats, RX_QUEUE, TX_QUEUE};
+use crate::virtio::limit_timer::LimitTimer;
 use crate::virtio::{Charger, QueueNotifier, VirtioDevice};
 
 /// Event data of the backend descriptor (queues use their index).
@@ -40,7 +39,7 @@ pub struct NetHandler {
     spurious: u64,
     /// Fires when a TX frame held by a per-container limit may go; only a
     /// device with limits has one (see [`NetHandler::with_limits`]).
-    timer: Option<TimerFd>,
+    timer: Option<LimitTimer>,
 }
 
 impl std::fmt::Debug for NetHandler {
@@ -79,30 +78,15 @@ impl NetHandler {
         device: Arc<Mutex<NetDevice>>,
         charger: Box<dyn Charger + Send>,
     ) -> std::io::Result<Self> {
-        let timer = TimerFd::new()?;
-        // SAFETY: F_GETFL/F_SETFL on an fd this function owns; no memory is passed.
-        let flags = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_GETFL) };
-        // SAFETY: as above.
-        if flags < 0 || unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
         let mut h = Self::new(device, charger);
-        h.timer = Some(timer);
+        h.timer = Some(LimitTimer::new()?);
         Ok(h)
     }
 
     /// Arms the timer for the first held TX frame, or disarms it.
-    fn rearm(timer: Option<&mut TimerFd>, device: &mut NetDevice) {
-        let Some(timer) = timer else {
-            return;
-        };
-        let r = match device.next_tx_release() {
-            Some(d) => timer.reset(d.max(Duration::from_nanos(1)), None),
-            None => timer.clear(),
-        };
-        if let Err(e) = r {
-            warn_rl!("virtio-net: cannot arm the limit timer: {e}");
+    fn rearm(timer: Option<&mut LimitTimer>, device: &mut NetDevice) {
+        if let Some(timer) = timer {
+            timer.arm(device.next_tx_release(), "virtio-net");
         }
     }
 
@@ -110,8 +94,7 @@ impl NetHandler {
     /// if the timer had fired.
     pub fn handle_timer(&mut self) -> ProcessStats {
         if let Some(t) = self.timer.as_mut() {
-            // Non-blocking: EAGAIN when it was re-armed since it fired.
-            let _ = t.wait();
+            t.acknowledge();
         }
         let mut device = self.device.lock().unwrap_or_else(|e| e.into_inner());
         let out = device.process_tx(self.charger.as_mut());

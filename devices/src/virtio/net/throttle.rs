@@ -1,9 +1,10 @@
 //! Per-container limits on virtio-net TX: the frames they hold back
 //! (docs/limits-per-container.md).
 //!
-//! A [`TxThrottle`] owns the live buckets of each `--limit` (a frame takes
-//! one token from the frames bucket and its bytes, without the virtio-net
-//! header, from the bytes bucket) and one FIFO of held frames per limit.
+//! A [`TxThrottle`] (the shared [`Throttle`]) owns the live buckets of each
+//! `--limit` (a frame takes one token from the frames bucket and its bytes,
+//! without the virtio-net header, from the bytes bucket) and one FIFO of
+//! held frames per limit.
 //! A held frame is a copy of the gathered chain (header and frame); its
 //! chain stays unused in the guest's TX queue until the frame is sent.
 //!
@@ -12,10 +13,7 @@
 //! line); past either the device stops popping the TX queue until a held
 //! frame goes.
 
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
-
-use crate::virtio::limiter::{BlockLimit, BlockLimitConfig, BucketError, LimitLookup};
+use crate::virtio::throttle::{HeldWork, Throttle};
 
 /// Most bytes of held frames (copies in VMM memory) before the device stops
 /// taking frames from the TX queue: 256 full-size Ethernet frames fit.
@@ -50,111 +48,24 @@ pub(crate) fn frame_bytes(buf: &[u8]) -> u64 {
     u64::try_from(buf.len().saturating_sub(super::VNET_HDR_LEN)).unwrap_or(u64::MAX)
 }
 
-/// The TX limits and the frames they hold, one FIFO per limit.
-pub(crate) struct TxThrottle {
-    limits: Vec<BlockLimit>,
-    waiting: Vec<VecDeque<HeldFrame>>,
-    held: usize,
-    held_bytes: usize,
-    lookup: Box<dyn LimitLookup>,
-    epoch: Instant,
-}
+impl HeldWork for HeldFrame {
+    fn bytes(&self) -> u64 {
+        self.frame_bytes()
+    }
 
-impl std::fmt::Debug for TxThrottle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TxThrottle")
-            .field("limits", &self.limits.len())
-            .field("held", &self.held)
-            .field("held_bytes", &self.held_bytes)
-            .finish()
+    /// The copy of the chain.
+    fn memory(&self) -> usize {
+        self.buf.len()
     }
 }
 
-impl TxThrottle {
-    pub fn new(limits: &[BlockLimitConfig], lookup: Box<dyn LimitLookup>) -> Result<Self, BucketError> {
-        let limits = limits
-            .iter()
-            .map(|c| BlockLimit::new(c, 0))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            waiting: limits.iter().map(|_| VecDeque::new()).collect(),
-            limits,
-            held: 0,
-            held_bytes: 0,
-            lookup,
-            epoch: Instant::now(),
-        })
-    }
+/// The TX limits and the frames they hold.
+pub(crate) type TxThrottle = Throttle<HeldFrame>;
 
-    pub fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// Frames held right now.
-    pub fn held(&self) -> usize {
-        self.held
-    }
-
-    /// Whether another frame may be held (else the queue waits).
-    pub fn has_room(&self, queue_size: u16) -> bool {
-        self.held < usize::from(queue_size) && self.held_bytes < HELD_BYTES_MAX
-    }
-
-    /// `Some(k)`: a frame charged to `tag` of `bytes` must wait in limit
-    /// `k`'s FIFO (no tokens, or earlier frames of that limit wait).
-    /// `None`: it goes now (its tokens are taken), or no limit applies.
-    pub fn admit(&mut self, tag: Option<u64>, bytes: u64) -> Option<usize> {
-        let k = self.lookup.limit_of(tag)?;
-        let now = self.now();
-        let (limit, waiting) = (self.limits.get_mut(k)?, self.waiting.get(k)?);
-        if waiting.is_empty() && limit.try_take(bytes, now) {
-            None
-        } else {
-            Some(k)
-        }
-    }
-
-    pub fn hold(&mut self, k: usize, h: HeldFrame) {
-        if let Some(w) = self.waiting.get_mut(k) {
-            self.held += 1;
-            self.held_bytes += h.buf.len();
-            w.push_back(h);
-        }
-    }
-
-    /// The first held frame, of any limit, whose tokens are there now.
-    pub fn pop_ready(&mut self) -> Option<HeldFrame> {
-        let now = self.now();
-        for (limit, waiting) in self.limits.iter_mut().zip(self.waiting.iter_mut()) {
-            let Some(front) = waiting.front() else {
-                continue;
-            };
-            if limit.try_take(front.frame_bytes(), now) {
-                let h = waiting.pop_front()?;
-                self.held -= 1;
-                self.held_bytes -= h.buf.len();
-                return Some(h);
-            }
-        }
-        None
-    }
-
-    /// Time until the first held frame can go (`None`: none held).
-    pub fn next_wait(&mut self) -> Option<Duration> {
-        let now = self.now();
-        (self.limits.iter_mut().zip(self.waiting.iter()))
-            .filter_map(|(l, w)| w.front().map(|h| l.wait_ns(h.frame_bytes(), now)))
-            .min()
-            .map(Duration::from_nanos)
-    }
-
-    /// Drops every held frame (the driver reset the device): their chains
-    /// belonged to the dropped queue. The buckets are kept.
-    pub fn forget_held(&mut self) {
-        self.waiting.iter_mut().for_each(VecDeque::clear);
-        self.held = 0;
-        self.held_bytes = 0;
-    }
+/// Whether `t` may hold another frame: fewer than a queue's worth
+/// (`queue_size`) and [`HELD_BYTES_MAX`] bytes of copies.
+pub(crate) fn has_room(t: &TxThrottle, queue_size: u16) -> bool {
+    t.has_room(usize::from(queue_size), HELD_BYTES_MAX)
 }
 
 #[cfg(test)]
@@ -162,9 +73,9 @@ mod tests {
     use super::super::device::tests::{activated, mem, push_tx, queues, used, Recorder, MAC};
     use super::super::device::TX_QUEUE;
     use super::super::frame::tests::{ipv4_frame, tcp};
-    use super::*;
-    use crate::virtio::limiter::BucketConfig;
+    use crate::virtio::limiter::{BlockLimitConfig, BucketConfig, LimitLookup};
     use crate::virtio::VirtioDevice;
+    use std::time::Duration;
 
     /// Limit 0 for frames tagged `.0`, none for the rest.
     struct OneTag(u64);
