@@ -101,6 +101,19 @@ impl Run {
         self.report.guest_errors.get(name).copied().unwrap_or(0)
     }
 
+    /// The conservation line of `resource` (`block.throttled_ns`): its
+    /// tenant total and its sum over containers.
+    pub fn conservation_line(&self, resource: &str) -> (u64, u64) {
+        let l = self
+            .report
+            .conservation
+            .lines
+            .iter()
+            .find(|l| l.resource == resource)
+            .unwrap_or_else(|| panic!("no conservation line {resource}"));
+        (l.tenant_total, l.containers_sum)
+    }
+
     /// Asserts the run ended with the guest's status 0 and conservation held.
     pub fn assert_clean(&self) {
         assert_eq!(self.end, VmEnd::GuestExit(0), "console:\n{}", self.console);

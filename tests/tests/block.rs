@@ -244,19 +244,12 @@ fn a_limited_container_is_throttled_and_the_others_are_not() {
     let disk = run.report.devices.iter().find(|d| d.name == "disk0").unwrap();
     assert_eq!(disk.counters.get("throttled"), Some(&w.throttle_events));
     assert_eq!(disk.counters.get("throttle_stalls"), Some(&0));
-    let line = |name: &str| {
-        let l = run
-            .report
-            .conservation
-            .lines
-            .iter()
-            .find(|l| l.resource == name)
-            .unwrap();
-        (l.tenant_total, l.containers_sum)
-    };
     assert_eq!(
-        line("block.throttle_events"),
+        run.conservation_line("block.throttle_events"),
         (w.throttle_events, w.throttle_events)
     );
-    assert_eq!(line("block.throttled_ns"), (w.throttled_ns, w.throttled_ns));
+    assert_eq!(
+        run.conservation_line("block.throttled_ns"),
+        (w.throttled_ns, w.throttled_ns)
+    );
 }

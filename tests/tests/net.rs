@@ -257,21 +257,14 @@ fn a_limited_container_is_throttled_on_tx_and_the_others_are_not() {
     let dev = run.report.devices.iter().find(|d| d.name == "net0").unwrap();
     assert_eq!(dev.counters.get("tx_throttled"), Some(&tcp.throttle_events));
     assert_eq!(dev.counters.get("tx_throttle_stalls"), Some(&0));
-    let line = |name: &str| {
-        let l = run
-            .report
-            .conservation
-            .lines
-            .iter()
-            .find(|l| l.resource == name)
-            .unwrap();
-        (l.tenant_total, l.containers_sum)
-    };
     assert_eq!(
-        line("net.throttle_events"),
+        run.conservation_line("net.throttle_events"),
         (tcp.throttle_events, tcp.throttle_events)
     );
-    assert_eq!(line("net.throttled_ns"), (tcp.throttled_ns, tcp.throttled_ns));
+    assert_eq!(
+        run.conservation_line("net.throttled_ns"),
+        (tcp.throttled_ns, tcp.throttled_ns)
+    );
 }
 
 /// `udp` limited to one frame per 100 ms: its three requests' datagrams and

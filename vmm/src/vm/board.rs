@@ -12,7 +12,7 @@ use accounting::ledger::Accounting;
 use devices::acct::{AcctDevice, TagRegion};
 use devices::bus::SharedDevice;
 use devices::legacy::{AcpiPm, DebugPort, ExitPort, Serial, ACPI_PM_LEN, ACPI_PM_PORT, I8042};
-use devices::virtio::block::{BlockDevice, BlockHandler, LimitLookup};
+use devices::virtio::block::{BlockDevice, BlockHandler, BlockLimitConfig, LimitLookup};
 use devices::virtio::net::{NetDevice, NetHandler};
 use devices::virtio::vsock::{AgentConnect, UdsConnector, VsockConnector, VsockDevice, VsockHandler};
 use devices::virtio::Charger;
@@ -131,6 +131,30 @@ pub(super) struct VsockSetup<'a> {
     pub(super) agent: Option<AgentConnect>,
 }
 
+/// The `--limit` flags that have keys for one kind of device (`applies`),
+/// as that device's limits (`config`), with the registry lookup that finds
+/// a tag's limit by its container's path; `None` when no flag does.
+fn device_limits(
+    env: &DeviceEnv<'_>,
+    applies: fn(&ContainerLimit) -> bool,
+    config: fn(&ContainerLimit) -> BlockLimitConfig,
+) -> Option<(Vec<BlockLimitConfig>, Box<dyn LimitLookup>)> {
+    let limits: Vec<BlockLimitConfig> = env
+        .container_limits
+        .iter()
+        .filter(|l| applies(l))
+        .map(config)
+        .collect();
+    if limits.is_empty() {
+        return None;
+    }
+    let lookup = RegistryLookup {
+        acct: Arc::clone(env.acct),
+        paths: limits.iter().map(|l| l.path.clone()).collect(),
+    };
+    Some((limits, Box::new(lookup)))
+}
+
 /// The virtio devices: disks first, then network interfaces, then vsock, in
 /// slot order (which is also their index for the guest's queue tag tables).
 fn build_virtio(
@@ -152,18 +176,11 @@ fn build_virtio(
             })?;
         // Requests may carry the guest's explicit tags (queue tag tables).
         dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
-        let limits: Vec<_> = (env.container_limits.iter())
-            .filter(|l| l.limits_block())
-            .map(ContainerLimit::block)
-            .collect();
-        let limited = !limits.is_empty();
-        if limited {
-            let lookup = RegistryLookup {
-                acct: Arc::clone(env.acct),
-                paths: limits.iter().map(|l| l.path.clone()).collect(),
-            };
+        let limits = device_limits(env, ContainerLimit::limits_block, ContainerLimit::block);
+        let limited = limits.is_some();
+        if let Some((limits, lookup)) = limits {
             // Validated with the configuration: a refusal here is a bug.
-            dev.set_limits(&limits, Box::new(lookup))
+            dev.set_limits(&limits, lookup)
                 .map_err(|e| VmError::Limits(e.to_string()))?;
         }
         let dev = place_virtio(env, bus, i, (format!("disk{i}"), "virtio-blk"), dev)?;
@@ -182,18 +199,11 @@ fn build_virtio(
         })?;
         dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
         dev.set_flow_bindings(Arc::clone(env.agent) as Arc<dyn devices::virtio::net::flow::FlowBindings>);
-        let limits: Vec<_> = (env.container_limits.iter())
-            .filter(|l| l.limits_net_tx())
-            .map(ContainerLimit::net_tx)
-            .collect();
-        let limited = !limits.is_empty();
-        if limited {
-            let lookup = RegistryLookup {
-                acct: Arc::clone(env.acct),
-                paths: limits.iter().map(|l| l.path.clone()).collect(),
-            };
+        let limits = device_limits(env, ContainerLimit::limits_net_tx, ContainerLimit::net_tx);
+        let limited = limits.is_some();
+        if let Some((limits, lookup)) = limits {
             // Validated with the configuration: a refusal here is a bug.
-            dev.set_tx_limits(&limits, Box::new(lookup))
+            dev.set_tx_limits(&limits, lookup)
                 .map_err(|e| VmError::Limits(e.to_string()))?;
         }
         let dev = place_virtio(env, bus, i, (format!("net{j}"), "virtio-net"), dev)?;
