@@ -221,8 +221,30 @@ pub struct TagSlot {
     /// 64-bit store whenever it switches work; read by the VMM at each exit
     /// of that vCPU and by its run-time sampler.
     pub tag: u64,
-    /// Zero.
-    pub reserved: [u64; 7],
+    /// The switch log's sequence: how many switches the guest has logged on
+    /// this slot (0: it keeps no log, and run time is sampled). Stored
+    /// (release) after the entry and the new `tag`.
+    pub log_seq: u64,
+    /// The last [`SWITCH_LOG_ENTRIES`] switches: switch `n` (counting from
+    /// 0) is in entry `n % SWITCH_LOG_ENTRIES`.
+    pub log: [SwitchEntry; SWITCH_LOG_ENTRIES],
+}
+
+/// Entries in a slot's switch log (the slot's spare 48 bytes).
+pub const SWITCH_LOG_ENTRIES: usize = 3;
+/// Offset of [`TagSlot::log_seq`] in a slot.
+pub const SLOT_LOG_SEQ: usize = 8;
+/// Offset of [`TagSlot::log`] in a slot.
+pub const SLOT_LOG: usize = 16;
+
+/// One logged principal switch: from `tsc` on, the vCPU works for `tag`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct SwitchEntry {
+    /// The guest's time stamp counter (`rdtsc`) when it switched.
+    pub tsc: u64,
+    /// The tag it switched to (the value it stores in [`TagSlot::tag`]).
+    pub tag: u64,
 }
 
 /// A tag names no container: work is charged to the tenant's `unattributed`
@@ -316,6 +338,9 @@ const _: () = assert!(
 );
 const _: () = assert!(core::mem::offset_of!(RegionHeader, qtag_offset) == 48);
 const _: () = assert!(core::mem::size_of::<TagSlot>() == 64);
+const _: () = assert!(core::mem::offset_of!(TagSlot, log_seq) == SLOT_LOG_SEQ);
+const _: () = assert!(core::mem::offset_of!(TagSlot, log) == SLOT_LOG);
+const _: () = assert!(core::mem::size_of::<SwitchEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<RingEntry>() == 64);
 const _: () = assert!(core::mem::offset_of!(RegionHeader, ring_consumed) as u64 == HDR_RING_CONSUMED);
 const _: () = assert!(core::mem::offset_of!(RegionHeader, ring_rejected) as u64 == HDR_RING_REJECTED);

@@ -31,8 +31,9 @@ fn tsc_rate() -> Option<TscRate> {
     *RATE.get_or_init(calibrate)
 }
 
+/// The host's time stamp counter now.
 #[cfg(target_arch = "x86_64")]
-fn rdtsc() -> u64 {
+pub fn rdtsc() -> u64 {
     // SAFETY: RDTSC has no memory effects; it is available on every x86-64
     // CPU (user mode may read it unless CR4.TSD is set, which Linux does
     // not do by default; `calibrate` checks the readings).
@@ -136,6 +137,30 @@ impl Clock {
             #[cfg(not(target_arch = "x86_64"))]
             Kind::Tsc { .. } => unreachable!("no TSC clock is made off x86-64"),
             Kind::Monotonic { start } => u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// A host TSC reading on this clock (ns since [`Clock::start`]; 0 for a
+    /// reading before it), or `None` where the clock is not the TSC. Used
+    /// to place a guest's logged switches (guest TSC less its offset).
+    pub fn tsc_to_ns(&self, host_tsc: u64) -> Option<u64> {
+        match self.kind {
+            Kind::Tsc { start, rate } => {
+                let ticks = host_tsc.saturating_sub(start);
+                Some(u64::try_from((u128::from(ticks) * u128::from(rate.mult)) >> 32).unwrap_or(u64::MAX))
+            }
+            Kind::Monotonic { .. } => None,
+        }
+    }
+
+    /// The calibrated TSC rate in ticks per second, where the clock is the
+    /// TSC.
+    pub fn tsc_hz(&self) -> Option<u64> {
+        match self.kind {
+            Kind::Tsc { rate, .. } => {
+                u64::try_from((1_000_000_000u128 << 32) / u128::from(rate.mult.max(1))).ok()
+            }
+            Kind::Monotonic { .. } => None,
         }
     }
 

@@ -59,6 +59,9 @@ pub struct Accounting {
     /// fields, one writer each).
     writer_totals: Box<[Counters]>,
     clock: Clock,
+    /// Every run-time charge to a container so far was placed by a guest
+    /// switch log (provenance `exact`), and at least one was.
+    run_exact: std::sync::atomic::AtomicBool,
 }
 
 impl Accounting {
@@ -77,6 +80,7 @@ impl Accounting {
             errors: GuestErrors::default(),
             writer_totals: (0..writers).map(|_| Counters::default()).collect(),
             clock: Clock::start(),
+            run_exact: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -101,6 +105,22 @@ impl Accounting {
     #[inline]
     pub fn now_ns(&self) -> u64 {
         self.clock.now_ns()
+    }
+
+    /// Whether guest run time is `exact` (placed by switch logs) rather
+    /// than `sampled`: set by the sampler.
+    pub fn run_exact(&self) -> bool {
+        self.run_exact.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The sampler says how run time was attributed so far.
+    pub fn set_run_exact(&self, exact: bool) {
+        self.run_exact.store(exact, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The books' clock (for converting host TSC readings).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// What [`Accounting::now_ns`] reads: `tsc` or `monotonic`.
@@ -279,12 +299,23 @@ impl Writer {
     /// Only the one writer that samples run time may call this.
     #[inline]
     pub fn charge_run(&mut self, vcpu: usize, tag: Option<u64>, ns: u64) {
+        let r = self.resolve(tag).clone();
+        self.charge_run_to(vcpu, &r, ns);
+    }
+
+    /// Who `tag` names now (from this writer's cache), to charge later
+    /// with [`Writer::charge_run_to`] even if the request ends meanwhile: a
+    /// request's charges stay open while a resolution of it is held.
+    pub fn resolved(&mut self, tag: u64) -> Resolved {
+        self.resolve(Some(tag)).clone()
+    }
+
+    /// As [`Writer::charge_run`], to a principal resolved earlier.
+    pub fn charge_run_to(&self, vcpu: usize, r: &Resolved, ns: u64) {
         if let Some(totals) = self.acct.writer_totals[..self.acct.nr_vcpus].get(vcpu) {
             totals.add_run_single_writer(ns);
         }
-        let id = self.id;
-        let r = self.resolve(tag);
-        r.container_cells.col(id).add_run_single_writer(ns);
+        r.container_cells.col(self.id).add_run_single_writer(ns);
         if let Some(req) = &r.request {
             // Only the sampler charges run time: single writer here too.
             req.add_run_single_writer(ns);

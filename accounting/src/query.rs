@@ -110,9 +110,13 @@ pub struct ContainerView {
     pub row: ContainerRow,
     /// Everything charged to it (sum of its ledger's columns).
     pub charges: Charges,
+    /// Its guest run time was placed by switch logs (`exact`).
+    pub run_exact: bool,
 }
 
-fn provenance(index: usize) -> ProvenanceReport {
+/// How container `index`'s charges were attributed; `run_exact`: its run
+/// time was placed by switch logs.
+pub(crate) fn provenance(index: usize, run_exact: bool) -> ProvenanceReport {
     if index == 0 {
         ProvenanceReport {
             exits: Provenance::Unattributed,
@@ -122,7 +126,11 @@ fn provenance(index: usize) -> ProvenanceReport {
     } else {
         ProvenanceReport {
             exits: Provenance::Exact,
-            guest_run: Provenance::Sampled,
+            guest_run: if run_exact {
+                Provenance::Exact
+            } else {
+                Provenance::Sampled
+            },
             devices: Provenance::Exact,
         }
     }
@@ -145,7 +153,7 @@ impl ContainerView {
             path: r.path.to_string(),
             parent: r.parent,
             retired: r.retired,
-            provenance: provenance(r.index),
+            provenance: provenance(r.index, self.run_exact),
             charges: ChargesReport::from(&self.charges),
             requests: RequestSummary {
                 begun: r.begun,
@@ -266,7 +274,7 @@ impl ContainerView {
         st.serialize_field("path", &*r.path)?;
         st.serialize_field("parent", &r.parent)?;
         st.serialize_field("retired", &r.retired)?;
-        st.serialize_field("provenance", &provenance(r.index))?;
+        st.serialize_field("provenance", &provenance(r.index, self.run_exact))?;
         st.serialize_field("charges", &ChargesJson(&self.charges))?;
         st.serialize_field("requests", &SummaryJson(r, detailed))?;
         st.end()
@@ -371,6 +379,7 @@ impl Accounting {
             .map(|row| ContainerView {
                 charges: row.cells.sum(),
                 row,
+                run_exact: self.run_exact(),
             })
             .collect();
         (views, total, stats)
@@ -390,6 +399,7 @@ impl Accounting {
         rows.pop().map(|row| ContainerView {
             charges: row.cells.sum(),
             row,
+            run_exact: self.run_exact(),
         })
     }
 

@@ -31,6 +31,7 @@ use accounting::warn_rl;
 use devices::acct::{TagReader, TagRegion};
 
 use crate::vcpu::kvmstats::HaltStats;
+use crate::vcpu::switches::{LogTotals, Window};
 use crate::vcpu::VcpuShared;
 
 /// How guest run time was measured, for the report's `vm.guest_run_source`.
@@ -56,6 +57,8 @@ struct Sampled {
 pub struct Sampler {
     writer: Writer,
     vcpus: Vec<Sampled>,
+    /// Run time was charged by sample to a tag naming a container.
+    sampled_named: bool,
 }
 
 impl Sampler {
@@ -79,7 +82,11 @@ impl Sampler {
                 halted: 0,
             })
             .collect();
-        Self { writer, vcpus }
+        Self {
+            writer,
+            vcpus,
+            sampled_named: false,
+        }
     }
 
     /// How run time is measured (the weakest of the vCPUs').
@@ -118,11 +125,18 @@ impl Sampler {
                 }
             }
         }
-        let now = self.writer.accounting().now_ns();
+        let acct = Arc::clone(self.writer.accounting());
+        let now = acct.now_ns();
         for (i, v) in self.vcpus.iter_mut().enumerate() {
             // The clock first: a halt that ends after it is subtracted a
             // little early (caught up next time), never charged.
-            let in_run = v.shared.clock.read(now);
+            let snap = v.shared.clock.snapshot();
+            let in_run = snap.done
+                + if snap.entered == 0 {
+                    0
+                } else {
+                    now.saturating_sub(snap.entered)
+                };
             if let Some(stats) = &v.stats {
                 match stats.read() {
                     // Not counted yet: wait until it is.
@@ -134,13 +148,58 @@ impl Sampler {
                 }
             }
             let run = in_run.saturating_sub(v.halted);
-            if run > v.charged {
-                let delta = run - v.charged;
-                v.charged = run;
+            // Switches logged in the interval in progress are placed here;
+            // those of a finished one by the vCPU's thread, which may not
+            // have got to them yet (`unplaced`: charged next tick).
+            let book = &v.shared.switches;
+            let clock = &v.shared.clock;
+            let writer = &mut self.writer;
+            let unplaced = v
+                .reader
+                .with_line(|line| {
+                    if book.moved(line) && snap.entered != 0 {
+                        let win = Window {
+                            base: snap.done,
+                            from: snap.entered,
+                            to: now.max(snap.entered),
+                        };
+                        book.harvest(line, writer, win, false, || clock.unchanged_since(&snap));
+                    }
+                    book.moved(line)
+                })
+                .unwrap_or(false);
+            if run <= v.charged || unplaced {
+                continue;
+            }
+            let delta = run - v.charged;
+            v.charged = run;
+            if book.logging() {
+                for (tag, who, ns) in book.take(in_run, delta).parts {
+                    match who {
+                        Some(who) => self.writer.charge_run_to(i, &who, ns),
+                        None => self.writer.charge_run(i, Some(tag), ns),
+                    }
+                }
+            } else {
                 let tag = v.reader.tag();
+                book.charged_without_log(in_run, tag.unwrap_or(0));
+                if tag.is_some_and(|t| accounting::abi::untag(t).0 != 0) {
+                    self.sampled_named = true;
+                }
                 self.writer.charge_run(i, tag, delta);
             }
         }
+        let log = self.run_log();
+        acct.set_run_exact(!self.sampled_named && log.vcpus_logging > 0 && log.sampled_ns == 0);
+    }
+
+    /// The switch logs' counters, all vCPUs.
+    pub fn run_log(&self) -> LogTotals {
+        let mut t = LogTotals::default();
+        for v in &self.vcpus {
+            t.add(&v.shared.switches.totals());
+        }
+        t
     }
 
     /// Ticks every `interval` until `stop` is set, and returns itself so the

@@ -94,11 +94,38 @@ pub struct VmInfo {
     /// Where the vCPUs' tag slots are read from (`docs/tag-abi.md`, "Slots
     /// registered by the agent").
     pub slots: SlotsInfo,
+    /// The guests' switch logs (`docs/tag-abi.md`, "The switch log"):
+    /// how much run time they placed exactly; absent with accounting off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_log: Option<RunLogInfo>,
     /// Where `--metrics-addr` served the Prometheus exposition over TCP,
     /// `IP:PORT` as bound (port 0 resolved to the port picked); absent
     /// without the flag.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<String>,
+}
+
+/// What the guests' switch logs did (`vm.run_log` in the report).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunLogInfo {
+    /// vCPUs whose guest logged at least one principal switch.
+    pub vcpus_logging: u64,
+    /// Switches placed on the vCPUs' run clocks.
+    pub switches: u64,
+    /// Switches logged but not placed: overwritten before the VMM read them
+    /// (more than three between two reads), a sequence that went back, or
+    /// no TSC offset to place them with.
+    pub lost: u64,
+    /// Run time of logging vCPUs charged exactly as the log placed it, ns.
+    pub exact_ns: u64,
+    /// Run time of logging vCPUs charged in a stretch where something was
+    /// lost (or halts exceeded the idle time), ns.
+    pub sampled_ns: u64,
+    /// The host TSC rate the books' clock was calibrated to, ticks per
+    /// second (the guest's TSC runs at the same rate); 0 where the clock is
+    /// not the TSC, and no switch can be placed.
+    pub tsc_hz: u64,
 }
 
 /// Where the vCPUs' tag slots are read from, and what the agent's

@@ -17,12 +17,12 @@ use serde::Serialize;
 
 use super::{
     conservation, path_of, request_report, table, ChargesReport, Conservation, ContainerReport,
-    DeviceCounters, LimitsReport, ProvenanceReport, RegistryStatsReport, Report, RequestReport,
-    RequestSummary, VcpuReport, VmInfo, SCHEMA,
+    DeviceCounters, LimitsReport, RegistryStatsReport, Report, RequestReport, RequestSummary, VcpuReport,
+    VmInfo, SCHEMA,
 };
 use crate::ledger::Accounting;
 use crate::registry::Registry;
-use crate::resource::{Charges, Provenance};
+use crate::resource::Charges;
 
 /// The books of a VM, summed and ready to be written as a report. It holds
 /// the registry's lock until dropped: build it once the vCPUs stopped.
@@ -34,6 +34,8 @@ pub struct ReportWriter<'a> {
     vcpus: Vec<VcpuReport>,
     /// Request charges not yet settled into their containers, by container.
     unsettled: HashMap<usize, Charges>,
+    /// Guest run time was placed by switch logs (provenance `exact`).
+    run_exact: bool,
     guest_errors: BTreeMap<String, u64>,
     conservation: Conservation,
     agent: BTreeMap<String, u64>,
@@ -56,6 +58,7 @@ impl<'a> ReportWriter<'a> {
         ReportWriter {
             tenant: acct.tenant(),
             unsettled: reg.requests_unsettled(),
+            run_exact: acct.run_exact(),
             reg,
             vm,
             totals: ChargesReport::from(&total),
@@ -102,11 +105,6 @@ impl<'a> ReportWriter<'a> {
         if let Some(u) = self.unsettled.get(&i) {
             charged.add(u);
         }
-        let (attributed, sampled) = if i == 0 {
-            (Provenance::Unattributed, Provenance::Unattributed)
-        } else {
-            (Provenance::Exact, Provenance::Sampled)
-        };
         ContainerReport {
             index: i,
             id: c.guest_id,
@@ -114,11 +112,7 @@ impl<'a> ReportWriter<'a> {
             path: path_of(reg, i),
             parent: c.parent,
             retired: c.retired,
-            provenance: ProvenanceReport {
-                exits: attributed,
-                guest_run: sampled,
-                devices: attributed,
-            },
+            provenance: crate::query::provenance(i, self.run_exact),
             charges: ChargesReport::from(&c.cells.sum()),
             requests: RequestSummary {
                 begun: c.requests_begun,

@@ -14,6 +14,7 @@
 mod device;
 mod pages;
 mod region;
+pub mod switchlog;
 
 pub use device::AcctDevice;
 pub use pages::{AgentSlots, PageSlots, SlotsRefusal};

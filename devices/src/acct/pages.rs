@@ -167,6 +167,19 @@ impl PageSlots {
         // no reference to non-atomic data is made.
         Some(unsafe { AtomicU64::from_ptr(p) }.load(Ordering::Acquire))
     }
+
+    /// vCPU `vcpu`'s whole slot (tag and switch log), if it has one.
+    #[inline]
+    pub fn line(&self, vcpu: usize) -> Option<&super::switchlog::SlotLine> {
+        let p = *self.slots.get(vcpu)?;
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null `p` is the start of a 64-byte slot at a
+        // multiple of 64 inside one mapped guest RAM page (`new`), mapped
+        // while `self._mem` lives; eight atomic words tolerate guest writes.
+        Some(unsafe { &*p.cast::<super::switchlog::SlotLine>() })
+    }
 }
 
 /// The host address of guest page `page`, if the whole page lies in one

@@ -154,6 +154,20 @@ impl Registration {
         self.geom.slot_offset(vcpu).map(|off| self.word(off))
     }
 
+    /// The whole 64-byte slot of `vcpu`, as eight words.
+    fn line(&self, vcpu: usize) -> Option<&super::switchlog::SlotLine> {
+        let off = self.geom.slot_offset(vcpu)?;
+        // Bounds and alignment of the last word (the slot lies in the
+        // validated slot array, 64-aligned).
+        let _ = self.word(off + 56);
+        let first: *const AtomicU64 = self.word(off);
+        // SAFETY: the slot's eight words lie inside the region (the checks
+        // of `word` on its first and last word), 8-aligned, in guest memory
+        // kept mapped by `self.mem`; `[AtomicU64; 8]` has the layout of
+        // eight consecutive words and tolerates concurrent guest writes.
+        Some(unsafe { &*first.cast::<super::switchlog::SlotLine>() })
+    }
+
     /// The explicit tag the guest stored for the request at descriptor
     /// `head` of queue tag table `table`; `None` if the region has no such
     /// entry or the entry is 0.
@@ -407,6 +421,18 @@ impl TagReader {
             return Some(w.load(Ordering::Acquire));
         }
         s.agent.as_deref()?.tag(vcpu)
+    }
+
+    /// Calls `f` with the vCPU's whole slot (tag, switch log), from the same
+    /// source [`TagReader::tag`] reads; `None` where the vCPU has no slot.
+    #[inline]
+    pub fn with_line<R>(&mut self, f: impl FnOnce(&super::switchlog::SlotLine) -> R) -> Option<R> {
+        let vcpu = self.vcpu;
+        let s = self.view.sources();
+        if let Some(line) = s.device.as_deref().and_then(|reg| reg.line(vcpu)) {
+            return Some(f(line));
+        }
+        s.agent.as_deref()?.line(vcpu).map(f)
     }
 
     /// Whether the ring holds entries to consume (or skip): two loads.

@@ -188,6 +188,36 @@ pub fn set_tag(vcpu: u32, tag: u64) {
     atomic_at(slot).store(tag, Ordering::Release);
 }
 
+/// Reads the time stamp counter (allowed at CPL3: the VMM leaves CR4.TSD
+/// clear).
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Switches vCPU `vcpu` to `tag` and logs the switch (the switch log of
+/// docs/tag-abi.md): the entry, then the tag, then the sequence, so the VMM
+/// can place the switch exactly on the vCPU's run clock. Returns the TSC it
+/// logged. No exit.
+#[inline(always)]
+pub fn switch_logged(vcpu: u32, tag: u64) -> u64 {
+    // SAFETY: `vcpu < NR_SLOTS` (checked at boot); the slot's words are
+    // aligned u64s that only this vCPU writes and the VMM reads.
+    unsafe {
+        let slot = addr_of_mut!((*region()).slots[vcpu as usize]);
+        let seq = atomic_at(addr_of_mut!((*slot).log_seq));
+        let n = seq.load(Ordering::Relaxed);
+        let entry = addr_of_mut!((*slot).log[(n % abi::SWITCH_LOG_ENTRIES as u64) as usize]);
+        let now = rdtsc();
+        atomic_at(addr_of_mut!((*entry).tsc)).store(now, Ordering::Relaxed);
+        atomic_at(addr_of_mut!((*entry).tag)).store(tag, Ordering::Relaxed);
+        atomic_at(addr_of_mut!((*slot).tag)).store(tag, Ordering::Release);
+        seq.store(n + 1, Ordering::Release);
+        now
+    }
+}
+
 /// Stores the explicit tag of the request whose chain starts at descriptor
 /// `head` of queue `queue` of virtio device 0 (0: none, the notifier's tag
 /// applies). Before the chain is published; heads beyond the table are

@@ -42,9 +42,10 @@ pub enum Scenario {
     SlotTiming = 19,
     Exits = 20,
     AgentSlots = 21,
+    RunLog = 22,
 }
 
-const ALL: [(Scenario, &[u8]); 21] = [
+const ALL: [(Scenario, &[u8]); 22] = [
     (Scenario::Basic, b"basic"),
     (Scenario::Multi, b"multi"),
     (Scenario::Demo, b"demo"),
@@ -66,6 +67,7 @@ const ALL: [(Scenario, &[u8]); 21] = [
     (Scenario::SlotTiming, b"slot-timing"),
     (Scenario::Exits, b"exits"),
     (Scenario::AgentSlots, b"agent-slots"),
+    (Scenario::RunLog, b"run-log"),
 ];
 
 impl Scenario {
@@ -102,6 +104,7 @@ pub fn run(b: &Boot, s: Scenario) -> ! {
         Scenario::SlotTiming => slot_timing(b),
         Scenario::Exits => exits(b),
         Scenario::AgentSlots => crate::agent_slots::scenario(b),
+        Scenario::RunLog => run_log(b),
     }
 }
 
@@ -1069,5 +1072,50 @@ fn vsock_scenario(b: &Boot) -> ! {
         vsock_await(b, &mut d, vsock::op::RST);
     });
     print("vsock: done\n");
+    finish(b, 0)
+}
+
+// ---------------------------------------------------------------------------
+// run-log (1 vCPU): exact run time per request from the switch log
+// ---------------------------------------------------------------------------
+
+const RL_SVC: u32 = 1;
+const RL_REQUESTS: u32 = 6;
+/// TSC cycles per unit of spin (`cycles=N` overrides): request k spins
+/// k units, with no exit.
+const RL_CYCLES: u64 = 2_000_000;
+
+/// Requests 1..=6 in `svc`, each switched to and from with a logged
+/// switch, spinning k·`cycles` TSC cycles with no exit in between. Before
+/// each switch-in one `port_out` (in `unattributed`) applies the request's
+/// begin; after the switch-out the guest prints the cycles between its two
+/// logged switches (`run-log: request NNNNNNNNNN cycles NNNNNNNNNN`), which
+/// is the run time the VMM must charge the request.
+fn run_log(b: &Boot) -> ! {
+    if b.nr_vcpus != 1 {
+        print("run-log: needs 1 vcpu\n");
+        finish(b, 3);
+    }
+    acct::register();
+    declare(RL_SVC, 0, b"svc");
+    print("run-log: start\n");
+    let unit = arg(b.cmdline, b"cycles=").and_then(parse_u64).unwrap_or(RL_CYCLES);
+    for k in 1..=RL_REQUESTS {
+        acct::begin_request(k, RL_SVC, 0);
+        port_work(1);
+        let t0 = acct::switch_logged(b.vcpu, tag(RL_SVC, k));
+        let until = t0 + u64::from(k) * unit;
+        while acct::rdtsc() < until {
+            core::hint::spin_loop();
+        }
+        let t1 = acct::switch_logged(b.vcpu, 0);
+        acct::end_request(k);
+        print("run-log: request ");
+        print_dec10(u64::from(k));
+        print(" cycles ");
+        print_dec10(t1 - t0);
+        print("\n");
+    }
+    print("run-log: done\n");
     finish(b, 0)
 }

@@ -11,6 +11,7 @@ pub mod exit;
 pub mod kvmstats;
 pub mod recent;
 pub mod runclock;
+pub mod switches;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
@@ -47,6 +48,8 @@ pub struct VcpuShared {
     /// Time this vCPU spent in `KVM_RUN` before it was started (an AP
     /// waiting for INIT/SIPI), ns: not guest run time, so not on `clock`.
     pub unstarted_ns: AtomicU64,
+    /// The guest's switch log, as placed on `clock`.
+    pub switches: switches::SwitchBook,
 }
 
 /// The state a vCPU thread's machine is in.
@@ -147,9 +150,25 @@ impl Vcpu {
             }
         }
         let result = self.fd.run();
-        let exited_at = self.writer.as_ref().map_or(0, |w| {
+        let exited_at = self.writer.as_mut().map_or(0, |w| {
             let now = w.accounting().now_ns();
-            self.shared.clock.exit(now);
+            let ran = self.shared.clock.exit(now);
+            if ran > 0 {
+                // Switches the guest logged during the interval: placed now,
+                // while it cannot be writing (two loads when it logged none).
+                let book = &self.shared.switches;
+                let run = &self.shared.clock;
+                reader.with_line(|line| {
+                    if book.moved(line) {
+                        let win = switches::Window {
+                            base: run.done() - ran,
+                            from: now - ran,
+                            to: now,
+                        };
+                        book.harvest(line, w, win, true, || true);
+                    }
+                });
+            }
             now
         });
         if self.unstarted {

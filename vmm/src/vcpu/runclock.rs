@@ -7,6 +7,17 @@
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
+/// One consistent reading of a [`RunClock`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The clock's sequence at the reading.
+    pub seq: u64,
+    /// Run time of the finished intervals, ns.
+    pub done: u64,
+    /// When the interval in progress began (VM clock), 0 if none.
+    pub entered: u64,
+}
+
 /// Cumulative run time of one vCPU.
 #[derive(Debug, Default)]
 #[repr(align(64))]
@@ -50,6 +61,29 @@ impl RunClock {
 
     /// Cumulative run time as of `now`, the interval in progress included.
     pub fn read(&self, now: u64) -> u64 {
+        let s = self.snapshot();
+        s.done
+            + if s.entered == 0 {
+                0
+            } else {
+                now.saturating_sub(s.entered)
+            }
+    }
+
+    /// Run time of the finished intervals; only meaningful on the vCPU's
+    /// own thread (the one writer).
+    pub fn done(&self) -> u64 {
+        self.done_ns.load(Ordering::Relaxed)
+    }
+
+    /// Whether the clock is still as `s` saw it (no entry or exit since).
+    pub fn unchanged_since(&self, s: &Snapshot) -> bool {
+        fence(Ordering::Acquire);
+        self.seq.load(Ordering::Relaxed) == s.seq
+    }
+
+    /// A consistent view: finished run time, and the entry in progress.
+    pub fn snapshot(&self) -> Snapshot {
         loop {
             let s1 = self.seq.load(Ordering::Acquire);
             let done = self.done_ns.load(Ordering::Relaxed);
@@ -57,12 +91,11 @@ impl RunClock {
             fence(Ordering::Acquire);
             let s2 = self.seq.load(Ordering::Relaxed);
             if s1 == s2 && s1.is_multiple_of(2) {
-                let current = if entered == 0 {
-                    0
-                } else {
-                    now.saturating_sub(entered)
+                return Snapshot {
+                    seq: s1,
+                    done,
+                    entered,
                 };
-                return done + current;
             }
             std::hint::spin_loop();
         }

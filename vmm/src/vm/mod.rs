@@ -545,6 +545,10 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
                 }
             }
         }
+        let tsc_offset = config
+            .accounting
+            .then(|| vcpu::switches::tsc_offset(&fd, acct.clock()))
+            .flatten();
         let id = usize::from(id);
         vcpus.push(Vcpu {
             id,
@@ -554,7 +558,10 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             io_stats: Arc::clone(&io_stats),
             region: Arc::clone(&region),
             writer: config.accounting.then(|| acct.writer(id)),
-            shared: Arc::new(VcpuShared::default()),
+            shared: Arc::new(VcpuShared {
+                switches: vcpu::switches::SwitchBook::new(tsc_offset),
+                ..VcpuShared::default()
+            }),
             stop: Arc::clone(&stop),
             events: events_tx.clone(),
             resume_at: None,
@@ -703,7 +710,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     if let Some(t) = &sampler_thread {
         t.thread().unpark();
     }
-    let (mut guest_run_source, mut vcpu_halted_ns) = (String::new(), 0);
+    let (mut guest_run_source, mut vcpu_halted_ns, mut run_log) = (String::new(), 0, None);
     match sampler_thread.map(std::thread::JoinHandle::join) {
         // One more tick now that the vCPUs are stopped charges the rest of
         // their run time, so the sums are exact.
@@ -711,6 +718,15 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             sampler.tick();
             guest_run_source = sampler.source().into();
             vcpu_halted_ns = sampler.halted_ns();
+            let t = sampler.run_log();
+            run_log = Some(accounting::report::RunLogInfo {
+                vcpus_logging: t.vcpus_logging,
+                switches: t.switches,
+                lost: t.lost,
+                exact_ns: t.exact_ns,
+                sampled_ns: t.sampled_ns,
+                tsc_hz: acct.clock().tsc_hz().unwrap_or(0),
+            });
         }
         Some(Err(_)) => log::error!("the sampler thread panicked"),
         None => {}
@@ -747,6 +763,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         guest_resident_bytes: resident_bytes(&mem),
         vmm_peak_rss_bytes: peak_rss_bytes(),
         slots: agent.slots_info(),
+        run_log,
         metrics_addr,
     };
     Ok(RunOutcome {

@@ -1,0 +1,166 @@
+//! Reading a slot's switch log (`docs/tag-abi.md`, "The switch log").
+//!
+//! A guest that keeps the log appends `(tsc, tag)` to the three entries in
+//! its slot's spare bytes at each principal switch, then publishes the
+//! switch by storing `log_seq = n + 1` (release). The VMM reads it from the
+//! vCPU's own thread after an exit (the guest is stopped then) and from the
+//! sampler while the guest may be writing, so [`read`] is a seqlock read:
+//! an entry counts only if the sequence read after it shows it cannot have
+//! been overwritten meanwhile. The guest is not trusted: a sequence that goes
+//! back or jumps ahead only loses entries (counted by the caller), never
+//! makes the reader loop or read outside the slot.
+
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+
+use accounting::abi::SWITCH_LOG_ENTRIES;
+
+/// One slot's 64 bytes as eight words: `tag`, `log_seq`, then the entries.
+pub type SlotLine = [AtomicU64; 8];
+
+/// What one read of the log found after position `from`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogRead {
+    /// The log's sequence (switches logged so far) as read.
+    pub seq: u64,
+    /// Switches after `from` that could no longer be read (overwritten, or
+    /// a sequence that went back): the read is not exact when this is not 0.
+    pub lost: u64,
+    /// The readable switches, oldest first: `entries[..len]` as `(tsc, tag)`.
+    pub entries: [(u64, u64); SWITCH_LOG_ENTRIES],
+    /// How many of `entries` are in use.
+    pub len: usize,
+}
+
+/// Reads the switches logged after position `from` (the count already
+/// consumed). `stopped`: the vCPU is out of the guest (its own thread,
+/// after an exit), so no write can be in progress and all entries are
+/// readable; otherwise the entry the guest may be writing now is left out.
+/// At most a few retries when the guest raced the read; after them whatever
+/// could not be read stably is counted as lost.
+pub fn read(line: &SlotLine, from: u64, stopped: bool) -> LogRead {
+    const TRIES: usize = 4;
+    let n = SWITCH_LOG_ENTRIES as u64;
+    let mut out = LogRead::default();
+    for _ in 0..TRIES {
+        let s1 = line[1].load(Ordering::Acquire);
+        out = LogRead {
+            seq: s1,
+            ..LogRead::default()
+        };
+        if s1 == from {
+            return out;
+        }
+        if s1 < from {
+            // The guest moved its sequence back: nothing after `from` can be
+            // trusted. Start again from what it says now.
+            out.lost = 1;
+            return out;
+        }
+        let first = from.max(s1.saturating_sub(n));
+        let mut raw = [(0u64, 0u64); SWITCH_LOG_ENTRIES];
+        for (k, p) in (first..s1).enumerate() {
+            let i = usize::try_from(p % n).unwrap_or(0);
+            raw[k] = (
+                line[2 + 2 * i].load(Ordering::Relaxed),
+                line[3 + 2 * i].load(Ordering::Relaxed),
+            );
+        }
+        fence(Ordering::Acquire);
+        let s2 = line[1].load(Ordering::Relaxed);
+        // A running guest may be writing the entry of position `s2` now,
+        // which is where position `s2 - n` was: positions from `s2 - n + 1`
+        // on are intact.
+        let intact = if stopped && s2 == s1 { n } else { n - 1 };
+        let stable_from = s2.saturating_sub(intact).max(first);
+        if s2 < s1 {
+            continue;
+        }
+        let skip = usize::try_from(stable_from - first).unwrap_or(SWITCH_LOG_ENTRIES);
+        if skip >= usize::try_from(s1 - first).unwrap_or(0) && s1 > first && s2 != s1 {
+            // Everything read was overwritten meanwhile: try again.
+            continue;
+        }
+        let kept = &raw[skip.min(SWITCH_LOG_ENTRIES)..usize::try_from(s1 - first).unwrap_or(0)];
+        out.entries[..kept.len()].copy_from_slice(kept);
+        out.len = kept.len();
+        out.lost = stable_from - from;
+        return out;
+    }
+    // The guest rewrote its log faster than it could be read: take its
+    // sequence and count everything since `from` as lost.
+    out.entries = [(0, 0); SWITCH_LOG_ENTRIES];
+    out.len = 0;
+    out.lost = out.seq.saturating_sub(from).max(1);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line() -> SlotLine {
+        Default::default()
+    }
+
+    /// The guest's protocol: entry, tag, then the sequence.
+    fn switch(l: &SlotLine, tsc: u64, tag: u64) {
+        let n = l[1].load(Ordering::Relaxed);
+        let i = usize::try_from(n % SWITCH_LOG_ENTRIES as u64).unwrap();
+        l[2 + 2 * i].store(tsc, Ordering::Relaxed);
+        l[3 + 2 * i].store(tag, Ordering::Relaxed);
+        l[0].store(tag, Ordering::Release);
+        l[1].store(n + 1, Ordering::Release);
+    }
+
+    #[test]
+    fn reads_what_was_logged_after_the_consumed_position() {
+        let l = line();
+        assert_eq!(read(&l, 0, true), LogRead::default());
+        switch(&l, 100, 7);
+        switch(&l, 200, 8);
+        let r = read(&l, 0, true);
+        assert_eq!((r.seq, r.lost, r.len), (2, 0, 2));
+        assert_eq!(&r.entries[..2], &[(100, 7), (200, 8)]);
+        let r = read(&l, 1, true);
+        assert_eq!((r.seq, r.lost, &r.entries[..r.len]), (2, 0, &[(200, 8)][..]));
+        assert_eq!(read(&l, 2, true).len, 0);
+    }
+
+    #[test]
+    fn more_switches_than_entries_are_counted_as_lost() {
+        let l = line();
+        for k in 0..5u64 {
+            switch(&l, 10 * k, k);
+        }
+        let r = read(&l, 0, true);
+        assert_eq!((r.seq, r.lost), (5, 2));
+        assert_eq!(&r.entries[..r.len], &[(20, 2), (30, 3), (40, 4)]);
+    }
+
+    #[test]
+    fn a_sequence_that_goes_back_or_jumps_is_bounded() {
+        let l = line();
+        l[1].store(3, Ordering::Release);
+        let r = read(&l, 10, true);
+        assert_eq!((r.seq, r.lost, r.len), (3, 1, 0));
+        l[1].store(u64::MAX, Ordering::Release);
+        let r = read(&l, 0, true);
+        assert_eq!(r.seq, u64::MAX);
+        assert_eq!(r.len, 3);
+        assert_eq!(r.lost, u64::MAX - 3);
+    }
+
+    #[test]
+    fn a_running_guests_oldest_entry_is_not_trusted() {
+        let l = line();
+        for k in 0..3u64 {
+            switch(&l, 10 * k, k);
+        }
+        // Position 3's entry may be half written over position 0's.
+        let r = read(&l, 0, false);
+        assert_eq!((r.seq, r.lost), (3, 1));
+        assert_eq!(&r.entries[..r.len], &[(10, 1), (20, 2)]);
+        let r = read(&l, 1, false);
+        assert_eq!((r.lost, r.len), (0, 2));
+    }
+}
