@@ -97,3 +97,34 @@ fn without_a_log_run_time_stays_sampled() {
     );
     assert_eq!(run.container("cpu-a").provenance.guest_run, Provenance::Sampled);
 }
+
+#[test]
+fn a_lying_log_moves_no_time_out_of_the_vcpus_run_time() {
+    let mut cfg = config("run-log", 1);
+    cfg.cmdline = Some("scenario=run-log cycles=500000 lie=1".into());
+    let run = boot(cfg);
+    run.assert_clean();
+    assert!(run.console.contains("run-log: lied"), "{}", run.console);
+    let log = run.report.vm.run_log.expect("run_log in the report");
+    if log.tsc_hz == 0 {
+        return;
+    }
+    // The sequence moved back and five switches overran the three entries.
+    assert!(log.lost > 0, "{log:?}");
+    assert!(log.sampled_ns > 0, "{log:?}");
+    assert_eq!(run.container("svc").provenance.guest_run, Provenance::Sampled);
+    // Whatever the log said, the principals hold exactly the vCPU's
+    // measured run time, and request 7 no more than the whole run.
+    let vcpu = run.report.vcpus[0].charges.guest_run_ns;
+    assert_eq!(
+        run.report
+            .containers
+            .iter()
+            .map(|c| c.charges.guest_run_ns)
+            .sum::<u64>(),
+        vcpu
+    );
+    assert!(run.request(7).charges.guest_run_ns <= vcpu);
+    // What the logging vCPU charged, exactly or not, is within its run time.
+    assert!(log.exact_ns + log.sampled_ns <= vcpu, "{log:?}");
+}

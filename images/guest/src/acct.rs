@@ -202,6 +202,14 @@ pub fn rdtsc() -> u64 {
 /// logged. No exit.
 #[inline(always)]
 pub fn switch_logged(vcpu: u32, tag: u64) -> u64 {
+    let now = rdtsc();
+    log_at(vcpu, tag, now);
+    now
+}
+
+/// As [`switch_logged`] with any time stamp (what a lying guest does).
+#[inline(always)]
+pub fn log_at(vcpu: u32, tag: u64, tsc: u64) {
     // SAFETY: `vcpu < NR_SLOTS` (checked at boot); the slot's words are
     // aligned u64s that only this vCPU writes and the VMM reads.
     unsafe {
@@ -209,13 +217,18 @@ pub fn switch_logged(vcpu: u32, tag: u64) -> u64 {
         let seq = atomic_at(addr_of_mut!((*slot).log_seq));
         let n = seq.load(Ordering::Relaxed);
         let entry = addr_of_mut!((*slot).log[(n % abi::SWITCH_LOG_ENTRIES as u64) as usize]);
-        let now = rdtsc();
-        atomic_at(addr_of_mut!((*entry).tsc)).store(now, Ordering::Relaxed);
+        atomic_at(addr_of_mut!((*entry).tsc)).store(tsc, Ordering::Relaxed);
         atomic_at(addr_of_mut!((*entry).tag)).store(tag, Ordering::Relaxed);
         atomic_at(addr_of_mut!((*slot).tag)).store(tag, Ordering::Release);
-        seq.store(n + 1, Ordering::Release);
-        now
+        seq.store(n.wrapping_add(1), Ordering::Release);
     }
+}
+
+/// Overwrites vCPU `vcpu`'s log sequence (what a lying guest does).
+pub fn set_log_seq(vcpu: u32, n: u64) {
+    // SAFETY: as in `log_at`.
+    let seq = unsafe { addr_of_mut!((*region()).slots[vcpu as usize].log_seq) };
+    atomic_at(seq).store(n, Ordering::Release);
 }
 
 /// Stores the explicit tag of the request whose chain starts at descriptor

@@ -1104,10 +1104,7 @@ fn run_log(b: &Boot) -> ! {
         acct::begin_request(k, RL_SVC, 0);
         port_work(1);
         let t0 = acct::switch_logged(b.vcpu, tag(RL_SVC, k));
-        let until = t0 + u64::from(k) * unit;
-        while acct::rdtsc() < until {
-            core::hint::spin_loop();
-        }
+        spin_cycles(u64::from(k) * unit);
         let t1 = acct::switch_logged(b.vcpu, 0);
         acct::end_request(k);
         print("run-log: request ");
@@ -1116,6 +1113,37 @@ fn run_log(b: &Boot) -> ! {
         print_dec10(t1 - t0);
         print("\n");
     }
+    if arg(b.cmdline, b"lie=") == Some(&b"1"[..]) {
+        run_log_lies(b, unit);
+    }
     print("run-log: done\n");
     finish(b, 0)
+}
+
+fn spin_cycles(n: u64) {
+    let until = acct::rdtsc() + n;
+    while acct::rdtsc() < until {
+        core::hint::spin_loop();
+    }
+}
+
+/// `lie=1`: request 7 with a log that lies: a switch stamped before the VM
+/// started, one far in the future, a sequence moved back, and five
+/// switches with no exit between them (more than the log holds).
+fn run_log_lies(b: &Boot, unit: u64) {
+    acct::begin_request(7, RL_SVC, 0);
+    port_work(1);
+    acct::log_at(b.vcpu, tag(RL_SVC, 7), 0);
+    spin_cycles(unit);
+    acct::log_at(b.vcpu, tag(RL_SVC, 0), u64::MAX);
+    spin_cycles(unit);
+    acct::set_log_seq(b.vcpu, 1);
+    spin_cycles(unit);
+    for _ in 0..5 {
+        acct::switch_logged(b.vcpu, tag(RL_SVC, 7));
+    }
+    spin_cycles(unit);
+    acct::switch_logged(b.vcpu, 0);
+    acct::end_request(7);
+    print("run-log: lied\n");
 }
