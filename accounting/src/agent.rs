@@ -76,6 +76,16 @@ pub enum AgentMessage {
     /// The guest's tag slots are in these pages (Linux: the agent's eBPF
     /// slot map); replaces any earlier `register_slots`.
     RegisterSlots(RegisterSlots),
+    /// The guest's `CLOCK_MONOTONIC` and its TSC, read together: the BPF
+    /// program stamps the slots' switch logs with the first, the VMM places
+    /// them through this pair (docs/tag-abi.md, "The switch log"). Sent
+    /// after `register_slots` and again every context interval.
+    ClockSync {
+        /// `CLOCK_MONOTONIC`, ns.
+        monotonic_ns: u64,
+        /// The TSC (`rdtsc`) at the same moment.
+        tsc: u64,
+    },
     /// Forget the slots of `register_slots`: later exits are charged to
     /// `unattributed` (unless the accounting device has a region). A
     /// struct variant without fields, not a unit variant: serde ignores
@@ -639,7 +649,7 @@ impl AgentMessage {
                 }
             }
             Self::RegisterSlots(r) => r.validate(),
-            Self::UnregisterSlots {} => Ok(()),
+            Self::UnregisterSlots {} | Self::ClockSync { .. } => Ok(()),
             Self::RetireContainer { id } => check_id("container id", *id),
             Self::EndRequest { id } => check_id("request id", *id),
             Self::BeginRequest(b) => {

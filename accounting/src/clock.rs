@@ -64,11 +64,25 @@ fn paired() -> (u64, Instant) {
     (best.1, best.2)
 }
 
+/// The TSC's rate for converting guest TSC stamps (the switch log) where
+/// the clock itself is `CLOCK_MONOTONIC`: calibrated whether or not the CPU
+/// says its TSC is invariant (an emulated CPU may not say so and still tick
+/// at one rate).
+fn conversion_rate() -> Option<TscRate> {
+    static RATE: OnceLock<Option<TscRate>> = OnceLock::new();
+    *RATE.get_or_init(measure_rate)
+}
+
 #[cfg(target_arch = "x86_64")]
 fn calibrate() -> Option<TscRate> {
     if std::env::var_os("RESOURCEFUL_CLOCK").is_some_and(|v| v == "monotonic") || !invariant_tsc() {
         return None;
     }
+    measure_rate()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn measure_rate() -> Option<TscRate> {
     let (t0, i0) = paired();
     std::thread::sleep(CALIBRATION);
     let (t1, i1) = paired();
@@ -87,6 +101,11 @@ fn calibrate() -> Option<TscRate> {
     None
 }
 
+#[cfg(not(target_arch = "x86_64"))]
+fn measure_rate() -> Option<TscRate> {
+    None
+}
+
 /// Nanoseconds since it was created, from the cheapest clock this CPU
 /// offers that keeps a constant rate.
 #[derive(Clone, Copy, Debug)]
@@ -96,8 +115,32 @@ pub struct Clock {
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
-    Tsc { start: u64, rate: TscRate },
-    Monotonic { start: Instant },
+    Tsc {
+        start: u64,
+        rate: TscRate,
+    },
+    /// `tsc`: the TSC rate and the TSC reading at `start`, for converting
+    /// TSC stamps only.
+    Monotonic {
+        start: Instant,
+        tsc: Option<(TscRate, u64)>,
+    },
+}
+
+/// A monotonic clock's start, with the TSC reading beside it.
+fn monotonic_start() -> Kind {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(rate) = conversion_rate() {
+        let (tsc, start) = paired();
+        return Kind::Monotonic {
+            start,
+            tsc: Some((rate, tsc)),
+        };
+    }
+    Kind::Monotonic {
+        start: Instant::now(),
+        tsc: None,
+    }
 }
 
 impl Clock {
@@ -110,18 +153,15 @@ impl Clock {
             };
         }
         Clock {
-            kind: Kind::Monotonic {
-                start: Instant::now(),
-            },
+            kind: monotonic_start(),
         }
     }
 
-    /// A clock reading 0 now that never uses the TSC.
+    /// A clock reading 0 now that never reads the TSC (it may still
+    /// convert TSC stamps, [`Clock::tsc_to_ns`]).
     pub fn monotonic() -> Self {
         Clock {
-            kind: Kind::Monotonic {
-                start: Instant::now(),
-            },
+            kind: monotonic_start(),
         }
     }
 
@@ -136,32 +176,34 @@ impl Clock {
             }
             #[cfg(not(target_arch = "x86_64"))]
             Kind::Tsc { .. } => unreachable!("no TSC clock is made off x86-64"),
-            Kind::Monotonic { start } => u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Kind::Monotonic { start, .. } => u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
         }
     }
 
     /// A host TSC reading on this clock (ns since [`Clock::start`]; 0 for a
-    /// reading before it), or `None` where the clock is not the TSC. Used
-    /// to place a guest's logged switches (guest TSC less its offset).
+    /// reading before it), or `None` where no TSC rate could be calibrated.
+    /// Used to place a guest's logged switches (guest TSC less its
+    /// offset). On a monotonic clock it goes through the rate calibrated at
+    /// start, so it drifts from the clock by the rate's error (a few ppm).
     pub fn tsc_to_ns(&self, host_tsc: u64) -> Option<u64> {
-        match self.kind {
-            Kind::Tsc { start, rate } => {
-                let ticks = host_tsc.saturating_sub(start);
-                Some(u64::try_from((u128::from(ticks) * u128::from(rate.mult)) >> 32).unwrap_or(u64::MAX))
+        let (start, rate) = match self.kind {
+            Kind::Tsc { start, rate } => (start, rate),
+            Kind::Monotonic { tsc, .. } => {
+                let (rate, start) = tsc?;
+                (start, rate)
             }
-            Kind::Monotonic { .. } => None,
-        }
+        };
+        let ticks = host_tsc.saturating_sub(start);
+        Some(u64::try_from((u128::from(ticks) * u128::from(rate.mult)) >> 32).unwrap_or(u64::MAX))
     }
 
-    /// The calibrated TSC rate in ticks per second, where the clock is the
-    /// TSC.
+    /// The calibrated TSC rate in ticks per second, where there is one.
     pub fn tsc_hz(&self) -> Option<u64> {
-        match self.kind {
-            Kind::Tsc { rate, .. } => {
-                u64::try_from((1_000_000_000u128 << 32) / u128::from(rate.mult.max(1))).ok()
-            }
-            Kind::Monotonic { .. } => None,
-        }
+        let rate = match self.kind {
+            Kind::Tsc { rate, .. } => rate,
+            Kind::Monotonic { tsc, .. } => tsc?.0,
+        };
+        u64::try_from((1_000_000_000u128 << 32) / u128::from(rate.mult.max(1))).ok()
     }
 
     /// `tsc` or `monotonic`: what the report's `vm.clock_source` says.
@@ -193,6 +235,30 @@ mod tests {
                 "{}: measured {measured} ns over a real {real} ns",
                 clock.source()
             );
+        }
+    }
+
+    #[test]
+    fn tsc_stamps_convert_to_the_clocks_ns_either_way() {
+        for clock in [Clock::start(), Clock::monotonic()] {
+            let Some(hz) = clock.tsc_hz() else {
+                continue; // No TSC to calibrate here.
+            };
+            assert!((100_000_000..=20_000_000_000).contains(&hz), "{hz}");
+            for _ in 0..3 {
+                let a = clock.now_ns();
+                let t = rdtsc();
+                let b = clock.now_ns();
+                let at = clock.tsc_to_ns(t).unwrap();
+                // Between the two readings, give or take the rate's error
+                // since start and a scheduling hiccup.
+                assert!(
+                    at + 200_000 >= a && at <= b + 200_000,
+                    "{}: {a} <= {at} <= {b}",
+                    clock.source()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 

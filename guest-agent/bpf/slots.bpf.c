@@ -84,11 +84,42 @@ struct blk_mq_queue_data {
 	struct request *rq;
 } __attribute__((preserve_access_index));
 
-// One slot: a cache line, the tag in its first 8 bytes (accounting::abi).
+// One slot: a cache line, the tag in its first 8 bytes, then the switch log
+// (accounting::abi::TagSlot; docs/tag-abi.md, "The switch log"): a sequence
+// and the last three switches, stamped with the guest's CLOCK_MONOTONIC
+// (bpf_ktime_get_ns; the agent's clock_sync tells the VMM how it maps to
+// the TSC).
+struct log_entry {
+	__u64 stamp;
+	__u64 tag;
+};
+
 struct slot {
 	__u64 tag;
-	__u64 reserved[7];
+	__u64 log_seq;
+	struct log_entry log[3];
 };
+
+static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;
+
+// Switches the slot to `tag` and logs it: the entry, then the tag, then the
+// sequence (volatile stores: emitted in this order, and x86 keeps stores in
+// order), as the tag ABI asks.
+static __attribute__((always_inline)) void switch_slot(struct slot *s, __u64 tag)
+{
+	__u64 n = s->log_seq;
+	__u64 i = n % 3;
+	// Hides the bound from the compiler, so the check below is kept: the
+	// verifier does not bound the result of a modulo by itself.
+	asm volatile("" : "+r"(i));
+	if (i > 2)
+		return;
+	struct log_entry *e = &s->log[i];
+	*(volatile __u64 *)&e->stamp = bpf_ktime_get_ns();
+	*(volatile __u64 *)&e->tag = tag;
+	*(volatile __u64 *)&s->tag = tag;
+	*(volatile __u64 *)&s->log_seq = n + 1;
+}
 
 // The loader sets max_entries to the guest's possible CPUs, rounded up to
 // a page of slots (64); at most MAX_SLOTS.
@@ -160,7 +191,7 @@ int on_switch(__u64 *ctx)
 	// A store only on a change: the slot's cache line stays clean (and
 	// shared with the hypervisor's reads) while one principal runs.
 	if (s->tag != tag)
-		s->tag = tag;
+		switch_slot(s, tag);
 	return 0;
 }
 
@@ -189,7 +220,7 @@ int on_queue_rq(__u64 *ctx)
 	if (!v || !s)
 		return 0;
 	if (s->tag != *v)
-		s->tag = *v;
+		switch_slot(s, *v);
 	return 0;
 }
 
@@ -202,7 +233,7 @@ int on_queue_rq_exit(__u64 *ctx)
 		return 0;
 	__u64 tag = tag_of(bpf_get_current_task_btf());
 	if (s->tag != tag)
-		s->tag = tag;
+		switch_slot(s, tag);
 	return 0;
 }
 

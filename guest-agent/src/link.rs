@@ -526,6 +526,7 @@ pub fn run(shared: Arc<Shared>, ep: Endpoint, hello: Hello) {
             g.tagging.registered = None;
             if let Some(m) = g.tagging.registration() {
                 replay.extend(encode(&m).ok());
+                replay.extend(encode(&crate::tagger::Tagger::clock_sync()).ok());
             }
             g.sync_tags();
             g.outbox.on_connect(replay, sessions > 0);

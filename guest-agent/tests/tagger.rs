@@ -117,6 +117,17 @@ fn stop(c: Spinner) {
     drop(c);
 }
 
+/// `CLOCK_MONOTONIC` now, ns (the BPF program's `bpf_ktime_get_ns`).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap()
+}
+
 /// Polls CPU 0's slot until it holds `want`.
 fn wait_slot(t: &Tagger, want: u64, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -166,8 +177,25 @@ fn the_tagger_tags_a_cgroups_task_its_threads_binding_and_idle() {
 
     let container = tag(CONTAINER, 0);
     t.sync_cgroups(&HashMap::from([(cg.id(), container)])).unwrap();
+    let before = monotonic_ns();
     let spin = cg.spinner();
     wait_slot(&t, container, "a task of the cgroup runs on CPU 0");
+    // The switch to it is logged (docs/tag-abi.md, "The switch log"): the
+    // newest entry names the container, stamped with CLOCK_MONOTONIC
+    // between the spinner's start and now (unless a later switch came, in
+    // which case it is newer still).
+    let line = t.slot_line(0).unwrap();
+    let seq = line[1];
+    assert!(seq > 0, "switches are logged: {line:x?}");
+    let newest = (seq - 1) % 3;
+    let (stamp, logged) = (line[2 + 2 * newest as usize], line[3 + 2 * newest as usize]);
+    assert!(
+        (before..=monotonic_ns()).contains(&stamp),
+        "stamp {stamp} not in [{before}, now]: {line:x?}"
+    );
+    if line[0] == container {
+        assert_eq!(logged, container, "the newest entry is the slot's tag: {line:x?}");
+    }
 
     // A request binding of the thread goes over its cgroup's container.
     let request = tag(CONTAINER, REQUEST);

@@ -756,6 +756,18 @@ impl AgentHub {
             }
             // Always answered: `slots_registered` or `refused`.
             (AgentMessage::RegisterSlots(r), true) => Some(self.register_slots(&r)),
+            (AgentMessage::ClockSync { monotonic_ns, tsc }, true) => {
+                // Without slots in force there is no log to place: nothing
+                // to keep (not a mistake: the slots may have been refused).
+                if !self
+                    .slots
+                    .as_ref()
+                    .is_some_and(|s| s.sync_clock(monotonic_ns, tsc))
+                {
+                    log::debug!("agent clock_sync with no agent slots in force: ignored");
+                }
+                None
+            }
             (AgentMessage::UnregisterSlots {}, true) => {
                 if let Some(slots) = &self.slots {
                     slots.clear();

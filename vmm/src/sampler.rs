@@ -156,14 +156,14 @@ impl Sampler {
             let writer = &mut self.writer;
             let unplaced = v
                 .reader
-                .with_line(|line| {
+                .with_line(|line, stamps| {
                     if book.moved(line) && snap.entered != 0 {
                         let win = Window {
                             base: snap.done,
                             from: snap.entered,
                             to: now.max(snap.entered),
                         };
-                        book.harvest(line, writer, win, false, || clock.unchanged_since(&snap));
+                        book.harvest(line, stamps, writer, win, false, || clock.unchanged_since(&snap));
                     }
                     book.moved(line)
                 })

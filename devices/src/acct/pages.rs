@@ -77,6 +77,8 @@ pub struct PageSlots {
     slots: Box<[*mut u64]>,
     /// Keeps the mappings behind `slots` alive.
     _mem: GuestMemoryMmap,
+    /// The agent's clock sync for the stamps of the slots' switch logs.
+    clock: super::switchlog::ClockCell,
 }
 
 // SAFETY: every non-null pointer in `slots` points into guest memory mapped
@@ -133,6 +135,7 @@ impl PageSlots {
             cpus: req.cpus.clone(),
             slots,
             _mem: mem.clone(),
+            clock: super::switchlog::ClockCell::default(),
         })
     }
 
@@ -166,6 +169,12 @@ impl PageSlots {
         // guest may write it at any time, which an atomic load tolerates;
         // no reference to non-atomic data is made.
         Some(unsafe { AtomicU64::from_ptr(p) }.load(Ordering::Acquire))
+    }
+
+    /// What the switch logs' stamps are: the guest's `CLOCK_MONOTONIC`,
+    /// placed through the agent's last `clock_sync`.
+    pub fn stamps(&self) -> super::switchlog::Stamps<'_> {
+        super::switchlog::Stamps::Synced(&self.clock)
     }
 
     /// vCPU `vcpu`'s whole slot (tag and switch log), if it has one.
@@ -247,6 +256,18 @@ impl AgentSlots {
         }
     }
 
+    /// Records the agent's `clock_sync` (`CLOCK_MONOTONIC` ns and the guest
+    /// TSC read together) for the slots in force; `false` if there are none.
+    pub fn sync_clock(&self, ns: u64, tsc: u64) -> bool {
+        match self.region.agent() {
+            Some(cur) => {
+                cur.clock.set(ns, tsc);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Forgets the agent's slots (`unregister_slots`, or a guest of another
     /// boot).
     pub fn clear(&self) {
@@ -302,6 +323,28 @@ mod tests {
         let acct = Accounting::new("t", vcpus, 0, Limits::default());
         let s = AgentSlots::new(Arc::clone(&region), m.clone(), Arc::clone(&acct));
         (region, s, acct, m)
+    }
+
+    #[test]
+    fn the_agents_clock_sync_explains_the_stamps_of_its_slots_logs() {
+        use crate::acct::switchlog::LogClock;
+        let (region, s, _, m) = slots(1);
+        // No slots: nothing to keep the sync with.
+        assert!(!s.sync_clock(1, 2));
+        assert_eq!(s.register(&req(&[0x5000], &[(0, 1)])), Ok(vec![0]));
+        let mut r = region.reader(0);
+        assert_eq!(r.with_line(|_, st| st.clock()), Some(LogClock::Unknown));
+        assert!(s.sync_clock(1_000, 77_000));
+        assert_eq!(
+            r.with_line(|_, st| st.clock()),
+            Some(LogClock::Monotonic {
+                ns: 1_000,
+                tsc: 77_000
+            })
+        );
+        // The line is slot 1's: its sequence word is the page's byte 72.
+        m.write_obj(5u64, GuestAddress(0x5000 + 72)).unwrap();
+        assert_eq!(r.with_line(|l, _| l[1].load(Ordering::Relaxed)), Some(5));
     }
 
     #[test]

@@ -425,14 +425,19 @@ impl TagReader {
 
     /// Calls `f` with the vCPU's whole slot (tag, switch log), from the same
     /// source [`TagReader::tag`] reads; `None` where the vCPU has no slot.
+    /// `f` also gets what the slot's logged time stamps are.
     #[inline]
-    pub fn with_line<R>(&mut self, f: impl FnOnce(&super::switchlog::SlotLine) -> R) -> Option<R> {
+    pub fn with_line<R>(
+        &mut self,
+        f: impl FnOnce(&super::switchlog::SlotLine, super::switchlog::Stamps<'_>) -> R,
+    ) -> Option<R> {
         let vcpu = self.vcpu;
         let s = self.view.sources();
         if let Some(line) = s.device.as_deref().and_then(|reg| reg.line(vcpu)) {
-            return Some(f(line));
+            return Some(f(line, super::switchlog::Stamps::Tsc));
         }
-        s.agent.as_deref()?.line(vcpu).map(f)
+        let agent = s.agent.as_deref()?;
+        agent.line(vcpu).map(|line| f(line, agent.stamps()))
     }
 
     /// Whether the ring holds entries to consume (or skip): two loads.

@@ -17,6 +17,96 @@ use accounting::abi::SWITCH_LOG_ENTRIES;
 /// One slot's 64 bytes as eight words: `tag`, `log_seq`, then the entries.
 pub type SlotLine = [AtomicU64; 8];
 
+/// What a slot's logged time stamps are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogClock {
+    /// The guest's TSC (slots of a region registered through the device).
+    Tsc,
+    /// The guest's `CLOCK_MONOTONIC` ns (slots the agent registered: its BPF
+    /// program cannot read the TSC), with the agent's last `clock_sync`:
+    /// `ns` and `tsc` read together in the guest.
+    Monotonic {
+        /// `CLOCK_MONOTONIC` at the sync, ns.
+        ns: u64,
+        /// The guest TSC at the same moment.
+        tsc: u64,
+    },
+    /// Monotonic stamps with no sync yet: they cannot be placed.
+    Unknown,
+}
+
+impl LogClock {
+    /// The guest TSC at time stamp `stamp`, for a TSC of `hz` ticks per
+    /// second.
+    pub fn guest_tsc(self, stamp: u64, hz: u64) -> Option<u64> {
+        match self {
+            LogClock::Tsc => Some(stamp),
+            LogClock::Monotonic { ns, tsc } => {
+                let ticks = (i128::from(stamp) - i128::from(ns)) * i128::from(hz) / 1_000_000_000;
+                u64::try_from(i128::from(tsc) + ticks).ok()
+            }
+            LogClock::Unknown => None,
+        }
+    }
+}
+
+/// Where a slot's stamps are explained: read only when a log is placed.
+#[derive(Clone, Copy, Debug)]
+pub enum Stamps<'a> {
+    /// The guest's TSC.
+    Tsc,
+    /// `CLOCK_MONOTONIC`, through the agent's syncs.
+    Synced(&'a ClockCell),
+}
+
+impl Stamps<'_> {
+    /// What the stamps are now.
+    pub fn clock(self) -> LogClock {
+        match self {
+            Stamps::Tsc => LogClock::Tsc,
+            Stamps::Synced(c) => c.get(),
+        }
+    }
+}
+
+/// The agent's latest `clock_sync`, readable without a lock (a seqlock
+/// with one writer at a time: the agent hub's thread).
+#[derive(Debug, Default)]
+pub struct ClockCell {
+    seq: AtomicU64,
+    ns: AtomicU64,
+    tsc: AtomicU64,
+}
+
+impl ClockCell {
+    /// Records a sync: `ns` of `CLOCK_MONOTONIC` and the guest TSC `tsc`.
+    pub fn set(&self, ns: u64, tsc: u64) {
+        let s = self.seq.load(Ordering::Relaxed);
+        self.seq.store(s + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.ns.store(ns, Ordering::Relaxed);
+        self.tsc.store(tsc, Ordering::Relaxed);
+        self.seq.store(s + 2, Ordering::Release);
+    }
+
+    /// The last sync as a [`LogClock`].
+    pub fn get(&self) -> LogClock {
+        for _ in 0..4 {
+            let s1 = self.seq.load(Ordering::Acquire);
+            let (ns, tsc) = (self.ns.load(Ordering::Relaxed), self.tsc.load(Ordering::Relaxed));
+            fence(Ordering::Acquire);
+            if s1 == self.seq.load(Ordering::Relaxed) && s1.is_multiple_of(2) {
+                return if s1 == 0 {
+                    LogClock::Unknown
+                } else {
+                    LogClock::Monotonic { ns, tsc }
+                };
+            }
+        }
+        LogClock::Unknown
+    }
+}
+
 /// What one read of the log found after position `from`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogRead {
@@ -110,6 +200,22 @@ mod tests {
         l[3 + 2 * i].store(tag, Ordering::Relaxed);
         l[0].store(tag, Ordering::Release);
         l[1].store(n + 1, Ordering::Release);
+    }
+
+    #[test]
+    fn monotonic_stamps_become_guest_tsc_through_the_last_sync() {
+        let c = ClockCell::default();
+        assert_eq!(c.get(), LogClock::Unknown);
+        assert_eq!(LogClock::Unknown.guest_tsc(5, 1), None);
+        assert_eq!(LogClock::Tsc.guest_tsc(5, 1), Some(5));
+        c.set(1_000_000, 5_000_000);
+        let clock = c.get();
+        // 2 GHz: 1 ms after the sync is 2,000,000 ticks later; 0.5 ms
+        // before, 1,000,000 earlier.
+        assert_eq!(clock.guest_tsc(2_000_000, 2_000_000_000), Some(7_000_000));
+        assert_eq!(clock.guest_tsc(500_000, 2_000_000_000), Some(4_000_000));
+        // Before the TSC's zero: no TSC at all.
+        assert_eq!(clock.guest_tsc(0, 20_000_000_000), None);
     }
 
     #[test]

@@ -325,6 +325,26 @@ impl Tagger {
         &self.register
     }
 
+    /// A `clock_sync`: `CLOCK_MONOTONIC` (the stamps the program writes in
+    /// the slots' switch logs) and the TSC read together, the closest pair
+    /// of a few tries, so the VMM can place the logged switches.
+    pub fn clock_sync() -> accounting::agent::AgentMessage {
+        let mut best = (u64::MAX, 0, 0);
+        for _ in 0..4 {
+            let t0 = rdtsc();
+            let ns = monotonic_ns();
+            let t1 = rdtsc();
+            let spread = t1.wrapping_sub(t0);
+            if spread < best.0 {
+                best = (spread, ns, t0 + spread / 2);
+            }
+        }
+        accounting::agent::AgentMessage::ClockSync {
+            monotonic_ns: best.1,
+            tsc: best.2,
+        }
+    }
+
     /// Whether the tagger is pinned (it outlives this process).
     pub fn pinned(&self) -> bool {
         self.links.is_empty()
@@ -362,6 +382,27 @@ impl Tagger {
                 .cast::<AtomicU64>()
         };
         Some(w.load(Ordering::Acquire))
+    }
+
+    /// CPU `cpu`'s whole slot now: the tag, the switch log's sequence, and
+    /// its three `(stamp, tag)` entries, each word read atomically.
+    pub fn slot_line(&self, cpu: u32) -> Option<[u64; 8]> {
+        if cpu >= self.nr_slots {
+            return None;
+        }
+        let mut out = [0u64; 8];
+        for (k, w) in out.iter_mut().enumerate() {
+            // SAFETY: as in `slot`: word `k` of the in-bounds 64-byte slot.
+            let a = unsafe {
+                &*self
+                    .map
+                    .cast::<u8>()
+                    .add(cpu as usize * SLOT_BYTES + 8 * k)
+                    .cast::<AtomicU64>()
+            };
+            *w = a.load(Ordering::Acquire);
+        }
+        Some(out)
     }
 
     /// Entries in the thread map now.
@@ -493,4 +534,21 @@ impl Drop for Tagger {
         // SAFETY: the mapping made in `start`, unmapped once.
         unsafe { libc::munmap(self.map, self.map_len) };
     }
+}
+
+/// The TSC, as the VMM reads the vCPU's (user mode may read it).
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }

@@ -12,6 +12,13 @@
  *       i + 1 and trace id 000...0(i+1), binds its own thread to it
  *       (work_for), makes N * (i + 1) writes, and ends it. Prints one line
  *       per request: "request ID external I writes W".
+ *   rsrc-mmio spin CONTAINER WORKERS MS
+ *       As serve, but worker i (trace id 000...01(i+1), hex 0x11 + i) spins
+ *       for MS * (i + 1) ms of its own CPU time (CLOCK_THREAD_CPUTIME_ID)
+ *       with no exit, all workers at once on the guest's CPUs, so their
+ *       requests take turns on a vCPU. Prints "request ID external I
+ *       cpu_ns C": the thread's CPU time between its binding and its end,
+ *       the run time the VMM's switch log should charge the request.
  *   rsrc-mmio udp IPV4 PORT N SIZE
  *       N UDP datagrams of SIZE bytes to IPV4:PORT from one socket, one
  *       sendto each (a frame each: SIZE stays under the MTU). No MMIO.
@@ -26,6 +33,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -64,9 +72,18 @@ struct worker {
 	const char *container;
 	int index;
 	long n;
+	int spin;
 	unsigned long request;
+	long cpu_ns;
 	int rc;
 };
+
+static long thread_cpu_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
 
 static void *work(void *arg)
 {
@@ -83,7 +100,7 @@ static void *work(void *arg)
 	snprintf(line, sizeof line,
 		 "{\"op\":\"begin\",\"container\":\"%s\",\"external_id\":%d,"
 		 "\"trace_id\":\"%032x\"}\n",
-		 w->container, w->index + 1, w->index + 1);
+		 w->container, w->index + 1, w->spin ? 0x11 + w->index : w->index + 1);
 	if (call(fd, line, reply, sizeof reply) < 0) {
 		fprintf(stderr, "rsrc-mmio: begin: %s", reply);
 		return NULL;
@@ -98,7 +115,14 @@ static void *work(void *arg)
 	}
 	/* The binding holds from this thread's next switch-in: reading the
 	 * reply blocked it, so it has been switched in again since. */
-	writes(w->n);
+	long t0 = thread_cpu_ns();
+	if (w->spin) {
+		while (thread_cpu_ns() - t0 < w->n * 1000000L)
+			;
+	} else {
+		writes(w->n);
+	}
+	w->cpu_ns = thread_cpu_ns() - t0;
 	snprintf(line, sizeof line, "{\"op\":\"end\",\"request\":%lu}\n", w->request);
 	if (call(fd, line, reply, sizeof reply) < 0) {
 		fprintf(stderr, "rsrc-mmio: end: %s", reply);
@@ -133,9 +157,10 @@ int main(int argc, char **argv)
 {
 	if (argc == 6 && strcmp(argv[1], "udp") == 0)
 		return udp(argv[2], atoi(argv[3]), strtol(argv[4], NULL, 10), atoi(argv[5]));
-	int serve = argc == 5 && strcmp(argv[1], "serve") == 0;
+	int spin = argc == 5 && strcmp(argv[1], "spin") == 0;
+	int serve = spin || (argc == 5 && strcmp(argv[1], "serve") == 0);
 	if (argc != 2 && !serve) {
-		fprintf(stderr, "usage: rsrc-mmio N | rsrc-mmio serve CONTAINER WORKERS N | rsrc-mmio udp IPV4 PORT N SIZE\n");
+		fprintf(stderr, "usage: rsrc-mmio N | rsrc-mmio serve|spin CONTAINER WORKERS N | rsrc-mmio udp IPV4 PORT N SIZE\n");
 		return 2;
 	}
 	int fd = open("/dev/mem", O_RDWR | O_SYNC);
@@ -163,14 +188,17 @@ int main(int argc, char **argv)
 	struct worker w[MAX_WORKERS];
 	pthread_t t[MAX_WORKERS];
 	for (int i = 0; i < workers; i++) {
-		w[i] = (struct worker){ .container = argv[2], .index = i, .n = n * (i + 1) };
+		w[i] = (struct worker){ .container = argv[2], .index = i, .n = n * (i + 1), .spin = spin };
 		pthread_create(&t[i], NULL, work, &w[i]);
 	}
 	int rc = 0;
 	for (int i = 0; i < workers; i++) {
 		pthread_join(t[i], NULL);
 		rc |= w[i].rc;
-		printf("RSRC-L2: request %lu external %d writes %ld\n", w[i].request, i + 1, w[i].n);
+		if (spin)
+			printf("RSRC-L2: request %lu external %d cpu_ns %ld\n", w[i].request, i + 1, w[i].cpu_ns);
+		else
+			printf("RSRC-L2: request %lu external %d writes %ld\n", w[i].request, i + 1, w[i].n);
 	}
 	return rc;
 }

@@ -10,7 +10,9 @@
 //! task) nowhere near the other's. Then a server in rsrc-srv serves three
 //! requests at once on three threads, each bound to its request with
 //! `work_for`: each request, found by its trace id, is charged its own 500,
-//! 1000 or 1500 writes. rsrc-blk's 16 direct block writes are charged to it
+//! 1000 or 1500 writes; three more spin 40, 80 and 120 ms of CPU at once,
+//! and each is charged that run time through the tagger's switch log.
+//! rsrc-blk's 16 direct block writes are charged to it
 //! (the tagger's virtio-blk hook: blk-mq often dispatches from a worker),
 //! and rsrc-udp's 200 UDP datagrams to L1 too.
 
@@ -94,6 +96,39 @@ fn each_cgroups_exits_are_charged_to_its_container() {
         out.check(
             got >= want && got < want + 250,
             &format!("request {trace} was charged {got} mmio writes, its thread made {want}"),
+        );
+    }
+
+    // Run time from the switch log: three threads spun 40, 80 and 120 ms
+    // of their own CPU time at once, taking turns on the one vCPU (about
+    // 100 switches among them). Each request is charged its thread's CPU
+    // time as the guest counted it, placed by the logged switches; with
+    // sampling every 4 ms the shares would be off by whole samples.
+    let log = &vm["run_log"];
+    eprintln!("linux-e2e tagging: vm.run_log {log}");
+    out.check(
+        log["switches"].as_u64().unwrap_or(0) > 100 && log["vcpus_logging"] == 1,
+        &format!("the tagger's switch log was not placed: vm.run_log {log}"),
+    );
+    for i in 1..=3u64 {
+        let trace = format!("{:032x}", 0x10 + i);
+        let Some(q) = requests.iter().find(|q| q["trace_id"] == trace.as_str()) else {
+            panic!("no request with trace id {trace} in the report: {requests:?}");
+        };
+        let tail = format!(" external {i} cpu_ns ");
+        let cpu: u64 = out
+            .l2_console
+            .lines()
+            .filter(|l| l.contains("RSRC-L2: request "))
+            .find_map(|l| l.split_once(&tail).map(|(_, c)| c.trim().parse().unwrap_or(0)))
+            .unwrap_or(0);
+        let got = q["charges"]["guest_run_ns"].as_u64().unwrap_or(0);
+        eprintln!(
+            "linux-e2e tagging: spin request {trace}: guest_run_ns {got}, its thread's CPU time {cpu} ns"
+        );
+        out.check(
+            cpu >= 40_000_000 * i && got.abs_diff(cpu) <= cpu / 10,
+            &format!("spin request {trace} was charged {got} ns of run time, its thread ran {cpu} ns"),
         );
     }
 

@@ -158,14 +158,14 @@ impl Vcpu {
                 // while it cannot be writing (two loads when it logged none).
                 let book = &self.shared.switches;
                 let run = &self.shared.clock;
-                reader.with_line(|line| {
+                reader.with_line(|line, stamps| {
                     if book.moved(line) {
                         let win = switches::Window {
                             base: run.done() - ran,
                             from: now - ran,
                             to: now,
                         };
-                        book.harvest(line, w, win, true, || true);
+                        book.harvest(line, stamps, w, win, true, || true);
                     }
                 });
             }

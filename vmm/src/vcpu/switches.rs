@@ -31,7 +31,7 @@ use std::sync::{Mutex, MutexGuard};
 use accounting::clock::Clock;
 use accounting::ledger::Writer;
 use accounting::registry::Resolved;
-use devices::acct::switchlog::{self, SlotLine};
+use devices::acct::switchlog::{self, SlotLine, Stamps};
 
 /// Most distinct principals one vCPU's run time is split among between two
 /// charges; a further one makes the charge `sampled` (its time joins the
@@ -174,6 +174,7 @@ impl SwitchBook {
     pub fn harvest(
         &self,
         line: &SlotLine,
+        stamps: Stamps<'_>,
         writer: &mut Writer,
         w: Window,
         stopped: bool,
@@ -193,13 +194,22 @@ impl SwitchBook {
         }
         let end = w.base + w.to.saturating_sub(w.from);
         let clock = *writer.accounting().clock();
-        for &(tsc, tag) in &r.entries[..r.len] {
-            let at = self
-                .tsc_offset
-                .and_then(|off| clock.tsc_to_ns(tsc.wrapping_sub(off)));
+        let (stamps, hz) = (stamps.clock(), clock.tsc_hz().unwrap_or(0));
+        for &(stamp, tag) in &r.entries[..r.len] {
+            let at = stamps
+                .guest_tsc(stamp, hz)
+                .zip(self.tsc_offset)
+                .and_then(|(tsc, off)| clock.tsc_to_ns(tsc.wrapping_sub(off)));
             let Some(at) = at else {
+                // Unplaceable (no TSC offset or rate, an agent's stamp with
+                // no clock_sync yet): the switch happened, somewhere in the
+                // window; the new principal takes over from the last placed
+                // point, as a sample would have it, and the stretch is not
+                // exact.
                 b.inexact = true;
                 b.totals.lost += 1;
+                b.cur_tag = tag;
+                b.cur = Some(writer.resolved(tag));
                 continue;
             };
             let pos = (w.base + at.clamp(w.from, w.to.max(w.from)) - w.from).clamp(b.tail, end.max(b.tail));
@@ -414,7 +424,7 @@ mod tests {
             from,
             to,
         };
-        book.harvest(&l, &mut writer, w, true, || true);
+        book.harvest(&l, Stamps::Tsc, &mut writer, w, true, || true);
         assert!(!book.moved(&l) && book.logging());
         let split = book.take(5_000_000 + (to - from), to - from);
         assert!(split.exact);
@@ -436,6 +446,7 @@ mod tests {
         let l = line_with(&[(tick(2_000_000) + 1000, a), (tick(6_000_000) + 1000, b), (0, a)]);
         book.harvest(
             &l,
+            Stamps::Tsc,
             &mut writer,
             Window {
                 base: 20_000_000,
@@ -461,19 +472,21 @@ mod tests {
         };
         let book = SwitchBook::new(None);
         let l = line_with(&[(1, tag(1, 0))]);
-        book.harvest(&l, &mut writer, w, true, || true);
+        book.harvest(&l, Stamps::Tsc, &mut writer, w, true, || true);
         let split = book.take(100, 100);
         assert!(!split.exact);
-        assert_eq!(ns_of(&split), vec![(0, 100)]);
+        // The switch could not be placed: its principal takes the stretch,
+        // as a sample taken now would have it.
+        assert_eq!(ns_of(&split), vec![(tag(1, 0), 100)]);
         assert_eq!((book.totals().lost, book.totals().sampled_ns), (1, 100));
         let book = SwitchBook::new(Some(0));
         let l = line_with(&[(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]);
-        book.harvest(&l, &mut writer, w, true, || true);
+        book.harvest(&l, Stamps::Tsc, &mut writer, w, true, || true);
         assert_eq!(book.totals().lost, 2);
         assert!(!book.take(100, 100).exact);
         // A harvest the sampler finds stale keeps nothing.
         let book = SwitchBook::new(Some(0));
-        book.harvest(&l, &mut writer, w, false, || false);
+        book.harvest(&l, Stamps::Tsc, &mut writer, w, false, || false);
         assert!(book.moved(&l) && !book.logging());
     }
 }
