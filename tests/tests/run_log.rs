@@ -21,6 +21,12 @@ fn spans(run: &Run) -> Vec<(u32, u64)> {
         .collect()
 }
 
+/// The containers' run time adds up to the one vCPU's measured run time.
+fn assert_run_time_conserved(run: &Run) {
+    let charged: u64 = run.report.containers.iter().map(|c| c.charges.guest_run_ns).sum();
+    assert_eq!(charged, run.report.vcpus[0].charges.guest_run_ns);
+}
+
 fn run_log(cycles: u64) -> Run {
     let mut cfg = config("run-log", 1);
     cfg.cmdline = Some(format!("scenario=run-log cycles={cycles}"));
@@ -73,14 +79,7 @@ fn each_request_is_charged_the_run_time_between_its_logged_switches() {
     // All run time is placed by the log; none is created: the principals'
     // run time adds up to the vCPU's measured run time.
     assert_eq!(log.sampled_ns, 0, "{log:?}");
-    assert_eq!(
-        run.report
-            .containers
-            .iter()
-            .map(|c| c.charges.guest_run_ns)
-            .sum::<u64>(),
-        run.report.vcpus[0].charges.guest_run_ns
-    );
+    assert_run_time_conserved(&run);
     assert!(log.exact_ns <= run.report.totals.guest_run_ns);
 }
 
@@ -115,15 +114,8 @@ fn a_lying_log_moves_no_time_out_of_the_vcpus_run_time() {
     assert_eq!(run.container("svc").provenance.guest_run, Provenance::Sampled);
     // Whatever the log said, the principals hold exactly the vCPU's
     // measured run time, and request 7 no more than the whole run.
+    assert_run_time_conserved(&run);
     let vcpu = run.report.vcpus[0].charges.guest_run_ns;
-    assert_eq!(
-        run.report
-            .containers
-            .iter()
-            .map(|c| c.charges.guest_run_ns)
-            .sum::<u64>(),
-        vcpu
-    );
     assert!(run.request(7).charges.guest_run_ns <= vcpu);
     // What the logging vCPU charged, exactly or not, is within its run time.
     assert!(log.exact_ns + log.sampled_ns <= vcpu, "{log:?}");

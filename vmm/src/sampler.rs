@@ -42,6 +42,11 @@ pub const RUN_SOURCE_NO_BLOCKING: &str = "kvm_run_minus_ended_halts";
 /// KVM has no binary statistics: halted time is charged as run time.
 pub const RUN_SOURCE_WITH_HALTS: &str = "kvm_run_halts_included";
 
+/// How often the sampler ticks while a switch log overflows.
+pub const FAST_TICK: Duration = Duration::from_millis(1);
+/// Ticks at [`FAST_TICK`] after the last overflow seen.
+pub const FAST_TICKS: u32 = 1000;
+
 /// One vCPU as the sampler sees it.
 struct Sampled {
     shared: Arc<VcpuShared>,
@@ -207,13 +212,26 @@ impl Sampler {
     /// charges the remainder). The wait is a park: whoever sets `stop`
     /// unparks this thread, so stopping never waits out an interval. (A
     /// spurious wake-up only makes one tick early; deltas stay exact.)
+    ///
+    /// While a guest's switch log overflows (switches lost between two
+    /// reads), the sampler ticks every [`FAST_TICK`] (if `interval` is
+    /// longer) for the next [`FAST_TICKS`] ticks, so the log is read before
+    /// it wraps.
     pub fn run(mut self, interval: Duration, stop: Arc<AtomicBool>) -> Self {
+        let fast = interval.min(FAST_TICK);
+        let (mut lost, mut fast_left) = (0, 0u32);
         loop {
-            std::thread::park_timeout(interval);
+            std::thread::park_timeout(if fast_left > 0 { fast } else { interval });
             if stop.load(Ordering::Acquire) {
                 return self;
             }
             self.tick();
+            fast_left = fast_left.saturating_sub(1);
+            let now_lost = self.run_log().lost;
+            if now_lost != lost {
+                lost = now_lost;
+                fast_left = FAST_TICKS;
+            }
         }
     }
 }

@@ -261,7 +261,7 @@ impl AgentSlots {
     pub fn sync_clock(&self, ns: u64, tsc: u64) -> bool {
         match self.region.agent() {
             Some(cur) => {
-                cur.clock.set(ns, tsc);
+                cur.clock.set(ns, tsc, self.acct.clock().tsc_hz().unwrap_or(0));
                 true
             }
             None => false,
@@ -339,7 +339,8 @@ mod tests {
             r.with_line(|_, st| st.clock()),
             Some(LogClock::Monotonic {
                 ns: 1_000,
-                tsc: 77_000
+                tsc: 77_000,
+                hz: 0
             })
         );
         // The line is slot 1's: its sequence word is the page's byte 72.

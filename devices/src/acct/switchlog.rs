@@ -30,6 +30,10 @@ pub enum LogClock {
         ns: u64,
         /// The guest TSC at the same moment.
         tsc: u64,
+        /// TSC ticks per `CLOCK_MONOTONIC` second, from this sync and an
+        /// earlier one at least [`MIN_RATE_SPAN_NS`] before it; 0 until
+        /// there is one (the TSC's own rate is used then).
+        hz: u64,
     },
     /// Monotonic stamps with no sync yet: they cannot be placed.
     Unknown,
@@ -41,7 +45,11 @@ impl LogClock {
     pub fn guest_tsc(self, stamp: u64, hz: u64) -> Option<u64> {
         match self {
             LogClock::Tsc => Some(stamp),
-            LogClock::Monotonic { ns, tsc } => {
+            LogClock::Monotonic { ns, tsc, hz: synced } => {
+                // The guest's clock may not tick at the TSC's rate (an
+                // emulated or badly calibrated guest): its own rate, where
+                // two syncs measured it.
+                let hz = if synced > 0 { synced } else { hz };
                 let ticks = (i128::from(stamp) - i128::from(ns)) * i128::from(hz) / 1_000_000_000;
                 u64::try_from(i128::from(tsc) + ticks).ok()
             }
@@ -76,16 +84,56 @@ pub struct ClockCell {
     seq: AtomicU64,
     ns: AtomicU64,
     tsc: AtomicU64,
+    hz: AtomicU64,
+    /// The sync the rate is measured from (the writer's own).
+    base: std::sync::Mutex<Option<(u64, u64)>>,
 }
 
+/// The shortest span between two syncs that measures the guest clock's
+/// rate (shorter spans are dominated by the pairs' own error).
+pub const MIN_RATE_SPAN_NS: u64 = 200_000_000;
+
+/// A guest clock rate further than this from the TSC's own (parts per
+/// thousand) is a lie or a broken guest: the TSC's rate is used instead.
+const MAX_RATE_SKEW_PERMILLE: u64 = 500;
+
 impl ClockCell {
-    /// Records a sync: `ns` of `CLOCK_MONOTONIC` and the guest TSC `tsc`.
-    pub fn set(&self, ns: u64, tsc: u64) {
+    /// Records a sync: `ns` of `CLOCK_MONOTONIC` and the guest TSC `tsc`;
+    /// `tsc_hz` is the TSC's own rate (bounds the measured one).
+    pub fn set(&self, ns: u64, tsc: u64, tsc_hz: u64) {
+        let mut base = self
+            .base
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut hz = self.hz.load(Ordering::Relaxed);
+        match *base {
+            Some((ns0, tsc0)) if ns > ns0 && tsc > tsc0 => {
+                if ns - ns0 >= MIN_RATE_SPAN_NS {
+                    let measured =
+                        u64::try_from(u128::from(tsc - tsc0) * 1_000_000_000 / u128::from(ns - ns0))
+                            .unwrap_or(0);
+                    let skew = measured.abs_diff(tsc_hz).saturating_mul(1000) / tsc_hz.max(1);
+                    hz = if skew <= MAX_RATE_SKEW_PERMILLE {
+                        measured
+                    } else {
+                        0
+                    };
+                    *base = Some((ns, tsc));
+                }
+            }
+            // The first sync, or one that went back (a new boot's clock):
+            // measure afresh from here.
+            _ => {
+                *base = Some((ns, tsc));
+                hz = 0;
+            }
+        }
         let s = self.seq.load(Ordering::Relaxed);
         self.seq.store(s + 1, Ordering::Relaxed);
         fence(Ordering::Release);
         self.ns.store(ns, Ordering::Relaxed);
         self.tsc.store(tsc, Ordering::Relaxed);
+        self.hz.store(hz, Ordering::Relaxed);
         self.seq.store(s + 2, Ordering::Release);
     }
 
@@ -93,13 +141,17 @@ impl ClockCell {
     pub fn get(&self) -> LogClock {
         for _ in 0..4 {
             let s1 = self.seq.load(Ordering::Acquire);
-            let (ns, tsc) = (self.ns.load(Ordering::Relaxed), self.tsc.load(Ordering::Relaxed));
+            let (ns, tsc, hz) = (
+                self.ns.load(Ordering::Relaxed),
+                self.tsc.load(Ordering::Relaxed),
+                self.hz.load(Ordering::Relaxed),
+            );
             fence(Ordering::Acquire);
             if s1 == self.seq.load(Ordering::Relaxed) && s1.is_multiple_of(2) {
                 return if s1 == 0 {
                     LogClock::Unknown
                 } else {
-                    LogClock::Monotonic { ns, tsc }
+                    LogClock::Monotonic { ns, tsc, hz }
                 };
             }
         }
@@ -208,7 +260,7 @@ mod tests {
         assert_eq!(c.get(), LogClock::Unknown);
         assert_eq!(LogClock::Unknown.guest_tsc(5, 1), None);
         assert_eq!(LogClock::Tsc.guest_tsc(5, 1), Some(5));
-        c.set(1_000_000, 5_000_000);
+        c.set(1_000_000, 5_000_000, 2_000_000_000);
         let clock = c.get();
         // 2 GHz: 1 ms after the sync is 2,000,000 ticks later; 0.5 ms
         // before, 1,000,000 earlier.
@@ -216,6 +268,30 @@ mod tests {
         assert_eq!(clock.guest_tsc(500_000, 2_000_000_000), Some(4_000_000));
         // Before the TSC's zero: no TSC at all.
         assert_eq!(clock.guest_tsc(0, 20_000_000_000), None);
+        // A guest clock 10 % fast: in 1.1 s of it only 1 s of TSC passes.
+        // Too soon to say (under 200 ms since the first sync) is not
+        // measured; later it is, from the first sync.
+        c.set(101_000_000, 205_000_000, 2_000_000_000);
+        assert_eq!(
+            c.get(),
+            LogClock::Monotonic {
+                ns: 101_000_000,
+                tsc: 205_000_000,
+                hz: 0
+            }
+        );
+        c.set(1_101_000_000, 2_005_000_000, 2_000_000_000);
+        let LogClock::Monotonic { hz, .. } = c.get() else {
+            panic!("synced")
+        };
+        assert_eq!(hz, 1_818_181_818);
+        assert_eq!(
+            c.get().guest_tsc(1_111_000_000, 2_000_000_000),
+            Some(2_005_000_000 + 18_181_818)
+        );
+        // A rate off by more than half is not believed.
+        c.set(2_101_000_000, 2_005_000_100, 2_000_000_000);
+        assert!(matches!(c.get(), LogClock::Monotonic { hz: 0, .. }));
     }
 
     #[test]

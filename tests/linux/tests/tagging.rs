@@ -110,6 +110,7 @@ fn each_cgroups_exits_are_charged_to_its_container() {
         log["switches"].as_u64().unwrap_or(0) > 100 && log["vcpus_logging"] == 1,
         &format!("the tagger's switch log was not placed: vm.run_log {log}"),
     );
+    let mut spins = Vec::new();
     for i in 1..=3u64 {
         let trace = format!("{:032x}", 0x10 + i);
         let Some(q) = requests.iter().find(|q| q["trace_id"] == trace.as_str()) else {
@@ -127,8 +128,21 @@ fn each_cgroups_exits_are_charged_to_its_container() {
             "linux-e2e tagging: spin request {trace}: guest_run_ns {got}, its thread's CPU time {cpu} ns"
         );
         out.check(
-            cpu >= 40_000_000 * i && got.abs_diff(cpu) <= cpu / 10,
-            &format!("spin request {trace} was charged {got} ns of run time, its thread ran {cpu} ns"),
+            cpu >= 40_000_000 * i,
+            &format!("spin request {trace}: its thread ran only {cpu} ns"),
+        );
+        spins.push((trace, got, cpu));
+    }
+    // Within 10 %: the guest counts its CPU time on its own clock, which
+    // under the emulator does not tick quite at L1's (measured: within
+    // 0.2-2.6 %, where 4 ms samples of three threads taking turns would
+    // be off by whole samples).
+    for (trace, got, cpu) in &spins {
+        out.check(
+            got.abs_diff(*cpu) <= cpu / 10,
+            &format!(
+                "spin request {trace} was charged {got} ns of run time, its thread ran {cpu} ns: {spins:?}"
+            ),
         );
     }
 
