@@ -308,10 +308,22 @@ impl std::fmt::Debug for NetDevice {
     }
 }
 
+/// Longest wait for an opened TAP to be running (the kernel applies the
+/// carrier that opening raises within about a second).
+pub const TAP_RUNNING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl NetDevice {
     /// A device on TAP `name` (opened or created) with MAC `mac`.
+    /// Waits up to [`TAP_RUNNING_WAIT`] for the kernel to have the TAP
+    /// running, so replies to the guest's first frames are not dropped.
     pub fn open_tap(name: &str, mac: [u8; 6]) -> Result<Self, NetError> {
-        Self::new(Box::new(Tap::open(name)?), mac)
+        let tap = Tap::open(name)?;
+        if !tap.wait_running(TAP_RUNNING_WAIT) {
+            log::warn!(
+                "TAP {name} is not running yet (down, or its carrier not applied within {TAP_RUNNING_WAIT:?}): frames to the guest are dropped by the host until it is (`ip link set {name} up`)"
+            );
+        }
+        Self::new(Box::new(tap), mac)
     }
 
     /// A device on `backend` with MAC `mac`.

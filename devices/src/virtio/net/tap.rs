@@ -191,6 +191,42 @@ impl Tap {
         Ok(())
     }
 
+    /// Waits, at most `max`, until the kernel has the interface running
+    /// (`IFF_RUNNING`: administratively up and its carrier, which opening
+    /// the TAP raises, applied). Until then the kernel's no-op queueing
+    /// discipline drops what the host sends to the guest: a guest that
+    /// talks at once would lose the first replies. Returns whether it is
+    /// running; an interface that is not up is not waited for.
+    pub fn wait_running(&self, max: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + max;
+        loop {
+            match self.flags() {
+                Some(f) if f & libc::IFF_RUNNING != 0 => return true,
+                Some(f) if f & libc::IFF_UP != 0 && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    /// The interface's flags (`SIOCGIFFLAGS`), if they can be read.
+    fn flags(&self) -> Option<libc::c_int> {
+        // SAFETY: plain socket(2) call with constant arguments.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
+        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut req = IfReq::new(&self.name);
+        // SAFETY: `sock` is a valid socket and `req` a valid `struct ifreq`.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req as *mut IfReq) } < 0 {
+            return None;
+        }
+        Some(libc::c_int::from(req.flags) & 0xffff)
+    }
+
     /// Reads one frame (virtio-net header first); `WouldBlock` when none waits.
     pub fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.file.read(buf)
