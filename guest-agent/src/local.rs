@@ -205,7 +205,12 @@ pub fn handle_line_from(shared: &Shared, client: ClientId, peer: Option<u32>, li
 }
 
 /// [`handle_line_from`], with the descriptor a `rebind_page` reply carries.
-pub fn handle_line_fd(shared: &Shared, client: ClientId, peer: Option<u32>, line: &[u8]) -> (Reply, Option<OwnedFd>) {
+pub fn handle_line_fd(
+    shared: &Shared,
+    client: ClientId,
+    peer: Option<u32>,
+    line: &[u8],
+) -> (Reply, Option<OwnedFd>) {
     let req: LocalRequest = match serde_json::from_slice(line) {
         Ok(r) => r,
         Err(e) => return (Reply::err(format!("bad request: {e}")), None),

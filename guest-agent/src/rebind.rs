@@ -58,11 +58,15 @@ fn register(
     tid: Option<u32>,
 ) -> Result<(), String> {
     let Some(pid) = peer else {
-        return Err("rebind_thread needs the client's process (SO_PEERCRED), which this connection lacks".into());
+        return Err(
+            "rebind_thread needs the client's process (SO_PEERCRED), which this connection lacks".into(),
+        );
     };
     let tid = tid.unwrap_or(pid);
     if tid == 0 || !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
-        return Err(format!("thread {tid} is not a thread of the client's process {pid}"));
+        return Err(format!(
+            "thread {tid} is not a thread of the client's process {pid}"
+        ));
     }
     let Some(t) = &g.tagging.tagger else {
         return Err("slot tagging is off in this agent (see its --tagging and its log)".into());

@@ -131,7 +131,10 @@ pub fn read_reply_with_fd(s: &UnixStream) -> io::Result<(Vec<u8>, Option<OwnedFd
             return Err(e);
         }
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the agent closed the connection"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the agent closed the connection",
+            ));
         }
         // SAFETY: the kernel filled `msg`; the header walk stays within
         // `msg_controllen`.

@@ -273,8 +273,11 @@ fn a_thread_rebinds_by_a_store_in_its_page() {
     wait_slot(&t, tag(CONTAINER + 7, REQUEST + 3), "its own word only");
     page.set(17, 0);
     wait_slot(&t, container, "0: back to the page's container");
-    page.word(17).unwrap().store(1 << 32, std::sync::atomic::Ordering::Release);
-    page.set(16, REQUEST);
+    page.set(17, REQUEST);
+    wait_slot(&t, tag(CONTAINER + 7, REQUEST), "its word names a request");
+    page.word(17)
+        .unwrap()
+        .store(1 << 32 | u64::from(REQUEST), std::sync::atomic::Ordering::Release);
     wait_slot(&t, container, "a word over 32 bits names no request");
     assert!(page.word(512).is_none(), "a page has 512 words");
 

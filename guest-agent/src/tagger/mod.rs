@@ -249,7 +249,12 @@ impl Tagger {
             }
             match Self::load_with(nr_slots, pin_dir, false, rebind) {
                 Ok((m, r, l, b)) => {
-                    return Ok((m, r.ok_or_else(|| why_no_rebind.clone().unwrap_or_default()), l, b))
+                    return Ok((
+                        m,
+                        r.ok_or_else(|| why_no_rebind.clone().unwrap_or_default()),
+                        l,
+                        b,
+                    ))
                 }
                 Err(e) if rebind => {
                     log::warn!("the slot tagger's rebind pages cannot load ({e}): the local socket's work_for stays the way to rebind");
@@ -327,17 +332,20 @@ impl Tagger {
         } else {
             None
         };
-        let pinned = pin_dir.is_some_and(|d| match Self::pin(d, &mut maps, rebind_maps.as_mut(), &mut links) {
-            Ok(()) => true,
-            Err(e) => {
-                log::warn!(
-                    "cannot pin the slot tagger under {} ({e}): tagging stops with this agent",
-                    d.display()
-                );
-                let _ = std::fs::remove_dir_all(d);
-                false
-            }
-        });
+        let pinned =
+            pin_dir.is_some_and(
+                |d| match Self::pin(d, &mut maps, rebind_maps.as_mut(), &mut links) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        log::warn!(
+                            "cannot pin the slot tagger under {} ({e}): tagging stops with this agent",
+                            d.display()
+                        );
+                        let _ = std::fs::remove_dir_all(d);
+                        false
+                    }
+                },
+            );
         Ok((maps, rebind_maps, if pinned { Vec::new() } else { links }, blk))
     }
 

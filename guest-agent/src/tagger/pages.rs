@@ -55,7 +55,9 @@ impl RebindPages {
     /// and its descriptor (for the client to map).
     pub fn give(&mut self, t: &Tagger, client: ClientId, container: u32) -> Result<(u32, OwnedFd), String> {
         if let Some(why) = t.rebind_unavailable() {
-            return Err(format!("no rebind pages: {why}; work_for rebinds over the socket instead"));
+            return Err(format!(
+                "no rebind pages: {why}; work_for rebinds over the socket instead"
+            ));
         }
         let held = self.pages.values().filter(|p| p.client == client).count();
         if held >= MAX_PAGES_PER_CLIENT {
@@ -76,7 +78,14 @@ impl RebindPages {
     /// Thread `tid` (of `client`'s process: the caller checked) takes its
     /// request from word `index` of `client`'s page `page` from its next
     /// switch-in.
-    pub fn bind(&mut self, t: &Tagger, client: ClientId, tid: u32, page: u32, index: u32) -> Result<(), String> {
+    pub fn bind(
+        &mut self,
+        t: &Tagger,
+        client: ClientId,
+        tid: u32,
+        page: u32,
+        index: u32,
+    ) -> Result<(), String> {
         let p = match self.pages.get(&page) {
             Some(p) if p.client == client => *p,
             _ => return Err(format!("page {page} is not a rebind page of this connection")),
@@ -88,7 +97,9 @@ impl RebindPages {
             ));
         }
         if !self.threads.contains_key(&tid) && self.threads.len() >= MAX_PAGE_THREADS {
-            return Err(format!("{MAX_PAGE_THREADS} threads are registered in rebind pages already"));
+            return Err(format!(
+                "{MAX_PAGE_THREADS} threads are registered in rebind pages already"
+            ));
         }
         t.rebind_thread(tid, Some((page, index, abi::tag(p.container, abi::NO_REQUEST))))
             .map_err(|e| format!("cannot write the tagger's rebind thread map: {e}"))?;

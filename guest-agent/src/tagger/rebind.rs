@@ -116,10 +116,7 @@ impl RebindMaps {
             .map_err(|_| not_found("page descriptor"))?
             .to_ne_bytes();
         self.pages.update(&page.to_ne_bytes(), &fd, MapFlags::ANY)?;
-        words
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(libbpf_rs::Error::from)
+        words.as_fd().try_clone_to_owned().map_err(libbpf_rs::Error::from)
     }
 
     /// Page `page` is read no more.
