@@ -4,15 +4,23 @@
 //! 1. **Per context switch.** Two threads pinned to one CPU ping-pong a
 //!    byte over two pipes: every hop is a context switch. Rounds alternate
 //!    tagger off (not loaded) and on (loaded, attached; the switched-in
-//!    threads are looked up in all three maps and miss, the common path of
-//!    a task of no container; then with the thread bound to a request,
-//!    the shortest path), `TAGGER_ROUNDS` each (default 5) of
+//!    threads are looked up in all four thread maps and miss, the common
+//!    path of a task of no container; then with the thread bound to a
+//!    request (`work_for`'s map, after a miss in the rebind threads); then
+//!    with the thread registered in a rebind page whose word names a
+//!    request (three lookups: thread, page, word)), `TAGGER_ROUNDS` each
+//!    (default 5) of
 //!    `TAGGER_HOPS` hops (default 200,000); prints the median ns per
 //!    switch of each and the difference.
 //! 2. **Per rebind.** A real agent with the tagger, connected to a VMM's
 //!    agent hub: one client alternates its thread between two requests
 //!    with `work_for`, `TAGGER_REBINDS` times (default 20,000); prints the
-//!    mean round trip (the client's write to its reply) per rebind.
+//!    mean round trip (the client's write to its reply) per rebind. Then
+//!    the same thread registered in a rebind page (`rebind_page`,
+//!    `rebind_thread`) alternates between the two requests by storing in
+//!    its word, `TAGGER_STORES` times (default 10,000,000): the mean per
+//!    store. (Either takes effect at the thread's next switch-in, whose
+//!    cost is part 1's.)
 //! 3. **The agent process.** `resourceful-agent` run for 3 s with
 //!    `--tagging on` and with `--tagging off` (no VMM to reach, so it only
 //!    retries): peak RSS (`VmHWM`) and CPU time of each.
@@ -30,6 +38,7 @@ use accounting::ledger::Accounting;
 use accounting::registry::Limits;
 use guest_agent::agent::{Agent, Options, TaggingMode};
 use guest_agent::link::Endpoint;
+use guest_agent::rebind_client::RebindPage;
 use guest_agent::tagger::Tagger;
 use vmm::agent::AgentHub;
 
@@ -102,7 +111,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn switches() {
     let rounds = env("TAGGER_ROUNDS", 5);
     let hops = env("TAGGER_HOPS", 200_000);
-    let (mut off, mut miss, mut bound) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut off, mut miss, mut bound, mut paged) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         off.push(ping_pong(hops, |_| {}));
         let t = Tagger::start(None).expect("the tagger loads (root, BTF)");
@@ -114,9 +123,22 @@ fn switches() {
             t.bind_thread(unsafe { libc::gettid() } as u32, Some(tag))
                 .unwrap();
         }));
+        let fd = t.add_rebind_page(0).expect("rebind pages on this kernel");
+        let page = RebindPage::map(0, &fd).unwrap();
+        paged.push(ping_pong(hops, |tid| {
+            let container = accounting::abi::tag(0x1000_0001, 0);
+            // SAFETY: gettid has no preconditions.
+            let me = unsafe { libc::gettid() } as u32;
+            for (i, tid) in [(0u32, tid), (1, me)] {
+                t.bind_thread(tid, None).unwrap();
+                t.rebind_thread(tid, Some((0, i, container))).unwrap();
+                page.set(i, 0x1000_0100);
+            }
+        }));
+        drop(page);
         drop(t);
     }
-    let (off, miss, bound) = (median(off), median(miss), median(bound));
+    let (off, miss, bound, paged) = (median(off), median(miss), median(bound), median(paged));
     println!("context switch, tagger off:                 {off:8.1} ns (median of {rounds} rounds of {hops} switches)");
     println!(
         "context switch, tagger on, no tag found:    {miss:8.1} ns (+{:.1} ns)",
@@ -125,6 +147,10 @@ fn switches() {
     println!(
         "context switch, tagger on, thread bound:    {bound:8.1} ns (+{:.1} ns)",
         bound - off
+    );
+    println!(
+        "context switch, tagger on, thread in a page: {paged:7.1} ns (+{:.1} ns)",
+        paged - off
     );
 }
 
@@ -189,6 +215,24 @@ fn rebinds() {
         "work_for rebind, round trip over the local socket: {:8.0} ns (mean of {n})",
         per
     );
+    let page = RebindPage::request(&c.w, "bench").expect("a rebind page");
+    let p = page.page();
+    assert!(c
+        .call(&format!(
+            r#"{{"op":"rebind_thread","page":{p},"index":0,"tid":{tid}}}"#
+        ))
+        .contains("true"));
+    let stores = env("TAGGER_STORES", 10_000_000);
+    let t0 = Instant::now();
+    for i in 0..stores {
+        page.set(0, std::hint::black_box(if i % 2 == 0 { a } else { b }));
+    }
+    let per = t0.elapsed().as_nanos() as f64 / stores as f64;
+    println!(
+        "rebind by a store in the thread's rebind page:     {:8.1} ns (mean of {stores})",
+        per
+    );
+    drop(page);
     drop(c);
     agent.stop();
     hub.stop();

@@ -92,7 +92,7 @@ fn count<T>(g: &mut Inner, r: &Result<T, String>) {
 /// rest of the line without it if the first write is short.
 pub fn send_with_fd(s: &UnixStream, line: &[u8], fd: &OwnedFd) -> io::Result<()> {
     let raw = fd.as_raw_fd();
-    let space = libc_cmsg_space(std::mem::size_of::<i32>());
+    let space = libc_cmsg_space();
     let mut control = vec![0u8; space];
     let iov = [IoSlice::new(line)];
     // SAFETY: an all-zero msghdr is valid; it is filled in below.
@@ -107,7 +107,7 @@ pub fn send_with_fd(s: &UnixStream, line: &[u8], fd: &OwnedFd) -> io::Result<()>
         let c = libc::CMSG_FIRSTHDR(&msg);
         (*c).cmsg_level = libc::SOL_SOCKET;
         (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
+        (*c).cmsg_len = libc::CMSG_LEN(FD_BYTES) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), raw);
     }
     // SAFETY: `msg` points at live buffers for the call.
@@ -119,7 +119,11 @@ pub fn send_with_fd(s: &UnixStream, line: &[u8], fd: &OwnedFd) -> io::Result<()>
     Ok(())
 }
 
-fn libc_cmsg_space(len: usize) -> usize {
+/// One descriptor's bytes in a control message.
+pub(crate) const FD_BYTES: u32 = 4;
+
+/// `CMSG_SPACE` of one descriptor.
+pub(crate) fn libc_cmsg_space() -> usize {
     // SAFETY: CMSG_SPACE is arithmetic.
-    unsafe { libc::CMSG_SPACE(u32::try_from(len).unwrap_or(u32::MAX)) as usize }
+    unsafe { libc::CMSG_SPACE(FD_BYTES) as usize }
 }

@@ -112,8 +112,7 @@ pub fn read_reply_with_fd(s: &UnixStream) -> io::Result<(Vec<u8>, Option<OwnedFd
             iov_base: b.as_mut_ptr().cast(),
             iov_len: 1,
         };
-        // SAFETY: CMSG_SPACE is arithmetic.
-        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+        let space = crate::rebind::libc_cmsg_space();
         let mut control = vec![0u8; space];
         // SAFETY: an all-zero msghdr is valid; it is filled in below.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
