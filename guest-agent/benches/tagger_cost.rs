@@ -5,7 +5,8 @@
 //!    byte over two pipes: every hop is a context switch. Rounds alternate
 //!    tagger off (not loaded) and on (loaded, attached; the switched-in
 //!    threads are looked up in all four thread maps and miss, the common
-//!    path of a task of no container; then with the thread bound to a
+//!    path of a task of no container, with rebind pages switched off (three
+//!    maps) and on (four); then with the thread bound to a
 //!    request (`work_for`'s map, after a miss in the rebind threads); then
 //!    with the thread registered in a rebind page whose word names a
 //!    request (three lookups: thread, page, word)), `TAGGER_ROUNDS` each
@@ -112,8 +113,12 @@ fn switches() {
     let rounds = env("TAGGER_ROUNDS", 5);
     let hops = env("TAGGER_HOPS", 200_000);
     let (mut off, mut miss, mut bound, mut paged) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut miss_old = Vec::new();
     for _ in 0..rounds {
         off.push(ping_pong(hops, |_| {}));
+        let t = Tagger::start_with(None, false).expect("the tagger loads (root, BTF)");
+        miss_old.push(ping_pong(hops, |_| {}));
+        drop(t);
         let t = Tagger::start(None).expect("the tagger loads (root, BTF)");
         miss.push(ping_pong(hops, |_| {}));
         let tag = accounting::abi::tag(0x1000_0001, 0x1000_0100);
@@ -139,7 +144,12 @@ fn switches() {
         drop(t);
     }
     let (off, miss, bound, paged) = (median(off), median(miss), median(bound), median(paged));
+    let miss_old = median(miss_old);
     println!("context switch, tagger off:                 {off:8.1} ns (median of {rounds} rounds of {hops} switches)");
+    println!(
+        "context switch, tagger on, no rebind pages, no tag found: {miss_old:8.1} ns (+{:.1} ns)",
+        miss_old - off
+    );
     println!(
         "context switch, tagger on, no tag found:    {miss:8.1} ns (+{:.1} ns)",
         miss - off
