@@ -19,6 +19,7 @@ mod bindings;
 mod guest;
 mod pages;
 mod rebind;
+mod stats;
 
 use std::collections::HashMap;
 use std::io;
@@ -34,6 +35,7 @@ pub use bindings::{ThreadBindings, MAX_BINDINGS};
 pub use guest::{apic_ids, cgroup_id, cpu_count, physical_pages};
 pub use pages::{RebindPages, MAX_PAGES_PER_CLIENT, MAX_PAGE_THREADS};
 pub use rebind::{MAX_REBIND_PAGES, REBIND_SLOTS};
+pub use stats::enable_run_time_stats;
 
 use rebind::RebindMaps;
 

@@ -36,8 +36,15 @@ pub(super) fn switch_off(m: &mut OpenMapMut<'_>) -> Result<(), libbpf_rs::Error>
     }
     if name.ends_with(".rodata") {
         // `rebind_on` is the object's only read-only variable: one u32.
-        if let Some(v) = m.initial_value_mut() {
-            v.iter_mut().take(4).for_each(|b| *b = 0);
+        // Anything else there would need its offset from the BTF.
+        match m.initial_value_mut() {
+            Some(v) if v.len() == 4 => v.fill(0),
+            _ => {
+                return Err(libbpf_rs::Error::from(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the program's read-only data is not the one u32 rebind_on",
+                )))
+            }
         }
     }
     Ok(())
