@@ -6,8 +6,10 @@
 //! libbpf (libbpf-rs; vendored and static, so the agent stays one static
 //! binary). Its `slots` array is `BPF_F_MMAPABLE`: the agent maps it, finds
 //! the physical frames of its pages in `/proc/self/pagemap`, and registers
-//! them with the VMM (`register_slots`). The tags come from three maps the
-//! agent keeps: `thread_tags` (a thread's request binding), `cgroup_tags`
+//! them with the VMM (`register_slots`). The tags come from maps the agent
+//! keeps: `rebind_threads` and `rebind_pages` (a thread registered in a
+//! client's rebind page, whose word names its request: [`RebindPages`]
+//! and `crate::rebind`), `thread_tags` (a thread's request binding), `cgroup_tags`
 //! (a cgroup's container) and `process_tags` (a process's container).
 //!
 //! The link and the maps are pinned under a bpffs directory (default
