@@ -444,6 +444,7 @@ pub fn tick(shared: &Shared, collector: &mut Collector, config: &Config) {
         g.emit(out);
         if g.tagging.tagger.is_some() {
             g.sync_processes(&config::process_matches(config, &snap.processes));
+            crate::rebind::prune_exited(&mut g);
         }
         g.outbox.drops
     };

@@ -72,8 +72,26 @@ fn register(
         return Err("slot tagging is off in this agent (see its --tagging and its log)".into());
     };
     match page {
-        Some(p) => g.tagging.pages.bind(t, client, tid, p, index),
+        Some(p) => g.tagging.pages.bind(t, client, (pid, tid), p, index),
         None => g.tagging.pages.unbind(t, client, tid),
+    }
+}
+
+/// Drops the registrations of page threads that have exited (each
+/// interval): Linux gives their ids to new threads, maybe of another
+/// process.
+pub fn prune_exited(g: &mut Inner) {
+    let Some(t) = &g.tagging.tagger else {
+        return;
+    };
+    let failed = g.tagging.pages.prune_exited(t, |pid, tid| {
+        Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
+    });
+    if failed > 0 {
+        g.tagging.errors += 1;
+        log::warn!(
+            "cannot remove {failed} exited threads from the tagger's rebind thread map; retried later"
+        );
     }
 }
 

@@ -657,3 +657,56 @@ fn a_rebind_page_is_its_clients_own_and_a_store_rebinds_its_thread() {
     assert!(e.contains("tagging is off"), "{e}");
     drop(off);
 }
+
+/// A thread registered in a rebind page that exits loses its registration
+/// at the agent's next interval (its id may be given to a new thread); the
+/// page and the other threads' registrations stay. Root and BTF, like the
+/// other tagger tests.
+#[test]
+fn an_exited_threads_rebind_registration_goes_at_the_next_interval() {
+    let d = TempDir::new("rebind-exit");
+    let acct = Accounting::new("t", 1, 1, Limits::default());
+    let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
+    hub.listen(&d.join("vmm.sock")).unwrap();
+    let _hub = WithHub(hub);
+    let a = Agent::start(Options {
+        connect: Endpoint::Unix(d.join("vmm.sock")),
+        listen: Some(d.join("agent.sock")),
+        interval: Duration::from_millis(100),
+        proc_root: fixture("proc"),
+        cgroup_root: None,
+        tagging: guest_agent::agent::TaggingMode::On,
+        ..Options::default()
+    })
+    .expect("the agent starts with the tagger (root, BTF)");
+    let mut c = Client::connect(&d.join("agent.sock"));
+    assert!(c.call(r#"{"op":"declare","container":"web"}"#).ok);
+    let page = RebindPage::request(&c.w, "web").expect("a rebind page");
+    let p = page.page();
+    let (tid, _) = me_after_a_switch();
+    // A worker that waits until it is registered, then exits.
+    let (registered, go) = std::sync::mpsc::channel::<()>();
+    let (tell, told) = std::sync::mpsc::channel::<u32>();
+    let worker = std::thread::spawn(move || {
+        tell.send(me_after_a_switch().0).unwrap();
+        go.recv().unwrap();
+    });
+    let wtid = told.recv().unwrap();
+    for (i, t) in [tid, wtid].into_iter().enumerate() {
+        let r = c.call(&format!(
+            r#"{{"op":"rebind_thread","page":{p},"index":{i},"tid":{t}}}"#
+        ));
+        assert!(r.ok, "{r:?}");
+    }
+    assert_eq!(a.shared().lock().tagging.pages.threads(), 2);
+    registered.send(()).unwrap();
+    worker.join().unwrap();
+    eventually("the exited worker's registration goes", || {
+        a.shared().lock().tagging.pages.threads() == 1
+    });
+    let g = a.shared().lock();
+    assert_eq!(g.tagging.pages.pages(), 1);
+    assert_eq!(g.tagging.tagger.as_ref().unwrap().rebind_threads(), 1);
+    drop(g);
+    drop(page);
+}

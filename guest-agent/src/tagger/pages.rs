@@ -29,6 +29,8 @@ struct Page {
 struct Thread {
     client: ClientId,
     page: u32,
+    /// The client's process, whose thread it is.
+    pid: u32,
 }
 
 /// The pages given out and the threads registered in them.
@@ -75,14 +77,14 @@ impl RebindPages {
         Ok((page, fd))
     }
 
-    /// Thread `tid` (of `client`'s process: the caller checked) takes its
-    /// request from word `index` of `client`'s page `page` from its next
-    /// switch-in.
+    /// Thread `tid` (of `client`'s process `pid`: the caller checked)
+    /// takes its request from word `index` of `client`'s page `page` from
+    /// its next switch-in.
     pub fn bind(
         &mut self,
         t: &Tagger,
         client: ClientId,
-        tid: u32,
+        (pid, tid): (u32, u32),
         page: u32,
         index: u32,
     ) -> Result<(), String> {
@@ -103,7 +105,7 @@ impl RebindPages {
         }
         t.rebind_thread(tid, Some((page, index, abi::tag(p.container, abi::NO_REQUEST))))
             .map_err(|e| format!("cannot write the tagger's rebind thread map: {e}"))?;
-        self.threads.insert(tid, Thread { client, page });
+        self.threads.insert(tid, Thread { client, page, pid });
         Ok(())
     }
 
@@ -125,6 +127,21 @@ impl RebindPages {
             .map_err(|e| format!("cannot write the tagger's rebind thread map: {e}"))?;
         self.threads.remove(&tid);
         Ok(())
+    }
+
+    /// Drops the registrations of threads that have exited (`alive(pid,
+    /// tid)` false): their ids may be given to new threads. Returns how
+    /// many map updates failed.
+    pub fn prune_exited(&mut self, t: &Tagger, alive: impl Fn(u32, u32) -> bool) -> usize {
+        let gone: Vec<u32> = self
+            .threads
+            .iter()
+            .filter(|(&tid, th)| !alive(th.pid, tid))
+            .map(|(&tid, _)| tid)
+            .collect();
+        gone.into_iter()
+            .filter(|&tid| self.forget_thread(t, tid).is_err())
+            .count()
     }
 
     /// Drops the pages (and their threads) of `closed` and of containers
