@@ -582,6 +582,18 @@ fn a_rebind_page_is_its_clients_own_and_a_store_rebinds_its_thread() {
         !r.ok && r.error.as_deref().unwrap().contains("another connection"),
         "{r:?}"
     );
+    // Registering it (a thread of the same process) moves it, and back.
+    let q = theirs.page();
+    let r = other.call(&format!(
+        r#"{{"op":"rebind_thread","page":{q},"index":5,"tid":{tid}}}"#
+    ));
+    assert!(r.ok, "{r:?}");
+    assert!(slot_follows(&a, tag(web, req + 1)), "moved to the other page");
+    let r = c.call(&format!(
+        r#"{{"op":"rebind_thread","page":{p},"index":5,"tid":{tid}}}"#
+    ));
+    assert!(r.ok, "{r:?}");
+    assert!(slot_follows(&a, tag(web, req)), "and back");
 
     // Hostile or wrong requests: a reason each, and a count.
     let before = a.shared().lock().tagging.pages.refused;
