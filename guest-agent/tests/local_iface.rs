@@ -658,6 +658,10 @@ fn a_rebind_page_is_its_clients_own_and_a_store_rebinds_its_thread() {
     eventually("the retired container's page goes", || {
         a.shared().lock().tagging.pages.pages() == 0
     });
+    let g = a.shared().lock();
+    let t = g.tagging.tagger.as_ref().unwrap();
+    assert_eq!((t.rebind_pages(), t.rebind_threads()), (0, 0), "the maps too");
+    drop(g);
     drop((page, more, theirs, other));
     drop(a);
 

@@ -205,7 +205,7 @@ fn a_pinned_tagger_outlives_its_agent_and_is_reused() {
     // A rebind page of the first agent's client, and a thread in it.
     let _page = first.add_rebind_page(0).unwrap();
     first.rebind_thread(1, Some((0, 0, container))).unwrap();
-    assert_eq!(first.rebind_threads(), 1);
+    assert_eq!((first.rebind_threads(), first.rebind_pages()), (1, 1));
     let pages = first.registration().pages.clone();
     drop(first);
 
@@ -230,9 +230,9 @@ fn a_pinned_tagger_outlives_its_agent_and_is_reused() {
     );
     assert_eq!(second.rebind_unavailable(), None, "the pins keep the rebind maps");
     assert_eq!(
-        second.rebind_threads(),
-        0,
-        "the dead agent's rebind pages are cleared"
+        (second.rebind_threads(), second.rebind_pages()),
+        (0, 0),
+        "the dead agent's rebind pages and their threads are cleared"
     );
     stop(spin);
     drop(second);
@@ -284,7 +284,9 @@ fn a_thread_rebinds_by_a_store_in_its_page() {
     // The page is removed: the thread is tagged with its container alone.
     page.set(17, REQUEST);
     wait_slot(&t, tag(CONTAINER + 7, REQUEST), "its word names a request");
+    assert_eq!(t.rebind_pages(), 1);
     t.remove_rebind_page(3).unwrap();
+    assert_eq!(t.rebind_pages(), 0);
     wait_slot(&t, container, "a removed page is read no more");
     t.rebind_thread(spin.id(), None).unwrap();
     wait_slot(&t, cgroup, "unregistered: its cgroup's container again");

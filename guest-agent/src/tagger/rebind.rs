@@ -152,6 +152,13 @@ impl RebindMaps {
     pub(super) fn threads(&self) -> usize {
         self.threads.keys().count()
     }
+
+    /// Places of `rebind_pages` that hold a page now.
+    pub(super) fn pages(&self) -> usize {
+        (0..MAX_REBIND_PAGES)
+            .filter(|p| matches!(self.pages.lookup(&p.to_ne_bytes(), MapFlags::ANY), Ok(Some(_))))
+            .count()
+    }
 }
 
 impl super::Tagger {
@@ -186,5 +193,10 @@ impl super::Tagger {
     /// Threads registered in rebind pages, in the map now.
     pub fn rebind_threads(&self) -> usize {
         self.rebind.as_ref().map_or(0, RebindMaps::threads)
+    }
+
+    /// Rebind pages in the map now.
+    pub fn rebind_pages(&self) -> usize {
+        self.rebind.as_ref().map_or(0, RebindMaps::pages)
     }
 }
