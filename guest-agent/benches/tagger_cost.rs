@@ -4,15 +4,27 @@
 //! 1. **Per context switch.** Two threads pinned to one CPU ping-pong a
 //!    byte over two pipes: every hop is a context switch. Rounds alternate
 //!    tagger off (not loaded) and on (loaded, attached; the switched-in
-//!    threads are looked up in all three maps and miss, the common path of
-//!    a task of no container; then with the thread bound to a request,
-//!    the shortest path), `TAGGER_ROUNDS` each (default 5) of
+//!    threads are looked up in all four thread maps and miss, the common
+//!    path of a task of no container, with rebind pages switched off (three
+//!    maps) and on (four); then with the thread bound to a
+//!    request (`work_for`'s map, after a miss in the rebind threads); then
+//!    with the thread registered in a rebind page whose word names a
+//!    request (three lookups: thread, page, word)), `TAGGER_ROUNDS` each
+//!    (default 5) of
 //!    `TAGGER_HOPS` hops (default 200,000); prints the median ns per
-//!    switch of each and the difference.
+//!    switch of each and the difference, and the median ns per run
+//!    of the switch program itself, from the kernel's run-time statistics
+//!    (`BPF_ENABLE_STATS`, on for the bench): unlike the switch, it is not
+//!    drowned by a loaded machine's noise.
 //! 2. **Per rebind.** A real agent with the tagger, connected to a VMM's
 //!    agent hub: one client alternates its thread between two requests
 //!    with `work_for`, `TAGGER_REBINDS` times (default 20,000); prints the
-//!    mean round trip (the client's write to its reply) per rebind.
+//!    mean round trip (the client's write to its reply) per rebind. Then
+//!    the same thread registered in a rebind page (`rebind_page`,
+//!    `rebind_thread`) alternates between the two requests by storing in
+//!    its word, `TAGGER_STORES` times (default 10,000,000): the mean per
+//!    store. (Either takes effect at the thread's next switch-in, whose
+//!    cost is part 1's.)
 //! 3. **The agent process.** `resourceful-agent` run for 3 s with
 //!    `--tagging on` and with `--tagging off` (no VMM to reach, so it only
 //!    retries): peak RSS (`VmHWM`) and CPU time of each.
@@ -30,6 +42,7 @@ use accounting::ledger::Accounting;
 use accounting::registry::Limits;
 use guest_agent::agent::{Agent, Options, TaggingMode};
 use guest_agent::link::Endpoint;
+use guest_agent::rebind_client::RebindPage;
 use guest_agent::tagger::Tagger;
 use vmm::agent::AgentHub;
 
@@ -99,33 +112,76 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One tagged round: ns per switch, and ns per run of the switch program
+/// (the kernel's own statistics, over every switch in the round: mostly
+/// the ping-pong's).
+fn tagged(t: &Tagger, hops: u64, before_start: impl FnOnce(u32)) -> (f64, f64) {
+    let (ns0, n0) = t.switch_run_stats().expect("the switch program's statistics");
+    let per_switch = ping_pong(hops, before_start);
+    let (ns1, n1) = t.switch_run_stats().expect("the switch program's statistics");
+    (per_switch, (ns1 - ns0) as f64 / (n1 - n0).max(1) as f64)
+}
+
 fn switches() {
     let rounds = env("TAGGER_ROUNDS", 5);
     let hops = env("TAGGER_HOPS", 200_000);
-    let (mut off, mut miss, mut bound) = (Vec::new(), Vec::new(), Vec::new());
+    let _stats = guest_agent::tagger::enable_run_time_stats().expect("BPF run-time statistics (root)");
+    // Per variant: ns per switch, ns per program run.
+    let mut v: [(Vec<f64>, Vec<f64>); 5] = Default::default();
+    let mut push = |i: usize, (a, b): (f64, f64)| {
+        v[i].0.push(a);
+        v[i].1.push(b);
+    };
     for _ in 0..rounds {
-        off.push(ping_pong(hops, |_| {}));
+        push(0, (ping_pong(hops, |_| {}), 0.0));
+        let t = Tagger::start_with(None, false).expect("the tagger loads (root, BTF)");
+        push(1, tagged(&t, hops, |_| {}));
+        drop(t);
         let t = Tagger::start(None).expect("the tagger loads (root, BTF)");
-        miss.push(ping_pong(hops, |_| {}));
+        push(2, tagged(&t, hops, |_| {}));
         let tag = accounting::abi::tag(0x1000_0001, 0x1000_0100);
-        bound.push(ping_pong(hops, |tid| {
-            t.bind_thread(tid, Some(tag)).unwrap();
-            // SAFETY: gettid has no preconditions.
-            t.bind_thread(unsafe { libc::gettid() } as u32, Some(tag))
-                .unwrap();
-        }));
+        push(
+            3,
+            tagged(&t, hops, |tid| {
+                t.bind_thread(tid, Some(tag)).unwrap();
+                // SAFETY: gettid has no preconditions.
+                t.bind_thread(unsafe { libc::gettid() } as u32, Some(tag))
+                    .unwrap();
+            }),
+        );
+        let fd = t.add_rebind_page(0).expect("rebind pages on this kernel");
+        let page = RebindPage::map(0, &fd).unwrap();
+        push(
+            4,
+            tagged(&t, hops, |tid| {
+                let container = accounting::abi::tag(0x1000_0001, 0);
+                // SAFETY: gettid has no preconditions.
+                let me = unsafe { libc::gettid() } as u32;
+                for (i, tid) in [(0u32, tid), (1, me)] {
+                    t.bind_thread(tid, None).unwrap();
+                    t.rebind_thread(tid, Some((0, i, container))).unwrap();
+                    page.set(i, 0x1000_0100);
+                }
+            }),
+        );
+        drop(page);
         drop(t);
     }
-    let (off, miss, bound) = (median(off), median(miss), median(bound));
-    println!("context switch, tagger off:                 {off:8.1} ns (median of {rounds} rounds of {hops} switches)");
-    println!(
-        "context switch, tagger on, no tag found:    {miss:8.1} ns (+{:.1} ns)",
-        miss - off
-    );
-    println!(
-        "context switch, tagger on, thread bound:    {bound:8.1} ns (+{:.1} ns)",
-        bound - off
-    );
+    let v = v.map(|(a, b)| (median(a), median(b)));
+    let off = v[0].0;
+    println!("context switch, tagger off: {off:8.1} ns (median of {rounds} rounds of {hops} switches)");
+    let names = [
+        "tagger on, rebind pages off, no tag found",
+        "tagger on, no tag found",
+        "tagger on, thread bound (work_for)",
+        "tagger on, thread in a rebind page",
+    ];
+    for (name, (sw, prog)) in names.iter().zip(&v[1..]) {
+        println!(
+            "context switch, {name}: {sw:8.1} ns ({:+.1} ns); the program: {prog:6.1} ns per run",
+            sw - off
+        );
+    }
 }
 
 struct Line {
@@ -189,6 +245,24 @@ fn rebinds() {
         "work_for rebind, round trip over the local socket: {:8.0} ns (mean of {n})",
         per
     );
+    let page = RebindPage::request(&c.w, "bench").expect("a rebind page");
+    let p = page.page();
+    assert!(c
+        .call(&format!(
+            r#"{{"op":"rebind_thread","page":{p},"index":0,"tid":{tid}}}"#
+        ))
+        .contains("true"));
+    let stores = env("TAGGER_STORES", 10_000_000);
+    let t0 = Instant::now();
+    for i in 0..stores {
+        page.set(0, std::hint::black_box(if i % 2 == 0 { a } else { b }));
+    }
+    let per = t0.elapsed().as_nanos() as f64 / stores as f64;
+    println!(
+        "rebind by a store in the thread's rebind page:     {:8.1} ns (mean of {stores})",
+        per
+    );
+    drop(page);
     drop(c);
     agent.stop();
     hub.stop();

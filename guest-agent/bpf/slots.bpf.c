@@ -27,10 +27,12 @@ typedef unsigned long long __u64;
 #define SEC(name) __attribute__((section(name), used))
 #define __uint(name, val) int (*name)[val]
 #define __type(name, val) typeof(val) *name
+#define __array(name, val) typeof(val) *name[]
 
 // include/uapi/linux/bpf.h
 #define BPF_MAP_TYPE_HASH 1
 #define BPF_MAP_TYPE_ARRAY 2
+#define BPF_MAP_TYPE_ARRAY_OF_MAPS 12
 #define BPF_F_NO_PREALLOC (1U << 0)
 #define BPF_F_MMAPABLE (1U << 10)
 #define BPF_EXIST 2
@@ -157,9 +159,81 @@ struct {
 	__uint(max_entries, 65536);
 } process_tags SEC(".maps");
 
+// Rebind pages (docs/tagging.md, "Rebind pages"): a client of the agent
+// holds one or more one-page BPF_F_MMAPABLE arrays of its own (one u64 word
+// per thread index) and a thread rebinds by storing a request id in its
+// word. The agent puts each page in `rebind_pages` and each registered
+// thread in `rebind_threads` (tid -> page, index, the container the agent
+// fixed for the page): the tag is (that container, the stored request), so
+// a client names requests of that container only.
+#define REBIND_SLOTS 512
+#define MAX_REBIND_PAGES 256
+
+struct rebind_page {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, REBIND_SLOTS);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__type(key, __u32);
+	__uint(max_entries, MAX_REBIND_PAGES);
+	__array(values, struct rebind_page);
+} rebind_pages SEC(".maps");
+
+struct rebind_thread {
+	__u32 page;
+	__u32 index;
+	// tag(container, 0)
+	__u64 container;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct rebind_thread);
+	__uint(max_entries, 65536);
+} rebind_threads SEC(".maps");
+
+// Cleared by the loader where the kernel refuses the rebind maps: the
+// verifier then drops the lookups below as dead code.
+const volatile __u32 rebind_on = 1;
+
+// The tag of a thread registered in a rebind page, or 0 (a tag always
+// names a container, never 0, for such a thread).
+static __attribute__((always_inline)) __u64 rebind_tag(__u32 tid)
+{
+	if (!rebind_on)
+		return 0;
+	struct rebind_thread *rt = bpf_map_lookup_elem(&rebind_threads, &tid);
+	if (!rt)
+		return 0;
+	__u32 page = rt->page;
+	__u32 index = rt->index;
+	__u64 container = rt->container;
+	void *words = bpf_map_lookup_elem(&rebind_pages, &page);
+	if (!words)
+		return container;
+	__u64 *w = bpf_map_lookup_elem(words, &index);
+	if (!w)
+		return container;
+	__u64 request = *w;
+	// A word over 32 bits names no request: the container alone.
+	if (request >> 32)
+		return container;
+	return container | request;
+}
+
 static __attribute__((always_inline)) __u64 tag_of(struct task_struct *t)
 {
 	__u32 tid = t->pid;
+	__u64 rt = rebind_tag(tid);
+	if (rt)
+		return rt;
 	__u64 *v = bpf_map_lookup_elem(&thread_tags, &tid);
 	if (v)
 		return *v;

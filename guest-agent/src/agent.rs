@@ -29,7 +29,7 @@ use crate::local;
 use crate::outbox::Outbox;
 use crate::procfs::{read_file, sanitize_text};
 use crate::state::{Container, Origin, Out, State};
-use crate::tagger::{self, Tagger, ThreadBindings};
+use crate::tagger::{self, RebindPages, Tagger, ThreadBindings};
 
 /// Default outgoing buffer, bytes.
 pub const DEFAULT_BUFFER_BYTES: usize = 1 << 20;
@@ -60,6 +60,8 @@ pub struct Tagging {
     pub registered: Option<Vec<u32>>,
     /// Threads bound to requests (`work_for`).
     pub bindings: ThreadBindings,
+    /// Rebind pages given to clients (`rebind_page`, `rebind_thread`).
+    pub pages: RebindPages,
     /// The process map as last written (pid → tag), so a tick writes only
     /// what changed.
     pub processes: HashMap<u32, u64>,
@@ -154,7 +156,11 @@ impl Inner {
             return;
         };
         let state = &self.state;
-        let failed = self.tagging.bindings.prune(t, closed, |r| state.holds_request(r));
+        let mut failed = self.tagging.bindings.prune(t, closed, |r| state.holds_request(r));
+        failed += self
+            .tagging
+            .pages
+            .prune(t, closed, |c| state.containers().any(|x| x.decl.id == c));
         if failed > 0 {
             self.tagging.errors += 1;
             log::warn!("cannot remove {failed} thread bindings from the tagger's map; retried later");
@@ -172,7 +178,7 @@ impl Inner {
         if containers_changed {
             self.sync_tags();
         }
-        if msgs.iter().any(|m| matches!(m, AgentMessage::EndRequest { .. })) {
+        if containers_changed || msgs.iter().any(|m| matches!(m, AgentMessage::EndRequest { .. })) {
             self.prune_bindings(None);
         }
         for m in msgs {
@@ -438,6 +444,7 @@ pub fn tick(shared: &Shared, collector: &mut Collector, config: &Config) {
         g.emit(out);
         if g.tagging.tagger.is_some() {
             g.sync_processes(&config::process_matches(config, &snap.processes));
+            crate::rebind::prune_exited(&mut g);
             // The two clocks drift apart by a few ppm: a fresh pair each
             // interval keeps the placement of logged switches within µs.
             if let Ok(f) = encode(&crate::tagger::Tagger::clock_sync()) {

@@ -27,5 +27,7 @@ pub mod link;
 pub mod local;
 pub mod outbox;
 pub mod procfs;
+pub mod rebind;
+pub mod rebind_client;
 pub mod state;
 pub mod tagger;

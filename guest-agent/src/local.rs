@@ -14,6 +14,10 @@
 //! → {"op":"work_for","request":268435456,"tid":4242}
 //! ← {"ok":true}
 //! → {"op":"work_for","tid":4242}
+//! → {"op":"rebind_page","container":"web"}
+//! ← {"ok":true,"page":0}                  (with the page's descriptor, SCM_RIGHTS)
+//! → {"op":"rebind_thread","page":0,"index":3,"tid":4242}
+//! → {"op":"rebind_thread","tid":4242}
 //! → {"op":"end","request":268435456}
 //! → {"op":"retire","container":"web"}
 //! → {"op":"nonsense"}
@@ -31,7 +35,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -125,6 +129,27 @@ pub enum LocalRequest {
         #[serde(default)]
         tid: Option<u32>,
     },
+    /// A rebind page of the client's own for requests of `container`: the
+    /// reply names it (`page`) and carries its descriptor (`SCM_RIGHTS`),
+    /// which the client maps read-write (4 KiB, 512 u64 words).
+    RebindPage {
+        /// A live container's name.
+        container: String,
+    },
+    /// A thread of the client's process takes its request from word
+    /// `index` of the client's page `page` at each switch-in; without
+    /// `page`, from no page any more.
+    RebindThread {
+        /// A page this connection was given; absent: unregister.
+        #[serde(default)]
+        page: Option<u32>,
+        /// The thread's word in the page.
+        #[serde(default)]
+        index: u32,
+        /// The thread (`gettid()`); absent: the client's main thread.
+        #[serde(default)]
+        tid: Option<u32>,
+    },
 }
 
 /// One reply line.
@@ -138,6 +163,9 @@ pub struct Reply {
     /// A declared container's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<u32>,
+    /// A rebind page's number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<u32>,
     /// What was wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -173,10 +201,45 @@ pub fn handle_line(shared: &Shared, client: ClientId, line: &[u8]) -> Reply {
 /// [`handle_line`] for a client whose process is `peer` (`SO_PEERCRED`),
 /// which `work_for` needs.
 pub fn handle_line_from(shared: &Shared, client: ClientId, peer: Option<u32>, line: &[u8]) -> Reply {
+    handle_line_fd(shared, client, peer, line).0
+}
+
+/// [`handle_line_from`], with the descriptor a `rebind_page` reply carries.
+pub fn handle_line_fd(
+    shared: &Shared,
+    client: ClientId,
+    peer: Option<u32>,
+    line: &[u8],
+) -> (Reply, Option<OwnedFd>) {
     let req: LocalRequest = match serde_json::from_slice(line) {
         Ok(r) => r,
-        Err(e) => return Reply::err(format!("bad request: {e}")),
+        Err(e) => return (Reply::err(format!("bad request: {e}")), None),
     };
+    match req {
+        LocalRequest::RebindPage { container } => {
+            let mut g = shared.lock();
+            match crate::rebind::page(&mut g, client, &container) {
+                Ok((page, fd)) => (
+                    Reply {
+                        ok: true,
+                        page: Some(page),
+                        ..Reply::default()
+                    },
+                    Some(fd),
+                ),
+                Err(e) => (Reply::err(e), None),
+            }
+        }
+        LocalRequest::RebindThread { page, index, tid } => {
+            let mut g = shared.lock();
+            let r = crate::rebind::thread(&mut g, client, peer, page, index, tid);
+            (r.map_or_else(Reply::err, |()| ok()), None)
+        }
+        req => (apply(shared, client, peer, req), None),
+    }
+}
+
+fn apply(shared: &Shared, client: ClientId, peer: Option<u32>, req: LocalRequest) -> Reply {
     let mut out = Out::new();
     let mut g = shared.lock();
     let st = &mut g.state;
@@ -230,6 +293,9 @@ pub fn handle_line_from(shared: &Shared, client: ClientId, peer: Option<u32>, li
             let r = work_for(&mut g, client, peer, request, tid);
             drop(g);
             return r.map_or_else(Reply::err, |()| ok());
+        }
+        LocalRequest::RebindPage { .. } | LocalRequest::RebindThread { .. } => {
+            Err("rebind ops are handled before apply".to_owned())
         }
     };
     let sent = !out.is_empty();
@@ -367,10 +433,17 @@ pub fn serve(listener: UnixListener, shared: Arc<Shared>) {
     }
 }
 
-fn write_reply(mut s: &UnixStream, r: &Reply) -> io::Result<()> {
+fn write_reply(s: &UnixStream, r: &Reply) -> io::Result<()> {
+    write_reply_fd(s, r, None)
+}
+
+fn write_reply_fd(mut s: &UnixStream, r: &Reply, fd: Option<&OwnedFd>) -> io::Result<()> {
     let mut line = serde_json::to_vec(r).map_err(io::Error::other)?;
     line.push(b'\n');
-    s.write_all(&line)
+    match fd {
+        Some(fd) => crate::rebind::send_with_fd(s, &line, fd),
+        None => s.write_all(&line),
+    }
 }
 
 /// `work_for`: binds (or unbinds) a thread of the client's own process.
@@ -457,11 +530,11 @@ fn client(shared: &Shared, id: ClientId, stream: UnixStream) {
         let reply = if line.iter().all(u8::is_ascii_whitespace) {
             None
         } else {
-            Some(handle_line_from(shared, id, peer, line))
+            Some(handle_line_fd(shared, id, peer, line))
         };
         buf.clear();
-        if let Some(r) = reply {
-            if write_reply(&stream, &r).is_err() {
+        if let Some((r, fd)) = reply {
+            if write_reply_fd(&stream, &r, fd.as_ref()).is_err() {
                 break;
             }
         }

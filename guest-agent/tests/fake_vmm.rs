@@ -171,6 +171,7 @@ fn kinds(ms: &[AgentMessage]) -> Vec<&'static str> {
             AgentMessage::Context(_) => "context",
             AgentMessage::RegisterSlots(_) => "register_slots",
             AgentMessage::UnregisterSlots {} => "unregister_slots",
+            AgentMessage::ClockSync { .. } => "clock_sync",
             AgentMessage::Sync { .. } => "sync",
         })
         .collect()

@@ -9,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use accounting::abi::tag;
 use accounting::abi::{EntryKind, RingEntry};
 use accounting::ledger::Accounting;
 use accounting::registry::Limits;
@@ -16,7 +17,10 @@ use common::{fixture, TempDir};
 use guest_agent::agent::{Agent, Options};
 use guest_agent::link::Endpoint;
 use guest_agent::local::{Reply, MAX_CLIENTS, MAX_LINE};
+use guest_agent::rebind_client::RebindPage;
 use guest_agent::state::ID_BASE;
+use guest_agent::tagger::MAX_PAGES_PER_CLIENT;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use vmm::agent::AgentHub;
 
@@ -497,4 +501,228 @@ fn a_process_rules_processes_are_tagged_with_its_container() {
     eventually("the exited process leaves the process map", || {
         a.shared().lock().tagging.processes.is_empty()
     });
+}
+
+/// Rebind pages over the local socket with the eBPF tagger on the host
+/// kernel (root): a client's page comes with the reply (`SCM_RIGHTS`), a
+/// thread of its process registered at a word is tagged `(container,
+/// request)` after it stores the request id there and `(container, 0)`
+/// after it stores 0; another client cannot register at that page and its
+/// own page is other memory; hostile requests are refused with a reason
+/// and counted; the pages go with their connection.
+#[test]
+fn a_rebind_page_is_its_clients_own_and_a_store_rebinds_its_thread() {
+    let d = TempDir::new("rebind");
+    let acct = Accounting::new("t", 1, 1, Limits::default());
+    let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
+    hub.listen(&d.join("vmm.sock")).unwrap();
+    let a = Agent::start(Options {
+        connect: Endpoint::Unix(d.join("vmm.sock")),
+        listen: Some(d.join("agent.sock")),
+        interval: Duration::from_secs(3600),
+        proc_root: fixture("proc"),
+        cgroup_root: None,
+        tagging: guest_agent::agent::TaggingMode::On,
+        ..Options::default()
+    })
+    .expect("the agent starts with the tagger (root, BTF)");
+    let _hub = WithHub(hub);
+    let mut c = Client::connect(&d.join("agent.sock"));
+    let web = c
+        .call(r#"{"op":"declare","container":"web"}"#)
+        .container
+        .expect("web");
+    let req = c
+        .call(r#"{"op":"begin","container":"web"}"#)
+        .request
+        .expect("a request");
+    let page = RebindPage::request(&c.w, "web").expect("a rebind page");
+    let (tid, _) = me_after_a_switch();
+    let p = page.page();
+    let r = c.call(&format!(
+        r#"{{"op":"rebind_thread","page":{p},"index":5,"tid":{tid}}}"#
+    ));
+    assert!(r.ok, "{r:?}");
+    assert!(slot_follows(&a, tag(web, 0)), "registered: the page's container");
+    page.set(5, req);
+    assert!(slot_follows(&a, tag(web, req)), "a store names the request");
+    page.set(5, 0);
+    assert!(slot_follows(&a, tag(web, 0)), "0: back to the container");
+    page.set(5, req);
+    assert!(slot_follows(&a, tag(web, req)), "and to the request again");
+
+    // Another client: not at this page; its own page is other memory.
+    let mut other = Client::connect(&d.join("agent.sock"));
+    // It holds `web` too, so `web` outlives the first client.
+    assert_eq!(
+        other.call(r#"{"op":"declare","container":"web"}"#).container,
+        Some(web)
+    );
+    let r = other.call(&format!(
+        r#"{{"op":"rebind_thread","page":{p},"index":5,"tid":{tid}}}"#
+    ));
+    assert!(
+        !r.ok
+            && r.error
+                .as_deref()
+                .unwrap()
+                .contains("not a rebind page of this connection"),
+        "{r:?}"
+    );
+    let theirs = RebindPage::request(&other.w, "web").expect("its own page");
+    assert_ne!(theirs.page(), p);
+    theirs.set(5, req + 1);
+    assert_eq!(page.word(5).unwrap().load(Ordering::Acquire), u64::from(req));
+    assert!(
+        slot_follows(&a, tag(web, req)),
+        "the other page is not read for this thread"
+    );
+    let r = other.call(&format!(r#"{{"op":"rebind_thread","tid":{tid}}}"#));
+    assert!(
+        !r.ok && r.error.as_deref().unwrap().contains("another connection"),
+        "{r:?}"
+    );
+    // Registering it (a thread of the same process) moves it, and back.
+    let q = theirs.page();
+    let r = other.call(&format!(
+        r#"{{"op":"rebind_thread","page":{q},"index":5,"tid":{tid}}}"#
+    ));
+    assert!(r.ok, "{r:?}");
+    assert!(slot_follows(&a, tag(web, req + 1)), "moved to the other page");
+    let r = c.call(&format!(
+        r#"{{"op":"rebind_thread","page":{p},"index":5,"tid":{tid}}}"#
+    ));
+    assert!(r.ok, "{r:?}");
+    assert!(slot_follows(&a, tag(web, req)), "and back");
+
+    // Hostile or wrong requests: a reason each, and a count.
+    let before = a.shared().lock().tagging.pages.refused;
+    let refusals = [
+        (
+            format!(r#"{{"op":"rebind_thread","page":{p},"index":512,"tid":{tid}}}"#),
+            "outside the page",
+        ),
+        (
+            format!(r#"{{"op":"rebind_thread","page":{p},"index":0,"tid":1}}"#),
+            "not a thread of the client's process",
+        ),
+        (
+            format!(r#"{{"op":"rebind_thread","page":4000000000,"index":0,"tid":{tid}}}"#),
+            "not a rebind page",
+        ),
+        (
+            r#"{"op":"rebind_page","container":"nope"}"#.to_owned(),
+            "not live",
+        ),
+    ];
+    for (line, why) in &refusals {
+        let r = c.call(line);
+        assert!(
+            !r.ok && r.error.as_deref().unwrap().contains(why),
+            "{line}: {r:?}"
+        );
+    }
+    let more: Vec<RebindPage> = (1..MAX_PAGES_PER_CLIENT)
+        .map(|_| RebindPage::request(&c.w, "web").expect("up to the limit"))
+        .collect();
+    let e = RebindPage::request(&c.w, "web").unwrap_err().to_string();
+    assert!(e.contains("holds 4 rebind pages already"), "{e}");
+    assert_eq!(
+        a.shared().lock().tagging.pages.refused - before,
+        refusals.len() as u64 + 1
+    );
+    let r = c.call(r#"{"op":"rebind_page"}"#);
+    assert!(
+        !r.ok && r.error.as_deref().unwrap().contains("container"),
+        "{r:?}"
+    );
+    assert_eq!(a.shared().lock().tagging.pages.pages(), MAX_PAGES_PER_CLIENT + 1);
+
+    // Unregistered, then the connection closes: its pages go.
+    let r = c.call(&format!(r#"{{"op":"rebind_thread","tid":{tid}}}"#));
+    assert!(r.ok, "{r:?}");
+    assert!(slot_follows(&a, 0), "unregistered: no container of its own");
+    let r = c.call(&format!(
+        r#"{{"op":"rebind_thread","page":{p},"index":5,"tid":{tid}}}"#
+    ));
+    assert!(r.ok, "{r:?}");
+    assert!(slot_follows(&a, tag(web, req)));
+    drop(c);
+    eventually("the closed client's pages go", || {
+        let g = a.shared().lock();
+        g.tagging.pages.pages() == 1 && g.tagging.pages.threads() == 0
+    });
+    assert!(slot_follows(&a, 0), "its thread is read from no page");
+    // A page ends with its container too (its connection still open).
+    assert!(other.call(r#"{"op":"retire","container":"web"}"#).ok);
+    eventually("the retired container's page goes", || {
+        a.shared().lock().tagging.pages.pages() == 0
+    });
+    let g = a.shared().lock();
+    let t = g.tagging.tagger.as_ref().unwrap();
+    assert_eq!((t.rebind_pages(), t.rebind_threads()), (0, 0), "the maps too");
+    drop(g);
+    drop((page, more, theirs, other));
+    drop(a);
+
+    // Without the tagger, a page is refused with the reason.
+    let d = TempDir::new("rebind-off");
+    let off = agent(&d);
+    let c = Client::connect(&d.join("agent.sock"));
+    let e = RebindPage::request(&c.w, "web").unwrap_err().to_string();
+    assert!(e.contains("tagging is off"), "{e}");
+    drop(off);
+}
+
+/// A thread registered in a rebind page that exits loses its registration
+/// at the agent's next interval (its id may be given to a new thread); the
+/// page and the other threads' registrations stay. Root and BTF, like the
+/// other tagger tests.
+#[test]
+fn an_exited_threads_rebind_registration_goes_at_the_next_interval() {
+    let d = TempDir::new("rebind-exit");
+    let acct = Accounting::new("t", 1, 1, Limits::default());
+    let hub = AgentHub::new(Arc::clone(&acct), Some(acct.writer(1)));
+    hub.listen(&d.join("vmm.sock")).unwrap();
+    let _hub = WithHub(hub);
+    let a = Agent::start(Options {
+        connect: Endpoint::Unix(d.join("vmm.sock")),
+        listen: Some(d.join("agent.sock")),
+        interval: Duration::from_millis(100),
+        proc_root: fixture("proc"),
+        cgroup_root: None,
+        tagging: guest_agent::agent::TaggingMode::On,
+        ..Options::default()
+    })
+    .expect("the agent starts with the tagger (root, BTF)");
+    let mut c = Client::connect(&d.join("agent.sock"));
+    assert!(c.call(r#"{"op":"declare","container":"web"}"#).ok);
+    let page = RebindPage::request(&c.w, "web").expect("a rebind page");
+    let p = page.page();
+    let (tid, _) = me_after_a_switch();
+    // A worker that waits until it is registered, then exits.
+    let (registered, go) = std::sync::mpsc::channel::<()>();
+    let (tell, told) = std::sync::mpsc::channel::<u32>();
+    let worker = std::thread::spawn(move || {
+        tell.send(me_after_a_switch().0).unwrap();
+        go.recv().unwrap();
+    });
+    let wtid = told.recv().unwrap();
+    for (i, t) in [tid, wtid].into_iter().enumerate() {
+        let r = c.call(&format!(
+            r#"{{"op":"rebind_thread","page":{p},"index":{i},"tid":{t}}}"#
+        ));
+        assert!(r.ok, "{r:?}");
+    }
+    assert_eq!(a.shared().lock().tagging.pages.threads(), 2);
+    registered.send(()).unwrap();
+    worker.join().unwrap();
+    eventually("the exited worker's registration goes", || {
+        a.shared().lock().tagging.pages.threads() == 1
+    });
+    let g = a.shared().lock();
+    assert_eq!(g.tagging.pages.pages(), 1);
+    assert_eq!(g.tagging.tagger.as_ref().unwrap().rebind_threads(), 1);
+    drop(g);
+    drop(page);
 }

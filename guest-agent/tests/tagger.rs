@@ -13,6 +13,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use accounting::abi::tag;
+use guest_agent::rebind_client::RebindPage;
 use guest_agent::tagger::{cgroup_id, Tagger};
 
 const CONTAINER: u32 = 0x1000_0001;
@@ -229,6 +230,10 @@ fn a_pinned_tagger_outlives_its_agent_and_is_reused() {
         .unwrap();
     // A binding of the first agent's (its client dies with it).
     first.bind_thread(1, Some(tag(CONTAINER + 1, REQUEST))).unwrap();
+    // A rebind page of the first agent's client, and a thread in it.
+    let _page = first.add_rebind_page(0).unwrap();
+    first.rebind_thread(1, Some((0, 0, container))).unwrap();
+    assert_eq!((first.rebind_threads(), first.rebind_pages()), (1, 1));
     let pages = first.registration().pages.clone();
     drop(first);
 
@@ -251,8 +256,86 @@ fn a_pinned_tagger_outlives_its_agent_and_is_reused() {
         0,
         "the dead agent's thread bindings are cleared"
     );
+    assert_eq!(second.rebind_unavailable(), None, "the pins keep the rebind maps");
+    assert_eq!(
+        (second.rebind_threads(), second.rebind_pages()),
+        (0, 0),
+        "the dead agent's rebind pages and their threads are cleared"
+    );
     stop(spin);
     drop(second);
     let _ = std::fs::remove_dir_all(&dir);
     umount(&bpffs);
+}
+
+/// A rebind page on the host kernel: a thread registered at a word of a
+/// page is tagged `(the page's container, the word)` at its next
+/// switch-in, over its cgroup's container; 0 in the word is the page's
+/// container alone, and so is a word over 32 bits; unregistered, the
+/// thread is its cgroup's again. The page is the client's mapping of the
+/// map the agent made (`RebindPage::map`), written with plain stores.
+#[test]
+fn a_thread_rebinds_by_a_store_in_its_page() {
+    let cg = Cgroup::new("rebind");
+    let t = Tagger::start(None).expect("the tagger loads on the host kernel");
+    assert_eq!(t.rebind_unavailable(), None, "the host kernel takes rebind pages");
+    let cgroup = tag(CONTAINER, 0);
+    t.sync_cgroups(&HashMap::from([(cg.id(), cgroup)])).unwrap();
+    let spin = cg.spinner();
+    wait_slot(&t, cgroup, "a task of the cgroup runs on CPU 0");
+
+    let fd = t.add_rebind_page(3).unwrap();
+    let page = RebindPage::map(3, &fd).unwrap();
+    drop(fd); // the mapping keeps the map
+    let container = tag(CONTAINER + 7, 0);
+    t.rebind_thread(spin.id(), Some((3, 17, container))).unwrap();
+    assert_eq!(t.rebind_threads(), 1);
+    wait_slot(&t, container, "registered, its word 0: the page's container");
+    page.set(17, REQUEST);
+    wait_slot(&t, tag(CONTAINER + 7, REQUEST), "its word names a request");
+    // The neighbouring words are other threads': stored first, they are
+    // not what the thread's next switch-in reads.
+    page.set(16, REQUEST + 1);
+    page.set(18, REQUEST + 2);
+    page.set(17, REQUEST + 3);
+    wait_slot(&t, tag(CONTAINER + 7, REQUEST + 3), "its own word only");
+    page.set(17, 0);
+    wait_slot(&t, container, "0: back to the page's container");
+    page.set(17, REQUEST);
+    wait_slot(&t, tag(CONTAINER + 7, REQUEST), "its word names a request");
+    page.word(17)
+        .unwrap()
+        .store(1 << 32 | u64::from(REQUEST), std::sync::atomic::Ordering::Release);
+    wait_slot(&t, container, "a word over 32 bits names no request");
+    assert!(page.word(512).is_none(), "a page has 512 words");
+
+    // The page is removed: the thread is tagged with its container alone.
+    page.set(17, REQUEST);
+    wait_slot(&t, tag(CONTAINER + 7, REQUEST), "its word names a request");
+    assert_eq!(t.rebind_pages(), 1);
+    t.remove_rebind_page(3).unwrap();
+    assert_eq!(t.rebind_pages(), 0);
+    wait_slot(&t, container, "a removed page is read no more");
+    t.rebind_thread(spin.id(), None).unwrap();
+    wait_slot(&t, cgroup, "unregistered: its cgroup's container again");
+    assert_eq!(t.rebind_threads(), 0);
+    stop(spin);
+}
+
+/// Where rebind pages are off (as on a kernel that refuses them), the
+/// program still loads, with the rebind lookups dropped, and tags; a page
+/// is refused with the reason.
+#[test]
+fn without_rebind_pages_the_tagger_still_loads_and_says_why() {
+    let cg = Cgroup::new("norebind");
+    let t = Tagger::start_with(None, false).expect("the tagger loads without rebind pages");
+    let why = t.rebind_unavailable().expect("no rebind pages");
+    assert!(why.contains("switched off"), "{why}");
+    let err = t.add_rebind_page(0).unwrap_err().to_string();
+    assert!(err.contains("switched off"), "{err}");
+    let container = tag(CONTAINER + 2, 0);
+    t.sync_cgroups(&HashMap::from([(cg.id(), container)])).unwrap();
+    let spin = cg.spinner();
+    wait_slot(&t, container, "a task of the cgroup runs on CPU 0");
+    stop(spin);
 }

@@ -6,8 +6,10 @@
 //! libbpf (libbpf-rs; vendored and static, so the agent stays one static
 //! binary). Its `slots` array is `BPF_F_MMAPABLE`: the agent maps it, finds
 //! the physical frames of its pages in `/proc/self/pagemap`, and registers
-//! them with the VMM (`register_slots`). The tags come from three maps the
-//! agent keeps: `thread_tags` (a thread's request binding), `cgroup_tags`
+//! them with the VMM (`register_slots`). The tags come from maps the agent
+//! keeps: `rebind_threads` and `rebind_pages` (a thread registered in a
+//! client's rebind page, whose word names its request: [`RebindPages`]
+//! and `crate::rebind`), `thread_tags` (a thread's request binding), `cgroup_tags`
 //! (a cgroup's container) and `process_tags` (a process's container).
 //!
 //! The link and the maps are pinned under a bpffs directory (default
@@ -17,6 +19,9 @@
 
 mod bindings;
 mod guest;
+mod pages;
+mod rebind;
+mod stats;
 
 use std::collections::HashMap;
 use std::io;
@@ -30,6 +35,11 @@ use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, ObjectBuilder};
 
 pub use bindings::{ThreadBindings, MAX_BINDINGS};
 pub use guest::{apic_ids, cgroup_id, cpu_count, physical_pages};
+pub use pages::{RebindPages, MAX_PAGES_PER_CLIENT, MAX_PAGE_THREADS};
+pub use rebind::{MAX_REBIND_PAGES, REBIND_SLOTS};
+pub use stats::enable_run_time_stats;
+
+use rebind::RebindMaps;
 
 /// The compiled program.
 const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/slots.bpf.o"));
@@ -88,6 +98,8 @@ pub struct Tagger {
     links: Vec<Link>,
     /// Whether the virtio-blk dispatch hooks run.
     blk_hooks: bool,
+    /// The rebind page maps, or why there are none.
+    rebind: Result<RebindMaps, String>,
     /// The slots, mapped read-only.
     map: *mut libc::c_void,
     map_len: usize,
@@ -104,6 +116,13 @@ impl Tagger {
     /// Loads and attaches the program (or reuses the one pinned in
     /// `pin_dir` by an earlier agent of this boot) and maps its slots.
     pub fn start(pin_dir: Option<&Path>) -> Result<Self, TaggerError> {
+        Self::start_with(pin_dir, true)
+    }
+
+    /// [`Tagger::start`], with rebind pages only if `rebind` (and the
+    /// kernel allows them): without, the program is loaded with its rebind
+    /// lookups switched off, as on a kernel that refuses them.
+    pub fn start_with(pin_dir: Option<&Path>, rebind: bool) -> Result<Self, TaggerError> {
         let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible")
             .map_err(guest_err("/sys/devices/system/cpu/possible"))?;
         let cpus = cpu_count(&possible).ok_or_else(|| TaggerError::Guest {
@@ -130,14 +149,15 @@ impl Tagger {
             .map(|(cpu, apic_id)| SlotCpu { apic_id, slot: cpu })
             .collect();
         let reused = pin_dir.and_then(|d| Self::reuse(d, nr_slots));
-        let (maps, links, blk_hooks, reused) = match reused {
+        let (maps, rebind_maps, links, blk_hooks, reused) = match reused {
             Some(maps) => {
                 let blk = pin_dir.is_some_and(|d| d.join(BLK_LINKS[0]).exists());
-                (maps, Vec::new(), blk, true)
+                let r = pin_dir.map_or_else(|| Err(String::new()), RebindMaps::from_pins);
+                (maps, r, Vec::new(), blk, true)
             }
             None => {
-                let (maps, links, blk) = Self::load(nr_slots, pin_dir)?;
-                (maps, links, blk, false)
+                let (maps, r, links, blk) = Self::load(nr_slots, pin_dir, rebind)?;
+                (maps, r, links, blk, false)
             }
         };
         let [slots, thread_tags, cgroup_tags, process_tags] = maps;
@@ -150,6 +170,10 @@ impl Tagger {
             // state replaces it whole.
             sync_map(&thread_tags, HashMap::new()).map_err(bpf_err("clear the thread bindings of"))?;
             sync_map(&process_tags, HashMap::new()).map_err(bpf_err("clear the process map of"))?;
+            // The rebind pages were the dead agent's clients' too.
+            if let Ok(r) = &rebind_maps {
+                r.clear().map_err(bpf_err("clear the rebind pages of"))?;
+            }
         }
         let map_len = nr_slots as usize * SLOT_BYTES;
         // SAFETY: a fresh shared read-only mapping of the array's values
@@ -175,6 +199,7 @@ impl Tagger {
             process_tags,
             links,
             blk_hooks,
+            rebind: rebind_maps,
             map,
             map_len,
             nr_slots,
@@ -198,25 +223,65 @@ impl Tagger {
     /// are `fentry`/`fexit` programs, which some kernels refuse (no BPF
     /// trampolines, a function ftrace cannot patch): then the rest loads
     /// without them.
-    fn load(nr_slots: u32, pin_dir: Option<&Path>) -> Result<([MapHandle; 4], Vec<Link>, bool), TaggerError> {
-        // The virtio-blk hooks attach to the driver's function: only where
-        // it is built in or its module is loaded.
-        if kernel_has_function("virtio_queue_rq") {
-            match Self::load_with(nr_slots, pin_dir, true) {
-                Ok(r) => return Ok(r),
-                Err(e) => log::warn!(
-                    "the slot tagger's virtio-blk hooks cannot load ({e}): block requests that a kernel worker dispatches stay unattributed"
-                ),
+    /// The rebind pages are a map of maps looked up from the switch
+    /// program, which a kernel may refuse too: then the program loads with
+    /// them switched off, and the reason is kept for the `rebind_page` op.
+    #[allow(clippy::type_complexity)] // the loaded parts, once
+    fn load(
+        nr_slots: u32,
+        pin_dir: Option<&Path>,
+        rebind: bool,
+    ) -> Result<([MapHandle; 4], Result<RebindMaps, String>, Vec<Link>, bool), TaggerError> {
+        let mut why_no_rebind = if rebind {
+            None
+        } else {
+            Some("rebind pages are switched off in this agent".to_owned())
+        };
+        for rebind in [true, false] {
+            if rebind && why_no_rebind.is_some() {
+                continue;
+            }
+            // The virtio-blk hooks attach to the driver's function: only
+            // where it is built in or its module is loaded.
+            if kernel_has_function("virtio_queue_rq") {
+                match Self::load_with(nr_slots, pin_dir, true, rebind) {
+                    Ok((m, r, l, b)) => return Ok((m, r.ok_or_else(|| why_no_rebind.clone().unwrap_or_default()), l, b)),
+                    Err(e) => log::warn!(
+                        "the slot tagger's virtio-blk hooks cannot load ({e}): block requests that a kernel worker dispatches stay unattributed"
+                    ),
+                }
+            }
+            match Self::load_with(nr_slots, pin_dir, false, rebind) {
+                Ok((m, r, l, b)) => {
+                    return Ok((
+                        m,
+                        r.ok_or_else(|| why_no_rebind.clone().unwrap_or_default()),
+                        l,
+                        b,
+                    ))
+                }
+                Err(e) if rebind => {
+                    log::warn!("the slot tagger's rebind pages cannot load ({e}): the local socket's work_for stays the way to rebind");
+                    why_no_rebind = Some(format!(
+                        "this kernel refuses the tagger's rebind pages (a BPF_F_MMAPABLE array in a map of maps, looked up from tp_btf/sched_switch): {e}"
+                    ));
+                }
+                Err(e) => return Err(e),
             }
         }
-        Self::load_with(nr_slots, pin_dir, false)
+        Err(TaggerError::Bpf {
+            what: "load",
+            source: libbpf_rs::Error::from(io::Error::from(io::ErrorKind::Unsupported)),
+        })
     }
 
+    #[allow(clippy::type_complexity)] // the loaded parts, once
     fn load_with(
         nr_slots: u32,
         pin_dir: Option<&Path>,
         blk: bool,
-    ) -> Result<([MapHandle; 4], Vec<Link>, bool), TaggerError> {
+        rebind: bool,
+    ) -> Result<([MapHandle; 4], Option<RebindMaps>, Vec<Link>, bool), TaggerError> {
         // libbpf's own lines go to the agent's log, at debug level: what
         // failed reaches the log through the error the caller reports.
         libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Info, libbpf_line)));
@@ -226,6 +291,9 @@ impl Tagger {
         for mut m in open.maps_mut() {
             if m.name() == "slots" {
                 m.set_max_entries(nr_slots).map_err(bpf_err("size"))?;
+            }
+            if !rebind {
+                rebind::switch_off(&mut m).map_err(bpf_err("switch off the rebind pages of"))?;
             }
         }
         for mut p in open.progs_mut() {
@@ -263,23 +331,32 @@ impl Tagger {
             what: "keep",
             source: libbpf_rs::Error::from(io::Error::from(io::ErrorKind::InvalidData)),
         })?;
-        let pinned = pin_dir.is_some_and(|d| match Self::pin(d, &mut maps, &mut links) {
-            Ok(()) => true,
-            Err(e) => {
-                log::warn!(
-                    "cannot pin the slot tagger under {} ({e}): tagging stops with this agent",
-                    d.display()
-                );
-                let _ = std::fs::remove_dir_all(d);
-                false
-            }
-        });
-        Ok((maps, if pinned { Vec::new() } else { links }, blk))
+        let mut rebind_maps = if rebind {
+            Some(RebindMaps::from_object(&obj).map_err(bpf_err("keep"))?)
+        } else {
+            None
+        };
+        let pinned =
+            pin_dir.is_some_and(
+                |d| match Self::pin(d, &mut maps, rebind_maps.as_mut(), &mut links) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        log::warn!(
+                            "cannot pin the slot tagger under {} ({e}): tagging stops with this agent",
+                            d.display()
+                        );
+                        let _ = std::fs::remove_dir_all(d);
+                        false
+                    }
+                },
+            );
+        Ok((maps, rebind_maps, if pinned { Vec::new() } else { links }, blk))
     }
 
     fn pin(
         dir: &Path,
         maps: &mut [MapHandle; 4],
+        rebind: Option<&mut RebindMaps>,
         links: &mut [Link],
     ) -> Result<(), Box<dyn std::error::Error>> {
         mount_bpffs_for(dir)?;
@@ -287,6 +364,9 @@ impl Tagger {
         std::fs::create_dir_all(dir)?;
         for (m, name) in maps.iter_mut().zip(MAPS) {
             m.pin(dir.join(name))?;
+        }
+        if let Some(r) = rebind {
+            r.pin(dir)?;
         }
         let (switch, blk) = links.split_first_mut().ok_or("no link to pin")?;
         for (l, name) in blk.iter_mut().zip(BLK_LINKS) {
