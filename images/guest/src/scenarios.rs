@@ -42,9 +42,11 @@ pub enum Scenario {
     SlotTiming = 19,
     Exits = 20,
     AgentSlots = 21,
+    XvmClient = 22,
+    XvmServer = 23,
 }
 
-const ALL: [(Scenario, &[u8]); 21] = [
+const ALL: [(Scenario, &[u8]); 23] = [
     (Scenario::Basic, b"basic"),
     (Scenario::Multi, b"multi"),
     (Scenario::Demo, b"demo"),
@@ -66,6 +68,8 @@ const ALL: [(Scenario, &[u8]); 21] = [
     (Scenario::SlotTiming, b"slot-timing"),
     (Scenario::Exits, b"exits"),
     (Scenario::AgentSlots, b"agent-slots"),
+    (Scenario::XvmClient, b"xvm-client"),
+    (Scenario::XvmServer, b"xvm-server"),
 ];
 
 impl Scenario {
@@ -102,6 +106,8 @@ pub fn run(b: &Boot, s: Scenario) -> ! {
         Scenario::SlotTiming => slot_timing(b),
         Scenario::Exits => exits(b),
         Scenario::AgentSlots => crate::agent_slots::scenario(b),
+        Scenario::XvmClient => crate::xvm::client(b),
+        Scenario::XvmServer => crate::xvm::server(b),
     }
 }
 
