@@ -179,8 +179,12 @@ fn get_json(sock: &Path, target: &str) -> Result<Value, String> {
     Ok(body)
 }
 
+/// What one VM answered: its tenant and its parts, or why it could not be
+/// read.
+pub type Answer = Result<(String, Vec<Value>), String>;
+
 /// One VM's tenant and parts.
-fn read_vm(sock: &Path, trace_id: &str) -> Result<(String, Vec<Value>), String> {
+fn read_vm(sock: &Path, trace_id: &str) -> Answer {
     let vm = get_json(sock, "/v1/vm")?;
     let tenant = vm
         .get("tenant")
@@ -195,7 +199,7 @@ fn read_vm(sock: &Path, trace_id: &str) -> Result<(String, Vec<Value>), String> 
 }
 
 /// Joins what each VM answered (`Err`: why it could not be read).
-pub fn join(trace_id: &str, answers: Vec<(String, Result<(String, Vec<Value>), String>)>) -> Joined {
+pub fn join(trace_id: &str, answers: Vec<(String, Answer)>) -> Joined {
     let mut j = Joined {
         trace_id: trace_id.to_string(),
         parts: 0,
