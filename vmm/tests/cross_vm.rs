@@ -401,6 +401,13 @@ fn a_request_across_two_vms_is_joined_by_its_trace_id() {
         net(&report_a["totals"]),
         [3, CALL_BYTES, 4, CALL_BYTES + GATE_BYTES]
     );
+    let unattributed = report_a["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == "unattributed")
+        .unwrap();
+    assert_eq!(net(&unattributed["charges"]), [0, 0, 1, GATE_BYTES]);
     let report_b: Value = serde_json::from_str(&std::fs::read_to_string(&b.report).unwrap()).unwrap();
     assert_eq!(net(&report_b["totals"]), [3, CALL_BYTES, 3, CALL_BYTES]);
     for vmm in [&a, &b] {
