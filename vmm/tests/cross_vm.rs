@@ -383,6 +383,18 @@ fn a_request_across_two_vms_is_joined_by_its_trace_id() {
         "{table}"
     );
     assert!(!table.contains("unreachable"), "{table}");
+    eprintln!("{table}");
+    // A directory stands for every socket in it (here: links to both).
+    let dir = scratch("socks");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::hard_link(&a.api_sock, dir.join("a.sock")).unwrap();
+    std::fs::hard_link(&b.api_sock, dir.join("b.sock")).unwrap();
+    let (code, out, err) = trace(&[&dir], true);
+    assert_eq!(code, Some(0), "{err}");
+    let by_dir: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((&by_dir["parts"], &by_dir["total"]), (&j["parts"], &j["total"]));
+    let _ = std::fs::remove_dir_all(&dir);
 
     // Each VM's own books, final: its part as the join saw it, the rest
     // where it belongs, conservation.

@@ -262,9 +262,9 @@ fn ms(v: &Value, ptr: &str) -> f64 {
     num(v, ptr) as f64 / 1e6
 }
 
-fn row(name: &str, tenant: &str, parts: usize, c: &Value) -> String {
+fn row(w: usize, name: &str, tenant: &str, parts: usize, c: &Value) -> String {
     format!(
-        "{:<36} {:<12} {:>5} {:>8} {:>10.3} {:>10.3} {:>7} {:>9} {:>7} {:>9}\n",
+        "{:<w$} {:<12} {:>5} {:>8} {:>10.3} {:>10.3} {:>7} {:>9} {:>7} {:>9}\n",
         name,
         tenant,
         parts,
@@ -281,6 +281,18 @@ fn row(name: &str, tenant: &str, parts: usize, c: &Value) -> String {
 /// The join as a table: the total, each VM with its containers, then each
 /// part, then the unreachable sockets.
 pub fn render(j: &Joined) -> String {
+    // The first column fits the longest socket path or container (up to a
+    // point: a longer one pushes its row's numbers right).
+    let w = j
+        .vms
+        .iter()
+        .flat_map(|vm| {
+            let paths = vm.containers.iter().map(|c| c.path.len() + 2);
+            std::iter::once(vm.api_sock.len() + 14).chain(paths)
+        })
+        .max()
+        .unwrap_or(0)
+        .clamp(16, 100);
     let mut out = format!(
         "trace {}  |  {} part(s) in {} VM(s){}\n\n",
         j.trace_id,
@@ -293,7 +305,7 @@ pub fn render(j: &Joined) -> String {
         }
     );
     out.push_str(&format!(
-        "{:<36} {:<12} {:>5} {:>8} {:>10} {:>10} {:>7} {:>9} {:>7} {:>9}\n",
+        "{:<w$} {:<12} {:>5} {:>8} {:>10} {:>10} {:>7} {:>9} {:>7} {:>9}\n",
         "VM / CONTAINER",
         "TENANT",
         "PARTS",
@@ -305,27 +317,27 @@ pub fn render(j: &Joined) -> String {
         "RX_FRM",
         "RX_BYTES"
     ));
-    out.push_str(&row("= total", "", j.parts, &j.total));
+    out.push_str(&row(w, "= total", "", j.parts, &j.total));
     for vm in &j.vms {
         let name = if vm.truncated {
             format!("{} (first {MAX_PARTS_PER_VM})", vm.api_sock)
         } else {
             vm.api_sock.clone()
         };
-        out.push_str(&row(&name, &vm.tenant, vm.parts, &vm.total));
+        out.push_str(&row(w, &name, &vm.tenant, vm.parts, &vm.total));
         for c in &vm.containers {
-            out.push_str(&row(&format!("  {}", c.path), "", c.parts, &c.total));
+            out.push_str(&row(w, &format!("  {}", c.path), "", c.parts, &c.total));
         }
     }
     if !j.requests.is_empty() {
         out.push_str(&format!(
-            "\n{:<36} {:>10} {:<16} {:>8} {:>8} {:>10} {:>7} {:>7}\n",
+            "\n{:<w$} {:>10} {:<16} {:>8} {:>8} {:>10} {:>7} {:>7}\n",
             "VM", "REQUEST", "CONTAINER", "STATE", "EXITS", "HOST_MS", "TX_FRM", "RX_FRM"
         ));
         for p in &j.requests {
             let r = &p.request;
             out.push_str(&format!(
-                "{:<36} {:>10} {:<16} {:>8} {:>8} {:>10.3} {:>7} {:>7}\n",
+                "{:<w$} {:>10} {:<16} {:>8} {:>8} {:>10.3} {:>7} {:>7}\n",
                 p.api_sock,
                 num(r, "/id"),
                 r.get("container_path")
