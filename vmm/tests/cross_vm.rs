@@ -427,3 +427,22 @@ fn a_request_across_two_vms_is_joined_by_its_trace_id() {
         assert!(console.contains("xvm: ignored=0000000000\n"), "{console}");
     }
 }
+
+/// A TRACE_ID that is not one is refused before any socket is read.
+#[test]
+fn a_malformed_trace_id_is_refused_before_anything_is_read() {
+    for bad in [
+        "4bf9",
+        "00000000000000000000000000000000",
+        "g bf92f3577b34da6a3ce929d0e0e473",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_resourceful"))
+            .args(["trace", bad, "--api-sock", "/nonexistent/a.sock"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("TRACE_ID") && err.contains("32 hex digits"), "{err}");
+        assert!(!err.contains("nonexistent") && out.stdout.is_empty(), "{err}");
+    }
+}
