@@ -61,9 +61,11 @@ struct NetNs {
 }
 
 impl NetNs {
-    fn new() -> Self {
+    /// `tag` tells apart the namespaces of this file's tests, which run
+    /// in parallel.
+    fn new(tag: &str) -> Self {
         let ns = Self {
-            name: format!("rsrc-xvm{}", std::process::id()),
+            name: format!("rsrc-xvm{}-{tag}", std::process::id()),
         };
         let _ = Command::new("ip").args(["netns", "del", &ns.name]).output();
         run("ip", &["netns", "add", &ns.name]);
@@ -257,6 +259,8 @@ fn start(ns: &NetNs, tenant: &str, scenario: &str, tap: &str, mac: &str) -> (Vmm
         1,
         &["--net", &net, "--agent-sock", agent],
     );
+    // A VMM killed by a failing test leaves its agent socket behind.
+    vmm.also_remove.push(agent_sock.clone());
     wait_for_path(&agent_sock, &mut vmm);
     let api = vmm.api_sock.clone();
     wait_for_path(&api, &mut vmm);
@@ -306,21 +310,25 @@ fn check_report(vmm: &Vmm, container: &str) -> Value {
     req
 }
 
-#[test]
-fn a_request_across_two_vms_is_joined_by_its_trace_id() {
-    let ns = NetNs::new();
-    // B first: its part begun and the calls' flow bound to it before any
+/// Both VMs, their parts begun, the three calls made and answered, the
+/// parts ended. `bind` binds the calls' flow to B's part.
+struct Setup {
+    ns: NetNs,
+    a: Vmm,
+    b: Vmm,
+    agents: (Agent, Agent),
+}
+
+fn call_across(tag: &str, bind: bool) -> Setup {
+    let ns = NetNs::new(tag);
+    // B first: its part begun (and the calls' flow bound to it) before any
     // call can arrive.
-    let (mut b, b_agent) = start(&ns, "globex", "xvm-server", "tapb", SERVER_MAC);
+    let (b, b_agent) = start(&ns, &format!("globex{tag}"), "xvm-server", "tapb", SERVER_MAC);
     let mut agent_b = Agent::connect(&b_agent);
-    agent_b.begin_part(
-        "svc",
-        &[
-            json!({"type": "bind_flow", "flow": {"proto": "udp", "local": "10.77.0.1:7000",
-                 "remote": "10.77.0.2:5001"}, "container": CONTAINER, "request": REQUEST}),
-        ],
-    );
-    let (mut a, a_agent) = start(&ns, "acme", "xvm-client", "tapa", CLIENT_MAC);
+    let binding = json!({"type": "bind_flow", "flow": {"proto": "udp", "local": "10.77.0.1:7000",
+                         "remote": "10.77.0.2:5001"}, "container": CONTAINER, "request": REQUEST});
+    agent_b.begin_part("svc", if bind { std::slice::from_ref(&binding) } else { &[] });
+    let (a, a_agent) = start(&ns, &format!("acme{tag}"), "xvm-client", "tapa", CLIENT_MAC);
     let mut agent_a = Agent::connect(&a_agent);
     agent_a.begin_part("web", &[]);
     // Both guests past their net init (its last exit is the RX notify):
@@ -334,6 +342,56 @@ fn a_request_across_two_vms_is_joined_by_its_trace_id() {
     }
     agent_a.apply(&[json!({"type": "end_request", "id": REQUEST})], 2);
     agent_b.apply(&[json!({"type": "end_request", "id": REQUEST})], 2);
+    Setup {
+        ns,
+        a,
+        b,
+        agents: (agent_a, agent_b),
+    }
+}
+
+/// Without `bind_flow` on B, B's device knows nothing of the first call's
+/// flow: that frame is B's `unattributed`; B's first answer teaches it the
+/// flow (under the slot's part), so the later calls are the part's
+/// (docs/distributed-requests.md).
+#[test]
+fn without_the_binding_the_first_call_is_unattributed_on_the_server() {
+    let Setup {
+        ns,
+        mut a,
+        mut b,
+        agents,
+    } = call_across("nobind", false);
+    drop(agents);
+    assert_eq!(a.stop(), Some(1));
+    assert_eq!(b.stop(), Some(1));
+    let part = check_report(&b, "svc");
+    assert_eq!(net(&part["charges"]), [3, CALL_BYTES, 2, 242 + 342]);
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&b.report).unwrap()).unwrap();
+    let unattributed = report["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == "unattributed")
+        .unwrap();
+    assert_eq!(net(&unattributed["charges"]), [0, 0, 1, 142]);
+    // A is as with the binding.
+    assert_eq!(
+        net(&check_report(&a, "web")["charges"]),
+        [3, CALL_BYTES, 3, CALL_BYTES]
+    );
+    drop(ns);
+}
+
+#[test]
+fn a_request_across_two_vms_is_joined_by_its_trace_id() {
+    // The namespace lives (and is removed) with `_ns`.
+    let Setup {
+        ns: _ns,
+        mut a,
+        mut b,
+        agents: (agent_a, agent_b),
+    } = call_across("", true);
 
     // The join, with a socket that does not exist: named on one line, the
     // two VMs still joined, exit status 1.

@@ -104,6 +104,8 @@ pub struct Vmm {
     pub report: PathBuf,
     /// Its console.
     pub console: PathBuf,
+    /// More files of the test's removed with it (sockets the VMM made).
+    pub also_remove: Vec<PathBuf>,
 }
 
 impl Vmm {
@@ -160,6 +162,7 @@ impl Vmm {
             api_sock,
             report,
             console,
+            also_remove: Vec::new(),
         }
     }
 
@@ -226,7 +229,10 @@ impl Drop for Vmm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for p in [&self.api_sock, &self.report, &self.console] {
+        for p in [&self.api_sock, &self.report, &self.console]
+            .into_iter()
+            .chain(&self.also_remove)
+        {
             let _ = std::fs::remove_file(p);
         }
     }
