@@ -217,23 +217,35 @@ fn wait_for_path(p: &Path, vmm: &mut Vmm) {
     }
 }
 
-fn totals(vmm: &Vmm) -> Value {
+fn vm_view(vmm: &Vmm) -> Value {
     let r = vmm::api::client::get(&vmm.api_sock, "/v1/vm").expect("GET /v1/vm");
     assert_eq!(r.status, 200, "{}", r.body);
-    serde_json::from_str::<Value>(&r.body).unwrap()["totals"].clone()
+    serde_json::from_str::<Value>(&r.body).unwrap()
 }
 
 /// Polls `GET /v1/vm` until `f` of its totals holds (the guest got there).
 fn wait_until(vmm: &Vmm, what: &str, f: impl Fn(&Value) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let t = totals(vmm);
-        if f(&t) {
+        let vm = vm_view(vmm);
+        if f(&vm["totals"]) {
             return;
+        }
+        if Instant::now() >= deadline {
+            // The links of this process's namespaces, for a frame that did
+            // not arrive: which TAP sent (to its VMM) or dropped it.
+            let out = Command::new("sh")
+                .args(["-c", &format!("for n in $(ip netns list | grep -o 'rsrc-xvm{}[^ ]*'); do echo $n; ip netns exec $n ip -s link; ip netns exec $n bridge fdb show; done; for p in $(pgrep -f resourceful-prom-{}); do for t in /proc/$p/task/*; do echo $p $(cat $t/comm) $(cat $t/wchan) $(cut -d' ' -f3 $t/stat); done; done", std::process::id(), std::process::id())])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            eprintln!("{out}");
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: still {t}\n{}\nconsole: {}",
+            "{what}: still {}\ndevices: {}\n{}\nconsole: {}",
+            vm["totals"],
+            vm["device_counters"],
             vmm.stderr(),
             std::fs::read_to_string(&vmm.console).unwrap_or_default()
         );
@@ -245,20 +257,27 @@ fn exits(t: &Value, reason: &str) -> u64 {
     t["exits"][reason]["count"].as_u64().unwrap_or(0)
 }
 
-fn start(ns: &NetNs, tenant: &str, scenario: &str, tap: &str, mac: &str) -> (Vmm, std::path::PathBuf) {
+fn start(
+    ns: &NetNs,
+    tenant: &str,
+    scenario: &str,
+    tap: &str,
+    mac: &str,
+    more: &str,
+) -> (Vmm, std::path::PathBuf) {
     let agent_sock = scratch(&format!("{tenant}-agent.sock"));
     let cmdline = format!(
-        "scenario={scenario} hold=1 xvm_container={CONTAINER} xvm_request={REQUEST} net_peer_mac={SERVER_MAC}"
+        "scenario={scenario} hold=1 xvm_container={CONTAINER} xvm_request={REQUEST} net_peer_mac={SERVER_MAC} \
+         xvm_trace={TRACE} {more}"
     );
     let net = format!("tap={tap},mac={mac}");
     let agent = agent_sock.to_str().unwrap();
-    let mut vmm = Vmm::start_in(
-        Some(&ns.name),
-        tenant,
-        &cmdline,
-        1,
-        &["--net", &net, "--agent-sock", agent],
-    );
+    let mut flags = vec!["--net", &net, "--agent-sock", agent];
+    if more.contains("xvm_agent=1") {
+        // The guest's own agent channel: vsock port 1024.
+        flags.extend(["--vsock", "cid=3"]);
+    }
+    let mut vmm = Vmm::start_in(Some(&ns.name), tenant, &cmdline, 1, &flags);
     // A VMM killed by a failing test leaves its agent socket behind.
     vmm.also_remove.push(agent_sock.clone());
     wait_for_path(&agent_sock, &mut vmm);
@@ -289,14 +308,14 @@ fn net(c: &Value) -> [u64; 4] {
 }
 
 /// The final report: conservation holds, and the part's charges.
-fn check_report(vmm: &Vmm, container: &str) -> Value {
+fn check_report(vmm: &Vmm, container: &str, exits: u64) -> Value {
     let text = std::fs::read_to_string(&vmm.report).expect("the JSON report");
     let r: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(r["conservation"]["holds"], true, "{}", r["conservation"]);
     for l in r["conservation"]["lines"].as_array().unwrap() {
         assert_eq!(l["tenant_total"], l["containers_sum"], "{l}");
     }
-    assert_eq!(r["totals"]["exits_total"]["count"], EXITS);
+    assert_eq!(r["totals"]["exits_total"]["count"], exits);
     let req = r["requests"]
         .as_array()
         .unwrap()
@@ -310,38 +329,83 @@ fn check_report(vmm: &Vmm, container: &str) -> Value {
     req
 }
 
+/// Who begins B's part, and whether the calls' flow is bound to it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Server {
+    /// A host-side agent, with `bind_flow`.
+    HostBound,
+    /// A host-side agent, without `bind_flow`.
+    HostUnbound,
+    /// B's guest, over its own agent channel (`xvm_agent=1`), with the
+    /// trace id that arrived in the first call, and `bind_flow`.
+    Guest,
+}
+
+/// B's exits in `xvm_agent=1` mode: [`EXITS`] plus the vsock device (6
+/// probe reads, 39 + 12 init), and 12 packets on the agent stream (REQUEST
+/// and RESPONSE, `hello` and `welcome`, 3 declarations and `sync` and
+/// `synced`, `end_request` and `sync` and `synced`).
+const GUEST_AGENT_EXITS: u64 = EXITS + 6 + 39 + 12 + 12;
+
 /// Both VMs, their parts begun, the three calls made and answered, the
-/// parts ended. `bind` binds the calls' flow to B's part.
+/// parts ended.
 struct Setup {
     ns: NetNs,
     a: Vmm,
     b: Vmm,
-    agents: (Agent, Agent),
+    agents: (Agent, Option<Agent>),
 }
 
-fn call_across(tag: &str, bind: bool) -> Setup {
+fn call_across(tag: &str, server: Server) -> Setup {
     let ns = NetNs::new(tag);
     // B first: its part begun (and the calls' flow bound to it) before any
-    // call can arrive.
-    let (b, b_agent) = start(&ns, &format!("globex{tag}"), "xvm-server", "tapb", SERVER_MAC);
-    let mut agent_b = Agent::connect(&b_agent);
+    // call can arrive, unless its guest does that itself.
+    let more = if server == Server::Guest {
+        "xvm_agent=1"
+    } else {
+        ""
+    };
+    let (b, b_agent) = start(
+        &ns,
+        &format!("globex{tag}"),
+        "xvm-server",
+        "tapb",
+        SERVER_MAC,
+        more,
+    );
     let binding = json!({"type": "bind_flow", "flow": {"proto": "udp", "local": "10.77.0.1:7000",
                          "remote": "10.77.0.2:5001"}, "container": CONTAINER, "request": REQUEST});
-    agent_b.begin_part("svc", if bind { std::slice::from_ref(&binding) } else { &[] });
-    let (a, a_agent) = start(&ns, &format!("acme{tag}"), "xvm-client", "tapa", CLIENT_MAC);
+    let mut agent_b = (server != Server::Guest).then(|| {
+        let mut agent = Agent::connect(&b_agent);
+        let bind = if server == Server::HostBound {
+            std::slice::from_ref(&binding)
+        } else {
+            &[]
+        };
+        agent.begin_part("svc", bind);
+        agent
+    });
+    let (a, a_agent) = start(&ns, &format!("acme{tag}"), "xvm-client", "tapa", CLIENT_MAC, "");
     let mut agent_a = Agent::connect(&a_agent);
     agent_a.begin_part("web", &[]);
-    // Both guests past their net init (its last exit is the RX notify):
-    // B polls for calls, A for its gate.
-    for vmm in [&a, &b] {
-        wait_until(vmm, "net init", |t| exits(t, "mmio_write") == 33);
-    }
+    // Both guests past their net init (its last exit is the RX notify; on
+    // a guest agent's VM, the `welcome` packet's): B polls for calls, A for
+    // its gate.
+    let b_ready = if server == Server::Guest { 33 + 39 + 4 } else { 33 };
+    wait_until(&a, "net init", |t| exits(t, "mmio_write") == 33);
+    wait_until(&b, "net init", |t| exits(t, "mmio_write") == b_ready);
     ns.send_gate();
-    for vmm in [&a, &b] {
-        wait_until(vmm, "the calls", |t| t["exits_total"]["count"] == EXITS);
-    }
+    let b_exits = if server == Server::Guest {
+        GUEST_AGENT_EXITS
+    } else {
+        EXITS
+    };
+    wait_until(&a, "the calls", |t| t["exits_total"]["count"] == EXITS);
+    wait_until(&b, "the calls", |t| t["exits_total"]["count"] == b_exits);
     agent_a.apply(&[json!({"type": "end_request", "id": REQUEST})], 2);
-    agent_b.apply(&[json!({"type": "end_request", "id": REQUEST})], 2);
+    if let Some(agent) = agent_b.as_mut() {
+        agent.apply(&[json!({"type": "end_request", "id": REQUEST})], 2);
+    }
     Setup {
         ns,
         a,
@@ -361,11 +425,11 @@ fn without_the_binding_the_first_call_is_unattributed_on_the_server() {
         mut a,
         mut b,
         agents,
-    } = call_across("nobind", false);
+    } = call_across("nobind", Server::HostUnbound);
     drop(agents);
     assert_eq!(a.stop(), Some(1));
     assert_eq!(b.stop(), Some(1));
-    let part = check_report(&b, "svc");
+    let part = check_report(&b, "svc", EXITS);
     assert_eq!(net(&part["charges"]), [3, CALL_BYTES, 2, 242 + 342]);
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&b.report).unwrap()).unwrap();
     let unattributed = report["containers"]
@@ -377,7 +441,7 @@ fn without_the_binding_the_first_call_is_unattributed_on_the_server() {
     assert_eq!(net(&unattributed["charges"]), [0, 0, 1, 142]);
     // A is as with the binding.
     assert_eq!(
-        net(&check_report(&a, "web")["charges"]),
+        net(&check_report(&a, "web", EXITS)["charges"]),
         [3, CALL_BYTES, 3, CALL_BYTES]
     );
     drop(ns);
@@ -391,7 +455,7 @@ fn a_request_across_two_vms_is_joined_by_its_trace_id() {
         mut a,
         mut b,
         agents: (agent_a, agent_b),
-    } = call_across("", true);
+    } = call_across("", Server::HostBound);
 
     // The join, with a socket that does not exist: named on one line, the
     // two VMs still joined, exit status 1.
@@ -459,8 +523,8 @@ fn a_request_across_two_vms_is_joined_by_its_trace_id() {
     drop((agent_a, agent_b));
     assert_eq!(a.stop(), Some(1), "ended by SIGTERM");
     assert_eq!(b.stop(), Some(1), "ended by SIGTERM");
-    let ra = check_report(&a, "web");
-    let rb = check_report(&b, "svc");
+    let ra = check_report(&a, "web", EXITS);
+    let rb = check_report(&b, "svc", EXITS);
     for (r, vm) in [(&ra, &vms[0]), (&rb, &vms[1])] {
         assert_eq!(net(&r["charges"]), [3, CALL_BYTES, 3, CALL_BYTES]);
         assert_eq!(r["charges"]["exits"], vm["total"]["exits"]);
@@ -484,6 +548,50 @@ fn a_request_across_two_vms_is_joined_by_its_trace_id() {
         let console = std::fs::read_to_string(&vmm.console).unwrap();
         assert!(console.contains("xvm: ignored=0000000000\n"), "{console}");
     }
+}
+
+/// B's guest is its own agent: no one on B's host knows the trace id; the
+/// guest begins its part with the one that arrived in the first call (and
+/// binds the flow), so that call's frame, delivered before, is B's
+/// `unattributed`, and the rest is the part's. The join finds both parts.
+#[test]
+fn the_serving_guest_begins_its_part_with_the_trace_id_that_arrived() {
+    let Setup {
+        ns: _ns,
+        mut a,
+        mut b,
+        agents,
+    } = call_across("guest", Server::Guest);
+    let (code, out, err) = trace(&[&a.api_sock, &b.api_sock], true);
+    assert_eq!(code, Some(0), "{err}");
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["parts"], 2);
+    assert_eq!(net(&j["total"]), [6, 2 * CALL_BYTES, 5, 2 * CALL_BYTES - 142]);
+    assert_eq!(exits(&j["total"], "mmio_write"), 6);
+    let b_part = &j["vms"][1];
+    assert_eq!(b_part["containers"][0]["path"], "svc");
+    assert_eq!(net(&b_part["total"]), [3, CALL_BYTES, 2, 242 + 342]);
+    drop(agents);
+    assert_eq!(a.stop(), Some(1));
+    assert_eq!(b.stop(), Some(1));
+    let part = check_report(&b, "svc", GUEST_AGENT_EXITS);
+    assert_eq!(net(&part["charges"]), [3, CALL_BYTES, 2, 242 + 342]);
+    assert_eq!(exits(&part["charges"], "mmio_write"), 3);
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&b.report).unwrap()).unwrap();
+    let unattributed = report["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == "unattributed")
+        .unwrap();
+    assert_eq!(net(&unattributed["charges"]), [0, 0, 1, 142]);
+    assert_eq!(
+        report["guest_errors"].as_object().map_or(0, |e| e.len()),
+        0,
+        "{}",
+        report["guest_errors"]
+    );
+    check_report(&a, "web", EXITS);
 }
 
 /// A TRACE_ID that is not one is refused before any socket is read.

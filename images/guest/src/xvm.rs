@@ -1,14 +1,19 @@
 //! `xvm-client` and `xvm-server`: one distributed request across two VMs
 //! on one Ethernet segment. The client, in VM A, calls the server, in VM
-//! B, with UDP datagrams; each VM charges its part to a request the host
-//! side began with the same trace id (docs/distributed-requests.md). The
-//! guests never declare anything: they are told the request's container
-//! and id (`xvm_container=`, `xvm_request=`) and name it in their tag slot
-//! while they work for it. See docs/guest-scenarios.md.
+//! B, with UDP datagrams that carry the request's trace id (its first 32
+//! payload bytes); each VM charges its part to a request begun with that
+//! trace id (docs/distributed-requests.md). The guests are told the part's
+//! container and id (`xvm_container=`, `xvm_request=`) and name it in their
+//! tag slot while they work for it. The host begins the client's part; the
+//! server's too, unless `xvm_agent=1`: then the server is its own agent and
+//! begins its part, over the agent channel, with the trace id that arrived
+//! in the first call. See docs/guest-scenarios.md.
 
+use crate::agent::{self, Frame, FRAME_MAX};
 use crate::frame::{self, Ends};
 use crate::io::{print, print_dec10};
 use crate::net::Net;
+use crate::vsock::{op, Conn};
 use crate::{acct, arg, finish, parse_u64, virtio, Boot};
 use accounting::abi::tag;
 
@@ -28,6 +33,14 @@ const CALLS: usize = 3;
 const POLLS: u64 = 1 << 28;
 /// Polls while waiting for the host (the gate) or for the first call.
 const LONG_POLLS: u64 = 1 << 34;
+/// Bytes of a trace id in hex: the first bytes of every call's payload.
+const TRACE_LEN: usize = 32;
+/// Offset of the UDP payload in a frame.
+const PAYLOAD_AT: usize = frame::ETH_LEN + frame::IP_LEN + frame::UDP_LEN;
+/// The server's guest port for its agent connection (`xvm_agent=1`).
+const AGENT_LOCAL_PORT: u32 = 43_000;
+/// Its (unused) gate stream's port.
+const AGENT_GATE_PORT: u32 = 43_001;
 
 /// Sets the slot to tag 0, prints `msg` and exits with `status`.
 fn fail(b: &Boot, msg: &str, status: u32) -> ! {
@@ -63,9 +76,20 @@ fn init(b: &Boot) -> Net {
     }
 }
 
-/// Whether `p` is what a call of `len` bytes carries.
-fn is_call(p: &[u8], len: usize) -> bool {
-    p.len() == len && p.iter().enumerate().all(|(i, &c)| c == frame::payload_byte(i))
+/// Whether `p` is a call: a trace id (32 lowercase hex digits), then the
+/// pattern (`payload_byte(i)` at byte i), at most 400 bytes in all.
+fn is_call(p: &[u8]) -> bool {
+    p.len() >= TRACE_LEN
+        && p.len() <= 400
+        && p[..TRACE_LEN].iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        && p.iter().enumerate().skip(TRACE_LEN).all(|(i, &c)| c == frame::payload_byte(i))
+}
+
+/// Writes a UDP frame of `e` with `payload` into `buf`; its length.
+fn udp_with(buf: &mut [u8], e: &Ends, id: u16, payload: &[u8]) -> usize {
+    let n = frame::udp(buf, e, id, payload.len());
+    buf[PAYLOAD_AT..n].copy_from_slice(payload);
+    n
 }
 
 fn done(b: &Boot, ignored: u64, line: &str) -> ! {
@@ -85,6 +109,10 @@ pub fn client(b: &Boot) -> ! {
         fail(b, "xvm: no peer mac\n", 61)
     };
     let part = part_tag(b);
+    let trace = match arg(b.cmdline, b"xvm_trace=") {
+        Some(t) if t.len() == TRACE_LEN && t.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) => t,
+        _ => fail(b, "xvm: no trace\n", 70),
+    };
     let mut d = init(b);
     let mut ignored = 0u64;
     loop {
@@ -98,6 +126,7 @@ pub fn client(b: &Boot) -> ! {
     }
     acct::set_tag(b.vcpu, part);
     let mut buf = [0u8; 512];
+    let mut payload = [0u8; 100 * CALLS];
     for k in 1..=CALLS {
         let e = Ends {
             src_mac: d.mac,
@@ -108,7 +137,10 @@ pub fn client(b: &Boot) -> ! {
             dst_port: SERVER_PORT,
         };
         let len = 100 * k;
-        let n = frame::udp(&mut buf, &e, k as u16, len);
+        for (i, c) in payload[..len].iter_mut().enumerate() {
+            *c = if i < TRACE_LEN { trace[i] } else { frame::payload_byte(i) };
+        }
+        let n = udp_with(&mut buf, &e, k as u16, &payload[..len]);
         if d.send(&buf[..n], 0).is_err() {
             fail(b, "xvm: tx failed\n", 65)
         }
@@ -118,7 +150,7 @@ pub fn client(b: &Boot) -> ! {
             };
             match frame::udp_payload(f, SERVER_IP, SERVER_PORT, CLIENT_PORT) {
                 None => ignored += 1,
-                Some(p) if is_call(p, len) => break,
+                Some(p) if p == &payload[..len] => break,
                 Some(_) => fail(b, "xvm: bad reply\n", 67),
             }
         }
@@ -129,13 +161,25 @@ pub fn client(b: &Boot) -> ! {
 
 /// `xvm-server`: answers `CALLS` datagrams from the client's port with the
 /// same payload; each answer is sent (one exit) with the slot naming its
-/// part. Frames that are not calls are counted and dropped.
+/// part. Frames that are not calls are counted and dropped. With
+/// `xvm_agent=1` it first connects to the VMM's agent server (vsock port
+/// 1024) and, on the first call, begins its part with the call's trace id
+/// and binds the call's flow to it; after the last answer it ends the part.
 pub fn server(b: &Boot) -> ! {
     print("xvm-server: start\n");
     let part = part_tag(b);
+    let (container, request) = ((part >> 32) as u32, part as u32);
     let mut d = init(b);
+    let mut agent = (arg(b.cmdline, b"xvm_agent=") == Some(&b"1"[..])).then(|| {
+        let (mut r, mut a, _gate) = agent::open(b, AGENT_LOCAL_PORT, AGENT_GATE_PORT);
+        let mut buf = [0u8; FRAME_MAX];
+        r.connect(&mut a);
+        r.handshake(&mut a, &mut buf);
+        (r, a)
+    });
     let mut ignored = 0u64;
     let mut buf = [0u8; 512];
+    let mut payload = [0u8; 400];
     let mut served = 0;
     while served < CALLS {
         let Some(f) = d.recv(LONG_POLLS) else {
@@ -145,12 +189,16 @@ pub fn server(b: &Boot) -> ! {
             ignored += 1;
             continue;
         };
-        let len = p.len();
-        if len > 400 || !is_call(p, len) {
+        if !is_call(p) {
             fail(b, "xvm: bad call\n", 69)
         }
+        let len = p.len();
+        payload[..len].copy_from_slice(p);
         let mut client_mac = [0u8; 6];
         client_mac.copy_from_slice(&f[6..12]);
+        if let Some((r, a)) = agent.as_mut().filter(|_| served == 0) {
+            begin_part(r, a, container, request, &payload[..TRACE_LEN]);
+        }
         served += 1;
         let e = Ends {
             src_mac: d.mac,
@@ -160,12 +208,67 @@ pub fn server(b: &Boot) -> ! {
             src_port: SERVER_PORT,
             dst_port: CLIENT_PORT,
         };
-        let n = frame::udp(&mut buf, &e, served as u16, len);
+        let n = udp_with(&mut buf, &e, served as u16, &payload[..len]);
         acct::set_tag(b.vcpu, part);
         if d.send(&buf[..n], 0).is_err() {
             fail(b, "xvm: tx failed\n", 65)
         }
         acct::set_tag(b.vcpu, 0);
     }
+    if let Some((r, a)) = agent.as_mut() {
+        let end = Frame::new()
+            .s(b"{\"type\":\"end_request\",\"id\":")
+            .n(u64::from(request))
+            .s(b"}")
+            .done();
+        r.send(a, op::RW, end.bytes(), 0);
+        sync(r, a, 2);
+    }
     done(b, ignored, "xvm-server: done\n")
+}
+
+/// Over the agent channel (slot 0): `declare_container` (`svc`),
+/// `begin_request` with `trace`, `bind_flow` of the calls' flow to the
+/// part (one packet, one exit each), then [`sync`].
+fn begin_part(r: &mut agent::Run<'_>, a: &mut Conn, container: u32, request: u32, trace: &[u8]) {
+    let frames = [
+        Frame::new()
+            .s(b"{\"type\":\"declare_container\",\"id\":")
+            .n(u64::from(container))
+            .s(b",\"name\":\"svc\"}")
+            .done(),
+        Frame::new()
+            .s(b"{\"type\":\"begin_request\",\"id\":")
+            .n(u64::from(request))
+            .s(b",\"container\":")
+            .n(u64::from(container))
+            .s(b",\"trace_id\":\"")
+            .s(trace)
+            .s(b"\"}")
+            .done(),
+        Frame::new()
+            .s(b"{\"type\":\"bind_flow\",\"flow\":{\"proto\":\"udp\",\"local\":\"10.77.0.1:7000\",")
+            .s(b"\"remote\":\"10.77.0.2:5001\"},\"container\":")
+            .n(u64::from(container))
+            .s(b",\"request\":")
+            .n(u64::from(request))
+            .s(b"}")
+            .done(),
+    ];
+    for f in &frames {
+        r.send(a, op::RW, f.bytes(), 0);
+    }
+    sync(r, a, 1);
+}
+
+/// `sync` with `seq` (one exit) and its answer `synced` (one exit): every
+/// frame sent before was applied, none refused (a refusal comes first).
+fn sync(r: &mut agent::Run<'_>, a: &mut Conn, seq: u64) {
+    let f = Frame::new().s(b"{\"type\":\"sync\",\"seq\":").n(seq).s(b"}").done();
+    r.send(a, op::RW, f.bytes(), 0);
+    let mut buf = [0u8; FRAME_MAX];
+    let n = r.recv_frame(a, &mut buf, 71, "xvm: not synced\n");
+    if !agent::contains(&buf[4..n], b"\"type\":\"synced\"") {
+        agent::fail(r.b, "xvm: not synced\n", 71)
+    }
 }
