@@ -128,6 +128,27 @@ impl NetNs {
         run("ip", &full);
     }
 
+    /// Waits until the bridge forwards to and from `tap`. The TAP's carrier
+    /// comes up when its VMM opens it, but the kernel applies that (the
+    /// queue's activation, the bridge port's state) later, from its
+    /// link-watch work, up to a second on: a frame sent before is dropped.
+    fn wait_forwarding(&self, tap: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.name, "cat"])
+                .arg(format!("/sys/class/net/{tap}/brport/state"))
+                .output()
+                .expect("ip netns exec cat");
+            // BR_STATE_FORWARDING.
+            if String::from_utf8_lossy(&out.stdout).trim() == "3" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{tap} never forwarding");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends the client's gate, `go` from 10.77.0.254:7100 to
     /// 10.77.0.2:7100, from a thread in the namespace.
     fn send_gate(&self) {
@@ -394,6 +415,9 @@ fn call_across(tag: &str, server: Server) -> Setup {
     let b_ready = if server == Server::Guest { 33 + 39 + 4 } else { 33 };
     wait_until(&a, "net init", |t| exits(t, "mmio_write") == 33);
     wait_until(&b, "net init", |t| exits(t, "mmio_write") == b_ready);
+    for tap in ["tapa", "tapb"] {
+        ns.wait_forwarding(tap);
+    }
     ns.send_gate();
     let b_exits = if server == Server::Guest {
         GUEST_AGENT_EXITS
