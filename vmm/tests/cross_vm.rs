@@ -256,7 +256,7 @@ fn wait_until(vmm: &Vmm, what: &str, f: impl Fn(&Value) -> bool) {
             // The links of this process's namespaces, for a frame that did
             // not arrive: which TAP sent (to its VMM) or dropped it.
             let out = Command::new("sh")
-                .args(["-c", &format!("for n in $(ip netns list | grep -o 'rsrc-xvm{}[^ ]*'); do echo $n; ip netns exec $n ip -s link; ip netns exec $n bridge fdb show; done; for p in $(pgrep -f resourceful-prom-{}); do for t in /proc/$p/task/*; do echo $p $(cat $t/comm) $(cat $t/wchan) $(cut -d' ' -f3 $t/stat); done; done", std::process::id(), std::process::id())])
+                .args(["-c", &format!("for n in $(ip netns list | grep -o 'rsrc-xvm{}[^ ]*'); do echo $n; ip netns exec $n ip -s link; ip netns exec $n bridge fdb show; done", std::process::id())])
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
