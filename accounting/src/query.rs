@@ -85,6 +85,8 @@ pub struct RequestFilter {
     pub order: RequestOrder,
     /// At most this many.
     pub limit: usize,
+    /// Only requests begun with this W3C trace id (`None`: any).
+    pub trace_id: Option<[u8; 16]>,
 }
 
 /// A selected request and its container's path.
@@ -441,6 +443,9 @@ impl Accounting {
                     _ => Prune::NONE,
                 };
                 reg.scan_requests(&mut cur, f.container, REQUEST_STEP, prune, |cand| {
+                    if f.trace_id.is_some() && cand.trace_id() != f.trace_id {
+                        return;
+                    }
                     let key = rank_key(f.order, cand.seq, cand.cost);
                     let take = heap.len() < f.limit || heap.peek().is_some_and(|worst| key < worst.key);
                     if !take {
@@ -533,7 +538,7 @@ mod tests {
         ) {
             let acct = books(&costs, retained);
             let order = if by_cost { RequestOrder::Cost } else { RequestOrder::Begin };
-            let (got, stats) = acct.select_requests(RequestFilter { container, order, limit });
+            let (got, stats) = acct.select_requests(RequestFilter { container, order, limit, trace_id: None });
             let mut all = acct.registry().request_rows();
             all.retain(|r| container.is_none_or(|c| r.container == c));
             all.sort_by_key(|r| rank_key(order, r.seq, crate::registry::cost_of(&r.charges)));
@@ -542,6 +547,55 @@ mod tests {
             prop_assert_eq!(got, all);
             prop_assert!(limit == 0 || stats.steps >= 1);
         }
+    }
+
+    /// `trace_id` keeps only the requests begun with that trace id, live
+    /// and finished alike, in the order asked and within the limit.
+    #[test]
+    fn requests_are_selected_by_trace_id() {
+        let acct = books(&[(0, 10), (1, 20), (2, 30)], 16);
+        let trace = |t: &str| {
+            Some(RequestMeta {
+                trace_id: RequestMeta::parse_trace_id(t),
+                attributes: Vec::new(),
+            })
+        };
+        let (t, other) = (
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "0af7651916cd43dd8448eb211c80319c",
+        );
+        acct.begin_with_meta(50, 1, 0, trace(t)).unwrap();
+        acct.begin_with_meta(51, 3, 0, trace(other)).unwrap();
+        acct.begin_with_meta(52, 2, 0, trace(t)).unwrap();
+        let mut w = acct.writer(0);
+        w.charge_exit(Some(tag(2, 52)), ExitReason::PortOut, 500);
+        drop(w);
+        // One of the two finished (retained), the other live.
+        ring(&acct, EntryKind::EndRequest, 50, 0).unwrap();
+        let select = |trace_id, order, limit| {
+            let f = RequestFilter {
+                container: None,
+                order,
+                limit,
+                trace_id,
+            };
+            acct.select_requests(f)
+                .0
+                .iter()
+                .map(|r| r.row.guest_id)
+                .collect::<Vec<_>>()
+        };
+        let want = RequestMeta::parse_trace_id(t);
+        assert_eq!(select(want, RequestOrder::Begin, 10), [50, 52]);
+        assert_eq!(select(want, RequestOrder::Cost, 10), [52, 50]);
+        assert_eq!(select(want, RequestOrder::Cost, 1), [52]);
+        assert_eq!(
+            select(RequestMeta::parse_trace_id(other), RequestOrder::Begin, 10),
+            [51]
+        );
+        let unknown = RequestMeta::parse_trace_id("11111111111111111111111111111111");
+        assert!(select(unknown, RequestOrder::Begin, 10).is_empty());
+        assert_eq!(select(None, RequestOrder::Begin, 100).len(), 6);
     }
 
     #[test]
@@ -574,6 +628,7 @@ mod tests {
             container: None,
             order: RequestOrder::Begin,
             limit: 100,
+            trace_id: None,
         };
         let rows: Vec<RequestReport> = acct
             .select_requests(f)
@@ -652,6 +707,7 @@ mod tests {
                 container: None,
                 order,
                 limit: 10_000,
+                trace_id: None,
             });
             let mut seqs: Vec<u64> = rows.iter().map(|r| r.row.seq).collect();
             let n = seqs.len();

@@ -427,6 +427,15 @@ enum CandidateSrc<'a> {
 }
 
 impl Candidate<'_> {
+    /// Its W3C trace id, if it was begun with one (no copy of the row).
+    pub fn trace_id(&self) -> Option<[u8; 16]> {
+        let meta = match self.src {
+            CandidateSrc::Live(r) => r.meta.as_deref(),
+            CandidateSrc::Retained(cold, i) => cold[i].meta.as_deref(),
+        };
+        meta.and_then(|m| m.trace_id)
+    }
+
     /// The whole row (decodes the charges, clones the metadata).
     pub fn row(&self) -> RequestRow {
         match self.src {

@@ -240,6 +240,18 @@ fn every_endpoint_answers_as_documented() {
     }
     let all = check(&doc, &api, "/v1/requests?limit=10000", "/v1/requests", 200);
     assert!(all.as_array().unwrap().iter().any(|r| !r["trace_id"].is_null()));
+    // Filtered by trace id: exactly the request the agent began with it.
+    let traced = check(
+        &doc,
+        &api,
+        "/v1/requests?trace_id=4bf92f3577b34da6a3ce929d0e0e4736",
+        "/v1/requests",
+        200,
+    );
+    let traced = traced.as_array().unwrap();
+    assert_eq!(traced.len(), 1, "{traced:?}");
+    assert_eq!(traced[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    check(&doc, &api, "/v1/requests?trace_id=4bf9", "/v1/requests", 400);
     // Errors as documented.
     check(&doc, &api, "/v1/containers/999999", "/v1/containers/{index}", 404);
     check(&doc, &api, "/v1/containers/x", "/v1/containers/{index}", 400);

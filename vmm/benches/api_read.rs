@@ -208,6 +208,7 @@ fn build(containers: u32, requests: u32) -> (Arc<Accounting>, u64, u64, u64, f64
         container: None,
         order: RequestOrder::Cost,
         limit: 1,
+        trace_id: None,
     });
     let reg = acct.registry();
     let (pending, evicted_pending) = reg.pending_len();
@@ -343,6 +344,7 @@ fn main() {
             container: None,
             order: RequestOrder::Cost,
             limit: 100,
+            trace_id: None,
         });
         longest_requests = longest_requests.max(s.longest_step_ns);
         steps_r = s.steps;

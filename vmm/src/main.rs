@@ -36,6 +36,8 @@ enum Command {
     Report(ReportArgs),
     /// A live per-container view of a VM started with --api-sock PATH, refreshed like top(1).
     Top(TopArgs),
+    /// Join one distributed request across VMs: its parts begun with TRACE_ID in each --api-sock VM.
+    Trace(vmm::api::trace::TraceArgs),
 }
 
 #[derive(Args)]
@@ -455,6 +457,10 @@ fn main() -> ExitCode {
         }
         Command::Report(a) => live_report(&a),
         Command::Top(a) => top(&a),
+        Command::Trace(a) => match vmm::api::trace::run(&a) {
+            Ok(all) => Ok(if all { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+            Err(e) => Err(anyhow::anyhow!(e)),
+        },
     };
     match result {
         Ok(code) => code,

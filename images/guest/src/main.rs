@@ -20,6 +20,7 @@ mod net;
 mod scenarios;
 mod virtio;
 mod vsock;
+mod xvm;
 
 use accounting::abi;
 use core::sync::atomic::{AtomicU32, Ordering};

@@ -42,10 +42,12 @@ pub enum Scenario {
     SlotTiming = 19,
     Exits = 20,
     AgentSlots = 21,
-    RunLog = 22,
+    XvmClient = 22,
+    XvmServer = 23,
+    RunLog = 24,
 }
 
-const ALL: [(Scenario, &[u8]); 22] = [
+const ALL: [(Scenario, &[u8]); 24] = [
     (Scenario::Basic, b"basic"),
     (Scenario::Multi, b"multi"),
     (Scenario::Demo, b"demo"),
@@ -67,6 +69,8 @@ const ALL: [(Scenario, &[u8]); 22] = [
     (Scenario::SlotTiming, b"slot-timing"),
     (Scenario::Exits, b"exits"),
     (Scenario::AgentSlots, b"agent-slots"),
+    (Scenario::XvmClient, b"xvm-client"),
+    (Scenario::XvmServer, b"xvm-server"),
     (Scenario::RunLog, b"run-log"),
 ];
 
@@ -104,6 +108,8 @@ pub fn run(b: &Boot, s: Scenario) -> ! {
         Scenario::SlotTiming => slot_timing(b),
         Scenario::Exits => exits(b),
         Scenario::AgentSlots => crate::agent_slots::scenario(b),
+        Scenario::XvmClient => crate::xvm::client(b),
+        Scenario::XvmServer => crate::xvm::server(b),
         Scenario::RunLog => run_log(b),
     }
 }

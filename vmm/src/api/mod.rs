@@ -23,6 +23,7 @@ pub mod client;
 pub mod metrics;
 pub mod server;
 pub mod top;
+pub mod trace;
 
 pub use server::{
     ApiServer, MetricsListener, HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD, MAX_METRICS_CONNECTIONS,
@@ -286,10 +287,13 @@ pub struct RequestQuery {
     pub order: RequestOrder,
     /// At most this many.
     pub limit: usize,
+    /// Only requests begun with this W3C trace id.
+    pub trace_id: Option<[u8; 16]>,
 }
 
 impl RequestQuery {
-    /// Parses `container`, `order` and `limit`; other parameters are ignored.
+    /// Parses `container`, `order`, `limit` and `trace_id`; other
+    /// parameters are ignored.
     pub fn parse(params: &HashMap<String, String>) -> Result<Self, String> {
         let container = params
             .get("container")
@@ -315,10 +319,19 @@ impl RequestQuery {
                 .filter(|n| *n <= MAX_REQUEST_LIMIT)
                 .ok_or_else(|| format!("limit={l} is not a number from 0 to {MAX_REQUEST_LIMIT}"))?,
         };
+        let trace_id = params
+            .get("trace_id")
+            .map(|t| {
+                accounting::agent::trace_id_bytes(&t.to_ascii_lowercase()).ok_or_else(|| {
+                    format!("trace_id={t} is not a W3C trace id: expected 32 hex digits, not all zero")
+                })
+            })
+            .transpose()?;
         Ok(Self {
             container,
             order,
             limit,
+            trace_id,
         })
     }
 }
@@ -329,6 +342,7 @@ impl From<RequestQuery> for RequestFilter {
             container: q.container,
             order: q.order,
             limit: q.limit,
+            trace_id: q.trace_id,
         }
     }
 }
@@ -706,7 +720,8 @@ mod tests {
             Ok(RequestQuery {
                 container: None,
                 order: RequestOrder::Begin,
-                limit: DEFAULT_REQUEST_LIMIT
+                limit: DEFAULT_REQUEST_LIMIT,
+                trace_id: None,
             })
         );
         let q = query(&[("container", "2"), ("order", "cost"), ("limit", "10000")]).unwrap();
@@ -714,12 +729,20 @@ mod tests {
             (q.container, q.order, q.limit),
             (Some(2), RequestOrder::Cost, 10_000)
         );
+        let q = query(&[("trace_id", "4BF92F3577B34DA6A3CE929D0E0E4736")]).unwrap();
+        assert_eq!(
+            q.trace_id,
+            accounting::agent::trace_id_bytes("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
         for bad in [
             ("limit", "abc"),
             ("limit", "10001"),
             ("limit", "-1"),
             ("order", "x"),
             ("container", "a"),
+            ("trace_id", "4bf9"),
+            ("trace_id", "00000000000000000000000000000000"),
+            ("trace_id", "4bf92f3577b34da6a3ce929d0e0e473g"),
         ] {
             assert!(query(&[bad]).is_err(), "{bad:?}");
         }
@@ -820,6 +843,7 @@ mod tests {
             container,
             order,
             limit,
+            trace_id: None,
         };
         let sel = |query| seqs(select_requests(&acct, query));
         assert_eq!(sel(q(None, RequestOrder::Begin, 100)), [0, 1, 2, 3]);

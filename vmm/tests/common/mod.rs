@@ -104,6 +104,8 @@ pub struct Vmm {
     pub report: PathBuf,
     /// Its console.
     pub console: PathBuf,
+    /// More files of the test's removed with it (sockets the VMM made).
+    pub also_remove: Vec<PathBuf>,
 }
 
 impl Vmm {
@@ -111,10 +113,25 @@ impl Vmm {
     /// `tenant`, its API on a scratch socket, its report to a scratch file,
     /// and `extra` flags.
     pub fn start(tenant: &str, cmdline: &str, vcpus: u8, extra: &[&str]) -> Self {
+        Self::start_in(None, tenant, cmdline, vcpus, extra)
+    }
+
+    /// As [`Vmm::start`], in the network namespace `netns` if given (run
+    /// through `ip netns exec`, which execs the VMM: the child is the VMM).
+    pub fn start_in(netns: Option<&str>, tenant: &str, cmdline: &str, vcpus: u8, extra: &[&str]) -> Self {
         let api_sock = scratch(&format!("{tenant}.sock"));
         let report = scratch(&format!("{tenant}.json"));
         let console = scratch(&format!("{tenant}.console"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_resourceful"))
+        let bin = env!("CARGO_BIN_EXE_resourceful");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .args(["run", "--kernel", "builtin:test-guest", "--cmdline", cmdline])
             .args(["--tenant", tenant, "--vcpus", &vcpus.to_string()])
             .arg("--api-sock")
@@ -145,6 +162,7 @@ impl Vmm {
             api_sock,
             report,
             console,
+            also_remove: Vec::new(),
         }
     }
 
@@ -211,7 +229,10 @@ impl Drop for Vmm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for p in [&self.api_sock, &self.report, &self.console] {
+        for p in [&self.api_sock, &self.report, &self.console]
+            .into_iter()
+            .chain(&self.also_remove)
+        {
             let _ = std::fs::remove_file(p);
         }
     }
