@@ -427,6 +427,14 @@ enum CandidateSrc<'a> {
 }
 
 impl Candidate<'_> {
+    /// Its charges as of now (decodes them; no metadata is cloned).
+    pub fn charges(&self) -> Charges {
+        match self.src {
+            CandidateSrc::Live(r) => r.cells.read(),
+            CandidateSrc::Retained(cold, i) => cold[i].charges.read(),
+        }
+    }
+
     /// The whole row (decodes the charges, clones the metadata).
     pub fn row(&self) -> RequestRow {
         match self.src {
