@@ -492,7 +492,11 @@ impl Accounting {
     /// (the flame graphs of the host API rank by the resource drawn). Every
     /// request's charges are read (no column prunes them), in lock holds of
     /// [`REQUEST_STEP`] requests; the heap holds at most `limit` rows.
-    pub fn top_requests_by(&self, limit: usize, value: impl Fn(&Charges) -> u64) -> (Vec<RequestRow>, ReadStats) {
+    pub fn top_requests_by(
+        &self,
+        limit: usize,
+        value: impl Fn(&Charges) -> u64,
+    ) -> (Vec<RequestRow>, ReadStats) {
         let mut stats = ReadStats::default();
         if limit == 0 {
             return (Vec::new(), stats);

@@ -19,10 +19,11 @@
 //!   `resourceful report --api-sock PATH`.
 //! - [`top`]: the live per-container view of `resourceful top`.
 //! - [`flame`]: `GET /v1/flamegraph.svg`, flame graphs of charges (and
-//!   their folded stacks).
+//!   their folded stacks); [`flame_client`]: `resourceful flame`.
 
 pub mod client;
 pub mod flame;
+pub mod flame_client;
 pub mod metrics;
 pub mod server;
 pub mod top;
