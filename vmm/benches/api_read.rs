@@ -18,8 +18,10 @@
 //!    `GET /v1/containers` (its default page of 1,000; for reference a page
 //!    from the middle and all 10,000 at once) and
 //!    `GET /v1/requests?order=cost&limit=100`
-//!    (and, for reference, `order=begin` and one container's top 100): p50,
-//!    p99 and max over the iterations, answers' sizes.
+//!    (and, for reference, `order=begin` and one container's top 100), and
+//!    `GET /v1/flamegraph.svg?resource=host_ns` (SVG and folded): p50, p99
+//!    and max over the iterations, answers' sizes; and what one flame graph
+//!    read allocates at its peak.
 //! 4. The registry lock: the longest single hold of each read (timed inside
 //!    `accounting::query`), and the longest wait of a prober thread that
 //!    takes the lock every ~100 µs the way a vCPU does on its rare path,
@@ -318,6 +320,18 @@ fn main() {
             iters,
         ),
         time(&state, "GET /metrics", "/metrics", iters.min(50)),
+        time(
+            &state,
+            "GET /v1/flamegraph.svg?resource=host_ns",
+            "/v1/flamegraph.svg?resource=host_ns",
+            iters.min(20),
+        ),
+        time(
+            &state,
+            "GET /v1/flamegraph.svg?...&format=folded",
+            "/v1/flamegraph.svg?resource=host_ns&format=folded",
+            iters.min(20),
+        ),
     ];
     stop.store(true, Relaxed);
     let waits = prober.join().expect("prober");
@@ -411,6 +425,17 @@ fn main() {
          ({:.1} B per retained request), written in {report_s:.1} s",
         report_peak as f64 / 1e6,
         report_peak as f64 / f64::from(requests)
+    );
+
+    // A flame graph: what one read allocates beyond the books at its peak.
+    let before = LIVE_BYTES.load(Relaxed);
+    PEAK_BYTES.store(before, Relaxed);
+    let svg = route(&state, "GET", "/v1/flamegraph.svg?resource=host_ns");
+    let flame_peak = PEAK_BYTES.load(Relaxed).saturating_sub(before);
+    println!(
+        "GET /v1/flamegraph.svg?resource=host_ns: {:.1} MB at most beyond the books, answer {:.1} KB",
+        flame_peak as f64 / 1e6,
+        svg.body.len() as f64 / 1e3
     );
 
     // Live requests: begun and charged, not ended.
