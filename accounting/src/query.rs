@@ -39,6 +39,9 @@ use crate::resource::{Charges, ExitReason, Provenance};
 
 /// Requests visited per lock hold by [`Accounting::select_requests`].
 pub const REQUEST_STEP: usize = 4096;
+/// Requests visited per lock hold by [`Accounting::top_requests_by`]:
+/// fewer than [`REQUEST_STEP`], since each one's charges are decoded.
+pub const VALUE_STEP: usize = 1024;
 /// Containers (plus their live requests) read per lock hold by
 /// [`Accounting::containers_view`].
 pub const CONTAINER_STEP: usize = 512;
@@ -491,7 +494,7 @@ impl Accounting {
     /// a selection by something other than [`crate::registry::cost_of`]
     /// (the flame graphs of the host API rank by the resource drawn). Every
     /// request's charges are read (no column prunes them), in lock holds of
-    /// [`REQUEST_STEP`] requests; the heap holds at most `limit` rows.
+    /// [`VALUE_STEP`] requests; the heap holds at most `limit` rows.
     pub fn top_requests_by(
         &self,
         limit: usize,
@@ -509,7 +512,7 @@ impl Accounting {
                 if first {
                     reg.sweep();
                 }
-                reg.scan_requests(&mut cur, None, REQUEST_STEP, Prune::NONE, |cand| {
+                reg.scan_requests(&mut cur, None, VALUE_STEP, Prune::NONE, |cand| {
                     let charges = cand.charges();
                     let v = value(&charges);
                     if v == 0 {

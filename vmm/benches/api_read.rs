@@ -361,6 +361,16 @@ fn main() {
         longest_requests = longest_requests.max(s.longest_step_ns);
         steps_r = s.steps;
     }
+    // The flame graph's pass: every request's charges decoded and ranked.
+    let mut longest_flame = 0u64;
+    let mut steps_f = 0;
+    for _ in 0..5 {
+        let (_, s) = acct.top_requests_by(vmm::api::flame::MAX_REQUEST_FRAMES, |c| {
+            vmm::api::flame::Resource::HostNs.total(c)
+        });
+        longest_flame = longest_flame.max(s.longest_step_ns);
+        steps_f = s.steps;
+    }
 
     println!(
         "\n{:<44} {:>9} {:>9} {:>9} {:>11} {:>8}",
@@ -387,6 +397,10 @@ fn main() {
          top-100 by cost {:.1} µs ({steps_r} holds per read)",
         longest_containers as f64 / 1e3,
         longest_requests as f64 / 1e3,
+    );
+    println!(
+        "registry lock, longest single hold of a flame graph's request pass: {:.1} µs ({steps_f} holds per read)",
+        longest_flame as f64 / 1e3,
     );
     println!(
         "prober (takes the lock every ~100 µs, {} probes during the timed reads): wait p50 {:.3} ms, p99 {:.3} ms, \
