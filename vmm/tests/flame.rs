@@ -343,6 +343,12 @@ fn flame_graphs_of_a_live_vm_add_up_and_draw() {
         "{err}"
     );
     assert!(!Path::new("x.svg").exists());
+    let o = flame_cli(&sock, &["-o", "/nonexistent-dir/x.svg"]);
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(
+        !o.status.success() && err.contains("-o /nonexistent-dir/x.svg: cannot write"),
+        "{err}"
+    );
 
     // The books did not move meanwhile: the graphs were of the final books.
     let after = totals(&sock);
@@ -357,4 +363,8 @@ fn flame_graphs_of_a_live_vm_add_up_and_draw() {
 
     // A held VM ends only when stopped: SIGTERM is an abnormal end (1).
     assert_eq!(vm.stop(), Some(1), "{}", vm.stderr());
+    // With the VM gone, the subcommand says which flag to check.
+    let o = flame_cli(&sock, &["--resource", "exits"]);
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(!o.status.success() && err.contains("check --api-sock"), "{err}");
 }
