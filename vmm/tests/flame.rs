@@ -1,7 +1,9 @@
 //! Flame graphs of charges (`GET /v1/flamegraph.svg`, `resourceful flame`)
 //! of a real VM: the `demo` scenario with `hold=1` on 2 vCPUs, whose exits
 //! per container and per request are known exactly
-//! (docs/guest-scenarios.md) and whose books stop moving once it holds.
+//! (docs/guest-scenarios.md) and whose books stop moving once it holds;
+//! and the `blk` scenario (a virtio-blk disk) for block bytes per request
+//! and the device thread's host time.
 //!
 //! The folded stacks are checked line by line against the scenario and add
 //! up exactly to the VM's totals; the SVG parses as XML and each frame's
@@ -292,7 +294,9 @@ fn flame_graphs_of_a_live_vm_add_up_and_draw() {
                 break t;
             }
         }
-        assert!(Instant::now() < deadline, "the demo never held:\n{}", vm.stderr());
+        let err = vm.stderr();
+        assert!(!err.contains("resourceful: "), "the VMM failed:\n{err}");
+        assert!(Instant::now() < deadline, "the demo never held:\n{err}");
         std::thread::sleep(Duration::from_millis(20));
     };
 
@@ -367,4 +371,56 @@ fn flame_graphs_of_a_live_vm_add_up_and_draw() {
     let o = flame_cli(&sock, &["--resource", "exits"]);
     let err = String::from_utf8(o.stderr).unwrap();
     assert!(!o.status.success() && err.contains("check --api-sock"), "{err}");
+}
+
+#[test]
+fn block_bytes_are_drawn_per_request_and_kind() {
+    let disk = common::scratch("flame-disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let disk_arg = disk.to_str().unwrap().to_string();
+    let mut vm = Vmm::start("blkco", "scenario=blk hold=1", 1, &["--disk", &disk_arg]);
+    let sock = vm.api_sock.clone();
+    // The blk scenario's exits less the exit-port write, and its 16 KiB
+    // each way (docs/guest-scenarios.md): then it holds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let held = loop {
+        if sock.exists() {
+            let t = totals(&sock);
+            if t["exits_total"]["count"] == 22 + 34 + 14 - 1
+                && t["block"]["bytes_read"] == 16_384
+                && t["block"]["bytes_written"] == 16_384
+            {
+                break t;
+            }
+        }
+        let err = vm.stderr();
+        assert!(!err.contains("resourceful: "), "the VMM failed:\n{err}");
+        assert!(Instant::now() < deadline, "the blk scenario never held:\n{err}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let folded = parse_folded(&get(&sock, "/v1/flamegraph.svg?resource=blk_bytes&format=folded").body);
+    let got: BTreeMap<String, u64> = folded.iter().map(|(s, v)| (without_seq(s), *v)).collect();
+    let mut want = BTreeMap::new();
+    for r in 1..=4 {
+        want.insert(format!("blkco;writer;request {r};blk write"), 4096);
+    }
+    for r in 11..=14 {
+        want.insert(format!("blkco;reader;request {r};blk read"), 4096);
+    }
+    assert_eq!(got, want);
+    check_svg(&get(&sock, "/v1/flamegraph.svg?resource=blk_bytes").body, &folded);
+    // host_ns: the device thread's work on each request is its own detail.
+    let host = parse_folded(&get(&sock, "/v1/flamegraph.svg?resource=host_ns&format=folded").body);
+    assert_eq!(host.values().sum::<u64>(), host_ns(&held));
+    let device: u64 = host
+        .iter()
+        .filter(|(s, _)| s.ends_with(";blk device"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(device, held["block"]["device_ns"].as_u64().unwrap());
+    assert!(host
+        .keys()
+        .any(|s| s.starts_with("blkco;reader;request 11 #") && s.ends_with(";blk device")));
+    assert_eq!(vm.stop(), Some(1), "{}", vm.stderr());
+    let _ = std::fs::remove_file(&disk);
 }
