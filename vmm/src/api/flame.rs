@@ -564,6 +564,22 @@ mod tests {
     }
 
     #[test]
+    fn containers_that_share_a_path_share_a_frame() {
+        let acct = Accounting::new("acme", 1, 0, Limits::default());
+        let mut w = acct.writer(0);
+        declare(&acct, 1, 0, "web");
+        w.charge_exit(Some(tag(1, 0)), ExitReason::PortOut, 1);
+        ring(&acct, EntryKind::RetireContainer, 1, 0);
+        // A new `web` (id 2) after the first one retired.
+        declare(&acct, 2, 0, "web");
+        w.charge_exit(Some(tag(2, 0)), ExitReason::PortOut, 1);
+        w.charge_exit(Some(tag(2, 0)), ExitReason::PortOut, 1);
+        assert_eq!(acct.container_count(), 3);
+        let f = fold(&acct, Resource::Exits);
+        assert_eq!(f.text(), "acme;web;(no request);port_out 3\n");
+    }
+
+    #[test]
     fn names_cannot_break_a_stack_or_the_svg() {
         // Guest names are already limited to [A-Za-z0-9._:-] (accounting::abi);
         // the tenant is the host's. Neither can split a stack or a line.
