@@ -39,6 +39,9 @@ use crate::resource::{Charges, ExitReason, Provenance};
 
 /// Requests visited per lock hold by [`Accounting::select_requests`].
 pub const REQUEST_STEP: usize = 4096;
+/// Requests visited per lock hold by [`Accounting::top_requests_by`]:
+/// fewer than [`REQUEST_STEP`], since each one's charges are decoded.
+pub const VALUE_STEP: usize = 1024;
 /// Containers (plus their live requests) read per lock hold by
 /// [`Accounting::containers_view`].
 pub const CONTAINER_STEP: usize = 512;
@@ -477,6 +480,79 @@ impl Accounting {
     }
 }
 
+/// A request ranked by [`Accounting::top_requests_by`]: greater is worse.
+struct ByValue {
+    key: (u64, u64),
+    row: RequestRow,
+}
+
+impl PartialEq for ByValue {
+    fn eq(&self, o: &Self) -> bool {
+        self.key == o.key
+    }
+}
+impl Eq for ByValue {}
+impl PartialOrd for ByValue {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for ByValue {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.key.cmp(&o.key)
+    }
+}
+
+impl Accounting {
+    /// The `limit` live and retained requests with the largest non-zero
+    /// `value` of their charges, largest first (ties: earlier `seq` first):
+    /// a selection by something other than [`crate::registry::cost_of`]
+    /// (the flame graphs of the host API rank by the resource drawn). Every
+    /// request's charges are read (no column prunes them), in lock holds of
+    /// [`VALUE_STEP`] requests; the heap holds at most `limit` rows.
+    pub fn top_requests_by(
+        &self,
+        limit: usize,
+        value: impl Fn(&Charges) -> u64,
+    ) -> (Vec<RequestRow>, ReadStats) {
+        let mut stats = ReadStats::default();
+        if limit == 0 {
+            return (Vec::new(), stats);
+        }
+        let mut heap: BinaryHeap<ByValue> = BinaryHeap::with_capacity(limit.min(1 << 16));
+        let mut cur = RequestCursor::default();
+        let mut first = true;
+        while !cur.done() {
+            self.step(&mut stats, |reg| {
+                if first {
+                    reg.sweep();
+                }
+                reg.scan_requests(&mut cur, None, VALUE_STEP, Prune::NONE, |cand| {
+                    let charges = cand.charges();
+                    let v = value(&charges);
+                    if v == 0 {
+                        return;
+                    }
+                    let key = rank_key(RequestOrder::Cost, cand.seq, v);
+                    if heap.len() >= limit && heap.peek().is_some_and(|worst| key >= worst.key) {
+                        return;
+                    }
+                    let mut row = cand.row();
+                    // The value ranked is the value shown.
+                    row.charges = charges;
+                    if heap.len() >= limit {
+                        heap.pop();
+                    }
+                    heap.push(ByValue { key, row });
+                });
+            });
+            first = false;
+        }
+        let rows = heap.into_sorted_vec().into_iter().map(|r| r.row).collect();
+        (rows, stats)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation)]
 mod tests {
@@ -667,6 +743,26 @@ mod tests {
                 serde_json::to_string(&ChargesJson(&c)).unwrap(),
                 serde_json::to_string(&ChargesReport::from(&c)).unwrap()
             );
+        }
+    }
+
+    proptest! {
+        /// Selection by any value returns what a full sort by it returns.
+        #[test]
+        fn selection_by_value_equals_a_full_sort(
+            costs in proptest::collection::vec((0u8..3, 0u32..50), 0..200),
+            limit in 0usize..40,
+            retained in 1u32..300,
+        ) {
+            let acct = books(&costs, retained);
+            // The exits' host ns alone: not the cost (which adds run time).
+            let value = |c: &Charges| c.exits_total().host_ns;
+            let (got, _) = acct.top_requests_by(limit, value);
+            let mut all = acct.registry().request_rows();
+            all.retain(|r| value(&r.charges) > 0);
+            all.sort_by_key(|r| rank_key(RequestOrder::Cost, r.seq, value(&r.charges)));
+            all.truncate(limit);
+            prop_assert_eq!(got, all);
         }
     }
 

@@ -436,6 +436,14 @@ impl Candidate<'_> {
         meta.and_then(|m| m.trace_id)
     }
 
+    /// Its charges as of now (decodes them; no metadata is cloned).
+    pub fn charges(&self) -> Charges {
+        match self.src {
+            CandidateSrc::Live(r) => r.cells.read(),
+            CandidateSrc::Retained(cold, i) => cold[i].charges.read(),
+        }
+    }
+
     /// The whole row (decodes the charges, clones the metadata).
     pub fn row(&self) -> RequestRow {
         match self.src {

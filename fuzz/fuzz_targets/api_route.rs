@@ -22,6 +22,8 @@
 //!   there;
 //! - `/v1/requests` lists at most `limit` requests, all of the `container`
 //!   asked for, and is 400 exactly when `RequestQuery::parse` refuses;
+//! - `/v1/flamegraph.svg` is 400 exactly when `resource` or `format` is
+//!   not one it knows, and otherwise an SVG or folded stacks (text);
 //! - no other answer has a `Link`;
 //! - `parse_query` of percent-encoded pairs gives back the pairs (a later
 //!   repeat of a name wins).
@@ -84,11 +86,12 @@ struct Input {
     pairs: Vec<(String, String)>,
 }
 
-const PATHS: [&str; 5] = [
+const PATHS: [&str; 6] = [
     "/v1/vm",
     "/v1/containers",
     "/v1/requests",
     "/v1/processes",
+    "/v1/flamegraph.svg",
     "/metrics",
 ];
 
@@ -145,6 +148,16 @@ fn check_route(state: &ApiState, method: &str, target: &str) {
     let json = serde_json::from_slice::<serde_json::Value>(&reply.body);
     if reply.status == 200 && path == "/metrics" {
         assert!(std::str::from_utf8(&reply.body).is_ok(), "metrics are not text");
+    } else if reply.status == 200 && path == "/v1/flamegraph.svg" {
+        let text = std::str::from_utf8(&reply.body).expect("a flame graph is text");
+        match reply.content_type {
+            "image/svg+xml" => assert!(text.starts_with("<?xml"), "{target:?}: not an SVG"),
+            "text/plain; charset=utf-8" => assert!(
+                text.lines().all(|l| l.rsplit_once(' ').is_some_and(|(_, n)| n.parse::<u64>().is_ok())),
+                "{target:?}: not folded stacks"
+            ),
+            other => panic!("{target:?}: content type {other}"),
+        }
     } else {
         assert_eq!(reply.content_type, "application/json");
         let v = json.unwrap_or_else(|e| panic!("{method} {target:?}: body is not JSON: {e}"));
@@ -206,6 +219,16 @@ fn check_route(state: &ApiState, method: &str, target: &str) {
             }
             Err(_) => assert_eq!(reply.status, 400, "{target:?}"),
         }
+        return;
+    }
+    if path == "/v1/flamegraph.svg" {
+        let q = parse_query(query);
+        let resource_ok = q
+            .get("resource")
+            .is_none_or(|r| vmm::api::flame::Resource::parse(r).is_some());
+        let format_ok = matches!(q.get("format").map(String::as_str), None | Some("svg" | "folded"));
+        let want = if resource_ok && format_ok { 200 } else { 400 };
+        assert_eq!(reply.status, want, "{target:?}");
         return;
     }
     assert_eq!(reply.status, 200, "{method} {target:?}");

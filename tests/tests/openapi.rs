@@ -257,6 +257,43 @@ fn every_endpoint_answers_as_documented() {
     check(&doc, &api, "/v1/containers/x", "/v1/containers/{index}", 400);
     check(&doc, &api, "/v1/requests?order=sideways", "/v1/requests", 400);
     check(&doc, &api, "/v1/requests?limit=-1", "/v1/requests", 400);
+    // The flame graph: both media types as documented, every resource the
+    // server knows listed, errors as JSON.
+    let flame = &doc["paths"]["/v1/flamegraph.svg"]["get"];
+    for (target, media) in [
+        ("/v1/flamegraph.svg?resource=exits", "image/svg+xml"),
+        (
+            "/v1/flamegraph.svg?resource=host_ns&format=folded",
+            "text/plain; charset=utf-8",
+        ),
+    ] {
+        let r = client::get(&api, target).unwrap();
+        assert_eq!(r.status, 200, "GET {target}: {}", r.body);
+        assert_eq!(r.content_type.as_deref(), Some(media), "{target}");
+        assert!(
+            flame["responses"]["200"]["content"].get(media).is_some(),
+            "docs/api.yaml: /v1/flamegraph.svg does not document {media}"
+        );
+    }
+    let names: Vec<Value> = vmm::api::flame::Resource::ALL
+        .iter()
+        .map(|r| json!(r.name()))
+        .collect();
+    assert_eq!(flame["parameters"][0]["schema"]["enum"], json!(names));
+    check(
+        &doc,
+        &api,
+        "/v1/flamegraph.svg?resource=cpu",
+        "/v1/flamegraph.svg",
+        400,
+    );
+    check(
+        &doc,
+        &api,
+        "/v1/flamegraph.svg?format=png",
+        "/v1/flamegraph.svg",
+        400,
+    );
     // Every path the document lists was exercised above, or is /metrics.
     let documented: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
     for p in &documented {
@@ -267,6 +304,7 @@ fn every_endpoint_answers_as_documented() {
                 "/v1/containers/{index}",
                 "/v1/requests",
                 "/v1/processes",
+                "/v1/flamegraph.svg",
                 "/metrics"
             ]
             .contains(&p.as_str()),

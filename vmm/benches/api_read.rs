@@ -18,8 +18,10 @@
 //!    `GET /v1/containers` (its default page of 1,000; for reference a page
 //!    from the middle and all 10,000 at once) and
 //!    `GET /v1/requests?order=cost&limit=100`
-//!    (and, for reference, `order=begin` and one container's top 100): p50,
-//!    p99 and max over the iterations, answers' sizes.
+//!    (and, for reference, `order=begin` and one container's top 100), and
+//!    `GET /v1/flamegraph.svg?resource=host_ns` (SVG and folded): p50, p99
+//!    and max over the iterations, answers' sizes; and what one flame graph
+//!    read allocates at its peak.
 //! 4. The registry lock: the longest single hold of each read (timed inside
 //!    `accounting::query`), and the longest wait of a prober thread that
 //!    takes the lock every ~100 µs the way a vCPU does on its rare path,
@@ -319,6 +321,18 @@ fn main() {
             iters,
         ),
         time(&state, "GET /metrics", "/metrics", iters.min(50)),
+        time(
+            &state,
+            "GET /v1/flamegraph.svg?resource=host_ns",
+            "/v1/flamegraph.svg?resource=host_ns",
+            iters.min(20),
+        ),
+        time(
+            &state,
+            "GET /v1/flamegraph.svg?...&format=folded",
+            "/v1/flamegraph.svg?resource=host_ns&format=folded",
+            iters.min(20),
+        ),
     ];
     stop.store(true, Relaxed);
     let waits = prober.join().expect("prober");
@@ -349,6 +363,16 @@ fn main() {
         longest_requests = longest_requests.max(s.longest_step_ns);
         steps_r = s.steps;
     }
+    // The flame graph's pass: every request's charges decoded and ranked.
+    let mut longest_flame = 0u64;
+    let mut steps_f = 0;
+    for _ in 0..5 {
+        let (_, s) = acct.top_requests_by(vmm::api::flame::MAX_REQUEST_FRAMES, |c| {
+            vmm::api::flame::Resource::HostNs.total(c)
+        });
+        longest_flame = longest_flame.max(s.longest_step_ns);
+        steps_f = s.steps;
+    }
 
     println!(
         "\n{:<44} {:>9} {:>9} {:>9} {:>11} {:>8}",
@@ -375,6 +399,10 @@ fn main() {
          top-100 by cost {:.1} µs ({steps_r} holds per read)",
         longest_containers as f64 / 1e3,
         longest_requests as f64 / 1e3,
+    );
+    println!(
+        "registry lock, longest single hold of a flame graph's request pass: {:.1} µs ({steps_f} holds per read)",
+        longest_flame as f64 / 1e3,
     );
     println!(
         "prober (takes the lock every ~100 µs, {} probes during the timed reads): wait p50 {:.3} ms, p99 {:.3} ms, \
@@ -413,6 +441,17 @@ fn main() {
          ({:.1} B per retained request), written in {report_s:.1} s",
         report_peak as f64 / 1e6,
         report_peak as f64 / f64::from(requests)
+    );
+
+    // A flame graph: what one read allocates beyond the books at its peak.
+    let before = LIVE_BYTES.load(Relaxed);
+    PEAK_BYTES.store(before, Relaxed);
+    let svg = route(&state, "GET", "/v1/flamegraph.svg?resource=host_ns");
+    let flame_peak = PEAK_BYTES.load(Relaxed).saturating_sub(before);
+    println!(
+        "GET /v1/flamegraph.svg?resource=host_ns: {:.1} MB at most beyond the books, answer {:.1} KB",
+        flame_peak as f64 / 1e6,
+        svg.body.len() as f64 / 1e3
     );
 
     // Live requests: begun and charged, not ended.

@@ -38,6 +38,24 @@ enum Command {
     Top(TopArgs),
     /// Join one distributed request across VMs: its parts begun with TRACE_ID in each --api-sock VM.
     Trace(vmm::api::trace::TraceArgs),
+    /// Write a flame graph of one resource's charges in a VM started with --api-sock PATH.
+    Flame(FlameArgs),
+}
+
+#[derive(Args)]
+struct FlameArgs {
+    /// The running VM's API socket (the path given to `run` or `demo` with --api-sock).
+    #[arg(long = "api-sock", value_name = "PATH")]
+    api_sock: PathBuf,
+    /// What to draw: host_ns, exits, run_ns, blk_bytes, net_bytes or vsock_bytes.
+    #[arg(long, default_value = "host_ns")]
+    resource: String,
+    /// Where to write it: an SVG file, or - for the folded stacks on stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE", default_value = "-")]
+    output: PathBuf,
+    /// Write folded stacks (text, `frame;frame;... count` lines) instead of an SVG.
+    #[arg(long)]
+    folded: bool,
 }
 
 #[derive(Args)]
@@ -461,6 +479,8 @@ fn main() -> ExitCode {
             Ok(all) => Ok(if all { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
             Err(e) => Err(anyhow::anyhow!(e)),
         },
+        Command::Flame(a) => vmm::api::flame_client::run(&a.api_sock, &a.resource, &a.output, a.folded)
+            .map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -18,8 +18,12 @@
 //! - [`client`]: a minimal HTTP/1.1 GET client over a Unix socket, used by
 //!   `resourceful report --api-sock PATH`.
 //! - [`top`]: the live per-container view of `resourceful top`.
+//! - [`flame`]: `GET /v1/flamegraph.svg`, flame graphs of charges (and
+//!   their folded stacks); [`flame_client`]: `resourceful flame`.
 
 pub mod client;
+pub mod flame;
+pub mod flame_client;
 pub mod metrics;
 pub mod server;
 pub mod top;
@@ -651,6 +655,7 @@ pub fn route(s: &ApiState, method: &str, target: &str) -> Reply {
         "/v1/requests" => Some(Box::new(|| get_requests(s, query))),
         "/v1/processes" => Some(Box::new(|| get_processes(s))),
         "/metrics" => Some(Box::new(|| get_metrics(s))),
+        "/v1/flamegraph.svg" => Some(Box::new(|| flame::get_flamegraph(&s.acct, query))),
         _ => match path.strip_prefix("/v1/containers/") {
             Some(index) if !index.is_empty() && !index.contains('/') => {
                 // The raw segment: an index has one spelling.
@@ -662,7 +667,7 @@ pub fn route(s: &ApiState, method: &str, target: &str) -> Reply {
     match endpoint {
         None => Reply::error(
             404,
-            "no such endpoint: see docs/api.yaml (/v1/vm, /v1/containers, /v1/requests, /v1/processes, /metrics)".into(),
+            "no such endpoint: see docs/api.yaml (/v1/vm, /v1/containers, /v1/requests, /v1/processes, /v1/flamegraph.svg, /metrics)".into(),
         ),
         Some(answer) if method == "GET" || method == "HEAD" => answer(),
         Some(_) => Reply::error(405, "the API is read-only: use GET".into()),
