@@ -208,17 +208,41 @@ impl std::str::FromStr for ContainerLimit {
     /// `PATH:blk-ops=RATE,blk-bytes=RATE,blk-ops-burst=N,blk-bytes-burst=SIZE`,
     /// and the same four for net TX (`net-tx-frames`, `net-tx-bytes`).
     fn from_str(s: &str) -> Result<Self, String> {
-        use devices::virtio::limiter::{parse_rate, parse_size};
         let Some((path, opts)) = s.rsplit_once(':') else {
             return Err(format!("`{s}` names no container: expected {LIMIT_FORM}"));
         };
+        let mut pairs = Vec::new();
+        for opt in opts.split(',') {
+            let (k, v) = opt
+                .split_once('=')
+                .ok_or_else(|| format!("`{opt}` is not KEY=VALUE: expected {LIMIT_FORM}"))?;
+            pairs.push((k, v));
+        }
+        Self::from_keys(path, &pairs, "--limit")
+    }
+}
+
+impl ContainerLimit {
+    /// A limit on `path` (a container path, `unattributed`, or a pattern
+    /// ending in `*`) from its `(key, value)` pairs, as `--limit` and a
+    /// `--limits` file give them; `source` (`--limit`, `--limits FILE`)
+    /// starts every error.
+    pub fn from_keys(path: &str, pairs: &[(&str, &str)], source: &str) -> Result<Self, String> {
+        use devices::virtio::limiter::{parse_rate, parse_size};
         if path.is_empty() {
-            return Err(format!("`{s}` names no container: expected {LIMIT_FORM}"));
+            return Err(format!(
+                "{source}: a limit names no container: expected {LIMIT_FORM}"
+            ));
         }
         if path == "tenant" {
-            return Err(
-                "tenant limits are not built yet: name a container path (--limit PATH:blk-ops=RATE)".into(),
-            );
+            return Err(format!(
+                "{source}: tenant limits are not built yet: name a container path (PATH:blk-ops=RATE)"
+            ));
+        }
+        if path.trim_end_matches('*').contains('*') || path.ends_with("**") {
+            return Err(format!(
+                "{source} {path}: `*` may only end a path (`web/*`: every container whose path starts with `web/`)"
+            ));
         }
         // Per key family (blk-ops, blk-bytes, net-tx-frames, net-tx-bytes):
         // its rate and its burst.
@@ -230,11 +254,13 @@ impl std::str::FromStr for ContainerLimit {
         ];
         let mut rates: [Option<devices::virtio::limiter::BucketConfig>; 4] = [None; 4];
         let mut bursts: [Option<u64>; 4] = [None; 4];
-        for opt in opts.split(',') {
-            let (k, v) = opt
-                .split_once('=')
-                .ok_or_else(|| format!("`{opt}` is not KEY=VALUE: expected {LIMIT_FORM}"))?;
-            let bad = |e: String| format!("--limit {path}: {k}: {e}");
+        let mut seen: Vec<&str> = Vec::with_capacity(pairs.len());
+        for &(k, v) in pairs {
+            let bad = |e: String| format!("{source} {path}: {k}: {e}");
+            if seen.contains(&k) {
+                return Err(bad("given twice: give each key once".into()));
+            }
+            seen.push(k);
             let family = |key: &str| KEYS.iter().position(|(name, _)| *name == key);
             if let Some(i) = family(k) {
                 rates[i] = Some(parse_rate(v, KEYS[i].1).map_err(bad)?);
@@ -245,8 +271,12 @@ impl std::str::FromStr for ContainerLimit {
                     v.parse::<u64>()
                         .map_err(|_| bad(format!("`{v}` is not a whole number")))?
                 });
+            } else if k == "priority" {
+                return Err(bad("priorities are not built yet: remove the key".into()));
             } else {
-                return Err(format!("unknown --limit key `{k}`: expected {LIMIT_FORM}"));
+                return Err(format!(
+                    "{source} {path}: unknown key `{k}`: expected {LIMIT_FORM}"
+                ));
             }
         }
         let mut buckets = [None; 4];
@@ -256,12 +286,12 @@ impl std::str::FromStr for ContainerLimit {
                     one_time_burst: b.unwrap_or(0),
                     ..BucketConfig::from_rate(r)
                 }),
-                (None, Some(_)) => return Err(format!("--limit {path}: {key}-burst needs {key}=RATE too")),
+                (None, Some(_)) => return Err(format!("{source} {path}: {key}-burst needs {key}=RATE too")),
                 (None, None) => None,
             };
         }
         if rates.iter().all(Option::is_none) {
-            return Err(format!("--limit {path} sets no rate: expected {LIMIT_FORM}"));
+            return Err(format!("{source} {path} sets no rate: expected {LIMIT_FORM}"));
         }
         let [blk_ops, blk_bytes, net_tx_frames, net_tx_bytes] = buckets;
         Ok(Self {
@@ -775,8 +805,8 @@ mod tests {
                 "web:blk-ops=1/s,net-tx-bytes-burst=1KiB",
                 "needs net-tx-bytes=RATE",
             ),
-            ("web:net-rx-frames=5/s", "unknown --limit key"),
-            ("web:net-tx-burst=5", "unknown --limit key"),
+            ("web:net-rx-frames=5/s", "unknown key"),
+            ("web:net-tx-burst=5", "unknown key"),
             ("web:net-tx-frames-burst=x,net-tx-frames=1/s", "whole number"),
             ("tenant:net-tx-frames=5/s", "tenant limits are not built"),
         ] {

@@ -68,10 +68,13 @@ struct RegistryLookup {
 
 impl LimitLookup for RegistryLookup {
     fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
+        if self.paths.is_empty() {
+            return None;
+        }
         let reg = self.acct.registry();
         let idx = tag.map_or(0, |t| reg.resolve(t).container);
         let path = &reg.containers().get(idx)?.path;
-        self.paths.iter().position(|p| **p == **path)
+        crate::live_limits::limit_index(&self.paths, path)
     }
 }
 
