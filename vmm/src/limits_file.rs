@@ -146,13 +146,18 @@ pub fn limits_of(entries: &[LimitEntry], source: &str) -> Result<Vec<ContainerLi
 
 /// Parses a limits file's text; `name` is how errors name it.
 pub fn parse(text: &str, name: &str) -> Result<Vec<ContainerLimit>, String> {
-    let source = format!("--limits {name}");
+    parse_as(text, &format!("--limits {name}"))
+}
+
+/// Parses the text of a limits file (or a `PUT /v1/limits` body);
+/// `source` starts every error.
+pub fn parse_as(text: &str, source: &str) -> Result<Vec<ContainerLimit>, String> {
     let file: LimitsFile = serde_json::from_str(text).map_err(|e| {
         format!(
             r#"{source}: {e} (expected {{"limits": [{{"container": "PATH", "blk-ops": "100/s", ...}}]}})"#
         )
     })?;
-    limits_of(&file.limits, &source)
+    limits_of(&file.limits, source)
 }
 
 /// Reads and parses the limits file at `path`.

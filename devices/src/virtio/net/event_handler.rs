@@ -27,6 +27,8 @@ use crate::virtio::{Charger, QueueNotifier, VirtioDevice};
 const BACKEND: u32 = 2;
 /// Event data of the TX limit timer.
 const TIMER: u32 = 3;
+/// Event data of the TX limits' live-change wake.
+const WAKE: u32 = 4;
 
 /// The network device's subscriber on the device event loop.
 pub struct NetHandler {
@@ -81,6 +83,12 @@ impl NetHandler {
         let mut h = Self::new(device, charger);
         h.timer = Some(LimitTimer::new()?);
         Ok(h)
+    }
+
+    /// A handle that wakes this handler after a live change of the TX
+    /// limits (`None`: a device without limits).
+    pub fn limit_waker(&self) -> Option<std::io::Result<vmm_sys_util::eventfd::EventFd>> {
+        self.timer.as_ref().map(LimitTimer::waker)
     }
 
     /// Arms the timer for the first held TX frame, or disarms it.
@@ -162,6 +170,9 @@ impl MutEventSubscriber for NetHandler {
             if let Err(e) = ops.add(Events::with_data(t, TIMER, EventSet::IN)) {
                 log::error!("virtio-net: cannot register the limit timer: {e:?}");
             }
+            if let Err(e) = ops.add(Events::with_data(t.wake_fd(), WAKE, EventSet::IN)) {
+                log::error!("virtio-net: cannot register the limits' wake: {e:?}");
+            }
         }
     }
 
@@ -184,6 +195,13 @@ impl MutEventSubscriber for NetHandler {
                 self.watch_backend(ops, !out.rx_stalled);
             }
             TIMER if self.timer.is_some() => {
+                self.handle_timer();
+            }
+            WAKE if self.timer.is_some() => {
+                // A live change: send what it lets go, re-arm.
+                if let Some(t) = self.timer.as_mut() {
+                    t.acknowledge_wake();
+                }
                 self.handle_timer();
             }
             BACKEND => {
