@@ -241,6 +241,31 @@ fn limits_change_live_through_the_api_and_refused_changes_change_nothing() {
     assert_eq!(ev5, ev4, "writer is no longer limited");
     assert_eq!(block(&sock, "reader").1, 0);
 
+    // A tenant limit (replacing the table): every container's work draws
+    // from it, so all of them are held, `reader` included, which no limit
+    // of its own ever named.
+    let (status, v) = call(
+        &sock,
+        "PUT",
+        "/v1/limits",
+        Some(r#"{"limits": [{"container": "tenant", "blk-ops": "1/20ms"}]}"#),
+    );
+    assert_eq!(status, 200, "{v}");
+    let (_, u0) = block(&sock, "unattributed");
+    wait_for("every container to be held by the tenant limit", &vm, || {
+        let held = |p: &str| block(&sock, p).1;
+        (held("reader") >= 2 && held("writer") >= ev5 + 2 && held("unattributed") >= u0 + 2).then_some(())
+    });
+    let (_, v) = call(&sock, "GET", "/v1/limits/tenant", None);
+    assert!(v["devices"][0]["throttle_events"].as_u64().unwrap() >= 2, "{v}");
+
+    // Lift every limit before stopping, so that nothing is held at the
+    // stop (a request held then would never complete).
+    let (status, v) = call(&sock, "DELETE", "/v1/limits", None);
+    assert_eq!((status, &v["limits"]), (200, &serde_json::json!([])), "{v}");
+    let (w_now, _) = block(&sock, "writer");
+    wait_ops(&vm, &sock, "writer", w_now + 10);
+    assert_eq!(call(&sock, "GET", "/v1/limits", None).1["rejected_changes"], 11);
     vmm::vm::STOP_REQUESTED.store(true, Ordering::Release);
     let run = vm.join().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
@@ -248,17 +273,20 @@ fn limits_change_live_through_the_api_and_refused_changes_change_nothing() {
     run.assert_conserved();
     let b = |p: &str| run.container(p).charges.block;
     let (w, r, u) = (b("writer"), b("reader"), b("unattributed"));
-    // Exact counts: each round is one write, one read and one GET_ID, after
-    // the scenario's own 5 writes, 4 reads, 1 GET_ID (and its flush).
-    assert_eq!(r.reads, 4 + (w.writes - 5), "{w:?} {r:?}");
-    assert!(u.other == r.reads - 4 || u.other == r.reads - 3, "{u:?} {r:?}");
-    assert_eq!(r.throttle_events, 0);
-    assert_eq!(w.throttle_events, ev4);
-    assert!(u.throttle_events >= 3);
+    // Exact counts: each round is one write, then one read, then one
+    // GET_ID, after the scenario's own 5 writes, 4 reads, 1 GET_ID (and its
+    // flush), none lost: the stop may fall anywhere in a round.
+    let rounds = [w.writes - 5, r.reads - 4, u.other - 1];
+    assert!(
+        rounds[0] >= rounds[1] && rounds[1] >= rounds[2] && rounds[2] + 1 >= rounds[0],
+        "{rounds:?}: {w:?} {r:?} {u:?}"
+    );
+    assert_eq!((w.errors, r.errors, u.errors), (1, 0, 0));
+    assert!(r.throttle_events >= 2 && w.throttle_events >= ev4 + 2 && u.throttle_events >= 3 + 2);
     let disk = run.report.devices.iter().find(|d| d.name == "disk0").unwrap();
-    let held = w.throttle_events + u.throttle_events;
+    let held = w.throttle_events + r.throttle_events + u.throttle_events;
     assert_eq!(disk.counters.get("throttled"), Some(&held));
     assert_eq!(run.conservation_line("block.throttle_events"), (held, held));
-    let ns = w.throttled_ns + u.throttled_ns;
+    let ns = w.throttled_ns + r.throttled_ns + u.throttled_ns;
     assert_eq!(run.conservation_line("block.throttled_ns"), (ns, ns));
 }

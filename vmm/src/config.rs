@@ -234,11 +234,6 @@ impl ContainerLimit {
                 "{source}: a limit names no container: expected {LIMIT_FORM}"
             ));
         }
-        if path == "tenant" {
-            return Err(format!(
-                "{source}: tenant limits are not built yet: name a container path (PATH:blk-ops=RATE)"
-            ));
-        }
         if path.trim_end_matches('*').contains('*') || path.ends_with("**") {
             return Err(format!(
                 "{source} {path}: `*` may only end a path (`web/*`: every container whose path starts with `web/`)"
@@ -808,7 +803,6 @@ mod tests {
             ("web:net-rx-frames=5/s", "unknown key"),
             ("web:net-tx-burst=5", "unknown key"),
             ("web:net-tx-frames-burst=x,net-tx-frames=1/s", "whole number"),
-            ("tenant:net-tx-frames=5/s", "tenant limits are not built"),
         ] {
             let e = bad.parse::<ContainerLimit>().unwrap_err();
             assert!(e.contains("--limit") && e.contains(says), "{bad}: {e}");
@@ -843,7 +837,6 @@ mod tests {
             "web:blk-iops=5/s",
             "web:blk-ops-burst=5",
             "web:blk-bytes=1XB/s",
-            "tenant:blk-ops=5/s",
         ] {
             let e = bad.parse::<ContainerLimit>().unwrap_err();
             assert!(e.contains("--limit"), "{bad}: {e}");

@@ -210,13 +210,15 @@ mod tests {
         let text = r#"{"limits": [
             {"container": "web", "blk-ops": "100/s", "blk-bytes": "1MiB/s", "blk-ops-burst": 50},
             {"container": "batch/*", "net-tx-frames": "10/100ms", "net-tx-bytes-burst": "4KiB", "net-tx-bytes": "64KiB/s"},
-            {"container": "unattributed", "blk-ops": "5/s"}
+            {"container": "unattributed", "blk-ops": "5/s"},
+            {"container": "tenant", "blk-ops": "500/s"}
         ]}"#;
         let got = parse(text, "l.json").unwrap();
         let want: Vec<ContainerLimit> = [
             "web:blk-ops=100/s,blk-bytes=1MiB/s,blk-ops-burst=50",
             "batch/*:net-tx-frames=10/100ms,net-tx-bytes-burst=4KiB,net-tx-bytes=64KiB/s",
             "unattributed:blk-ops=5/s",
+            "tenant:blk-ops=500/s",
         ]
         .iter()
         .map(|s| s.parse().unwrap())
@@ -276,10 +278,6 @@ mod tests {
             (
                 r#"{"limits": [{"container": "a", "blk-ops-burst": 3}]}"#,
                 "blk-ops-burst needs blk-ops",
-            ),
-            (
-                r#"{"limits": [{"container": "tenant", "blk-ops": "1/s"}]}"#,
-                "tenant limits are not built yet",
             ),
             (
                 r#"{"limits": [{"container": "", "blk-ops": "1/s"}]}"#,

@@ -24,8 +24,11 @@ use crate::config::ContainerLimit;
 /// equal to it, else the entry `PREFIX*` with the longest `PREFIX` that
 /// `path` starts with (`web/*` covers `web/api` and `web/api/v2`, not
 /// `web`; `*` covers every path, `unattributed` included); `None` if none.
+/// The tenant limit (`tenant`) is never a container's: every request takes
+/// its tokens besides its container's (the device's throttle sees to it).
 pub fn limit_index(paths: &[String], path: &str) -> Option<usize> {
-    if let Some(i) = paths.iter().position(|p| p == path) {
+    let tenant = devices::virtio::limiter::TENANT_PATH;
+    if let Some(i) = paths.iter().position(|p| p == path && p != tenant) {
         return Some(i);
     }
     paths
@@ -255,6 +258,9 @@ mod tests {
         ] {
             assert_eq!(limit_index(&paths, path), want, "{path}");
         }
+        let with_tenant: Vec<String> = vec!["tenant".into(), "a".into()];
+        assert_eq!(limit_index(&with_tenant, "tenant"), None, "never a container's");
+        assert_eq!(limit_index(&with_tenant, "a"), Some(1));
         let no_star = &paths[..2];
         assert_eq!(limit_index(no_star, "web"), None);
         assert_eq!(limit_index(no_star, "web/api/v2"), Some(0));

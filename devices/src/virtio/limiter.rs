@@ -173,6 +173,11 @@ pub struct BlockLimitConfig {
     pub bytes: Option<BucketConfig>,
 }
 
+/// The path of the tenant limit: a bucket every request of the device also
+/// draws from, whatever container it is charged to (`unattributed`
+/// included). A [`LimitLookup`] never answers its index.
+pub const TENANT_PATH: &str = "tenant";
+
 /// Which of the device's limits (an index into the list it was given), if
 /// any, a request charged to `tag` falls under. Implemented by the VMM over
 /// the registry; called once per request, only on a device with limits.

@@ -11,7 +11,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::virtio::limiter::{BlockLimit, BlockLimitConfig, BucketError, LimitLookup, LimitState};
+use crate::virtio::limiter::{
+    BlockLimit, BlockLimitConfig, BucketError, LimitLookup, LimitState, TENANT_PATH,
+};
 
 /// Something a limit can hold.
 pub(crate) trait HeldWork {
@@ -34,6 +36,10 @@ pub(crate) struct Throttle<T> {
     /// Work whose limit was removed by a live change: it goes first,
     /// without tokens.
     released: VecDeque<T>,
+    /// The tenant limit's index ([`TENANT_PATH`]): every request also
+    /// takes its tokens, and the work of containers without a limit of
+    /// their own waits in its FIFO.
+    tenant: Option<usize>,
     /// Held, all limits together.
     held: usize,
     /// [`HeldWork::memory`] of what is held.
@@ -79,6 +85,7 @@ impl<T: HeldWork> Throttle<T> {
                 .collect(),
             limits: buckets,
             released: VecDeque::new(),
+            tenant: limits.iter().position(|c| c.path == TENANT_PATH),
             held: 0,
             memory: 0,
             lookup,
@@ -134,6 +141,7 @@ impl<T: HeldWork> Throttle<T> {
         for w in &mut self.waiting {
             self.released.extend(w.drain(..).map(|(h, _)| h));
         }
+        self.tenant = new.iter().position(|c| c.path == TENANT_PATH);
         self.limits = limits;
         self.waiting = waiting;
         self.stats = stats;
@@ -173,19 +181,45 @@ impl<T: HeldWork> Throttle<T> {
         self.held < max_held && self.memory < max_memory
     }
 
-    /// `Some(k)`: work charged to `tag` taking `bytes` must wait in limit
-    /// `k`'s FIFO (no tokens, or earlier work of that limit waits).
-    /// `None`: it goes now (its tokens are taken), or no limit applies.
+    /// Nanoseconds until work of `bytes` waiting in FIFO `q` may go: the
+    /// tokens of its limit and, unless `q` is the tenant's, the tenant's.
+    fn wait_of(&mut self, q: usize, bytes: u64, now: u64) -> u64 {
+        let own = self.limits.get_mut(q).map_or(0, |l| l.wait_ns(bytes, now));
+        let tenant = match self.tenant {
+            Some(t) if t != q => self.limits.get_mut(t).map_or(0, |l| l.wait_ns(bytes, now)),
+            _ => 0,
+        };
+        own.max(tenant)
+    }
+
+    /// Takes the tokens of work of `bytes` in FIFO `q` from its limit and
+    /// the tenant's, from both or from neither.
+    fn take(&mut self, q: usize, bytes: u64, now: u64) -> bool {
+        if self.wait_of(q, bytes, now) != 0 {
+            return false;
+        }
+        let own = self.limits.get_mut(q).is_some_and(|l| l.try_take(bytes, now));
+        let tenant = match self.tenant {
+            Some(t) if t != q => self.limits.get_mut(t).is_some_and(|l| l.try_take(bytes, now)),
+            _ => true,
+        };
+        own && tenant
+    }
+
+    /// `Some(k)`: work charged to `tag` taking `bytes` must wait in FIFO
+    /// `k`: its container's limit's, or the tenant limit's for a container
+    /// with none (no tokens in either bucket, or earlier work waits in that
+    /// FIFO). `None`: it goes now (its tokens are taken from its limit and
+    /// the tenant's), or no limit applies.
     pub fn admit(&mut self, tag: Option<u64>, bytes: u64) -> Option<usize> {
         self.refresh();
-        let k = self.lookup.limit_of(tag)?;
+        let q = self.lookup.limit_of(tag).or(self.tenant)?;
         let now = self.now();
-        let (limit, waiting) = (self.limits.get_mut(k)?, self.waiting.get(k)?);
-        let held = !(waiting.is_empty() && limit.try_take(bytes, now));
+        let held = !(self.waiting.get(q)?.is_empty() && self.take(q, bytes, now));
         if !held {
             self.publish();
         }
-        held.then_some(k)
+        held.then_some(q)
     }
 
     /// Holds `h` in limit `k`'s FIFO (as [`Self::admit`] said).
@@ -208,26 +242,24 @@ impl<T: HeldWork> Throttle<T> {
             return Some(h);
         }
         let now = self.now();
-        let ready = (self
-            .limits
-            .iter_mut()
-            .zip(self.waiting.iter_mut())
-            .zip(self.stats.iter_mut()))
-        .find_map(|((limit, waiting), stats)| {
-            let (front, _) = waiting.front()?;
-            if !limit.try_take(front.bytes(), now) {
-                return None;
+        for q in 0..self.waiting.len() {
+            let Some(bytes) = self.waiting[q].front().map(|(h, _)| h.bytes()) else {
+                continue;
+            };
+            if !self.take(q, bytes, now) {
+                continue;
             }
-            let (h, at) = waiting.pop_front()?;
-            stats.events += 1;
-            stats.throttled_ns += now.saturating_sub(at);
-            Some(h)
-        });
-        let h = ready?;
-        self.held -= 1;
-        self.memory -= h.memory();
-        self.publish();
-        Some(h)
+            let (h, at) = self.waiting[q].pop_front()?;
+            if let Some(stats) = self.stats.get_mut(q) {
+                stats.events += 1;
+                stats.throttled_ns += now.saturating_sub(at);
+            }
+            self.held -= 1;
+            self.memory -= h.memory();
+            self.publish();
+            return Some(h);
+        }
+        None
     }
 
     /// Time until the first held work can go (`None`: none held).
@@ -237,8 +269,12 @@ impl<T: HeldWork> Throttle<T> {
             return Some(Duration::ZERO);
         }
         let now = self.now();
-        (self.limits.iter_mut().zip(self.waiting.iter()))
-            .filter_map(|(l, w)| w.front().map(|(h, _)| l.wait_ns(h.bytes(), now)))
+        let fronts: Vec<(usize, u64)> = (self.waiting.iter().enumerate())
+            .filter_map(|(q, w)| w.front().map(|(h, _)| (q, h.bytes())))
+            .collect();
+        fronts
+            .into_iter()
+            .map(|(q, bytes)| self.wait_of(q, bytes, now))
             .min()
             .map(Duration::from_nanos)
     }
@@ -250,5 +286,118 @@ impl<T: HeldWork> Throttle<T> {
         self.released.clear();
         self.held = 0;
         self.memory = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::virtio::limiter::BucketConfig;
+
+    /// Work that takes no bytes, named.
+    #[derive(Debug, PartialEq, Eq)]
+    struct W(&'static str);
+
+    impl HeldWork for W {
+        fn bytes(&self) -> u64 {
+            0
+        }
+    }
+
+    /// Tag 1 is container `a`, any other tag a container with no limit;
+    /// `next` is handed out once by `changed`.
+    struct Lookup {
+        paths: Vec<String>,
+        next: Arc<Mutex<Option<Vec<BlockLimitConfig>>>>,
+    }
+
+    impl LimitLookup for Lookup {
+        fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
+            (tag == Some(1)).then(|| self.paths.iter().position(|p| p == "a"))?
+        }
+        fn changed(&mut self) -> Option<Vec<BlockLimitConfig>> {
+            let n = self.next.lock().unwrap().take()?;
+            self.paths = n.iter().map(|c| c.path.clone()).collect();
+            Some(n)
+        }
+    }
+
+    /// `size` ops per day: no refill within a test.
+    fn limit(path: &str, size: u64) -> BlockLimitConfig {
+        BlockLimitConfig {
+            path: path.into(),
+            ops: Some(BucketConfig {
+                size,
+                one_time_burst: 0,
+                refill_time: MAX_DAY,
+            }),
+            bytes: None,
+        }
+    }
+
+    const MAX_DAY: Duration = crate::virtio::limiter::MAX_REFILL;
+
+    fn throttle(limits: &[BlockLimitConfig]) -> (Throttle<W>, Arc<Mutex<Option<Vec<BlockLimitConfig>>>>) {
+        let next = Arc::new(Mutex::new(None));
+        let lookup = Lookup {
+            paths: limits.iter().map(|c| c.path.clone()).collect(),
+            next: Arc::clone(&next),
+        };
+        (Throttle::new(limits, Box::new(lookup)).unwrap(), next)
+    }
+
+    #[test]
+    fn every_request_draws_from_the_tenant_bucket_too() {
+        // Tenant: 3 ops; `a`: 10. Tag 1 is `a`, tag 2 has no limit.
+        let (mut t, next) = throttle(&[limit("tenant", 3), limit("a", 10)]);
+        assert_eq!(t.admit(Some(1), 0), None);
+        assert_eq!(t.admit(Some(2), 0), None);
+        assert_eq!(t.admit(None, 0), None, "unattributed draws from the tenant too");
+        // The tenant is empty: `a` waits in its own FIFO, the rest in the tenant's.
+        assert_eq!(t.admit(Some(1), 0), Some(1));
+        t.hold(1, W("a"));
+        assert_eq!(t.admit(Some(2), 0), Some(0));
+        t.hold(0, W("b"));
+        assert_eq!(t.admit(None, 0), Some(0));
+        t.hold(0, W("u"));
+        assert!(t.next_wait().unwrap() > Duration::from_secs(3600));
+        assert_eq!(t.pop_ready(), None);
+        // The tenant limit removed live: what its FIFO held goes at once;
+        // `a`'s held work then takes `a`'s tokens, of which the refusals
+        // took none (both buckets or neither): 10 - 1 - 1 = 8 more pass.
+        *next.lock().unwrap() = Some(vec![limit("a", 10)]);
+        assert_eq!(t.pop_ready(), Some(W("b")));
+        assert_eq!(t.pop_ready(), Some(W("u")));
+        assert_eq!(t.pop_ready(), Some(W("a")));
+        for i in 0..8 {
+            assert_eq!(t.admit(Some(1), 0), None, "pass {i}");
+        }
+        assert_eq!(t.admit(Some(1), 0), Some(0));
+        assert_eq!(t.admit(Some(2), 0), None, "no tenant limit any more");
+    }
+
+    #[test]
+    fn a_live_change_keeps_tokens_and_releases_what_a_removed_limit_held() {
+        let (mut t, next) = throttle(&[limit("a", 2)]);
+        assert_eq!(t.admit(Some(1), 0), None);
+        assert_eq!(t.admit(Some(1), 0), None);
+        assert_eq!(t.admit(Some(1), 0), Some(0));
+        t.hold(0, W("1"));
+        assert_eq!(t.admit(Some(1), 0), Some(0), "behind the held one");
+        t.hold(0, W("2"));
+        // A larger bucket: the empty one stays empty (no token created).
+        *next.lock().unwrap() = Some(vec![limit("a", 100)]);
+        assert_eq!(t.pop_ready(), None);
+        assert_eq!(t.held(), 2);
+        // A new limit on another path starts full; `a` removed: its held
+        // work goes at once, in order, without tokens.
+        *next.lock().unwrap() = Some(vec![limit("b", 1)]);
+        assert_eq!(t.next_wait(), Some(Duration::ZERO));
+        assert_eq!(t.pop_ready(), Some(W("1")));
+        assert_eq!(t.pop_ready(), Some(W("2")));
+        assert_eq!((t.pop_ready(), t.held(), t.next_wait()), (None, 0, None));
+        assert_eq!(t.admit(Some(1), 0), None, "`a` is no longer limited");
     }
 }
