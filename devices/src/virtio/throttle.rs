@@ -306,11 +306,14 @@ mod tests {
         }
     }
 
+    /// The next limits a test hands the throttle.
+    type Next = Arc<Mutex<Option<Vec<BlockLimitConfig>>>>;
+
     /// Tag 1 is container `a`, any other tag a container with no limit;
     /// `next` is handed out once by `changed`.
     struct Lookup {
         paths: Vec<String>,
-        next: Arc<Mutex<Option<Vec<BlockLimitConfig>>>>,
+        next: Next,
     }
 
     impl LimitLookup for Lookup {
@@ -339,7 +342,7 @@ mod tests {
 
     const MAX_DAY: Duration = crate::virtio::limiter::MAX_REFILL;
 
-    fn throttle(limits: &[BlockLimitConfig]) -> (Throttle<W>, Arc<Mutex<Option<Vec<BlockLimitConfig>>>>) {
+    fn throttle(limits: &[BlockLimitConfig]) -> (Throttle<W>, Next) {
         let next = Arc::new(Mutex::new(None));
         let lookup = Lookup {
             paths: limits.iter().map(|c| c.path.clone()).collect(),
