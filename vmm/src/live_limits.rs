@@ -235,6 +235,14 @@ impl LimitLookup for RegistryLookup {
             p.extend_from_slice(states);
         }
     }
+
+    fn publish_one(&mut self, k: usize, state: &LimitState) {
+        if let Some(live) = &self.live {
+            if let Some(slot) = locked(&live.published).get_mut(k) {
+                slot.clone_from(state);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

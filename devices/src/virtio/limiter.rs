@@ -196,13 +196,18 @@ pub trait LimitLookup: Send {
     /// Shows the state of the device's limits (for the API): called after
     /// the limits were used or changed, only on a device that has limits.
     fn publish(&mut self, _states: &[LimitState]) {}
+
+    /// Shows the new state of limit `k` alone (its buckets were used, or
+    /// it held or let go work): cheaper than [`Self::publish`], no
+    /// allocation.
+    fn publish_one(&mut self, _k: usize, _state: &LimitState) {}
 }
 
 /// One limit's state on one device, as [`LimitLookup::publish`] shows it.
 #[derive(Clone, Debug)]
 pub struct LimitState {
     /// The container path (or pattern) it applies to.
-    pub path: String,
+    pub path: std::sync::Arc<str>,
     /// Its buckets, as of `at_ns`.
     pub buckets: BlockLimit,
     /// The device clock when published ([`Self::buckets`] refill from there).
@@ -244,6 +249,14 @@ impl BlockLimit {
             ops: c.ops.map(|b| TokenBucket::new(b, now_ns)).transpose()?,
             bytes: c.bytes.map(|b| TokenBucket::new(b, now_ns)).transpose()?,
         })
+    }
+
+    /// A limit without buckets: nothing is held by it.
+    pub fn unlimited() -> Self {
+        Self {
+            ops: None,
+            bytes: None,
+        }
     }
 
     /// Takes configuration `c` (a live change), creating no tokens: a

@@ -61,7 +61,7 @@ impl<T> std::fmt::Debug for Throttle<T> {
 /// One limit's path and what it held.
 #[derive(Clone, Debug, Default)]
 struct LimitStats {
-    path: String,
+    path: std::sync::Arc<str>,
     events: u64,
     throttled_ns: u64,
 }
@@ -79,7 +79,7 @@ impl<T: HeldWork> Throttle<T> {
             stats: limits
                 .iter()
                 .map(|c| LimitStats {
-                    path: c.path.clone(),
+                    path: c.path.as_str().into(),
                     ..LimitStats::default()
                 })
                 .collect(),
@@ -100,7 +100,8 @@ impl<T: HeldWork> Throttle<T> {
     /// (reconfigured, never more, [`BlockLimit::reconfigure`]); a new one
     /// starts full; a removed one's held work is released (it goes first,
     /// on the next [`Self::pop_ready`]). A configuration the buckets refuse
-    /// (the VMM validates before, so a bug) keeps the old limits.
+    /// (the VMM validates before, so a bug) leaves that limit without
+    /// buckets, logged.
     fn refresh(&mut self) {
         let Some(new) = self.lookup.changed() else {
             return;
@@ -110,7 +111,7 @@ impl<T: HeldWork> Throttle<T> {
         let mut waiting = Vec::with_capacity(new.len());
         let mut stats = Vec::with_capacity(new.len());
         for c in &new {
-            let old = self.stats.iter().position(|s| s.path == c.path);
+            let old = self.stats.iter().position(|s| *s.path == *c.path);
             let limit = match old {
                 Some(i) => {
                     let mut l = self.limits[i].clone();
@@ -118,10 +119,15 @@ impl<T: HeldWork> Throttle<T> {
                 }
                 None => BlockLimit::new(c, now),
             };
-            let Ok(limit) = limit else {
-                log::error!("a live limit change was refused by the device: keeping the old limits");
-                return;
-            };
+            // The VMM validated it: a refusal is a bug. The limit then has
+            // no bucket (the lookup's indexes must stay those of `new`).
+            let limit = limit.unwrap_or_else(|e| {
+                log::error!(
+                    "limit on {}: the device refused its live change ({e}): left unlimited",
+                    c.path
+                );
+                BlockLimit::unlimited()
+            });
             limits.push(limit);
             match old {
                 Some(i) => {
@@ -131,7 +137,7 @@ impl<T: HeldWork> Throttle<T> {
                 None => {
                     waiting.push(VecDeque::new());
                     stats.push(LimitStats {
-                        path: c.path.clone(),
+                        path: c.path.as_str().into(),
                         ..LimitStats::default()
                     });
                 }
@@ -148,21 +154,38 @@ impl<T: HeldWork> Throttle<T> {
         self.publish();
     }
 
-    /// Shows the limits' state to the lookup (only with limits).
+    /// Limit `k`'s state as of `now`.
+    fn state(&self, k: usize, now: u64) -> Option<LimitState> {
+        let (l, w, s) = (self.limits.get(k)?, self.waiting.get(k)?, self.stats.get(k)?);
+        Some(LimitState {
+            path: std::sync::Arc::clone(&s.path),
+            buckets: l.clone(),
+            at_ns: now,
+            epoch: self.epoch,
+            held: w.len() as u64,
+            throttle_events: s.events + w.len() as u64,
+            throttled_ns: s.throttled_ns,
+        })
+    }
+
+    /// Shows every limit's state to the lookup (at start and after a change).
     fn publish(&mut self) {
         let now = self.now();
-        let states: Vec<LimitState> = (self.limits.iter().zip(&self.waiting).zip(&self.stats))
-            .map(|((l, w), s)| LimitState {
-                path: s.path.clone(),
-                buckets: l.clone(),
-                at_ns: now,
-                epoch: self.epoch,
-                held: w.len() as u64,
-                throttle_events: s.events + w.len() as u64,
-                throttled_ns: s.throttled_ns,
-            })
+        let states: Vec<LimitState> = (0..self.limits.len())
+            .filter_map(|k| self.state(k, now))
             .collect();
         self.lookup.publish(&states);
+    }
+
+    /// Shows the state of limit `k` and of the tenant limit, which work in
+    /// `k` also draws from.
+    fn publish_used(&mut self, k: usize) {
+        let now = self.now();
+        for i in [Some(k), self.tenant.filter(|&t| t != k)].into_iter().flatten() {
+            if let Some(state) = self.state(i, now) {
+                self.lookup.publish_one(i, &state);
+            }
+        }
     }
 
     /// The throttle's clock, ns.
@@ -217,7 +240,7 @@ impl<T: HeldWork> Throttle<T> {
         let now = self.now();
         let held = !(self.waiting.get(q)?.is_empty() && self.take(q, bytes, now));
         if !held {
-            self.publish();
+            self.publish_used(q);
         }
         held.then_some(q)
     }
@@ -230,7 +253,7 @@ impl<T: HeldWork> Throttle<T> {
             self.memory += h.memory();
             w.push_back((h, now));
         }
-        self.publish();
+        self.publish_used(k);
     }
 
     /// The first held work, of any limit, whose tokens are there now.
@@ -256,7 +279,7 @@ impl<T: HeldWork> Throttle<T> {
             }
             self.held -= 1;
             self.memory -= h.memory();
-            self.publish();
+            self.publish_used(q);
             return Some(h);
         }
         None

@@ -68,7 +68,7 @@ fn view(live: &LiveLimits, l: ContainerLimit) -> LimitView {
         .states()
         .into_iter()
         .flat_map(|(device, states)| {
-            states.into_iter().filter(|s| s.path == l.path).map(move |s| {
+            states.into_iter().filter(|s| *s.path == *l.path).map(move |s| {
                 let (ops_tokens, bytes_tokens) = s.tokens_now();
                 DeviceLimitView {
                     device: device.clone(),
