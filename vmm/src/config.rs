@@ -165,12 +165,18 @@ pub struct ContainerLimit {
     /// Bytes of those frames (Ethernet frames, without the virtio-net header).
     #[serde(default)]
     pub net_tx_bytes: Option<BucketConfig>,
+    /// Frames the guest receives (virtio-net RX), charged to this container.
+    #[serde(default)]
+    pub net_rx_frames: Option<BucketConfig>,
+    /// Bytes of those frames.
+    #[serde(default)]
+    pub net_rx_bytes: Option<BucketConfig>,
 }
 
 /// What `--limit` expects, for error messages.
 const LIMIT_FORM: &str = "--limit PATH:KEY=VALUE[,...] with keys blk-ops=RATE, blk-bytes=RATE, \
-     net-tx-frames=RATE, net-tx-bytes=RATE and their -burst=N (blk-ops-burst, net-tx-bytes-burst, ...), \
-     RATE like 100/s, 10/100ms or 1MiB/s";
+     net-tx-frames=RATE, net-tx-bytes=RATE, net-rx-frames=RATE, net-rx-bytes=RATE and their -burst=N \
+     (blk-ops-burst, net-tx-bytes-burst, ...), RATE like 100/s, 10/100ms or 1MiB/s";
 
 impl ContainerLimit {
     /// The device's form.
@@ -199,6 +205,34 @@ impl ContainerLimit {
     /// Whether it limits network TX (else the net devices ignore it).
     pub fn limits_net_tx(&self) -> bool {
         self.net_tx_frames.is_some() || self.net_tx_bytes.is_some()
+    }
+
+    /// The net device's RX form: a received frame is an operation.
+    pub fn net_rx(&self) -> devices::virtio::limiter::BlockLimitConfig {
+        devices::virtio::limiter::BlockLimitConfig {
+            path: self.path.clone(),
+            ops: self.net_rx_frames.map(BucketConfig::bucket),
+            bytes: self.net_rx_bytes.map(BucketConfig::bucket),
+        }
+    }
+
+    /// Whether it limits network RX.
+    pub fn limits_net_rx(&self) -> bool {
+        self.net_rx_frames.is_some() || self.net_rx_bytes.is_some()
+    }
+
+    /// Every bucket it sets.
+    pub fn buckets(&self) -> impl Iterator<Item = BucketConfig> {
+        [
+            self.blk_ops,
+            self.blk_bytes,
+            self.net_tx_frames,
+            self.net_tx_bytes,
+            self.net_rx_frames,
+            self.net_rx_bytes,
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 
@@ -241,14 +275,16 @@ impl ContainerLimit {
         }
         // Per key family (blk-ops, blk-bytes, net-tx-frames, net-tx-bytes):
         // its rate and its burst.
-        const KEYS: [(&str, bool); 4] = [
+        const KEYS: [(&str, bool); 6] = [
             ("blk-ops", false),
             ("blk-bytes", true),
             ("net-tx-frames", false),
             ("net-tx-bytes", true),
+            ("net-rx-frames", false),
+            ("net-rx-bytes", true),
         ];
-        let mut rates: [Option<devices::virtio::limiter::BucketConfig>; 4] = [None; 4];
-        let mut bursts: [Option<u64>; 4] = [None; 4];
+        let mut rates: [Option<devices::virtio::limiter::BucketConfig>; 6] = [None; 6];
+        let mut bursts: [Option<u64>; 6] = [None; 6];
         let mut seen: Vec<&str> = Vec::with_capacity(pairs.len());
         for &(k, v) in pairs {
             let bad = |e: String| format!("{source} {path}: {k}: {e}");
@@ -274,7 +310,7 @@ impl ContainerLimit {
                 ));
             }
         }
-        let mut buckets = [None; 4];
+        let mut buckets = [None; 6];
         for (i, (key, _)) in KEYS.iter().enumerate() {
             buckets[i] = match (rates[i], bursts[i]) {
                 (Some(r), b) => Some(BucketConfig {
@@ -288,13 +324,15 @@ impl ContainerLimit {
         if rates.iter().all(Option::is_none) {
             return Err(format!("{source} {path} sets no rate: expected {LIMIT_FORM}"));
         }
-        let [blk_ops, blk_bytes, net_tx_frames, net_tx_bytes] = buckets;
+        let [blk_ops, blk_bytes, net_tx_frames, net_tx_bytes, net_rx_frames, net_rx_bytes] = buckets;
         Ok(Self {
             path: path.to_owned(),
             blk_ops,
             blk_bytes,
             net_tx_frames,
             net_tx_bytes,
+            net_rx_frames,
+            net_rx_bytes,
         })
     }
 }
@@ -603,15 +641,13 @@ impl VmConfig {
             if l[..i].iter().any(|p| p.path == c.path) {
                 return Err(err("given twice: pass one --limit per container path".into()));
             }
-            if !c.limits_block() && !c.limits_net_tx() {
+            if c.buckets().next().is_none() {
                 return Err(err(
-                    "sets no rate: pass blk-ops, blk-bytes, net-tx-frames or net-tx-bytes=RATE".into(),
+                    "sets no rate: pass blk-ops, blk-bytes, net-tx-frames, net-tx-bytes, net-rx-frames or net-rx-bytes=RATE"
+                        .into(),
                 ));
             }
-            for b in [c.blk_ops, c.blk_bytes, c.net_tx_frames, c.net_tx_bytes]
-                .into_iter()
-                .flatten()
-            {
+            for b in c.buckets() {
                 devices::virtio::block::TokenBucket::new(b.bucket(), 0).map_err(|e| err(e.to_string()))?;
             }
         }
@@ -800,7 +836,7 @@ mod tests {
                 "web:blk-ops=1/s,net-tx-bytes-burst=1KiB",
                 "needs net-tx-bytes=RATE",
             ),
-            ("web:net-rx-frames=5/s", "unknown key"),
+            ("web:net-rx-packets=5/s", "unknown key"),
             ("web:net-tx-burst=5", "unknown key"),
             ("web:net-tx-frames-burst=x,net-tx-frames=1/s", "whole number"),
         ] {

@@ -211,7 +211,8 @@ mod tests {
             {"container": "web", "blk-ops": "100/s", "blk-bytes": "1MiB/s", "blk-ops-burst": 50},
             {"container": "batch/*", "net-tx-frames": "10/100ms", "net-tx-bytes-burst": "4KiB", "net-tx-bytes": "64KiB/s"},
             {"container": "unattributed", "blk-ops": "5/s"},
-            {"container": "tenant", "blk-ops": "500/s"}
+            {"container": "tenant", "blk-ops": "500/s"},
+            {"container": "db", "net-rx-frames": "50/s", "net-rx-bytes": "1MiB/s", "net-rx-frames-burst": 5}
         ]}"#;
         let got = parse(text, "l.json").unwrap();
         let want: Vec<ContainerLimit> = [
@@ -219,6 +220,7 @@ mod tests {
             "batch/*:net-tx-frames=10/100ms,net-tx-bytes-burst=4KiB,net-tx-bytes=64KiB/s",
             "unattributed:blk-ops=5/s",
             "tenant:blk-ops=500/s",
+            "db:net-rx-frames=50/s,net-rx-bytes=1MiB/s,net-rx-frames-burst=5",
         ]
         .iter()
         .map(|s| s.parse().unwrap())
@@ -268,8 +270,8 @@ mod tests {
                 "unknown key `blk-iops`",
             ),
             (
-                r#"{"limits": [{"container": "a", "net-rx-frames": "1/s"}]}"#,
-                "unknown key `net-rx-frames`",
+                r#"{"limits": [{"container": "a", "net-rx-packets": "1/s"}]}"#,
+                "unknown key `net-rx-packets`",
             ),
             (
                 r#"{"limits": [{"container": "a", "blk-ops": "1/s", "priority": 3}]}"#,

@@ -42,6 +42,9 @@ pub fn limit_index(paths: &[String], path: &str) -> Option<usize> {
         .map(|(_, i)| i)
 }
 
+/// Longest a change waits for the devices to take it up.
+pub const TAKE_UP_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// One device's published limit states.
 type Published = Arc<Mutex<Vec<LimitState>>>;
 
@@ -59,6 +62,9 @@ struct Table {
     wakers: Vec<(String, EventFd)>,
     /// Each limited device: its name and what it published.
     states: Vec<(String, Published)>,
+    /// Each limited device's lookup: the generation whose limits it has
+    /// taken up and published.
+    acks: Vec<Arc<AtomicU64>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -75,6 +81,7 @@ impl LiveLimits {
                 limits,
                 wakers: Vec::new(),
                 states: Vec::new(),
+                acks: Vec::new(),
             }),
         }
     }
@@ -111,6 +118,15 @@ impl LiveLimits {
         Ok(())
     }
 
+    /// Whether some device has not yet taken up (and published) the last
+    /// change. The API waits for that, at most [`TAKE_UP_WAIT`], before it
+    /// answers a change.
+    pub fn pending(&self) -> bool {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let t = locked(&self.table);
+        t.acks.iter().any(|a| a.load(Ordering::SeqCst) < generation)
+    }
+
     /// Every device's published limit states, by device name.
     pub fn states(&self) -> Vec<(String, Vec<LimitState>)> {
         let t = locked(&self.table);
@@ -135,6 +151,9 @@ impl LiveLimits {
     ) -> (Vec<BlockLimitConfig>, RegistryLookup) {
         let published: Published = Arc::default();
         let t = &mut *locked(&self.table);
+        let seen = self.generation.load(Ordering::SeqCst);
+        let ack = Arc::new(AtomicU64::new(seen));
+        t.acks.push(Arc::clone(&ack));
         t.states.push((name.to_owned(), Arc::clone(&published)));
         let configs = kind.configs(&t.limits);
         let lookup = RegistryLookup {
@@ -142,9 +161,10 @@ impl LiveLimits {
             paths: configs.iter().map(|c| c.path.clone()).collect(),
             live: Some(Live {
                 limits: Arc::clone(self),
-                seen: self.generation.load(Ordering::SeqCst),
+                seen,
                 kind,
                 published,
+                ack,
             }),
         };
         (configs, lookup)
@@ -158,6 +178,8 @@ pub enum DeviceKind {
     Block,
     /// virtio-net TX: `net-tx-*`.
     NetTx,
+    /// virtio-net RX: `net-rx-*`.
+    NetRx,
 }
 
 impl DeviceKind {
@@ -166,10 +188,12 @@ impl DeviceKind {
         let applies = |l: &&ContainerLimit| match self {
             Self::Block => l.limits_block(),
             Self::NetTx => l.limits_net_tx(),
+            Self::NetRx => l.limits_net_rx(),
         };
         let config = |l: &ContainerLimit| match self {
             Self::Block => l.block(),
             Self::NetTx => l.net_tx(),
+            Self::NetRx => l.net_rx(),
         };
         all.iter().filter(applies).map(config).collect()
     }
@@ -181,6 +205,8 @@ struct Live {
     seen: u64,
     kind: DeviceKind,
     published: Published,
+    /// `seen`, once the limits of that generation are published.
+    ack: Arc<AtomicU64>,
 }
 
 /// Which limit a block request or TX frame falls under: that of the path
@@ -233,6 +259,7 @@ impl LimitLookup for RegistryLookup {
             let mut p = locked(&live.published);
             p.clear();
             p.extend_from_slice(states);
+            live.ack.store(live.seen, Ordering::SeqCst);
         }
     }
 

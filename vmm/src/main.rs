@@ -84,9 +84,9 @@ struct Common {
     /// Requests listed in the table report (the JSON has them all).
     #[arg(long = "top-requests", default_value_t = 10)]
     top_requests: usize,
-    /// A token-bucket limit on one container's block I/O and network TX, applied to the live
+    /// A token-bucket limit on one container's block I/O and network TX/RX, applied to the live
     /// container of that path (repeatable; PATH `tenant`: every request also draws from it): PATH:blk-ops=RATE[,blk-bytes=RATE][,net-tx-frames=RATE]
-    /// [,net-tx-bytes=RATE][,KEY-burst=N], RATE like 100/s, 10/100ms or 1MiB/s. Held requests and
+    /// [,net-tx-bytes=RATE][,net-rx-frames=RATE][,net-rx-bytes=RATE][,KEY-burst=N], RATE like 100/s, 10/100ms or 1MiB/s. Held requests and
     /// frames are delayed, never dropped.
     #[arg(long = "limit", value_name = "PATH:blk-ops=RATE,...")]
     limit: Vec<ContainerLimit>,

@@ -50,6 +50,10 @@ pub struct LimitView {
     pub net_tx_frames: Option<BucketConfig>,
     /// As above.
     pub net_tx_bytes: Option<BucketConfig>,
+    /// As above.
+    pub net_rx_frames: Option<BucketConfig>,
+    /// As above.
+    pub net_rx_bytes: Option<BucketConfig>,
     /// Its state on each device that takes it.
     pub devices: Vec<DeviceLimitView>,
 }
@@ -87,6 +91,8 @@ fn view(live: &LiveLimits, l: ContainerLimit) -> LimitView {
         blk_bytes: l.blk_bytes,
         net_tx_frames: l.net_tx_frames,
         net_tx_bytes: l.net_tx_bytes,
+        net_rx_frames: l.net_rx_frames,
+        net_rx_bytes: l.net_rx_bytes,
         devices,
     }
 }

@@ -274,6 +274,24 @@ async fn read_body(rq: hyper::Request<hyper::body::Incoming>) -> Result<Vec<u8>,
     }
 }
 
+/// After an applied limit change (`reply`): waits until the devices took it
+/// up, at most [`crate::live_limits::TAKE_UP_WAIT`], so that the answer
+/// shows it; a `PUT` then answers as a `GET` of its target does.
+async fn took_up(state: &ApiState, method: &str, target: &str, reply: Reply) -> Reply {
+    let Some(live) = state.limits.as_deref() else {
+        return reply;
+    };
+    let deadline = tokio::time::Instant::now() + crate::live_limits::TAKE_UP_WAIT;
+    while live.pending() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if method == "PUT" {
+        route_with_body(state, "GET", target, None)
+    } else {
+        reply
+    }
+}
+
 /// Answers one request that came in on `surface`.
 async fn answer(
     state: &ApiState,
@@ -306,6 +324,11 @@ async fn answer(
             Surface::Api => route_with_body(state, &method, &target, None),
             Surface::Metrics => route_metrics(state, &method, &target),
         }
+    };
+    let reply = if limits && reply.status == 200 && matches!(method.as_str(), "PUT" | "DELETE") {
+        took_up(state, &method, &target, reply).await
+    } else {
+        reply
     };
     let mut response = hyper::Response::new(Body::new(reply.body.into()));
     *response.status_mut() =

@@ -195,10 +195,15 @@ fn build_virtio(
         dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
         dev.set_flow_bindings(Arc::clone(env.agent) as Arc<dyn devices::virtio::net::flow::FlowBindings>);
         let limits = device_limits(env, &format!("net{j}"), DeviceKind::NetTx);
-        let limited = limits.is_some();
+        let rx_limits = device_limits(env, &format!("net{j}-rx"), DeviceKind::NetRx);
+        let limited = limits.is_some() || rx_limits.is_some();
+        // Validated with the configuration: a refusal here is a bug.
         if let Some((limits, lookup)) = limits {
-            // Validated with the configuration: a refusal here is a bug.
             dev.set_tx_limits(&limits, lookup)
+                .map_err(|e| VmError::Limits(e.to_string()))?;
+        }
+        if let Some((limits, lookup)) = rx_limits {
+            dev.set_rx_limits(&limits, lookup)
                 .map_err(|e| VmError::Limits(e.to_string()))?;
         }
         let dev = place_virtio(env, bus, i, (format!("net{j}"), "virtio-net"), dev)?;

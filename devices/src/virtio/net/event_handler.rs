@@ -91,21 +91,23 @@ impl NetHandler {
         self.timer.as_ref().map(LimitTimer::waker)
     }
 
-    /// Arms the timer for the first held TX frame, or disarms it.
+    /// Arms the timer for the first held frame (TX or RX), or disarms it.
     fn rearm(timer: Option<&mut LimitTimer>, device: &mut NetDevice) {
         if let Some(timer) = timer {
-            timer.arm(device.next_tx_release(), "virtio-net");
+            timer.arm(device.next_release(), "virtio-net");
         }
     }
 
-    /// Sends the held TX frames that are due and takes up the TX queue, as
-    /// if the timer had fired.
+    /// Sends the held TX frames that are due and takes up the TX queue, and
+    /// delivers the held RX frames that are due, as if the timer had fired.
     pub fn handle_timer(&mut self) -> ProcessStats {
         if let Some(t) = self.timer.as_mut() {
             t.acknowledge();
         }
         let mut device = self.device.lock().unwrap_or_else(|e| e.into_inner());
-        let out = device.process_tx(self.charger.as_mut());
+        let mut out = device.process_tx(self.charger.as_mut());
+        let rx = device.release_rx(self.charger.as_mut());
+        out.frames += rx.frames;
         Self::rearm(self.timer.as_mut(), &mut device);
         out
     }
@@ -134,7 +136,9 @@ impl NetHandler {
     pub fn handle_rx(&mut self) -> ProcessStats {
         let _ = self.notifiers[RX_QUEUE].eventfd().read();
         let mut device = self.device.lock().unwrap_or_else(|e| e.into_inner());
-        device.process_rx(self.charger.as_mut())
+        let out = device.process_rx(self.charger.as_mut());
+        Self::rearm(self.timer.as_mut(), &mut device);
+        out
     }
 
     fn backend_events(&self) -> Option<Events> {
