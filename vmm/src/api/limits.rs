@@ -235,3 +235,92 @@ pub(super) fn route(
         (m, _) => refuse(live, 405, format!("{m} is not allowed here: use {ALLOW}")),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn live() -> LiveLimits {
+        LiveLimits::new(vec!["web:blk-ops=10/s".parse().unwrap()])
+    }
+
+    #[test]
+    fn changes_are_applied_whole_or_not_at_all() {
+        let l = live();
+        let put = |path: &str, body: &str| route(Some(&l), "PUT", path, Some(body.as_bytes())).unwrap();
+        assert_eq!(put("/v1/limits/db", r#"{"net-rx-frames": "5/s"}"#).status, 200);
+        assert_eq!(l.limits().len(), 2);
+        // One bad entry in a whole table: nothing changes.
+        let r = put(
+            "/v1/limits",
+            r#"{"limits": [{"container": "a", "blk-ops": "1/s"}, {"container": "b", "blk-ops": "1/0ms"}]}"#,
+        );
+        assert_eq!(r.status, 400);
+        assert!(String::from_utf8_lossy(&r.body).contains("PUT /v1/limits: limit b: blk-ops"));
+        assert_eq!(l.limits().len(), 2);
+        assert_eq!(l.rejected(), 1);
+        // The 65th limit is refused, the 64 stay.
+        for i in 2..MAX_CONTAINER_LIMITS {
+            assert_eq!(
+                put(&format!("/v1/limits/c{i}"), r#"{"blk-ops": "1/s"}"#).status,
+                200
+            );
+        }
+        let r = put("/v1/limits/one-more", r#"{"blk-ops": "1/s"}"#);
+        assert_eq!(r.status, 400);
+        assert_eq!(l.limits().len(), MAX_CONTAINER_LIMITS);
+        // Replacing one that exists is fine at the bound.
+        assert_eq!(put("/v1/limits/web", r#"{"blk-ops": "20/s"}"#).status, 200);
+        assert_eq!(l.limits()[0].blk_ops.unwrap().size, 20);
+        // Paths: percent-decoded, slashes kept, `/v1/limits/` names none.
+        assert_eq!(put("/v1/limits/c2", r#"{"blk-ops": "2/s"}"#).status, 200);
+        let get = |p: &str| route(Some(&l), "GET", p, None).unwrap().status;
+        assert_eq!((get("/v1/limits/c%32"), get("/v1/limits/")), (200, 404));
+        assert!(
+            route(Some(&l), "GET", "/v1/limitsx", None).is_none(),
+            "not a limits path"
+        );
+    }
+
+    proptest! {
+        /// Hostile bodies, paths and methods: nothing panics; every answer
+        /// is JSON; a change is applied (200) whole and valid, or refused
+        /// and changes nothing.
+        #[test]
+        fn hostile_requests_never_panic_or_half_apply(
+            method in prop::sample::select(vec!["GET", "PUT", "DELETE", "POST", "PATCH"]),
+            path in prop_oneof![
+                Just("/v1/limits".to_string()),
+                "/v1/limits/[a-z*%/0-9]{0,12}",
+            ],
+            body in prop_oneof![
+                Just(String::new()),
+                "\\PC{0,80}",
+                r#"\{"(blk-ops|net-rx-bytes|priority|container|x)": "[0-9]{1,22}/[0-9]{0,3}(s|ms|h)"\}"#,
+                r#"\{"limits": \[\{"container": "[a-z*]{0,4}", "(blk-ops|net-tx-frames-burst)": ([0-9]{1,21}|"[0-9KMiB]{1,6}/s")\}\]\}"#,
+            ],
+        ) {
+            let l = live();
+            let before = l.limits();
+            let Some(r) = route(Some(&l), method, &path, Some(body.as_bytes())) else {
+                prop_assert!(!path.starts_with("/v1/limits/") && path != "/v1/limits");
+                return Ok(());
+            };
+            let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+            let after = l.limits();
+            if r.status == 200 {
+                prop_assert!(after.len() <= MAX_CONTAINER_LIMITS);
+                let mut c = crate::config::VmConfig::new(crate::config::KernelSource::Builtin(
+                    crate::config::Builtin::TestGuest,
+                ));
+                c.container_limits = after;
+                prop_assert!(c.validate().is_ok(), "{v}");
+            } else {
+                prop_assert!([400, 404, 405].contains(&r.status), "{}: {v}", r.status);
+                prop_assert!(v["error"].is_string());
+                prop_assert_eq!(after, before);
+            }
+        }
+    }
+}
