@@ -307,3 +307,43 @@ fn tx_throttling_is_charged_to_the_request_that_sent_the_frame() {
     let dev = run.report.devices.iter().find(|d| d.name == "net0").unwrap();
     assert_eq!(dev.counters.get("tx_throttled"), Some(&udp.throttle_events));
 }
+
+/// `udp` limited on RX to one received frame per 30 ms (`net-rx-frames`):
+/// the echoes the flow table charges to it are held in the guest's buffers
+/// (off the used ring) and delivered when tokens come. The counts stay
+/// exact; the first echo passes a full bucket of 1, so at most 3 of udp's
+/// 4 are held; nothing else is held, on RX or TX.
+#[test]
+fn a_limited_container_is_throttled_on_rx_and_the_others_are_not() {
+    let (run, echoed) = run_net(vec!["udp:net-rx-frames=1/30ms".parse().unwrap()]);
+
+    run.assert_clean();
+    assert_eq!(echoed, 4);
+    let net = |path: &str| run.container(path).charges.net;
+    let udp_frame = |payload: u64| 14 + 20 + 8 + payload;
+    let (udp, tcp) = (net("udp"), net("tcp"));
+    let requests: u64 = (1..=3).map(|r| udp_frame(100 * r)).sum();
+    assert_eq!((udp.tx_frames, udp.tx_bytes), (4, requests + udp_frame(10)));
+    assert_eq!((udp.rx_frames, udp.rx_bytes), (4, requests + udp_frame(10)));
+    assert_eq!((tcp.tx_frames, tcp.rx_frames), (3, 0));
+    assert!(udp.throttle_events <= 3, "{udp:?}");
+    assert_eq!(udp.throttle_events == 0, udp.throttled_ns == 0, "{udp:?}");
+    for other in [tcp, net("spoof"), net("unattributed")] {
+        assert_eq!((other.throttle_events, other.throttled_ns), (0, 0), "{other:?}");
+    }
+    let dev = run.report.devices.iter().find(|d| d.name == "net0").unwrap();
+    assert_eq!(dev.counters.get("rx_throttled"), Some(&udp.throttle_events));
+    assert_eq!(dev.counters.get("tx_throttled"), Some(&0));
+    assert_eq!(
+        dev.counters.get("rx_frames"),
+        Some(&(udp.rx_frames + net("unattributed").rx_frames))
+    );
+    assert_eq!(
+        run.conservation_line("net.throttle_events"),
+        (udp.throttle_events, udp.throttle_events)
+    );
+    assert_eq!(
+        run.conservation_line("net.throttled_ns"),
+        (udp.throttled_ns, udp.throttled_ns)
+    );
+}

@@ -104,25 +104,40 @@ fn validate(doc: &Value, schema: &Value, v: &Value, at: &str, errors: &mut Vec<S
 
 /// The documented schema of `path` (a templated path as in the document)
 /// answering `status` with JSON.
-fn response_schema<'a>(doc: &'a Value, path: &str, status: u16) -> &'a Value {
-    let op = &doc["paths"][path]["get"];
-    assert!(op.is_object(), "docs/api.yaml has no GET {path}");
+fn response_schema<'a>(doc: &'a Value, method: &str, path: &str, status: u16) -> &'a Value {
+    let op = &doc["paths"][path][method.to_ascii_lowercase()];
+    assert!(op.is_object(), "docs/api.yaml has no {method} {path}");
     let r = resolve(doc, &op["responses"][status.to_string()]);
-    assert!(r.is_object(), "docs/api.yaml: GET {path} documents no {status}");
+    assert!(
+        r.is_object(),
+        "docs/api.yaml: {method} {path} documents no {status}"
+    );
     let schema = &r["content"]["application/json"]["schema"];
-    assert!(schema.is_object(), "GET {path} {status}: no JSON schema");
+    assert!(schema.is_object(), "{method} {path} {status}: no JSON schema");
     schema
 }
 
 fn check(doc: &Value, sock: &Path, target: &str, path: &str, status: u16) -> Value {
-    let r = client::get(sock, target).expect("GET over the socket");
-    assert_eq!(r.status, status, "GET {target}: {}", r.body);
-    let v: Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("GET {target}: {e}"));
+    check_call(doc, sock, ("GET", target, None), path, status)
+}
+
+/// `(method, target, body)` must answer `status` as documented for `path`.
+fn check_call(doc: &Value, sock: &Path, call: (&str, &str, Option<&str>), path: &str, status: u16) -> Value {
+    let (method, target, body) = call;
+    let r = client::request(sock, method, target, body).expect("a request over the socket");
+    assert_eq!(r.status, status, "{method} {target}: {}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{method} {target}: {e}"));
     let mut errors = Vec::new();
-    validate(doc, response_schema(doc, path, status), &v, "$", &mut errors);
+    validate(
+        doc,
+        response_schema(doc, method, path, status),
+        &v,
+        "$",
+        &mut errors,
+    );
     assert!(
         errors.is_empty(),
-        "GET {target} breaks docs/api.yaml:\n{}",
+        "{method} {target} breaks docs/api.yaml:\n{}",
         errors.join("\n")
     );
     v
@@ -294,6 +309,25 @@ fn every_endpoint_answers_as_documented() {
         "/v1/flamegraph.svg",
         400,
     );
+    // The limits: set, read, refused, removed.
+    let one = "/v1/limits/{container}";
+    check(&doc, &api, "/v1/limits", "/v1/limits", 200);
+    check(&doc, &api, "/v1/limits/batch", one, 404);
+    let set = Some(r#"{"blk-ops": "100/s", "blk-bytes-burst": 4096, "blk-bytes": "1MiB/s"}"#);
+    let l = check_call(&doc, &api, ("PUT", "/v1/limits/batch", set), one, 200);
+    assert_eq!(l["devices"][0]["device"], "disk0", "{l}");
+    check_call(&doc, &api, ("PUT", "/v1/limits/batch", Some("{}")), one, 400);
+    let all = Some(
+        r#"{"limits": [{"container": "db", "net-tx-frames": "5/s"}, {"container": "web/*", "blk-ops": "1/s"}]}"#,
+    );
+    check_call(&doc, &api, ("PUT", "/v1/limits", all), "/v1/limits", 200);
+    check_call(&doc, &api, ("PUT", "/v1/limits", Some("[]")), "/v1/limits", 400);
+    let v = check(&doc, &api, "/v1/limits", "/v1/limits", 200);
+    assert_eq!(v["limits"].as_array().unwrap().len(), 2, "{v}");
+    check(&doc, &api, "/v1/limits/web%2F*", one, 200);
+    check_call(&doc, &api, ("DELETE", "/v1/limits/db", None), one, 200);
+    check_call(&doc, &api, ("DELETE", "/v1/limits/db", None), one, 404);
+    check_call(&doc, &api, ("DELETE", "/v1/limits", None), "/v1/limits", 200);
     // Every path the document lists was exercised above, or is /metrics.
     let documented: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
     for p in &documented {
@@ -305,6 +339,8 @@ fn every_endpoint_answers_as_documented() {
                 "/v1/requests",
                 "/v1/processes",
                 "/v1/flamegraph.svg",
+                "/v1/limits",
+                "/v1/limits/{container}",
                 "/metrics"
             ]
             .contains(&p.as_str()),

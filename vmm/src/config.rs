@@ -165,12 +165,18 @@ pub struct ContainerLimit {
     /// Bytes of those frames (Ethernet frames, without the virtio-net header).
     #[serde(default)]
     pub net_tx_bytes: Option<BucketConfig>,
+    /// Frames the guest receives (virtio-net RX), charged to this container.
+    #[serde(default)]
+    pub net_rx_frames: Option<BucketConfig>,
+    /// Bytes of those frames.
+    #[serde(default)]
+    pub net_rx_bytes: Option<BucketConfig>,
 }
 
 /// What `--limit` expects, for error messages.
 const LIMIT_FORM: &str = "--limit PATH:KEY=VALUE[,...] with keys blk-ops=RATE, blk-bytes=RATE, \
-     net-tx-frames=RATE, net-tx-bytes=RATE and their -burst=N (blk-ops-burst, net-tx-bytes-burst, ...), \
-     RATE like 100/s, 10/100ms or 1MiB/s";
+     net-tx-frames=RATE, net-tx-bytes=RATE, net-rx-frames=RATE, net-rx-bytes=RATE and their -burst=N \
+     (blk-ops-burst, net-tx-bytes-burst, ...), RATE like 100/s, 10/100ms or 1MiB/s";
 
 impl ContainerLimit {
     /// The device's form.
@@ -200,6 +206,34 @@ impl ContainerLimit {
     pub fn limits_net_tx(&self) -> bool {
         self.net_tx_frames.is_some() || self.net_tx_bytes.is_some()
     }
+
+    /// The net device's RX form: a received frame is an operation.
+    pub fn net_rx(&self) -> devices::virtio::limiter::BlockLimitConfig {
+        devices::virtio::limiter::BlockLimitConfig {
+            path: self.path.clone(),
+            ops: self.net_rx_frames.map(BucketConfig::bucket),
+            bytes: self.net_rx_bytes.map(BucketConfig::bucket),
+        }
+    }
+
+    /// Whether it limits network RX.
+    pub fn limits_net_rx(&self) -> bool {
+        self.net_rx_frames.is_some() || self.net_rx_bytes.is_some()
+    }
+
+    /// Every bucket it sets.
+    pub fn buckets(&self) -> impl Iterator<Item = BucketConfig> {
+        [
+            self.blk_ops,
+            self.blk_bytes,
+            self.net_tx_frames,
+            self.net_tx_bytes,
+            self.net_rx_frames,
+            self.net_rx_bytes,
+        ]
+        .into_iter()
+        .flatten()
+    }
 }
 
 impl std::str::FromStr for ContainerLimit {
@@ -208,33 +242,56 @@ impl std::str::FromStr for ContainerLimit {
     /// `PATH:blk-ops=RATE,blk-bytes=RATE,blk-ops-burst=N,blk-bytes-burst=SIZE`,
     /// and the same four for net TX (`net-tx-frames`, `net-tx-bytes`).
     fn from_str(s: &str) -> Result<Self, String> {
-        use devices::virtio::limiter::{parse_rate, parse_size};
         let Some((path, opts)) = s.rsplit_once(':') else {
             return Err(format!("`{s}` names no container: expected {LIMIT_FORM}"));
         };
-        if path.is_empty() {
-            return Err(format!("`{s}` names no container: expected {LIMIT_FORM}"));
-        }
-        if path == "tenant" {
-            return Err(
-                "tenant limits are not built yet: name a container path (--limit PATH:blk-ops=RATE)".into(),
-            );
-        }
-        // Per key family (blk-ops, blk-bytes, net-tx-frames, net-tx-bytes):
-        // its rate and its burst.
-        const KEYS: [(&str, bool); 4] = [
-            ("blk-ops", false),
-            ("blk-bytes", true),
-            ("net-tx-frames", false),
-            ("net-tx-bytes", true),
-        ];
-        let mut rates: [Option<devices::virtio::limiter::BucketConfig>; 4] = [None; 4];
-        let mut bursts: [Option<u64>; 4] = [None; 4];
+        let mut pairs = Vec::new();
         for opt in opts.split(',') {
             let (k, v) = opt
                 .split_once('=')
                 .ok_or_else(|| format!("`{opt}` is not KEY=VALUE: expected {LIMIT_FORM}"))?;
-            let bad = |e: String| format!("--limit {path}: {k}: {e}");
+            pairs.push((k, v));
+        }
+        Self::from_keys(path, &pairs, "--limit")
+    }
+}
+
+impl ContainerLimit {
+    /// A limit on `path` (a container path, `unattributed`, or a pattern
+    /// ending in `*`) from its `(key, value)` pairs, as `--limit` and a
+    /// `--limits` file give them; `source` (`--limit`, `--limits FILE`)
+    /// starts every error.
+    pub fn from_keys(path: &str, pairs: &[(&str, &str)], source: &str) -> Result<Self, String> {
+        use devices::virtio::limiter::{parse_rate, parse_size};
+        if path.is_empty() {
+            return Err(format!(
+                "{source}: a limit names no container: expected {LIMIT_FORM}"
+            ));
+        }
+        if path.trim_end_matches('*').contains('*') || path.ends_with("**") {
+            return Err(format!(
+                "{source} {path}: `*` may only end a path (`web/*`: every container whose path starts with `web/`)"
+            ));
+        }
+        // Per key family (blk-ops, blk-bytes, net-tx-frames, net-tx-bytes):
+        // its rate and its burst.
+        const KEYS: [(&str, bool); 6] = [
+            ("blk-ops", false),
+            ("blk-bytes", true),
+            ("net-tx-frames", false),
+            ("net-tx-bytes", true),
+            ("net-rx-frames", false),
+            ("net-rx-bytes", true),
+        ];
+        let mut rates: [Option<devices::virtio::limiter::BucketConfig>; 6] = [None; 6];
+        let mut bursts: [Option<u64>; 6] = [None; 6];
+        let mut seen: Vec<&str> = Vec::with_capacity(pairs.len());
+        for &(k, v) in pairs {
+            let bad = |e: String| format!("{source} {path}: {k}: {e}");
+            if seen.contains(&k) {
+                return Err(bad("given twice: give each key once".into()));
+            }
+            seen.push(k);
             let family = |key: &str| KEYS.iter().position(|(name, _)| *name == key);
             if let Some(i) = family(k) {
                 rates[i] = Some(parse_rate(v, KEYS[i].1).map_err(bad)?);
@@ -245,31 +302,37 @@ impl std::str::FromStr for ContainerLimit {
                     v.parse::<u64>()
                         .map_err(|_| bad(format!("`{v}` is not a whole number")))?
                 });
+            } else if k == "priority" {
+                return Err(bad("priorities are not built yet: remove the key".into()));
             } else {
-                return Err(format!("unknown --limit key `{k}`: expected {LIMIT_FORM}"));
+                return Err(format!(
+                    "{source} {path}: unknown key `{k}`: expected {LIMIT_FORM}"
+                ));
             }
         }
-        let mut buckets = [None; 4];
+        let mut buckets = [None; 6];
         for (i, (key, _)) in KEYS.iter().enumerate() {
             buckets[i] = match (rates[i], bursts[i]) {
                 (Some(r), b) => Some(BucketConfig {
                     one_time_burst: b.unwrap_or(0),
                     ..BucketConfig::from_rate(r)
                 }),
-                (None, Some(_)) => return Err(format!("--limit {path}: {key}-burst needs {key}=RATE too")),
+                (None, Some(_)) => return Err(format!("{source} {path}: {key}-burst needs {key}=RATE too")),
                 (None, None) => None,
             };
         }
         if rates.iter().all(Option::is_none) {
-            return Err(format!("--limit {path} sets no rate: expected {LIMIT_FORM}"));
+            return Err(format!("{source} {path} sets no rate: expected {LIMIT_FORM}"));
         }
-        let [blk_ops, blk_bytes, net_tx_frames, net_tx_bytes] = buckets;
+        let [blk_ops, blk_bytes, net_tx_frames, net_tx_bytes, net_rx_frames, net_rx_bytes] = buckets;
         Ok(Self {
             path: path.to_owned(),
             blk_ops,
             blk_bytes,
             net_tx_frames,
             net_tx_bytes,
+            net_rx_frames,
+            net_rx_bytes,
         })
     }
 }
@@ -578,15 +641,13 @@ impl VmConfig {
             if l[..i].iter().any(|p| p.path == c.path) {
                 return Err(err("given twice: pass one --limit per container path".into()));
             }
-            if !c.limits_block() && !c.limits_net_tx() {
+            if c.buckets().next().is_none() {
                 return Err(err(
-                    "sets no rate: pass blk-ops, blk-bytes, net-tx-frames or net-tx-bytes=RATE".into(),
+                    "sets no rate: pass blk-ops, blk-bytes, net-tx-frames, net-tx-bytes, net-rx-frames or net-rx-bytes=RATE"
+                        .into(),
                 ));
             }
-            for b in [c.blk_ops, c.blk_bytes, c.net_tx_frames, c.net_tx_bytes]
-                .into_iter()
-                .flatten()
-            {
+            for b in c.buckets() {
                 devices::virtio::block::TokenBucket::new(b.bucket(), 0).map_err(|e| err(e.to_string()))?;
             }
         }
@@ -775,10 +836,9 @@ mod tests {
                 "web:blk-ops=1/s,net-tx-bytes-burst=1KiB",
                 "needs net-tx-bytes=RATE",
             ),
-            ("web:net-rx-frames=5/s", "unknown --limit key"),
-            ("web:net-tx-burst=5", "unknown --limit key"),
+            ("web:net-rx-packets=5/s", "unknown key"),
+            ("web:net-tx-burst=5", "unknown key"),
             ("web:net-tx-frames-burst=x,net-tx-frames=1/s", "whole number"),
-            ("tenant:net-tx-frames=5/s", "tenant limits are not built"),
         ] {
             let e = bad.parse::<ContainerLimit>().unwrap_err();
             assert!(e.contains("--limit") && e.contains(says), "{bad}: {e}");
@@ -813,7 +873,6 @@ mod tests {
             "web:blk-iops=5/s",
             "web:blk-ops-burst=5",
             "web:blk-bytes=1XB/s",
-            "tenant:blk-ops=5/s",
         ] {
             let e = bad.parse::<ContainerLimit>().unwrap_err();
             assert!(e.contains("--limit"), "{bad}: {e}");

@@ -19,6 +19,8 @@ pub mod boot;
 pub mod charger;
 pub mod config;
 pub mod limits;
+pub mod limits_file;
+pub mod live_limits;
 pub mod logging;
 pub mod probes;
 pub mod sampler;

@@ -104,12 +104,16 @@ struct Common {
     /// Requests listed in the table report (the JSON has them all).
     #[arg(long = "top-requests", default_value_t = 10)]
     top_requests: usize,
-    /// A token-bucket limit on one container's block I/O and network TX, applied to the live
-    /// container of that path (repeatable): PATH:blk-ops=RATE[,blk-bytes=RATE][,net-tx-frames=RATE]
-    /// [,net-tx-bytes=RATE][,KEY-burst=N], RATE like 100/s, 10/100ms or 1MiB/s. Held requests and
+    /// A token-bucket limit on one container's block I/O and network TX/RX, applied to the live
+    /// container of that path (repeatable; PATH `tenant`: every request also draws from it): PATH:blk-ops=RATE[,blk-bytes=RATE][,net-tx-frames=RATE]
+    /// [,net-tx-bytes=RATE][,net-rx-frames=RATE][,net-rx-bytes=RATE][,KEY-burst=N], RATE like 100/s, 10/100ms or 1MiB/s. Held requests and
     /// frames are delayed, never dropped.
     #[arg(long = "limit", value_name = "PATH:blk-ops=RATE,...")]
     limit: Vec<ContainerLimit>,
+    /// Per-container limits from a JSON file: {"limits": [{"container": "PATH", "blk-ops": "100/s", ...}]}
+    /// with --limit's keys; PATH may end in `*` (docs/limits-per-container.md). A path may not be in both.
+    #[arg(long = "limits", value_name = "FILE")]
+    limits_file: Option<PathBuf>,
     /// Most containers the guest may declare over the VM's life, 0-1000000.
     #[arg(long = "max-containers", value_name = "N", default_value_t = Limits::default().max_containers)]
     max_containers: u32,
@@ -244,7 +248,13 @@ fn install_stop_handlers() {
     }
 }
 
-fn run_vm(config: VmConfig, c: &Common) -> anyhow::Result<ExitCode> {
+fn run_vm(mut config: VmConfig, c: &Common) -> anyhow::Result<ExitCode> {
+    if let Some(f) = &c.limits_file {
+        let file = vmm::limits_file::load(f).map_err(anyhow::Error::msg)?;
+        let flags = std::mem::take(&mut config.container_limits);
+        config.container_limits =
+            vmm::limits_file::merge(flags, file, &f.display().to_string()).map_err(anyhow::Error::msg)?;
+    }
     install_stop_handlers();
     match config.seccomp {
         Seccomp::Trap => {}

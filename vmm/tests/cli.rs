@@ -178,6 +178,45 @@ fn user_mistakes_name_the_flag_to_fix() {
 }
 
 #[test]
+fn a_limits_file_is_read_and_its_mistakes_name_the_file_line_and_form() {
+    let file = scratch("limits.json");
+    let f = file.to_str().unwrap();
+    // A mistake on line 2: the file, the line and the expected form.
+    std::fs::write(
+        &file,
+        "{\"limits\": [\n  {\"container\": \"a\", \"blk-ops\": \"0/s\"}]}",
+    )
+    .unwrap();
+    let out = resourceful(&["demo", "--limits", f]);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains(&format!("--limits {f}: limit a: blk-ops")) && e.contains("line 2"),
+        "{e}"
+    );
+    assert!(e.contains(r#"expected {"limits": [{"container": "PATH""#), "{e}");
+    // A path both in the file and a flag is refused; a missing file is named.
+    std::fs::write(&file, r#"{"limits": [{"container": "api", "blk-ops": "1/s"}]}"#).unwrap();
+    let out = resourceful(&["demo", "--limits", f, "--limit", "api:blk-ops=2/s"]);
+    assert!(stderr(&out).contains("also given as --limit"), "{}", stderr(&out));
+    let out = resourceful(&["demo", "--limits", "/nonexistent/limits.json"]);
+    assert!(
+        stderr(&out).contains("--limits /nonexistent/limits.json: cannot open"),
+        "{}",
+        stderr(&out)
+    );
+    // A valid file: the VM runs (the demo does no I/O the limits hold).
+    std::fs::write(
+        &file,
+        r#"{"limits": [{"container": "api", "blk-ops": "1/s"}, {"container": "tenant", "net-rx-frames": "10/s"}]}"#,
+    )
+    .unwrap();
+    let out = resourceful(&["demo", "--json", "--limits", f]);
+    let _ = std::fs::remove_file(&file);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
 fn sigterm_stops_a_busy_guest_and_the_report_is_still_written() {
     let path = scratch("sig.json");
     let mut child = Command::new(env!("CARGO_BIN_EXE_resourceful"))

@@ -79,6 +79,21 @@ impl TokenBucket {
         })
     }
 
+    /// Takes configuration `c` (a live change), creating no tokens: the
+    /// tokens earned up to `now_ns` are credited, then the bucket keeps at
+    /// most the new size of them and at most the new burst of what is left
+    /// of its burst; the fraction of a token not yet earned is dropped.
+    pub fn reconfigure(&mut self, c: BucketConfig, now_ns: u64) -> Result<(), BucketError> {
+        let fresh = Self::new(c, now_ns)?;
+        self.refill(now_ns);
+        *self = Self {
+            budget: self.budget.min(fresh.size),
+            burst: self.burst.min(fresh.burst),
+            ..fresh
+        };
+        Ok(())
+    }
+
     /// Tokens available now (the bucket's plus what is left of the burst).
     pub fn available(&mut self, now_ns: u64) -> u64 {
         self.refill(now_ns);
@@ -158,12 +173,67 @@ pub struct BlockLimitConfig {
     pub bytes: Option<BucketConfig>,
 }
 
+/// The path of the tenant limit: a bucket every request of the device also
+/// draws from, whatever container it is charged to (`unattributed`
+/// included). A [`LimitLookup`] never answers its index.
+pub const TENANT_PATH: &str = "tenant";
+
 /// Which of the device's limits (an index into the list it was given), if
 /// any, a request charged to `tag` falls under. Implemented by the VMM over
 /// the registry; called once per request, only on a device with limits.
 pub trait LimitLookup: Send {
     /// The index of the limit of the container `tag` charges, if any.
     fn limit_of(&mut self, tag: Option<u64>) -> Option<usize>;
+
+    /// The device's new limits, if they changed (a live change) since the
+    /// last call; from then on [`Self::limit_of`] indexes the new list.
+    /// Called before each use of the limits: it must be cheap when nothing
+    /// changed (an atomic load), and never blocks the device for long.
+    fn changed(&mut self) -> Option<Vec<BlockLimitConfig>> {
+        None
+    }
+
+    /// Shows the state of the device's limits (for the API): called after
+    /// the limits were used or changed, only on a device that has limits.
+    fn publish(&mut self, _states: &[LimitState]) {}
+
+    /// Shows the new state of limit `k` alone (its buckets were used, or
+    /// it held or let go work): cheaper than [`Self::publish`], no
+    /// allocation.
+    fn publish_one(&mut self, _k: usize, _state: &LimitState) {}
+}
+
+/// One limit's state on one device, as [`LimitLookup::publish`] shows it.
+#[derive(Clone, Debug)]
+pub struct LimitState {
+    /// The container path (or pattern) it applies to.
+    pub path: std::sync::Arc<str>,
+    /// Its buckets, as of `at_ns`.
+    pub buckets: BlockLimit,
+    /// The device clock when published ([`Self::buckets`] refill from there).
+    pub at_ns: u64,
+    /// The device clock's origin.
+    pub epoch: std::time::Instant,
+    /// Work it holds now.
+    pub held: u64,
+    /// Work it held and let go (or holds), since it was set.
+    pub throttle_events: u64,
+    /// Nanoseconds the work it let go was held.
+    pub throttled_ns: u64,
+}
+
+impl LimitState {
+    /// The tokens of its operations and bytes buckets now (`None`: no such
+    /// bucket), counting the refill since it was published.
+    pub fn tokens_now(&self) -> (Option<u64>, Option<u64>) {
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let mut b = self.buckets.clone();
+        let now = now.max(self.at_ns);
+        (
+            b.ops.as_mut().map(|t| t.available(now)),
+            b.bytes.as_mut().map(|t| t.available(now)),
+        )
+    }
 }
 
 /// A limit's live buckets.
@@ -179,6 +249,39 @@ impl BlockLimit {
             ops: c.ops.map(|b| TokenBucket::new(b, now_ns)).transpose()?,
             bytes: c.bytes.map(|b| TokenBucket::new(b, now_ns)).transpose()?,
         })
+    }
+
+    /// A limit without buckets: nothing is held by it.
+    pub fn unlimited() -> Self {
+        Self {
+            ops: None,
+            bytes: None,
+        }
+    }
+
+    /// Takes configuration `c` (a live change), creating no tokens: a
+    /// bucket kept is [`TokenBucket::reconfigure`]d, a new one starts full
+    /// (as at start), a removed one is dropped. Nothing changes on error.
+    pub fn reconfigure(&mut self, c: &BlockLimitConfig, now_ns: u64) -> Result<(), BucketError> {
+        fn one(
+            old: &Option<TokenBucket>,
+            c: Option<BucketConfig>,
+            now_ns: u64,
+        ) -> Result<Option<TokenBucket>, BucketError> {
+            match (old, c) {
+                (_, None) => Ok(None),
+                (None, Some(c)) => TokenBucket::new(c, now_ns).map(Some),
+                (Some(b), Some(c)) => {
+                    let mut b = b.clone();
+                    b.reconfigure(c, now_ns)?;
+                    Ok(Some(b))
+                }
+            }
+        }
+        let ops = one(&self.ops, c.ops, now_ns)?;
+        let bytes = one(&self.bytes, c.bytes, now_ns)?;
+        *self = Self { ops, bytes };
+        Ok(())
     }
 
     /// Takes one op and `bytes` from both buckets, or nothing from either.
@@ -406,5 +509,79 @@ mod tests {
         assert!(l.try_take(0, 0));
         assert!(!l.try_take(0, 0));
         assert_eq!(l.wait_ns(512, 0), 500 * MS);
+    }
+
+    #[test]
+    fn reconfiguring_keeps_tokens_up_to_the_new_size_and_creates_none() {
+        let c = |size, burst, ms| BucketConfig {
+            size,
+            one_time_burst: burst,
+            refill_time: Duration::from_millis(ms),
+        };
+        let mut b = TokenBucket::new(c(10, 5, 1000), 0).unwrap();
+        assert!(b.try_take(12, 0)); // the burst's 5, then 7 of 10
+        assert_eq!(b.available(0), 3);
+        // A larger bucket: still 3 (never topped up), refilling at the new rate.
+        b.reconfigure(c(100, 50, 1000), 0).unwrap();
+        assert_eq!(b.available(0), 3);
+        assert_eq!(b.available(10 * MS), 4);
+        // A smaller one: cut to its size.
+        b.reconfigure(c(2, 0, 1000), 10 * MS).unwrap();
+        assert_eq!(b.available(10 * MS), 2);
+        // Refused: nothing changes.
+        assert_eq!(b.reconfigure(c(0, 0, 1000), 10 * MS), Err(BucketError::ZeroSize));
+        assert_eq!(b.available(10 * MS), 2);
+        // A limit's new bucket starts full; a removed one is gone.
+        let ops = Some(c(1, 0, 1000));
+        let mut l = BlockLimit::new(
+            &BlockLimitConfig {
+                path: "a".into(),
+                ops,
+                bytes: None,
+            },
+            0,
+        )
+        .unwrap();
+        assert!(l.try_take(100, 0));
+        let both = BlockLimitConfig {
+            path: "a".into(),
+            ops,
+            bytes: Some(c(64, 0, 1000)),
+        };
+        l.reconfigure(&both, 0).unwrap();
+        assert!(!l.try_take(1, 0), "the ops bucket stays empty");
+        assert_eq!(l.wait_ns(64, 0), 1000 * MS);
+        l.reconfigure(&BlockLimitConfig { ops: None, ..both }, 0).unwrap();
+        assert!(l.try_take(64, 0) && !l.try_take(1, 0));
+    }
+
+    proptest::proptest! {
+        /// Whatever the configurations and when they change, a
+        /// reconfiguration never adds tokens: right after it the bucket
+        /// holds at most what it held and at most its new size and burst.
+        #[test]
+        fn reconfiguration_never_creates_tokens(
+            steps in proptest::collection::vec(
+                (0u64..2_000_000_000, 1u64..1_000, 0u64..1_000, 1u64..5_000, 0u64..2_000),
+                1..40,
+            )
+        ) {
+            let mut b = TokenBucket::new(BucketConfig {
+                size: 10,
+                one_time_burst: 3,
+                refill_time: Duration::from_millis(100),
+            }, 0).unwrap();
+            let mut now = 0u64;
+            for (dt, size, burst, ms, take) in steps {
+                now += dt;
+                let _ = b.try_take(take, now);
+                let before = b.available(now);
+                let c = BucketConfig { size, one_time_burst: burst, refill_time: Duration::from_millis(ms) };
+                b.reconfigure(c, now).unwrap();
+                let after = b.available(now);
+                proptest::prop_assert!(after <= before, "{after} > {before}");
+                proptest::prop_assert!(after <= size + burst);
+            }
+        }
     }
 }

@@ -11,7 +11,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::virtio::limiter::{BlockLimit, BlockLimitConfig, BucketError, LimitLookup};
+use crate::virtio::limiter::{
+    BlockLimit, BlockLimitConfig, BucketError, LimitLookup, LimitState, TENANT_PATH,
+};
 
 /// Something a limit can hold.
 pub(crate) trait HeldWork {
@@ -27,7 +29,17 @@ pub(crate) trait HeldWork {
 /// The limits of one device and the work they hold, one FIFO per limit.
 pub(crate) struct Throttle<T> {
     limits: Vec<BlockLimit>,
-    waiting: Vec<VecDeque<T>>,
+    /// Each limit's held work, with when it was held (the throttle's clock).
+    waiting: Vec<VecDeque<(T, u64)>>,
+    /// Each limit's path and totals, for [`LimitLookup::publish`].
+    stats: Vec<LimitStats>,
+    /// Work whose limit was removed by a live change: it goes first,
+    /// without tokens.
+    released: VecDeque<T>,
+    /// The tenant limit's index ([`TENANT_PATH`]): every request also
+    /// takes its tokens, and the work of containers without a limit of
+    /// their own waits in its FIFO.
+    tenant: Option<usize>,
     /// Held, all limits together.
     held: usize,
     /// [`HeldWork::memory`] of what is held.
@@ -46,21 +58,134 @@ impl<T> std::fmt::Debug for Throttle<T> {
     }
 }
 
+/// One limit's path and what it held.
+#[derive(Clone, Debug, Default)]
+struct LimitStats {
+    path: std::sync::Arc<str>,
+    events: u64,
+    throttled_ns: u64,
+}
+
 impl<T: HeldWork> Throttle<T> {
-    /// Live buckets for `limits`; `lookup` tells a tag's limit.
+    /// Live buckets for `limits`; `lookup` tells a tag's limit (and may
+    /// change the limits later, [`LimitLookup::changed`]).
     pub fn new(limits: &[BlockLimitConfig], lookup: Box<dyn LimitLookup>) -> Result<Self, BucketError> {
-        let limits = limits
+        let buckets = limits
             .iter()
             .map(|c| BlockLimit::new(c, 0))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            waiting: limits.iter().map(|_| VecDeque::new()).collect(),
-            limits,
+        let mut t = Self {
+            waiting: buckets.iter().map(|_| VecDeque::new()).collect(),
+            stats: limits
+                .iter()
+                .map(|c| LimitStats {
+                    path: c.path.as_str().into(),
+                    ..LimitStats::default()
+                })
+                .collect(),
+            limits: buckets,
+            released: VecDeque::new(),
+            tenant: limits.iter().position(|c| c.path == TENANT_PATH),
             held: 0,
             memory: 0,
             lookup,
             epoch: Instant::now(),
+        };
+        t.publish();
+        Ok(t)
+    }
+
+    /// Takes up a live change of the limits, if there was one: a limit
+    /// whose path is kept keeps its held work, its totals and its tokens
+    /// (reconfigured, never more, [`BlockLimit::reconfigure`]); a new one
+    /// starts full; a removed one's held work is released (it goes first,
+    /// on the next [`Self::pop_ready`]). A configuration the buckets refuse
+    /// (the VMM validates before, so a bug) leaves that limit without
+    /// buckets, logged.
+    fn refresh(&mut self) {
+        let Some(new) = self.lookup.changed() else {
+            return;
+        };
+        let now = self.now();
+        let mut limits = Vec::with_capacity(new.len());
+        let mut waiting = Vec::with_capacity(new.len());
+        let mut stats = Vec::with_capacity(new.len());
+        for c in &new {
+            let old = self.stats.iter().position(|s| *s.path == *c.path);
+            let limit = match old {
+                Some(i) => {
+                    let mut l = self.limits[i].clone();
+                    l.reconfigure(c, now).map(|()| l)
+                }
+                None => BlockLimit::new(c, now),
+            };
+            // The VMM validated it: a refusal is a bug. The limit then has
+            // no bucket (the lookup's indexes must stay those of `new`).
+            let limit = limit.unwrap_or_else(|e| {
+                log::error!(
+                    "limit on {}: the device refused its live change ({e}): left unlimited",
+                    c.path
+                );
+                BlockLimit::unlimited()
+            });
+            limits.push(limit);
+            match old {
+                Some(i) => {
+                    waiting.push(std::mem::take(&mut self.waiting[i]));
+                    stats.push(std::mem::take(&mut self.stats[i]));
+                }
+                None => {
+                    waiting.push(VecDeque::new());
+                    stats.push(LimitStats {
+                        path: c.path.as_str().into(),
+                        ..LimitStats::default()
+                    });
+                }
+            }
+        }
+        // What the removed limits held goes now, in order per limit.
+        for w in &mut self.waiting {
+            self.released.extend(w.drain(..).map(|(h, _)| h));
+        }
+        self.tenant = new.iter().position(|c| c.path == TENANT_PATH);
+        self.limits = limits;
+        self.waiting = waiting;
+        self.stats = stats;
+        self.publish();
+    }
+
+    /// Limit `k`'s state as of `now`.
+    fn state(&self, k: usize, now: u64) -> Option<LimitState> {
+        let (l, w, s) = (self.limits.get(k)?, self.waiting.get(k)?, self.stats.get(k)?);
+        Some(LimitState {
+            path: std::sync::Arc::clone(&s.path),
+            buckets: l.clone(),
+            at_ns: now,
+            epoch: self.epoch,
+            held: w.len() as u64,
+            throttle_events: s.events + w.len() as u64,
+            throttled_ns: s.throttled_ns,
         })
+    }
+
+    /// Shows every limit's state to the lookup (at start and after a change).
+    fn publish(&mut self) {
+        let now = self.now();
+        let states: Vec<LimitState> = (0..self.limits.len())
+            .filter_map(|k| self.state(k, now))
+            .collect();
+        self.lookup.publish(&states);
+    }
+
+    /// Shows the state of limit `k` and of the tenant limit, which work in
+    /// `k` also draws from.
+    fn publish_used(&mut self, k: usize) {
+        let now = self.now();
+        for i in [Some(k), self.tenant.filter(|&t| t != k)].into_iter().flatten() {
+            if let Some(state) = self.state(i, now) {
+                self.lookup.publish_one(i, &state);
+            }
+        }
     }
 
     /// The throttle's clock, ns.
@@ -79,51 +204,100 @@ impl<T: HeldWork> Throttle<T> {
         self.held < max_held && self.memory < max_memory
     }
 
-    /// `Some(k)`: work charged to `tag` taking `bytes` must wait in limit
-    /// `k`'s FIFO (no tokens, or earlier work of that limit waits).
-    /// `None`: it goes now (its tokens are taken), or no limit applies.
-    pub fn admit(&mut self, tag: Option<u64>, bytes: u64) -> Option<usize> {
-        let k = self.lookup.limit_of(tag)?;
-        let now = self.now();
-        let (limit, waiting) = (self.limits.get_mut(k)?, self.waiting.get(k)?);
-        if waiting.is_empty() && limit.try_take(bytes, now) {
-            None
-        } else {
-            Some(k)
+    /// Nanoseconds until work of `bytes` waiting in FIFO `q` may go: the
+    /// tokens of its limit and, unless `q` is the tenant's, the tenant's.
+    fn wait_of(&mut self, q: usize, bytes: u64, now: u64) -> u64 {
+        let own = self.limits.get_mut(q).map_or(0, |l| l.wait_ns(bytes, now));
+        let tenant = match self.tenant {
+            Some(t) if t != q => self.limits.get_mut(t).map_or(0, |l| l.wait_ns(bytes, now)),
+            _ => 0,
+        };
+        own.max(tenant)
+    }
+
+    /// Takes the tokens of work of `bytes` in FIFO `q` from its limit and
+    /// the tenant's, from both or from neither.
+    fn take(&mut self, q: usize, bytes: u64, now: u64) -> bool {
+        if self.wait_of(q, bytes, now) != 0 {
+            return false;
         }
+        let own = self.limits.get_mut(q).is_some_and(|l| l.try_take(bytes, now));
+        let tenant = match self.tenant {
+            Some(t) if t != q => self.limits.get_mut(t).is_some_and(|l| l.try_take(bytes, now)),
+            _ => true,
+        };
+        own && tenant
+    }
+
+    /// `Some(k)`: work charged to `tag` taking `bytes` must wait in FIFO
+    /// `k`: its container's limit's, or the tenant limit's for a container
+    /// with none (no tokens in either bucket, or earlier work waits in that
+    /// FIFO). `None`: it goes now (its tokens are taken from its limit and
+    /// the tenant's), or no limit applies.
+    pub fn admit(&mut self, tag: Option<u64>, bytes: u64) -> Option<usize> {
+        self.refresh();
+        let q = self.lookup.limit_of(tag).or(self.tenant)?;
+        let now = self.now();
+        let held = !(self.waiting.get(q)?.is_empty() && self.take(q, bytes, now));
+        if !held {
+            self.publish_used(q);
+        }
+        held.then_some(q)
     }
 
     /// Holds `h` in limit `k`'s FIFO (as [`Self::admit`] said).
     pub fn hold(&mut self, k: usize, h: T) {
+        let now = self.now();
         if let Some(w) = self.waiting.get_mut(k) {
             self.held += 1;
             self.memory += h.memory();
-            w.push_back(h);
+            w.push_back((h, now));
         }
+        self.publish_used(k);
     }
 
     /// The first held work, of any limit, whose tokens are there now.
     pub fn pop_ready(&mut self) -> Option<T> {
+        self.refresh();
+        if let Some(h) = self.released.pop_front() {
+            self.held -= 1;
+            self.memory -= h.memory();
+            return Some(h);
+        }
         let now = self.now();
-        for (limit, waiting) in self.limits.iter_mut().zip(self.waiting.iter_mut()) {
-            let Some(front) = waiting.front() else {
+        for q in 0..self.waiting.len() {
+            let Some(bytes) = self.waiting[q].front().map(|(h, _)| h.bytes()) else {
                 continue;
             };
-            if limit.try_take(front.bytes(), now) {
-                let h = waiting.pop_front()?;
-                self.held -= 1;
-                self.memory -= h.memory();
-                return Some(h);
+            if !self.take(q, bytes, now) {
+                continue;
             }
+            let (h, at) = self.waiting[q].pop_front()?;
+            if let Some(stats) = self.stats.get_mut(q) {
+                stats.events += 1;
+                stats.throttled_ns += now.saturating_sub(at);
+            }
+            self.held -= 1;
+            self.memory -= h.memory();
+            self.publish_used(q);
+            return Some(h);
         }
         None
     }
 
     /// Time until the first held work can go (`None`: none held).
     pub fn next_wait(&mut self) -> Option<Duration> {
+        self.refresh();
+        if !self.released.is_empty() {
+            return Some(Duration::ZERO);
+        }
         let now = self.now();
-        (self.limits.iter_mut().zip(self.waiting.iter()))
-            .filter_map(|(l, w)| w.front().map(|h| l.wait_ns(h.bytes(), now)))
+        let fronts: Vec<(usize, u64)> = (self.waiting.iter().enumerate())
+            .filter_map(|(q, w)| w.front().map(|(h, _)| (q, h.bytes())))
+            .collect();
+        fronts
+            .into_iter()
+            .map(|(q, bytes)| self.wait_of(q, bytes, now))
             .min()
             .map(Duration::from_nanos)
     }
@@ -132,7 +306,124 @@ impl<T: HeldWork> Throttle<T> {
     /// the dropped queues). The buckets are kept.
     pub fn forget_held(&mut self) {
         self.waiting.iter_mut().for_each(VecDeque::clear);
+        self.released.clear();
         self.held = 0;
         self.memory = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::virtio::limiter::BucketConfig;
+
+    /// Work that takes no bytes, named.
+    #[derive(Debug, PartialEq, Eq)]
+    struct W(&'static str);
+
+    impl HeldWork for W {
+        fn bytes(&self) -> u64 {
+            0
+        }
+    }
+
+    /// The next limits a test hands the throttle.
+    type Next = Arc<Mutex<Option<Vec<BlockLimitConfig>>>>;
+
+    /// Tag 1 is container `a`, any other tag a container with no limit;
+    /// `next` is handed out once by `changed`.
+    struct Lookup {
+        paths: Vec<String>,
+        next: Next,
+    }
+
+    impl LimitLookup for Lookup {
+        fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
+            (tag == Some(1)).then(|| self.paths.iter().position(|p| p == "a"))?
+        }
+        fn changed(&mut self) -> Option<Vec<BlockLimitConfig>> {
+            let n = self.next.lock().unwrap().take()?;
+            self.paths = n.iter().map(|c| c.path.clone()).collect();
+            Some(n)
+        }
+    }
+
+    /// `size` ops per day: no refill within a test.
+    fn limit(path: &str, size: u64) -> BlockLimitConfig {
+        BlockLimitConfig {
+            path: path.into(),
+            ops: Some(BucketConfig {
+                size,
+                one_time_burst: 0,
+                refill_time: MAX_DAY,
+            }),
+            bytes: None,
+        }
+    }
+
+    const MAX_DAY: Duration = crate::virtio::limiter::MAX_REFILL;
+
+    fn throttle(limits: &[BlockLimitConfig]) -> (Throttle<W>, Next) {
+        let next = Arc::new(Mutex::new(None));
+        let lookup = Lookup {
+            paths: limits.iter().map(|c| c.path.clone()).collect(),
+            next: Arc::clone(&next),
+        };
+        (Throttle::new(limits, Box::new(lookup)).unwrap(), next)
+    }
+
+    #[test]
+    fn every_request_draws_from_the_tenant_bucket_too() {
+        // Tenant: 3 ops; `a`: 10. Tag 1 is `a`, tag 2 has no limit.
+        let (mut t, next) = throttle(&[limit("tenant", 3), limit("a", 10)]);
+        assert_eq!(t.admit(Some(1), 0), None);
+        assert_eq!(t.admit(Some(2), 0), None);
+        assert_eq!(t.admit(None, 0), None, "unattributed draws from the tenant too");
+        // The tenant is empty: `a` waits in its own FIFO, the rest in the tenant's.
+        assert_eq!(t.admit(Some(1), 0), Some(1));
+        t.hold(1, W("a"));
+        assert_eq!(t.admit(Some(2), 0), Some(0));
+        t.hold(0, W("b"));
+        assert_eq!(t.admit(None, 0), Some(0));
+        t.hold(0, W("u"));
+        assert!(t.next_wait().unwrap() > Duration::from_secs(3600));
+        assert_eq!(t.pop_ready(), None);
+        // The tenant limit removed live: what its FIFO held goes at once;
+        // `a`'s held work then takes `a`'s tokens, of which the refusals
+        // took none (both buckets or neither): 10 - 1 - 1 = 8 more pass.
+        *next.lock().unwrap() = Some(vec![limit("a", 10)]);
+        assert_eq!(t.pop_ready(), Some(W("b")));
+        assert_eq!(t.pop_ready(), Some(W("u")));
+        assert_eq!(t.pop_ready(), Some(W("a")));
+        for i in 0..8 {
+            assert_eq!(t.admit(Some(1), 0), None, "pass {i}");
+        }
+        assert_eq!(t.admit(Some(1), 0), Some(0));
+        assert_eq!(t.admit(Some(2), 0), None, "no tenant limit any more");
+    }
+
+    #[test]
+    fn a_live_change_keeps_tokens_and_releases_what_a_removed_limit_held() {
+        let (mut t, next) = throttle(&[limit("a", 2)]);
+        assert_eq!(t.admit(Some(1), 0), None);
+        assert_eq!(t.admit(Some(1), 0), None);
+        assert_eq!(t.admit(Some(1), 0), Some(0));
+        t.hold(0, W("1"));
+        assert_eq!(t.admit(Some(1), 0), Some(0), "behind the held one");
+        t.hold(0, W("2"));
+        // A larger bucket: the empty one stays empty (no token created).
+        *next.lock().unwrap() = Some(vec![limit("a", 100)]);
+        assert_eq!(t.pop_ready(), None);
+        assert_eq!(t.held(), 2);
+        // A new limit on another path starts full; `a` removed: its held
+        // work goes at once, in order, without tokens.
+        *next.lock().unwrap() = Some(vec![limit("b", 1)]);
+        assert_eq!(t.next_wait(), Some(Duration::ZERO));
+        assert_eq!(t.pop_ready(), Some(W("1")));
+        assert_eq!(t.pop_ready(), Some(W("2")));
+        assert_eq!((t.pop_ready(), t.held(), t.next_wait()), (None, 0, None));
+        assert_eq!(t.admit(Some(1), 0), None, "`a` is no longer limited");
     }
 }

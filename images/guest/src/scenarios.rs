@@ -761,6 +761,21 @@ fn blk(b: &Boot) -> ! {
             Err(UsedError::Timeout) => blk_fail(b, "blk: timeout\n", 12),
         }
     });
+    // With `loop=1` (the live-limit tests): rounds of one writer OUT and
+    // one reader IN of 4096 bytes at sector 8, and one unattributed
+    // GET_ID, until the VMM ends the VM.
+    if arg(b.cmdline, b"loop=") == Some(&b"1"[..]) {
+        loop {
+            in_container(b, BLK_WRITER, || {
+                blk::fill(0x41, BLK_BYTES as usize);
+                blk_ok(b, &mut d, blk::T_OUT, BLK_SECTORS, BLK_BYTES);
+            });
+            in_container(b, BLK_READER, || {
+                blk_ok(b, &mut d, blk::T_IN, BLK_SECTORS, BLK_BYTES);
+            });
+            blk_ok(b, &mut d, blk::T_GET_ID, 0, blk::ID_BYTES);
+        }
+    }
     print("blk: done\n");
     finish(b, 0)
 }

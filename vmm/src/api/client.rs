@@ -42,15 +42,27 @@ pub enum ClientError {
 
 /// GETs `target` (a path with an optional query) from the server on `sock`.
 pub fn get(sock: &Path, target: &str) -> Result<Response, ClientError> {
+    request(sock, "GET", target, None)
+}
+
+/// Sends `method target` with `body` (JSON, if any) to the server on `sock`.
+pub fn request(sock: &Path, method: &str, target: &str, body: Option<&str>) -> Result<Response, ClientError> {
     let mut s = UnixStream::connect(sock).map_err(|source| ClientError::Connect {
         path: sock.display().to_string(),
         source,
     })?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let body_head = body.map_or(String::new(), |b| {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        )
+    });
     write!(
         s,
-        "GET {target} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "{method} {target} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n{body_head}Connection: close\r\n\r\n{}",
+        body.unwrap_or("")
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;

@@ -24,6 +24,7 @@
 pub mod client;
 pub mod flame;
 pub mod flame_client;
+pub mod limits;
 pub mod metrics;
 pub mod server;
 pub mod top;
@@ -176,6 +177,7 @@ pub struct ApiState {
     info: Box<dyn Fn() -> VmInfo + Send + Sync>,
     agent: Option<Arc<AgentHub>>,
     probes: Option<Arc<DeviceProbes>>,
+    limits: Option<Arc<crate::live_limits::LiveLimits>>,
 }
 
 impl ApiState {
@@ -192,6 +194,7 @@ impl ApiState {
             info: Box::new(info),
             agent: None,
             probes: None,
+            limits: None,
         }
     }
 
@@ -204,6 +207,12 @@ impl ApiState {
     /// Every device's counters now (none without probes).
     fn device_counters(&self) -> Vec<DeviceCounters> {
         self.probes.as_ref().map(|p| p.read()).unwrap_or_default()
+    }
+
+    /// Serves and changes the per-container limits (`/v1/limits`).
+    pub fn with_limits(mut self, limits: Arc<crate::live_limits::LiveLimits>) -> Self {
+        self.limits = Some(limits);
+        self
     }
 
     /// Serves the guest agent's view (`/v1/processes`, the containers'
@@ -646,6 +655,12 @@ pub fn route_metrics(s: &ApiState, method: &str, target: &str) -> Reply {
     }
 }
 
+/// Answers `method target` with the request's `body` (read only for `PUT`).
+pub fn route_with_body(s: &ApiState, method: &str, target: &str, body: Option<&[u8]>) -> Reply {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    limits::route(s.limits.as_deref(), method, path, body).unwrap_or_else(|| route(s, method, target))
+}
+
 /// Answers `method target` (`target`: the path with an optional query).
 pub fn route(s: &ApiState, method: &str, target: &str) -> Reply {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -667,7 +682,7 @@ pub fn route(s: &ApiState, method: &str, target: &str) -> Reply {
     match endpoint {
         None => Reply::error(
             404,
-            "no such endpoint: see docs/api.yaml (/v1/vm, /v1/containers, /v1/requests, /v1/processes, /v1/flamegraph.svg, /metrics)".into(),
+            "no such endpoint: see docs/api.yaml (/v1/vm, /v1/containers, /v1/requests, /v1/processes, /v1/limits, /v1/flamegraph.svg, /metrics)".into(),
         ),
         Some(answer) if method == "GET" || method == "HEAD" => answer(),
         Some(_) => Reply::error(405, "the API is read-only: use GET".into()),

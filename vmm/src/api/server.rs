@@ -21,7 +21,7 @@ use std::time::Duration;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 
-use super::{route, route_metrics, ApiError, ApiState, Reply};
+use super::{route_metrics, route_with_body, ApiError, ApiState, Reply};
 use crate::sandbox::{self, Seccomp, ThreadKind};
 use crate::sock::{ClaimError, SocketFile};
 
@@ -34,8 +34,11 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const MAX_METRICS_CONNECTIONS: usize = 16;
 /// Largest request head (request line and headers) read, in bytes.
 pub const MAX_HEAD: usize = 16 * 1024;
-/// How long a client may take to send a request head.
+/// How long a client may take to send a request head, and then its body.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request body read (only `PUT /v1/limits...` takes one); a
+/// larger one is answered 413 and its connection closed.
+pub const MAX_BODY: usize = 64 * 1024;
 /// How long in-flight API requests may take to finish once the VM has ended.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// The log target of the line that says where metrics are served: the
@@ -129,9 +132,11 @@ enum Surface {
 /// It is hyper's HTTP/1.1 server on a single-threaded tokio runtime that
 /// lives on the `rsrc-api` thread: at most [`MAX_CONNECTIONS`] connections
 /// on the socket and [`MAX_METRICS_CONNECTIONS`] on the metrics listener,
-/// request heads of at most 16 KiB that must arrive within 10 s, and no
-/// request bodies (the API is read-only: a request that announces one is
-/// answered 413 without reading it, and its connection closed).
+/// request heads of at most 16 KiB that must arrive within 10 s, and
+/// bodies only on `PUT` (`/v1/limits`), of at most [`MAX_BODY`] bytes that
+/// must arrive within 10 s more; any other request that announces a body,
+/// or a larger body, is answered 413 without reading (the rest of) it, and
+/// its connection closed.
 pub struct ApiServer {
     file: Option<SocketFile>,
     metrics_addr: Option<SocketAddr>,
@@ -234,7 +239,7 @@ impl Drop for ApiServer {
 
 type Body = http_body_util::Full<hyper::body::Bytes>;
 
-/// Whether the request announces a body (the API takes none).
+/// Whether the request announces a body.
 fn has_body(rq: &hyper::Request<hyper::body::Incoming>) -> bool {
     let headers = rq.headers();
     headers.contains_key(hyper::header::TRANSFER_ENCODING)
@@ -243,24 +248,87 @@ fn has_body(rq: &hyper::Request<hyper::body::Incoming>) -> bool {
             .is_some_and(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) != Some(0))
 }
 
+/// The body of a `PUT` on the API socket: at most [`MAX_BODY`] bytes,
+/// within [`HEAD_TIMEOUT`]; `Err` is the answer instead (413 when larger:
+/// the connection is then closed unread).
+async fn read_body(rq: hyper::Request<hyper::body::Incoming>) -> Result<Vec<u8>, Reply> {
+    use http_body_util::BodyExt;
+    let announced = rq
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let too_large = || Reply::error(413, format!("the request body is larger than {MAX_BODY} bytes"));
+    if announced.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let limited = http_body_util::Limited::new(rq.into_body(), MAX_BODY);
+    match tokio::time::timeout(HEAD_TIMEOUT, limited.collect()).await {
+        Err(_) => Err(Reply::error(
+            408,
+            "the request body did not arrive in time".into(),
+        )),
+        Ok(Ok(c)) => Ok(c.to_bytes().to_vec()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(Reply::error(400, format!("cannot read the request body: {e}"))),
+    }
+}
+
+/// After an applied limit change (`reply`): waits until the devices took it
+/// up, at most [`crate::live_limits::TAKE_UP_WAIT`], so that the answer
+/// shows it; a `PUT` then answers as a `GET` of its target does.
+async fn took_up(state: &ApiState, method: &str, target: &str, reply: Reply) -> Reply {
+    let Some(live) = state.limits.as_deref() else {
+        return reply;
+    };
+    let deadline = tokio::time::Instant::now() + crate::live_limits::TAKE_UP_WAIT;
+    while live.pending() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if method == "PUT" {
+        route_with_body(state, "GET", target, None)
+    } else {
+        reply
+    }
+}
+
 /// Answers one request that came in on `surface`.
-fn answer(
+async fn answer(
     state: &ApiState,
     surface: Surface,
-    rq: &hyper::Request<hyper::body::Incoming>,
+    rq: hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<Body> {
-    let body_refused = has_body(rq);
-    let reply = if body_refused {
+    let target = rq.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let method = rq.method().as_str().to_owned();
+    let path = target.split_once('?').map_or(target.as_str(), |(p, _)| p);
+    let limits = path == "/v1/limits" || path.starts_with("/v1/limits/");
+    let takes_body = surface == Surface::Api && method == "PUT" && limits;
+    // Whether the connection must close: a body left unread.
+    let mut close = false;
+    let reply = if takes_body {
+        match read_body(rq).await {
+            Ok(body) => route_with_body(state, &method, &target, Some(&body)),
+            Err(r) => {
+                close = r.status == 413 || r.status == 408;
+                r
+            }
+        }
+    } else if has_body(&rq) {
+        close = true;
         Reply::error(
             413,
-            "the API is read-only and takes no request body: send a GET without one".into(),
+            "only PUT takes a request body (PUT /v1/limits): send this request without one".into(),
         )
     } else {
-        let target = rq.uri().path_and_query().map_or("/", |p| p.as_str());
         match surface {
-            Surface::Api => route(state, rq.method().as_str(), target),
-            Surface::Metrics => route_metrics(state, rq.method().as_str(), target),
+            Surface::Api => route_with_body(state, &method, &target, None),
+            Surface::Metrics => route_metrics(state, &method, &target),
         }
+    };
+    let reply = if limits && reply.status == 200 && matches!(method.as_str(), "PUT" | "DELETE") {
+        took_up(state, &method, &target, reply).await
+    } else {
+        reply
     };
     let mut response = hyper::Response::new(Body::new(reply.body.into()));
     *response.status_mut() =
@@ -278,13 +346,17 @@ fn answer(
         headers.insert(hyper::header::LINK, link);
     }
     if reply.status == 405 {
+        let allow = if limits && surface == Surface::Api {
+            super::limits::ALLOW
+        } else {
+            "GET, HEAD"
+        };
         headers.insert(
             hyper::header::ALLOW,
-            hyper::header::HeaderValue::from_static("GET, HEAD"),
+            hyper::header::HeaderValue::from_static(allow),
         );
     }
-    if body_refused {
-        // The body is never read: the connection cannot be reused.
+    if close {
         headers.insert(
             hyper::header::CONNECTION,
             hyper::header::HeaderValue::from_static("close"),
@@ -344,8 +416,8 @@ async fn accept_loop<L: Accept>(
         };
         let state = Arc::clone(&state);
         let service = hyper::service::service_fn(move |rq| {
-            let reply = answer(&state, surface, &rq);
-            async move { Ok::<_, std::convert::Infallible>(reply) }
+            let state = Arc::clone(&state);
+            async move { Ok::<_, std::convert::Infallible>(answer(&state, surface, rq).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())

@@ -27,6 +27,7 @@ use super::{host_err, kvm_err, virtio_slot, VmError, COM1_IRQ, I8042_IRQ};
 use crate::agent::AgentHub;
 use crate::charger::BooksCharger;
 use crate::config::{ContainerLimit, DiskConfig, NetConfig, VsockConfig};
+use crate::live_limits::{DeviceKind, LiveLimits, RegistryLookup};
 use crate::probes::{lock, DeviceProbes};
 use crate::sandbox::{self, Seccomp, ThreadKind};
 
@@ -55,24 +56,8 @@ pub(super) struct DeviceEnv<'a> {
     /// Per-container limits (`--limit`): the block keys on every disk, the
     /// net TX keys on every net device.
     pub(super) container_limits: &'a [ContainerLimit],
-}
-
-/// Which `--limit` a block request or TX frame falls under: the path of the container
-/// its tag charges (the registry's answer, so a limit follows whatever
-/// live container has that path; an unknown or absent tag charges
-/// `unattributed`). Asked once per request, only on a disk with limits.
-struct RegistryLookup {
-    acct: Arc<Accounting>,
-    paths: Vec<String>,
-}
-
-impl LimitLookup for RegistryLookup {
-    fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
-        let reg = self.acct.registry();
-        let idx = tag.map_or(0, |t| reg.resolve(t).container);
-        let path = &reg.containers().get(idx)?.path;
-        self.paths.iter().position(|p| **p == **path)
-    }
+    /// The limits the API may change while the VM runs (with `--api-sock`).
+    pub(super) live: Option<&'a Arc<LiveLimits>>,
 }
 
 /// An event-loop subscriber (one per virtio device).
@@ -131,28 +116,37 @@ pub(super) struct VsockSetup<'a> {
     pub(super) agent: Option<AgentConnect>,
 }
 
-/// The `--limit` flags that have keys for one kind of device (`applies`),
-/// as that device's limits (`config`), with the registry lookup that finds
-/// a tag's limit by its container's path; `None` when no flag does.
+/// The limits of one kind of device (`kind`) and the registry lookup that
+/// finds a tag's limit by its container's path: `None` when no limit has
+/// keys for it and none can be set live; with the API (`env.live`) every
+/// device has a lookup that takes up live changes.
 fn device_limits(
     env: &DeviceEnv<'_>,
-    applies: fn(&ContainerLimit) -> bool,
-    config: fn(&ContainerLimit) -> BlockLimitConfig,
+    name: &str,
+    kind: DeviceKind,
 ) -> Option<(Vec<BlockLimitConfig>, Box<dyn LimitLookup>)> {
-    let limits: Vec<BlockLimitConfig> = env
-        .container_limits
-        .iter()
-        .filter(|l| applies(l))
-        .map(config)
-        .collect();
+    if let Some(live) = env.live {
+        let (limits, lookup) = live.lookup(env.acct, name, kind);
+        return Some((limits, Box::new(lookup)));
+    }
+    let limits = kind.configs(env.container_limits);
     if limits.is_empty() {
         return None;
     }
-    let lookup = RegistryLookup {
-        acct: Arc::clone(env.acct),
-        paths: limits.iter().map(|l| l.path.clone()).collect(),
-    };
+    let lookup = RegistryLookup::fixed(env.acct, limits.iter().map(|l| l.path.clone()).collect());
     Some((limits, Box::new(lookup)))
+}
+
+/// Registers a limited handler's wake with the live limits, if any.
+fn add_waker(
+    env: &DeviceEnv<'_>,
+    name: &str,
+    waker: Option<std::io::Result<EventFd>>,
+) -> Result<(), VmError> {
+    if let (Some(live), Some(w)) = (env.live, waker) {
+        live.add_waker(name, w.map_err(host_err("eventfd for live limit changes"))?);
+    }
+    Ok(())
 }
 
 /// The virtio devices: disks first, then network interfaces, then vsock, in
@@ -176,7 +170,7 @@ fn build_virtio(
             })?;
         // Requests may carry the guest's explicit tags (queue tag tables).
         dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
-        let limits = device_limits(env, ContainerLimit::limits_block, ContainerLimit::block);
+        let limits = device_limits(env, &format!("disk{i}"), DeviceKind::Block);
         let limited = limits.is_some();
         if let Some((limits, lookup)) = limits {
             // Validated with the configuration: a refusal here is a bug.
@@ -189,6 +183,7 @@ fn build_virtio(
         } else {
             BlockHandler::new(dev, device_charger(env))
         };
+        add_waker(env, &format!("disk{i}"), handler.limit_waker())?;
         subscribers.push(Arc::new(Mutex::new(handler)));
     }
     for (j, net) in nets.iter().enumerate() {
@@ -199,11 +194,16 @@ fn build_virtio(
         })?;
         dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
         dev.set_flow_bindings(Arc::clone(env.agent) as Arc<dyn devices::virtio::net::flow::FlowBindings>);
-        let limits = device_limits(env, ContainerLimit::limits_net_tx, ContainerLimit::net_tx);
-        let limited = limits.is_some();
+        let limits = device_limits(env, &format!("net{j}"), DeviceKind::NetTx);
+        let rx_limits = device_limits(env, &format!("net{j}-rx"), DeviceKind::NetRx);
+        let limited = limits.is_some() || rx_limits.is_some();
+        // Validated with the configuration: a refusal here is a bug.
         if let Some((limits, lookup)) = limits {
-            // Validated with the configuration: a refusal here is a bug.
             dev.set_tx_limits(&limits, lookup)
+                .map_err(|e| VmError::Limits(e.to_string()))?;
+        }
+        if let Some((limits, lookup)) = rx_limits {
+            dev.set_rx_limits(&limits, lookup)
                 .map_err(|e| VmError::Limits(e.to_string()))?;
         }
         let dev = place_virtio(env, bus, i, (format!("net{j}"), "virtio-net"), dev)?;
@@ -212,6 +212,7 @@ fn build_virtio(
         } else {
             NetHandler::new(dev, device_charger(env))
         };
+        add_waker(env, &format!("net{j}"), handler.limit_waker())?;
         subscribers.push(Arc::new(Mutex::new(handler)));
     }
     if let Some(v) = vsock {

@@ -349,6 +349,7 @@ fn start_api(
     io_stats: &Arc<IoStats>,
     probes: &Arc<DeviceProbes>,
     boot_kind: &'static str,
+    live: Option<&Arc<crate::live_limits::LiveLimits>>,
 ) -> Result<crate::api::ApiServer, VmError> {
     use crate::api::{ApiServer, ApiState, DevicesInfo, DiskInfo, NetInfo, VsockInfo};
     let devices = DevicesInfo {
@@ -395,14 +396,13 @@ fn start_api(
         slots: hub.slots_info(),
         ..base.clone()
     };
-    Ok(ApiServer::start(
-        path,
-        metrics,
-        ApiState::new(Arc::clone(acct), devices, info)
-            .with_agent(Arc::clone(agent))
-            .with_device_probes(Arc::clone(probes)),
-        config.seccomp,
-    )?)
+    let mut state = ApiState::new(Arc::clone(acct), devices, info)
+        .with_agent(Arc::clone(agent))
+        .with_device_probes(Arc::clone(probes));
+    if let Some(live) = live {
+        state = state.with_limits(Arc::clone(live));
+    }
+    Ok(ApiServer::start(path, metrics, state, config.seccomp)?)
 }
 
 /// A gate the vCPU threads wait at until the main thread opens it.
@@ -493,6 +493,12 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         config.seccomp,
         Some(slots),
     );
+    // With the API, limits may change while the VM runs (`/v1/limits`).
+    let live = config.api_sock.is_some().then(|| {
+        Arc::new(crate::live_limits::LiveLimits::new(
+            config.container_limits.clone(),
+        ))
+    });
     let env = DeviceEnv {
         vm: &vm,
         with_irqchip,
@@ -503,6 +509,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         device_writer: nr_vcpus + SAMPLER_WRITERS,
         agent: &agent,
         container_limits: &config.container_limits,
+        live: live.as_ref(),
     };
     // Port 1024 of the vsock device is served by the agent hub.
     let vsock = config.vsock.as_ref().map(|v| {
@@ -588,7 +595,15 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let api = if config.api_sock.is_some() || metrics.is_some() {
         let path = config.api_sock.as_deref();
         Some(start_api(
-            path, metrics, config, &acct, &agent, &io_stats, &probes, boot_kind,
+            path,
+            metrics,
+            config,
+            &acct,
+            &agent,
+            &io_stats,
+            &probes,
+            boot_kind,
+            live.as_ref(),
         )?)
     } else {
         None

@@ -28,6 +28,8 @@ pub struct BlockHandler {
 
 /// The event data of the release timer (queue indexes are below it).
 const TIMER_DATA: u32 = u32::MAX;
+/// The event data of the limits' live-change wake.
+const WAKE_DATA: u32 = u32::MAX - 1;
 
 impl std::fmt::Debug for BlockHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,6 +71,12 @@ impl BlockHandler {
         if let Some(timer) = self.timer.as_mut() {
             timer.arm(device.next_release(), "virtio-blk");
         }
+    }
+
+    /// A handle that wakes this handler after a live change of the limits
+    /// (`None`: a device without limits).
+    pub fn limit_waker(&self) -> Option<std::io::Result<vmm_sys_util::eventfd::EventFd>> {
+        self.timer.as_ref().map(LimitTimer::waker)
     }
 
     /// Releases the held requests that are due, as if the timer had fired.
@@ -115,6 +123,9 @@ impl MutEventSubscriber for BlockHandler {
             if let Err(e) = ops.add(Events::with_data(t, TIMER_DATA, EventSet::IN)) {
                 log::error!("virtio-blk: cannot register the limit timer: {e:?}");
             }
+            if let Err(e) = ops.add(Events::with_data(t.wake_fd(), WAKE_DATA, EventSet::IN)) {
+                log::error!("virtio-blk: cannot register the limits' wake: {e:?}");
+            }
         }
     }
 
@@ -127,6 +138,14 @@ impl MutEventSubscriber for BlockHandler {
         if events.data() == TIMER_DATA && self.timer.is_some() {
             self.handle_timer();
             return;
+        }
+        if events.data() == WAKE_DATA {
+            if let Some(t) = self.timer.as_mut() {
+                // A live change: release what it lets go, re-arm.
+                t.acknowledge_wake();
+                self.handle_timer();
+                return;
+            }
         }
         match usize::try_from(events.data()) {
             Ok(i) => self.handle_queue(i),

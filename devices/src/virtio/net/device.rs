@@ -27,7 +27,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 use super::flow::{FlowBindings, FlowTable};
 use super::frame;
 use super::tap::{NetBackend, Tap, TapError, VNET_HDR_LEN};
-use super::throttle::{frame_bytes, has_room, HeldFrame, TxThrottle};
+use super::throttle::{frame_bytes, has_room, HeldFrame, HeldRx, RxThrottle, TxThrottle};
 use crate::acct::QueueTagReader;
 use crate::virtio::limiter::{BlockLimitConfig, BucketError, LimitLookup};
 use crate::virtio::{pending_chains, VirtioBase, VirtioDevice, VIRTIO_F_VERSION_1};
@@ -82,6 +82,9 @@ pub struct NetStats {
     /// reached their bound (a queue's worth, or `HELD_BYTES_MAX` bytes):
     /// then every container's frames behind wait in the ring.
     pub tx_throttle_stalls: u64,
+    /// Received frames a per-container limit held back before delivering
+    /// them (in the guest's buffer, off the used ring).
+    pub rx_throttled: u64,
     /// Frames delivered to the guest.
     pub rx_frames: u64,
     /// Their bytes (without the virtio-net header).
@@ -112,6 +115,7 @@ crate::counters::named_counters!(NetStats {
     tx_retransmitted_bytes,
     tx_throttled,
     tx_throttle_stalls,
+    rx_throttled,
     rx_frames,
     rx_bytes,
     rx_unattributed,
@@ -296,6 +300,8 @@ pub struct NetDevice {
     /// Per-container TX limits and the frames they hold (`None`: no limit
     /// on this device, and nothing on the TX path looks).
     tx_throttle: Option<TxThrottle>,
+    /// Per-container RX limits and the received frames they hold.
+    rx_throttle: Option<RxThrottle>,
 }
 
 impl std::fmt::Debug for NetDevice {
@@ -341,6 +347,7 @@ impl NetDevice {
             queue_tags: None,
             bindings: None,
             tx_throttle: None,
+            rx_throttle: None,
         })
     }
 
@@ -413,6 +420,77 @@ impl NetDevice {
     ) -> Result<(), BucketError> {
         self.tx_throttle = Some(TxThrottle::new(limits, lookup)?);
         Ok(())
+    }
+
+    /// Puts received frames under per-container limits (`net-rx-*`): a
+    /// frame attributed to a container whose limit has no tokens stays in
+    /// the guest's buffer, off the used ring, until they refill (see
+    /// [`Self::release_rx`]); the queue goes on past it.
+    pub fn set_rx_limits(
+        &mut self,
+        limits: &[BlockLimitConfig],
+        lookup: Box<dyn LimitLookup>,
+    ) -> Result<(), BucketError> {
+        self.rx_throttle = Some(RxThrottle::new(limits, lookup)?);
+        Ok(())
+    }
+
+    /// Received frames held back by a limit right now.
+    pub fn rx_throttled_now(&self) -> usize {
+        self.rx_throttle.as_ref().map_or(0, RxThrottle::held)
+    }
+
+    /// How long until the first held frame, TX or RX, may go (`None`: none
+    /// held).
+    pub fn next_release(&mut self) -> Option<Duration> {
+        let rx = self.rx_throttle.as_mut().and_then(RxThrottle::next_wait);
+        match (self.next_tx_release(), rx) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Delivers the held received frames whose tokens are there (each
+    /// container's in the order they came), charged with their wait, and
+    /// interrupts the guest if it asks.
+    pub fn release_rx(&mut self, charger: &mut dyn Charger) -> ProcessStats {
+        let mut out = ProcessStats::default();
+        let DeviceState::Activated { mem, queues } = &mut self.base.state else {
+            return out;
+        };
+        let (Some(queue), Some(t)) = (queues.get_mut(RX_QUEUE), self.rx_throttle.as_mut()) else {
+            return out;
+        };
+        let mut last_tag = None;
+        let mut cpu_mark = thread_cpu_ns();
+        while let Some(h) = t.pop_ready() {
+            self.stats.rx_frames += 1;
+            self.stats.rx_bytes += h.bytes;
+            out.frames += 1;
+            out.chains += 1;
+            last_tag = h.tag;
+            charger.charge_net(&NetCharge {
+                tag: h.tag,
+                dir: NetDir::Rx,
+                frames: 1,
+                bytes: h.bytes,
+                host_ns: lap(&mut cpu_mark).saturating_add(h.host_ns),
+                wall_ns: elapsed_ns(h.read_at),
+                retransmitted_bytes: 0,
+                spoofed: false,
+                attributed_by_flow: h.tag.is_some(),
+                throttled_ns: Some(t.now().saturating_sub(h.at_ns)),
+            });
+            if let Err(e) = queue.add_used(&*mem, h.head, h.used_len) {
+                self.stats.queue_errors += 1;
+                warn_rl!("virtio-net: used ring update failed: {e}");
+            }
+        }
+        let notify = out.chains > 0 && queue.needs_notification(mem).unwrap_or(true);
+        if notify {
+            self.raise_interrupt(last_tag, &mut out, charger);
+        }
+        out
     }
 
     /// TX frames held back by a limit right now.
@@ -621,8 +699,11 @@ impl NetDevice {
         };
         let mut last_tag = None;
         let mut cpu_mark = thread_cpu_ns();
+        // Chains whose frame a limit holds (not counted in out.chains:
+        // they are not used yet).
+        let mut held_now = 0u64;
         loop {
-            if out.chains + out.dropped >= u64::from(queue.size()) {
+            if out.chains + out.dropped + held_now >= u64::from(queue.size()) {
                 // Let other devices have the loop; the backend stays readable.
                 break;
             }
@@ -704,11 +785,35 @@ impl NetDevice {
                             bound.or_else(|| self.flows.owner_of_reply(&f))
                         });
                         let bytes = u64::try_from(len - VNET_HDR_LEN).unwrap_or(u64::MAX);
-                        self.stats.rx_frames += 1;
-                        self.stats.rx_bytes += bytes;
                         if tag.is_none() {
                             self.stats.rx_unattributed += 1;
                         }
+                        // Over its container's RX limit: the frame stays in
+                        // the guest's buffer, off the used ring, until its
+                        // tokens come (release_rx); the queue goes on.
+                        let limit =
+                            (self.rx_throttle.as_mut()).and_then(|t| t.admit(tag, bytes).map(|k| (t, k)));
+                        if let Some((t, k)) = limit {
+                            let at_ns = t.now();
+                            t.hold(
+                                k,
+                                HeldRx {
+                                    head,
+                                    used_len: u32::try_from(len).unwrap_or(u32::MAX),
+                                    tag,
+                                    bytes,
+                                    at_ns,
+                                    read_at,
+                                    host_ns: lap(&mut cpu_mark),
+                                },
+                            );
+                            self.stats.rx_throttled += 1;
+                            out.chains -= 1;
+                            held_now += 1;
+                            continue;
+                        }
+                        self.stats.rx_frames += 1;
+                        self.stats.rx_bytes += bytes;
                         out.frames += 1;
                         last_tag = tag;
                         charger.charge_net(&NetCharge {
@@ -768,6 +873,9 @@ impl VirtioDevice for NetDevice {
     /// Held TX frames belong to the queue the driver just dropped: they are
     /// forgotten (never put on a later queue's used ring), the buckets kept.
     fn reset(&mut self) {
+        if let Some(t) = self.rx_throttle.as_mut() {
+            t.forget_held();
+        }
         if let Some(t) = self.tx_throttle.as_mut() {
             t.forget_held();
         }
@@ -1170,6 +1278,82 @@ pub(crate) mod tests {
         assert_eq!(
             (rec.nets[0].tag, rec.nets[0].attributed_by_flow),
             (Some(77), true)
+        );
+    }
+
+    #[test]
+    fn rx_over_its_limit_stays_in_the_guest_buffer_and_others_pass_it() {
+        use crate::virtio::limiter::{BlockLimitConfig, BucketConfig, LimitLookup};
+        struct Tag42;
+        impl LimitLookup for Tag42 {
+            fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
+                (tag == Some(42)).then_some(0)
+            }
+        }
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let (mut d, b) = activated(&m, &rxq, &txq);
+        let limit = BlockLimitConfig {
+            path: "a".into(),
+            ops: Some(BucketConfig {
+                size: 1,
+                one_time_burst: 0,
+                refill_time: Duration::from_millis(100),
+            }),
+            bytes: None,
+        };
+        d.set_rx_limits(&[limit], Box::new(Tag42)).unwrap();
+        learn(&mut d, &m, &txq, &guest_flow(), 42);
+        // Two replies of tag 42's flow, then a frame of an unknown flow.
+        let reply = |n: u8| ipv4_frame([2, 0, 0, 0, 0, 1], &guest_flow().reversed(), 7, &[n; 50]);
+        let other = ipv4_frame(
+            [2, 0, 0, 0, 0, 1],
+            &tcp([10, 0, 0, 9], 22, [10, 0, 0, 2], 5000),
+            0,
+            &[1; 5],
+        );
+        for f in [reply(1), reply(2), other] {
+            b.0.lock().unwrap().to_guest.push_back(with_header(&f));
+        }
+        for i in 0..3 {
+            push_rx(&rxq, i, 2048);
+        }
+        let mut rec = Recorder::default();
+
+        let out = d.process_rx(&mut rec);
+
+        // The first reply passes a full bucket of 1; the second is held in
+        // buffer 1 (off the used ring); the unattributed frame passes it.
+        assert_eq!((out.chains, out.frames), (2, 2));
+        assert_eq!((used(&rxq, 0).0, used(&rxq, 1).0), (0, 2));
+        assert_eq!(
+            (d.rx_throttled_now(), d.stats().rx_throttled, d.stats().rx_frames),
+            (1, 1, 2)
+        );
+        assert_eq!(
+            rec.nets.iter().map(|c| c.tag).collect::<Vec<_>>(),
+            [Some(42), None]
+        );
+        assert!(rec.nets.iter().all(|c| c.throttled_ns.is_none()));
+        let wait = d.next_release().expect("a held frame");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        // Its tokens come: delivered, charged with its wait.
+        std::thread::sleep(wait);
+        let out = d.release_rx(&mut rec);
+        assert_eq!((out.chains, out.frames), (1, 1));
+        assert_eq!(used(&rxq, 2).0, 1);
+        let c = rec.nets[2];
+        assert_eq!(
+            (c.tag, c.dir, c.bytes),
+            (Some(42), NetDir::Rx, u64::try_from(reply(2).len()).unwrap())
+        );
+        assert!(c.throttled_ns.is_some_and(|ns| ns > 0), "{c:?}");
+        assert_eq!(
+            (d.rx_throttled_now(), d.next_release(), d.stats().rx_frames),
+            (0, None, 3)
         );
     }
 

@@ -27,6 +27,8 @@ use crate::virtio::{Charger, QueueNotifier, VirtioDevice};
 const BACKEND: u32 = 2;
 /// Event data of the TX limit timer.
 const TIMER: u32 = 3;
+/// Event data of the TX limits' live-change wake.
+const WAKE: u32 = 4;
 
 /// The network device's subscriber on the device event loop.
 pub struct NetHandler {
@@ -83,21 +85,29 @@ impl NetHandler {
         Ok(h)
     }
 
-    /// Arms the timer for the first held TX frame, or disarms it.
+    /// A handle that wakes this handler after a live change of the TX
+    /// limits (`None`: a device without limits).
+    pub fn limit_waker(&self) -> Option<std::io::Result<vmm_sys_util::eventfd::EventFd>> {
+        self.timer.as_ref().map(LimitTimer::waker)
+    }
+
+    /// Arms the timer for the first held frame (TX or RX), or disarms it.
     fn rearm(timer: Option<&mut LimitTimer>, device: &mut NetDevice) {
         if let Some(timer) = timer {
-            timer.arm(device.next_tx_release(), "virtio-net");
+            timer.arm(device.next_release(), "virtio-net");
         }
     }
 
-    /// Sends the held TX frames that are due and takes up the TX queue, as
-    /// if the timer had fired.
+    /// Sends the held TX frames that are due and takes up the TX queue, and
+    /// delivers the held RX frames that are due, as if the timer had fired.
     pub fn handle_timer(&mut self) -> ProcessStats {
         if let Some(t) = self.timer.as_mut() {
             t.acknowledge();
         }
         let mut device = self.device.lock().unwrap_or_else(|e| e.into_inner());
-        let out = device.process_tx(self.charger.as_mut());
+        let mut out = device.process_tx(self.charger.as_mut());
+        let rx = device.release_rx(self.charger.as_mut());
+        out.frames += rx.frames;
         Self::rearm(self.timer.as_mut(), &mut device);
         out
     }
@@ -126,7 +136,9 @@ impl NetHandler {
     pub fn handle_rx(&mut self) -> ProcessStats {
         let _ = self.notifiers[RX_QUEUE].eventfd().read();
         let mut device = self.device.lock().unwrap_or_else(|e| e.into_inner());
-        device.process_rx(self.charger.as_mut())
+        let out = device.process_rx(self.charger.as_mut());
+        Self::rearm(self.timer.as_mut(), &mut device);
+        out
     }
 
     fn backend_events(&self) -> Option<Events> {
@@ -162,6 +174,9 @@ impl MutEventSubscriber for NetHandler {
             if let Err(e) = ops.add(Events::with_data(t, TIMER, EventSet::IN)) {
                 log::error!("virtio-net: cannot register the limit timer: {e:?}");
             }
+            if let Err(e) = ops.add(Events::with_data(t.wake_fd(), WAKE, EventSet::IN)) {
+                log::error!("virtio-net: cannot register the limits' wake: {e:?}");
+            }
         }
     }
 
@@ -184,6 +199,13 @@ impl MutEventSubscriber for NetHandler {
                 self.watch_backend(ops, !out.rx_stalled);
             }
             TIMER if self.timer.is_some() => {
+                self.handle_timer();
+            }
+            WAKE if self.timer.is_some() => {
+                // A live change: send what it lets go, re-arm.
+                if let Some(t) = self.timer.as_mut() {
+                    t.acknowledge_wake();
+                }
                 self.handle_timer();
             }
             BACKEND => {

@@ -68,6 +68,36 @@ pub(crate) fn has_room(t: &TxThrottle, queue_size: u16) -> bool {
     t.has_room(usize::from(queue_size), HELD_BYTES_MAX)
 }
 
+/// A received frame an RX limit holds back: already written into the
+/// guest's chain (nothing is copied), which stays off the used ring until
+/// the frame's tokens come. At most a queue's worth: each holds a chain.
+#[derive(Debug)]
+pub(crate) struct HeldRx {
+    /// Its chain's head.
+    pub head: u16,
+    /// The length to put on the used ring (header and frame).
+    pub used_len: u32,
+    /// The principal the flow table attributed it to.
+    pub tag: Option<u64>,
+    /// The frame's bytes, without the header.
+    pub bytes: u64,
+    /// When it was held, on the throttle's clock.
+    pub at_ns: u64,
+    /// When it was read from the backend.
+    pub read_at: std::time::Instant,
+    /// Device thread CPU time spent on it before it was held.
+    pub host_ns: u64,
+}
+
+impl HeldWork for HeldRx {
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+/// The RX limits and the frames they hold.
+pub(crate) type RxThrottle = Throttle<HeldRx>;
+
 #[cfg(test)]
 mod tests {
     use super::super::device::tests::{activated, mem, push_tx, queues, used, Recorder, MAC};

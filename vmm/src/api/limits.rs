@@ -1,0 +1,326 @@
+//! `/v1/limits`: the per-container limits, read and changed while the VM
+//! runs (docs/limits-per-container.md, docs/api.yaml).
+//!
+//! - `GET /v1/limits`: every limit with its state on each device.
+//! - `PUT /v1/limits`: replaces them all (the `--limits` file's form).
+//! - `DELETE /v1/limits`: removes them all.
+//! - `GET`, `PUT`, `DELETE /v1/limits/{container}`: one limit (`PUT`'s
+//!   body: one entry's keys, without `container`).
+//!
+//! A change is checked whole before anything is applied (the flag's own
+//! parser, the same bounds); a refused one answers 400 with the reason,
+//! is logged (rate-limited) and counted (`rejected_changes`), and changes
+//! nothing.
+
+use serde::Serialize;
+
+use super::{percent_decode, Reply};
+use crate::config::{BucketConfig, ContainerLimit, MAX_CONTAINER_LIMITS};
+use crate::limits_file::{self, LimitEntry};
+use crate::live_limits::LiveLimits;
+
+/// One limit on one device, now.
+#[derive(Debug, Serialize)]
+pub struct DeviceLimitView {
+    /// The device (`disk0`, `net0`).
+    pub device: String,
+    /// Tokens in the operations (requests, frames) bucket now; `null`:
+    /// no such bucket.
+    pub ops_tokens: Option<u64>,
+    /// Tokens in the bytes bucket now; `null`: no such bucket.
+    pub bytes_tokens: Option<u64>,
+    /// Requests or frames it holds now.
+    pub held: u64,
+    /// Requests or frames it held (or holds) since it was set.
+    pub throttle_events: u64,
+    /// Nanoseconds the ones it let go were held.
+    pub throttled_ns: u64,
+}
+
+/// One limit: its configuration and its state on each device it applies to.
+#[derive(Debug, Serialize)]
+pub struct LimitView {
+    /// The container path or pattern.
+    pub path: String,
+    /// The buckets (`null`: none).
+    pub blk_ops: Option<BucketConfig>,
+    /// As above.
+    pub blk_bytes: Option<BucketConfig>,
+    /// As above.
+    pub net_tx_frames: Option<BucketConfig>,
+    /// As above.
+    pub net_tx_bytes: Option<BucketConfig>,
+    /// As above.
+    pub net_rx_frames: Option<BucketConfig>,
+    /// As above.
+    pub net_rx_bytes: Option<BucketConfig>,
+    /// Its state on each device that takes it.
+    pub devices: Vec<DeviceLimitView>,
+}
+
+/// `GET /v1/limits`.
+#[derive(Debug, Serialize)]
+pub struct LimitsView {
+    /// Every limit, in the order they were set.
+    pub limits: Vec<LimitView>,
+    /// Changes refused so far (each answered 400).
+    pub rejected_changes: u64,
+}
+
+fn view(live: &LiveLimits, l: ContainerLimit) -> LimitView {
+    let devices = live
+        .states()
+        .into_iter()
+        .flat_map(|(device, states)| {
+            states.into_iter().filter(|s| *s.path == *l.path).map(move |s| {
+                let (ops_tokens, bytes_tokens) = s.tokens_now();
+                DeviceLimitView {
+                    device: device.clone(),
+                    ops_tokens,
+                    bytes_tokens,
+                    held: s.held,
+                    throttle_events: s.throttle_events,
+                    throttled_ns: s.throttled_ns,
+                }
+            })
+        })
+        .collect();
+    LimitView {
+        path: l.path,
+        blk_ops: l.blk_ops,
+        blk_bytes: l.blk_bytes,
+        net_tx_frames: l.net_tx_frames,
+        net_tx_bytes: l.net_tx_bytes,
+        net_rx_frames: l.net_rx_frames,
+        net_rx_bytes: l.net_rx_bytes,
+        devices,
+    }
+}
+
+fn all(live: &LiveLimits) -> Reply {
+    let limits = live.limits().into_iter().map(|l| view(live, l)).collect();
+    Reply::json(
+        200,
+        &LimitsView {
+            limits,
+            rejected_changes: live.rejected(),
+        },
+    )
+}
+
+fn one(live: &LiveLimits, path: &str) -> Reply {
+    match live.limits().into_iter().find(|l| l.path == path) {
+        Some(l) => Reply::json(200, &view(live, l)),
+        None => Reply::error(404, format!("no limit on `{path}`: see GET /v1/limits")),
+    }
+}
+
+/// A refused change: logged, counted, 400 (or `status`) with `reason`.
+fn refuse(live: &LiveLimits, status: u16, reason: String) -> Reply {
+    live.count_rejected();
+    accounting::warn_rl!("API: limit change refused: {reason}");
+    Reply::error(status, reason)
+}
+
+fn body_text<'a>(body: Option<&'a [u8]>, what: &str) -> Result<&'a str, String> {
+    let b = body
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| format!("{what} needs a JSON body"))?;
+    std::str::from_utf8(b).map_err(|_| format!("{what}: the body is not UTF-8 text"))
+}
+
+/// `PUT /v1/limits`: the whole table.
+fn put_all(live: &LiveLimits, body: Option<&[u8]>) -> Reply {
+    let source = "PUT /v1/limits";
+    let parsed = body_text(body, source).and_then(|t| limits_file::parse_as(t, source));
+    match parsed {
+        Err(e) => refuse(live, 400, e),
+        Ok(limits) => {
+            let _ = live.update(|l| {
+                *l = limits;
+                Ok::<(), ()>(())
+            });
+            all(live)
+        }
+    }
+}
+
+/// `PUT /v1/limits/{path}`: one limit, added or replaced.
+fn put_one(live: &LiveLimits, path: &str, body: Option<&[u8]>) -> Reply {
+    let source = format!("PUT /v1/limits/{path}");
+    let parsed = body_text(body, &source).and_then(|t| {
+        let entry: LimitEntry = serde_json::from_str(t).map_err(|e| {
+            format!(r#"{source}: {e} (expected {{"blk-ops": "100/s", ...}} with --limit's keys)"#)
+        })?;
+        if entry.container.is_some() {
+            return Err(format!(
+                "{source}: `container` is named by the URL: remove the key"
+            ));
+        }
+        entry.limit(path, &source)
+    });
+    let limit = match parsed {
+        Ok(l) => l,
+        Err(e) => return refuse(live, 400, e),
+    };
+    let applied = live.update(|l| {
+        let full = l.len() >= MAX_CONTAINER_LIMITS;
+        match l.iter_mut().find(|o| o.path == limit.path) {
+            Some(o) => *o = limit,
+            None if full => {
+                return Err(format!(
+                    "{source}: {MAX_CONTAINER_LIMITS} limits are set, the most there may be: delete one first"
+                ))
+            }
+            None => l.push(limit),
+        }
+        Ok(())
+    });
+    match applied {
+        Ok(()) => one(live, path),
+        Err(e) => refuse(live, 400, e),
+    }
+}
+
+fn delete_one(live: &LiveLimits, path: &str) -> Reply {
+    let removed = live.update(|l| {
+        let before = l.len();
+        l.retain(|o| o.path != path);
+        if l.len() == before {
+            Err(())
+        } else {
+            Ok(())
+        }
+    });
+    match removed {
+        Ok(()) => Reply::json(200, &serde_json::json!({ "deleted": path })),
+        Err(()) => Reply::error(404, format!("no limit on `{path}`: see GET /v1/limits")),
+    }
+}
+
+/// The methods `/v1/limits` and `/v1/limits/{container}` take.
+pub const ALLOW: &str = "GET, HEAD, PUT, DELETE";
+
+/// Answers `method path` if `path` is `/v1/limits` or under it (`None`
+/// otherwise); `body` is the request's body (`PUT` only).
+pub(super) fn route(
+    live: Option<&LiveLimits>,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Option<Reply> {
+    let rest = match path.strip_prefix("/v1/limits") {
+        Some("") => None,
+        Some(r) => Some(r.strip_prefix('/')?),
+        None => return None,
+    };
+    let Some(live) = live else {
+        return Some(Reply::error(404, "limits are served only on --api-sock".into()));
+    };
+    let target = rest.map(percent_decode);
+    Some(match (method, target.as_deref()) {
+        (_, Some("")) => Reply::error(404, "name a container: /v1/limits/{container}".into()),
+        ("GET" | "HEAD", None) => all(live),
+        ("GET" | "HEAD", Some(p)) => one(live, p),
+        ("PUT", None) => put_all(live, body),
+        ("PUT", Some(p)) => put_one(live, p, body),
+        ("DELETE", None) => {
+            let _ = live.update(|l| {
+                l.clear();
+                Ok::<(), ()>(())
+            });
+            all(live)
+        }
+        ("DELETE", Some(p)) => delete_one(live, p),
+        (m, _) => refuse(live, 405, format!("{m} is not allowed here: use {ALLOW}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn live() -> LiveLimits {
+        LiveLimits::new(vec!["web:blk-ops=10/s".parse().unwrap()])
+    }
+
+    #[test]
+    fn changes_are_applied_whole_or_not_at_all() {
+        let l = live();
+        let put = |path: &str, body: &str| route(Some(&l), "PUT", path, Some(body.as_bytes())).unwrap();
+        assert_eq!(put("/v1/limits/db", r#"{"net-rx-frames": "5/s"}"#).status, 200);
+        assert_eq!(l.limits().len(), 2);
+        // One bad entry in a whole table: nothing changes.
+        let r = put(
+            "/v1/limits",
+            r#"{"limits": [{"container": "a", "blk-ops": "1/s"}, {"container": "b", "blk-ops": "1/0ms"}]}"#,
+        );
+        assert_eq!(r.status, 400);
+        assert!(String::from_utf8_lossy(&r.body).contains("PUT /v1/limits: limit b: blk-ops"));
+        assert_eq!(l.limits().len(), 2);
+        assert_eq!(l.rejected(), 1);
+        // The 65th limit is refused, the 64 stay.
+        for i in 2..MAX_CONTAINER_LIMITS {
+            assert_eq!(
+                put(&format!("/v1/limits/c{i}"), r#"{"blk-ops": "1/s"}"#).status,
+                200
+            );
+        }
+        let r = put("/v1/limits/one-more", r#"{"blk-ops": "1/s"}"#);
+        assert_eq!(r.status, 400);
+        assert_eq!(l.limits().len(), MAX_CONTAINER_LIMITS);
+        // Replacing one that exists is fine at the bound.
+        assert_eq!(put("/v1/limits/web", r#"{"blk-ops": "20/s"}"#).status, 200);
+        assert_eq!(l.limits()[0].blk_ops.unwrap().size, 20);
+        // Paths: percent-decoded, slashes kept, `/v1/limits/` names none.
+        assert_eq!(put("/v1/limits/c2", r#"{"blk-ops": "2/s"}"#).status, 200);
+        let get = |p: &str| route(Some(&l), "GET", p, None).unwrap().status;
+        assert_eq!((get("/v1/limits/c%32"), get("/v1/limits/")), (200, 404));
+        assert!(
+            route(Some(&l), "GET", "/v1/limitsx", None).is_none(),
+            "not a limits path"
+        );
+    }
+
+    proptest! {
+        /// Hostile bodies, paths and methods: nothing panics; every answer
+        /// is JSON; a change is applied (200) whole and valid, or refused
+        /// and changes nothing.
+        #[test]
+        fn hostile_requests_never_panic_or_half_apply(
+            method in prop::sample::select(vec!["GET", "PUT", "DELETE", "POST", "PATCH"]),
+            path in prop_oneof![
+                Just("/v1/limits".to_string()),
+                "/v1/limits/[a-z*%/0-9]{0,12}",
+            ],
+            body in prop_oneof![
+                Just(String::new()),
+                "\\PC{0,80}",
+                r#"\{"(blk-ops|net-rx-bytes|priority|container|x)": "[0-9]{1,22}/[0-9]{0,3}(s|ms|h)"\}"#,
+                r#"\{"limits": \[\{"container": "[a-z*]{0,4}", "(blk-ops|net-tx-frames-burst)": ([0-9]{1,21}|"[0-9KMiB]{1,6}/s")\}\]\}"#,
+            ],
+        ) {
+            let l = live();
+            let before = l.limits();
+            let Some(r) = route(Some(&l), method, &path, Some(body.as_bytes())) else {
+                prop_assert!(!path.starts_with("/v1/limits/") && path != "/v1/limits");
+                return Ok(());
+            };
+            let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+            let after = l.limits();
+            if r.status == 200 {
+                prop_assert!(after.len() <= MAX_CONTAINER_LIMITS);
+                let mut c = crate::config::VmConfig::new(crate::config::KernelSource::Builtin(
+                    crate::config::Builtin::TestGuest,
+                ));
+                c.container_limits = after;
+                prop_assert!(c.validate().is_ok(), "{v}");
+            } else {
+                prop_assert!([400, 404, 405].contains(&r.status), "{}: {v}", r.status);
+                prop_assert!(v["error"].is_string());
+                prop_assert_eq!(after, before);
+            }
+        }
+    }
+}
