@@ -627,6 +627,29 @@ impl Registry {
         })
     }
 
+    /// The finish number of the oldest retained finished request: those
+    /// below it were evicted. Finish numbers count ends from 0 over the
+    /// VM's life.
+    pub fn front_fin(&self) -> u64 {
+        self.front_fin
+    }
+
+    /// The finish number the next request to end will get.
+    pub fn next_fin(&self) -> u64 {
+        self.front_fin + self.keys.len() as u64
+    }
+
+    /// The retained finished request with finish number `fin`, and whether
+    /// its charges are still pending (a writer may still add to them), or
+    /// `None` if it was evicted or has not finished yet. A cursor over
+    /// finish numbers reads every request once, in end order (the OTLP
+    /// exporter's).
+    pub fn finished_at(&self, fin: u64) -> Option<(RequestRow, bool)> {
+        let i = usize::try_from(fin.checked_sub(self.front_fin)?).ok()?;
+        let pending = self.keys.get(i)?.pending;
+        Some((self.finished_row(i)?, pending))
+    }
+
     /// Number of retained finished requests.
     pub fn retained_len(&self) -> usize {
         self.keys.len()

@@ -160,6 +160,9 @@ pub struct VmView {
     /// Where `--metrics-addr` serves `/metrics` over TCP (`IP:PORT` as
     /// bound, port 0 resolved); `null` without the flag.
     pub metrics_addr: Option<String>,
+    /// The OTLP exporter's counters as of now (as the report's `vm.otlp`);
+    /// `null` without `--otlp-endpoint`.
+    pub otlp: Option<accounting::report::OtlpInfo>,
     /// The report's tenant totals, as of now.
     pub totals: ChargesReport,
 }
@@ -362,6 +365,7 @@ fn get_vm(s: &ApiState) -> Reply {
             agent: agent_view(s),
             slots: info.slots,
             metrics_addr: info.metrics_addr,
+            otlp: info.otlp,
             totals,
         },
     )
