@@ -162,44 +162,22 @@ pub fn encode_traces(resource: &[(String, Value)], spans: &[SpanData]) -> Vec<u8
     req.into_bytes()
 }
 
-/// The per-container counters exported as metrics: name, unit, value.
+/// The counters exported per container (metric `resourceful.container.KEY`)
+/// and per request (span attribute `resourceful.request.KEY`): key, unit,
+/// value.
 pub fn container_counters(c: &Charges) -> [(&'static str, &'static str, u64); 9] {
     let exits = c.exits_total();
     let b = &c.block;
     [
-        ("resourceful.container.exits", "{exit}", exits.count),
-        ("resourceful.container.exit_host_ns", "ns", exits.host_ns),
-        ("resourceful.container.run_ns", "ns", c.guest_run_ns),
-        (
-            "resourceful.container.blk.ops",
-            "{op}",
-            b.reads + b.writes + b.flushes + b.other,
-        ),
-        (
-            "resourceful.container.blk.bytes",
-            "By",
-            b.bytes_read + b.bytes_written,
-        ),
-        (
-            "resourceful.container.net.frames",
-            "{frame}",
-            c.net.tx_frames + c.net.rx_frames,
-        ),
-        (
-            "resourceful.container.net.bytes",
-            "By",
-            c.net.tx_bytes + c.net.rx_bytes,
-        ),
-        (
-            "resourceful.container.vsock.bytes",
-            "By",
-            c.vsock.tx_bytes + c.vsock.rx_bytes,
-        ),
-        (
-            "resourceful.container.throttled_ns",
-            "ns",
-            b.throttled_ns + c.net.throttled_ns,
-        ),
+        ("exits", "{exit}", exits.count),
+        ("exit_host_ns", "ns", exits.host_ns),
+        ("run_ns", "ns", c.guest_run_ns),
+        ("blk.ops", "{op}", b.reads + b.writes + b.flushes + b.other),
+        ("blk.bytes", "By", b.bytes_read + b.bytes_written),
+        ("net.frames", "{frame}", c.net.tx_frames + c.net.rx_frames),
+        ("net.bytes", "By", c.net.tx_bytes + c.net.rx_bytes),
+        ("vsock.bytes", "By", c.vsock.tx_bytes + c.vsock.rx_bytes),
+        ("throttled_ns", "ns", b.throttled_ns + c.net.throttled_ns),
     ]
 }
 
@@ -245,6 +223,7 @@ pub fn encode_metrics(
         }
         sum.uint(2, CUMULATIVE).uint(3, 1);
         let mut metric = Msg::default();
+        let name = format!("resourceful.container.{name}");
         metric
             .bytes(1, name.as_bytes())
             .bytes(3, unit.as_bytes())
