@@ -399,6 +399,11 @@ fn declare_traced_requests(agent_sock: &Path, api_sock: &Path, vm: &JoinHandle<r
         "{v}"
     );
     assert_eq!(v["otlp"]["vm_id"].as_str().unwrap().len(), 16);
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        keys(&v["otlp"]),
+        keys(&serde_json::to_value(OtlpInfo::default()).unwrap())
+    );
 }
 
 #[test]

@@ -133,10 +133,11 @@ struct Common {
     #[arg(
         long = "otlp-interval",
         value_name = "SECS",
-        default_value_t = 10.0,
+        default_value = "10",
+        value_parser = parse_otlp_interval,
         requires = "otlp_endpoint"
     )]
-    otlp_interval: f64,
+    otlp_interval: u64,
     /// Run the VMM's threads without their seccomp filters. For debugging only: the report says so.
     #[arg(long = "no-seccomp")]
     no_seccomp: bool,
@@ -192,17 +193,18 @@ fn parse_otlp_endpoint(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// `--otlp-interval SECS` in ms (0 when out of range or not finite: the VM
-/// start then names the flag and the range).
-fn otlp_interval_ms(secs: f64) -> u64 {
+/// `--otlp-interval SECS` in milliseconds, or what to write instead.
+fn parse_otlp_interval(s: &str) -> Result<u64, String> {
+    let secs: f64 = s.parse().unwrap_or(f64::NAN);
     if secs.is_finite() && secs > 0.0 && secs <= 1e7 {
         // In range, so the cast is exact up to the rounding asked for.
         #[allow(clippy::cast_possible_truncation)]
         let ms = (secs * 1000.0).round() as u64;
-        ms
-    } else {
-        0
+        if vmm::otlp::INTERVAL_RANGE_MS.contains(&ms) {
+            return Ok(ms);
+        }
     }
+    Err("expected seconds between the metric exports, from 0.1 to 3600".into())
 }
 
 /// `--metrics-addr IP:PORT`, or what to write instead.
@@ -238,7 +240,7 @@ fn config(kernel: KernelSource, cmdline: Option<String>, c: &Common) -> VmConfig
         agent_sock: c.agent_sock.clone(),
         otlp: c.otlp_endpoint.clone().map(|endpoint| vmm::otlp::OtlpConfig {
             endpoint,
-            interval_ms: otlp_interval_ms(c.otlp_interval),
+            interval_ms: c.otlp_interval,
         }),
         seccomp: match (c.no_seccomp, c.seccomp_log) {
             (true, _) => Seccomp::Off,

@@ -55,7 +55,7 @@ pub enum OtlpError {
         why: String,
     },
     /// The host name did not resolve.
-    #[error("--otlp-endpoint {url:?}: cannot resolve {host}: {source}")]
+    #[error("--otlp-endpoint {url:?}: cannot resolve {host}")]
     Resolve {
         /// As given.
         url: String,
@@ -66,7 +66,7 @@ pub enum OtlpError {
         source: std::io::Error,
     },
     /// Out of range.
-    #[error("--otlp-interval {0} ms: expected seconds from 0.1 to 3600")]
+    #[error("--otlp-interval: {0} ms is out of range: expected seconds from 0.1 to 3600")]
     Interval(u64),
     /// The thread could not be started.
     #[error("cannot start the OTLP exporter thread")]
