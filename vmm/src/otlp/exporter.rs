@@ -254,28 +254,32 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         let mut next_metrics = Instant::now() + self.interval;
+        let mut behind = false;
         loop {
-            let last = self.stop.load(Ordering::Acquire);
-            if last {
-                self.flush_deadline.get_or_insert(Instant::now() + FLUSH_LIMIT);
-            }
-            if last {
-                self.flush();
-                return;
-            }
-            self.collect(false);
-            self.send_spans();
-            if Instant::now() >= next_metrics {
-                self.send_metrics();
-                next_metrics = Instant::now() + self.interval;
-            }
-            let wake = (Instant::now() + SPAN_TICK).min(next_metrics);
+            // Nothing has finished when the VM starts: the first read waits
+            // a tick too, off the CPUs while the guest boots. A read cut
+            // short by the full queue goes on at once.
+            let wake = if behind {
+                Instant::now()
+            } else {
+                (Instant::now() + SPAN_TICK).min(next_metrics)
+            };
             while !self.stop.load(Ordering::Acquire) {
                 let now = Instant::now();
                 if now >= wake {
                     break;
                 }
                 std::thread::park_timeout(wake - now);
+            }
+            if self.stop.load(Ordering::Acquire) {
+                self.flush();
+                return;
+            }
+            behind = self.collect(false);
+            self.send_spans();
+            if Instant::now() >= next_metrics {
+                self.send_metrics();
+                next_metrics = Instant::now() + self.interval;
             }
         }
     }
@@ -286,7 +290,7 @@ impl Worker {
     fn flush(&mut self) {
         let deadline = *self.flush_deadline.get_or_insert(Instant::now() + FLUSH_LIMIT);
         loop {
-            self.collect(true);
+            let _ = self.collect(true);
             self.send_spans();
             let behind = {
                 let reg = self.acct.registry();
@@ -310,9 +314,11 @@ impl Worker {
     }
 
     /// Reads finished requests into the queue. With `last` (every writer
-    /// stopped) pending charges are final and read as they are.
-    fn collect(&mut self, last: bool) {
+    /// stopped) pending charges are final and read as they are. Whether it
+    /// stopped with more to read (the queue full).
+    fn collect(&mut self, last: bool) -> bool {
         let mut rows: Vec<(RequestRow, Arc<str>)> = Vec::new();
+        let mut behind = false;
         loop {
             let room = QUEUE_MAX.saturating_sub(self.queue.len() + rows.len());
             let mut caught_up = false;
@@ -357,6 +363,7 @@ impl Worker {
                 }
                 if self.cursor >= end || budget > 0 || room <= LOCK_STEP {
                     caught_up = true;
+                    behind = self.cursor < end && budget == 0;
                 }
             }
             if caught_up {
@@ -368,6 +375,7 @@ impl Worker {
             let span = self.span(&row, &path);
             self.queue.push_back(span);
         }
+        behind
     }
 
     fn span(&self, row: &RequestRow, container: &str) -> SpanData {
