@@ -404,6 +404,26 @@ fn declare_traced_requests(agent_sock: &Path, api_sock: &Path, vm: &JoinHandle<r
         keys(&v["otlp"]),
         keys(&serde_json::to_value(OtlpInfo::default()).unwrap())
     );
+    // And its counters in the Prometheus exposition.
+    let m = vmm::api::client::get(api_sock, "/metrics").expect("GET /metrics");
+    assert_eq!(m.status, 200);
+    for counter in [
+        "spans_exported",
+        "spans_dropped_evicted",
+        "spans_dropped_failed",
+        "metric_exports",
+        "metric_points_exported",
+        "metric_exports_dropped",
+        "post_errors",
+        "retries",
+    ] {
+        let series = format!("resourceful_otlp_events_total{{tenant=\"acme\",counter=\"{counter}\"}} ");
+        assert!(
+            m.body.lines().any(|l| l.starts_with(&series)),
+            "{series} in:\n{}",
+            m.body
+        );
+    }
 }
 
 #[test]

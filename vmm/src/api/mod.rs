@@ -507,6 +507,9 @@ fn get_metrics(s: &ApiState) -> Reply {
                 metrics::render_agent(&mut text, s.acct.tenant(), &hub.stats());
             }
             metrics::render_devices(&mut text, s.acct.tenant(), &s.device_counters());
+            if let Some(o) = (s.info)().otlp {
+                metrics::render_otlp(&mut text, s.acct.tenant(), &o);
+            }
             text.into_bytes()
         },
     }
