@@ -28,7 +28,7 @@ use crate::sandbox::{self, Seccomp, ThreadKind};
 /// How often finished requests are read and sent.
 pub const SPAN_TICK: Duration = Duration::from_millis(200);
 /// Most spans read but not yet sent; the cursor waits while it is full.
-pub const QUEUE_MAX: usize = 8192;
+pub const QUEUE_MAX: usize = 1024;
 /// Most spans in one POST.
 pub const BATCH_MAX: usize = 512;
 /// Most containers in one metrics POST.
