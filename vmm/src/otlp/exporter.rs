@@ -114,6 +114,9 @@ pub fn generated_trace_id(vm_id: u64, seq: u64) -> [u8; 16] {
 pub struct Exporter {
     stats: Arc<OtlpStats>,
     stop: Arc<AtomicBool>,
+    /// Set when dropped without [`Exporter::finish`] (the VM failed to
+    /// start): the thread ends without a last export.
+    abort: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -162,6 +165,7 @@ impl Exporter {
             ..OtlpStats::default()
         });
         let stop = Arc::new(AtomicBool::new(false));
+        let abort = Arc::new(AtomicBool::new(false));
         let tenant = acct.tenant().to_string();
         let resource = vec![
             ("service.name".to_string(), Value::Str("resourceful".into())),
@@ -175,6 +179,7 @@ impl Exporter {
             acct: Arc::clone(acct),
             stats: Arc::clone(&stats),
             stop: Arc::clone(&stop),
+            abort: Arc::clone(&abort),
             traces,
             metrics,
             interval: config.interval(),
@@ -197,6 +202,7 @@ impl Exporter {
         Ok(Self {
             stats,
             stop,
+            abort,
             thread: Some(thread),
         })
     }
@@ -227,6 +233,7 @@ impl Exporter {
 
 impl Drop for Exporter {
     fn drop(&mut self) {
+        self.abort.store(true, Ordering::Release);
         self.end();
     }
 }
@@ -235,6 +242,7 @@ struct Worker {
     acct: Arc<Accounting>,
     stats: Arc<OtlpStats>,
     stop: Arc<AtomicBool>,
+    abort: Arc<AtomicBool>,
     traces: Target,
     metrics: Target,
     interval: Duration,
@@ -272,7 +280,9 @@ impl Worker {
                 std::thread::park_timeout(wake - now);
             }
             if self.stop.load(Ordering::Acquire) {
-                self.flush();
+                if !self.abort.load(Ordering::Acquire) {
+                    self.flush();
+                }
                 return;
             }
             behind = self.collect(false);
@@ -471,7 +481,8 @@ impl Worker {
     fn post(&mut self, target: &Target, body: &[u8]) -> bool {
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=MAX_TRIES {
-            if self.flush_deadline.is_some_and(|d| Instant::now() >= d) {
+            if self.abort.load(Ordering::Acquire) || self.flush_deadline.is_some_and(|d| Instant::now() >= d)
+            {
                 return false;
             }
             if attempt > 1 {
