@@ -404,6 +404,12 @@ fn declare_traced_requests(agent_sock: &Path, api_sock: &Path, vm: &JoinHandle<r
         keys(&v["otlp"]),
         keys(&serde_json::to_value(OtlpInfo::default()).unwrap())
     );
+    // Its thread, by name.
+    let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .collect();
+    assert!(threads.iter().any(|c| c.trim() == "rsrc-otlp"), "{threads:?}");
     // And its counters in the Prometheus exposition.
     let m = vmm::api::client::get(api_sock, "/metrics").expect("GET /metrics");
     assert_eq!(m.status, 200);
