@@ -149,6 +149,20 @@ fn the_binary_exports_every_finished_request_under_its_sandbox() {
     assert_eq!(metrics.load(Ordering::Relaxed), o.metric_exports);
     assert!(o.metric_exports >= 1);
 
+    // The table says it too; here with no collector: connections refused,
+    // every span counted as dropped, and the run still succeeds.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let refused = format!("http://127.0.0.1:{port}");
+    let out = resourceful(&["demo", "--otlp-endpoint", &refused]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line = format!("  otlp to {refused}/v1/traces: 0 spans exported, {finished} dropped (0 evicted before export, {finished} failed); 0 metric exports, ");
+    assert!(table.lines().any(|l| l.starts_with(&line)), "{line} in:\n{table}");
+
     // Without the flag: nothing exported, nothing reported.
     let out = resourceful(&["demo", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
