@@ -22,6 +22,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::{json, Value};
 use vmm::vcpu::exit::VmEnd;
@@ -188,7 +189,16 @@ fn resource_is_ours(attrs: &[KeyValue], report: &Report, o: &OtlpInfo) {
 
 /// Every span against the report: one per finished request, each field.
 fn check_spans(got: &Received, report: &Report, o: &OtlpInfo) {
-    let vm = vm_id(o);
+    let spans = spans_by_seq(got, report, o);
+    let finished = report.requests.iter().filter(|r| r.state == "finished").count();
+    assert_eq!(spans.len(), finished, "one span per finished request");
+    assert_eq!(o.spans_exported, finished as u64);
+    check_retained_spans(&spans, report, o);
+}
+
+/// The spans received, by request `seq` (none twice), each export's
+/// resource and scope checked.
+fn spans_by_seq(got: &Received, report: &Report, o: &OtlpInfo) -> HashMap<u64, Span> {
     let mut spans = HashMap::new();
     for export in &got.traces {
         assert_eq!(export.resource_spans.len(), 1);
@@ -211,10 +221,14 @@ fn check_spans(got: &Received, report: &Report, o: &OtlpInfo) {
             );
         }
     }
-    let finished: Vec<_> = report.requests.iter().filter(|r| r.state == "finished").collect();
-    assert_eq!(spans.len(), finished.len(), "one span per finished request");
-    assert_eq!(o.spans_exported, finished.len() as u64);
-    for r in finished {
+    spans
+}
+
+/// Each finished request of the report has its span, every field as the
+/// report says.
+fn check_retained_spans(spans: &HashMap<u64, Span>, report: &Report, o: &OtlpInfo) {
+    let vm = vm_id(o);
+    for r in report.requests.iter().filter(|r| r.state == "finished") {
         let span = spans
             .get(&r.seq)
             .unwrap_or_else(|| panic!("no span for request seq {}", r.seq));
@@ -539,4 +553,37 @@ fn without_a_collector_every_span_is_counted_dropped_and_the_vm_ends_normally() 
     assert!(o.metric_exports_dropped >= 1, "{o:?}");
     // Each failed try is counted, and a POST's first try is no retry.
     assert!(o.post_errors > o.retries && o.retries > 0, "{o:?}");
+}
+
+#[test]
+fn requests_evicted_before_the_exporter_reads_them_are_counted_dropped() {
+    let rx = Receiver::start(0);
+    let mut config = resourceful_tests::config("demo", 2);
+    // 200 requests, 10 retained: the rest are evicted as the guest goes
+    // on, most or all before the exporter's first read.
+    config.limits.retained_requests = 10;
+    config.otlp = Some(vmm::otlp::OtlpConfig {
+        endpoint: rx.url.clone(),
+        interval_ms: 200,
+    });
+    let run = resourceful_tests::boot(config);
+    let got = rx.finish();
+    run.assert_clean();
+    let o = run.report.vm.otlp.clone().unwrap();
+    let d = &run.report.declarations;
+    let finished = d.requests_ended + d.requests_ended_by_retire;
+    assert_eq!(finished, 200);
+    assert_eq!(d.requests_evicted, 190);
+    // Every finished request exported or counted, none twice.
+    assert_eq!(o.spans_exported + o.spans_dropped_evicted, finished, "{o:?}");
+    assert_eq!((o.spans_dropped_failed, o.spans_queued), (0, 0));
+    assert!(
+        o.spans_dropped_evicted > 0 && o.spans_dropped_evicted <= 190,
+        "{o:?}"
+    );
+    let spans = spans_by_seq(&got, &run.report, &o);
+    assert_eq!(spans.len() as u64, o.spans_exported);
+    // The 10 retained are among them, exactly as the report has them.
+    check_retained_spans(&spans, &run.report, &o);
+    check_metrics(&got, &run.report, &o);
 }
