@@ -596,3 +596,51 @@ fn requests_evicted_before_the_exporter_reads_them_are_counted_dropped() {
     check_retained_spans(&spans, &run.report, &o);
     check_metrics(&got, &run.report, &o);
 }
+
+#[test]
+fn a_collector_that_accepts_and_never_answers_cannot_hold_the_vm() {
+    // Connections are accepted (and their bytes read) but never answered.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    let silent = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !s.load(Ordering::Acquire) {
+            if let Ok((c, _)) = listener.accept() {
+                held.push(c);
+            }
+            for c in &mut held {
+                c.set_nonblocking(true).unwrap();
+                let mut sink = [0u8; 65536];
+                while matches!(c.read(&mut sink), Ok(n) if n > 0) {}
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        held.len()
+    });
+    let run = run_demo(url);
+    stop.store(true, Ordering::Release);
+    let connections = silent.join().unwrap();
+    run.assert_clean();
+    let o = run.report.vm.otlp.clone().unwrap();
+    let finished = run
+        .report
+        .requests
+        .iter()
+        .filter(|r| r.state == "finished")
+        .count() as u64;
+    assert_eq!((o.spans_exported, o.metric_exports), (0, 0), "{o:?}");
+    assert_eq!(
+        (o.spans_dropped, o.spans_dropped_failed),
+        (finished, finished),
+        "{o:?}"
+    );
+    // The collector took connections, and every try on one failed (a try
+    // cut short by the last round's deadline may not have connected).
+    assert!(
+        connections >= 1 && o.post_errors >= connections as u64,
+        "{o:?} {connections}"
+    );
+}

@@ -42,7 +42,7 @@ pub const WAITING_MAX: usize = 256;
 pub const MAX_TRIES: u32 = 5;
 /// The first retry's delay; each next one doubles.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// Each step of a POST (connect, send, answer).
+/// A whole POST: connect, send, answer.
 pub const POST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The last export after the VM ended gives up after this long.
 pub const FLUSH_LIMIT: Duration = Duration::from_secs(3);
@@ -488,7 +488,12 @@ impl Worker {
             if attempt > 1 {
                 add(&self.stats.retries, 1);
             }
-            match http::post(target, body, POST_TIMEOUT) {
+            // Never past the last round's deadline.
+            let mut until = Instant::now() + POST_TIMEOUT;
+            if let Some(d) = self.flush_deadline {
+                until = until.min(d);
+            }
+            match http::post(target, body, until) {
                 Outcome::Accepted => return true,
                 Outcome::Refused(why) => {
                     add(&self.stats.post_errors, 1);

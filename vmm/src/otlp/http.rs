@@ -1,12 +1,14 @@
 //! A small blocking HTTP/1.1 client for OTLP/HTTP: one POST per
-//! connection (`Connection: close`), plain `http://` only, every step under
-//! a timeout, the answer's head read up to a bound and its body discarded.
+//! connection (`Connection: close`), plain `http://` only, the whole
+//! exchange under one deadline (a collector that accepts and then trickles
+//! or says nothing cannot hold the thread past it), the answer's head read
+//! up to a bound and its body discarded.
 //! It runs on the exporter's own thread, so blocking there never touches a
 //! vCPU or the device thread.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Longest answer head read; a longer one is a failed POST.
 const MAX_HEAD: usize = 16 * 1024;
@@ -40,10 +42,10 @@ impl Target {
     }
 }
 
-/// POSTs `body` as `application/x-protobuf` to `t`, each of connect, write
-/// and read bounded by `timeout`.
-pub fn post(t: &Target, body: &[u8], timeout: Duration) -> Outcome {
-    match exchange(t, body, timeout) {
+/// POSTs `body` as `application/x-protobuf` to `t`, connecting, sending
+/// and reading the answer all before `deadline`.
+pub fn post(t: &Target, body: &[u8], deadline: Instant) -> Outcome {
+    match exchange(t, body, deadline) {
         Ok(status) => classify(status),
         Err(e) => Outcome::Retry(format!("{}: {e}", t.url())),
     }
@@ -58,11 +60,43 @@ fn classify(status: u16) -> Outcome {
     }
 }
 
-fn exchange(t: &Target, body: &[u8], timeout: Duration) -> std::io::Result<u16> {
-    let mut s = TcpStream::connect_timeout(&t.addr, timeout)?;
-    s.set_write_timeout(Some(timeout))?;
-    s.set_read_timeout(Some(timeout))?;
+/// What is left until `deadline`, or a timeout error.
+fn left(deadline: Instant) -> std::io::Result<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "the POST ran out of time"))
+}
+
+/// A connection whose every read and write may only take what is left
+/// until the deadline.
+struct Deadlined {
+    s: TcpStream,
+    deadline: Instant,
+}
+
+impl Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.s.set_read_timeout(Some(left(self.deadline)?))?;
+        self.s.read(buf)
+    }
+}
+
+impl Write for Deadlined {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.s.set_write_timeout(Some(left(self.deadline)?))?;
+        self.s.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.s.flush()
+    }
+}
+
+fn exchange(t: &Target, body: &[u8], deadline: Instant) -> std::io::Result<u16> {
+    let s = TcpStream::connect_timeout(&t.addr, left(deadline)?)?;
     s.set_nodelay(true)?;
+    let mut s = Deadlined { s, deadline };
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: resourceful/{}\r\n\r\n",
         t.path,
