@@ -1365,6 +1365,39 @@ mod tests {
     }
 
     #[test]
+    fn finish_numbers_walk_the_ends_in_order_and_eviction_moves_the_front() {
+        let limits = Limits {
+            max_containers: 4,
+            max_live_requests: 4,
+            retained_requests: 2,
+        };
+        let mut r = Registry::new(1, limits);
+        declare(&mut r, 1, 0, "a").unwrap();
+        assert_eq!((r.front_fin(), r.next_fin()), (0, 0));
+        assert!(r.finished_at(0).is_none());
+        for id in [5, 6, 7] {
+            r.apply(&entry(EntryKind::BeginRequest, id, 1, ""), 0).unwrap();
+        }
+        // Ended out of begin order: finish numbers follow the ends.
+        let held = Arc::clone(&r.live[&r.live_ids[&7]].cells);
+        for (now, id) in [(10, 6), (11, 7), (12, 5)] {
+            r.apply(&entry(EntryKind::EndRequest, id, 0, ""), now).unwrap();
+        }
+        // Three ends, two retained: finish number 0 (request 6) was evicted.
+        assert_eq!((r.front_fin(), r.next_fin()), (1, 3));
+        assert!(r.finished_at(0).is_none());
+        let (seven, pending) = r.finished_at(1).unwrap();
+        assert_eq!((seven.guest_id, seven.end_ns, pending), (7, Some(11), true));
+        let (five, pending) = r.finished_at(2).unwrap();
+        assert_eq!((five.guest_id, five.end_ns, pending), (5, Some(12), false));
+        assert!(r.finished_at(3).is_none());
+        // Once the writer lets go, request 7 settles.
+        drop(held);
+        r.sweep();
+        assert!(!r.finished_at(1).unwrap().1);
+    }
+
+    #[test]
     fn retiring_a_container_ends_its_requests_and_frees_its_id() {
         let mut r = Registry::new(1, Limits::default());
         declare(&mut r, 1, 0, "a").unwrap();
