@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use seccompiler::{sock_filter, TargetArch};
 
 /// The thread kinds `src/sandbox.rs` knows; the JSON must have each.
-const KINDS: [&str; 6] = ["main", "vcpu", "devices", "api", "agent", "sampler"];
+const KINDS: [&str; 7] = ["main", "vcpu", "devices", "api", "agent", "sampler", "otlp"];
 
 // Classic BPF opcodes and seccomp constants (linux/filter.h, linux/seccomp.h).
 const BPF_LD_W_ABS: u16 = 0x20;

@@ -644,6 +644,29 @@ impl Registry {
         })
     }
 
+    /// The finish number of the oldest retained finished request: those
+    /// below it were evicted. Finish numbers count ends from 0 over the
+    /// VM's life.
+    pub fn front_fin(&self) -> u64 {
+        self.front_fin
+    }
+
+    /// The finish number the next request to end will get.
+    pub fn next_fin(&self) -> u64 {
+        self.front_fin + self.keys.len() as u64
+    }
+
+    /// The retained finished request with finish number `fin`, and whether
+    /// its charges are still pending (a writer may still add to them), or
+    /// `None` if it was evicted or has not finished yet. A cursor over
+    /// finish numbers reads every request once, in end order (the OTLP
+    /// exporter's).
+    pub fn finished_at(&self, fin: u64) -> Option<(RequestRow, bool)> {
+        let i = usize::try_from(fin.checked_sub(self.front_fin)?).ok()?;
+        let pending = self.keys.get(i)?.pending;
+        Some((self.finished_row(i)?, pending))
+    }
+
     /// Number of retained finished requests.
     pub fn retained_len(&self) -> usize {
         self.keys.len()
@@ -1356,6 +1379,39 @@ mod tests {
         );
         assert_eq!(c.evicted.exits_total().count, 2);
         assert_eq!(r.stats().requests_evicted, 2);
+    }
+
+    #[test]
+    fn finish_numbers_walk_the_ends_in_order_and_eviction_moves_the_front() {
+        let limits = Limits {
+            max_containers: 4,
+            max_live_requests: 4,
+            retained_requests: 2,
+        };
+        let mut r = Registry::new(1, limits);
+        declare(&mut r, 1, 0, "a").unwrap();
+        assert_eq!((r.front_fin(), r.next_fin()), (0, 0));
+        assert!(r.finished_at(0).is_none());
+        for id in [5, 6, 7] {
+            r.apply(&entry(EntryKind::BeginRequest, id, 1, ""), 0).unwrap();
+        }
+        // Ended out of begin order: finish numbers follow the ends.
+        let held = Arc::clone(&r.live[&r.live_ids[&7]].cells);
+        for (now, id) in [(10, 6), (11, 7), (12, 5)] {
+            r.apply(&entry(EntryKind::EndRequest, id, 0, ""), now).unwrap();
+        }
+        // Three ends, two retained: finish number 0 (request 6) was evicted.
+        assert_eq!((r.front_fin(), r.next_fin()), (1, 3));
+        assert!(r.finished_at(0).is_none());
+        let (seven, pending) = r.finished_at(1).unwrap();
+        assert_eq!((seven.guest_id, seven.end_ns, pending), (7, Some(11), true));
+        let (five, pending) = r.finished_at(2).unwrap();
+        assert_eq!((five.guest_id, five.end_ns, pending), (5, Some(12), false));
+        assert!(r.finished_at(3).is_none());
+        // Once the writer lets go, request 7 settles.
+        drop(held);
+        r.sweep();
+        assert!(!r.finished_at(1).unwrap().1);
     }
 
     #[test]

@@ -503,6 +503,11 @@ pub struct VmConfig {
     /// vsock port 1024: for agents run on the host, and for tests.
     #[serde(default)]
     pub agent_sock: Option<PathBuf>,
+    /// Export finished requests as spans and per-container counters as
+    /// metrics to an OpenTelemetry collector over OTLP/HTTP
+    /// (`--otlp-endpoint`, `--otlp-interval`; docs/opentelemetry.md).
+    #[serde(default)]
+    pub otlp: Option<crate::otlp::OtlpConfig>,
     /// Stop the VM after this many milliseconds (a clean end,
     /// `time_limit`), if it has not ended before.
     #[serde(default)]
@@ -619,6 +624,7 @@ impl VmConfig {
             api_sock: None,
             metrics_addr: None,
             agent_sock: None,
+            otlp: None,
             time_limit_ms: None,
             seccomp: Seccomp::default(),
             seccomp_main_thread: false,

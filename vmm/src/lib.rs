@@ -11,6 +11,7 @@
 //! - [`limits`]: the VMM's own bounds (threads, descriptors).
 //! - [`probes`]: every device's counters, for the report and the API.
 //! - [`api`]: the host API (JSON and Prometheus metrics on a Unix socket).
+//! - [`otlp`]: OpenTelemetry export of finished requests and counters.
 
 pub mod agent;
 pub mod api;
@@ -22,6 +23,7 @@ pub mod limits;
 pub mod limits_file;
 pub mod live_limits;
 pub mod logging;
+pub mod otlp;
 pub mod probes;
 pub mod sampler;
 pub mod sandbox;

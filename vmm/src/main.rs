@@ -147,6 +147,21 @@ struct Common {
     /// run on the host); inside the guest the agent uses vsock port 1024.
     #[arg(long = "agent-sock", value_name = "PATH")]
     agent_sock: Option<PathBuf>,
+    /// Export each finished request as a span and the per-container counters as metrics to an
+    /// OpenTelemetry collector, OTLP over HTTP/protobuf: the collector's base URL
+    /// http://HOST[:PORT][/PATH] (port 4318 if left out; /v1/traces and /v1/metrics are appended).
+    /// Plain http only. Counters in GET /v1/vm and the report (vm.otlp); docs/opentelemetry.md.
+    #[arg(long = "otlp-endpoint", value_name = "URL", value_parser = parse_otlp_endpoint)]
+    otlp_endpoint: Option<String>,
+    /// Seconds between metric exports to --otlp-endpoint, 0.1-3600 (spans go every 200 ms).
+    #[arg(
+        long = "otlp-interval",
+        value_name = "SECS",
+        default_value = "10",
+        value_parser = parse_otlp_interval,
+        requires = "otlp_endpoint"
+    )]
+    otlp_interval: u64,
     /// Run the VMM's threads without their seccomp filters. For debugging only: the report says so.
     #[arg(long = "no-seccomp")]
     no_seccomp: bool,
@@ -195,6 +210,27 @@ struct DemoArgs {
     common: Common,
 }
 
+/// `--otlp-endpoint URL`, checked for its form (resolved when the VM starts).
+fn parse_otlp_endpoint(s: &str) -> Result<String, String> {
+    vmm::otlp::Endpoint::parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// `--otlp-interval SECS` in milliseconds, or what to write instead.
+fn parse_otlp_interval(s: &str) -> Result<u64, String> {
+    let secs: f64 = s.parse().unwrap_or(f64::NAN);
+    if secs.is_finite() && secs > 0.0 && secs <= 1e7 {
+        // In range, so the cast is exact up to the rounding asked for.
+        #[allow(clippy::cast_possible_truncation)]
+        let ms = (secs * 1000.0).round() as u64;
+        if vmm::otlp::INTERVAL_RANGE_MS.contains(&ms) {
+            return Ok(ms);
+        }
+    }
+    Err("expected seconds between the metric exports, from 0.1 to 3600".into())
+}
+
 /// `--metrics-addr IP:PORT`, or what to write instead.
 fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
     s.parse().map_err(|_| {
@@ -226,6 +262,10 @@ fn config(kernel: KernelSource, cmdline: Option<String>, c: &Common) -> VmConfig
         api_sock: c.api_sock.clone(),
         metrics_addr: c.metrics_addr,
         agent_sock: c.agent_sock.clone(),
+        otlp: c.otlp_endpoint.clone().map(|endpoint| vmm::otlp::OtlpConfig {
+            endpoint,
+            interval_ms: c.otlp_interval,
+        }),
         seccomp: match (c.no_seccomp, c.seccomp_log) {
             (true, _) => Seccomp::Off,
             (false, true) => Seccomp::Log,

@@ -70,6 +70,8 @@ pub enum ThreadKind {
     Agent,
     /// The run-time sampler (`rsrc-sampler`).
     Sampler,
+    /// The OpenTelemetry exporter (`rsrc-otlp`, only with `--otlp-endpoint`).
+    Otlp,
 }
 
 impl ThreadKind {
@@ -82,6 +84,7 @@ impl ThreadKind {
             ThreadKind::Api => "api",
             ThreadKind::Agent => "agent",
             ThreadKind::Sampler => "sampler",
+            ThreadKind::Otlp => "otlp",
         }
     }
 }
@@ -282,6 +285,7 @@ mod tests {
             ThreadKind::Api,
             ThreadKind::Agent,
             ThreadKind::Sampler,
+            ThreadKind::Otlp,
         ] {
             for level in [Seccomp::Trap, Seccomp::Log] {
                 let prog = program(kind, level).unwrap().unwrap();

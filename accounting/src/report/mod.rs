@@ -103,6 +103,51 @@ pub struct VmInfo {
     /// without the flag.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<String>,
+    /// What the OpenTelemetry exporter did (`--otlp-endpoint`,
+    /// docs/opentelemetry.md); absent without the flag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpInfo>,
+}
+
+/// The OTLP exporter's identity and counters (`vm.otlp` in the report and
+/// in `GET /v1/vm`). Every span is exported, queued, or dropped for one
+/// counted reason: `spans_exported + spans_queued + spans_dropped` is every
+/// request that finished while the exporter ran (requests still live when
+/// the VM ends are not spans).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OtlpInfo {
+    /// Where traces are posted (the endpoint with `/v1/traces`).
+    pub traces_url: String,
+    /// Where metrics are posted (the endpoint with `/v1/metrics`).
+    pub metrics_url: String,
+    /// This VM's id, 16 hex digits drawn at start: `resourceful.vm.id` on
+    /// every span and data point.
+    pub vm_id: String,
+    /// Unix time, ns, of the books' clock zero: a span starts at this plus
+    /// the request's `begin_ns`.
+    pub epoch_unix_ns: u64,
+    /// Spans the collector accepted.
+    pub spans_exported: u64,
+    /// Spans read and waiting to be sent.
+    pub spans_queued: u64,
+    /// Spans lost, all reasons (the two below).
+    pub spans_dropped: u64,
+    /// Requests evicted from retention before the exporter read them.
+    pub spans_dropped_evicted: u64,
+    /// Spans of batches given up on after every try failed.
+    pub spans_dropped_failed: u64,
+    /// Metric exports the collector accepted.
+    pub metric_exports: u64,
+    /// Data points in them.
+    pub metric_points_exported: u64,
+    /// Metric exports given up on after every try failed.
+    pub metric_exports_dropped: u64,
+    /// POSTs that failed (connection error, timeout, 429, 5xx or another
+    /// refusal), each try counted.
+    pub post_errors: u64,
+    /// Tries after a failed one.
+    pub retries: u64,
 }
 
 /// What the guests' switch logs did (`vm.run_log` in the report).

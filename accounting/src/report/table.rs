@@ -91,6 +91,21 @@ pub(crate) fn write(w: &mut dyn Write, t: &Table<'_>) -> io::Result<()> {
     if let Some(d) = &v.end_detail {
         let _ = writeln!(s, "  {}", shown(d));
     }
+    if let Some(o) = &v.otlp {
+        let _ = writeln!(
+            s,
+            "  otlp to {}: {} spans exported, {} dropped ({} evicted before export, {} failed); {} metric exports, {} dropped; {} failed tries, {} retries",
+            shown(&o.traces_url),
+            o.spans_exported,
+            o.spans_dropped,
+            o.spans_dropped_evicted,
+            o.spans_dropped_failed,
+            o.metric_exports,
+            o.metric_exports_dropped,
+            o.post_errors,
+            o.retries,
+        );
+    }
     let header = format!(
         "{:<28} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10} {:>6}",
         "CONTAINER", "EXITS", "PIO_IN", "PIO_OUT", "MMIO_RD", "MMIO_WR", "OTHER", "HOST_MS", "RUN_MS", "REQS"

@@ -375,6 +375,31 @@ pub fn render_agent(out: &mut String, tenant: &str, stats: &crate::agent::AgentS
     }
 }
 
+/// Appends the OTLP exporter's counters (`--otlp-endpoint`):
+/// `resourceful_otlp_events_total` labelled `tenant` and `counter`
+/// (`spans_exported`, `spans_dropped_evicted`, `spans_dropped_failed`,
+/// `metric_exports`, `metric_points_exported`, `metric_exports_dropped`,
+/// `post_errors`, `retries`; docs/opentelemetry.md).
+pub fn render_otlp(out: &mut String, tenant: &str, o: &accounting::report::OtlpInfo) {
+    let mut f = Family::new(
+        out,
+        "resourceful_otlp_events_total",
+        "OpenTelemetry export: spans exported and dropped (by reason), metric exports, failed POST tries, retries.",
+    );
+    for (counter, n) in [
+        ("spans_exported", o.spans_exported),
+        ("spans_dropped_evicted", o.spans_dropped_evicted),
+        ("spans_dropped_failed", o.spans_dropped_failed),
+        ("metric_exports", o.metric_exports),
+        ("metric_points_exported", o.metric_points_exported),
+        ("metric_exports_dropped", o.metric_exports_dropped),
+        ("post_errors", o.post_errors),
+        ("retries", o.retries),
+    ] {
+        f.sample(&[("tenant", tenant), ("counter", counter)], n);
+    }
+}
+
 /// Appends every device's counters: `resourceful_device_events_total`
 /// labelled `tenant`, `device` (`disk0`, …), `kind` (`virtio-blk`, …) and
 /// `counter` (`malformed`, `transport.bad_accesses`, …).

@@ -166,6 +166,9 @@ pub struct VmView {
     /// Where `--metrics-addr` serves `/metrics` over TCP (`IP:PORT` as
     /// bound, port 0 resolved); `null` without the flag.
     pub metrics_addr: Option<String>,
+    /// The OTLP exporter's counters as of now (as the report's `vm.otlp`);
+    /// `null` without `--otlp-endpoint`.
+    pub otlp: Option<accounting::report::OtlpInfo>,
     /// The report's tenant totals, as of now.
     pub totals: ChargesReport,
 }
@@ -389,6 +392,7 @@ fn get_vm(s: &ApiState) -> Reply {
             agent: agent_view(s),
             slots: info.slots,
             metrics_addr: info.metrics_addr,
+            otlp: info.otlp,
             totals,
         },
     )
@@ -530,6 +534,9 @@ fn get_metrics(s: &ApiState) -> Reply {
                 metrics::render_agent(&mut text, s.acct.tenant(), &hub.stats());
             }
             metrics::render_devices(&mut text, s.acct.tenant(), &s.device_counters());
+            if let Some(o) = (s.info)().otlp {
+                metrics::render_otlp(&mut text, s.acct.tenant(), &o);
+            }
             text.into_bytes()
         },
     }

@@ -185,6 +185,10 @@ pub enum VmError {
     /// The seccomp sandbox could not be set up.
     #[error(transparent)]
     Sandbox(#[from] sandbox::SandboxError),
+    /// `--otlp-endpoint` or `--otlp-interval` is wrong, or the exporter
+    /// could not start.
+    #[error(transparent)]
+    Otlp(#[from] crate::otlp::OtlpError),
     /// A host resource (eventfd, thread, signal handler) was refused.
     #[error("host resource: {what}")]
     Host {
@@ -350,6 +354,7 @@ fn start_api(
     probes: &Arc<DeviceProbes>,
     boot_kind: &'static str,
     live: Option<&Arc<crate::live_limits::LiveLimits>>,
+    otlp: Option<Arc<crate::otlp::OtlpStats>>,
 ) -> Result<crate::api::ApiServer, VmError> {
     use crate::api::{ApiServer, ApiState, DevicesInfo, DiskInfo, NetInfo, VsockInfo};
     let devices = DevicesInfo {
@@ -394,6 +399,7 @@ fn start_api(
         unhandled_io_sites: io_stats.sites(),
         log_lines_suppressed: crate::logging::suppressed(),
         slots: hub.slots_info(),
+        otlp: otlp.as_ref().map(|o| o.info()),
         ..base.clone()
     };
     let mut state = ApiState::new(Arc::clone(acct), devices, info)
@@ -438,6 +444,9 @@ impl Drop for AgentGuard {
 /// Builds and runs the VM described by `config` until it ends.
 pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     config.validate()?;
+    if let Some(o) = &config.otlp {
+        o.validate()?;
+    }
     crate::limits::ensure_fd_limit(config)?;
     let nr_vcpus = usize::from(config.vcpus);
     let kernel = kernel_bytes(&config.kernel)?;
@@ -585,6 +594,12 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         KernelKind::BareMetal => "baremetal",
         KernelKind::Linux { .. } => "linux",
     };
+    // Only with --otlp-endpoint; a later early return drops (stops) it.
+    let otlp = config
+        .otlp
+        .as_ref()
+        .map(|o| crate::otlp::Exporter::start(o, &acct, config.seccomp))
+        .transpose()?;
     // Before any thread starts: failing here leaves nothing behind, and a
     // later early return drops (stops) the server.
     let metrics = config
@@ -604,6 +619,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             &probes,
             boot_kind,
             live.as_ref(),
+            otlp.as_ref().map(crate::otlp::Exporter::stats),
         )?)
     } else {
         None
@@ -750,6 +766,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         .iter()
         .map(|u| u.unstarted_ns.load(Ordering::Relaxed))
         .sum();
+    // Every writer has stopped: the exporter's last spans and counters are
+    // the report's.
+    let otlp = otlp.map(crate::otlp::Exporter::finish);
     if let Err(e) = lock(&devices.serial).finish() {
         log::warn!("console output could not be flushed: {e}");
     }
@@ -780,6 +799,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         slots: agent.slots_info(),
         run_log,
         metrics_addr,
+        otlp,
     };
     Ok(RunOutcome {
         end,
