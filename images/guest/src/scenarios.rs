@@ -1120,7 +1120,9 @@ fn run_log(b: &Boot) -> ! {
     acct::register();
     declare(RL_SVC, 0, b"svc");
     print("run-log: start\n");
-    let unit = arg(b.cmdline, b"cycles=").and_then(parse_u64).unwrap_or(RL_CYCLES);
+    let unit = arg(b.cmdline, b"cycles=")
+        .and_then(parse_u64)
+        .unwrap_or(RL_CYCLES);
     for k in 1..=RL_REQUESTS {
         acct::begin_request(k, RL_SVC, 0);
         port_work(1);

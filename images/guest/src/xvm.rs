@@ -81,8 +81,13 @@ fn init(b: &Boot) -> Net {
 fn is_call(p: &[u8]) -> bool {
     p.len() >= TRACE_LEN
         && p.len() <= 400
-        && p[..TRACE_LEN].iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-        && p.iter().enumerate().skip(TRACE_LEN).all(|(i, &c)| c == frame::payload_byte(i))
+        && p[..TRACE_LEN]
+            .iter()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        && p.iter()
+            .enumerate()
+            .skip(TRACE_LEN)
+            .all(|(i, &c)| c == frame::payload_byte(i))
 }
 
 /// Writes a UDP frame of `e` with `payload` into `buf`; its length.
@@ -138,7 +143,11 @@ pub fn client(b: &Boot) -> ! {
         };
         let len = 100 * k;
         for (i, c) in payload[..len].iter_mut().enumerate() {
-            *c = if i < TRACE_LEN { trace[i] } else { frame::payload_byte(i) };
+            *c = if i < TRACE_LEN {
+                trace[i]
+            } else {
+                frame::payload_byte(i)
+            };
         }
         let n = udp_with(&mut buf, &e, k as u16, &payload[..len]);
         if d.send(&buf[..n], 0).is_err() {
@@ -264,7 +273,11 @@ fn begin_part(r: &mut agent::Run<'_>, a: &mut Conn, container: u32, request: u32
 /// `sync` with `seq` (one exit) and its answer `synced` (one exit): every
 /// frame sent before was applied, none refused (a refusal comes first).
 fn sync(r: &mut agent::Run<'_>, a: &mut Conn, seq: u64) {
-    let f = Frame::new().s(b"{\"type\":\"sync\",\"seq\":").n(seq).s(b"}").done();
+    let f = Frame::new()
+        .s(b"{\"type\":\"sync\",\"seq\":")
+        .n(seq)
+        .s(b"}")
+        .done();
     r.send(a, op::RW, f.bytes(), 0);
     let mut buf = [0u8; FRAME_MAX];
     let n = r.recv_frame(a, &mut buf, 71, "xvm: not synced\n");
