@@ -9,7 +9,9 @@
 //!    maps) and on (four); then with the thread bound to a
 //!    request (`work_for`'s map, after a miss in the rebind threads); then
 //!    with the thread registered in a rebind page whose word names a
-//!    request (three lookups: thread, page, word)), `TAGGER_ROUNDS` each
+//!    request (three lookups: thread, page, word)); then with the two
+//!    threads bound to two requests, so every switch changes the slot's tag
+//!    and is written to its switch log too), `TAGGER_ROUNDS` each
 //!    (default 5) of
 //!    `TAGGER_HOPS` hops (default 200,000); prints the median ns per
 //!    switch of each and the difference, and the median ns per run
@@ -127,7 +129,7 @@ fn switches() {
     let hops = env("TAGGER_HOPS", 200_000);
     let _stats = guest_agent::tagger::enable_run_time_stats().expect("BPF run-time statistics (root)");
     // Per variant: ns per switch, ns per program run.
-    let mut v: [(Vec<f64>, Vec<f64>); 5] = Default::default();
+    let mut v: [(Vec<f64>, Vec<f64>); 6] = Default::default();
     let mut push = |i: usize, (a, b): (f64, f64)| {
         v[i].0.push(a);
         v[i].1.push(b);
@@ -149,6 +151,19 @@ fn switches() {
                     .unwrap();
             }),
         );
+        // The two threads work for different requests: every switch
+        // changes the slot's tag, so each is also logged (the switch log).
+        push(
+            5,
+            tagged(&t, hops, |tid| {
+                t.bind_thread(tid, Some(tag)).unwrap();
+                // SAFETY: gettid has no preconditions.
+                t.bind_thread(unsafe { libc::gettid() } as u32, Some(tag + 1))
+                    .unwrap();
+            }),
+        );
+        // SAFETY: gettid has no preconditions.
+        t.bind_thread(unsafe { libc::gettid() } as u32, None).unwrap();
         let fd = t.add_rebind_page(0).expect("rebind pages on this kernel");
         let page = RebindPage::map(0, &fd).unwrap();
         push(
@@ -175,6 +190,7 @@ fn switches() {
         "tagger on, no tag found",
         "tagger on, thread bound (work_for)",
         "tagger on, thread in a rebind page",
+        "tagger on, two requests: every switch logged",
     ];
     for (name, (sw, prog)) in names.iter().zip(&v[1..]) {
         println!(

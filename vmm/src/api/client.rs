@@ -64,9 +64,39 @@ pub fn request(sock: &Path, method: &str, target: &str, body: Option<&str>) -> R
         "{method} {target} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n{body_head}Connection: close\r\n\r\n{}",
         body.unwrap_or("")
     )?;
+    parse_response(&read_bounded(&mut s, MAX_RESPONSE, RESPONSE_DEADLINE)?)
+}
+
+/// Largest answer the client reads: a page of 10,000 containers is about
+/// 15 MB; a hostile or broken server cannot make it hold more.
+pub const MAX_RESPONSE: usize = 64 << 20;
+/// Longest a whole answer may take (each read also times out after 10 s).
+pub const RESPONSE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Reads `r` to its end, refusing more than `max` bytes or a trickle that
+/// outlasts `deadline`.
+fn read_bounded(r: &mut impl Read, max: usize, deadline: Duration) -> Result<Vec<u8>, ClientError> {
+    let until = std::time::Instant::now() + deadline;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    parse_response(&raw)
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(raw);
+        }
+        if raw.len() + n > max {
+            return Err(ClientError::Malformed(format!(
+                "the answer is larger than {} MiB: not read further",
+                max >> 20
+            )));
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if std::time::Instant::now() > until {
+            return Err(ClientError::Malformed(format!(
+                "the answer took longer than {deadline:?}: not read further"
+            )));
+        }
+    }
 }
 
 /// Parses a complete HTTP/1.1 response (read to the end of the connection).
@@ -141,6 +171,9 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, ClientError> {
 
 /// Most pages [`get_all`] follows.
 const MAX_PAGES: usize = 100_000;
+/// Most elements [`get_all`] gathers over all pages (a VM's containers are
+/// far fewer; a server that pages forever cannot make it hold more).
+const MAX_ELEMENTS: usize = 4_000_000;
 
 /// GETs a paged list (`/v1/containers`) page after page, following each
 /// `Link: <…>; rel="next"`, and answers with one response whose body is the
@@ -155,6 +188,11 @@ pub fn get_all(sock: &Path, target: &str) -> Result<Response, ClientError> {
             Ok(items) if page.status == 200 => items,
             _ => return Ok(page),
         };
+        if all.len() + items.len() > MAX_ELEMENTS {
+            return Err(ClientError::Malformed(format!(
+                "more than {MAX_ELEMENTS} elements over the pages of {target}"
+            )));
+        }
         all.extend(items);
         match page.next {
             Some(next) => target = next,
@@ -173,6 +211,17 @@ pub fn get_all(sock: &Path, target: &str) -> Result<Response, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_are_read_within_a_size_and_a_time() {
+        let big = vec![b'x'; 300 * 1024];
+        assert_eq!(read_bounded(&mut &big[..], 1 << 20, Duration::from_secs(5)).unwrap(), big);
+        let e = read_bounded(&mut &big[..], 100 * 1024, Duration::from_secs(5)).unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+        // An endless server: refused at the size, not read forever.
+        let mut endless = std::io::repeat(b'y');
+        assert!(read_bounded(&mut endless, 1 << 20, Duration::from_secs(5)).is_err());
+    }
 
     #[test]
     fn parses_length_and_chunked_bodies() {
