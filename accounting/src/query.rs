@@ -286,25 +286,25 @@ impl ContainerView {
     }
 }
 
-/// A heap entry: greater is worse, so the heap's top is the one to drop.
-struct Ranked {
+/// A heap entry ranked by `key` alone: greater is worse, so the heap's top
+/// is the one to drop.
+struct Keyed<T> {
     key: (u64, u64),
-    cost: u64,
-    item: SelectedRequest,
+    item: T,
 }
 
-impl PartialEq for Ranked {
+impl<T> PartialEq for Keyed<T> {
     fn eq(&self, o: &Self) -> bool {
         self.key == o.key
     }
 }
-impl Eq for Ranked {}
-impl PartialOrd for Ranked {
+impl<T> Eq for Keyed<T> {}
+impl<T> PartialOrd for Keyed<T> {
     fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
         Some(self.cmp(o))
     }
 }
-impl Ord for Ranked {
+impl<T> Ord for Keyed<T> {
     fn cmp(&self, o: &Self) -> Ordering {
         self.key.cmp(&o.key)
     }
@@ -423,7 +423,8 @@ impl Accounting {
         if f.limit == 0 {
             return (Vec::new(), stats);
         }
-        let mut heap: BinaryHeap<Ranked> = BinaryHeap::with_capacity(f.limit.min(1 << 16));
+        let mut heap: BinaryHeap<Keyed<(u64, SelectedRequest)>> =
+            BinaryHeap::with_capacity(f.limit.min(1 << 16));
         let mut cur = RequestCursor::default();
         let mut first = true;
         while !cur.done() {
@@ -436,12 +437,12 @@ impl Accounting {
                 // its worst are skipped on one column.
                 let prune = match (heap.len() >= f.limit, heap.peek(), f.order) {
                     (true, Some(w), RequestOrder::Cost) => Prune {
-                        min_cost: w.cost,
+                        min_cost: w.item.0,
                         max_seq: u64::MAX,
                     },
                     (true, Some(w), RequestOrder::Begin) => Prune {
                         min_cost: 0,
-                        max_seq: w.item.row.seq,
+                        max_seq: w.item.1.row.seq,
                     },
                     _ => Prune::NONE,
                 };
@@ -466,40 +467,16 @@ impl Accounting {
                     if heap.len() >= f.limit {
                         heap.pop();
                     }
-                    heap.push(Ranked {
+                    heap.push(Keyed {
                         key,
-                        cost: cand.cost,
-                        item,
+                        item: (cand.cost, item),
                     });
                 });
             });
             first = false;
         }
-        let rows = heap.into_sorted_vec().into_iter().map(|r| r.item).collect();
+        let rows = heap.into_sorted_vec().into_iter().map(|r| r.item.1).collect();
         (rows, stats)
-    }
-}
-
-/// A request ranked by [`Accounting::top_requests_by`]: greater is worse.
-struct ByValue {
-    key: (u64, u64),
-    row: RequestRow,
-}
-
-impl PartialEq for ByValue {
-    fn eq(&self, o: &Self) -> bool {
-        self.key == o.key
-    }
-}
-impl Eq for ByValue {}
-impl PartialOrd for ByValue {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for ByValue {
-    fn cmp(&self, o: &Self) -> Ordering {
-        self.key.cmp(&o.key)
     }
 }
 
@@ -519,7 +496,7 @@ impl Accounting {
         if limit == 0 {
             return (Vec::new(), stats);
         }
-        let mut heap: BinaryHeap<ByValue> = BinaryHeap::with_capacity(limit.min(1 << 16));
+        let mut heap: BinaryHeap<Keyed<RequestRow>> = BinaryHeap::with_capacity(limit.min(1 << 16));
         let mut cur = RequestCursor::default();
         let mut first = true;
         while !cur.done() {
@@ -543,12 +520,12 @@ impl Accounting {
                     if heap.len() >= limit {
                         heap.pop();
                     }
-                    heap.push(ByValue { key, row });
+                    heap.push(Keyed { key, item: row });
                 });
             });
             first = false;
         }
-        let rows = heap.into_sorted_vec().into_iter().map(|r| r.row).collect();
+        let rows = heap.into_sorted_vec().into_iter().map(|r| r.item).collect();
         (rows, stats)
     }
 }

@@ -215,7 +215,10 @@ mod tests {
     #[test]
     fn answers_are_read_within_a_size_and_a_time() {
         let big = vec![b'x'; 300 * 1024];
-        assert_eq!(read_bounded(&mut &big[..], 1 << 20, Duration::from_secs(5)).unwrap(), big);
+        assert_eq!(
+            read_bounded(&mut &big[..], 1 << 20, Duration::from_secs(5)).unwrap(),
+            big
+        );
         let e = read_bounded(&mut &big[..], 100 * 1024, Duration::from_secs(5)).unwrap_err();
         assert!(e.to_string().contains("larger than"), "{e}");
         // An endless server: refused at the size, not read forever.
