@@ -64,6 +64,8 @@ pub struct Sampler {
     vcpus: Vec<Sampled>,
     /// Run time was charged by sample to a tag naming a container.
     sampled_named: bool,
+    /// The vCPUs are stopped: this tick charges what is left.
+    last: bool,
 }
 
 impl Sampler {
@@ -91,6 +93,7 @@ impl Sampler {
             writer,
             vcpus,
             sampled_named: false,
+            last: false,
         }
     }
 
@@ -173,7 +176,9 @@ impl Sampler {
                     book.moved(line)
                 })
                 .unwrap_or(false);
-            if run <= v.charged || unplaced {
+            // The last tick charges everything: a log moved after the
+            // vCPU's last exit (another vCPU writing this slot) waits no more.
+            if run <= v.charged || (unplaced && !self.last) {
                 continue;
             }
             let delta = run - v.charged;
@@ -196,6 +201,13 @@ impl Sampler {
         }
         let log = self.run_log();
         acct.set_run_exact(!self.sampled_named && log.vcpus_logging > 0 && log.sampled_ns == 0);
+    }
+
+    /// The last tick, once the vCPUs have stopped: charges the rest of
+    /// their run time, whatever their logs say.
+    pub fn finish(&mut self) {
+        self.last = true;
+        self.tick();
     }
 
     /// The switch logs' counters, all vCPUs.

@@ -746,7 +746,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         // One more tick now that the vCPUs are stopped charges the rest of
         // their run time, so the sums are exact.
         Some(Ok(mut sampler)) => {
-            sampler.tick();
+            sampler.finish();
             guest_run_source = sampler.source().into();
             vcpu_halted_ns = sampler.halted_ns();
             let t = sampler.run_log();
