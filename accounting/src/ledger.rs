@@ -59,9 +59,8 @@ pub struct Accounting {
     /// fields, one writer each).
     writer_totals: Box<[Counters]>,
     clock: Clock,
-    /// Every run-time charge to a container so far was placed by a guest
-    /// switch log (provenance `exact`), and at least one was.
-    run_exact: std::sync::atomic::AtomicBool,
+    /// A guest switch log has placed run time ([`Accounting::run_logged`]).
+    run_logged: std::sync::atomic::AtomicBool,
 }
 
 impl Accounting {
@@ -80,7 +79,7 @@ impl Accounting {
             errors: GuestErrors::default(),
             writer_totals: (0..writers).map(|_| Counters::default()).collect(),
             clock: Clock::start(),
-            run_exact: std::sync::atomic::AtomicBool::new(false),
+            run_logged: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -107,15 +106,16 @@ impl Accounting {
         self.clock.now_ns()
     }
 
-    /// Whether guest run time is `exact` (placed by switch logs) rather
-    /// than `sampled`: set by the sampler.
-    pub fn run_exact(&self) -> bool {
-        self.run_exact.load(std::sync::atomic::Ordering::Relaxed)
+    /// Whether a guest switch log has placed run time in this VM: then a
+    /// container none of whose run time was charged by sample has run-time
+    /// provenance `exact`. Set by the sampler.
+    pub fn run_logged(&self) -> bool {
+        self.run_logged.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The sampler says how run time was attributed so far.
-    pub fn set_run_exact(&self, exact: bool) {
-        self.run_exact.store(exact, std::sync::atomic::Ordering::Relaxed);
+    /// The sampler says a switch log is in use.
+    pub fn set_run_logged(&self) {
+        self.run_logged.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The books' clock (for converting host TSC readings).
@@ -298,9 +298,11 @@ impl Writer {
     /// Charges `ns` of vCPU `vcpu`'s guest run time (one sample) to `tag`.
     /// Only the one writer that samples run time may call this.
     #[inline]
+    /// Run time charged this way is sampled: the container's run-time
+    /// provenance becomes `sampled`.
     pub fn charge_run(&mut self, vcpu: usize, tag: Option<u64>, ns: u64) {
         let r = self.resolve(tag).clone();
-        self.charge_run_to(vcpu, &r, ns);
+        self.charge_run_to(vcpu, &r, ns, false);
     }
 
     /// Who `tag` names now (from this writer's cache), to charge later
@@ -310,8 +312,13 @@ impl Writer {
         self.resolve(Some(tag)).clone()
     }
 
-    /// As [`Writer::charge_run`], to a principal resolved earlier.
-    pub fn charge_run_to(&self, vcpu: usize, r: &Resolved, ns: u64) {
+    /// As [`Writer::charge_run`], to a principal resolved earlier; `exact`:
+    /// placed by a switch log (else the container's run-time provenance
+    /// becomes `sampled`).
+    pub fn charge_run_to(&self, vcpu: usize, r: &Resolved, ns: u64, exact: bool) {
+        if !exact && ns > 0 {
+            r.container_cells.mark_run_sampled();
+        }
         if let Some(totals) = self.acct.writer_totals[..self.acct.nr_vcpus].get(vcpu) {
             totals.add_run_single_writer(ns);
         }
@@ -539,6 +546,32 @@ mod tests {
         for c in &reg.containers()[1..] {
             assert_eq!(c.cells.sum().exits_total().count, 3);
         }
+    }
+
+    #[test]
+    fn run_time_provenance_is_exact_only_where_every_charge_was_placed_by_a_log() {
+        use crate::resource::Provenance;
+        let acct = Accounting::new("t", 1, 1, Limits::default());
+        declare(&acct, 1, "logged");
+        declare(&acct, 2, "sampled");
+        let mut sampler = acct.writer(1);
+        let logged = sampler.resolved(tag(1, 0));
+        sampler.charge_run_to(0, &logged, 700, true);
+        sampler.charge_run(0, Some(tag(2, 0)), 300);
+        let run = |i: usize| {
+            let c = acct.container_view(i).unwrap().to_report();
+            (c.provenance.guest_run, c.charges.guest_run_ns)
+        };
+        // No log in use: sampled, both.
+        assert_eq!(run(1), (Provenance::Sampled, 700));
+        assert_eq!(run(2), (Provenance::Sampled, 300));
+        acct.set_run_logged();
+        assert_eq!(run(1), (Provenance::Exact, 700));
+        assert_eq!(run(2).0, Provenance::Sampled);
+        // One charge not placed (exact = false) makes it sampled for good.
+        sampler.charge_run_to(0, &logged, 5, false);
+        assert_eq!(run(1), (Provenance::Sampled, 705));
+        assert_eq!(run(0).0, Provenance::Unattributed);
     }
 
     #[test]

@@ -115,12 +115,12 @@ pub struct ContainerView {
     pub row: ContainerRow,
     /// Everything charged to it (sum of its ledger's columns).
     pub charges: Charges,
-    /// Its guest run time was placed by switch logs (`exact`).
+    /// All of its guest run time was placed by switch logs (`exact`).
     pub run_exact: bool,
 }
 
-/// How container `index`'s charges were attributed; `run_exact`: its run
-/// time was placed by switch logs.
+/// How container `index`'s charges were attributed; `run_exact`: all of its
+/// run time was placed by switch logs.
 pub(crate) fn provenance(index: usize, run_exact: bool) -> ProvenanceReport {
     if index == 0 {
         ProvenanceReport {
@@ -383,8 +383,8 @@ impl Accounting {
             .into_iter()
             .map(|row| ContainerView {
                 charges: row.cells.sum(),
+                run_exact: self.run_logged() && !row.cells.run_sampled(),
                 row,
-                run_exact: self.run_exact(),
             })
             .collect();
         (views, total, stats)
@@ -403,8 +403,8 @@ impl Accounting {
         });
         rows.pop().map(|row| ContainerView {
             charges: row.cells.sum(),
+            run_exact: self.run_logged() && !row.cells.run_sampled(),
             row,
-            run_exact: self.run_exact(),
         })
     }
 

@@ -705,6 +705,9 @@ impl Counters {
 #[derive(Debug)]
 pub struct Columns {
     cols: Box<[Counters]>,
+    /// Some of the container's run time was charged by sample (not placed
+    /// by a switch log): its run-time provenance is `sampled`.
+    run_sampled: std::sync::atomic::AtomicBool,
 }
 
 impl Columns {
@@ -712,7 +715,21 @@ impl Columns {
     pub fn new(writers: usize) -> Self {
         Self {
             cols: (0..writers).map(|_| Counters::default()).collect(),
+            run_sampled: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Some run time was charged here by sample.
+    #[inline]
+    pub fn mark_run_sampled(&self) {
+        if !self.run_sampled.load(Relaxed) {
+            self.run_sampled.store(true, Relaxed);
+        }
+    }
+
+    /// Whether any run time was charged here by sample.
+    pub fn run_sampled(&self) -> bool {
+        self.run_sampled.load(Relaxed)
     }
 
     /// Column of `writer`.

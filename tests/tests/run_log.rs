@@ -110,8 +110,10 @@ fn a_lying_log_moves_no_time_out_of_the_vcpus_run_time() {
     }
     // The sequence moved back and five switches overran the three entries.
     assert!(log.lost > 0, "{log:?}");
+    // (Whose run time fell in the stretches that could not be placed, and
+    // so which containers' provenance turns `sampled`, depends on when the
+    // sampler read: not asserted.)
     assert!(log.sampled_ns > 0, "{log:?}");
-    assert_eq!(run.container("svc").provenance.guest_run, Provenance::Sampled);
     // Whatever the log said, the principals hold exactly the vCPU's
     // measured run time, and request 7 no more than the whole run.
     assert_run_time_conserved(&run);

@@ -62,8 +62,6 @@ struct Sampled {
 pub struct Sampler {
     writer: Writer,
     vcpus: Vec<Sampled>,
-    /// Run time was charged by sample to a tag naming a container.
-    sampled_named: bool,
     /// The vCPUs are stopped: this tick charges what is left.
     last: bool,
 }
@@ -92,7 +90,6 @@ impl Sampler {
         Self {
             writer,
             vcpus,
-            sampled_named: false,
             last: false,
         }
     }
@@ -184,23 +181,26 @@ impl Sampler {
             let delta = run - v.charged;
             v.charged = run;
             if book.logging() {
-                for (tag, who, ns) in book.take(in_run, delta).parts {
+                let split = book.take(in_run, delta);
+                for (tag, who, ns) in split.parts {
                     match who {
-                        Some(who) => self.writer.charge_run_to(i, &who, ns),
+                        Some(who) => self.writer.charge_run_to(i, &who, ns, split.exact),
+                        None if split.exact => {
+                            let who = self.writer.resolved(tag);
+                            self.writer.charge_run_to(i, &who, ns, true);
+                        }
                         None => self.writer.charge_run(i, Some(tag), ns),
                     }
                 }
             } else {
                 let tag = v.reader.tag();
                 book.charged_without_log(in_run, tag.unwrap_or(0));
-                if tag.is_some_and(|t| accounting::abi::untag(t).0 != 0) {
-                    self.sampled_named = true;
-                }
                 self.writer.charge_run(i, tag, delta);
             }
         }
-        let log = self.run_log();
-        acct.set_run_exact(!self.sampled_named && log.vcpus_logging > 0 && log.sampled_ns == 0);
+        if self.run_log().vcpus_logging > 0 {
+            acct.set_run_logged();
+        }
     }
 
     /// The last tick, once the vCPUs have stopped: charges the rest of

@@ -34,8 +34,9 @@ pub struct ReportWriter<'a> {
     vcpus: Vec<VcpuReport>,
     /// Request charges not yet settled into their containers, by container.
     unsettled: HashMap<usize, Charges>,
-    /// Guest run time was placed by switch logs (provenance `exact`).
-    run_exact: bool,
+    /// A switch log placed run time: containers charged none by sample
+    /// have run-time provenance `exact`.
+    run_logged: bool,
     guest_errors: BTreeMap<String, u64>,
     conservation: Conservation,
     agent: BTreeMap<String, u64>,
@@ -58,7 +59,7 @@ impl<'a> ReportWriter<'a> {
         ReportWriter {
             tenant: acct.tenant(),
             unsettled: reg.requests_unsettled(),
-            run_exact: acct.run_exact(),
+            run_logged: acct.run_logged(),
             reg,
             vm,
             totals: ChargesReport::from(&total),
@@ -112,7 +113,7 @@ impl<'a> ReportWriter<'a> {
             path: path_of(reg, i),
             parent: c.parent,
             retired: c.retired,
-            provenance: crate::query::provenance(i, self.run_exact),
+            provenance: crate::query::provenance(i, self.run_logged && !c.cells.run_sampled()),
             charges: ChargesReport::from(&c.cells.sum()),
             requests: RequestSummary {
                 begun: c.requests_begun,
