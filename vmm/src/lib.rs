@@ -19,6 +19,7 @@ pub mod arch;
 pub mod boot;
 pub mod charger;
 pub mod config;
+pub mod fleet;
 pub mod limits;
 pub mod limits_file;
 pub mod live_limits;
