@@ -60,7 +60,8 @@ struct FlameArgs {
 
 #[derive(Args)]
 struct TopArgs {
-    /// The running VM's API socket (the path given to `run` or `demo` with --api-sock).
+    /// The running VM's API socket (the path given to `run` or `demo` with --api-sock), or a directory:
+    /// every VM whose socket is in it, grouped by tenant (as `demo --api-sock DIR` leaves them).
     #[arg(long = "api-sock", value_name = "PATH")]
     api_sock: PathBuf,
     /// Seconds between refreshes.
@@ -512,6 +513,7 @@ fn fleet_demo(a: &DemoArgs) -> anyhow::Result<ExitCode> {
 fn top(a: &TopArgs) -> anyhow::Result<ExitCode> {
     use std::io::{IsTerminal, Write};
     use vmm::api::top;
+    use vmm::api::top_host::run as run_host;
     if !(a.interval.is_finite() && (0.05..=3600.0).contains(&a.interval)) {
         anyhow::bail!(
             "--interval {}: expected seconds between 0.05 and 3600",
@@ -519,6 +521,11 @@ fn top(a: &TopArgs) -> anyhow::Result<ExitCode> {
         );
     }
     install_stop_handlers();
+    if a.api_sock.is_dir() {
+        let every = std::time::Duration::from_secs_f64(a.interval);
+        run_host(&a.api_sock, every, a.iterations).map_err(anyhow::Error::msg)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let tty = std::io::stdout().is_terminal();
     let mut prev: Option<top::Frame> = None;
     let mut shown = 0u64;
