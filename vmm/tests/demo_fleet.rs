@@ -1,0 +1,236 @@
+//! `resourceful demo` with several VMs (the default: tenant `acme` with two,
+//! `globex` with one, each its own VMM process) and `resourceful top
+//! --api-sock DIR` over the live fleet. The `demo` scenario's counts are
+//! exact (docs/guest-scenarios.md, `demo`, with `hold=1`: 3,241 exits per
+//! VM), so the table's numbers are asserted as such.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn resourceful(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_resourceful"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("resourceful runs")
+}
+
+/// The fields of the table row that starts with `tenant vm container`.
+fn row<'a>(text: &'a str, key: &[&str]) -> Vec<&'a str> {
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > key.len() && f[..key.len()] == *key)
+        .unwrap_or_else(|| panic!("no row {key:?} in:\n{text}"))
+}
+
+/// The `total_samples` of an inferno SVG and the names of its frames.
+fn svg_frames(svg: &str) -> (u64, Vec<String>) {
+    let opt = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(svg, opt).expect("the SVG parses as XML");
+    assert!(doc.root_element().has_tag_name("svg"));
+    let frames = doc
+        .descendants()
+        .find(|n| n.has_tag_name("svg") && n.attribute("id") == Some("frames"))
+        .expect("the frames container");
+    let total = frames.attribute("total_samples").unwrap().parse().unwrap();
+    let names = frames
+        .descendants()
+        .filter(|n| n.has_tag_name("title"))
+        .filter_map(|t| t.text())
+        .map(|t| t.rsplit_once(" (").map_or(t, |(n, _)| n).to_string())
+        .collect();
+    (total, names)
+}
+
+#[test]
+fn three_vms_for_two_tenants_are_charged_exactly_conserved_and_drawn_in_one_graph() {
+    let out = resourceful(&["demo"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("3 VMs for 2 tenants, each its own VMM process"),
+        "{text}"
+    );
+    // Each VM's containers: the scenario's counts less the held exit write.
+    for vm in [("acme", "acme-1"), ("acme", "acme-2"), ("globex", "globex-1")] {
+        for (container, exits, reqs) in [
+            ("unattributed", "27", "0"),
+            ("frontend", "1151", "80"),
+            ("frontend/api", "1031", "80"),
+            ("db", "632", "40"),
+            ("batch", "400", "0"),
+        ] {
+            let r = row(&text, &[vm.0, vm.1, container]);
+            assert_eq!((r[3], r[6]), (exits, reqs), "{vm:?} {container}:\n{text}");
+        }
+    }
+    let acme = row(&text, &["=", "acme", "2", "VM(s)"]);
+    assert_eq!((acme[4], acme[7]), ("6482", "400"), "{text}");
+    let globex = row(&text, &["=", "globex", "1", "VM(s)"]);
+    assert_eq!((globex[4], globex[7]), ("3241", "200"), "{text}");
+    assert!(text.contains("costliest 10 of 600 requests"), "{text}");
+    for vm in ["acme-1", "acme-2", "globex-1"] {
+        let r = row(&text, &["conservation", vm]);
+        assert_eq!(
+            r[2..],
+            ["holds", "for", "all", "48", "resources", "(end:", "signal)"],
+            "{text}"
+        );
+    }
+    // The host graph: every VM under its tenant, all of their host time.
+    let svg_path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("flame graph of the whole host (host_ns, every VM under its tenant): "))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no flame graph path in:\n{text}"));
+    let svg = std::fs::read_to_string(&svg_path).expect("the SVG is where the demo says");
+    let (total, names) = svg_frames(&svg);
+    for name in [
+        "acme",
+        "globex",
+        "acme-1",
+        "acme-2",
+        "globex-1",
+        "frontend/api",
+        "batch",
+    ] {
+        assert!(names.iter().any(|n| n == name), "no frame {name} in {names:?}");
+    }
+    assert!(total > 0);
+    let dir = svg_path.parent().unwrap();
+    let reports: Vec<serde_json::Value> = ["acme-1", "acme-2", "globex-1"]
+        .iter()
+        .map(|vm| {
+            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{vm}.json"))).unwrap()).unwrap()
+        })
+        .collect();
+    // The graph's host time is the exits' and the devices' (ring, vsock, ...).
+    let exits_ns: u64 = reports
+        .iter()
+        .map(|r| r["totals"]["exits_total"]["host_ns"].as_u64().unwrap())
+        .sum();
+    assert!(total >= exits_ns, "{total} < {exits_ns}");
+    for r in &reports {
+        assert_eq!(r["totals"]["exits_total"]["count"], 3241);
+        assert_eq!(r["conservation"]["holds"], true);
+    }
+    // The disks are scratch and gone; the reports and graph are kept.
+    assert!(!dir.join("acme-1.img").exists());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn flags_for_one_vm_are_refused_with_the_way_to_ask_for_one() {
+    let out = resourceful(&["demo", "--json"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--json is for one VM: add --vms 1"), "{err}");
+    let out = resourceful(&["demo", "--vms", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--vms"));
+}
+
+/// The demo kept live with `--duration`, stopped with SIGTERM when dropped.
+struct LiveDemo(Child);
+
+impl Drop for LiveDemo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn top(dir: &Path, n: &str) -> (bool, String) {
+    let out = resourceful(&[
+        "top",
+        "--api-sock",
+        dir.to_str().unwrap(),
+        "-n",
+        n,
+        "--interval",
+        "0.2",
+    ]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn top_over_the_demo_socket_directory_shows_every_vm_grouped_by_tenant() {
+    let dir = std::env::temp_dir().join(format!("resourceful-fleet-top-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // Nothing there yet: a clear error naming the flag.
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ok, text) = top(&dir, "1");
+    assert!(
+        !ok && text.contains("--api-sock") && text.contains("no VM answers there"),
+        "{text}"
+    );
+    let mut demo = LiveDemo(
+        Command::new(env!("CARGO_BIN_EXE_resourceful"))
+            .args(["demo", "--duration", "60", "--api-sock", dir.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // A guard against a hang, not a timed assertion.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let (ok, text) = top(&dir, "2");
+        if ok && text.contains("host: 3 VM(s) of 2 tenant(s) answering\n") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the fleet never answered:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(text.contains("=== tenant acme: 2 VM(s),"), "{text}");
+    assert!(text.contains("=== tenant globex: 1 VM(s),"), "{text}");
+    let acme = text.find("=== tenant acme").unwrap();
+    let globex = text.find("=== tenant globex").unwrap();
+    for (vm, after) in [("acme-1", acme), ("acme-2", acme), ("globex-1", globex)] {
+        let at = text
+            .find(&format!("--- VM {vm} ("))
+            .unwrap_or_else(|| panic!("no {vm} in:\n{text}"));
+        assert!(at > after, "{vm} is not under its tenant:\n{text}");
+    }
+    assert!(acme < globex);
+    // One socket alone is still the single-VM view.
+    let one = resourceful(&[
+        "top",
+        "--api-sock",
+        dir.join("globex-1.sock").to_str().unwrap(),
+        "-n",
+        "1",
+    ]);
+    let one_text = String::from_utf8_lossy(&one.stdout);
+    assert!(
+        one.status.success() && one_text.contains("tenant globex") && !one_text.contains("=== tenant"),
+        "{one_text}"
+    );
+    // SIGTERM ends the live demo early, with its table.
+    let pid = libc::pid_t::try_from(demo.0.id()).unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let out = std::mem::replace(&mut demo.0, Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(table.matches(" holds for all 48 resources").count(), 3, "{table}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
