@@ -24,6 +24,8 @@ use serde_json::Value;
 
 use crate::api::client;
 use crate::api::flame::{self, Folded, Resource};
+use crate::fleet_xvm;
+use crate::xvm_net::NetNs;
 
 /// One VM of the fleet: its tenant and its name (its socket is `NAME.sock`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,10 +183,70 @@ pub struct FleetOutcome {
     pub svg: PathBuf,
     /// Where the reports, consoles and logs are kept.
     pub work_dir: PathBuf,
+    /// The cross-VM request joined, when it was made.
+    pub joined: Option<crate::api::trace::Joined>,
 }
 
-/// Runs the fleet: starts every VMM, waits for the workload, draws the host
-/// flame graph, stops the VMMs and builds the table from their reports.
+/// Starts one VMM (`run`) for `vm` with its files, in `netns` if given.
+#[allow(clippy::too_many_arguments)]
+fn spawn(
+    exe: &Path,
+    netns: Option<&str>,
+    vm: &FleetVm,
+    f: &Files,
+    console: &Path,
+    cmdline: &str,
+    vcpus: u8,
+    mem_mib: u64,
+    extra: &[String],
+) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(&f.log).with_context(|| format!("cannot create {}", f.log.display()))?;
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    cmd.arg("run")
+        .args(["--kernel", "builtin:test-guest", "--cmdline", cmdline])
+        .args(["--vcpus", &vcpus.to_string(), "--mem-mib", &mem_mib.to_string()])
+        .args(["--tenant", &vm.tenant])
+        .arg("--api-sock")
+        .arg(&f.sock)
+        .arg("--report-json")
+        .arg(&f.report)
+        .arg("--console")
+        .arg(console)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start the VMM of {}", vm.name))
+}
+
+/// Fails if a stop was asked for or a VMM ended.
+fn check_alive(children: &mut Children, vms: &[FleetVm], files: &[Files]) -> anyhow::Result<()> {
+    if crate::vm::STOP_REQUESTED.load(Ordering::Acquire) {
+        bail!("stopped by a signal; the VMMs are stopped");
+    }
+    for (i, c) in children.0.iter_mut().enumerate() {
+        if let Some(Ok(Some(st))) = c.as_mut().map(Child::try_wait) {
+            bail!(
+                "the VMM of {} ended early ({st}):\n{}",
+                vms[i].name,
+                tail(&files[i].log)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs the fleet: starts every VMM, waits for the workload (and, as root,
+/// makes the cross-VM request), draws the host flame graph, stops the VMMs
+/// and builds the table from their reports.
 pub fn run(a: &FleetArgs) -> anyhow::Result<FleetOutcome> {
     if a.vms.is_empty() {
         bail!("--vms: expected at least 1 VM");
@@ -195,8 +257,16 @@ pub fn run(a: &FleetArgs) -> anyhow::Result<FleetOutcome> {
     let sock_dir = a.api_dir.clone().unwrap_or_else(|| work.join("sock"));
     std::fs::create_dir_all(&sock_dir)
         .with_context(|| format!("--api-sock {}: cannot create the directory", sock_dir.display()))?;
-    let files: Vec<Files> = a
-        .vms
+    let skip = fleet_xvm::skip_reason();
+    let pair = fleet_xvm::pair(&work);
+    let mut vms = a.vms.clone();
+    if skip.is_none() {
+        vms.extend(pair.iter().map(|p| FleetVm {
+            tenant: p.tenant.into(),
+            name: p.name.into(),
+        }));
+    }
+    let files: Vec<Files> = vms
         .iter()
         .map(|vm| Files {
             sock: sock_dir.join(format!("{}.sock", vm.name)),
@@ -205,53 +275,82 @@ pub fn run(a: &FleetArgs) -> anyhow::Result<FleetOutcome> {
             log: work.join(format!("{}.log", vm.name)),
         })
         .collect();
+    let console = |vm: &FleetVm| work.join(format!("{}.console", vm.name));
     let cmdline = if a.duration_ms.is_some() {
         "scenario=demo loop=1"
     } else {
         "scenario=demo hold=1"
     };
+    // Declared before the VMMs, so removed after they are stopped.
+    let mut ns: Option<NetNs> = None;
     let mut children = Children(Vec::new());
     for (i, (vm, f)) in a.vms.iter().zip(&files).enumerate() {
         let disk = std::fs::File::create(&f.disk).and_then(|d| d.set_len(DISK_BYTES));
         disk.with_context(|| format!("cannot create the disk {}", f.disk.display()))?;
-        let log =
-            std::fs::File::create(&f.log).with_context(|| format!("cannot create {}", f.log.display()))?;
-        let child = Command::new(&exe)
-            .arg("run")
-            .args(["--kernel", "builtin:test-guest", "--cmdline", cmdline])
-            .args([
-                "--vcpus",
-                &a.vcpus.to_string(),
-                "--mem-mib",
-                &a.mem_mib.to_string(),
-            ])
-            .args(["--tenant", &vm.tenant])
-            .arg("--api-sock")
-            .arg(&f.sock)
-            .arg("--disk")
-            .arg(&f.disk)
-            .args(["--vsock", &format!("cid={}", 3 + i)])
-            .arg("--report-json")
-            .arg(&f.report)
-            .arg("--console")
-            .arg(work.join(format!("{}.console", vm.name)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start the VMM of {}", vm.name))?;
+        let extra = [
+            "--disk".to_string(),
+            f.disk.display().to_string(),
+            "--vsock".into(),
+            format!("cid={}", 3 + i),
+        ];
+        let child = spawn(
+            &exe,
+            None,
+            vm,
+            f,
+            &console(vm),
+            cmdline,
+            a.vcpus,
+            a.mem_mib,
+            &extra,
+        )?;
         children.0.push(Some(child));
+    }
+    let mut joined = None;
+    if skip.is_none() {
+        let n = a.vms.len();
+        let netns = NetNs::new(&format!("rsrc-demo{}", std::process::id())).map_err(anyhow::Error::msg)?;
+        let mut agents = Vec::new();
+        for (k, p) in pair.iter().enumerate() {
+            let (vm, f) = (&vms[n + k], &files[n + k]);
+            let child = spawn(
+                &exe,
+                Some(&netns.name),
+                vm,
+                f,
+                &console(vm),
+                &p.cmdline,
+                1,
+                64,
+                &p.flags,
+            )?;
+            children.0.push(Some(child));
+            let alive = &mut || check_alive(&mut children, &vms, &files);
+            fleet_xvm::wait_for_path(&p.agent_sock, alive)?;
+            fleet_xvm::wait_for_path(&f.sock, alive)?;
+            let agent = if k == 0 {
+                fleet_xvm::begin_server(&p.agent_sock)
+            } else {
+                fleet_xvm::begin_client(&p.agent_sock)
+            };
+            agents.push(agent.map_err(|e| anyhow::anyhow!("{}'s agent: {e}", vm.name))?);
+        }
+        let mut agents: [_; 2] = agents.try_into().map_err(|_| anyhow::anyhow!("two agents"))?;
+        let socks = [files[n].sock.as_path(), files[n + 1].sock.as_path()];
+        fleet_xvm::call(&netns, socks, &mut agents, &mut || {
+            check_alive(&mut children, &vms, &files)
+        })?;
+        joined = Some(fleet_xvm::joined(&[
+            files[n + 1].sock.clone(),
+            files[n].sock.clone(),
+        ]));
+        ns = Some(netns);
     }
     // Every VMM serving, and (without a duration) every guest done.
     let start = Instant::now();
-    for (i, (vm, f)) in a.vms.iter().zip(&files).enumerate() {
+    for (vm, f) in a.vms.iter().zip(&files) {
         loop {
-            if crate::vm::STOP_REQUESTED.load(Ordering::Acquire) {
-                bail!("stopped by a signal; the VMMs are stopped");
-            }
-            if let Some(Ok(Some(st))) = children.0[i].as_mut().map(Child::try_wait) {
-                bail!("the VMM of {} ended early ({st}):\n{}", vm.name, tail(&f.log));
-            }
+            check_alive(&mut children, &vms, &files)?;
             let done = get_json(&f.sock, "/v1/vm")
                 .ok()
                 .is_some_and(|v| a.duration_ms.is_some() || count(&v["totals"]) >= DEMO_HELD_EXITS);
@@ -270,6 +369,11 @@ pub fn run(a: &FleetArgs) -> anyhow::Result<FleetOutcome> {
         }
     }
     if let Some(d) = a.duration_ms {
+        eprintln!(
+            "resourceful: the fleet is live for {:.1} s (Ctrl-C ends it early); watch it with: resourceful top --api-sock {}",
+            d as f64 / 1000.0,
+            sock_dir.display()
+        );
         let until = Instant::now() + Duration::from_millis(d);
         while Instant::now() < until && !crate::vm::STOP_REQUESTED.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(50));
@@ -278,7 +382,7 @@ pub fn run(a: &FleetArgs) -> anyhow::Result<FleetOutcome> {
     // The whole host's graph, read live.
     let mut host = Folded::default();
     let mut bad = 0;
-    for (vm, f) in a.vms.iter().zip(&files) {
+    for (vm, f) in vms.iter().zip(&files) {
         let target = "/v1/flamegraph.svg?resource=host_ns&format=folded";
         let r = client::get(&f.sock, target).with_context(|| format!("GET {target} from {}", vm.name))?;
         if r.status != 200 {
@@ -289,14 +393,14 @@ pub fn run(a: &FleetArgs) -> anyhow::Result<FleetOutcome> {
     if bad > 0 {
         log::warn!("{bad} malformed folded-stack lines from the VMs were skipped");
     }
-    let tenants: std::collections::BTreeSet<&str> = a.vms.iter().map(|v| v.tenant.as_str()).collect();
-    let title = format!("host ({} VMs, {} tenants)", a.vms.len(), tenants.len());
+    let tenants: std::collections::BTreeSet<&str> = vms.iter().map(|v| v.tenant.as_str()).collect();
+    let title = format!("host ({} VMs, {} tenants)", vms.len(), tenants.len());
     let svg_bytes = flame::svg(&host, Resource::HostNs, &title).context("cannot draw the flame graph")?;
     let svg = work.join("host-flamegraph.svg");
     std::fs::write(&svg, svg_bytes).with_context(|| format!("cannot write {}", svg.display()))?;
     // Stop every VMM; each writes its report.
     let mut reports = Vec::new();
-    for (i, (vm, f)) in a.vms.iter().zip(&files).enumerate() {
+    for (i, (vm, f)) in vms.iter().zip(&files).enumerate() {
         children.stop(i);
         let text = std::fs::read_to_string(&f.report)
             .with_context(|| format!("the VMM of {} wrote no report:\n{}", vm.name, tail(&f.log)))?;
@@ -306,24 +410,40 @@ pub fn run(a: &FleetArgs) -> anyhow::Result<FleetOutcome> {
         );
         let _ = std::fs::remove_file(&f.disk);
     }
-    let text = table(a, &reports, &sock_dir, &svg);
+    drop(ns);
+    let mut text = table(a, &vms, &reports, &sock_dir, &svg);
+    match (&joined, &skip) {
+        (Some(j), _) => {
+            let _ = writeln!(
+                text,
+                "\nthe distributed request {} (acme-web calls globex-svc over a bridge in a private network namespace), joined by its trace id:",
+                fleet_xvm::TRACE
+            );
+            text.push_str(&crate::api::trace::render(j));
+        }
+        (None, Some(why)) => {
+            let _ = writeln!(text, "\ncross-VM request: skipped ({why})");
+        }
+        (None, None) => {}
+    }
     Ok(FleetOutcome {
         text,
         reports,
         svg,
         work_dir: work,
+        joined,
     })
 }
 
 /// The per-tenant → VM → container table, the costliest requests, and
 /// conservation per VM.
-fn table(a: &FleetArgs, reports: &[Value], sock_dir: &Path, svg: &Path) -> String {
+fn table(a: &FleetArgs, vms: &[FleetVm], reports: &[Value], sock_dir: &Path, svg: &Path) -> String {
     let mut out = String::new();
-    let tenants: std::collections::BTreeSet<&str> = a.vms.iter().map(|v| v.tenant.as_str()).collect();
+    let tenants: std::collections::BTreeSet<&str> = vms.iter().map(|v| v.tenant.as_str()).collect();
     let _ = writeln!(
         out,
         "{} VMs for {} tenants, each its own VMM process ({} vCPU(s), {} MiB, a {} KiB disk, vsock); API sockets in {}",
-        a.vms.len(),
+        vms.len(),
         tenants.len(),
         a.vcpus,
         a.mem_mib,
@@ -336,7 +456,7 @@ fn table(a: &FleetArgs, reports: &[Value], sock_dir: &Path, svg: &Path) -> Strin
         "TENANT", "VM", "CONTAINER", "EXITS", "HOST_MS", "RUN_MS", "REQS"
     );
     let mut by_tenant: BTreeMap<&str, Vec<(&FleetVm, &Value)>> = BTreeMap::new();
-    for (vm, r) in a.vms.iter().zip(reports) {
+    for (vm, r) in vms.iter().zip(reports) {
         by_tenant.entry(vm.tenant.as_str()).or_default().push((vm, r));
     }
     for (tenant, vms) in &by_tenant {
@@ -377,7 +497,7 @@ fn table(a: &FleetArgs, reports: &[Value], sock_dir: &Path, svg: &Path) -> Strin
     }
     // The costliest requests over the whole host, by host time.
     let mut all: Vec<(&FleetVm, &Value)> = Vec::new();
-    for (vm, r) in a.vms.iter().zip(reports) {
+    for (vm, r) in vms.iter().zip(reports) {
         for q in r["requests"].as_array().map(Vec::as_slice).unwrap_or_default() {
             all.push((vm, q));
         }
@@ -404,7 +524,7 @@ fn table(a: &FleetArgs, reports: &[Value], sock_dir: &Path, svg: &Path) -> Strin
         );
     }
     let _ = writeln!(out);
-    for (vm, r) in a.vms.iter().zip(reports) {
+    for (vm, r) in vms.iter().zip(reports) {
         let c = &r["conservation"];
         let lines = c["lines"].as_array().map_or(0, Vec::len);
         let holds = c["holds"].as_bool() == Some(true);

@@ -184,7 +184,7 @@ fn get_json(sock: &Path, target: &str) -> Result<Value, String> {
 pub type Answer = Result<(String, Vec<Value>), String>;
 
 /// One VM's tenant and parts.
-fn read_vm(sock: &Path, trace_id: &str) -> Answer {
+pub fn read_vm(sock: &Path, trace_id: &str) -> Answer {
     let vm = get_json(sock, "/v1/vm")?;
     let tenant = vm
         .get("tenant")
