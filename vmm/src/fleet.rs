@@ -503,7 +503,7 @@ fn table(a: &FleetArgs, vms: &[FleetVm], reports: &[Value], sock_dir: &Path, svg
         }
     }
     let host_ns = |q: &Value| q["charges"]["exits_total"]["host_ns"].as_u64().unwrap_or(0);
-    all.sort_by(|x, y| host_ns(y.1).cmp(&host_ns(x.1)));
+    all.sort_by_key(|x| std::cmp::Reverse(host_ns(x.1)));
     let shown = all.len().min(a.top_requests);
     let _ = writeln!(out, "\ncostliest {shown} of {} requests (host time):", all.len());
     let _ = writeln!(
