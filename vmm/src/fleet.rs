@@ -394,8 +394,14 @@ pub fn run(a: &FleetArgs) -> anyhow::Result<FleetOutcome> {
         log::warn!("{bad} malformed folded-stack lines from the VMs were skipped");
     }
     let tenants: std::collections::BTreeSet<&str> = vms.iter().map(|v| v.tenant.as_str()).collect();
-    let title = format!("host ({} VMs, {} tenants)", vms.len(), tenants.len());
-    let svg_bytes = flame::svg(&host, Resource::HostNs, &title).context("cannot draw the flame graph")?;
+    let title = format!(
+        "host_ns of the host: {} VMs, {} tenants",
+        vms.len(),
+        tenants.len()
+    );
+    let subtitle = "frames: tenant; VM; container; request; detail (docs/demo.md)";
+    let svg_bytes = flame::svg_titled(&host, Resource::HostNs, &title, subtitle)
+        .context("cannot draw the flame graph")?;
     let svg = work.join("host-flamegraph.svg");
     std::fs::write(&svg, svg_bytes).with_context(|| format!("cannot write {}", svg.display()))?;
     // Stop every VMM; each writes its report.
