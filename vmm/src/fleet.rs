@@ -309,7 +309,8 @@ pub fn run(a: &FleetArgs) -> anyhow::Result<FleetOutcome> {
     let mut joined = None;
     if skip.is_none() {
         let n = a.vms.len();
-        let netns = NetNs::new(&format!("rsrc-demo{}", std::process::id())).map_err(anyhow::Error::msg)?;
+        let netns: &NetNs =
+            ns.insert(NetNs::new(&format!("rsrc-demo{}", std::process::id())).map_err(anyhow::Error::msg)?);
         let mut agents = Vec::new();
         for (k, p) in pair.iter().enumerate() {
             let (vm, f) = (&vms[n + k], &files[n + k]);
@@ -337,14 +338,13 @@ pub fn run(a: &FleetArgs) -> anyhow::Result<FleetOutcome> {
         }
         let mut agents: [_; 2] = agents.try_into().map_err(|_| anyhow::anyhow!("two agents"))?;
         let socks = [files[n].sock.as_path(), files[n + 1].sock.as_path()];
-        fleet_xvm::call(&netns, socks, &mut agents, &mut || {
+        fleet_xvm::call(netns, socks, &mut agents, &mut || {
             check_alive(&mut children, &vms, &files)
         })?;
         joined = Some(fleet_xvm::joined(&[
             files[n + 1].sock.clone(),
             files[n].sock.clone(),
         ]));
-        ns = Some(netns);
     }
     // Every VMM serving, and (without a duration) every guest done.
     let start = Instant::now();

@@ -292,3 +292,43 @@ fn top_over_the_demo_socket_directory_shows_every_vm_grouped_by_tenant() {
     assert_eq!(table.matches(" holds for all 48 resources").count(), n, "{table}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stop at any point (here: as soon as the first socket is there, while
+/// the fleet is being set up) leaves no VMM (each removes its socket when
+/// it ends) and, as root, no network namespace behind.
+#[test]
+fn a_stop_during_set_up_leaves_no_vmm_and_no_namespace() {
+    let dir = std::env::temp_dir().join(format!("resourceful-fleet-stop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let demo = Command::new(env!("CARGO_BIN_EXE_resourceful"))
+        .args(["demo", "--duration", "60", "--api-sock", dir.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ns = format!("rsrc-demo{}", demo.id());
+    let mut demo = LiveDemo(demo);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.join("acme-1.sock").exists() {
+        assert!(Instant::now() < deadline, "no socket appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = libc::pid_t::try_from(demo.0.id()).unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let status = demo.0.wait().unwrap();
+    assert!(status.code().is_some(), "the demo ended by itself: {status}");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let netns = Command::new("ip").args(["netns", "list"]).output();
+    if let Ok(out) = netns {
+        let list = String::from_utf8_lossy(&out.stdout);
+        assert!(!list.contains(&ns), "{ns} left behind: {list}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
