@@ -207,7 +207,7 @@ struct DemoArgs {
     /// so `resourceful top` has something live to show; then stop cleanly and report.
     #[arg(long, value_name = "SECS")]
     duration: Option<f64>,
-    /// How many VMs, each its own VMM process (tenant `acme` 2, `globex` 1, then in turn); with more
+    /// How many VMs, each its own VMM process (`acme` 2 and `globex` 1, then `acme`, `globex`, `initech` in turn); with more
     /// than 1, --api-sock names a directory for their sockets (docs/demo.md). 1: the single-VM demo.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=16))]
     vms: u8,
