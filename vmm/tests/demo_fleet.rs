@@ -203,6 +203,11 @@ fn top_over_the_demo_socket_directory_shows_every_vm_grouped_by_tenant() {
         !ok && text.contains("--api-sock") && text.contains("no VM answers there"),
         "{text}"
     );
+    // A socket no one serves (a VMM killed without cleaning up): named, not fatal.
+    let stale = dir.join("zz-stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let (ok, text) = top(&dir, "1");
+    assert!(!ok && text.contains("zz-stale.sock"), "{text}");
     let n = if vmm::fleet_xvm::skip_reason().is_none() {
         5
     } else {
@@ -239,7 +244,7 @@ fn top_over_the_demo_socket_directory_shows_every_vm_grouped_by_tenant() {
     }
     let text = loop {
         let (ok, text) = top(&dir, "2");
-        if ok && text.contains(&format!("host: {n} VM(s) of 2 tenant(s) answering\n")) {
+        if ok && text.contains(&format!("host: {n} VM(s) of 2 tenant(s) answering, 1 not\n")) {
             break text;
         }
         assert!(Instant::now() < deadline, "the fleet never answered:\n{text}");
@@ -263,6 +268,10 @@ fn top_over_the_demo_socket_directory_shows_every_vm_grouped_by_tenant() {
         assert!(at > after, "{vm} is not under its tenant:\n{text}");
     }
     assert!(acme < globex);
+    assert!(
+        text.contains(", 1 not\n") && text.contains(&format!("unreachable {}: ", stale.display())),
+        "{text}"
+    );
     // One socket alone is still the single-VM view.
     let one = resourceful(&[
         "top",

@@ -20,15 +20,23 @@ pub struct HostFrame {
     pub vms: Vec<(PathBuf, Frame)>,
     /// The sockets that did not, with why.
     pub unreachable: Vec<(String, String)>,
+    /// Sockets past [`MAX_VMS`], not polled.
+    pub not_polled: usize,
 }
 
-/// Polls every socket in `dir` once.
+/// The most sockets polled in one refresh (the first by name); the rest
+/// are counted in [`HostFrame::not_polled`].
+pub const MAX_VMS: usize = 64;
+
+/// Polls every socket in `dir` once (at most [`MAX_VMS`]).
 pub fn fetch(dir: &Path) -> HostFrame {
-    let (socks, bad) = super::trace::expand(&[dir.to_path_buf()]);
+    let (mut socks, bad) = super::trace::expand(&[dir.to_path_buf()]);
     let mut f = HostFrame {
         unreachable: bad.into_iter().map(|u| (u.api_sock, u.error)).collect(),
+        not_polled: socks.len().saturating_sub(MAX_VMS),
         ..HostFrame::default()
     };
+    socks.truncate(MAX_VMS);
     for s in socks {
         match top::fetch(&s) {
             Ok(frame) => f.vms.push((s, frame)),
@@ -84,6 +92,13 @@ pub fn render(prev: &HashMap<PathBuf, Frame>, cur: &HostFrame) -> String {
     }
     for (sock, why) in &cur.unreachable {
         let _ = writeln!(out, "\nunreachable {sock}: {why}");
+    }
+    if cur.not_polled > 0 {
+        let _ = writeln!(
+            out,
+            "\n{} more socket(s) not polled (at most {MAX_VMS})",
+            cur.not_polled
+        );
     }
     out
 }
