@@ -299,6 +299,14 @@ fn top_over_the_demo_socket_directory_shows_every_vm_grouped_by_tenant() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(table.matches(" holds for all 48 resources").count(), n, "{table}");
+    // The demo's own scratch directory (reports, consoles, the graph).
+    if let Some(svg) = table.lines().find_map(|l| {
+        l.rsplit_once(": ")
+            .map(|(_, p)| p)
+            .filter(|p| p.ends_with(".svg"))
+    }) {
+        let _ = std::fs::remove_dir_all(Path::new(svg).parent().unwrap());
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -317,6 +325,7 @@ fn a_stop_during_set_up_leaves_no_vmm_and_no_namespace() {
         .spawn()
         .unwrap();
     let ns = format!("rsrc-demo{}", demo.id());
+    let work = std::env::temp_dir().join(format!("resourceful-demo-{}", demo.id()));
     let mut demo = LiveDemo(demo);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !dir.join("acme-1.sock").exists() {
@@ -339,5 +348,6 @@ fn a_stop_during_set_up_leaves_no_vmm_and_no_namespace() {
         let list = String::from_utf8_lossy(&out.stdout);
         assert!(!list.contains(&ns), "{ns} left behind: {list}");
     }
+    let _ = std::fs::remove_dir_all(&work);
     let _ = std::fs::remove_dir_all(&dir);
 }
