@@ -114,6 +114,17 @@ impl Drop for Children {
     }
 }
 
+/// Files removed when dropped.
+struct Scratch(Vec<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// One VM's files.
 struct Files {
     sock: PathBuf,
@@ -281,7 +292,9 @@ pub fn run(a: &FleetArgs) -> anyhow::Result<FleetOutcome> {
     } else {
         "scenario=demo hold=1"
     };
-    // Declared before the VMMs, so removed after they are stopped.
+    // Declared before the VMMs, so removed after they are stopped (the
+    // disks also when the demo fails).
+    let _disks = Scratch(files.iter().map(|f| f.disk.clone()).collect());
     let mut ns: Option<NetNs> = None;
     let mut children = Children(Vec::new());
     for (i, (vm, f)) in a.vms.iter().zip(&files).enumerate() {
@@ -414,7 +427,6 @@ pub fn run(a: &FleetArgs) -> anyhow::Result<FleetOutcome> {
             serde_json::from_str::<Value>(&text)
                 .with_context(|| format!("{}: not JSON", f.report.display()))?,
         );
-        let _ = std::fs::remove_file(&f.disk);
     }
     drop(ns);
     let mut text = table(a, &vms, &reports, &sock_dir, &svg);

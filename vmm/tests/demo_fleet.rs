@@ -164,6 +164,23 @@ fn flags_for_one_vm_are_refused_with_the_way_to_ask_for_one() {
     let out = resourceful(&["demo", "--vms", "0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--vms"));
+    // A VMM that cannot start fails the demo with the VMM's own words; the
+    // logs are kept, the disks are not.
+    let tmp = std::env::temp_dir().join(format!("resourceful-fleet-fail-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_resourceful"))
+        .args(["demo", "--mem-mib", "1"])
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the VMM of acme-1 ended early"), "{err}");
+    assert!(err.contains("--mem-mib 1 is out of range"), "{err}");
+    let work = std::fs::read_dir(&tmp).unwrap().next().unwrap().unwrap().path();
+    assert!(work.join("acme-1.log").exists());
+    assert!(!work.join("acme-1.img").exists() && !work.join("globex-1.img").exists());
+    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 /// The demo kept live with `--duration`, stopped with SIGTERM when dropped.
