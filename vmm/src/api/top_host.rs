@@ -139,3 +139,43 @@ pub fn run(dir: &Path, interval: std::time::Duration, iterations: Option<u64>) -
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::time::Instant;
+
+    fn frame(tenant: &str, exits: u64) -> Frame {
+        Frame {
+            at: Instant::now(),
+            vm: json!({"tenant": tenant, "totals": {"exits_total": {"count": exits}}}),
+            containers: json!([]),
+            requests: json!([]),
+        }
+    }
+
+    #[test]
+    fn vms_are_grouped_by_tenant_by_name_and_the_unreachable_are_named() {
+        let cur = HostFrame {
+            vms: vec![
+                (PathBuf::from("/d/zeta-1.sock"), frame("zeta", 5)),
+                (PathBuf::from("/d/acme-1.sock"), frame("acme", 7)),
+                (PathBuf::from("/d/acme-2.sock"), frame("acme", 3)),
+            ],
+            unreachable: vec![("/d/old.sock".into(), "refused".into())],
+            not_polled: 2,
+        };
+        let text = render(&HashMap::new(), &cur);
+        assert!(
+            text.starts_with("host: 3 VM(s) of 2 tenant(s) answering, 1 not\n"),
+            "{text}"
+        );
+        let at = |s: &str| text.find(s).unwrap_or_else(|| panic!("no {s} in {text}"));
+        assert!(at("=== tenant acme: 2 VM(s), 10 exits ===") < at("--- VM acme-1 (/d/acme-1.sock) ---"));
+        assert!(at("--- VM acme-2 (") < at("=== tenant zeta: 1 VM(s), 5 exits ==="));
+        assert!(at("=== tenant zeta") < at("--- VM zeta-1 ("));
+        assert!(text.contains("unreachable /d/old.sock: refused"));
+        assert!(text.contains("2 more socket(s) not polled (at most 64)"));
+    }
+}
