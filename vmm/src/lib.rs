@@ -19,6 +19,8 @@ pub mod arch;
 pub mod boot;
 pub mod charger;
 pub mod config;
+pub mod fleet;
+pub mod fleet_xvm;
 pub mod limits;
 pub mod limits_file;
 pub mod live_limits;
@@ -30,6 +32,7 @@ pub mod sandbox;
 pub use devices::sock;
 pub mod vcpu;
 pub mod vm;
+pub mod xvm_net;
 
 pub use config::{Builtin, ConsoleTarget, KernelSource, VmConfig};
 pub use vm::{run, RunOutcome, VmError};

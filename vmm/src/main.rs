@@ -60,7 +60,8 @@ struct FlameArgs {
 
 #[derive(Args)]
 struct TopArgs {
-    /// The running VM's API socket (the path given to `run` or `demo` with --api-sock).
+    /// The running VM's API socket (the path given to `run` or `demo` with --api-sock), or a directory:
+    /// every VM whose socket is in it, grouped by tenant (as `demo --api-sock DIR` leaves them).
     #[arg(long = "api-sock", value_name = "PATH")]
     api_sock: PathBuf,
     /// Seconds between refreshes.
@@ -206,6 +207,10 @@ struct DemoArgs {
     /// so `resourceful top` has something live to show; then stop cleanly and report.
     #[arg(long, value_name = "SECS")]
     duration: Option<f64>,
+    /// How many VMs, each its own VMM process (`acme` 2 and `globex` 1, then `acme`, `globex`, `initech` in turn); with more
+    /// than 1, --api-sock names a directory for their sockets (docs/demo.md). 1: the single-VM demo.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=16))]
+    vms: u8,
     #[command(flatten)]
     common: Common,
 }
@@ -446,11 +451,69 @@ fn demo_duration_ms(secs: Option<f64>) -> anyhow::Result<Option<u64>> {
     }
 }
 
+/// The flag given that only the single-VM demo takes, if any.
+fn single_vm_flag(a: &DemoArgs) -> Option<&'static str> {
+    let c = &a.common;
+    let d = Limits::default();
+    [
+        (a.scenario != "demo", "--scenario"),
+        (c.tenant != "default", "--tenant"),
+        (c.json, "--json"),
+        (c.report_json.is_some(), "--report-json"),
+        (c.console.is_some(), "--console"),
+        (!c.limit.is_empty(), "--limit"),
+        (c.limits_file.is_some(), "--limits"),
+        (c.max_containers != d.max_containers, "--max-containers"),
+        (c.max_live_requests != d.max_live_requests, "--max-live-requests"),
+        (c.retain_requests != d.retained_requests, "--retained-requests"),
+        (c.sample_us != DEFAULT_SAMPLE_US, "--sample-us"),
+        (c.no_accounting, "--no-accounting"),
+        (c.metrics_addr.is_some(), "--metrics-addr"),
+        (c.agent_sock.is_some(), "--agent-sock"),
+        (c.otlp_endpoint.is_some(), "--otlp-endpoint"),
+        (c.no_seccomp, "--no-seccomp"),
+        (c.seccomp_log, "--seccomp-log"),
+    ]
+    .into_iter()
+    .find_map(|(given, flag)| given.then_some(flag))
+}
+
+/// `resourceful demo` with `--vms N` > 1: the fleet of VMM processes.
+fn fleet_demo(a: &DemoArgs) -> anyhow::Result<ExitCode> {
+    if let Some(flag) = single_vm_flag(a) {
+        anyhow::bail!(
+            "{flag} is for one VM: add --vms 1 (the demo runs {} VMs otherwise)",
+            a.vms
+        );
+    }
+    let args = vmm::fleet::FleetArgs {
+        vms: vmm::fleet::fleet_of(usize::from(a.vms)),
+        vcpus: a.common.vcpus.unwrap_or(2),
+        mem_mib: a.common.mem_mib,
+        top_requests: a.common.top_requests,
+        api_dir: a.common.api_sock.clone(),
+        duration_ms: demo_duration_ms(a.duration)?,
+    };
+    install_stop_handlers();
+    let outcome = vmm::fleet::run(&args)?;
+    print!("{}", outcome.text);
+    let holds = outcome
+        .reports
+        .iter()
+        .all(|r| r["conservation"]["holds"].as_bool() == Some(true));
+    Ok(if holds {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 /// `resourceful top --api-sock PATH`: redraws the live view every interval
 /// until the VM ends (its socket goes away), Ctrl-C, or `--iterations`.
 fn top(a: &TopArgs) -> anyhow::Result<ExitCode> {
     use std::io::{IsTerminal, Write};
     use vmm::api::top;
+    use vmm::api::top_host::run as run_host;
     if !(a.interval.is_finite() && (0.05..=3600.0).contains(&a.interval)) {
         anyhow::bail!(
             "--interval {}: expected seconds between 0.05 and 3600",
@@ -458,6 +521,11 @@ fn top(a: &TopArgs) -> anyhow::Result<ExitCode> {
         );
     }
     install_stop_handlers();
+    if a.api_sock.is_dir() {
+        let every = std::time::Duration::from_secs_f64(a.interval);
+        run_host(&a.api_sock, every, a.iterations).map_err(anyhow::Error::msg)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let tty = std::io::stdout().is_terminal();
     let mut prev: Option<top::Frame> = None;
     let mut shown = 0u64;
@@ -504,6 +572,7 @@ fn main() -> ExitCode {
             };
             run_vm(cfg, &a.common)
         }
+        Command::Demo(a) if a.vms > 1 => fleet_demo(&a),
         Command::Demo(a) => {
             let mut cmdline = format!("scenario={}", a.scenario);
             let mut common = a.common;

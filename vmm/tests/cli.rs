@@ -23,7 +23,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn demo_json_is_the_only_thing_on_stdout_and_balances() {
-    let out = resourceful(&["demo", "--json", "--tenant", "acme"]);
+    let out = resourceful(&["demo", "--vms", "1", "--json", "--tenant", "acme"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Report = serde_json::from_slice(&out.stdout).expect("stdout is one JSON report");
     assert_eq!(report.schema, "resourceful.report/v1");
@@ -36,7 +36,7 @@ fn demo_json_is_the_only_thing_on_stdout_and_balances() {
 
 #[test]
 fn demo_table_names_every_container() {
-    let out = resourceful(&["demo"]);
+    let out = resourceful(&["demo", "--vms", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     for name in [
@@ -159,21 +159,29 @@ fn user_mistakes_name_the_flag_to_fix() {
         stderr(&out)
     );
 
-    let out = resourceful(&["demo", "--tenant", "no spaces please"]);
+    let out = resourceful(&["demo", "--vms", "1", "--tenant", "no spaces please"]);
     assert!(stderr(&out).contains("--tenant"), "{}", stderr(&out));
-    let out = resourceful(&["demo", "--vcpus", "0"]);
+    let out = resourceful(&["demo", "--vms", "1", "--vcpus", "0"]);
     assert!(stderr(&out).contains("--vcpus"), "{}", stderr(&out));
-    let out = resourceful(&["demo", "--mem-mib", "1"]);
+    let out = resourceful(&["demo", "--vms", "1", "--mem-mib", "1"]);
     assert!(stderr(&out).contains("--mem-mib"), "{}", stderr(&out));
     let out = resourceful(&["run", "--kernel", "builtin:nope"]);
     assert!(stderr(&out).contains("builtin:test-guest"), "{}", stderr(&out));
     for bad in ["web", "web:blk-ops=0/s", "web:blk-ops=5/h", "web:iops=5/s"] {
-        let out = resourceful(&["demo", "--limit", bad]);
+        let out = resourceful(&["demo", "--vms", "1", "--limit", bad]);
         assert_ne!(out.status.code(), Some(0), "{bad}");
         let e = stderr(&out);
         assert!(e.contains("--limit") && e.contains("blk-ops=RATE"), "{bad}: {e}");
     }
-    let out = resourceful(&["demo", "--limit", "a:blk-ops=1/s", "--limit", "a:blk-ops=2/s"]);
+    let out = resourceful(&[
+        "demo",
+        "--vms",
+        "1",
+        "--limit",
+        "a:blk-ops=1/s",
+        "--limit",
+        "a:blk-ops=2/s",
+    ]);
     assert!(stderr(&out).contains("given twice"), "{}", stderr(&out));
 }
 
@@ -187,7 +195,7 @@ fn a_limits_file_is_read_and_its_mistakes_name_the_file_line_and_form() {
         "{\"limits\": [\n  {\"container\": \"a\", \"blk-ops\": \"0/s\"}]}",
     )
     .unwrap();
-    let out = resourceful(&["demo", "--limits", f]);
+    let out = resourceful(&["demo", "--vms", "1", "--limits", f]);
     let e = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{e}");
     assert!(
@@ -197,9 +205,9 @@ fn a_limits_file_is_read_and_its_mistakes_name_the_file_line_and_form() {
     assert!(e.contains(r#"expected {"limits": [{"container": "PATH""#), "{e}");
     // A path both in the file and a flag is refused; a missing file is named.
     std::fs::write(&file, r#"{"limits": [{"container": "api", "blk-ops": "1/s"}]}"#).unwrap();
-    let out = resourceful(&["demo", "--limits", f, "--limit", "api:blk-ops=2/s"]);
+    let out = resourceful(&["demo", "--vms", "1", "--limits", f, "--limit", "api:blk-ops=2/s"]);
     assert!(stderr(&out).contains("also given as --limit"), "{}", stderr(&out));
-    let out = resourceful(&["demo", "--limits", "/nonexistent/limits.json"]);
+    let out = resourceful(&["demo", "--vms", "1", "--limits", "/nonexistent/limits.json"]);
     assert!(
         stderr(&out).contains("--limits /nonexistent/limits.json: cannot open"),
         "{}",
@@ -211,7 +219,7 @@ fn a_limits_file_is_read_and_its_mistakes_name_the_file_line_and_form() {
         r#"{"limits": [{"container": "api", "blk-ops": "1/s"}, {"container": "tenant", "net-rx-frames": "10/s"}]}"#,
     )
     .unwrap();
-    let out = resourceful(&["demo", "--json", "--limits", f]);
+    let out = resourceful(&["demo", "--vms", "1", "--json", "--limits", f]);
     let _ = std::fs::remove_file(&file);
     assert!(out.status.success(), "{}", stderr(&out));
 }
@@ -256,7 +264,16 @@ fn demo_duration_keeps_going_and_top_shows_it_live() {
     let _ = std::fs::remove_file(&sock);
     let sock_s = sock.to_str().unwrap();
     let demo = Command::new(env!("CARGO_BIN_EXE_resourceful"))
-        .args(["demo", "--duration", "3", "--json", "--api-sock", sock_s])
+        .args([
+            "demo",
+            "--vms",
+            "1",
+            "--duration",
+            "3",
+            "--json",
+            "--api-sock",
+            sock_s,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -310,7 +327,7 @@ fn demo_duration_keeps_going_and_top_shows_it_live() {
     let gone = resourceful(&["top", "--api-sock", sock_s, "-n", "1"]);
     assert!(!gone.status.success());
     assert!(stderr(&gone).contains("--api-sock"), "{}", stderr(&gone));
-    let bad = resourceful(&["demo", "--duration", "0"]);
+    let bad = resourceful(&["demo", "--vms", "1", "--duration", "0"]);
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("--duration"), "{}", stderr(&bad));
 }

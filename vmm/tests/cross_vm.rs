@@ -13,20 +13,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{scratch, Vmm};
 use serde_json::{json, Value};
+use vmm::xvm_net::{HostAgent, NetNs, CLIENT_MAC, SERVER_MAC};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-const CLIENT_MAC: &str = "02:00:00:00:00:0a";
-const SERVER_MAC: &str = "02:00:00:00:00:0b";
 /// The agents' container and request ids (each VM has its own books).
 const CONTAINER: u32 = 0x1000_0001;
 const REQUEST: u32 = 0x1000_0100;
@@ -39,189 +34,30 @@ const GATE_BYTES: u64 = 44;
 /// writes (its TX notifies) charged to its part.
 const EXITS: u64 = 59 + 33 + 20 + 3;
 
-fn run(prog: &str, args: &[&str]) {
-    let out = Command::new(prog)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{prog} runs: {e}"));
-    assert!(
-        out.status.success(),
-        "{prog} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The namespace of this file's test `tag` (they run in parallel):
+/// [`NetNs`], removed with everything in it when dropped.
+fn netns(tag: &str) -> NetNs {
+    NetNs::new(&format!("rsrc-xvm{}-{tag}", std::process::id())).expect("the namespace, bridge and TAPs")
 }
 
-/// A private network namespace with a bridge `br0` (10.77.0.254/24) and two
-/// TAPs on it, removed with everything in it on drop (also when the test
-/// fails). No IPv6 anywhere; static forwarding entries for both guests'
-/// MACs and no flooding to the TAPs, so a guest receives only frames sent
-/// to its MAC; a static neighbour for the client, so the host never ARPs.
-struct NetNs {
-    name: String,
-}
-
-impl NetNs {
-    /// `tag` tells apart the namespaces of this file's tests, which run
-    /// in parallel.
-    fn new(tag: &str) -> Self {
-        let ns = Self {
-            name: format!("rsrc-xvm{}-{tag}", std::process::id()),
-        };
-        let _ = Command::new("ip").args(["netns", "del", &ns.name]).output();
-        run("ip", &["netns", "add", &ns.name]);
-        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-        // No multicast snooping: the bridge then joins no group and sends
-        // no IGMP report of its own.
-        ns.exec(&[
-            "ip",
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ]);
-        for (tap, mac) in [("tapa", CLIENT_MAC), ("tapb", SERVER_MAC)] {
-            ns.exec(&["ip", "tuntap", "add", "dev", tap, "mode", "tap"]);
-            ns.exec(&["ip", "link", "set", tap, "master", "br0"]);
-            // Only frames for the guest's own MAC reach it: nothing is
-            // flooded (unknown unicast, multicast, broadcast).
-            ns.exec(&[
-                "ip",
-                "link",
-                "set",
-                tap,
-                "type",
-                "bridge_slave",
-                "flood",
-                "off",
-                "mcast_flood",
-                "off",
-                "bcast_flood",
-                "off",
-            ]);
-            ns.exec(&["ip", "link", "set", tap, "up"]);
-            ns.exec(&["bridge", "fdb", "add", mac, "dev", tap, "master", "static"]);
-        }
-        ns.exec(&["ip", "addr", "add", "10.77.0.254/24", "dev", "br0"]);
-        ns.exec(&["ip", "link", "set", "br0", "up"]);
-        ns.exec(&[
-            "ip",
-            "neigh",
-            "replace",
-            "10.77.0.2",
-            "lladdr",
-            CLIENT_MAC,
-            "dev",
-            "br0",
-            "nud",
-            "permanent",
-        ]);
-        ns
-    }
-
-    fn exec(&self, args: &[&str]) {
-        let mut full = vec!["netns", "exec", self.name.as_str()];
-        full.extend_from_slice(args);
-        run("ip", &full);
-    }
-
-    /// Waits until the bridge forwards to and from `tap`. The TAP's carrier
-    /// comes up when its VMM opens it, but the kernel applies that (the
-    /// queue's activation, the bridge port's state) later, from its
-    /// link-watch work, up to a second on: a frame sent before is dropped.
-    fn wait_forwarding(&self, tap: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &self.name, "cat"])
-                .arg(format!("/sys/class/net/{tap}/brport/state"))
-                .output()
-                .expect("ip netns exec cat");
-            // BR_STATE_FORWARDING.
-            if String::from_utf8_lossy(&out.stdout).trim() == "3" {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{tap} never forwarding");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Sends the client's gate, `go` from 10.77.0.254:7100 to
-    /// 10.77.0.2:7100, from a thread in the namespace.
-    fn send_gate(&self) {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(path).unwrap();
-            // SAFETY: setns on a valid namespace fd; it moves only this thread.
-            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let s = UdpSocket::bind("10.77.0.254:7100").unwrap();
-            s.send_to(b"go", "10.77.0.2:7100").unwrap();
-        })
-        .join()
-        .unwrap();
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-    }
-}
-
-/// A host-side agent connection (docs/agent-protocol.md) to one VMM.
-struct Agent(UnixStream);
+/// A host-side agent connection to one VMM ([`HostAgent`]).
+struct Agent(HostAgent);
 
 impl Agent {
     fn connect(path: &Path) -> Self {
-        let s = UnixStream::connect(path).expect("connect to the agent socket");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut a = Self(s);
-        a.send(
-            &json!({"type": "hello", "protocol": 3, "agent_version": "cross-vm-test", "kernel": "none",
-                       "boot_id": "cross-vm", "hostname": "host"}),
-        );
-        assert_eq!(a.recv()["type"], "welcome");
-        assert_eq!(a.recv()["type"], "held");
-        a
-    }
-
-    fn send(&mut self, v: &Value) {
-        let body = serde_json::to_vec(v).unwrap();
-        self.0
-            .write_all(&u32::try_from(body.len()).unwrap().to_be_bytes())
-            .unwrap();
-        self.0.write_all(&body).unwrap();
-    }
-
-    fn recv(&mut self) -> Value {
-        let mut len = [0u8; 4];
-        self.0.read_exact(&mut len).expect("a frame from the VMM");
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        self.0.read_exact(&mut body).unwrap();
-        serde_json::from_slice(&body).unwrap()
+        Self(HostAgent::connect(path, "cross-vm-test").expect("the agent connects"))
     }
 
     /// Sends `msgs`, then `sync`: every one must be applied (nothing refused).
     fn apply(&mut self, msgs: &[Value], seq: u64) {
-        for m in msgs {
-            self.send(m);
-        }
-        self.send(&json!({"type": "sync", "seq": seq}));
-        assert_eq!(self.recv(), json!({"type": "synced", "seq": seq}));
+        self.0.apply(msgs, seq).expect("applied");
     }
 
     /// Declares `name` and begins this VM's part of the trace.
     fn begin_part(&mut self, name: &str, extra: &[Value]) {
-        let mut msgs = vec![
-            json!({"type": "declare_container", "id": CONTAINER, "name": name}),
-            json!({"type": "begin_request", "id": REQUEST, "container": CONTAINER, "trace_id": TRACE}),
-        ];
-        msgs.extend_from_slice(extra);
-        self.apply(&msgs, 1);
+        self.0
+            .begin_part(CONTAINER, name, REQUEST, TRACE, extra)
+            .expect("the part begun");
     }
 }
 
@@ -378,7 +214,7 @@ struct Setup {
 }
 
 fn call_across(tag: &str, server: Server) -> Setup {
-    let ns = NetNs::new(tag);
+    let ns = netns(tag);
     // B first: its part begun (and the calls' flow bound to it) before any
     // call can arrive, unless its guest does that itself.
     let more = if server == Server::Guest {
@@ -416,9 +252,9 @@ fn call_across(tag: &str, server: Server) -> Setup {
     wait_until(&a, "net init", |t| exits(t, "mmio_write") == 33);
     wait_until(&b, "net init", |t| exits(t, "mmio_write") == b_ready);
     for tap in ["tapa", "tapb"] {
-        ns.wait_forwarding(tap);
+        ns.wait_forwarding(tap).expect("forwarding");
     }
-    ns.send_gate();
+    ns.send_gate().expect("the gate sent");
     let b_exits = if server == Server::Guest {
         GUEST_AGENT_EXITS
     } else {

@@ -34,7 +34,7 @@ fn otlp_mistakes_name_the_flag_and_the_expected_form() {
         "http://127.0.0.1:4318/v1/traces",
         "http://",
     ] {
-        let out = resourceful(&["demo", "--otlp-endpoint", bad]);
+        let out = resourceful(&["demo", "--vms", "1", "--otlp-endpoint", bad]);
         assert_eq!(out.status.code(), Some(2), "{bad}");
         let e = stderr(&out);
         assert!(
@@ -47,6 +47,8 @@ fn otlp_mistakes_name_the_flag_and_the_expected_form() {
     for bad in ["0", "0.05", "3601", "nan", "ten"] {
         let out = resourceful(&[
             "demo",
+            "--vms",
+            "1",
             "--otlp-endpoint",
             "http://127.0.0.1:1",
             "--otlp-interval",
@@ -59,10 +61,16 @@ fn otlp_mistakes_name_the_flag_and_the_expected_form() {
             "{bad}: {e}"
         );
     }
-    let out = resourceful(&["demo", "--otlp-interval", "1"]);
+    let out = resourceful(&["demo", "--vms", "1", "--otlp-interval", "1"]);
     assert!(stderr(&out).contains("--otlp-endpoint"), "{}", stderr(&out));
     // Resolved when the VM starts: a name that does not resolve stops it.
-    let out = resourceful(&["demo", "--otlp-endpoint", "http://no-such-host.invalid:4318"]);
+    let out = resourceful(&[
+        "demo",
+        "--vms",
+        "1",
+        "--otlp-endpoint",
+        "http://no-such-host.invalid:4318",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let e = stderr(&out);
     assert!(
@@ -126,6 +134,8 @@ fn the_binary_exports_every_finished_request_under_its_sandbox() {
     };
     let out = resourceful(&[
         "demo",
+        "--vms",
+        "1",
         "--json",
         "--otlp-endpoint",
         &url,
@@ -157,14 +167,14 @@ fn the_binary_exports_every_finished_request_under_its_sandbox() {
         .unwrap()
         .port();
     let refused = format!("http://127.0.0.1:{port}");
-    let out = resourceful(&["demo", "--otlp-endpoint", &refused]);
+    let out = resourceful(&["demo", "--vms", "1", "--otlp-endpoint", &refused]);
     assert!(out.status.success(), "{}", stderr(&out));
     let table = String::from_utf8_lossy(&out.stdout);
     let line = format!("  otlp to {refused}/v1/traces: 0 spans exported, {finished} dropped (0 evicted before export, {finished} failed); 0 metric exports, ");
     assert!(table.lines().any(|l| l.starts_with(&line)), "{line} in:\n{table}");
 
     // Without the flag: nothing exported, nothing reported.
-    let out = resourceful(&["demo", "--json"]);
+    let out = resourceful(&["demo", "--vms", "1", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Report = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report.vm.otlp.is_none());

@@ -131,18 +131,18 @@ fn resourceful(args: &[&str]) -> Output {
 
 #[test]
 fn a_run_reports_its_filters_on_and_no_seccomp_off_with_a_warning() {
-    let on = resourceful(&["demo", "--json", "--vcpus", "1"]);
+    let on = resourceful(&["demo", "--vms", "1", "--json", "--vcpus", "1"]);
     assert!(on.status.success(), "{}", stderr(&on));
     let report: Report = serde_json::from_slice(&on.stdout).expect("one JSON report");
     assert_eq!(report.vm.seccomp, "on");
     assert!(!stderr(&on).contains("WARNING"), "{}", stderr(&on));
 
-    let off = resourceful(&["demo", "--json", "--vcpus", "1", "--no-seccomp"]);
+    let off = resourceful(&["demo", "--vms", "1", "--json", "--vcpus", "1", "--no-seccomp"]);
     assert!(off.status.success(), "{}", stderr(&off));
     let report: Report = serde_json::from_slice(&off.stdout).expect("one JSON report");
     assert_eq!(report.vm.seccomp, "off");
     assert!(stderr(&off).contains("WARNING: --no-seccomp"), "{}", stderr(&off));
-    let table = resourceful(&["demo", "--vcpus", "1", "--no-seccomp"]);
+    let table = resourceful(&["demo", "--vms", "1", "--vcpus", "1", "--no-seccomp"]);
     assert!(table.status.success(), "{}", stderr(&table));
     let stdout = String::from_utf8_lossy(&table.stdout);
     assert!(
@@ -156,7 +156,16 @@ fn a_run_stopped_continued_and_interrupted_ends_cleanly() {
     // SIGSTOP/SIGCONT resumes interrupted sleeps through restart_syscall,
     // and SIGINT's handler may run on any thread: the lists allow both.
     let child = Command::new(env!("CARGO_BIN_EXE_resourceful"))
-        .args(["demo", "--duration", "30", "--json", "--console", "/dev/null"])
+        .args([
+            "demo",
+            "--vms",
+            "1",
+            "--duration",
+            "30",
+            "--json",
+            "--console",
+            "/dev/null",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

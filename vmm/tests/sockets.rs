@@ -19,7 +19,7 @@ fn scratch(name: &str) -> PathBuf {
 
 fn demo(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_resourceful"))
-        .arg("demo")
+        .args(["demo", "--vms", "1"])
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -83,7 +83,7 @@ fn a_live_vmms_sockets_are_never_taken_over_or_removed() {
     let (api_ino, agent_ino) = (ino(&api), ino(&agent));
 
     // A second VMM on the first one's API socket is refused, once, clearly.
-    let second = resourceful(&["demo", "--duration", "1", "--api-sock", api_s]);
+    let second = resourceful(&["demo", "--vms", "1", "--duration", "1", "--api-sock", api_s]);
     let err = String::from_utf8_lossy(&second.stderr).into_owned();
     assert!(!second.status.success());
     assert_eq!(
@@ -96,6 +96,8 @@ fn a_live_vmms_sockets_are_never_taken_over_or_removed() {
     // leaves nothing behind of its own and touches nothing of the first's.
     let third = resourceful(&[
         "demo",
+        "--vms",
+        "1",
         "--duration",
         "1",
         "--api-sock",

@@ -286,7 +286,18 @@ pub fn fold(acct: &Accounting, r: Resource) -> Folded {
 
 /// `f` drawn as an SVG flame graph of `r` for `tenant`.
 pub fn svg(f: &Folded, r: Resource, tenant: &str) -> std::io::Result<Vec<u8>> {
-    let title = format!("{} of tenant {tenant}", r.name());
+    svg_titled(
+        f,
+        r,
+        &format!("{} of tenant {tenant}", r.name()),
+        "frames: tenant; container; request; detail (docs/flamegraphs.md)",
+    )
+}
+
+/// `f` drawn as an SVG flame graph of `r` under `title` and `subtitle`
+/// (which names the frames).
+pub fn svg_titled(f: &Folded, r: Resource, title: &str, subtitle: &str) -> std::io::Result<Vec<u8>> {
+    let title = title.to_string();
     if f.stacks.is_empty() {
         // inferno refuses an empty graph; say so in a small SVG of our own.
         let text = format!("{title}: nothing charged yet");
@@ -298,7 +309,7 @@ pub fn svg(f: &Folded, r: Resource, tenant: &str) -> std::io::Result<Vec<u8>> {
     }
     let mut opt = inferno::flamegraph::Options::default();
     opt.title = title;
-    opt.subtitle = Some("frames: tenant; container; request; detail (docs/flamegraphs.md)".into());
+    opt.subtitle = Some(subtitle.into());
     opt.count_name = r.unit().into();
     opt.name_type = "Principal:".into();
     // Colours from the frame's name, the same on every read.

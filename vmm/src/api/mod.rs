@@ -28,6 +28,7 @@ pub mod limits;
 pub mod metrics;
 pub mod server;
 pub mod top;
+pub mod top_host;
 pub mod trace;
 
 pub use server::{
