@@ -221,12 +221,13 @@ pub struct TagSlot {
     /// 64-bit store whenever it switches work; read by the VMM at each exit
     /// of that vCPU and by its run-time sampler.
     pub tag: u64,
-    /// The switch log's sequence: how many switches the guest has logged on
-    /// this slot (0: it keeps no log, and run time is sampled). Stored
-    /// (release) after the entry and the new `tag`.
+    /// The switch log's sequence: twice the switches the guest has logged
+    /// on this slot, plus 1 while it logs one (0: it keeps no log, and run
+    /// time is sampled). Made odd (visibly, before the time stamp is read)
+    /// to begin a switch, even (release) after the entry and the new `tag`.
     pub log_seq: u64,
-    /// The last [`SWITCH_LOG_ENTRIES`] switches: switch `n` (counting from
-    /// 0) is in entry `n % SWITCH_LOG_ENTRIES`.
+    /// The last [`SWITCH_LOG_ENTRIES`] switches: switch `k` (counting from
+    /// 0) is in entry `k % SWITCH_LOG_ENTRIES`.
     pub log: [SwitchEntry; SWITCH_LOG_ENTRIES],
 }
 

@@ -104,23 +104,26 @@ struct slot {
 
 static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;
 
-// Switches the slot to `tag` and logs it: the entry, then the tag, then the
-// sequence (volatile stores: emitted in this order, and x86 keeps stores in
-// order), as the tag ABI asks.
+// Switches the slot to `tag` and logs it, as the tag ABI asks: the sequence
+// odd (a locked add: visible before the time stamp is read, which the
+// kernel's clock reads after an lfence), the entry, the tag, then the
+// sequence even (volatile stores: emitted in this order, and x86 keeps
+// stores in order).
 static __attribute__((always_inline)) void switch_slot(struct slot *s, __u64 tag)
 {
-	__u64 n = s->log_seq;
-	__u64 i = n % 3;
+	__u64 n = s->log_seq & ~1ULL;
+	__u64 i = (n / 2) % 3;
 	// Hides the bound from the compiler, so the check below is kept: the
 	// verifier does not bound the result of a modulo by itself.
 	asm volatile("" : "+r"(i));
 	if (i > 2)
 		return;
+	__sync_fetch_and_add(&s->log_seq, 1);
 	struct log_entry *e = &s->log[i];
 	*(volatile __u64 *)&e->stamp = bpf_ktime_get_ns();
 	*(volatile __u64 *)&e->tag = tag;
 	*(volatile __u64 *)&s->tag = tag;
-	*(volatile __u64 *)&s->log_seq = n + 1;
+	*(volatile __u64 *)&s->log_seq = n + 2;
 }
 
 // The loader sets max_entries to the guest's possible CPUs, rounded up to

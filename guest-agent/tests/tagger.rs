@@ -185,10 +185,17 @@ fn the_tagger_tags_a_cgroups_task_its_threads_binding_and_idle() {
     // newest entry names the container, stamped with CLOCK_MONOTONIC
     // between the spinner's start and now (unless a later switch came, in
     // which case it is newer still).
-    let line = t.slot_line(0).unwrap();
-    let seq = line[1];
-    assert!(seq > 0, "switches are logged: {line:x?}");
-    let newest = (seq - 1) % 3;
+    // The sequence counts two per switch (odd while one is being logged):
+    // read it until it is even.
+    let line = loop {
+        let line = t.slot_line(0).unwrap();
+        if line[1] % 2 == 0 {
+            break line;
+        }
+    };
+    let switches = line[1] / 2;
+    assert!(switches > 0, "switches are logged: {line:x?}");
+    let newest = (switches - 1) % 3;
     let (stamp, logged) = (line[2 + 2 * newest as usize], line[3 + 2 * newest as usize]);
     assert!(
         (before..=monotonic_ns()).contains(&stamp),

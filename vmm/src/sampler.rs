@@ -42,6 +42,11 @@ pub const RUN_SOURCE_NO_BLOCKING: &str = "kvm_run_minus_ended_halts";
 /// KVM has no binary statistics: halted time is charged as run time.
 pub const RUN_SOURCE_WITH_HALTS: &str = "kvm_run_halts_included";
 
+/// Ticks a vCPU's charge waits for a switch being logged to be placed
+/// (100 ms at the default 4 ms: a vCPU thread descheduled mid-switch by a
+/// busy host is waited for; a guest that leaves its sequence odd is not).
+pub const MAX_UNPLACED_TICKS: u32 = 25;
+
 /// How often the sampler ticks while a switch log overflows.
 pub const FAST_TICK: Duration = Duration::from_millis(1);
 /// Ticks at [`FAST_TICK`] after the last overflow seen.
@@ -56,6 +61,8 @@ struct Sampled {
     charged: u64,
     /// Halted time at the last sample.
     halted: u64,
+    /// Ticks in a row that found its switch log not placed.
+    unplaced_ticks: u32,
 }
 
 /// The sampler's state.
@@ -85,6 +92,7 @@ impl Sampler {
                 stats: stats.next().flatten(),
                 charged: 0,
                 halted: 0,
+                unplaced_ticks: 0,
             })
             .collect();
         Self {
@@ -168,15 +176,22 @@ impl Sampler {
                             from: snap.entered,
                             to: now.max(snap.entered),
                         };
-                        book.harvest(line, stamps, writer, win, false, || clock.unchanged_since(&snap));
+                        book.harvest(line, stamps, writer, win, || clock.unchanged_since(&snap));
                     }
                     book.moved(line)
                 })
                 .unwrap_or(false);
-            // The last tick charges everything: a log moved after the
-            // vCPU's last exit (another vCPU writing this slot) waits no more.
-            if run <= v.charged || (unplaced && !self.last) {
+            // A switch being logged, or logged in an interval the vCPU's
+            // thread has not read yet: wait for it, a few ticks at most (a
+            // guest that leaves its sequence odd gets its time charged, not
+            // exact), and never at the last tick.
+            v.unplaced_ticks = if unplaced { v.unplaced_ticks + 1 } else { 0 };
+            let waits = unplaced && v.unplaced_ticks <= MAX_UNPLACED_TICKS && !self.last;
+            if run <= v.charged || waits {
                 continue;
+            }
+            if unplaced {
+                book.charge_unplaced();
             }
             let delta = run - v.charged;
             v.charged = run;

@@ -162,8 +162,12 @@ impl ClockCell {
 /// What one read of the log found after position `from`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogRead {
-    /// The log's sequence (switches logged so far) as read.
+    /// Switches completely logged so far, as read (the sequence over 2).
     pub seq: u64,
+    /// A switch was being logged (or one began while this read): its
+    /// stamp may be before the reader's present, so the present is not
+    /// known to belong to the last switch read.
+    pub busy: bool,
     /// Switches after `from` that could no longer be read (overwritten, or
     /// a sequence that went back): the read is not exact when this is not 0.
     pub lost: u64,
@@ -173,34 +177,41 @@ pub struct LogRead {
     pub len: usize,
 }
 
-/// Reads the switches logged after position `from` (the count already
-/// consumed). `stopped`: the vCPU is out of the guest (its own thread,
-/// after an exit), so no write can be in progress and all entries are
-/// readable; otherwise the entry the guest may be writing now is left out.
-/// At most a few retries when the guest raced the read; after them whatever
-/// could not be read stably is counted as lost.
-pub fn read(line: &SlotLine, from: u64, stopped: bool) -> LogRead {
+/// Reads the switches logged after `from` (the count already consumed).
+///
+/// The sequence counts two per switch: odd while the guest logs one (it
+/// sets it odd before it takes the time stamp, even once the entry is
+/// written), so a switch whose stamp may already be past is never missed
+/// silently: [`LogRead::busy`] says one is under way. The guest may be
+/// writing while it is read (the sampler reads a running vCPU's slot): an
+/// entry counts only if the sequence read after it shows no switch began
+/// that could have overwritten it. At most a few retries when the guest
+/// raced the read; after them whatever could not be read stably is counted
+/// as lost.
+pub fn read(line: &SlotLine, from: u64) -> LogRead {
     const TRIES: usize = 4;
     let n = SWITCH_LOG_ENTRIES as u64;
     let mut out = LogRead::default();
     for _ in 0..TRIES {
         let s1 = line[1].load(Ordering::Acquire);
+        let done1 = s1 / 2;
         out = LogRead {
-            seq: s1,
+            seq: done1,
+            busy: s1 % 2 == 1,
             ..LogRead::default()
         };
-        if s1 == from {
+        if done1 == from {
             return out;
         }
-        if s1 < from {
+        if done1 < from {
             // The guest moved its sequence back: nothing after `from` can be
             // trusted. Start again from what it says now.
             out.lost = 1;
             return out;
         }
-        let first = from.max(s1.saturating_sub(n));
+        let first = from.max(done1.saturating_sub(n));
         let mut raw = [(0u64, 0u64); SWITCH_LOG_ENTRIES];
-        for (k, p) in (first..s1).enumerate() {
+        for (k, p) in (first..done1).enumerate() {
             let i = usize::try_from(p % n).unwrap_or(0);
             raw[k] = (
                 line[2 + 2 * i].load(Ordering::Relaxed),
@@ -209,23 +220,24 @@ pub fn read(line: &SlotLine, from: u64, stopped: bool) -> LogRead {
         }
         fence(Ordering::Acquire);
         let s2 = line[1].load(Ordering::Relaxed);
-        // A running guest may be writing the entry of position `s2` now,
-        // which is where position `s2 - n` was: positions from `s2 - n + 1`
-        // on are intact.
-        let intact = if stopped && s2 == s1 { n } else { n - 1 };
-        let stable_from = s2.saturating_sub(intact).max(first);
         if s2 < s1 {
             continue;
         }
-        let skip = usize::try_from(stable_from - first).unwrap_or(SWITCH_LOG_ENTRIES);
-        if skip >= usize::try_from(s1 - first).unwrap_or(0) && s1 > first && s2 != s1 {
+        // Switch `k` writes the entry where switch `k - n` was, once it has
+        // begun (sequence odd): the switches begun by the second reading
+        // spared the positions from `begun - n` on.
+        let begun = s2 / 2 + s2 % 2;
+        let stable_from = begun.saturating_sub(n).max(first);
+        if stable_from >= done1 && s2 != s1 {
             // Everything read was overwritten meanwhile: try again.
             continue;
         }
-        let kept = &raw[skip.min(SWITCH_LOG_ENTRIES)..usize::try_from(s1 - first).unwrap_or(0)];
+        let skip = usize::try_from(stable_from - first).unwrap_or(SWITCH_LOG_ENTRIES);
+        let kept = &raw[skip.min(SWITCH_LOG_ENTRIES)..usize::try_from(done1 - first).unwrap_or(0)];
         out.entries[..kept.len()].copy_from_slice(kept);
         out.len = kept.len();
         out.lost = stable_from - from;
+        out.busy = s2 % 2 == 1 || s2 != s1;
         return out;
     }
     // The guest rewrote its log faster than it could be read: take its
@@ -244,14 +256,16 @@ mod tests {
         Default::default()
     }
 
-    /// The guest's protocol: entry, tag, then the sequence.
+    /// The guest's protocol: the sequence odd, the entry, the tag, the
+    /// sequence even.
     fn switch(l: &SlotLine, tsc: u64, tag: u64) {
         let n = l[1].load(Ordering::Relaxed);
-        let i = usize::try_from(n % SWITCH_LOG_ENTRIES as u64).unwrap();
+        l[1].store(n + 1, Ordering::Release);
+        let i = usize::try_from((n / 2) % SWITCH_LOG_ENTRIES as u64).unwrap();
         l[2 + 2 * i].store(tsc, Ordering::Relaxed);
         l[3 + 2 * i].store(tag, Ordering::Relaxed);
         l[0].store(tag, Ordering::Release);
-        l[1].store(n + 1, Ordering::Release);
+        l[1].store(n + 2, Ordering::Release);
     }
 
     #[test]
@@ -297,15 +311,15 @@ mod tests {
     #[test]
     fn reads_what_was_logged_after_the_consumed_position() {
         let l = line();
-        assert_eq!(read(&l, 0, true), LogRead::default());
+        assert_eq!(read(&l, 0), LogRead::default());
         switch(&l, 100, 7);
         switch(&l, 200, 8);
-        let r = read(&l, 0, true);
-        assert_eq!((r.seq, r.lost, r.len), (2, 0, 2));
+        let r = read(&l, 0);
+        assert_eq!((r.seq, r.lost, r.len, r.busy), (2, 0, 2, false));
         assert_eq!(&r.entries[..2], &[(100, 7), (200, 8)]);
-        let r = read(&l, 1, true);
+        let r = read(&l, 1);
         assert_eq!((r.seq, r.lost, &r.entries[..r.len]), (2, 0, &[(200, 8)][..]));
-        assert_eq!(read(&l, 2, true).len, 0);
+        assert_eq!(read(&l, 2).len, 0);
     }
 
     #[test]
@@ -314,35 +328,37 @@ mod tests {
         for k in 0..5u64 {
             switch(&l, 10 * k, k);
         }
-        let r = read(&l, 0, true);
+        let r = read(&l, 0);
         assert_eq!((r.seq, r.lost), (5, 2));
         assert_eq!(&r.entries[..r.len], &[(20, 2), (30, 3), (40, 4)]);
     }
 
     #[test]
-    fn a_sequence_that_goes_back_or_jumps_is_bounded() {
-        let l = line();
-        l[1].store(3, Ordering::Release);
-        let r = read(&l, 10, true);
-        assert_eq!((r.seq, r.lost, r.len), (3, 1, 0));
-        l[1].store(u64::MAX, Ordering::Release);
-        let r = read(&l, 0, true);
-        assert_eq!(r.seq, u64::MAX);
-        assert_eq!(r.len, 3);
-        assert_eq!(r.lost, u64::MAX - 3);
-    }
-
-    #[test]
-    fn a_running_guests_oldest_entry_is_not_trusted() {
+    fn a_switch_under_way_is_reported_and_spares_only_the_entries_it_cannot_touch() {
         let l = line();
         for k in 0..3u64 {
             switch(&l, 10 * k, k);
         }
-        // Position 3's entry may be half written over position 0's.
-        let r = read(&l, 0, false);
-        assert_eq!((r.seq, r.lost), (3, 1));
+        // Switch 3 has begun (odd sequence): it may be writing over switch
+        // 0's entry, and its stamp may be in the reader's past.
+        l[1].store(7, Ordering::Release);
+        let r = read(&l, 0);
+        assert_eq!((r.seq, r.lost, r.busy), (3, 1, true));
         assert_eq!(&r.entries[..r.len], &[(10, 1), (20, 2)]);
-        let r = read(&l, 1, false);
-        assert_eq!((r.lost, r.len), (0, 2));
+        let r = read(&l, 3);
+        assert_eq!((r.seq, r.len, r.busy), (3, 0, true));
+    }
+
+    #[test]
+    fn a_sequence_that_goes_back_or_jumps_is_bounded() {
+        let l = line();
+        l[1].store(6, Ordering::Release);
+        let r = read(&l, 10);
+        assert_eq!((r.seq, r.lost, r.len), (3, 1, 0));
+        l[1].store(u64::MAX - 1, Ordering::Release);
+        let r = read(&l, 0);
+        assert_eq!(r.seq, u64::MAX / 2);
+        assert_eq!(r.len, 3);
+        assert_eq!(r.lost, u64::MAX / 2 - 3);
     }
 }

@@ -197,30 +197,44 @@ pub fn rdtsc() -> u64 {
 }
 
 /// Switches vCPU `vcpu` to `tag` and logs the switch (the switch log of
-/// docs/tag-abi.md): the entry, then the tag, then the sequence, so the VMM
-/// can place the switch exactly on the vCPU's run clock. Returns the TSC it
-/// logged. No exit.
+/// docs/tag-abi.md): the sequence odd (a locked store: visible before the
+/// time stamp is taken), the entry stamped with the TSC, the tag, then the
+/// sequence even, so the VMM can place the switch exactly on the vCPU's run
+/// clock. Returns the TSC it logged. No exit.
 #[inline(always)]
 pub fn switch_logged(vcpu: u32, tag: u64) -> u64 {
-    let now = rdtsc();
-    log_at(vcpu, tag, now);
-    now
+    log_with(vcpu, tag, || {
+        // SAFETY: LFENCE and RDTSC only order and read.
+        unsafe {
+            core::arch::x86_64::_mm_lfence();
+            core::arch::x86_64::_rdtsc()
+        }
+    })
 }
 
 /// As [`switch_logged`] with any time stamp (what a lying guest does).
 #[inline(always)]
 pub fn log_at(vcpu: u32, tag: u64, tsc: u64) {
+    log_with(vcpu, tag, || tsc);
+}
+
+#[inline(always)]
+fn log_with(vcpu: u32, tag: u64, stamp: impl FnOnce() -> u64) -> u64 {
     // SAFETY: `vcpu < NR_SLOTS` (checked at boot); the slot's words are
     // aligned u64s that only this vCPU writes and the VMM reads.
     unsafe {
         let slot = addr_of_mut!((*region()).slots[vcpu as usize]);
         let seq = atomic_at(addr_of_mut!((*slot).log_seq));
-        let n = seq.load(Ordering::Relaxed);
-        let entry = addr_of_mut!((*slot).log[(n % abi::SWITCH_LOG_ENTRIES as u64) as usize]);
-        atomic_at(addr_of_mut!((*entry).tsc)).store(tsc, Ordering::Relaxed);
+        let n = seq.load(Ordering::Relaxed) & !1;
+        seq.swap(n.wrapping_add(1), Ordering::SeqCst);
+        let k = (n / 2) % abi::SWITCH_LOG_ENTRIES as u64;
+        let entry = addr_of_mut!((*slot).log[k as usize]);
+        let now = stamp();
+        atomic_at(addr_of_mut!((*entry).tsc)).store(now, Ordering::Relaxed);
         atomic_at(addr_of_mut!((*entry).tag)).store(tag, Ordering::Relaxed);
         atomic_at(addr_of_mut!((*slot).tag)).store(tag, Ordering::Release);
-        seq.store(n.wrapping_add(1), Ordering::Release);
+        seq.store(n.wrapping_add(2), Ordering::Release);
+        now
     }
 }
 

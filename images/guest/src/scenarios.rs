@@ -1160,7 +1160,7 @@ fn run_log_lies(b: &Boot, unit: u64) {
     spin_cycles(unit);
     acct::log_at(b.vcpu, tag(RL_SVC, 0), u64::MAX);
     spin_cycles(unit);
-    acct::set_log_seq(b.vcpu, 1);
+    acct::set_log_seq(b.vcpu, 2);
     spin_cycles(unit);
     for _ in 0..5 {
         acct::switch_logged(b.vcpu, tag(RL_SVC, 7));

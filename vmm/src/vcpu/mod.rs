@@ -165,7 +165,7 @@ impl Vcpu {
                             from: now - ran,
                             to: now,
                         };
-                        book.harvest(line, stamps, w, win, true, || true);
+                        book.harvest(line, stamps, w, win, || true);
                     }
                 });
             }

@@ -21,9 +21,12 @@
 //! charge `sampled` instead of `exact`, and is counted.
 //!
 //! The log is read by the vCPU's own thread after an exit that finds the
-//! sequence moved (the guest is stopped then: all entries are readable) and
-//! by the sampler for the interval in progress; one mutex per vCPU orders
-//! the two. A vCPU whose guest keeps no log never takes it on its exit path.
+//! sequence moved (the guest is stopped then) and by the sampler for the
+//! interval in progress; one mutex per vCPU orders the two. A vCPU whose
+//! guest keeps no log never takes it on its exit path. While the guest is
+//! logging a switch (odd sequence) its stamp may be in the sampler's past,
+//! so the sampler does not charge past the last placed switch until it is
+//! logged (25 ticks at most: then it charges anyway, not exact).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -131,7 +134,8 @@ pub struct SwitchBook {
     tsc_offset: Option<u64>,
     /// The guest has logged a switch: its run time is split by the log.
     logging: AtomicBool,
-    /// Mirror of the consumed position, for the exit path's check.
+    /// Mirror of the consumed position as the guest's sequence reads when
+    /// nothing more is logged (twice the switches), for the exit path's check.
     consumed: AtomicU64,
     book: Mutex<Book>,
 }
@@ -156,16 +160,15 @@ impl SwitchBook {
         self.logging.load(Ordering::Relaxed)
     }
 
-    /// Whether `line` holds switches not yet read: two loads, for the exit
-    /// path.
+    /// Whether `line` holds switches not yet read, or one being logged: two
+    /// loads, for the exit path.
     #[inline]
     pub fn moved(&self, line: &SlotLine) -> bool {
         line[1].load(Ordering::Relaxed) != self.consumed.load(Ordering::Relaxed)
     }
 
     /// Reads the switches logged since the last read and places them in
-    /// `w`, the stretch of run clock they happened in. `stopped`: the guest
-    /// cannot be writing (its vCPU is out of the guest). `still` is asked,
+    /// `w`, the stretch of run clock they happened in. `still` is asked,
     /// with the book locked, whether `w` still holds before anything is
     /// kept (the sampler's check that the vCPU did not exit meanwhile).
     /// Each new tag is resolved with `writer` now, before the exit's
@@ -177,11 +180,10 @@ impl SwitchBook {
         stamps: Stamps<'_>,
         writer: &mut Writer,
         w: Window,
-        stopped: bool,
         still: impl FnOnce() -> bool,
     ) {
         let mut b = self.lock();
-        let r = switchlog::read(line, b.consumed, stopped);
+        let r = switchlog::read(line, b.consumed);
         if r.seq == b.consumed || !still() {
             return;
         }
@@ -219,7 +221,7 @@ impl SwitchBook {
             b.totals.switches += 1;
         }
         b.consumed = r.seq;
-        self.consumed.store(r.seq, Ordering::Relaxed);
+        self.consumed.store(r.seq.wrapping_mul(2), Ordering::Relaxed);
     }
 
     /// The run time since the last charge, up to run-clock position `upto`,
@@ -248,6 +250,11 @@ impl SwitchBook {
             b.totals.sampled_ns += ns;
         }
         Split { parts, exact }
+    }
+
+    /// The next charge is made while a switch is still unplaced: not exact.
+    pub fn charge_unplaced(&self) {
+        self.lock().inexact = true;
     }
 
     /// The sampler charged up to run-clock position `upto` without the log
@@ -391,7 +398,7 @@ mod tests {
             l[2 + 2 * i].store(tsc, Ordering::Relaxed);
             l[3 + 2 * i].store(t, Ordering::Relaxed);
             l[0].store(t, Ordering::Relaxed);
-            l[1].store(n as u64 + 1, Ordering::Relaxed);
+            l[1].store(2 * (n as u64 + 1), Ordering::Relaxed);
         }
         l
     }
@@ -424,7 +431,7 @@ mod tests {
             from,
             to,
         };
-        book.harvest(&l, Stamps::Tsc, &mut writer, w, true, || true);
+        book.harvest(&l, Stamps::Tsc, &mut writer, w, || true);
         assert!(!book.moved(&l) && book.logging());
         let split = book.take(5_000_000 + (to - from), to - from);
         assert!(split.exact);
@@ -453,7 +460,6 @@ mod tests {
                 from,
                 to,
             },
-            true,
             || true,
         );
         let split = book.take(20_000_000 + 10, 10);
@@ -472,7 +478,7 @@ mod tests {
         };
         let book = SwitchBook::new(None);
         let l = line_with(&[(1, tag(1, 0))]);
-        book.harvest(&l, Stamps::Tsc, &mut writer, w, true, || true);
+        book.harvest(&l, Stamps::Tsc, &mut writer, w, || true);
         let split = book.take(100, 100);
         assert!(!split.exact);
         // The switch could not be placed: its principal takes the stretch,
@@ -481,12 +487,12 @@ mod tests {
         assert_eq!((book.totals().lost, book.totals().sampled_ns), (1, 100));
         let book = SwitchBook::new(Some(0));
         let l = line_with(&[(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]);
-        book.harvest(&l, Stamps::Tsc, &mut writer, w, true, || true);
+        book.harvest(&l, Stamps::Tsc, &mut writer, w, || true);
         assert_eq!(book.totals().lost, 2);
         assert!(!book.take(100, 100).exact);
         // A harvest the sampler finds stale keeps nothing.
         let book = SwitchBook::new(Some(0));
-        book.harvest(&l, Stamps::Tsc, &mut writer, w, false, || false);
+        book.harvest(&l, Stamps::Tsc, &mut writer, w, || false);
         assert!(book.moved(&l) && !book.logging());
     }
 }
