@@ -189,7 +189,7 @@ fn the_tagger_tags_a_cgroups_task_its_threads_binding_and_idle() {
     // read it until it is even.
     let line = loop {
         let line = t.slot_line(0).unwrap();
-        if line[1] % 2 == 0 {
+        if line[1].is_multiple_of(2) {
             break line;
         }
     };
