@@ -171,24 +171,32 @@ impl Tap {
             name: self.name.clone(),
             source,
         };
+        let (sock, mut req) = self.read_flags().map_err(err)?;
+        req.flags |= libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
+        // SAFETY: `sock` is a valid socket and `req` a valid `struct ifreq`;
+        // the kernel only reads it.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req as *mut IfReq) } < 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// The interface's `struct ifreq` with its flags (`SIOCGIFFLAGS`), and
+    /// the socket it was read through.
+    fn read_flags(&self) -> std::io::Result<(std::os::fd::OwnedFd, IfReq)> {
         // SAFETY: plain socket(2) call with constant arguments.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
-            return Err(err(std::io::Error::last_os_error()));
+            return Err(std::io::Error::last_os_error());
         }
         // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
         let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         let mut req = IfReq::new(&self.name);
         // SAFETY: `sock` is a valid socket and `req` a valid `struct ifreq`.
         if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req as *mut IfReq) } < 0 {
-            return Err(err(std::io::Error::last_os_error()));
+            return Err(std::io::Error::last_os_error());
         }
-        req.flags |= libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
-        // SAFETY: as above; the kernel only reads `req`.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req as *mut IfReq) } < 0 {
-            return Err(err(std::io::Error::last_os_error()));
-        }
-        Ok(())
+        Ok((sock, req))
     }
 
     /// Waits, at most `max`, until the kernel has the interface running
@@ -212,18 +220,7 @@ impl Tap {
 
     /// The interface's flags (`SIOCGIFFLAGS`), if they can be read.
     fn flags(&self) -> Option<libc::c_int> {
-        // SAFETY: plain socket(2) call with constant arguments.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
-        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let mut req = IfReq::new(&self.name);
-        // SAFETY: `sock` is a valid socket and `req` a valid `struct ifreq`.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req as *mut IfReq) } < 0 {
-            return None;
-        }
+        let (_, req) = self.read_flags().ok()?;
         Some(libc::c_int::from(req.flags) & 0xffff)
     }
 
