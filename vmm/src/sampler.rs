@@ -71,6 +71,8 @@ pub struct Sampler {
     vcpus: Vec<Sampled>,
     /// The vCPUs are stopped: this tick charges what is left.
     last: bool,
+    /// The switch logs' counters as of the last tick.
+    log: LogTotals,
 }
 
 impl Sampler {
@@ -99,6 +101,7 @@ impl Sampler {
             writer,
             vcpus,
             last: false,
+            log: LogTotals::default(),
         }
     }
 
@@ -213,7 +216,8 @@ impl Sampler {
                 self.writer.charge_run(i, tag, delta);
             }
         }
-        if self.run_log().vcpus_logging > 0 {
+        self.log = self.run_log();
+        if self.log.vcpus_logging > 0 {
             acct.set_run_logged();
         }
     }
@@ -254,9 +258,8 @@ impl Sampler {
             }
             self.tick();
             fast_left = fast_left.saturating_sub(1);
-            let now_lost = self.run_log().lost;
-            if now_lost != lost {
-                lost = now_lost;
+            if self.log.lost != lost {
+                lost = self.log.lost;
                 fast_left = FAST_TICKS;
             }
         }
