@@ -118,17 +118,6 @@ fn stop(c: Spinner) {
     drop(c);
 }
 
-/// `CLOCK_MONOTONIC` now, ns (the BPF program's `bpf_ktime_get_ns`).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap()
-}
-
 /// Polls CPU 0's slot until it holds `want`.
 fn wait_slot(t: &Tagger, want: u64, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -178,7 +167,7 @@ fn the_tagger_tags_a_cgroups_task_its_threads_binding_and_idle() {
 
     let container = tag(CONTAINER, 0);
     t.sync_cgroups(&HashMap::from([(cg.id(), container)])).unwrap();
-    let before = monotonic_ns();
+    let before = guest_agent::tagger::monotonic_ns();
     let spin = cg.spinner();
     wait_slot(&t, container, "a task of the cgroup runs on CPU 0");
     // The switch to it is logged (docs/tag-abi.md, "The switch log"): the
@@ -198,7 +187,7 @@ fn the_tagger_tags_a_cgroups_task_its_threads_binding_and_idle() {
     let newest = (switches - 1) % 3;
     let (stamp, logged) = (line[2 + 2 * newest as usize], line[3 + 2 * newest as usize]);
     assert!(
-        (before..=monotonic_ns()).contains(&stamp),
+        (before..=guest_agent::tagger::monotonic_ns()).contains(&stamp),
         "stamp {stamp} not in [{before}, now]: {line:x?}"
     );
     if line[0] == container {

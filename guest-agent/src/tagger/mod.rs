@@ -411,9 +411,9 @@ impl Tagger {
     pub fn clock_sync() -> accounting::agent::AgentMessage {
         let mut best = (u64::MAX, 0, 0);
         for _ in 0..4 {
-            let t0 = rdtsc();
+            let t0 = accounting::clock::rdtsc();
             let ns = monotonic_ns();
-            let t1 = rdtsc();
+            let t1 = accounting::clock::rdtsc();
             let spread = t1.wrapping_sub(t0);
             if spread < best.0 {
                 best = (spread, ns, t0 + spread / 2);
@@ -616,14 +616,9 @@ impl Drop for Tagger {
     }
 }
 
-/// The TSC, as the VMM reads the vCPU's (user mode may read it).
-fn rdtsc() -> u64 {
-    // SAFETY: RDTSC only reads the counter.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
-/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
+/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`, which stamps
+/// the slots' switch logs.
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
