@@ -213,6 +213,11 @@ pub struct VsockCharge {
     /// RSTs: from the guest ending a live connection, or delivered by the
     /// device to refuse or end one.
     pub resets: u64,
+    /// Times a per-container limit (`vsock-bytes`) held a connection's
+    /// bytes, either way, and let them go.
+    pub throttle_events: u64,
+    /// Time those bytes were held, ns (wall time, not host CPU).
+    pub throttled_ns: u64,
 }
 
 impl VsockCharge {
@@ -224,10 +229,12 @@ impl VsockCharge {
         self.host_ns += o.host_ns;
         self.connections += o.connections;
         self.resets += o.resets;
+        self.throttle_events += o.throttle_events;
+        self.throttled_ns += o.throttled_ns;
     }
 
     /// The counter deltas of one packet's work, indexed like `Counters::vsock`.
-    fn deltas(&self) -> [u64; 7] {
+    fn deltas(&self) -> [u64; 9] {
         [
             self.tx_packets,
             self.tx_bytes,
@@ -236,6 +243,8 @@ impl VsockCharge {
             self.host_ns,
             self.connections,
             self.resets,
+            self.throttle_events,
+            self.throttled_ns,
         ]
     }
 }
@@ -436,6 +445,8 @@ impl Charges {
             host_ns,
             connections,
             resets,
+            throttle_events,
+            throttled_ns,
         } = vsock;
         for w in [
             tx_packets,
@@ -445,6 +456,8 @@ impl Charges {
             host_ns,
             connections,
             resets,
+            throttle_events,
+            throttled_ns,
         ] {
             f(w);
         }
@@ -507,8 +520,8 @@ pub struct Counters {
     /// bytes, spoofed frames, throttle events, throttled ns.
     net: [AtomicU64; 9],
     /// Vsock: tx packets, tx bytes, rx packets, rx bytes, host ns,
-    /// connections, resets.
-    vsock: [AtomicU64; 7],
+    /// connections, resets, throttle events, throttled ns.
+    vsock: [AtomicU64; 9],
     /// Agent channel: frames, host ns.
     agent: [AtomicU64; 2],
     /// Ring drains off the exit path: entries, host ns.
@@ -676,7 +689,7 @@ impl Counters {
             throttle_events: n[7],
             throttled_ns: n[8],
         });
-        let v: [u64; 7] = std::array::from_fn(|i| self.vsock[i].load(Relaxed));
+        let v: [u64; 9] = std::array::from_fn(|i| self.vsock[i].load(Relaxed));
         out.vsock.add(&VsockCharge {
             tx_packets: v[0],
             tx_bytes: v[1],
@@ -685,6 +698,8 @@ impl Counters {
             host_ns: v[4],
             connections: v[5],
             resets: v[6],
+            throttle_events: v[7],
+            throttled_ns: v[8],
         });
         out.agent.frames += self.agent[0].load(Relaxed);
         out.agent.host_ns += self.agent[1].load(Relaxed);
@@ -788,8 +803,8 @@ mod tests {
     #[test]
     fn counter_block_is_cache_line_sized_and_aligned() {
         assert_eq!(std::mem::align_of::<Counters>(), 64);
-        // 44 counters: six cache lines.
-        assert_eq!(std::mem::size_of::<Counters>(), 384);
+        // 50 counters (400 bytes): seven cache lines.
+        assert_eq!(std::mem::size_of::<Counters>(), 448);
     }
 
     #[test]

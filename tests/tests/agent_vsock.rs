@@ -185,6 +185,7 @@ fn the_guest_speaks_the_agent_protocol_over_vsock_and_is_charged_exactly() {
             connections: 2,
             // The guest's RST of B and the device's RST closing A.
             resets: 2,
+            ..Default::default()
         }
     );
     assert_eq!(
@@ -197,6 +198,7 @@ fn the_guest_speaks_the_agent_protocol_over_vsock_and_is_charged_exactly() {
             host_ns: 0,
             connections: 1,
             resets: 1,
+            ..Default::default()
         }
     );
     for path in ["guest-svc", "unattributed"] {

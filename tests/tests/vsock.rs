@@ -41,9 +41,11 @@ fn echo_server(listener: UnixListener) -> thread::JoinHandle<(Vec<u8>, bool)> {
     })
 }
 
-#[test]
-fn vsock_packets_are_charged_to_the_sender_and_the_connection_owner() {
-    let dir = scratch_dir("echo");
+/// Boots the `vsock` scenario against the echo server, with `limits`;
+/// checks the echo and the exact counts of every container (the same with
+/// a limit or without), and returns the run and the socket's path.
+fn echo_run(name: &str, limits: &[&str]) -> (resourceful_tests::Run, PathBuf, PathBuf) {
+    let dir = scratch_dir(name);
     let uds = dir.join("v.sock");
     let listener = UnixListener::bind(format!("{}_{PORT}", uds.display())).unwrap();
     let server = echo_server(listener);
@@ -53,6 +55,7 @@ fn vsock_packets_are_charged_to_the_sender_and_the_connection_owner() {
         cid: 3,
         uds: Some(uds.clone()),
     });
+    cfg.container_limits = limits.iter().map(|l| l.parse().unwrap()).collect();
 
     let run = boot(cfg);
 
@@ -61,9 +64,31 @@ fn vsock_packets_are_charged_to_the_sender_and_the_connection_owner() {
     assert_eq!(got.len(), 300);
     assert!(got[..100].iter().all(|&b| b == 0xa5) && got[100..].iter().all(|&b| b == 0x5b));
     assert!(eof, "the guest's shutdown closes the host stream");
+    // Packet counts may not be exact with a limit (a held echo may reach
+    // the guest in two packets): bytes, connections and resets are.
+    let exact = |v: VsockCharge| (v.tx_bytes, v.rx_bytes, v.connections, v.resets);
+    // vs-a: REQUEST, RW 100, SHUTDOWN; back: RESPONSE, the two echoes, the RST.
+    assert_eq!(exact(run.container("vs-a").charges.vsock), (100, 300, 1, 1));
+    assert_eq!(run.container("vs-a").charges.vsock.tx_packets, 3);
+    // vs-b sent 200 bytes on vs-a's connection; the echo is vs-a's.
+    assert_eq!(exact(run.container("vs-b").charges.vsock), (200, 0, 0, 0));
+    assert_eq!(run.container("vs-b").charges.vsock.tx_packets, 1);
+    assert_eq!(
+        run.container("unattributed").charges.vsock,
+        VsockCharge::default()
+    );
+    let t = run.report.totals.vsock;
+    assert_eq!((t.tx_packets, t.tx_bytes, t.rx_bytes), (4, 300, 300));
+    assert!(t.host_ns > 0);
+    (run, dir, uds)
+}
+
+#[test]
+fn vsock_packets_are_charged_to_the_sender_and_the_connection_owner() {
+    let (run, dir, uds) = echo_run("echo", &[]);
+
     let exact = |v: VsockCharge| VsockCharge { host_ns: 0, ..v };
-    // vs-a: REQUEST, RW 100, SHUTDOWN; back: RESPONSE, the two echoes
-    // (one packet each: the server writes each at once), the RST.
+    // Without a limit each echo is one packet (the server writes each at once).
     assert_eq!(
         exact(run.container("vs-a").charges.vsock),
         VsockCharge {
@@ -74,27 +99,11 @@ fn vsock_packets_are_charged_to_the_sender_and_the_connection_owner() {
             host_ns: 0,
             connections: 1,
             resets: 1,
+            throttle_events: 0,
+            throttled_ns: 0,
         }
     );
-    // vs-b sent 200 bytes on vs-a's connection; the echo is vs-a's.
-    assert_eq!(
-        exact(run.container("vs-b").charges.vsock),
-        VsockCharge {
-            tx_packets: 1,
-            tx_bytes: 200,
-            ..Default::default()
-        }
-    );
-    assert_eq!(
-        exact(run.container("unattributed").charges.vsock),
-        VsockCharge::default()
-    );
-    let t = run.report.totals.vsock;
-    assert_eq!(
-        (t.tx_packets, t.rx_packets, t.tx_bytes, t.rx_bytes),
-        (4, 4, 300, 300)
-    );
-    assert!(t.host_ns > 0);
+    assert_eq!(run.report.totals.vsock.rx_packets, 4);
     let table = run.report.to_table(0);
     eprintln!("{table}");
     assert!(table.contains("VSOCK"));
@@ -104,5 +113,35 @@ fn vsock_packets_are_charged_to_the_sender_and_the_connection_owner() {
         run.report.guest_errors
     );
     assert!(!uds.exists(), "the listener's socket goes with the VM");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_limited_container_is_throttled_on_vsock_and_the_others_are_not() {
+    // vs-a owns the connection: its 100 bytes, vs-b's 200 sent on it and
+    // the 300 echoed draw from vs-a's 64-byte bucket; vs-b's own limit
+    // holds nothing (it owns no connection).
+    let (run, dir, _) = echo_run("limited", &["vs-a:vsock-bytes=64/20ms", "vs-b:vsock-bytes=1/s"]);
+
+    let a = run.container("vs-a").charges.vsock;
+    // The first 100 bytes pass a full bucket (cut to its size); the rest
+    // (500 bytes at 64 per 20 ms) cannot all pass without waiting.
+    assert!(a.throttle_events >= 1, "{a:?}");
+    assert!(a.throttle_events <= 16, "{a:?}");
+    assert!(a.throttled_ns > 0);
+    for other in ["vs-b", "unattributed"] {
+        let v = run.container(other).charges.vsock;
+        assert_eq!((v.throttle_events, v.throttled_ns), (0, 0), "{other}");
+    }
+    let dev = run.report.devices.iter().find(|d| d.name == "vsock0").unwrap();
+    assert_eq!(dev.counters.get("throttled"), Some(&a.throttle_events));
+    assert_eq!(
+        run.conservation_line("vsock.throttle_events"),
+        (a.throttle_events, a.throttle_events)
+    );
+    assert_eq!(
+        run.conservation_line("vsock.throttled_ns"),
+        (a.throttled_ns, a.throttled_ns)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

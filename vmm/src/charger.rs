@@ -67,6 +67,8 @@ pub fn vsock_work(c: &virtio::VsockCharge) -> VsockCharge {
         host_ns: c.host_ns,
         connections: c.connections,
         resets: c.resets,
+        throttle_events: c.throttle_events,
+        throttled_ns: c.throttled_ns,
     }
 }
 

@@ -171,11 +171,14 @@ pub struct ContainerLimit {
     /// Bytes of those frames.
     #[serde(default)]
     pub net_rx_bytes: Option<BucketConfig>,
+    /// Vsock payload bytes the container's connections move, both ways.
+    #[serde(default)]
+    pub vsock_bytes: Option<BucketConfig>,
 }
 
 /// What `--limit` expects, for error messages.
 const LIMIT_FORM: &str = "--limit PATH:KEY=VALUE[,...] with keys blk-ops=RATE, blk-bytes=RATE, \
-     net-tx-frames=RATE, net-tx-bytes=RATE, net-rx-frames=RATE, net-rx-bytes=RATE and their -burst=N \
+     net-tx-frames=RATE, net-tx-bytes=RATE, net-rx-frames=RATE, net-rx-bytes=RATE, vsock-bytes=RATE and their -burst=N \
      (blk-ops-burst, net-tx-bytes-burst, ...), RATE like 100/s, 10/100ms or 1MiB/s";
 
 impl ContainerLimit {
@@ -221,6 +224,20 @@ impl ContainerLimit {
         self.net_rx_frames.is_some() || self.net_rx_bytes.is_some()
     }
 
+    /// The vsock device's form: one bytes bucket, both ways.
+    pub fn vsock(&self) -> devices::virtio::limiter::BlockLimitConfig {
+        devices::virtio::limiter::BlockLimitConfig {
+            path: self.path.clone(),
+            ops: None,
+            bytes: self.vsock_bytes.map(BucketConfig::bucket),
+        }
+    }
+
+    /// Whether it limits vsock.
+    pub fn limits_vsock(&self) -> bool {
+        self.vsock_bytes.is_some()
+    }
+
     /// Every bucket it sets.
     pub fn buckets(&self) -> impl Iterator<Item = BucketConfig> {
         [
@@ -230,6 +247,7 @@ impl ContainerLimit {
             self.net_tx_bytes,
             self.net_rx_frames,
             self.net_rx_bytes,
+            self.vsock_bytes,
         ]
         .into_iter()
         .flatten()
@@ -275,16 +293,17 @@ impl ContainerLimit {
         }
         // Per key family (blk-ops, blk-bytes, net-tx-frames, net-tx-bytes):
         // its rate and its burst.
-        const KEYS: [(&str, bool); 6] = [
+        const KEYS: [(&str, bool); 7] = [
             ("blk-ops", false),
             ("blk-bytes", true),
             ("net-tx-frames", false),
             ("net-tx-bytes", true),
             ("net-rx-frames", false),
             ("net-rx-bytes", true),
+            ("vsock-bytes", true),
         ];
-        let mut rates: [Option<devices::virtio::limiter::BucketConfig>; 6] = [None; 6];
-        let mut bursts: [Option<u64>; 6] = [None; 6];
+        let mut rates: [Option<devices::virtio::limiter::BucketConfig>; 7] = [None; 7];
+        let mut bursts: [Option<u64>; 7] = [None; 7];
         let mut seen: Vec<&str> = Vec::with_capacity(pairs.len());
         for &(k, v) in pairs {
             let bad = |e: String| format!("{source} {path}: {k}: {e}");
@@ -310,7 +329,7 @@ impl ContainerLimit {
                 ));
             }
         }
-        let mut buckets = [None; 6];
+        let mut buckets = [None; 7];
         for (i, (key, _)) in KEYS.iter().enumerate() {
             buckets[i] = match (rates[i], bursts[i]) {
                 (Some(r), b) => Some(BucketConfig {
@@ -324,7 +343,8 @@ impl ContainerLimit {
         if rates.iter().all(Option::is_none) {
             return Err(format!("{source} {path} sets no rate: expected {LIMIT_FORM}"));
         }
-        let [blk_ops, blk_bytes, net_tx_frames, net_tx_bytes, net_rx_frames, net_rx_bytes] = buckets;
+        let [blk_ops, blk_bytes, net_tx_frames, net_tx_bytes, net_rx_frames, net_rx_bytes, vsock_bytes] =
+            buckets;
         Ok(Self {
             path: path.to_owned(),
             blk_ops,
@@ -333,6 +353,7 @@ impl ContainerLimit {
             net_tx_bytes,
             net_rx_frames,
             net_rx_bytes,
+            vsock_bytes,
         })
     }
 }
@@ -551,7 +572,7 @@ pub const MAX_CONTAINER_LIMITS: usize = 64;
 /// Smallest guest RAM accepted, in MiB.
 pub const MIN_MEM_MIB: u64 = 16;
 /// Most containers a VM may be allowed (`--max-containers`): each costs a
-/// ledger of one 320-byte block per writer.
+/// ledger of one 448-byte block per writer.
 pub const MAX_CONTAINERS_LIMIT: u32 = 1_000_000;
 /// Most live requests a VM may be allowed (`--max-live-requests`).
 pub const MAX_LIVE_REQUESTS_LIMIT: u32 = 1_000_000;
@@ -782,6 +803,33 @@ mod tests {
         );
         let l: ContainerLimit = "a:blk-ops=10/100ms".parse().unwrap();
         assert_eq!(l.blk_ops.map(|b| b.refill_time_ms), Some(100));
+    }
+
+    #[test]
+    fn vsock_bytes_parse_and_only_the_vsock_device_takes_them() {
+        let l: ContainerLimit = "svc:vsock-bytes=1MiB/s,vsock-bytes-burst=64KiB,blk-ops=5/s"
+            .parse()
+            .unwrap();
+        assert!(l.limits_vsock() && l.limits_block() && !l.limits_net_tx() && !l.limits_net_rx());
+        let v = l.vsock();
+        assert_eq!(v.path, "svc");
+        assert_eq!(v.ops, None);
+        assert_eq!(
+            v.bytes.map(|b| (b.size, b.one_time_burst)),
+            Some((1 << 20, 64 << 10))
+        );
+        assert_eq!(l.block().bytes, None);
+        let only: ContainerLimit = "svc:blk-ops=5/s".parse().unwrap();
+        assert!(!only.limits_vsock());
+        for bad in [
+            "svc:vsock-bytes=0/s",
+            "svc:vsock-bytes-burst=4KiB",
+            "svc:vsock-bytes=1XB/s",
+            "svc:vsock-packets=10/s",
+        ] {
+            let e = bad.parse::<ContainerLimit>().unwrap_err();
+            assert!(e.starts_with("--limit"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub const FDS_PER_VCPU: u64 = 2;
 pub const FDS_PER_DISK: u64 = 3;
 /// Per network interface: the TAP, the interrupt eventfd, two queue eventfds.
 pub const FDS_PER_NET: u64 = 4;
-/// Per disk or network interface with per-container limits (or that may
+/// Per disk, network interface or vsock device with per-container limits (or that may
 /// get them: with `--api-sock`): the release timer, the live-change wake
 /// and the API's duplicate of the wake.
 pub const LIMIT_FDS_PER_DEVICE: u64 = 3;
@@ -45,7 +45,8 @@ pub fn fd_bound(config: &VmConfig) -> u64 {
         + FDS_PER_DISK * n(config.disks.len())
         + FDS_PER_NET * n(config.nets.len());
     if config.api_sock.is_some() || !config.container_limits.is_empty() {
-        fds += LIMIT_FDS_PER_DEVICE * n(config.disks.len() + config.nets.len());
+        let vsocks = usize::from(config.vsock.is_some());
+        fds += LIMIT_FDS_PER_DEVICE * n(config.disks.len() + config.nets.len() + vsocks);
     }
     if config.vsock.is_some() {
         fds += VSOCK_FDS + n(vsock::MAX_CONNECTIONS) + n(vsock::MAX_PENDING_HOST);
@@ -164,16 +165,21 @@ mod tests {
         });
         c.vsock = Some(VsockConfig { cid: 3, uds: None });
         c.api_sock = Some("/a".into());
-        // With the API the disk may get limits: its timer and wake.
-        assert_eq!(fd_bound(&c), base + 6 + 3 + 3 + 5 + 256 + 16 + 3 + 64);
+        // With the API the disk and the vsock device may get limits: their
+        // timers and wakes.
+        assert_eq!(fd_bound(&c), base + 6 + 3 + 3 + 3 + 5 + 256 + 16 + 3 + 64);
         assert_eq!(thread_bound(&c), 1 + 4 + 1 + 1 + 1 + 8);
         // Metrics share the API's thread and runtime.
         c.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
-        assert_eq!(fd_bound(&c), base + 6 + 3 + 3 + 5 + 256 + 16 + 3 + 64 + 1 + 16);
+        assert_eq!(
+            fd_bound(&c),
+            base + 6 + 3 + 3 + 3 + 5 + 256 + 16 + 3 + 64 + 1 + 16
+        );
         assert_eq!(thread_bound(&c), 1 + 4 + 1 + 1 + 1 + 8);
         c.api_sock = None;
         assert_eq!(fd_bound(&c), base + 6 + 3 + 5 + 256 + 16 + 3 + 1 + 16);
         c.container_limits = vec!["a:blk-ops=1/s".parse().unwrap()];
-        assert_eq!(fd_bound(&c), base + 6 + 3 + 3 + 5 + 256 + 16 + 3 + 1 + 16);
+        // Any limit counts every limitable device (a bound, not a census).
+        assert_eq!(fd_bound(&c), base + 6 + 3 + 3 + 3 + 5 + 256 + 16 + 3 + 1 + 16);
     }
 }

@@ -180,6 +180,8 @@ pub enum DeviceKind {
     NetTx,
     /// virtio-net RX: `net-rx-*`.
     NetRx,
+    /// virtio-vsock: `vsock-bytes`.
+    Vsock,
 }
 
 impl DeviceKind {
@@ -189,11 +191,13 @@ impl DeviceKind {
             Self::Block => l.limits_block(),
             Self::NetTx => l.limits_net_tx(),
             Self::NetRx => l.limits_net_rx(),
+            Self::Vsock => l.limits_vsock(),
         };
         let config = |l: &ContainerLimit| match self {
             Self::Block => l.block(),
             Self::NetTx => l.net_tx(),
             Self::NetRx => l.net_rx(),
+            Self::Vsock => l.vsock(),
         };
         all.iter().filter(applies).map(config).collect()
     }

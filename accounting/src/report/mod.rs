@@ -649,6 +649,16 @@ fn conservation(total: &Charges, sum: &Charges) -> Conservation {
             sum.vsock.connections,
         ),
         ("vsock.resets", total.vsock.resets, sum.vsock.resets),
+        (
+            "vsock.throttle_events",
+            total.vsock.throttle_events,
+            sum.vsock.throttle_events,
+        ),
+        (
+            "vsock.throttled_ns",
+            total.vsock.throttled_ns,
+            sum.vsock.throttled_ns,
+        ),
         ("agent.frames", total.agent.frames, sum.agent.frames),
         ("agent.host_ns", total.agent.host_ns, sum.agent.host_ns),
         ("ring.entries", total.ring.entries, sum.ring.entries),

@@ -578,6 +578,12 @@ pub struct VsockCharge {
     /// 1 for an RST: one from the guest that ended a live connection (TX),
     /// or one the device delivered to refuse or end one (RX).
     pub resets: u64,
+    /// 1 when a per-container limit let go bytes it held on this
+    /// connection (`--limit PATH:vsock-bytes=...`; a charge of its own,
+    /// `packets` 0); `dir` says which way they went.
+    pub throttle_events: u64,
+    /// How long those bytes were held, ns (wall time, not host CPU).
+    pub throttled_ns: u64,
 }
 
 /// Where devices charge their work; the VMM implements it over its books.

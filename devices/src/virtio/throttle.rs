@@ -302,6 +302,31 @@ impl<T: HeldWork> Throttle<T> {
             .map(Duration::from_nanos)
     }
 
+    /// Drops the held work `gone` says is gone (its owner went away: a
+    /// closed vsock connection), without tokens or a throttle event; the
+    /// rest keeps its order.
+    pub fn forget_where(&mut self, gone: impl Fn(&T) -> bool) {
+        let mut dropped = Vec::new();
+        for w in &mut self.waiting {
+            w.retain(|(h, _)| {
+                let keep = !gone(h);
+                if !keep {
+                    dropped.push(h.memory());
+                }
+                keep
+            });
+        }
+        self.released.retain(|h| {
+            let keep = !gone(h);
+            if !keep {
+                dropped.push(h.memory());
+            }
+            keep
+        });
+        self.held -= dropped.len();
+        self.memory -= dropped.iter().sum::<usize>();
+    }
+
     /// Drops everything held (the driver reset the device: it belonged to
     /// the dropped queues). The buckets are kept.
     pub fn forget_held(&mut self) {

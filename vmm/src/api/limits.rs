@@ -54,6 +54,8 @@ pub struct LimitView {
     pub net_rx_frames: Option<BucketConfig>,
     /// As above.
     pub net_rx_bytes: Option<BucketConfig>,
+    /// As above.
+    pub vsock_bytes: Option<BucketConfig>,
     /// Its state on each device that takes it.
     pub devices: Vec<DeviceLimitView>,
 }
@@ -93,6 +95,7 @@ fn view(live: &LiveLimits, l: ContainerLimit) -> LimitView {
         net_tx_bytes: l.net_tx_bytes,
         net_rx_frames: l.net_rx_frames,
         net_rx_bytes: l.net_rx_bytes,
+        vsock_bytes: l.vsock_bytes,
         devices,
     }
 }

@@ -243,6 +243,18 @@ const FAMILIES: &[(&str, &str, &str, Extract)] = &[
         |c| vec![("", c.vsock.resets.to_string())],
     ),
     (
+        "resourceful_vsock_throttle_events_total",
+        "virtio-vsock connections' bytes held by a per-container limit (either way).",
+        "",
+        |c| vec![("", c.vsock.throttle_events.to_string())],
+    ),
+    (
+        "resourceful_vsock_throttled_seconds_total",
+        "Time virtio-vsock bytes were held by a per-container limit.",
+        "",
+        |c| vec![("", seconds(c.vsock.throttled_ns))],
+    ),
+    (
         "resourceful_agent_frames_total",
         "Agent-channel frames the VMM handled.",
         "",
@@ -315,6 +327,8 @@ fn add(a: &mut ChargesReport, b: &ChargesReport) {
     x.host_ns += y.host_ns;
     x.connections += y.connections;
     x.resets += y.resets;
+    x.throttle_events += y.throttle_events;
+    x.throttled_ns += y.throttled_ns;
     a.interrupts += b.interrupts;
     a.agent.frames += b.agent.frames;
     a.agent.host_ns += b.agent.host_ns;

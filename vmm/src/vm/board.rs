@@ -221,8 +221,20 @@ fn build_virtio(
         let mut dev =
             VsockDevice::new(v.config.cid, connector, v.config.uds.as_deref()).map_err(VmError::Vsock)?;
         dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
+        let limits = device_limits(env, "vsock0", DeviceKind::Vsock);
+        let limited = limits.is_some();
+        if let Some((limits, lookup)) = limits {
+            dev.set_limits(&limits, lookup)
+                .map_err(|e| VmError::Limits(e.to_string()))?;
+        }
         let dev = place_virtio(env, bus, i, ("vsock0".into(), "virtio-vsock"), dev)?;
-        subscribers.push(Arc::new(Mutex::new(VsockHandler::new(dev, device_charger(env)))));
+        let handler = if limited {
+            VsockHandler::with_limits(dev, device_charger(env)).map_err(VmError::LimitTimer)?
+        } else {
+            VsockHandler::new(dev, device_charger(env))
+        };
+        add_waker(env, "vsock0", handler.limit_waker())?;
+        subscribers.push(Arc::new(Mutex::new(handler)));
     }
     Ok(subscribers)
 }

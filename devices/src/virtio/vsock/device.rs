@@ -37,6 +37,7 @@ use event_manager::EventSet;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+use super::limit::{Released, VsockLimits, Way};
 use super::packet::{self, Header, PacketError, HDR_LEN, MAX_PKT_PAYLOAD};
 use super::packet::{
     OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN,
@@ -44,6 +45,7 @@ use super::packet::{
 use super::packet::{SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::{VsockConnector, HOST_CID};
 use crate::acct::QueueTagReader;
+use crate::virtio::limiter::{BlockLimitConfig, BucketError, LimitLookup};
 use crate::virtio::{thread_cpu_ns, Charger, DeviceState, NetDir, VsockCharge};
 use crate::virtio::{VirtioBase, VirtioDevice, VIRTIO_F_VERSION_1};
 
@@ -152,6 +154,8 @@ pub struct VsockStats {
     pub interrupts: u64,
     /// Notifications of an inactive device.
     pub ignored_notifications: u64,
+    /// Times a per-container limit held a connection's bytes (either way).
+    pub throttled: u64,
 }
 
 crate::counters::named_counters!(VsockStats {
@@ -179,6 +183,7 @@ crate::counters::named_counters!(VsockStats {
     queue_errors,
     interrupts,
     ignored_notifications,
+    throttled,
 });
 
 /// What one `process_*` call did.
@@ -209,7 +214,7 @@ pub trait FdWatcher {
 }
 
 /// A connection: (guest port, host port).
-type ConnKey = (u32, u32);
+pub(crate) type ConnKey = (u32, u32);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ConnState {
@@ -253,6 +258,13 @@ struct Conn {
     in_rx_ready: bool,
     /// What the event loop watches now.
     registered: Option<EventSet>,
+    /// Of the backlog, the bytes at its end a limit has not let go yet
+    /// (never written to the host stream before their tokens come).
+    tx_unpaid: usize,
+    /// Bytes to the guest a limit has let go and not read yet.
+    rx_prepaid: u64,
+    /// A limit holds the host stream's bytes: it is not read.
+    rx_held: bool,
 }
 
 impl Conn {
@@ -276,6 +288,9 @@ impl Conn {
             credit_update_queued: false,
             in_rx_ready: false,
             registered: None,
+            tx_unpaid: 0,
+            rx_prepaid: 0,
+            rx_held: false,
         }
     }
 
@@ -301,10 +316,10 @@ impl Conn {
 
     fn interest(&self) -> EventSet {
         let mut set = EventSet::empty();
-        if self.readable() && !self.in_rx_ready {
+        if self.readable() && !self.in_rx_ready && !self.rx_held {
             set |= EventSet::IN;
         }
-        if !self.backlog.is_empty() {
+        if self.backlog.len() > self.tx_unpaid {
             set |= EventSet::OUT;
         }
         set
@@ -355,6 +370,8 @@ pub struct VsockDevice {
     tx_buf: Vec<u8>,
     rx_buf: Vec<u8>,
     queue_tags: Option<(QueueTagReader, u32)>,
+    /// Per-container limits (`None`: no `--limit` with vsock keys).
+    limits: Option<VsockLimits>,
 }
 
 impl std::fmt::Debug for VsockDevice {
@@ -438,6 +455,7 @@ impl VsockDevice {
             tx_buf: Vec::with_capacity(HDR_LEN + MAX_PKT_PAYLOAD),
             rx_buf: vec![0; MAX_PKT_PAYLOAD],
             queue_tags: None,
+            limits: None,
         })
     }
 
@@ -519,6 +537,9 @@ impl VsockDevice {
     fn drop_conn(&mut self, key: ConnKey) -> Option<Option<u64>> {
         let c = self.conns.remove(&key)?;
         self.by_token.remove(&c.token);
+        if let Some(l) = self.limits.as_mut() {
+            l.forget(key);
+        }
         if c.in_rx_ready {
             self.rx_ready.retain(|k| *k != key);
         }
@@ -543,10 +564,12 @@ impl VsockDevice {
     }
 
     /// Writes what the host stream takes of the backlog; `Err` on a write error.
+    /// Only the bytes a limit let go (the backlog's paid head) are written.
     fn drain_backlog(c: &mut Conn) -> io::Result<()> {
-        while !c.backlog.is_empty() {
+        while c.backlog.len() > c.tx_unpaid {
+            let paid = c.backlog.len() - c.tx_unpaid;
             let (a, _) = c.backlog.as_slices();
-            match (&c.stream).write(a) {
+            match (&c.stream).write(&a[..a.len().min(paid)]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     c.backlog.drain(..n);
@@ -703,6 +726,17 @@ impl VsockDevice {
                 c.rx_cnt = c.rx_cnt.wrapping_add(len_u32(payload.len()));
                 fx.bytes = len_u64(payload.len());
                 self.stats.tx_bytes += fx.bytes;
+                if let (Some(l), true) = (self.limits.as_mut(), fx.bytes > 0) {
+                    // Behind its own unpaid bytes, or over its limit: it
+                    // waits unpaid in the backlog (module `limit`).
+                    let held = c.tx_unpaid > 0 || !l.pass_or_hold(key, c.tag, Way::ToHost, fx.bytes);
+                    if held {
+                        self.stats.throttled += u64::from(c.tx_unpaid == 0);
+                        c.backlog.extend(payload);
+                        c.tx_unpaid += payload.len();
+                        return fx;
+                    }
+                }
                 if let Err(e) = Self::write_host(c, payload) {
                     self.stats.host_write_errors += 1;
                     warn_rl!("virtio-vsock: host stream write failed on {key:?}: {e}; reset");
@@ -842,6 +876,8 @@ impl VsockDevice {
                     host_ns: 0,
                     connections: 0,
                     resets: 0,
+                    throttle_events: 0,
+                    throttled_ns: 0,
                 };
                 match packet::parse_tx(chain, queue.size(), &mut buf) {
                     Ok(h) => {
@@ -979,6 +1015,8 @@ impl VsockDevice {
                         host_ns: 0,
                         connections: 0,
                         resets: 0,
+                        throttle_events: 0,
+                        throttled_ns: 0,
                     };
                     let pkt: Option<(Header, usize)> = if let Some(c) = d.ctrl.pop_front() {
                         let live = d.conns.contains_key(&c.key);
@@ -1056,7 +1094,7 @@ impl VsockDevice {
         let key = self.rx_ready.pop_front()?;
         let c = self.conns.get_mut(&key)?;
         c.in_rx_ready = false;
-        if !c.readable() {
+        if !c.readable() || c.rx_held {
             return None;
         }
         let room = (cap - HDR_LEN).min(data.len());
@@ -1065,7 +1103,20 @@ impl VsockDevice {
             return None;
         }
         let tag = c.tag;
+        let n = match self.limits.as_mut() {
+            None => n,
+            Some(l) => match Self::paid_read_len(l, key, c, &mut data[..n]) {
+                Ok(n) => n,
+                Err(()) => {
+                    self.stats.throttled += 1;
+                    return None;
+                }
+            },
+        };
         let got = (&c.stream).read(&mut data[..n]);
+        if let (Ok(k), true) = (&got, self.limits.is_some()) {
+            c.rx_prepaid = c.rx_prepaid.saturating_sub(len_u64(*k));
+        }
         match got {
             Ok(0) => {
                 c.host_eof = true;
@@ -1135,6 +1186,8 @@ impl VsockDevice {
                     host_ns: lap(&mut cpu_mark),
                     connections: 0,
                     resets: 0,
+                    throttle_events: 0,
+                    throttled_ns: 0,
                 });
             }
         }
@@ -1237,6 +1290,129 @@ impl VsockDevice {
         self.push_ctrl(key, OP_REQUEST, 0, None);
     }
 
+    /// How many bytes of `c`'s host stream may be read into `buf` now
+    /// under its limit: those a limit already let go, else those waiting
+    /// there (peeked, not taken) when their tokens are there. `Err`: none
+    /// (the limit holds them: the stream is not read, nor watched for
+    /// input, until [`Self::release_held`]).
+    fn paid_read_len(l: &mut VsockLimits, key: ConnKey, c: &mut Conn, buf: &mut [u8]) -> Result<usize, ()> {
+        if c.rx_prepaid > 0 {
+            return Ok(buf.len().min(usize::try_from(c.rx_prepaid).unwrap_or(usize::MAX)));
+        }
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes and the fd
+        // is the connection's own open stream; MSG_PEEK leaves the data there.
+        let got = unsafe {
+            libc::recv(
+                c.stream.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        // End of file or an error: the read that follows sees it again.
+        let Some(k) = usize::try_from(got).ok().filter(|&k| k > 0) else {
+            return Ok(buf.len());
+        };
+        if l.pass_or_hold(key, c.tag, Way::ToGuest, len_u64(k)) {
+            c.rx_prepaid = len_u64(k);
+            return Ok(k);
+        }
+        c.rx_held = true;
+        Err(())
+    }
+
+    /// Puts per-container limits on the device (`--limit PATH:vsock-bytes=...`,
+    /// module `limit`); `lookup` tells which limit a connection's owner falls under.
+    pub fn set_limits(
+        &mut self,
+        limits: &[BlockLimitConfig],
+        lookup: Box<dyn LimitLookup>,
+    ) -> Result<(), BucketError> {
+        self.limits = Some(VsockLimits::new(limits, lookup)?);
+        Ok(())
+    }
+
+    /// Connections' bytes a limit holds now (each way counted apart).
+    pub fn throttled_now(&self) -> usize {
+        self.limits.as_ref().map_or(0, VsockLimits::held)
+    }
+
+    /// Time until the first held bytes may go (`None`: nothing held).
+    pub fn next_release(&mut self) -> Option<std::time::Duration> {
+        self.limits.as_mut().and_then(VsockLimits::next_wait)
+    }
+
+    /// Lets go the held bytes whose tokens are there now: bytes to the
+    /// host are written (the rest of the connection's unpaid bytes take
+    /// their turn), a held host stream is read again (the caller then runs
+    /// [`Self::process_rx`] and [`Self::sync_watch`]). Each is charged to
+    /// the connection's owner as one throttle event with the time it was held.
+    pub fn release_held(&mut self, charger: &mut dyn Charger) {
+        let mut cpu_mark = thread_cpu_ns();
+        while let Some(Released { held, throttled_ns }) =
+            self.limits.as_mut().and_then(VsockLimits::pop_ready)
+        {
+            let key = held.key;
+            let Some(c) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            let tag = c.tag;
+            let dir = match held.way {
+                Way::ToHost => {
+                    c.tx_unpaid = c
+                        .tx_unpaid
+                        .saturating_sub(usize::try_from(held.bytes).unwrap_or(usize::MAX));
+                    self.forward_paid(key);
+                    NetDir::Tx
+                }
+                Way::ToGuest => {
+                    c.rx_held = false;
+                    c.rx_prepaid = c.rx_prepaid.saturating_add(held.bytes);
+                    if !c.in_rx_ready {
+                        c.in_rx_ready = true;
+                        self.rx_ready.push_back(key);
+                    }
+                    NetDir::Rx
+                }
+            };
+            charger.charge_vsock(&VsockCharge {
+                tag,
+                dir,
+                packets: 0,
+                bytes: 0,
+                host_ns: lap(&mut cpu_mark),
+                connections: 0,
+                resets: 0,
+                throttle_events: 1,
+                throttled_ns,
+            });
+        }
+    }
+
+    /// After some of `key`'s unpaid bytes were let go: the rest asks its
+    /// limit again (held again, or paid now), and what is paid is written.
+    fn forward_paid(&mut self, key: ConnKey) {
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        if let (Some(l), true) = (self.limits.as_mut(), c.tx_unpaid > 0) {
+            if l.pass_or_hold(key, c.tag, Way::ToHost, len_u64(c.tx_unpaid)) {
+                c.tx_unpaid = 0;
+            } else {
+                self.stats.throttled += 1;
+            }
+        }
+        let tag = c.tag;
+        match Self::drain_backlog(c) {
+            Ok(()) => {
+                self.after_forward(key);
+            }
+            Err(e) => {
+                self.stats.host_write_errors += 1;
+                warn_rl!("virtio-vsock: host stream write failed on {key:?}: {e}; reset");
+                self.reset_conn(key, tag);
+            }
+        }
+    }
+
     /// Brings the event loop's watch list in line with what each host
     /// stream waits for, and closes the streams of finished connections.
     pub fn sync_watch(&mut self, w: &mut dyn FdWatcher) {
@@ -1312,6 +1488,9 @@ impl VirtioDevice for VsockDevice {
         }
         self.ctrl.clear();
         self.rx_ready.clear();
+        if let Some(l) = self.limits.as_mut() {
+            l.forget_all();
+        }
     }
 }
 
@@ -1385,7 +1564,7 @@ pub(crate) mod tests {
     }
 
     impl PairConnector {
-        fn peer(&self, i: usize) -> UnixStream {
+        pub(crate) fn peer(&self, i: usize) -> UnixStream {
             self.peers.lock().unwrap()[i].1.try_clone().unwrap()
         }
     }
@@ -1486,6 +1665,11 @@ pub(crate) mod tests {
         push_chain(q, at, &[(RX_BUFS + RX_STRIDE * u64::from(at), len, WRITE)]);
     }
 
+    /// The host stream token of connection `key`.
+    pub(crate) fn token_of(d: &VsockDevice, key: ConnKey) -> u32 {
+        d.conns[&key].token
+    }
+
     /// The packet in used element `i` of the RX queue.
     pub(crate) fn read_rx(m: &GuestMemoryMmap, q: &Mq<'_>, i: usize) -> (Header, Vec<u8>) {
         let e = q.used().ring().ref_at(i).unwrap().load();
@@ -1496,7 +1680,7 @@ pub(crate) mod tests {
         (h, b[HDR_LEN..].to_vec())
     }
 
-    fn used_idx(q: &Mq<'_>) -> u16 {
+    pub(crate) fn used_idx(q: &Mq<'_>) -> u16 {
         q.used().idx().load()
     }
 
@@ -1518,7 +1702,7 @@ pub(crate) mod tests {
     }
 
     /// A device whose guest port 40 is connected to host port 1024 (tag 7).
-    fn connected<'a>(
+    pub(crate) fn connected<'a>(
         m: &'a GuestMemoryMmap,
         qs: &(Mq<'a>, Mq<'a>, Mq<'a>),
         guest_buf: u32,

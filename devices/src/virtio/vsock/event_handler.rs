@@ -8,7 +8,9 @@
 //! watch list up to date: a stream is watched for input only while the
 //! guest has credit and no read is already pending, for output only while
 //! guest data waits, and not at all otherwise, so the level-triggered loop
-//! never spins on a stream it cannot serve.
+//! never spins on a stream it cannot serve. A device with limits
+//! ([`VsockHandler::with_limits`]) adds the release timer (data 4) and the
+//! wake of a live change (data 5).
 
 use std::io;
 use std::os::fd::RawFd;
@@ -18,7 +20,13 @@ use accounting::warn_rl;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use super::device::{FdWatcher, ProcessStats, VsockDevice, EVENT_QUEUE, LISTENER_TOKEN, RX_QUEUE, TX_QUEUE};
+use crate::virtio::limit_timer::LimitTimer;
 use crate::virtio::{Charger, QueueNotifier, VirtioDevice};
+
+/// The event data of the release timer.
+const TIMER_DATA: u32 = 4;
+/// The event data of the limits' live-change wake.
+const WAKE_DATA: u32 = 5;
 
 /// The vsock device's subscriber on the device event loop.
 pub struct VsockHandler {
@@ -27,6 +35,9 @@ pub struct VsockHandler {
     listener_fd: Option<RawFd>,
     charger: Box<dyn Charger + Send>,
     spurious: u64,
+    /// Fires when bytes a per-container limit holds may go; only a device
+    /// with limits has one.
+    timer: Option<LimitTimer>,
 }
 
 impl std::fmt::Debug for VsockHandler {
@@ -75,7 +86,26 @@ impl VsockHandler {
             listener_fd,
             charger,
             spurious: 0,
+            timer: None,
         }
+    }
+
+    /// Like [`VsockHandler::new`], for a device that has limits
+    /// ([`VsockDevice::set_limits`]): adds a non-blocking timerfd that lets
+    /// held bytes go when their tokens are due.
+    pub fn with_limits(
+        device: Arc<Mutex<VsockDevice>>,
+        charger: Box<dyn Charger + Send>,
+    ) -> io::Result<Self> {
+        let mut h = Self::new(device, charger);
+        h.timer = Some(LimitTimer::new()?);
+        Ok(h)
+    }
+
+    /// A handle that wakes this handler after a live change of the limits
+    /// (`None`: a device without limits).
+    pub fn limit_waker(&self) -> Option<io::Result<vmm_sys_util::eventfd::EventFd>> {
+        self.timer.as_ref().map(LimitTimer::waker)
     }
 
     /// Events that named no source or carried no input.
@@ -93,7 +123,19 @@ impl VsockHandler {
         }
         let mut device = self.device.lock().unwrap_or_else(|e| e.into_inner());
         let charger = self.charger.as_mut();
+        let timer = (data == TIMER_DATA || data == WAKE_DATA)
+            .then_some(self.timer.as_mut())
+            .flatten();
+        if let Some(t) = timer {
+            if data == TIMER_DATA {
+                t.acknowledge();
+            } else {
+                t.acknowledge_wake();
+            }
+            device.release_held(charger);
+        }
         match q {
+            _ if data == TIMER_DATA || data == WAKE_DATA => {}
             RX_QUEUE => {}
             TX_QUEUE => {
                 device.process_tx(charger);
@@ -110,6 +152,9 @@ impl VsockHandler {
             ProcessStats::default()
         };
         device.sync_watch(w);
+        if let Some(t) = self.timer.as_mut() {
+            t.arm(device.next_release(), "virtio-vsock");
+        }
         out
     }
 }
@@ -126,13 +171,22 @@ impl MutEventSubscriber for VsockHandler {
                 log::error!("virtio-vsock: cannot register the listener: {e:?}");
             }
         }
+        if let Some(t) = &self.timer {
+            if let Err(e) = ops.add(Events::with_data(t, TIMER_DATA, EventSet::IN)) {
+                log::error!("virtio-vsock: cannot register the limit timer: {e:?}");
+            }
+            if let Err(e) = ops.add(Events::with_data(t.wake_fd(), WAKE_DATA, EventSet::IN)) {
+                log::error!("virtio-vsock: cannot register the limits' wake: {e:?}");
+            }
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let set = events.event_set();
         let data = events.data();
         let is_queue = usize::try_from(data).is_ok_and(|d| d <= EVENT_QUEUE);
-        if (is_queue || data == LISTENER_TOKEN) && !set.contains(EventSet::IN) {
+        let own = is_queue || [LISTENER_TOKEN, TIMER_DATA, WAKE_DATA].contains(&data);
+        if own && !set.contains(EventSet::IN) {
             self.spurious += 1;
             warn_rl!("virtio-vsock: unexpected event set {set:?} on source {data}");
             return;

@@ -11,6 +11,7 @@
 //!
 //! - `packet.rs`: the 44-byte header and the parsing of chains.
 //! - `device.rs`: the device, its connections, credit, TX and RX.
+//! - `limit.rs`: per-container limits (`vsock-bytes`), held through credit.
 //! - `event_handler.rs`: the event-loop wiring. Every connection's host fd
 //!   is watched by the same device thread as the other virtio devices.
 //!
@@ -23,6 +24,7 @@
 
 mod device;
 mod event_handler;
+mod limit;
 pub mod packet;
 
 use std::io;
