@@ -253,3 +253,49 @@ fn a_limited_container_is_throttled_and_the_others_are_not() {
         (w.throttled_ns, w.throttled_ns)
     );
 }
+
+/// Separate read and write buckets in the `blk` scenario: `reader` may
+/// read 4 KiB per 30 ms (`blk-read-bytes`) and write once a second, and
+/// `writer` may read once a second (`blk-read-ops`). Only reads draw from
+/// read buckets and only writes from write buckets: `reader`'s reads are
+/// held, `writer` (which only writes) and `reader`'s write bucket never
+/// hold anything.
+#[test]
+fn read_and_write_buckets_hold_only_their_kind_of_request() {
+    let path = disk("rw-limited", 1 << 20);
+    let mut cfg = config("blk", 1);
+    cfg.disks = vec![DiskConfig {
+        path: path.clone(),
+        read_only: false,
+    }];
+    cfg.container_limits = vec![
+        "reader:blk-read-bytes=4KiB/30ms,blk-write-ops=1/s"
+            .parse()
+            .unwrap(),
+        "writer:blk-read-ops=1/s".parse().unwrap(),
+    ];
+
+    let run = boot(cfg);
+    let _ = std::fs::remove_file(&path);
+
+    run.assert_clean();
+    let block = |path: &str| run.container(path).charges.block;
+    let (w, r, f) = (block("writer"), block("reader"), block("flusher"));
+    // The same exact counts as without a limit.
+    assert_eq!((w.writes, w.errors, w.bytes_written), (5, 1, 4 * 4096));
+    assert_eq!((r.reads, r.writes, r.bytes_read), (4, 0, 4 * 4096));
+    assert_eq!(f.flushes, 1);
+    // A full bucket of 4 KiB passes the first 4 KiB read; the guest reads
+    // one after another, so at least one of the next three waits.
+    assert!((1..=3).contains(&r.throttle_events), "{r:?}");
+    assert!(r.throttled_ns > 0, "{r:?}");
+    for other in [w, f, block("unattributed")] {
+        assert_eq!((other.throttle_events, other.throttled_ns), (0, 0), "{other:?}");
+    }
+    let disk = run.report.devices.iter().find(|d| d.name == "disk0").unwrap();
+    assert_eq!(disk.counters.get("throttled"), Some(&r.throttle_events));
+    assert_eq!(
+        run.conservation_line("block.throttle_events"),
+        (r.throttle_events, r.throttle_events)
+    );
+}

@@ -159,6 +159,18 @@ pub struct ContainerLimit {
     /// Data bytes of block reads and writes.
     #[serde(default)]
     pub blk_bytes: Option<BucketConfig>,
+    /// Block reads (besides `blk_ops`, which they also draw from).
+    #[serde(default)]
+    pub blk_read_ops: Option<BucketConfig>,
+    /// Data bytes of block reads.
+    #[serde(default)]
+    pub blk_read_bytes: Option<BucketConfig>,
+    /// Block writes.
+    #[serde(default)]
+    pub blk_write_ops: Option<BucketConfig>,
+    /// Data bytes of block writes.
+    #[serde(default)]
+    pub blk_write_bytes: Option<BucketConfig>,
     /// Frames the guest sends (virtio-net TX).
     #[serde(default)]
     pub net_tx_frames: Option<BucketConfig>,
@@ -176,24 +188,59 @@ pub struct ContainerLimit {
     pub vsock_bytes: Option<BucketConfig>,
 }
 
+/// The rate keys of a limit (`true`: a bytes rate); each also has its
+/// `-burst` key.
+pub(crate) const LIMIT_KEYS: [(&str, bool); 11] = [
+    ("blk-ops", false),
+    ("blk-bytes", true),
+    ("blk-read-ops", false),
+    ("blk-read-bytes", true),
+    ("blk-write-ops", false),
+    ("blk-write-bytes", true),
+    ("net-tx-frames", false),
+    ("net-tx-bytes", true),
+    ("net-rx-frames", false),
+    ("net-rx-bytes", true),
+    ("vsock-bytes", true),
+];
+
 /// What `--limit` expects, for error messages.
 const LIMIT_FORM: &str = "--limit PATH:KEY=VALUE[,...] with keys blk-ops=RATE, blk-bytes=RATE, \
+     blk-read-ops=RATE, blk-read-bytes=RATE, blk-write-ops=RATE, blk-write-bytes=RATE, \
      net-tx-frames=RATE, net-tx-bytes=RATE, net-rx-frames=RATE, net-rx-bytes=RATE, vsock-bytes=RATE and their -burst=N \
      (blk-ops-burst, net-tx-bytes-burst, ...), RATE like 100/s, 10/100ms or 1MiB/s";
 
 impl ContainerLimit {
     /// The device's form.
     pub fn block(&self) -> devices::virtio::block::BlockLimitConfig {
+        use devices::virtio::limiter::PairConfig;
         devices::virtio::block::BlockLimitConfig {
             path: self.path.clone(),
             ops: self.blk_ops.map(BucketConfig::bucket),
             bytes: self.blk_bytes.map(BucketConfig::bucket),
+            read: PairConfig {
+                ops: self.blk_read_ops.map(BucketConfig::bucket),
+                bytes: self.blk_read_bytes.map(BucketConfig::bucket),
+            },
+            write: PairConfig {
+                ops: self.blk_write_ops.map(BucketConfig::bucket),
+                bytes: self.blk_write_bytes.map(BucketConfig::bucket),
+            },
         }
     }
 
     /// Whether it limits block I/O (else the disks ignore it).
     pub fn limits_block(&self) -> bool {
-        self.blk_ops.is_some() || self.blk_bytes.is_some()
+        [
+            self.blk_ops,
+            self.blk_bytes,
+            self.blk_read_ops,
+            self.blk_read_bytes,
+            self.blk_write_ops,
+            self.blk_write_bytes,
+        ]
+        .iter()
+        .any(Option::is_some)
     }
 
     /// The net device's form: a frame is an operation.
@@ -202,6 +249,7 @@ impl ContainerLimit {
             path: self.path.clone(),
             ops: self.net_tx_frames.map(BucketConfig::bucket),
             bytes: self.net_tx_bytes.map(BucketConfig::bucket),
+            ..Default::default()
         }
     }
 
@@ -216,6 +264,7 @@ impl ContainerLimit {
             path: self.path.clone(),
             ops: self.net_rx_frames.map(BucketConfig::bucket),
             bytes: self.net_rx_bytes.map(BucketConfig::bucket),
+            ..Default::default()
         }
     }
 
@@ -230,6 +279,7 @@ impl ContainerLimit {
             path: self.path.clone(),
             ops: None,
             bytes: self.vsock_bytes.map(BucketConfig::bucket),
+            ..Default::default()
         }
     }
 
@@ -243,6 +293,10 @@ impl ContainerLimit {
         [
             self.blk_ops,
             self.blk_bytes,
+            self.blk_read_ops,
+            self.blk_read_bytes,
+            self.blk_write_ops,
+            self.blk_write_bytes,
             self.net_tx_frames,
             self.net_tx_bytes,
             self.net_rx_frames,
@@ -293,17 +347,8 @@ impl ContainerLimit {
         }
         // Per key family (blk-ops, blk-bytes, net-tx-frames, net-tx-bytes):
         // its rate and its burst.
-        const KEYS: [(&str, bool); 7] = [
-            ("blk-ops", false),
-            ("blk-bytes", true),
-            ("net-tx-frames", false),
-            ("net-tx-bytes", true),
-            ("net-rx-frames", false),
-            ("net-rx-bytes", true),
-            ("vsock-bytes", true),
-        ];
-        let mut rates: [Option<devices::virtio::limiter::BucketConfig>; 7] = [None; 7];
-        let mut bursts: [Option<u64>; 7] = [None; 7];
+        let mut rates: [Option<devices::virtio::limiter::BucketConfig>; 11] = [None; 11];
+        let mut bursts: [Option<u64>; 11] = [None; 11];
         let mut seen: Vec<&str> = Vec::with_capacity(pairs.len());
         for &(k, v) in pairs {
             let bad = |e: String| format!("{source} {path}: {k}: {e}");
@@ -311,11 +356,11 @@ impl ContainerLimit {
                 return Err(bad("given twice: give each key once".into()));
             }
             seen.push(k);
-            let family = |key: &str| KEYS.iter().position(|(name, _)| *name == key);
+            let family = |key: &str| LIMIT_KEYS.iter().position(|(name, _)| *name == key);
             if let Some(i) = family(k) {
-                rates[i] = Some(parse_rate(v, KEYS[i].1).map_err(bad)?);
+                rates[i] = Some(parse_rate(v, LIMIT_KEYS[i].1).map_err(bad)?);
             } else if let Some(i) = k.strip_suffix("-burst").and_then(family) {
-                bursts[i] = Some(if KEYS[i].1 {
+                bursts[i] = Some(if LIMIT_KEYS[i].1 {
                     parse_size(v).map_err(bad)?
                 } else {
                     v.parse::<u64>()
@@ -329,8 +374,8 @@ impl ContainerLimit {
                 ));
             }
         }
-        let mut buckets = [None; 7];
-        for (i, (key, _)) in KEYS.iter().enumerate() {
+        let mut buckets = [None; 11];
+        for (i, (key, _)) in LIMIT_KEYS.iter().enumerate() {
             buckets[i] = match (rates[i], bursts[i]) {
                 (Some(r), b) => Some(BucketConfig {
                     one_time_burst: b.unwrap_or(0),
@@ -343,12 +388,16 @@ impl ContainerLimit {
         if rates.iter().all(Option::is_none) {
             return Err(format!("{source} {path} sets no rate: expected {LIMIT_FORM}"));
         }
-        let [blk_ops, blk_bytes, net_tx_frames, net_tx_bytes, net_rx_frames, net_rx_bytes, vsock_bytes] =
+        let [blk_ops, blk_bytes, blk_read_ops, blk_read_bytes, blk_write_ops, blk_write_bytes, net_tx_frames, net_tx_bytes, net_rx_frames, net_rx_bytes, vsock_bytes] =
             buckets;
         Ok(Self {
             path: path.to_owned(),
             blk_ops,
             blk_bytes,
+            blk_read_ops,
+            blk_read_bytes,
+            blk_write_ops,
+            blk_write_bytes,
             net_tx_frames,
             net_tx_bytes,
             net_rx_frames,
@@ -803,6 +852,35 @@ mod tests {
         );
         let l: ContainerLimit = "a:blk-ops=10/100ms".parse().unwrap();
         assert_eq!(l.blk_ops.map(|b| b.refill_time_ms), Some(100));
+    }
+
+    #[test]
+    fn read_and_write_keys_go_to_the_disks_beside_the_together_keys() {
+        let l: ContainerLimit =
+            "db:blk-ops=100/s,blk-read-ops=10/s,blk-read-bytes=1MiB/s,blk-write-ops=5/s,blk-write-bytes=64KiB/s,blk-write-ops-burst=3"
+                .parse()
+                .unwrap();
+        assert!(l.limits_block() && !l.limits_net_tx() && !l.limits_vsock());
+        let b = l.block();
+        assert_eq!(b.ops.map(|c| c.size), Some(100));
+        assert_eq!(b.bytes, None);
+        assert_eq!(b.read.ops.map(|c| c.size), Some(10));
+        assert_eq!(b.read.bytes.map(|c| c.size), Some(1 << 20));
+        assert_eq!(b.write.ops.map(|c| (c.size, c.one_time_burst)), Some((5, 3)));
+        assert_eq!(b.write.bytes.map(|c| c.size), Some(64 << 10));
+        // A read key alone limits the disks.
+        let only: ContainerLimit = "db:blk-write-bytes=1MiB/s".parse().unwrap();
+        assert!(only.limits_block());
+        assert_eq!((only.block().ops, only.block().read.ops), (None, None));
+        for bad in [
+            "db:blk-read-ops=1KiB/s",
+            "db:blk-write-bytes=0/s",
+            "db:blk-read-ops-burst=3",
+            "db:blk-reads=1/s",
+        ] {
+            let e = bad.parse::<ContainerLimit>().unwrap_err();
+            assert!(e.starts_with("--limit"), "{bad}: {e}");
+        }
     }
 
     #[test]

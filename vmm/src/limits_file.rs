@@ -51,9 +51,10 @@ impl LimitEntry {
     }
 }
 
-/// Most keys in one entry (the eight of `--limit`, `container`, headroom):
-/// a hostile body cannot make an entry grow without bound.
-const MAX_ENTRY_KEYS: usize = 16;
+/// Most keys in one entry (every rate key of `--limit` and its burst,
+/// `container`, headroom): a hostile body cannot make an entry grow
+/// without bound.
+const MAX_ENTRY_KEYS: usize = 2 * crate::config::LIMIT_KEYS.len() + 8;
 
 impl<'de> Deserialize<'de> for LimitEntry {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -315,6 +316,16 @@ mod tests {
             .collect();
         let e = parse(&format!(r#"{{"limits": [{}]}}"#, many.join(",")), "f").unwrap_err();
         assert!(e.contains("65 limits is too many"), "{e}");
+        // Every key of `--limit` and its burst fit in one entry.
+        let all: Vec<String> = (crate::config::LIMIT_KEYS.iter())
+            .flat_map(|(k, _)| [format!(r#""{k}": "1/s""#), format!(r#""{k}-burst": 1"#)])
+            .collect();
+        let l = parse(
+            &format!(r#"{{"limits": [{{"container": "a", {}}}]}}"#, all.join(",")),
+            "f",
+        )
+        .unwrap();
+        assert_eq!(l[0].buckets().count(), crate::config::LIMIT_KEYS.len());
         let keys: Vec<String> = (0..40).map(|i| format!(r#""k{i}": "1/s""#)).collect();
         let e = parse(&format!(r#"{{"limits": [{{{}}}]}}"#, keys.join(",")), "f").unwrap_err();
         assert!(e.contains("too many keys"), "{e}");

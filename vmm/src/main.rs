@@ -105,10 +105,11 @@ struct Common {
     /// Requests listed in the table report (the JSON has them all).
     #[arg(long = "top-requests", default_value_t = 10)]
     top_requests: usize,
-    /// A token-bucket limit on one container's block I/O and network TX/RX, applied to the live
-    /// container of that path (repeatable; PATH `tenant`: every request also draws from it): PATH:blk-ops=RATE[,blk-bytes=RATE][,net-tx-frames=RATE]
-    /// [,net-tx-bytes=RATE][,net-rx-frames=RATE][,net-rx-bytes=RATE][,KEY-burst=N], RATE like 100/s, 10/100ms or 1MiB/s. Held requests and
-    /// frames are delayed, never dropped.
+    /// A token-bucket limit on one container's block I/O, network TX/RX and vsock bytes, applied to the live
+    /// container of that path (repeatable; PATH `tenant`: every request also draws from it): PATH:blk-ops=RATE[,blk-bytes=RATE]
+    /// [,blk-read-ops=RATE][,blk-read-bytes=RATE][,blk-write-ops=RATE][,blk-write-bytes=RATE][,net-tx-frames=RATE]
+    /// [,net-tx-bytes=RATE][,net-rx-frames=RATE][,net-rx-bytes=RATE][,vsock-bytes=RATE][,KEY-burst=N], RATE like 100/s, 10/100ms or 1MiB/s.
+    /// Held requests, frames and bytes are delayed, never dropped.
     #[arg(long = "limit", value_name = "PATH:blk-ops=RATE,...")]
     limit: Vec<ContainerLimit>,
     /// Per-container limits from a JSON file: {"limits": [{"container": "PATH", "blk-ops": "100/s", ...}]}

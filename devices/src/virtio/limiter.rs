@@ -162,8 +162,8 @@ impl TokenBucket {
     }
 }
 
-/// One container path's limit on a block device.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One container path's limit on a device.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BlockLimitConfig {
     /// The container path it applies to (`unattributed` included).
     pub path: String,
@@ -171,6 +171,32 @@ pub struct BlockLimitConfig {
     pub ops: Option<BucketConfig>,
     /// Data bytes of reads and writes.
     pub bytes: Option<BucketConfig>,
+    /// Buckets only reads also draw from (virtio-blk `blk-read-*`).
+    pub read: PairConfig,
+    /// Buckets only writes also draw from (`blk-write-*`).
+    pub write: PairConfig,
+}
+
+/// The operations and bytes buckets of one class of requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PairConfig {
+    /// Requests of the class.
+    pub ops: Option<BucketConfig>,
+    /// Their data bytes.
+    pub bytes: Option<BucketConfig>,
+}
+
+/// Which class-specific buckets a request also draws from, besides the
+/// buckets every request draws from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Class {
+    /// None (a flush, a GET_ID, a net frame, vsock bytes).
+    #[default]
+    Other,
+    /// The read buckets (a virtio-blk IN request).
+    Read,
+    /// The write buckets (a virtio-blk OUT request).
+    Write,
 }
 
 /// The path of the tenant limit: a bucket every request of the device also
@@ -226,43 +252,39 @@ impl LimitState {
     /// The tokens of its operations and bytes buckets now (`None`: no such
     /// bucket), counting the refill since it was published.
     pub fn tokens_now(&self) -> (Option<u64>, Option<u64>) {
+        self.class_tokens_now(Class::Other)
+    }
+
+    /// The same for the buckets only requests of `class` draw from
+    /// ([`Class::Other`]: those every request draws from).
+    pub fn class_tokens_now(&self, class: Class) -> (Option<u64>, Option<u64>) {
         let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let mut b = self.buckets.clone();
         let now = now.max(self.at_ns);
-        (
-            b.ops.as_mut().map(|t| t.available(now)),
-            b.bytes.as_mut().map(|t| t.available(now)),
-        )
+        match b.own(class) {
+            Some(p) => p.tokens_now(now),
+            None => b.all.tokens_now(now),
+        }
     }
 }
 
-/// A limit's live buckets.
-#[derive(Clone, Debug)]
-pub struct BlockLimit {
+/// One class of work's pair of live buckets: operations and bytes.
+#[derive(Clone, Debug, Default)]
+struct Pair {
     ops: Option<TokenBucket>,
     bytes: Option<TokenBucket>,
 }
 
-impl BlockLimit {
-    pub fn new(c: &BlockLimitConfig, now_ns: u64) -> Result<Self, BucketError> {
+impl Pair {
+    fn new(c: PairConfig, now_ns: u64) -> Result<Self, BucketError> {
         Ok(Self {
             ops: c.ops.map(|b| TokenBucket::new(b, now_ns)).transpose()?,
             bytes: c.bytes.map(|b| TokenBucket::new(b, now_ns)).transpose()?,
         })
     }
 
-    /// A limit without buckets: nothing is held by it.
-    pub fn unlimited() -> Self {
-        Self {
-            ops: None,
-            bytes: None,
-        }
-    }
-
-    /// Takes configuration `c` (a live change), creating no tokens: a
-    /// bucket kept is [`TokenBucket::reconfigure`]d, a new one starts full
-    /// (as at start), a removed one is dropped. Nothing changes on error.
-    pub fn reconfigure(&mut self, c: &BlockLimitConfig, now_ns: u64) -> Result<(), BucketError> {
+    /// This pair under configuration `c` (see [`BlockLimit::reconfigure`]).
+    fn reconfigured(&self, c: PairConfig, now_ns: u64) -> Result<Self, BucketError> {
         fn one(
             old: &Option<TokenBucket>,
             c: Option<BucketConfig>,
@@ -278,32 +300,118 @@ impl BlockLimit {
                 }
             }
         }
-        let ops = one(&self.ops, c.ops, now_ns)?;
-        let bytes = one(&self.bytes, c.bytes, now_ns)?;
-        *self = Self { ops, bytes };
-        Ok(())
+        Ok(Self {
+            ops: one(&self.ops, c.ops, now_ns)?,
+            bytes: one(&self.bytes, c.bytes, now_ns)?,
+        })
     }
 
-    /// Takes one op and `bytes` from both buckets, or nothing from either.
-    pub fn try_take(&mut self, bytes: u64, now_ns: u64) -> bool {
-        let ops_ok = self.ops.as_mut().is_none_or(|b| b.wait_ns(1, now_ns) == 0);
-        let bytes_ok = bytes == 0 || self.bytes.as_mut().is_none_or(|b| b.wait_ns(bytes, now_ns) == 0);
-        if !(ops_ok && bytes_ok) {
-            return false;
-        }
+    /// Takes one op and `bytes` (callers checked [`Self::wait_ns`] is 0).
+    fn take(&mut self, bytes: u64, now_ns: u64) -> bool {
         let a = self.ops.as_mut().is_none_or(|b| b.try_take(1, now_ns));
         let c = bytes == 0 || self.bytes.as_mut().is_none_or(|b| b.try_take(bytes, now_ns));
         a && c
     }
 
-    /// Nanoseconds until a request of `bytes` can pass.
-    pub fn wait_ns(&mut self, bytes: u64, now_ns: u64) -> u64 {
+    fn wait_ns(&mut self, bytes: u64, now_ns: u64) -> u64 {
         let a = self.ops.as_mut().map_or(0, |b| b.wait_ns(1, now_ns));
         let c = match (bytes, self.bytes.as_mut()) {
             (0, _) | (_, None) => 0,
             (n, Some(b)) => b.wait_ns(n, now_ns),
         };
         a.max(c)
+    }
+
+    fn tokens_now(&mut self, now_ns: u64) -> (Option<u64>, Option<u64>) {
+        (
+            self.ops.as_mut().map(|t| t.available(now_ns)),
+            self.bytes.as_mut().map(|t| t.available(now_ns)),
+        )
+    }
+}
+
+/// A limit's live buckets: those every request draws from, and those only
+/// reads or only writes draw from.
+#[derive(Clone, Debug, Default)]
+pub struct BlockLimit {
+    all: Pair,
+    read: Pair,
+    write: Pair,
+}
+
+impl BlockLimit {
+    pub fn new(c: &BlockLimitConfig, now_ns: u64) -> Result<Self, BucketError> {
+        Ok(Self {
+            all: Pair::new(
+                PairConfig {
+                    ops: c.ops,
+                    bytes: c.bytes,
+                },
+                now_ns,
+            )?,
+            read: Pair::new(c.read, now_ns)?,
+            write: Pair::new(c.write, now_ns)?,
+        })
+    }
+
+    /// A limit without buckets: nothing is held by it.
+    pub fn unlimited() -> Self {
+        Self::default()
+    }
+
+    /// Takes configuration `c` (a live change), creating no tokens: a
+    /// bucket kept is [`TokenBucket::reconfigure`]d, a new one starts full
+    /// (as at start), a removed one is dropped. Nothing changes on error.
+    pub fn reconfigure(&mut self, c: &BlockLimitConfig, now_ns: u64) -> Result<(), BucketError> {
+        let all = PairConfig {
+            ops: c.ops,
+            bytes: c.bytes,
+        };
+        *self = Self {
+            all: self.all.reconfigured(all, now_ns)?,
+            read: self.read.reconfigured(c.read, now_ns)?,
+            write: self.write.reconfigured(c.write, now_ns)?,
+        };
+        Ok(())
+    }
+
+    /// The class's own pair (none for [`Class::Other`]).
+    fn own(&mut self, class: Class) -> Option<&mut Pair> {
+        match class {
+            Class::Other => None,
+            Class::Read => Some(&mut self.read),
+            Class::Write => Some(&mut self.write),
+        }
+    }
+
+    /// Takes one op and `bytes` from every bucket a request of any class
+    /// draws from, or nothing from any.
+    pub fn try_take(&mut self, bytes: u64, now_ns: u64) -> bool {
+        self.try_take_as(Class::Other, bytes, now_ns)
+    }
+
+    /// Takes one op and `bytes` from every bucket a request of `class`
+    /// draws from (the together-buckets and its class's), or nothing.
+    pub fn try_take_as(&mut self, class: Class, bytes: u64, now_ns: u64) -> bool {
+        if self.wait_ns_as(class, bytes, now_ns) != 0 {
+            return false;
+        }
+        let all = self.all.take(bytes, now_ns);
+        let own = self.own(class).is_none_or(|p| p.take(bytes, now_ns));
+        all && own
+    }
+
+    /// Nanoseconds until a request of `bytes` (of no class) can pass.
+    pub fn wait_ns(&mut self, bytes: u64, now_ns: u64) -> u64 {
+        self.wait_ns_as(Class::Other, bytes, now_ns)
+    }
+
+    /// Nanoseconds until a request of `class` and `bytes` can pass: the
+    /// longest wait of the buckets it draws from.
+    pub fn wait_ns_as(&mut self, class: Class, bytes: u64, now_ns: u64) -> u64 {
+        let all = self.all.wait_ns(bytes, now_ns);
+        let own = self.own(class).map_or(0, |p| p.wait_ns(bytes, now_ns));
+        all.max(own)
     }
 }
 
@@ -498,6 +606,7 @@ mod tests {
             path: "a".into(),
             ops: Some(ops),
             bytes: Some(bytes),
+            ..Default::default()
         };
         let mut l = BlockLimit::new(&c, 0).unwrap();
         assert!(l.try_take(512, 0));
@@ -538,6 +647,7 @@ mod tests {
                 path: "a".into(),
                 ops,
                 bytes: None,
+                ..Default::default()
             },
             0,
         )
@@ -547,6 +657,7 @@ mod tests {
             path: "a".into(),
             ops,
             bytes: Some(c(64, 0, 1000)),
+            ..Default::default()
         };
         l.reconfigure(&both, 0).unwrap();
         assert!(!l.try_take(1, 0), "the ops bucket stays empty");
@@ -583,5 +694,45 @@ mod tests {
                 proptest::prop_assert!(after <= size + burst);
             }
         }
+    }
+
+    #[test]
+    fn a_request_passes_the_together_buckets_and_its_class_buckets() {
+        let day = Duration::from_secs(24 * 3600);
+        let c = |size| BucketConfig {
+            size,
+            one_time_burst: 0,
+            refill_time: day,
+        };
+        let mut l = BlockLimit::new(
+            &BlockLimitConfig {
+                path: "a".into(),
+                ops: Some(c(3)),
+                read: PairConfig {
+                    ops: Some(c(1)),
+                    bytes: None,
+                },
+                write: PairConfig {
+                    ops: None,
+                    bytes: Some(c(100)),
+                },
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        // One read passes; the second waits for the read bucket only.
+        assert!(l.try_take_as(Class::Read, 10, 0));
+        assert!(!l.try_take_as(Class::Read, 10, 0));
+        assert!(l.wait_ns_as(Class::Read, 10, 0) > 0);
+        // Writes draw from the write bytes: 100 passes, then 1 more waits,
+        // and the refused ones took nothing from the together bucket.
+        assert!(l.try_take_as(Class::Write, 100, 0));
+        assert!(!l.try_take_as(Class::Write, 1, 0));
+        // A flush draws from the together bucket alone: its last token.
+        assert_eq!(l.wait_ns_as(Class::Other, 0, 0), 0);
+        assert!(l.try_take(0, 0));
+        assert!(!l.try_take(0, 0));
+        assert!(!l.try_take_as(Class::Write, 0, 0));
     }
 }

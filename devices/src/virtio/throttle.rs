@@ -12,13 +12,18 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::virtio::limiter::{
-    BlockLimit, BlockLimitConfig, BucketError, LimitLookup, LimitState, TENANT_PATH,
+    BlockLimit, BlockLimitConfig, BucketError, Class, LimitLookup, LimitState, TENANT_PATH,
 };
 
 /// Something a limit can hold.
 pub(crate) trait HeldWork {
     /// Tokens it takes from a bytes bucket.
     fn bytes(&self) -> u64;
+    /// The class-specific buckets it also draws from (a block read's or
+    /// write's); none by default.
+    fn class(&self) -> Class {
+        Class::Other
+    }
     /// VMM memory it keeps while held (copied data), counted against the
     /// device's bound; 0 where nothing is copied.
     fn memory(&self) -> usize {
@@ -206,10 +211,13 @@ impl<T: HeldWork> Throttle<T> {
 
     /// Nanoseconds until work of `bytes` waiting in FIFO `q` may go: the
     /// tokens of its limit and, unless `q` is the tenant's, the tenant's.
-    fn wait_of(&mut self, q: usize, bytes: u64, now: u64) -> u64 {
-        let own = self.limits.get_mut(q).map_or(0, |l| l.wait_ns(bytes, now));
+    fn wait_of(&mut self, q: usize, class: Class, bytes: u64, now: u64) -> u64 {
+        let own = self
+            .limits
+            .get_mut(q)
+            .map_or(0, |l| l.wait_ns_as(class, bytes, now));
         let tenant = match self.tenant {
-            Some(t) if t != q => self.limits.get_mut(t).map_or(0, |l| l.wait_ns(bytes, now)),
+            Some(t) if t != q => (self.limits.get_mut(t)).map_or(0, |l| l.wait_ns_as(class, bytes, now)),
             _ => 0,
         };
         own.max(tenant)
@@ -217,13 +225,16 @@ impl<T: HeldWork> Throttle<T> {
 
     /// Takes the tokens of work of `bytes` in FIFO `q` from its limit and
     /// the tenant's, from both or from neither.
-    fn take(&mut self, q: usize, bytes: u64, now: u64) -> bool {
-        if self.wait_of(q, bytes, now) != 0 {
+    fn take(&mut self, q: usize, class: Class, bytes: u64, now: u64) -> bool {
+        if self.wait_of(q, class, bytes, now) != 0 {
             return false;
         }
-        let own = self.limits.get_mut(q).is_some_and(|l| l.try_take(bytes, now));
+        let own = self
+            .limits
+            .get_mut(q)
+            .is_some_and(|l| l.try_take_as(class, bytes, now));
         let tenant = match self.tenant {
-            Some(t) if t != q => self.limits.get_mut(t).is_some_and(|l| l.try_take(bytes, now)),
+            Some(t) if t != q => (self.limits.get_mut(t)).is_some_and(|l| l.try_take_as(class, bytes, now)),
             _ => true,
         };
         own && tenant
@@ -235,10 +246,16 @@ impl<T: HeldWork> Throttle<T> {
     /// FIFO). `None`: it goes now (its tokens are taken from its limit and
     /// the tenant's), or no limit applies.
     pub fn admit(&mut self, tag: Option<u64>, bytes: u64) -> Option<usize> {
+        self.admit_as(tag, Class::Other, bytes)
+    }
+
+    /// [`Self::admit`] for work of `class` (it also draws from that class's
+    /// buckets, [`HeldWork::class`]).
+    pub fn admit_as(&mut self, tag: Option<u64>, class: Class, bytes: u64) -> Option<usize> {
         self.refresh();
         let q = self.lookup.limit_of(tag).or(self.tenant)?;
         let now = self.now();
-        let held = !(self.waiting.get(q)?.is_empty() && self.take(q, bytes, now));
+        let held = !(self.waiting.get(q)?.is_empty() && self.take(q, class, bytes, now));
         if !held {
             self.publish_used(q);
         }
@@ -266,10 +283,10 @@ impl<T: HeldWork> Throttle<T> {
         }
         let now = self.now();
         for q in 0..self.waiting.len() {
-            let Some(bytes) = self.waiting[q].front().map(|(h, _)| h.bytes()) else {
+            let Some((class, bytes)) = self.waiting[q].front().map(|(h, _)| (h.class(), h.bytes())) else {
                 continue;
             };
-            if !self.take(q, bytes, now) {
+            if !self.take(q, class, bytes, now) {
                 continue;
             }
             let (h, at) = self.waiting[q].pop_front()?;
@@ -292,12 +309,12 @@ impl<T: HeldWork> Throttle<T> {
             return Some(Duration::ZERO);
         }
         let now = self.now();
-        let fronts: Vec<(usize, u64)> = (self.waiting.iter().enumerate())
-            .filter_map(|(q, w)| w.front().map(|(h, _)| (q, h.bytes())))
+        let fronts: Vec<(usize, Class, u64)> = (self.waiting.iter().enumerate())
+            .filter_map(|(q, w)| w.front().map(|(h, _)| (q, h.class(), h.bytes())))
             .collect();
         fronts
             .into_iter()
-            .map(|(q, bytes)| self.wait_of(q, bytes, now))
+            .map(|(q, class, bytes)| self.wait_of(q, class, bytes, now))
             .min()
             .map(Duration::from_nanos)
     }
@@ -385,6 +402,7 @@ mod tests {
                 refill_time: MAX_DAY,
             }),
             bytes: None,
+            ..Default::default()
         }
     }
 

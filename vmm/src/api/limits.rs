@@ -12,6 +12,7 @@
 //! is logged (rate-limited) and counted (`rejected_changes`), and changes
 //! nothing.
 
+use devices::virtio::limiter::Class;
 use serde::Serialize;
 
 use super::{percent_decode, Reply};
@@ -29,6 +30,14 @@ pub struct DeviceLimitView {
     pub ops_tokens: Option<u64>,
     /// Tokens in the bytes bucket now; `null`: no such bucket.
     pub bytes_tokens: Option<u64>,
+    /// The same for the buckets only reads draw from (`blk-read-*`).
+    pub read_ops_tokens: Option<u64>,
+    /// As above.
+    pub read_bytes_tokens: Option<u64>,
+    /// The same for the buckets only writes draw from (`blk-write-*`).
+    pub write_ops_tokens: Option<u64>,
+    /// As above.
+    pub write_bytes_tokens: Option<u64>,
     /// Requests or frames it holds now.
     pub held: u64,
     /// Requests or frames it held (or holds) since it was set.
@@ -46,6 +55,14 @@ pub struct LimitView {
     pub blk_ops: Option<BucketConfig>,
     /// As above.
     pub blk_bytes: Option<BucketConfig>,
+    /// As above.
+    pub blk_read_ops: Option<BucketConfig>,
+    /// As above.
+    pub blk_read_bytes: Option<BucketConfig>,
+    /// As above.
+    pub blk_write_ops: Option<BucketConfig>,
+    /// As above.
+    pub blk_write_bytes: Option<BucketConfig>,
     /// As above.
     pub net_tx_frames: Option<BucketConfig>,
     /// As above.
@@ -76,10 +93,16 @@ fn view(live: &LiveLimits, l: ContainerLimit) -> LimitView {
         .flat_map(|(device, states)| {
             states.into_iter().filter(|s| *s.path == *l.path).map(move |s| {
                 let (ops_tokens, bytes_tokens) = s.tokens_now();
+                let (read_ops_tokens, read_bytes_tokens) = s.class_tokens_now(Class::Read);
+                let (write_ops_tokens, write_bytes_tokens) = s.class_tokens_now(Class::Write);
                 DeviceLimitView {
                     device: device.clone(),
                     ops_tokens,
                     bytes_tokens,
+                    read_ops_tokens,
+                    read_bytes_tokens,
+                    write_ops_tokens,
+                    write_bytes_tokens,
                     held: s.held,
                     throttle_events: s.throttle_events,
                     throttled_ns: s.throttled_ns,
@@ -91,6 +114,10 @@ fn view(live: &LiveLimits, l: ContainerLimit) -> LimitView {
         path: l.path,
         blk_ops: l.blk_ops,
         blk_bytes: l.blk_bytes,
+        blk_read_ops: l.blk_read_ops,
+        blk_read_bytes: l.blk_read_bytes,
+        blk_write_ops: l.blk_write_ops,
+        blk_write_bytes: l.blk_write_bytes,
         net_tx_frames: l.net_tx_frames,
         net_tx_bytes: l.net_tx_bytes,
         net_rx_frames: l.net_rx_frames,

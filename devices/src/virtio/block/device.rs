@@ -22,6 +22,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::request::{parse, Malformed, Request, RequestKind, ID_BYTES, SECTOR_SIZE};
 use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use crate::acct::QueueTagReader;
+use crate::virtio::limiter::Class;
 use crate::virtio::limiter::{BlockLimitConfig, BucketError, LimitLookup};
 use crate::virtio::throttle::HeldWork;
 use crate::virtio::{pending_chains, VirtioBase, VirtioDevice, VIRTIO_F_VERSION_1};
@@ -394,7 +395,7 @@ impl BlockDevice {
             let tag = explicit.or(notification.tag);
             let parsed = parse(chain, self.disk.sectors, queue.size());
             let held = match self.throttle.as_mut() {
-                Some(t) => t.admit(tag, bytes_of(&parsed)),
+                Some(t) => t.admit_as(tag, class_of(&parsed), bytes_of(&parsed)),
                 None => None,
             };
             if let (Some(k), Some(t)) = (held, self.throttle.as_mut()) {
@@ -619,9 +620,23 @@ fn bytes_of(parsed: &Result<Request, Malformed>) -> u64 {
     }
 }
 
+/// The class-specific buckets a request also draws from: a read's
+/// (`blk-read-*`) or a write's (`blk-write-*`); a flush, a GET_ID or a
+/// malformed request draws only from the buckets every request draws from.
+fn class_of(parsed: &Result<Request, Malformed>) -> Class {
+    match parsed {
+        Ok(r) if r.kind == RequestKind::In => Class::Read,
+        Ok(r) if r.kind == RequestKind::Out => Class::Write,
+        _ => Class::Other,
+    }
+}
+
 impl HeldWork for Held {
     fn bytes(&self) -> u64 {
         bytes_of(&self.parsed)
+    }
+    fn class(&self) -> Class {
+        class_of(&self.parsed)
     }
 }
 
@@ -1060,6 +1075,7 @@ pub(crate) mod tests {
                 refill_time: refill,
             }),
             bytes: None,
+            ..Default::default()
         }]
     }
 
@@ -1099,6 +1115,77 @@ pub(crate) mod tests {
         // A reset drops the queues, and with them what was held on them.
         d.reset();
         assert_eq!((d.throttled_now(), d.next_release()), (0, None));
+    }
+
+    #[test]
+    fn a_read_bucket_holds_only_reads_and_a_request_passes_every_bucket_of_its_kind() {
+        // Arrange: tag 7 may read once an hour (blk-read-ops=1/3600s) and
+        // do 3 requests of any kind (blk-ops=3/3600s).
+        let (m, f) = (mem(), disk_file());
+        let q = MockSplitQueue::new(&m, 16);
+        let mut d = activated(&m, &q, &f, false);
+        let hour = Duration::from_secs(3600);
+        let bucket = |size| {
+            Some(crate::virtio::limiter::BucketConfig {
+                size,
+                one_time_burst: 0,
+                refill_time: hour,
+            })
+        };
+        let limits = vec![BlockLimitConfig {
+            path: "limited".into(),
+            ops: bucket(3),
+            read: crate::virtio::limiter::PairConfig {
+                ops: bucket(1),
+                bytes: None,
+            },
+            ..Default::default()
+        }];
+        d.set_limits(&limits, Box::new(OneTag(7))).unwrap();
+        let mut rec = Recorder::default();
+        // Two reads, a write, a flush, then another write.
+        push_request(&m, &q, 0, VIRTIO_BLK_T_IN, 0, &[(0x4_0000, 512, WRITE)]);
+        push_request(&m, &q, 3, VIRTIO_BLK_T_IN, 0, &[(0x4_0000, 512, WRITE)]);
+        push_request(&m, &q, 6, VIRTIO_BLK_T_OUT, 0, &[(0x4_0000, 512, 0)]);
+        push_request(&m, &q, 9, VIRTIO_BLK_T_FLUSH, 0, &[]);
+        push_request(&m, &q, 12, VIRTIO_BLK_T_OUT, 0, &[(0x4_0000, 512, 0)]);
+        d.queue_notifiers()[0].post_at(Some(7), Some(5));
+
+        d.process_queue(0, &mut rec);
+
+        // The first read passes both buckets; the second waits for a read
+        // token (and holds the container's later requests behind it, in
+        // order): only one completed request, 4 held.
+        assert_eq!(q.used().idx().load(), 1);
+        assert_eq!(used(&q, 0).0, 0);
+        assert_eq!(d.throttled_now(), 4);
+
+        // Only a read bucket of 1: writes and flushes never draw from it,
+        // however many; the second read waits.
+        let q = MockSplitQueue::new(&m, 16);
+        let mut d = activated(&m, &q, &f, false);
+        let limits = vec![BlockLimitConfig {
+            path: "limited".into(),
+            read: crate::virtio::limiter::PairConfig {
+                ops: bucket(1),
+                bytes: None,
+            },
+            ..Default::default()
+        }];
+        d.set_limits(&limits, Box::new(OneTag(7))).unwrap();
+        for at in [0u16, 3] {
+            push_request(&m, &q, at, VIRTIO_BLK_T_OUT, 0, &[(0x4_0000, 512, 0)]);
+        }
+        push_request(&m, &q, 6, VIRTIO_BLK_T_FLUSH, 0, &[]);
+        push_request(&m, &q, 8, VIRTIO_BLK_T_IN, 0, &[(0x4_0000, 512, WRITE)]);
+        push_request(&m, &q, 11, VIRTIO_BLK_T_IN, 0, &[(0x4_0000, 512, WRITE)]);
+        d.queue_notifiers()[0].post_at(Some(7), Some(5));
+
+        d.process_queue(0, &mut rec);
+
+        let heads: Vec<u32> = (0..4).map(|i| used(&q, i).0).collect();
+        assert_eq!(heads, vec![0, 3, 6, 8]);
+        assert_eq!(d.throttled_now(), 1);
     }
 
     #[test]

@@ -150,6 +150,7 @@ mod tests {
                 one_time_burst: 0,
                 refill_time: Duration::from_secs(3600),
             }),
+            ..Default::default()
         };
         VsockLimits::new(&[c], Box::new(ByTag)).unwrap()
     }
@@ -215,6 +216,7 @@ mod device_tests {
                 one_time_burst: 0,
                 refill_time: Duration::from_millis(40),
             }),
+            ..Default::default()
         }]
     }
 
