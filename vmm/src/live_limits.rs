@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use accounting::ledger::Accounting;
 use devices::virtio::limiter::{BlockLimitConfig, LimitLookup, LimitState};
+use devices::virtio::shared_tenant::SharedTenant;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::ContainerLimit;
@@ -166,6 +167,7 @@ impl LiveLimits {
                 published,
                 ack,
             }),
+            shared: None,
         };
         (configs, lookup)
     }
@@ -222,15 +224,27 @@ pub struct RegistryLookup {
     acct: Arc<Accounting>,
     paths: Vec<String>,
     live: Option<Live>,
+    /// The tenant buckets the devices of this kind share.
+    shared: Option<SharedTenant>,
 }
 
 impl RegistryLookup {
+    /// The same lookup, its device drawing from the tenant buckets `shared`
+    /// with the other devices of its kind.
+    pub fn sharing(self, shared: SharedTenant) -> Self {
+        Self {
+            shared: Some(shared),
+            ..self
+        }
+    }
+
     /// A lookup over fixed `paths` (no API to change them).
     pub fn fixed(acct: &Arc<Accounting>, paths: Vec<String>) -> Self {
         Self {
             acct: Arc::clone(acct),
             paths,
             live: None,
+            shared: None,
         }
     }
 }
@@ -244,6 +258,10 @@ impl LimitLookup for RegistryLookup {
         let idx = tag.map_or(0, |t| reg.resolve(t).container);
         let path = &reg.containers().get(idx)?.path;
         limit_index(&self.paths, path)
+    }
+
+    fn shared_tenant(&self) -> Option<SharedTenant> {
+        self.shared.clone()
     }
 
     fn changed(&mut self) -> Option<Vec<BlockLimitConfig>> {

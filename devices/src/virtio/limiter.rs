@@ -219,6 +219,12 @@ pub trait LimitLookup: Send {
         None
     }
 
+    /// The tenant buckets this device shares with the other devices of its
+    /// kind (`None`: the tenant limit, if any, is the device's own).
+    fn shared_tenant(&self) -> Option<crate::virtio::shared_tenant::SharedTenant> {
+        None
+    }
+
     /// Shows the state of the device's limits (for the API): called after
     /// the limits were used or changed, only on a device that has limits.
     fn publish(&mut self, _states: &[LimitState]) {}

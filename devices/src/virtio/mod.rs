@@ -29,6 +29,7 @@ pub mod limit_timer;
 pub mod limiter;
 pub mod mmio;
 pub mod net;
+pub mod shared_tenant;
 pub(crate) mod throttle;
 pub mod vsock;
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::virtio::limiter::{
     BlockLimit, BlockLimitConfig, BucketError, Class, LimitLookup, LimitState, TENANT_PATH,
 };
+use crate::virtio::shared_tenant::SharedTenant;
 
 /// Something a limit can hold.
 pub(crate) trait HeldWork {
@@ -45,6 +46,9 @@ pub(crate) struct Throttle<T> {
     /// takes its tokens, and the work of containers without a limit of
     /// their own waits in its FIFO.
     tenant: Option<usize>,
+    /// The tenant buckets shared with the other devices of this kind (they
+    /// then stand for `limits[tenant]`).
+    shared: Option<SharedTenant>,
     /// Held, all limits together.
     held: usize,
     /// [`HeldWork::memory`] of what is held.
@@ -91,11 +95,13 @@ impl<T: HeldWork> Throttle<T> {
             limits: buckets,
             released: VecDeque::new(),
             tenant: limits.iter().position(|c| c.path == TENANT_PATH),
+            shared: lookup.shared_tenant(),
             held: 0,
             memory: 0,
             lookup,
             epoch: Instant::now(),
         };
+        t.configure_shared(limits)?;
         t.publish();
         Ok(t)
     }
@@ -153,16 +159,33 @@ impl<T: HeldWork> Throttle<T> {
             self.released.extend(w.drain(..).map(|(h, _)| h));
         }
         self.tenant = new.iter().position(|c| c.path == TENANT_PATH);
+        if let Err(e) = self.configure_shared(&new) {
+            log::error!("tenant limit: the device refused its live change ({e}): kept as it was");
+        }
         self.limits = limits;
         self.waiting = waiting;
         self.stats = stats;
         self.publish();
     }
 
+    /// Gives the shared tenant buckets, if any, the tenant limit of
+    /// `limits` (none: no tenant limit).
+    fn configure_shared(&self, limits: &[BlockLimitConfig]) -> Result<(), BucketError> {
+        match &self.shared {
+            Some(s) => s.configure(limits.iter().find(|c| c.path == TENANT_PATH)),
+            None => Ok(()),
+        }
+    }
+
+    /// The shared tenant buckets, when `k` is the tenant limit and they are shared.
+    fn shared_of(&self, k: usize) -> Option<&SharedTenant> {
+        self.shared.as_ref().filter(|_| self.tenant == Some(k))
+    }
+
     /// Limit `k`'s state as of `now`.
     fn state(&self, k: usize, now: u64) -> Option<LimitState> {
         let (l, w, s) = (self.limits.get(k)?, self.waiting.get(k)?, self.stats.get(k)?);
-        Some(LimitState {
+        let state = LimitState {
             path: std::sync::Arc::clone(&s.path),
             buckets: l.clone(),
             at_ns: now,
@@ -170,6 +193,10 @@ impl<T: HeldWork> Throttle<T> {
             held: w.len() as u64,
             throttle_events: s.events + w.len() as u64,
             throttled_ns: s.throttled_ns,
+        };
+        Some(match self.shared_of(k) {
+            Some(shared) => shared.show(state),
+            None => state,
         })
     }
 
@@ -212,15 +239,33 @@ impl<T: HeldWork> Throttle<T> {
     /// Nanoseconds until work of `bytes` waiting in FIFO `q` may go: the
     /// tokens of its limit and, unless `q` is the tenant's, the tenant's.
     fn wait_of(&mut self, q: usize, class: Class, bytes: u64, now: u64) -> u64 {
-        let own = self
-            .limits
-            .get_mut(q)
-            .map_or(0, |l| l.wait_ns_as(class, bytes, now));
+        let own = self.wait_in(q, class, bytes, now);
         let tenant = match self.tenant {
-            Some(t) if t != q => (self.limits.get_mut(t)).map_or(0, |l| l.wait_ns_as(class, bytes, now)),
+            Some(t) if t != q => self.wait_in(t, class, bytes, now),
             _ => 0,
         };
         own.max(tenant)
+    }
+
+    /// Nanoseconds until limit `k`'s buckets (the shared ones for a shared
+    /// tenant limit) have the tokens of work of `class` and `bytes`.
+    fn wait_in(&mut self, k: usize, class: Class, bytes: u64, now: u64) -> u64 {
+        if let Some(shared) = self.shared_of(k) {
+            return shared.wait_ns(class, bytes);
+        }
+        self.limits
+            .get_mut(k)
+            .map_or(0, |l| l.wait_ns_as(class, bytes, now))
+    }
+
+    /// Takes those tokens from limit `k`'s buckets, or none.
+    fn take_in(&mut self, k: usize, class: Class, bytes: u64, now: u64) -> bool {
+        if let Some(shared) = self.shared_of(k) {
+            return shared.try_take(class, bytes);
+        }
+        self.limits
+            .get_mut(k)
+            .is_some_and(|l| l.try_take_as(class, bytes, now))
     }
 
     /// Takes the tokens of work of `bytes` in FIFO `q` from its limit and
@@ -229,12 +274,9 @@ impl<T: HeldWork> Throttle<T> {
         if self.wait_of(q, class, bytes, now) != 0 {
             return false;
         }
-        let own = self
-            .limits
-            .get_mut(q)
-            .is_some_and(|l| l.try_take_as(class, bytes, now));
+        let own = self.take_in(q, class, bytes, now);
         let tenant = match self.tenant {
-            Some(t) if t != q => (self.limits.get_mut(t)).is_some_and(|l| l.try_take_as(class, bytes, now)),
+            Some(t) if t != q => self.take_in(t, class, bytes, now),
             _ => true,
         };
         own && tenant

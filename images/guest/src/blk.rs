@@ -82,6 +82,10 @@ pub enum InitError {
 /// Why a request got no status.
 pub type RequestError = UsedError;
 
+/// The second disk's queue 0 (scenario `blk2`).
+static SECOND_RINGS: virtio::Shared<virtio::Rings> =
+    virtio::Shared(core::cell::UnsafeCell::new(virtio::Rings::ZERO));
+
 /// An initialised block device.
 pub struct Blk {
     mmio: Mmio,
@@ -111,6 +115,17 @@ impl Blk {
     /// capacity low, capacity high, ConfigGeneration; Status (after
     /// DRIVER_OK).
     pub fn init(mmio: Mmio) -> Result<Blk, InitError> {
+        Self::init_on(mmio, Virtqueue::new())
+    }
+
+    /// [`Blk::init`] for a second disk: its queue over its own static
+    /// rings (call once; the data buffer is shared, requests go one at a
+    /// time).
+    pub fn init_second(mmio: Mmio) -> Result<Blk, InitError> {
+        Self::init_on(mmio, Virtqueue::with_rings(&SECOND_RINGS))
+    }
+
+    fn init_on(mmio: Mmio, queue: Virtqueue) -> Result<Blk, InitError> {
         use status::*;
         let m = mmio;
         let fail = |st: u32, e: InitError| {
@@ -124,7 +139,6 @@ impl Blk {
         };
         let read_only = offered & F_RO != 0;
 
-        let queue = Virtqueue::new();
         if !virtio::setup_queue(m, 0, &queue) {
             return fail(st, InitError::QueueUnavailable);
         }

@@ -164,6 +164,18 @@ impl Mmio {
     }
 }
 
+/// The `n`th (from 0) modern device with `device_id`, probed like [`find`].
+pub fn find_nth(cmdline: &'static [u8], device_id: u32, n: usize) -> Option<Mmio> {
+    devices(cmdline)
+        .map(|base| Mmio { base })
+        .filter(|m| {
+            m.read(reg::MAGIC_VALUE) == MAGIC
+                && m.read(reg::VERSION) == VERSION
+                && m.read(reg::DEVICE_ID) == device_id
+        })
+        .nth(n)
+}
+
 /// Probes the announced devices in command-line order and returns the first
 /// modern device with `device_id`. Each probe reads MagicValue, then (if it
 /// is "virt") Version, then (if it is 2) DeviceID: 1 to 3 `mmio_read` per

@@ -14,6 +14,7 @@ use devices::bus::SharedDevice;
 use devices::legacy::{AcpiPm, DebugPort, ExitPort, Serial, ACPI_PM_LEN, ACPI_PM_PORT, I8042};
 use devices::virtio::block::{BlockDevice, BlockHandler, BlockLimitConfig, LimitLookup};
 use devices::virtio::net::{NetDevice, NetHandler};
+use devices::virtio::shared_tenant::SharedTenant;
 use devices::virtio::vsock::{AgentConnect, UdsConnector, VsockConnector, VsockDevice, VsockHandler};
 use devices::virtio::Charger;
 use devices::virtio::{MmioTransport, VirtioDevice, MMIO_LEN};
@@ -120,21 +121,41 @@ pub(super) struct VsockSetup<'a> {
 /// finds a tag's limit by its container's path: `None` when no limit has
 /// keys for it and none can be set live; with the API (`env.live`) every
 /// device has a lookup that takes up live changes.
+/// The device shares the tenant buckets of its kind, `tenants`.
 fn device_limits(
     env: &DeviceEnv<'_>,
     name: &str,
     kind: DeviceKind,
+    tenants: &TenantBuckets,
 ) -> Option<(Vec<BlockLimitConfig>, Box<dyn LimitLookup>)> {
+    let shared = tenants.of(kind);
     if let Some(live) = env.live {
         let (limits, lookup) = live.lookup(env.acct, name, kind);
-        return Some((limits, Box::new(lookup)));
+        return Some((limits, Box::new(lookup.sharing(shared))));
     }
     let limits = kind.configs(env.container_limits);
     if limits.is_empty() {
         return None;
     }
     let lookup = RegistryLookup::fixed(env.acct, limits.iter().map(|l| l.path.clone()).collect());
-    Some((limits, Box::new(lookup)))
+    Some((limits, Box::new(lookup.sharing(shared))))
+}
+
+/// One set of tenant buckets per kind of device: the tenant limit caps the
+/// whole VM (every disk together, every net device's TX together, ...).
+#[derive(Default)]
+struct TenantBuckets([SharedTenant; 4]);
+
+impl TenantBuckets {
+    fn of(&self, kind: DeviceKind) -> SharedTenant {
+        let i = match kind {
+            DeviceKind::Block => 0,
+            DeviceKind::NetTx => 1,
+            DeviceKind::NetRx => 2,
+            DeviceKind::Vsock => 3,
+        };
+        self.0[i].clone()
+    }
 }
 
 /// Registers a limited handler's wake with the live limits, if any.
@@ -160,6 +181,7 @@ fn build_virtio(
 ) -> Result<Vec<Subscriber>, VmError> {
     let index = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
     let mut subscribers: Vec<Subscriber> = Vec::with_capacity(disks.len() + nets.len());
+    let tenants = TenantBuckets::default();
     for (i, disk) in disks.iter().enumerate() {
         let mut dev =
             BlockDevice::open(&disk.path, disk.read_only, &format!("rsrc-disk{i}")).map_err(|source| {
@@ -170,7 +192,7 @@ fn build_virtio(
             })?;
         // Requests may carry the guest's explicit tags (queue tag tables).
         dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
-        let limits = device_limits(env, &format!("disk{i}"), DeviceKind::Block);
+        let limits = device_limits(env, &format!("disk{i}"), DeviceKind::Block, &tenants);
         let limited = limits.is_some();
         if let Some((limits, lookup)) = limits {
             // Validated with the configuration: a refusal here is a bug.
@@ -194,8 +216,8 @@ fn build_virtio(
         })?;
         dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
         dev.set_flow_bindings(Arc::clone(env.agent) as Arc<dyn devices::virtio::net::flow::FlowBindings>);
-        let limits = device_limits(env, &format!("net{j}"), DeviceKind::NetTx);
-        let rx_limits = device_limits(env, &format!("net{j}-rx"), DeviceKind::NetRx);
+        let limits = device_limits(env, &format!("net{j}"), DeviceKind::NetTx, &tenants);
+        let rx_limits = device_limits(env, &format!("net{j}-rx"), DeviceKind::NetRx, &tenants);
         let limited = limits.is_some() || rx_limits.is_some();
         // Validated with the configuration: a refusal here is a bug.
         if let Some((limits, lookup)) = limits {
@@ -221,7 +243,7 @@ fn build_virtio(
         let mut dev =
             VsockDevice::new(v.config.cid, connector, v.config.uds.as_deref()).map_err(VmError::Vsock)?;
         dev.set_queue_tags(env.region.queue_tag_reader(), index(i));
-        let limits = device_limits(env, "vsock0", DeviceKind::Vsock);
+        let limits = device_limits(env, "vsock0", DeviceKind::Vsock, &tenants);
         let limited = limits.is_some();
         if let Some((limits, lookup)) = limits {
             dev.set_limits(&limits, lookup)
