@@ -194,7 +194,7 @@ mod device_tests {
     use super::super::device::tests::{
         connected, hdr, mem, push_rx, push_tx, queues, read_rx, token_of, used_idx, Recorder, Watches,
     };
-    use super::super::packet::OP_RW;
+    use super::super::packet::{OP_RST, OP_RW};
     use super::super::TX_QUEUE;
     use crate::virtio::limiter::{BlockLimitConfig, BucketConfig, LimitLookup};
     use crate::virtio::{NetDir, VirtioDevice};
@@ -321,5 +321,32 @@ mod device_tests {
         assert_eq!(held_charges(&rec), vec![(Some(7), NetDir::Rx, 1, true)]);
         assert!(w.now.get(&token).is_some_and(|s| s.contains(EventSet::IN)));
         assert_eq!(d.throttled_now(), 0);
+    }
+
+    #[test]
+    fn a_reset_connection_leaves_nothing_held_and_empty_packets_are_never_held() {
+        // Arrange: tag 7's bucket emptied by "abcd"; then "e" is held.
+        let m = mem();
+        let qs = queues(&m);
+        let (mut d, _conn, _) = connected(&m, &qs, 4096);
+        d.set_limits(&four_bytes(), Box::new(Seven)).unwrap();
+        push_tx(&m, &qs.1, 1, &hdr(OP_RW, 40, 1024, 4, 4096, 0), b"abcd");
+        push_tx(&m, &qs.1, 2, &hdr(OP_RW, 40, 1024, 1, 4096, 0), b"e");
+        // Empty RW packets take no tokens and add no entry.
+        push_tx(&m, &qs.1, 3, &hdr(OP_RW, 40, 1024, 0, 4096, 0), b"");
+        push_tx(&m, &qs.1, 4, &hdr(OP_RW, 40, 1024, 0, 4096, 0), b"");
+        let mut rec = Recorder::default();
+        d.queue_notifiers()[TX_QUEUE].post(Some(7));
+        d.process_tx(&mut rec);
+        assert_eq!((d.stats().throttled, d.throttled_now()), (1, 1));
+
+        // Act: the guest resets the connection.
+        push_tx(&m, &qs.1, 5, &hdr(OP_RST, 40, 1024, 0, 4096, 0), b"");
+        d.queue_notifiers()[TX_QUEUE].post(Some(7));
+        d.process_tx(&mut rec);
+
+        // Assert: its held entry is gone: nothing held, nothing to arm.
+        assert_eq!((d.throttled_now(), d.next_release()), (0, None));
+        assert_eq!(d.connections(), 0);
     }
 }
