@@ -54,6 +54,10 @@ pub struct LimitView {
     pub net_rx_frames: Option<BucketConfig>,
     /// As above.
     pub net_rx_bytes: Option<BucketConfig>,
+    /// Its priority for held block work (`null`: not set, the lowest, 0).
+    pub priority: Option<u8>,
+    /// Its share of contended block work (`null`: not set, 1).
+    pub share: Option<u32>,
     /// Its state on each device that takes it.
     pub devices: Vec<DeviceLimitView>,
 }
@@ -93,6 +97,8 @@ fn view(live: &LiveLimits, l: ContainerLimit) -> LimitView {
         net_tx_bytes: l.net_tx_bytes,
         net_rx_frames: l.net_rx_frames,
         net_rx_bytes: l.net_rx_bytes,
+        priority: l.priority,
+        share: l.share,
         devices,
     }
 }
