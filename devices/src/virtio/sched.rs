@@ -107,6 +107,12 @@ impl Sched {
         self.classes = classes;
     }
 
+    /// The start tag work would get in FIFO `q` now (empty), without
+    /// taking it ([`Self::tag`] takes it).
+    pub fn start_of(&self, q: usize) -> u128 {
+        self.finish.get(q).map_or(self.vtime, |f| self.vtime.max(*f))
+    }
+
     /// The start tag of work of `cost` (at least 1) held now in FIFO `q`.
     pub fn tag(&mut self, q: usize, cost: u64) -> u128 {
         let share = u128::from(self.class(q).share.max(1));

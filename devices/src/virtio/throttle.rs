@@ -268,18 +268,44 @@ impl<T: HeldWork> Throttle<T> {
     /// the tenant's), or no limit applies.
     ///
     /// With priorities or shares ([`Sched::active`]) and a tenant limit,
-    /// work also waits while held work of any limit waits only for the
-    /// tenant's tokens: the scheduler, not arrival, decides who goes next.
+    /// work also waits when the scheduler would let held work that waits
+    /// only for the tenant's tokens go first ([`Self::admit_scheduled`]).
     pub fn admit(&mut self, tag: Option<u64>, bytes: u64) -> Option<usize> {
         self.refresh();
         let q = self.lookup.limit_of(tag).or(self.tenant)?;
         let now = self.now();
-        let contended = self.sched.active() && self.tenant.is_some() && !self.candidates(now).is_empty();
-        let held = !(self.waiting.get(q)?.is_empty() && !contended && self.take(q, bytes, now));
+        if self.sched.active() && self.tenant.is_some() {
+            return self.admit_scheduled(q, bytes, now);
+        }
+        let held = !(self.waiting.get(q)?.is_empty() && self.take(q, bytes, now));
         if !held {
             self.publish_used(q);
         }
         held.then_some(q)
+    }
+
+    /// [`Self::admit`] with a scheduler and a tenant limit: work goes now
+    /// only if its FIFO is empty, the scheduler would pick it before every
+    /// held work that waits only for the tenant's tokens, and the tokens
+    /// are there.
+    fn admit_scheduled(&mut self, q: usize, bytes: u64, now: u64) -> Option<usize> {
+        if !self.waiting.get(q)?.is_empty() {
+            return Some(q);
+        }
+        let mut cands = self.candidates(now);
+        let me = Candidate {
+            q,
+            start: self.sched.start_of(q),
+        };
+        cands.push(me);
+        let first = self.sched.pick(&cands).is_some_and(|c| c.q == q);
+        if !(first && self.take(q, bytes, now)) {
+            return Some(q);
+        }
+        self.sched.tag(q, self.cost(bytes));
+        self.sched.served(me, &cands);
+        self.publish_used(q);
+        None
     }
 
     /// Holds `h` in limit `k`'s FIFO (as [`Self::admit`] said).
