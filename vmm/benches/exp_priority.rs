@@ -20,14 +20,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median over [`RUNS`] of high's mean latency (µs) and low's reads.
+/// Median over [`RUNS`] of high's mean latency (µs) and low's reads/s.
 fn point(load: u32, prioritized: bool, tsc: f64) -> (f64, f64) {
     let runs: Vec<_> = (0..RUNS)
         .map(|_| blk_mix::prio_point(load, prioritized, tsc))
         .collect();
     (
         median(runs.iter().map(|r| r.0.mean_latency_us).collect()),
-        median(runs.iter().map(|r| r.1.reads as f64).collect()),
+        median(runs.iter().map(|r| r.3).collect()),
     )
 }
 
@@ -35,14 +35,14 @@ fn main() {
     let tsc = blk_mix::tsc_per_us();
     let (alone, _) = point(0, true, tsc);
     println!("exp_priority: high alone (no low load): {alone:.0} us mean latency");
-    println!("load  low/s-offered  high-us(prio)  high-us(no prio)  low-reads(prio)  low-reads(no prio)");
+    println!("load  low/s-offered  high-us(prio)  high-us(no prio)  low-reads/s(prio)  low-reads/s(no prio)");
     let mut with = Vec::new();
     let mut without = Vec::new();
     for load in 1..=10u32 {
         let (p, lp) = point(load, true, tsc);
         let (n, ln) = point(load, false, tsc);
         println!(
-            "{load:>4}  {:>13.0}  {p:>13.0}  {n:>16.0}  {lp:>15.0}  {ln:>18.0}",
+            "{load:>4}  {:>13.0}  {p:>13.0}  {n:>16.0}  {lp:>17.0}  {ln:>20.0}",
             blk_mix::LOW_BASE_PER_S * f64::from(load)
         );
         with.push((f64::from(load), p));

@@ -1,6 +1,6 @@
 //! Experiment 4, isolation of virtual servers (docs/experiments.md): `a`
 //! and `b` each keep 2 reads of 4096 bytes in flight under a tenant cap of
-//! 4 MiB/s, with shares 1:1, 2:1 and 4:1 (and none set). Prints each one's
+//! 1 MiB/s, with shares 1:1, 2:1 and 4:1 (and none set). Prints each one's
 //! bandwidth and the ratio, and writes docs/experiments/shares.svg.
 //!
 //! `cargo bench -p vmm --bench exp_shares`
@@ -39,7 +39,7 @@ fn plot(points: &[(f64, f64, f64, f64)]) -> Result<(), Box<dyn std::error::Error
     let top = points.iter().map(|p| p.2.max(p.3)).fold(4.5, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "Two containers' block bandwidth by share (tenant cap 4 MiB/s)",
+            "Two containers' block bandwidth by share (tenant cap 1 MiB/s)",
             ("sans-serif", 20),
         )
         .margin(12)

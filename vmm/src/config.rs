@@ -325,9 +325,9 @@ impl ContainerLimit {
                         .map_err(|_| bad(format!("`{v}` is not a whole number")))?
                 });
             } else if k == "priority" {
-                priority = Some(parse_class_key(v, MAX_PRIORITY.into(), 0).map_err(bad)? as u8);
+                priority = Some(parse_class_key(v, 0, MAX_PRIORITY).map_err(bad)?);
             } else if k == "share" {
-                share = Some(parse_class_key(v, MAX_SHARE.into(), 1).map_err(bad)? as u32);
+                share = Some(parse_class_key(v, 1, MAX_SHARE).map_err(bad)?);
             } else {
                 return Err(format!(
                     "{source} {path}: unknown key `{k}`: expected {LIMIT_FORM}"
@@ -375,8 +375,11 @@ const TENANT_NO_CLASS: &str = "the tenant limit has no priority or share (it is 
      contend for): set them on the containers, or on `*` for every container without its own";
 
 /// A `priority` or `share` value: a whole number from `min` to `max`.
-fn parse_class_key(v: &str, max: u64, min: u64) -> Result<u64, String> {
-    v.parse::<u64>()
+fn parse_class_key<T>(v: &str, min: T, max: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    v.parse::<T>()
         .ok()
         .filter(|n| (min..=max).contains(n))
         .ok_or_else(|| format!("`{v}` is not a whole number from {min} to {max}"))

@@ -3,6 +3,7 @@
 //! ([`Throttle::advance`]), so each tick lets exactly one held request go.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::virtio::limiter::{BlockLimitConfig, BucketConfig, LimitLookup};
@@ -19,13 +20,22 @@ impl HeldWork for Req {
     }
 }
 
-/// Tag `t` is container `c{t}`; an unknown tag has no limit.
-struct Lookup(Vec<String>);
+/// The next limits a test hands the throttle (a live change).
+type Next = Arc<Mutex<Option<Vec<BlockLimitConfig>>>>;
+
+/// Tag `t` is container `c{t}`; an unknown tag has no limit; `next` is
+/// handed out once by `changed`.
+struct Lookup(Vec<String>, Next);
 
 impl LimitLookup for Lookup {
     fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
         let path = format!("c{}", tag?);
         self.0.iter().position(|p| *p == path)
+    }
+    fn changed(&mut self) -> Option<Vec<BlockLimitConfig>> {
+        let n = self.1.lock().unwrap().take()?;
+        self.0 = n.iter().map(|c| c.path.clone()).collect();
+        Some(n)
     }
 }
 
@@ -33,7 +43,7 @@ const MS: u64 = 1_000_000;
 
 /// A tenant of one op per ms (a full bucket: one token) and containers
 /// `c0..` of `classes` (no buckets of their own).
-fn throttle(classes: &[SchedClass]) -> Throttle<Req> {
+fn limits(classes: &[SchedClass]) -> Vec<BlockLimitConfig> {
     let mut limits = vec![BlockLimitConfig {
         path: "tenant".into(),
         ops: Some(BucketConfig {
@@ -50,10 +60,22 @@ fn throttle(classes: &[SchedClass]) -> Throttle<Req> {
         bytes: None,
         class: Some(*c),
     }));
+    limits
+}
+
+/// A throttle over [`limits`] of `classes`, its clock stopped, and the
+/// slot for a live change.
+fn throttle_live(classes: &[SchedClass]) -> (Throttle<Req>, Next) {
+    let limits = limits(classes);
     let paths = limits.iter().map(|c| c.path.clone()).collect();
-    let mut t = Throttle::new(&limits, Box::new(Lookup(paths))).unwrap();
+    let next: Next = Arc::default();
+    let mut t = Throttle::new(&limits, Box::new(Lookup(paths, Arc::clone(&next)))).unwrap();
     t.stop_clock();
-    t
+    (t, next)
+}
+
+fn throttle(classes: &[SchedClass]) -> Throttle<Req> {
+    throttle_live(classes).0
 }
 
 /// One tick: a token comes; what goes.
@@ -94,6 +116,32 @@ fn a_high_priority_request_goes_first_and_a_low_one_after_the_bound() {
         "after 8 high ones each, then when high is done"
     );
     assert_eq!(t.held(), 0);
+}
+
+#[test]
+fn a_live_change_of_priorities_takes_effect_and_keeps_the_held_work() {
+    let c = |priority| SchedClass { priority, share: 1 };
+    let (mut t, next) = throttle_live(&[c(7), c(0)]);
+    t.admit(Some(0), 0); // the full bucket's token
+    for n in 0..2 {
+        for q in 0..2u8 {
+            let k = t.admit(Some(q.into()), 0).expect("held");
+            t.hold(k, Req(q.into(), n));
+        }
+    }
+    assert_eq!(tick(&mut t), vec![Req(0, 0)], "c0 first");
+    // c1 now outranks c0: its held work goes first, none is lost.
+    *next.lock().unwrap() = Some(limits(&[c(0), c(7)]));
+    let order: Vec<Req> = (0..3).flat_map(|_| tick(&mut t)).collect();
+    assert_eq!(order, vec![Req(1, 0), Req(1, 1), Req(0, 1)]);
+    // Classes removed: no scheduler, the order without one.
+    *next.lock().unwrap() = Some(limits(&[]));
+    t.advance(MS);
+    assert_eq!(
+        t.admit(Some(0), 0),
+        None,
+        "c0 has no limit now, and the tenant has its token"
+    );
 }
 
 #[test]
@@ -170,14 +218,14 @@ proptest::proptest! {
     /// Two backlogged containers of equal priority go in proportion to
     /// their shares, within one request each.
     #[test]
-    fn backlogged_containers_go_by_their_shares(s0 in 1u32..=8, s1 in 1u32..=8, ticks in 50usize..400) {
+    fn backlogged_containers_go_by_their_shares(s0 in 1u32..=8, s1 in 1u32..=8, ticks in 50u32..400) {
         let c = |share| SchedClass { priority: 3, share };
         let mut t = throttle(&[c(s0), c(s1)]);
         t.admit(Some(0), 0); // takes the full bucket's token
-        for i in 0..ticks as u32 {
-            for q in 0..2 {
-                let k = t.admit(Some(q), 0).expect("held");
-                t.hold(k, Req(q as usize, i));
+        for i in 0..ticks {
+            for q in 0..2u8 {
+                let k = t.admit(Some(q.into()), 0).expect("held");
+                t.hold(k, Req(q.into(), i));
             }
         }
         let mut n = [0u64; 2];
@@ -186,7 +234,7 @@ proptest::proptest! {
                 n[r.0] += 1;
             }
         }
-        proptest::prop_assert_eq!(n[0] + n[1], ticks as u64);
+        proptest::prop_assert_eq!(n[0] + n[1], u64::from(ticks));
         let lag = (n[0] * u64::from(s1)).abs_diff(n[1] * u64::from(s0));
         proptest::prop_assert!(lag <= u64::from(s0 + s1), "{:?} for shares {}:{}", n, s0, s1);
     }
