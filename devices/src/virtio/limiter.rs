@@ -171,6 +171,9 @@ pub struct BlockLimitConfig {
     pub ops: Option<BucketConfig>,
     /// Data bytes of reads and writes.
     pub bytes: Option<BucketConfig>,
+    /// Its priority and share among the limits contending for the tenant
+    /// limit's tokens; `None`: it sets none ([`crate::virtio::sched`]).
+    pub class: Option<crate::virtio::sched::SchedClass>,
 }
 
 /// The path of the tenant limit: a bucket every request of the device also
@@ -249,6 +252,11 @@ impl BlockLimit {
             ops: c.ops.map(|b| TokenBucket::new(b, now_ns)).transpose()?,
             bytes: c.bytes.map(|b| TokenBucket::new(b, now_ns)).transpose()?,
         })
+    }
+
+    /// Whether it has a bytes bucket.
+    pub fn has_bytes(&self) -> bool {
+        self.bytes.is_some()
     }
 
     /// A limit without buckets: nothing is held by it.
@@ -498,6 +506,7 @@ mod tests {
             path: "a".into(),
             ops: Some(ops),
             bytes: Some(bytes),
+            class: None,
         };
         let mut l = BlockLimit::new(&c, 0).unwrap();
         assert!(l.try_take(512, 0));
@@ -538,6 +547,7 @@ mod tests {
                 path: "a".into(),
                 ops,
                 bytes: None,
+                class: None,
             },
             0,
         )
@@ -547,6 +557,7 @@ mod tests {
             path: "a".into(),
             ops,
             bytes: Some(c(64, 0, 1000)),
+            class: None,
         };
         l.reconfigure(&both, 0).unwrap();
         assert!(!l.try_take(1, 0), "the ops bucket stays empty");

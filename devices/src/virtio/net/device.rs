@@ -1301,6 +1301,7 @@ pub(crate) mod tests {
                 refill_time: Duration::from_millis(100),
             }),
             bytes: None,
+            class: None,
         };
         d.set_rx_limits(&[limit], Box::new(Tag42)).unwrap();
         learn(&mut d, &m, &txq, &guest_flow(), 42);
