@@ -307,6 +307,28 @@ fn api_serves_the_live_books() {
     }
     assert_eq!(get_json(&sock, "/v1/vm").0, 200, "still serving");
 
+    // Every refusal above is counted by status (docs/api.yaml, `api`): 404
+    // for container 9999 and /nope, 400 for container abc and the four bad
+    // /v1/requests, 405 for DELETE, 413 for the three bodies; the oversized
+    // head never reached an answer (the HTTP layer ended it: a bad
+    // connection).
+    let (_, v) = get_json(&sock, "/v1/vm");
+    let api = &v["api"];
+    assert_eq!(
+        api["by_status"],
+        serde_json::json!({ "400": 5, "404": 2, "405": 1, "413": 3 }),
+        "{api}"
+    );
+    assert_eq!(
+        (api["client_errors"].as_u64(), api["server_errors"].as_u64()),
+        (Some(11), Some(0)),
+        "{api}"
+    );
+    assert_eq!(api["refused_connections"], 0, "{api}");
+    assert_eq!(api["bad_connections"], 1, "{api}");
+    let answered_so_far = api["requests"].as_u64().unwrap();
+    assert!(answered_so_far > 11, "{api}");
+
     // GET /metrics
     let (status, headers, text) = get(&sock, "/metrics");
     assert_eq!(status, 200);
@@ -366,8 +388,43 @@ fn api_serves_the_live_books() {
     // Still up after all that (the checks above ran against a live VM).
     assert_eq!(get_json(&sock, "/v1/vm").1["state"], "running");
 
+    // The same counters on /metrics, then in the report: 160 more answers
+    // from the clients, and every request above once.
+    let (_, _, text) = get(&sock, "/metrics");
+    let samples = parse_prometheus(&text);
+    let series = |name: &str, label: &str, value: &str| {
+        samples
+            .iter()
+            .find(|(n, l, _)| n == name && l.get(label).map(String::as_str) == Some(value))
+            .map(|s| s.2)
+    };
+    assert_eq!(
+        series("resourceful_api_events_total", "event", "client_errors"),
+        Some(11.0)
+    );
+    assert_eq!(
+        series("resourceful_api_answers_total", "status", "413"),
+        Some(3.0)
+    );
+    assert_eq!(
+        series("resourceful_api_events_total", "event", "bad_connections"),
+        Some(1.0)
+    );
+    let answered = series("resourceful_api_events_total", "event", "requests").unwrap();
+    assert!(
+        answered >= (answered_so_far + 1 + 160) as f64,
+        "{answered} after {answered_so_far}"
+    );
+
     let run = vm.join().expect("the VM thread");
     run.assert_clean();
+    let api = run.report.vm.api.as_ref().expect("vm.api in the report");
+    assert_eq!(
+        (api.client_errors, api.server_errors, api.bad_connections),
+        (11, 0, 1),
+        "{api:?}"
+    );
+    assert!(api.requests as f64 > answered, "{api:?}");
     assert!(
         std::fs::symlink_metadata(&sock).is_err(),
         "the socket file is removed when the VM ends"

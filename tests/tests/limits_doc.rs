@@ -27,6 +27,18 @@ fn constants() -> BTreeMap<&'static str, u64> {
             n(vmm::config::MAX_CONTAINER_LIMITS),
         ),
         (
+            "devices::virtio::sched::MAX_PRIORITY",
+            u64::from(devices::virtio::sched::MAX_PRIORITY),
+        ),
+        (
+            "devices::virtio::sched::MAX_SHARE",
+            u64::from(devices::virtio::sched::MAX_SHARE),
+        ),
+        (
+            "devices::virtio::sched::STARVATION_SKIPS",
+            u64::from(devices::virtio::sched::STARVATION_SKIPS),
+        ),
+        (
             "devices::virtio::block::QUEUE_SIZE",
             u64::from(devices::virtio::block::QUEUE_SIZE),
         ),

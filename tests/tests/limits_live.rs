@@ -106,9 +106,9 @@ fn limits_change_live_through_the_api_and_refused_changes_change_nothing() {
         (
             "PUT",
             "/v1/limits/writer",
-            Some(r#"{"blk-ops": "1/s", "priority": 1}"#),
+            Some(r#"{"blk-ops": "1/s", "priority": 8}"#),
             400,
-            "priorities are not built yet",
+            "is not a whole number from 0 to 7",
         ),
         (
             "PUT",

@@ -186,6 +186,14 @@ pub struct ContainerLimit {
     /// Vsock payload bytes the container's connections move, both ways.
     #[serde(default)]
     pub vsock_bytes: Option<BucketConfig>,
+    /// Its priority for held block work, `0..=7`, higher first (`None`:
+    /// the lowest, 0; docs/limits-per-container.md, "Priorities and shares").
+    #[serde(default)]
+    pub priority: Option<u8>,
+    /// Its share (weight, `1..=1000`) of contended block work among equal
+    /// priorities (`None`: 1).
+    #[serde(default)]
+    pub share: Option<u32>,
 }
 
 /// The rate keys of a limit (`true`: a bytes rate); each also has its
@@ -208,7 +216,8 @@ pub(crate) const LIMIT_KEYS: [(&str, bool); 11] = [
 const LIMIT_FORM: &str = "--limit PATH:KEY=VALUE[,...] with keys blk-ops=RATE, blk-bytes=RATE, \
      blk-read-ops=RATE, blk-read-bytes=RATE, blk-write-ops=RATE, blk-write-bytes=RATE, \
      net-tx-frames=RATE, net-tx-bytes=RATE, net-rx-frames=RATE, net-rx-bytes=RATE, vsock-bytes=RATE and their -burst=N \
-     (blk-ops-burst, net-tx-bytes-burst, ...), RATE like 100/s, 10/100ms or 1MiB/s";
+     (blk-ops-burst, net-tx-bytes-burst, ...), RATE like 100/s, 10/100ms or 1MiB/s, \
+     priority=0..7 and share=1..1000";
 
 impl ContainerLimit {
     /// The device's form.
@@ -226,10 +235,20 @@ impl ContainerLimit {
                 ops: self.blk_write_ops.map(BucketConfig::bucket),
                 bytes: self.blk_write_bytes.map(BucketConfig::bucket),
             },
+            class: self.class(),
         }
     }
 
-    /// Whether it limits block I/O (else the disks ignore it).
+    /// Its scheduling class on the disks, if it sets a priority or a share.
+    pub fn class(&self) -> Option<devices::virtio::sched::SchedClass> {
+        use devices::virtio::sched::{SchedClass, DEFAULT_PRIORITY, DEFAULT_SHARE};
+        (self.priority.is_some() || self.share.is_some()).then(|| SchedClass {
+            priority: self.priority.unwrap_or(DEFAULT_PRIORITY),
+            share: self.share.unwrap_or(DEFAULT_SHARE),
+        })
+    }
+
+    /// Whether it limits block I/O or orders it (else the disks ignore it).
     pub fn limits_block(&self) -> bool {
         [
             self.blk_ops,
@@ -241,6 +260,7 @@ impl ContainerLimit {
         ]
         .iter()
         .any(Option::is_some)
+            || self.class().is_some()
     }
 
     /// The net device's form: a frame is an operation.
@@ -349,6 +369,7 @@ impl ContainerLimit {
         // its rate and its burst.
         let mut rates: [Option<devices::virtio::limiter::BucketConfig>; 11] = [None; 11];
         let mut bursts: [Option<u64>; 11] = [None; 11];
+        let (mut priority, mut share) = (None, None);
         let mut seen: Vec<&str> = Vec::with_capacity(pairs.len());
         for &(k, v) in pairs {
             let bad = |e: String| format!("{source} {path}: {k}: {e}");
@@ -367,7 +388,9 @@ impl ContainerLimit {
                         .map_err(|_| bad(format!("`{v}` is not a whole number")))?
                 });
             } else if k == "priority" {
-                return Err(bad("priorities are not built yet: remove the key".into()));
+                priority = Some(parse_class_key(v, 0, MAX_PRIORITY).map_err(bad)?);
+            } else if k == "share" {
+                share = Some(parse_class_key(v, 1, MAX_SHARE).map_err(bad)?);
             } else {
                 return Err(format!(
                     "{source} {path}: unknown key `{k}`: expected {LIMIT_FORM}"
@@ -385,8 +408,13 @@ impl ContainerLimit {
                 (None, None) => None,
             };
         }
-        if rates.iter().all(Option::is_none) {
-            return Err(format!("{source} {path} sets no rate: expected {LIMIT_FORM}"));
+        if rates.iter().all(Option::is_none) && priority.is_none() && share.is_none() {
+            return Err(format!(
+                "{source} {path} sets no rate, priority or share: expected {LIMIT_FORM}"
+            ));
+        }
+        if path == devices::virtio::limiter::TENANT_PATH && (priority.is_some() || share.is_some()) {
+            return Err(format!("{source} {path}: {TENANT_NO_CLASS}"));
         }
         let [blk_ops, blk_bytes, blk_read_ops, blk_read_bytes, blk_write_ops, blk_write_bytes, net_tx_frames, net_tx_bytes, net_rx_frames, net_rx_bytes, vsock_bytes] =
             buckets;
@@ -403,8 +431,27 @@ impl ContainerLimit {
             net_rx_frames,
             net_rx_bytes,
             vsock_bytes,
+            priority,
+            share,
         })
     }
+}
+
+use devices::virtio::sched::{MAX_PRIORITY, MAX_SHARE};
+
+/// Why the tenant limit takes no priority or share.
+const TENANT_NO_CLASS: &str = "the tenant limit has no priority or share (it is what the containers \
+     contend for): set them on the containers, or on `*` for every container without its own";
+
+/// A `priority` or `share` value: a whole number from `min` to `max`.
+fn parse_class_key<T>(v: &str, min: T, max: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    v.parse::<T>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("`{v}` is not a whole number from {min} to {max}"))
 }
 
 /// A virtio-net interface backed by a TAP device.
@@ -717,11 +764,20 @@ impl VmConfig {
             if l[..i].iter().any(|p| p.path == c.path) {
                 return Err(err("given twice: pass one --limit per container path".into()));
             }
-            if c.buckets().next().is_none() {
+            if c.buckets().next().is_none() && c.class().is_none() {
                 return Err(err(
-                    "sets no rate: pass blk-ops, blk-bytes, net-tx-frames, net-tx-bytes, net-rx-frames or net-rx-bytes=RATE"
+                    "sets no rate, priority or share: pass a rate key (blk-ops, blk-bytes, blk-read-ops, blk-write-bytes, net-tx-frames, net-rx-bytes, vsock-bytes, ...=RATE), or priority=0..7 or share=1..1000"
                         .into(),
                 ));
+            }
+            if c.priority.is_some_and(|p| p > MAX_PRIORITY) {
+                return Err(err(format!("priority must be from 0 to {MAX_PRIORITY}")));
+            }
+            if c.share.is_some_and(|s| !(1..=MAX_SHARE).contains(&s)) {
+                return Err(err(format!("share must be from 1 to {MAX_SHARE}")));
+            }
+            if c.path == devices::virtio::limiter::TENANT_PATH && c.class().is_some() {
+                return Err(err(TENANT_NO_CLASS.into()));
             }
             for b in c.buckets() {
                 devices::virtio::block::TokenBucket::new(b.bucket(), 0).map_err(|e| err(e.to_string()))?;
@@ -992,6 +1048,83 @@ mod tests {
             ..l
         }];
         assert!(c.validate().unwrap_err().to_string().contains("net-tx-frames"));
+    }
+
+    #[test]
+    fn priority_and_share_alone_or_beside_buckets() {
+        use devices::virtio::sched::SchedClass;
+        let l: ContainerLimit = "web:priority=7".parse().unwrap();
+        assert!(l.limits_block() && !l.limits_net_tx() && !l.limits_net_rx());
+        assert_eq!((l.block().ops, l.block().bytes), (None, None));
+        assert_eq!(
+            l.class(),
+            Some(SchedClass {
+                priority: 7,
+                share: 1
+            })
+        );
+        let l: ContainerLimit = "batch/*:share=3,blk-ops=10/s".parse().unwrap();
+        assert_eq!(
+            l.block().class,
+            Some(SchedClass {
+                priority: 0,
+                share: 3
+            })
+        );
+        assert_eq!(l.net_tx().class, None, "net devices take no class");
+        let plain: ContainerLimit = "a:blk-ops=1/s".parse().unwrap();
+        assert_eq!(plain.class(), None, "no class unless one is set");
+        let mut c = VmConfig::new(KernelSource::Builtin(Builtin::TestGuest));
+        c.container_limits = vec!["a:priority=0".parse().unwrap(), "*:share=1000".parse().unwrap()];
+        c.validate().unwrap();
+        for (bad, says) in [
+            ("a:priority=8", "from 0 to 7"),
+            ("a:priority=-1", "from 0 to 7"),
+            ("a:priority=high", "from 0 to 7"),
+            ("a:share=0", "from 1 to 1000"),
+            ("a:share=1001", "from 1 to 1000"),
+            ("a:share=1,share=2", "given twice"),
+            ("tenant:priority=3,blk-ops=1/s", "tenant limit has no priority"),
+            ("tenant:share=2", "tenant limit has no priority"),
+        ] {
+            let e = bad.parse::<ContainerLimit>().unwrap_err();
+            assert!(e.contains("--limit") && e.contains(says), "{bad}: {e}");
+        }
+        // A configuration from elsewhere than the parser is checked too.
+        let l: ContainerLimit = "a:priority=1".parse().unwrap();
+        for (bad, says) in [
+            (
+                ContainerLimit {
+                    priority: Some(8),
+                    ..l.clone()
+                },
+                "priority",
+            ),
+            (
+                ContainerLimit {
+                    share: Some(0),
+                    ..l.clone()
+                },
+                "share",
+            ),
+            (
+                ContainerLimit {
+                    priority: None,
+                    ..l.clone()
+                },
+                "sets no rate",
+            ),
+            (
+                ContainerLimit {
+                    path: "tenant".into(),
+                    ..l.clone()
+                },
+                "tenant",
+            ),
+        ] {
+            c.container_limits = vec![bad];
+            assert!(c.validate().unwrap_err().to_string().contains(says), "{says}");
+        }
     }
 
     #[test]

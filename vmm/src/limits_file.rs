@@ -275,8 +275,12 @@ mod tests {
                 "unknown key `net-rx-packets`",
             ),
             (
-                r#"{"limits": [{"container": "a", "blk-ops": "1/s", "priority": 3}]}"#,
-                "priorities are not built yet",
+                r#"{"limits": [{"container": "a", "blk-ops": "1/s", "priority": 8}]}"#,
+                "priority: `8` is not a whole number from 0 to 7",
+            ),
+            (
+                r#"{"limits": [{"container": "tenant", "blk-ops": "1/s", "share": 2}]}"#,
+                "the tenant limit has no priority or share",
             ),
             (
                 r#"{"limits": [{"container": "a", "blk-ops-burst": 3}]}"#,

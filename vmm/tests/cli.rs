@@ -269,7 +269,10 @@ fn demo_duration_keeps_going_and_top_shows_it_live() {
             "--vms",
             "1",
             "--duration",
-            "3",
+            // Long enough that a loaded machine still fits the socket's
+            // appearance, two frames of top and 200 requests in (3 s did
+            // not always, with builds running beside the tests).
+            "6",
             "--json",
             "--api-sock",
             sock_s,

@@ -90,12 +90,17 @@ impl Prometheus {
     }
 
     /// GETs an API path and returns its `data`, or `None` while the server
-    /// is not up yet.
+    /// is not up or not ready yet.
     fn api(&mut self, target: &str) -> Option<Value> {
         if let Some(status) = self.child.try_wait().unwrap() {
             panic!("prometheus ended ({status}):\n{}", self.log());
         }
         let (status, body) = http_get(self.addr, target).ok()?;
+        // Prometheus answers 503 "Service Unavailable" from the moment it
+        // listens until its storage is open and it is ready.
+        if status == 503 {
+            return None;
+        }
         assert_eq!(status, 200, "{target}: {body}");
         let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{target}: {e}: {body}"));
         assert_eq!(v["status"], "success", "{target}: {body}");

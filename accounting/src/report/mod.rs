@@ -107,6 +107,32 @@ pub struct VmInfo {
     /// docs/opentelemetry.md); absent without the flag.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp: Option<OtlpInfo>,
+    /// What the API server answered and refused (`--api-sock`,
+    /// `--metrics-addr`); absent without either.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiInfo>,
+}
+
+/// The API server's counters (`vm.api` in the report and in `GET /v1/vm`):
+/// requests answered, those refused (4xx) or failed (5xx), by status, and
+/// connections refused at the bound or ended in an error before an answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiInfo {
+    /// Requests answered, any status.
+    pub requests: u64,
+    /// Answers 400-499.
+    pub client_errors: u64,
+    /// Answers 500-599.
+    pub server_errors: u64,
+    /// Answers by status, for the statuses the server gives (400, 404, 405,
+    /// 408, 413, 500) that it gave at least once.
+    pub by_status: BTreeMap<String, u64>,
+    /// Connections closed at once: the listener's bound was reached.
+    pub refused_connections: u64,
+    /// Connections that ended in an error before an answer: a malformed or
+    /// oversized (431) request head, one that did not arrive within 10 s.
+    pub bad_connections: u64,
 }
 
 /// The OTLP exporter's identity and counters (`vm.otlp` in the report and

@@ -175,6 +175,9 @@ pub struct BlockLimitConfig {
     pub read: PairConfig,
     /// Buckets only writes also draw from (`blk-write-*`).
     pub write: PairConfig,
+    /// Its priority and share among the limits contending for the tenant
+    /// limit's tokens; `None`: it sets none ([`crate::virtio::sched`]).
+    pub class: Option<crate::virtio::sched::SchedClass>,
 }
 
 /// The operations and bytes buckets of one class of requests.
@@ -363,6 +366,11 @@ impl BlockLimit {
     /// A limit without buckets: nothing is held by it.
     pub fn unlimited() -> Self {
         Self::default()
+    }
+
+    /// Whether it has a bytes bucket (of every request or of a class).
+    pub fn has_bytes(&self) -> bool {
+        self.all.bytes.is_some() || self.read.bytes.is_some() || self.write.bytes.is_some()
     }
 
     /// Takes configuration `c` (a live change), creating no tokens: a

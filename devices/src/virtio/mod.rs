@@ -29,6 +29,9 @@ pub mod limit_timer;
 pub mod limiter;
 pub mod mmio;
 pub mod net;
+pub mod sched;
+#[cfg(test)]
+mod sched_tests;
 pub mod shared_tenant;
 pub(crate) mod throttle;
 pub mod vsock;

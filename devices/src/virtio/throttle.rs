@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::virtio::limiter::{
     BlockLimit, BlockLimitConfig, BucketError, Class, LimitLookup, LimitState, TENANT_PATH,
 };
+use crate::virtio::sched::{Candidate, Sched};
 use crate::virtio::shared_tenant::SharedTenant;
 
 /// Something a limit can hold.
@@ -35,8 +36,12 @@ pub(crate) trait HeldWork {
 /// The limits of one device and the work they hold, one FIFO per limit.
 pub(crate) struct Throttle<T> {
     limits: Vec<BlockLimit>,
-    /// Each limit's held work, with when it was held (the throttle's clock).
-    waiting: Vec<VecDeque<(T, u64)>>,
+    /// Each limit's held work, with when it was held (the throttle's clock)
+    /// and its start tag ([`Sched::tag`]).
+    waiting: Vec<VecDeque<(T, u64, u128)>>,
+    /// The order among limits contending for the tenant's tokens, when
+    /// one sets a priority or a share ([`Sched::active`]).
+    sched: Sched,
     /// Each limit's path and totals, for [`LimitLookup::publish`].
     stats: Vec<LimitStats>,
     /// Work whose limit was removed by a live change: it goes first,
@@ -55,6 +60,9 @@ pub(crate) struct Throttle<T> {
     memory: usize,
     lookup: Box<dyn LimitLookup>,
     epoch: Instant,
+    /// A stopped clock's time (tests, [`Self::stop_clock`]).
+    #[cfg(test)]
+    skew_ns: Option<u64>,
 }
 
 impl<T> std::fmt::Debug for Throttle<T> {
@@ -96,10 +104,13 @@ impl<T: HeldWork> Throttle<T> {
             released: VecDeque::new(),
             tenant: limits.iter().position(|c| c.path == TENANT_PATH),
             shared: lookup.shared_tenant(),
+            sched: Sched::new(limits.iter().map(|c| c.class).collect()),
             held: 0,
             memory: 0,
             lookup,
             epoch: Instant::now(),
+            #[cfg(test)]
+            skew_ns: None,
         };
         t.configure_shared(limits)?;
         t.publish();
@@ -121,8 +132,10 @@ impl<T: HeldWork> Throttle<T> {
         let mut limits = Vec::with_capacity(new.len());
         let mut waiting = Vec::with_capacity(new.len());
         let mut stats = Vec::with_capacity(new.len());
+        let mut kept = Vec::with_capacity(new.len());
         for c in &new {
             let old = self.stats.iter().position(|s| *s.path == *c.path);
+            kept.push(old);
             let limit = match old {
                 Some(i) => {
                     let mut l = self.limits[i].clone();
@@ -156,8 +169,9 @@ impl<T: HeldWork> Throttle<T> {
         }
         // What the removed limits held goes now, in order per limit.
         for w in &mut self.waiting {
-            self.released.extend(w.drain(..).map(|(h, _)| h));
+            self.released.extend(w.drain(..).map(|(h, _, _)| h));
         }
+        self.sched.remap(new.iter().map(|c| c.class).collect(), &kept);
         self.tenant = new.iter().position(|c| c.path == TENANT_PATH);
         if let Err(e) = self.configure_shared(&new) {
             log::error!("tenant limit: the device refused its live change ({e}): kept as it was");
@@ -222,7 +236,25 @@ impl<T: HeldWork> Throttle<T> {
 
     /// The throttle's clock, ns.
     pub fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        #[cfg(test)]
+        let now = match self.skew_ns {
+            Some(skew) => skew,
+            None => now,
+        };
+        now
+    }
+
+    /// Stops the clock: from now on it moves only by [`Self::advance`].
+    #[cfg(test)]
+    pub fn stop_clock(&mut self) {
+        self.skew_ns = Some(self.now());
+    }
+
+    /// Moves a stopped clock on by `ns` (a refill without sleeping).
+    #[cfg(test)]
+    pub fn advance(&mut self, ns: u64) {
+        self.skew_ns = self.skew_ns.map(|s| s + ns);
     }
 
     /// Work held right now.
@@ -287,6 +319,10 @@ impl<T: HeldWork> Throttle<T> {
     /// with none (no tokens in either bucket, or earlier work waits in that
     /// FIFO). `None`: it goes now (its tokens are taken from its limit and
     /// the tenant's), or no limit applies.
+    ///
+    /// With priorities or shares ([`Sched::active`]) and a tenant limit,
+    /// work also waits when the scheduler would let held work that waits
+    /// only for the tenant's tokens go first ([`Self::admit_scheduled`]).
     pub fn admit(&mut self, tag: Option<u64>, bytes: u64) -> Option<usize> {
         self.admit_as(tag, Class::Other, bytes)
     }
@@ -297,6 +333,9 @@ impl<T: HeldWork> Throttle<T> {
         self.refresh();
         let q = self.lookup.limit_of(tag).or(self.tenant)?;
         let now = self.now();
+        if self.sched.active() && self.tenant.is_some() {
+            return self.admit_scheduled(q, class, bytes, now);
+        }
         let held = !(self.waiting.get(q)?.is_empty() && self.take(q, class, bytes, now));
         if !held {
             self.publish_used(q);
@@ -304,13 +343,38 @@ impl<T: HeldWork> Throttle<T> {
         held.then_some(q)
     }
 
+    /// [`Self::admit`] with a scheduler and a tenant limit: work goes now
+    /// only if its FIFO is empty, the scheduler would pick it before every
+    /// held work that waits only for the tenant's tokens, and the tokens
+    /// are there.
+    fn admit_scheduled(&mut self, q: usize, class: Class, bytes: u64, now: u64) -> Option<usize> {
+        if !self.waiting.get(q)?.is_empty() {
+            return Some(q);
+        }
+        let mut cands = self.candidates(now);
+        let me = Candidate {
+            q,
+            start: self.sched.start_of(q),
+        };
+        cands.push(me);
+        let first = self.sched.pick(&cands).is_some_and(|c| c.q == q);
+        if !(first && self.take(q, class, bytes, now)) {
+            return Some(q);
+        }
+        self.sched.tag(q, self.cost(bytes));
+        self.sched.served(me, &cands);
+        self.publish_used(q);
+        None
+    }
+
     /// Holds `h` in limit `k`'s FIFO (as [`Self::admit`] said).
     pub fn hold(&mut self, k: usize, h: T) {
         let now = self.now();
+        let start = self.sched.tag(k, self.cost(h.bytes()));
         if let Some(w) = self.waiting.get_mut(k) {
             self.held += 1;
             self.memory += h.memory();
-            w.push_back((h, now));
+            w.push_back((h, now, start));
         }
         self.publish_used(k);
     }
@@ -324,24 +388,83 @@ impl<T: HeldWork> Throttle<T> {
             return Some(h);
         }
         let now = self.now();
+        if self.sched.active() {
+            return self.pop_scheduled(now);
+        }
         for q in 0..self.waiting.len() {
-            let Some((class, bytes)) = self.waiting[q].front().map(|(h, _)| (h.class(), h.bytes())) else {
+            let Some((class, bytes)) = self.waiting[q].front().map(|(h, _, _)| (h.class(), h.bytes())) else {
                 continue;
             };
             if !self.take(q, class, bytes, now) {
                 continue;
             }
-            let (h, at) = self.waiting[q].pop_front()?;
-            if let Some(stats) = self.stats.get_mut(q) {
-                stats.events += 1;
-                stats.throttled_ns += now.saturating_sub(at);
-            }
-            self.held -= 1;
-            self.memory -= h.memory();
-            self.publish_used(q);
-            return Some(h);
+            return self.dispatch(q, now);
         }
         None
+    }
+
+    /// Lets the first work of FIFO `q` go (its tokens taken).
+    fn dispatch(&mut self, q: usize, now: u64) -> Option<T> {
+        let (h, at, _) = self.waiting[q].pop_front()?;
+        if let Some(stats) = self.stats.get_mut(q) {
+            stats.events += 1;
+            stats.throttled_ns += now.saturating_sub(at);
+        }
+        self.held -= 1;
+        self.memory -= h.memory();
+        self.publish_used(q);
+        Some(h)
+    }
+
+    /// What held work of `bytes` costs in start tags: its bytes where the
+    /// tenant limit (the contended bucket) counts bytes, else one.
+    fn cost(&self, bytes: u64) -> u64 {
+        let by_bytes = (self.tenant)
+            .and_then(|t| self.limits.get(t))
+            .is_some_and(BlockLimit::has_bytes);
+        if by_bytes {
+            bytes.max(1)
+        } else {
+            1
+        }
+    }
+
+    /// The FIFOs whose first work waits only for the tenant's tokens (its
+    /// own limit's are there; the tenant's own FIFO always).
+    fn candidates(&mut self, now: u64) -> Vec<Candidate> {
+        let mut out = Vec::new();
+        for q in 0..self.waiting.len() {
+            let Some((class, bytes, start)) = self.waiting[q]
+                .front()
+                .map(|(h, _, s)| (h.class(), h.bytes(), *s))
+            else {
+                continue;
+            };
+            let own = if Some(q) == self.tenant {
+                0
+            } else {
+                self.wait_in(q, class, bytes, now)
+            };
+            if own == 0 {
+                out.push(Candidate { q, start });
+            }
+        }
+        out
+    }
+
+    /// [`Self::pop_ready`] with a scheduler: the candidate it picks goes if
+    /// the tenant's tokens are there; no other goes past it.
+    fn pop_scheduled(&mut self, now: u64) -> Option<T> {
+        let cands = self.candidates(now);
+        let went = self.sched.pick(&cands)?;
+        let (class, bytes) = self.waiting[went.q]
+            .front()
+            .map(|(h, _, _)| (h.class(), h.bytes()))?;
+        if !self.take(went.q, class, bytes, now) {
+            return None;
+        }
+        self.sched.served(went, &cands);
+        self.dispatch(went.q, now)
     }
 
     /// Time until the first held work can go (`None`: none held).
@@ -352,8 +475,19 @@ impl<T: HeldWork> Throttle<T> {
         }
         let now = self.now();
         let fronts: Vec<(usize, Class, u64)> = (self.waiting.iter().enumerate())
-            .filter_map(|(q, w)| w.front().map(|(h, _)| (q, h.class(), h.bytes())))
+            .filter_map(|(q, w)| w.front().map(|(h, _, _)| (q, h.class(), h.bytes())))
             .collect();
+        if self.sched.active() {
+            // The picked candidate's wait, or the moment another FIFO's own
+            // tokens come (it may then be picked).
+            let cands = self.candidates(now);
+            let picked = self.sched.pick(&cands).map(|c| c.q);
+            return (fronts.into_iter())
+                .filter(|(q, _, _)| Some(*q) == picked || !cands.iter().any(|c| c.q == *q))
+                .map(|(q, class, bytes)| self.wait_of(q, class, bytes, now))
+                .min()
+                .map(Duration::from_nanos);
+        }
         fronts
             .into_iter()
             .map(|(q, class, bytes)| self.wait_of(q, class, bytes, now))
@@ -367,7 +501,7 @@ impl<T: HeldWork> Throttle<T> {
     pub fn forget_where(&mut self, gone: impl Fn(&T) -> bool) {
         let mut dropped = Vec::new();
         for w in &mut self.waiting {
-            w.retain(|(h, _)| {
+            w.retain(|(h, _, _)| {
                 let keep = !gone(h);
                 if !keep {
                     dropped.push(h.memory());

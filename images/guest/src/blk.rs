@@ -46,6 +46,20 @@ struct Buffers {
 // SAFETY: plain integers; all-zero is a valid value.
 static BUFS: Shared<Buffers> = Shared(UnsafeCell::new(unsafe { core::mem::zeroed() }));
 
+/// Chains [`Blk::submit`] can have in flight at once (3 descriptors each
+/// in the 16-entry queue).
+pub const MIX_SLOTS: u16 = 5;
+
+/// Header and status of one chain in flight.
+#[repr(C, align(16))]
+struct Slot {
+    header: Header,
+    status: u8,
+}
+
+// SAFETY: plain integers; all-zero is a valid value.
+static MIX: Shared<[Slot; MIX_SLOTS as usize]> = Shared(UnsafeCell::new(unsafe { core::mem::zeroed() }));
+
 fn bufs() -> *mut Buffers {
     BUFS.0.get()
 }
@@ -166,6 +180,70 @@ impl Blk {
             read_only,
             next_head: 0,
         })
+    }
+
+    /// Submits one request of type `kind` at `sector` with `len` data
+    /// bytes as chain `slot` (`0..MIX_SLOTS`, heads 0, 3, ..., 12) without
+    /// waiting, its explicit tag (0: none) in the queue tag table; one
+    /// exit (the notify). Data goes to or from the shared data buffer (the
+    /// callers of this do not look at it); header and status are the
+    /// slot's own. Not to be mixed with [`Blk::request`] on one device.
+    pub fn submit(&mut self, slot: u16, kind: u32, sector: u64, len: u32, tag: u64) {
+        let slot = slot % MIX_SLOTS;
+        let head = slot * 3;
+        let m = MIX.0.get();
+        crate::acct::set_queue_tag(0, head, tag);
+        // SAFETY: in-bounds projections; slot `slot` is not in flight (the
+        // caller's bookkeeping), so the device does not access it now.
+        let (hdr, st) = unsafe {
+            addr_of_mut!((*m)[usize::from(slot)].header).write_volatile(Header {
+                kind,
+                reserved: 0,
+                sector,
+            });
+            addr_of_mut!((*m)[usize::from(slot)].status).write_volatile(0xff);
+            (
+                addr_of_mut!((*m)[usize::from(slot)].header) as u64,
+                addr_of_mut!((*m)[usize::from(slot)].status) as u64,
+            )
+        };
+        // SAFETY: in-bounds projection of the static buffers.
+        let data = unsafe { addr_of_mut!((*bufs()).data) as u64 };
+        let dir = if kind == T_IN || kind == T_GET_ID {
+            DESC_F_WRITE
+        } else {
+            0
+        };
+        let q = &mut self.queue;
+        q.set_desc(
+            head,
+            hdr,
+            core::mem::size_of::<Header>() as u32,
+            DESC_F_NEXT,
+            head + 1,
+        );
+        q.set_desc(
+            head + 1,
+            data,
+            len.min(DATA_BYTES as u32),
+            dir | DESC_F_NEXT,
+            head + 2,
+        );
+        q.set_desc(head + 2, st, 1, DESC_F_WRITE, 0);
+        q.publish(head);
+        self.mmio.write(reg::QUEUE_NOTIFY, 0);
+    }
+
+    /// One look at the used ring (no exit): the slot of a chain
+    /// [`Blk::submit`] sent that the device used, and its status byte.
+    pub fn poll(&mut self) -> Option<(u16, u8)> {
+        let (id, _) = self.queue.poll_used()?;
+        let slot = (id / 3) % MIX_SLOTS;
+        crate::acct::set_queue_tag(0, id, 0);
+        // SAFETY: in-bounds projection; the chain is used, so the device
+        // wrote its status byte before publishing `used.idx`.
+        let st = unsafe { addr_of_mut!((*MIX.0.get())[usize::from(slot)].status).read_volatile() };
+        Some((slot, st))
     }
 
     /// Puts `head` in the available ring as is (a hostile driver's entry).

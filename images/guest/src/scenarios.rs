@@ -45,10 +45,11 @@ pub enum Scenario {
     XvmClient = 22,
     XvmServer = 23,
     RunLog = 24,
-    Blk2 = 25,
+    BlkMix = 25,
+    Blk2 = 26,
 }
 
-const ALL: [(Scenario, &[u8]); 25] = [
+const ALL: [(Scenario, &[u8]); 26] = [
     (Scenario::Basic, b"basic"),
     (Scenario::Multi, b"multi"),
     (Scenario::Demo, b"demo"),
@@ -73,6 +74,7 @@ const ALL: [(Scenario, &[u8]); 25] = [
     (Scenario::XvmClient, b"xvm-client"),
     (Scenario::XvmServer, b"xvm-server"),
     (Scenario::RunLog, b"run-log"),
+    (Scenario::BlkMix, b"blk-mix"),
     (Scenario::Blk2, b"blk2"),
 ];
 
@@ -113,6 +115,7 @@ pub fn run(b: &Boot, s: Scenario) -> ! {
         Scenario::XvmClient => crate::xvm::client(b),
         Scenario::XvmServer => crate::xvm::server(b),
         Scenario::RunLog => run_log(b),
+        Scenario::BlkMix => crate::blk_mix::scenario(b),
         Scenario::Blk2 => blk2(b),
     }
 }

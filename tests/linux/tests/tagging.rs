@@ -136,12 +136,19 @@ fn each_cgroups_exits_are_charged_to_its_container() {
     // Within 10 %: the guest counts its CPU time on its own clock, which
     // under the emulator does not tick quite at L1's (measured: within
     // 0.2-2.6 %, where 4 ms samples of three threads taking turns would
-    // be off by whole samples).
+    // be off by whole samples). Plus the time the log did not cover: when
+    // the host is loaded the sampler may read a slot only after more than
+    // three switches, the entries in between are lost (`lost`), and their
+    // stretch is charged by sampling (`sampled_ns`, the only inexact part).
+    // Seen with four builds beside the suite: lost 14, sampled 76 ms,
+    // errors of +9, -26 and +18 ms.
+    let sampled = log["sampled_ns"].as_u64().unwrap_or(0);
     for (trace, got, cpu) in &spins {
         out.check(
-            got.abs_diff(*cpu) <= cpu / 10,
+            got.abs_diff(*cpu) <= cpu / 10 + sampled,
             &format!(
-                "spin request {trace} was charged {got} ns of run time, its thread ran {cpu} ns: {spins:?}"
+                "spin request {trace} was charged {got} ns of run time, its thread ran {cpu} ns, \
+                 the log left {sampled} ns to sampling: {spins:?}"
             ),
         );
     }

@@ -73,6 +73,10 @@ pub struct LimitView {
     pub net_rx_bytes: Option<BucketConfig>,
     /// As above.
     pub vsock_bytes: Option<BucketConfig>,
+    /// Its priority for held block work (`null`: not set, the lowest, 0).
+    pub priority: Option<u8>,
+    /// Its share of contended block work (`null`: not set, 1).
+    pub share: Option<u32>,
     /// Its state on each device that takes it.
     pub devices: Vec<DeviceLimitView>,
 }
@@ -123,6 +127,8 @@ fn view(live: &LiveLimits, l: ContainerLimit) -> LimitView {
         net_rx_frames: l.net_rx_frames,
         net_rx_bytes: l.net_rx_bytes,
         vsock_bytes: l.vsock_bytes,
+        priority: l.priority,
+        share: l.share,
         devices,
     }
 }
@@ -311,6 +317,50 @@ mod tests {
             route(Some(&l), "GET", "/v1/limitsx", None).is_none(),
             "not a limits path"
         );
+    }
+
+    #[test]
+    fn priorities_and_shares_are_set_shown_and_refused_like_buckets() {
+        let l = live();
+        let put = |path: &str, body: &str| route(Some(&l), "PUT", path, Some(body.as_bytes())).unwrap();
+        assert_eq!(put("/v1/limits/high", r#"{"priority": 7}"#).status, 200);
+        assert_eq!(
+            put("/v1/limits/batch/*", r#"{"share": "3", "blk-ops": "5/s"}"#).status,
+            200
+        );
+        let r = route(Some(&l), "GET", "/v1/limits", None).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let of = |path: &str| {
+            v["limits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["path"] == path)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(
+            (of("high")["priority"].as_u64(), of("high")["share"].is_null()),
+            (Some(7), true)
+        );
+        assert_eq!(
+            (of("batch/*")["share"].as_u64(), of("web")["priority"].is_null()),
+            (Some(3), true)
+        );
+        for (path, body, says) in [
+            ("/v1/limits/high", r#"{"priority": 8}"#, "from 0 to 7"),
+            ("/v1/limits/high", r#"{"share": 0}"#, "from 1 to 1000"),
+            (
+                "/v1/limits/tenant",
+                r#"{"priority": 1, "blk-ops": "1/s"}"#,
+                "tenant limit has no priority",
+            ),
+        ] {
+            let r = put(path, body);
+            assert_eq!(r.status, 400, "{body}");
+            assert!(String::from_utf8_lossy(&r.body).contains(says), "{body}");
+        }
+        assert_eq!(l.limits().len(), 3, "refusals change nothing");
     }
 
     proptest! {

@@ -414,6 +414,38 @@ pub fn render_otlp(out: &mut String, tenant: &str, o: &accounting::report::OtlpI
     }
 }
 
+/// Appends the API server's counters (`vm.api`):
+/// `resourceful_api_events_total` labelled `tenant` and `event`
+/// (`requests`, `client_errors`, `server_errors`, `refused_connections`,
+/// `bad_connections`), and `resourceful_api_answers_total` labelled
+/// `tenant` and `status` for each refusing status given at least once.
+pub fn render_api(out: &mut String, tenant: &str, a: &accounting::report::ApiInfo) {
+    {
+        let mut f = Family::new(
+            out,
+            "resourceful_api_events_total",
+            "API server: requests answered, refused (4xx) and failed (5xx), connections refused at the bound or ended without an answer.",
+        );
+        for (event, n) in [
+            ("requests", a.requests),
+            ("client_errors", a.client_errors),
+            ("server_errors", a.server_errors),
+            ("refused_connections", a.refused_connections),
+            ("bad_connections", a.bad_connections),
+        ] {
+            f.sample(&[("tenant", tenant), ("event", event)], n);
+        }
+    }
+    let mut f = Family::new(
+        out,
+        "resourceful_api_answers_total",
+        "API server: answers by refusing or failing status (400, 404, 405, 408, 413, 500).",
+    );
+    for (status, n) in &a.by_status {
+        f.sample(&[("tenant", tenant), ("status", status)], n);
+    }
+}
+
 /// Appends every device's counters: `resourceful_device_events_total`
 /// labelled `tenant`, `device` (`disk0`, …), `kind` (`virtio-blk`, …) and
 /// `counter` (`malformed`, `transport.bad_accesses`, …).

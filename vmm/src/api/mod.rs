@@ -27,6 +27,7 @@ pub mod flame_client;
 pub mod limits;
 pub mod metrics;
 pub mod server;
+pub mod stats;
 pub mod top;
 pub mod top_host;
 pub mod trace;
@@ -170,6 +171,9 @@ pub struct VmView {
     /// The OTLP exporter's counters as of now (as the report's `vm.otlp`);
     /// `null` without `--otlp-endpoint`.
     pub otlp: Option<accounting::report::OtlpInfo>,
+    /// The API server's counters (as the report's `vm.api`), up to the
+    /// request before this one.
+    pub api: accounting::report::ApiInfo,
     /// The report's tenant totals, as of now.
     pub totals: ChargesReport,
 }
@@ -182,6 +186,7 @@ pub struct ApiState {
     agent: Option<Arc<AgentHub>>,
     probes: Option<Arc<DeviceProbes>>,
     limits: Option<Arc<crate::live_limits::LiveLimits>>,
+    stats: Arc<stats::ApiStats>,
 }
 
 impl ApiState {
@@ -199,7 +204,13 @@ impl ApiState {
             agent: None,
             probes: None,
             limits: None,
+            stats: Arc::default(),
         }
+    }
+
+    /// The API server's counters (`vm.api`).
+    pub fn stats(&self) -> Arc<stats::ApiStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Serves the devices' counters (`/v1/vm`, `/metrics`) from `probes`.
@@ -394,6 +405,7 @@ fn get_vm(s: &ApiState) -> Reply {
             slots: info.slots,
             metrics_addr: info.metrics_addr,
             otlp: info.otlp,
+            api: s.stats.info(),
             totals,
         },
     )
@@ -538,6 +550,7 @@ fn get_metrics(s: &ApiState) -> Reply {
             if let Some(o) = (s.info)().otlp {
                 metrics::render_otlp(&mut text, s.acct.tenant(), &o);
             }
+            metrics::render_api(&mut text, s.acct.tenant(), &s.stats.info());
             text.into_bytes()
         },
     }

@@ -138,6 +138,7 @@ enum Surface {
 /// or a larger body, is answered 413 without reading (the rest of) it, and
 /// its connection closed.
 pub struct ApiServer {
+    stats: Arc<super::stats::ApiStats>,
     file: Option<SocketFile>,
     metrics_addr: Option<SocketAddr>,
     stop: Option<watch::Sender<bool>>,
@@ -181,6 +182,7 @@ impl ApiServer {
             .map_err(|e| fail("start the API runtime", e))?;
         let (stop, stopped) = watch::channel(false);
         let metrics_addr = metrics.as_ref().map(MetricsListener::local_addr);
+        let stats = state.stats();
         let state = Arc::new(state);
         let spawned = std::thread::Builder::new()
             .name("rsrc-api".into())
@@ -190,6 +192,7 @@ impl ApiServer {
             });
         match spawned {
             Ok(thread) => Ok(Self {
+                stats,
                 file,
                 metrics_addr,
                 stop: Some(stop),
@@ -202,6 +205,11 @@ impl ApiServer {
     /// The socket path, if the API is served on one.
     pub fn path(&self) -> Option<&Path> {
         self.file.as_ref().map(SocketFile::path)
+    }
+
+    /// The server's counters (`vm.api`).
+    pub fn stats(&self) -> Arc<super::stats::ApiStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Where metrics are served over TCP, if they are.
@@ -330,6 +338,9 @@ async fn answer(
     } else {
         reply
     };
+    state
+        .stats()
+        .note_answer(reply.status, &method, &target, &reply.body);
     let mut response = hyper::Response::new(Body::new(reply.body.into()));
     *response.status_mut() =
         hyper::StatusCode::from_u16(reply.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
@@ -411,9 +422,11 @@ async fn accept_loop<L: Accept>(
             }
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            state.stats().note_refused();
             accounting::warn_rl!("API on {shown}: connection refused, {max} already open");
             continue;
         };
+        let stats = state.stats();
         let state = Arc::clone(&state);
         let service = hyper::service::service_fn(move |rq| {
             let state = Arc::clone(&state);
@@ -427,7 +440,10 @@ async fn accept_loop<L: Accept>(
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                log::debug!("API connection: {e}");
+                // A malformed or oversized head (hyper answers 400 or 431
+                // itself), a head or body too slow, a client gone mid-way.
+                stats.note_bad_connection();
+                accounting::warn_rl!("API: a connection ended without an answer: {e}");
             }
             drop(slot);
         });

@@ -726,9 +726,12 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             log::error!("a vCPU thread panicked");
         }
     }
-    if let Some(api) = api {
+    // Stopped (its in-flight requests answered) before its counters are read.
+    let api = api.map(|api| {
+        let stats = api.stats();
         api.stop();
-    }
+        stats.info()
+    });
     agent.stop();
     let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     device_stop.store(true, Ordering::Release);
@@ -800,6 +803,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         run_log,
         metrics_addr,
         otlp,
+        api,
     };
     Ok(RunOutcome {
         end,
