@@ -185,6 +185,7 @@ impl ContainerLimit {
             path: self.path.clone(),
             ops: self.blk_ops.map(BucketConfig::bucket),
             bytes: self.blk_bytes.map(BucketConfig::bucket),
+            drop: false,
         }
     }
 
@@ -199,6 +200,7 @@ impl ContainerLimit {
             path: self.path.clone(),
             ops: self.net_tx_frames.map(BucketConfig::bucket),
             bytes: self.net_tx_bytes.map(BucketConfig::bucket),
+            drop: false,
         }
     }
 
@@ -213,6 +215,7 @@ impl ContainerLimit {
             path: self.path.clone(),
             ops: self.net_rx_frames.map(BucketConfig::bucket),
             bytes: self.net_rx_bytes.map(BucketConfig::bucket),
+            drop: false,
         }
     }
 

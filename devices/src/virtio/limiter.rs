@@ -171,6 +171,9 @@ pub struct BlockLimitConfig {
     pub ops: Option<BucketConfig>,
     /// Data bytes of reads and writes.
     pub bytes: Option<BucketConfig>,
+    /// Work over the limit is dropped instead of held (`net-rx-drop`:
+    /// virtio-net RX only; the other devices never set it).
+    pub drop: bool,
 }
 
 /// The path of the tenant limit: a bucket every request of the device also
@@ -220,6 +223,8 @@ pub struct LimitState {
     pub throttle_events: u64,
     /// Nanoseconds the work it let go was held.
     pub throttled_ns: u64,
+    /// Work it dropped instead of holding ([`BlockLimitConfig::drop`]).
+    pub dropped: u64,
 }
 
 impl LimitState {
@@ -241,6 +246,8 @@ impl LimitState {
 pub struct BlockLimit {
     ops: Option<TokenBucket>,
     bytes: Option<TokenBucket>,
+    /// [`BlockLimitConfig::drop`].
+    drop: bool,
 }
 
 impl BlockLimit {
@@ -248,6 +255,7 @@ impl BlockLimit {
         Ok(Self {
             ops: c.ops.map(|b| TokenBucket::new(b, now_ns)).transpose()?,
             bytes: c.bytes.map(|b| TokenBucket::new(b, now_ns)).transpose()?,
+            drop: c.drop,
         })
     }
 
@@ -256,6 +264,7 @@ impl BlockLimit {
         Self {
             ops: None,
             bytes: None,
+            drop: false,
         }
     }
 
@@ -280,8 +289,18 @@ impl BlockLimit {
         }
         let ops = one(&self.ops, c.ops, now_ns)?;
         let bytes = one(&self.bytes, c.bytes, now_ns)?;
-        *self = Self { ops, bytes };
+        *self = Self {
+            ops,
+            bytes,
+            drop: c.drop,
+        };
         Ok(())
+    }
+
+    /// Whether work over this limit is dropped instead of held
+    /// ([`BlockLimitConfig::drop`]).
+    pub fn drops(&self) -> bool {
+        self.drop
     }
 
     /// Takes one op and `bytes` from both buckets, or nothing from either.
@@ -498,6 +517,7 @@ mod tests {
             path: "a".into(),
             ops: Some(ops),
             bytes: Some(bytes),
+            drop: false,
         };
         let mut l = BlockLimit::new(&c, 0).unwrap();
         assert!(l.try_take(512, 0));
@@ -538,6 +558,7 @@ mod tests {
                 path: "a".into(),
                 ops,
                 bytes: None,
+                drop: false,
             },
             0,
         )
@@ -547,6 +568,7 @@ mod tests {
             path: "a".into(),
             ops,
             bytes: Some(c(64, 0, 1000)),
+            drop: false,
         };
         l.reconfigure(&both, 0).unwrap();
         assert!(!l.try_take(1, 0), "the ops bucket stays empty");

@@ -64,6 +64,8 @@ struct LimitStats {
     path: std::sync::Arc<str>,
     events: u64,
     throttled_ns: u64,
+    /// Work it dropped ([`BlockLimitConfig::drop`]).
+    dropped: u64,
 }
 
 impl<T: HeldWork> Throttle<T> {
@@ -165,6 +167,7 @@ impl<T: HeldWork> Throttle<T> {
             held: w.len() as u64,
             throttle_events: s.events + w.len() as u64,
             throttled_ns: s.throttled_ns,
+            dropped: s.dropped,
         })
     }
 
@@ -243,6 +246,26 @@ impl<T: HeldWork> Throttle<T> {
             self.publish_used(q);
         }
         held.then_some(q)
+    }
+
+    /// Whether limit `k` drops work over it instead of holding it
+    /// ([`BlockLimitConfig::drop`]; as of the last [`Self::admit`]).
+    pub fn drops(&self, k: usize) -> bool {
+        self.limits.get(k).is_some_and(BlockLimit::drops)
+    }
+
+    /// Whether any limit drops (after taking up a live change).
+    pub fn any_drops(&mut self) -> bool {
+        self.refresh();
+        self.limits.iter().any(BlockLimit::drops)
+    }
+
+    /// Counts work limit `k` dropped instead of holding it.
+    pub fn count_drop(&mut self, k: usize) {
+        if let Some(s) = self.stats.get_mut(k) {
+            s.dropped += 1;
+        }
+        self.publish_used(k);
     }
 
     /// Holds `h` in limit `k`'s FIFO (as [`Self::admit`] said).
@@ -360,6 +383,7 @@ mod tests {
                 refill_time: MAX_DAY,
             }),
             bytes: None,
+            drop: false,
         }
     }
 

@@ -35,6 +35,8 @@ pub struct DeviceLimitView {
     pub throttle_events: u64,
     /// Nanoseconds the ones it let go were held.
     pub throttled_ns: u64,
+    /// Received frames it dropped (`net-rx-drop`) since it was set.
+    pub dropped: u64,
 }
 
 /// One limit: its configuration and its state on each device it applies to.
@@ -81,6 +83,7 @@ fn view(live: &LiveLimits, l: ContainerLimit) -> LimitView {
                     held: s.held,
                     throttle_events: s.throttle_events,
                     throttled_ns: s.throttled_ns,
+                    dropped: s.dropped,
                 }
             })
         })

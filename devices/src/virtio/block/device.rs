@@ -1060,6 +1060,7 @@ pub(crate) mod tests {
                 refill_time: refill,
             }),
             bytes: None,
+            drop: false,
         }]
     }
 

@@ -278,6 +278,7 @@ mod tests {
                 refill_time: Duration::from_millis(5),
             }),
             bytes: None,
+            drop: false,
         }];
         d.set_tx_limits(&limits, Box::new(OneTag)).unwrap();
         let device = Arc::new(Mutex::new(d));

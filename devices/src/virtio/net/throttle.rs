@@ -126,6 +126,7 @@ mod tests {
             path: "limited".into(),
             ops: frames.map(bucket),
             bytes: bytes.map(bucket),
+            drop: false,
         }]
     }
 
