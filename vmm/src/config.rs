@@ -171,12 +171,16 @@ pub struct ContainerLimit {
     /// Bytes of those frames.
     #[serde(default)]
     pub net_rx_bytes: Option<BucketConfig>,
+    /// `net-rx-drop=on`: received frames over the `net-rx-*` buckets are
+    /// dropped by the VMM before they reach the guest, instead of held.
+    #[serde(default)]
+    pub net_rx_drop: bool,
 }
 
 /// What `--limit` expects, for error messages.
 const LIMIT_FORM: &str = "--limit PATH:KEY=VALUE[,...] with keys blk-ops=RATE, blk-bytes=RATE, \
      net-tx-frames=RATE, net-tx-bytes=RATE, net-rx-frames=RATE, net-rx-bytes=RATE and their -burst=N \
-     (blk-ops-burst, net-tx-bytes-burst, ...), RATE like 100/s, 10/100ms or 1MiB/s";
+     (blk-ops-burst, net-tx-bytes-burst, ...), RATE like 100/s, 10/100ms or 1MiB/s, and net-rx-drop=on|off";
 
 impl ContainerLimit {
     /// The device's form.
@@ -215,7 +219,7 @@ impl ContainerLimit {
             path: self.path.clone(),
             ops: self.net_rx_frames.map(BucketConfig::bucket),
             bytes: self.net_rx_bytes.map(BucketConfig::bucket),
-            drop: false,
+            drop: self.net_rx_drop,
         }
     }
 
@@ -289,6 +293,7 @@ impl ContainerLimit {
         let mut rates: [Option<devices::virtio::limiter::BucketConfig>; 6] = [None; 6];
         let mut bursts: [Option<u64>; 6] = [None; 6];
         let mut seen: Vec<&str> = Vec::with_capacity(pairs.len());
+        let mut net_rx_drop = false;
         for &(k, v) in pairs {
             let bad = |e: String| format!("{source} {path}: {k}: {e}");
             if seen.contains(&k) {
@@ -305,6 +310,12 @@ impl ContainerLimit {
                     v.parse::<u64>()
                         .map_err(|_| bad(format!("`{v}` is not a whole number")))?
                 });
+            } else if k == "net-rx-drop" {
+                net_rx_drop = match v {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(bad(format!("`{v}` is neither `on` nor `off`"))),
+                };
             } else if k == "priority" {
                 return Err(bad("priorities are not built yet: remove the key".into()));
             } else {
@@ -324,6 +335,11 @@ impl ContainerLimit {
                 (None, None) => None,
             };
         }
+        if net_rx_drop && rates[4].is_none() && rates[5].is_none() {
+            return Err(format!(
+                "{source} {path}: net-rx-drop=on needs net-rx-frames=RATE or net-rx-bytes=RATE: it drops the received frames over that limit"
+            ));
+        }
         if rates.iter().all(Option::is_none) {
             return Err(format!("{source} {path} sets no rate: expected {LIMIT_FORM}"));
         }
@@ -336,6 +352,7 @@ impl ContainerLimit {
             net_tx_bytes,
             net_rx_frames,
             net_rx_bytes,
+            net_rx_drop,
         })
     }
 }
@@ -656,6 +673,11 @@ impl VmConfig {
                         .into(),
                 ));
             }
+            if c.net_rx_drop && !c.limits_net_rx() {
+                return Err(err(
+                    "net-rx-drop=on needs net-rx-frames=RATE or net-rx-bytes=RATE: it drops the received frames over that limit".into(),
+                ));
+            }
             for b in c.buckets() {
                 devices::virtio::block::TokenBucket::new(b.bucket(), 0).map_err(|e| err(e.to_string()))?;
             }
@@ -869,6 +891,43 @@ mod tests {
             ..l
         }];
         assert!(c.validate().unwrap_err().to_string().contains("net-tx-frames"));
+    }
+
+    #[test]
+    fn net_rx_drop_is_on_or_off_and_needs_an_rx_rate() {
+        let l: ContainerLimit = "flood:net-rx-frames=100/s,net-rx-drop=on".parse().unwrap();
+        assert!(l.net_rx_drop && l.net_rx().drop);
+        assert!(!l.net_tx().drop && !l.block().drop);
+        let l: ContainerLimit = "flood:net-rx-bytes=1MiB/s,net-rx-drop=off".parse().unwrap();
+        assert!(!l.net_rx_drop && !l.net_rx().drop);
+        let held: ContainerLimit = "flood:net-rx-frames=100/s".parse().unwrap();
+        assert!(!held.net_rx().drop, "held by default");
+        for (bad, says) in [
+            ("flood:net-rx-drop=on", "needs net-rx-frames=RATE or net-rx-bytes=RATE"),
+            ("flood:net-tx-frames=1/s,net-rx-drop=on", "needs net-rx-frames"),
+            ("flood:net-rx-frames=1/s,net-rx-drop=yes", "neither `on` nor `off`"),
+            (
+                "flood:net-rx-frames=1/s,net-rx-drop=on,net-rx-drop=on",
+                "given twice",
+            ),
+        ] {
+            let e = bad.parse::<ContainerLimit>().unwrap_err();
+            assert!(e.contains("--limit") && e.contains(says), "{bad}: {e}");
+        }
+        // A configuration from elsewhere than the parser is checked too.
+        let mut c = VmConfig::new(KernelSource::Builtin(Builtin::TestGuest));
+        c.container_limits = vec![ContainerLimit {
+            net_rx_drop: true,
+            ..held.clone()
+        }];
+        assert_eq!(c.validate(), Ok(()));
+        c.container_limits = vec![ContainerLimit {
+            net_rx_drop: true,
+            net_rx_frames: None,
+            net_tx_frames: held.net_rx_frames,
+            ..held
+        }];
+        assert!(c.validate().unwrap_err().to_string().contains("net-rx-drop"));
     }
 
     #[test]

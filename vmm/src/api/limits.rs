@@ -56,6 +56,9 @@ pub struct LimitView {
     pub net_rx_frames: Option<BucketConfig>,
     /// As above.
     pub net_rx_bytes: Option<BucketConfig>,
+    /// Whether received frames over the `net-rx-*` buckets are dropped
+    /// (`net-rx-drop=on`) instead of held.
+    pub net_rx_drop: bool,
     /// Its state on each device that takes it.
     pub devices: Vec<DeviceLimitView>,
 }
@@ -96,6 +99,7 @@ fn view(live: &LiveLimits, l: ContainerLimit) -> LimitView {
         net_tx_bytes: l.net_tx_bytes,
         net_rx_frames: l.net_rx_frames,
         net_rx_bytes: l.net_rx_bytes,
+        net_rx_drop: l.net_rx_drop,
         devices,
     }
 }
