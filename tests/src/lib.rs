@@ -2,6 +2,9 @@
 //! project's bare-metal test guest in a real KVM VM with a scenario, and hand
 //! back the report and what the guest printed.
 
+pub mod flood;
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;

@@ -903,9 +903,15 @@ mod tests {
         let held: ContainerLimit = "flood:net-rx-frames=100/s".parse().unwrap();
         assert!(!held.net_rx().drop, "held by default");
         for (bad, says) in [
-            ("flood:net-rx-drop=on", "needs net-rx-frames=RATE or net-rx-bytes=RATE"),
+            (
+                "flood:net-rx-drop=on",
+                "needs net-rx-frames=RATE or net-rx-bytes=RATE",
+            ),
             ("flood:net-tx-frames=1/s,net-rx-drop=on", "needs net-rx-frames"),
-            ("flood:net-rx-frames=1/s,net-rx-drop=yes", "neither `on` nor `off`"),
+            (
+                "flood:net-rx-frames=1/s,net-rx-drop=yes",
+                "neither `on` nor `off`",
+            ),
             (
                 "flood:net-rx-frames=1/s,net-rx-drop=on,net-rx-drop=on",
                 "given twice",

@@ -13,6 +13,7 @@ mod acct;
 mod agent;
 mod agent_slots;
 mod blk;
+mod flood_echo;
 mod frame;
 mod io;
 mod mem;

@@ -45,9 +45,10 @@ pub enum Scenario {
     XvmClient = 22,
     XvmServer = 23,
     RunLog = 24,
+    FloodEcho = 25,
 }
 
-const ALL: [(Scenario, &[u8]); 24] = [
+const ALL: [(Scenario, &[u8]); 25] = [
     (Scenario::Basic, b"basic"),
     (Scenario::Multi, b"multi"),
     (Scenario::Demo, b"demo"),
@@ -72,6 +73,7 @@ const ALL: [(Scenario, &[u8]); 24] = [
     (Scenario::XvmClient, b"xvm-client"),
     (Scenario::XvmServer, b"xvm-server"),
     (Scenario::RunLog, b"run-log"),
+    (Scenario::FloodEcho, b"flood-echo"),
 ];
 
 impl Scenario {
@@ -111,6 +113,7 @@ pub fn run(b: &Boot, s: Scenario) -> ! {
         Scenario::XvmClient => crate::xvm::client(b),
         Scenario::XvmServer => crate::xvm::server(b),
         Scenario::RunLog => run_log(b),
+        Scenario::FloodEcho => crate::flood_echo::scenario(b),
     }
 }
 

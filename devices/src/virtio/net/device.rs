@@ -1513,9 +1513,16 @@ pub(crate) mod tests {
         assert_eq!((used(&rxq, 0).0, used(&rxq, 1).0), (0, 1));
         assert_eq!(rxq.used().idx().load(), 2);
         let mut got = vec![0u8; 50];
-        m.read_slice(&mut got, GuestAddress(RX_BUFS + 0x1000 + u64::try_from(VNET_HDR_LEN).unwrap() + 34))
-            .unwrap();
-        assert_ne!(got, vec![2u8; 50], "a dropped frame is never written to the guest");
+        m.read_slice(
+            &mut got,
+            GuestAddress(RX_BUFS + 0x1000 + u64::try_from(VNET_HDR_LEN).unwrap() + 34),
+        )
+        .unwrap();
+        assert_ne!(
+            got,
+            vec![2u8; 50],
+            "a dropped frame is never written to the guest"
+        );
         let charged: Vec<_> = rec.nets.iter().map(|c| (c.tag, c.frames, c.dropped)).collect();
         assert_eq!(
             charged,
@@ -1527,10 +1534,17 @@ pub(crate) mod tests {
             ]
         );
         let bytes = u64::try_from(reply(2).len()).unwrap();
-        assert!(rec.nets[1..3].iter().all(|c| c.bytes == bytes && c.throttled_ns.is_none()));
+        assert!(rec.nets[1..3]
+            .iter()
+            .all(|c| c.bytes == bytes && c.throttled_ns.is_none()));
         let s = d.stats();
         assert_eq!(
-            (s.rx_limit_dropped, s.rx_limit_dropped_bytes, s.rx_frames, s.rx_throttled),
+            (
+                s.rx_limit_dropped,
+                s.rx_limit_dropped_bytes,
+                s.rx_frames,
+                s.rx_throttled
+            ),
             (2, 2 * bytes, 2, 0)
         );
         assert_eq!((d.rx_throttled_now(), d.next_release()), (0, None));
