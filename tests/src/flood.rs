@@ -68,9 +68,7 @@ pub struct FloodRun {
 /// datagrams, or `None` if it did not get there.
 pub fn guest_counts(console: &str) -> Option<(u64, u64, u64)> {
     let line = console.lines().find(|l| l.starts_with("flood-echo: echo="))?;
-    let mut it = line
-        .split(|c: char| c == '=' || c == ' ')
-        .filter_map(|w| w.parse::<u64>().ok());
+    let mut it = line.split(['=', ' ']).filter_map(|w| w.parse::<u64>().ok());
     Some((it.next()?, it.next()?, it.next()?))
 }
 
@@ -81,7 +79,8 @@ fn flood(sock: &UdpSocket, rate: u64, stop: &AtomicBool, sent: &AtomicU64) {
     let start = Instant::now();
     let mut done = 0u64;
     while !stop.load(Ordering::Acquire) {
-        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        let due =
+            u64::try_from(start.elapsed().as_micros() * u128::from(rate) / 1_000_000).unwrap_or(u64::MAX);
         // At most 1,000 a round: a slow round does not turn into a burst.
         for _ in 0..due.saturating_sub(done).min(1000) {
             done += 1;
@@ -111,15 +110,13 @@ fn measure(sock: &UdpSocket, count_from: Instant, until: Instant, sent: &mut u64
         send(sent);
     }
     while Instant::now() < until {
-        match sock.recv(&mut buf) {
-            Ok(_) => {
-                *got += 1;
-                if Instant::now() >= count_from {
-                    counted += 1;
-                }
+        // An echo, or none for ECHO_WAIT (lost or slow): either way one
+        // more datagram keeps the window from emptying.
+        if sock.recv(&mut buf).is_ok() {
+            *got += 1;
+            if Instant::now() >= count_from {
+                counted += 1;
             }
-            // Lost (or slow): one more keeps the window from emptying.
-            Err(_) => {}
         }
         send(sent);
     }

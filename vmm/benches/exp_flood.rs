@@ -43,6 +43,7 @@ fn policies() -> Vec<(&'static str, Vec<ContainerLimit>)> {
 }
 
 fn main() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         println!("exp_flood: skipped: needs root (a TAP in a private network namespace)");
         return;

@@ -107,8 +107,8 @@ struct Common {
     top_requests: usize,
     /// A token-bucket limit on one container's block I/O and network TX/RX, applied to the live
     /// container of that path (repeatable; PATH `tenant`: every request also draws from it): PATH:blk-ops=RATE[,blk-bytes=RATE][,net-tx-frames=RATE]
-    /// [,net-tx-bytes=RATE][,net-rx-frames=RATE][,net-rx-bytes=RATE][,KEY-burst=N], RATE like 100/s, 10/100ms or 1MiB/s. Held requests and
-    /// frames are delayed, never dropped.
+    /// [,net-tx-bytes=RATE][,net-rx-frames=RATE][,net-rx-bytes=RATE][,KEY-burst=N][,net-rx-drop=on], RATE like 100/s, 10/100ms or 1MiB/s.
+    /// Held requests and frames are delayed, never dropped; with net-rx-drop=on received frames over the limit are dropped.
     #[arg(long = "limit", value_name = "PATH:blk-ops=RATE,...")]
     limit: Vec<ContainerLimit>,
     /// Per-container limits from a JSON file: {"limits": [{"container": "PATH", "blk-ops": "100/s", ...}]}

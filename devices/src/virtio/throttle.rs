@@ -46,6 +46,9 @@ pub(crate) struct Throttle<T> {
     memory: usize,
     lookup: Box<dyn LimitLookup>,
     epoch: Instant,
+    /// Live changes taken up so far: an index [`Self::admit`] gave before
+    /// a change may name another limit after it.
+    generation: u64,
 }
 
 impl<T> std::fmt::Debug for Throttle<T> {
@@ -92,6 +95,7 @@ impl<T: HeldWork> Throttle<T> {
             memory: 0,
             lookup,
             epoch: Instant::now(),
+            generation: 0,
         };
         t.publish();
         Ok(t)
@@ -108,6 +112,7 @@ impl<T: HeldWork> Throttle<T> {
         let Some(new) = self.lookup.changed() else {
             return;
         };
+        self.generation += 1;
         let now = self.now();
         let mut limits = Vec::with_capacity(new.len());
         let mut waiting = Vec::with_capacity(new.len());
@@ -252,6 +257,12 @@ impl<T: HeldWork> Throttle<T> {
     /// ([`BlockLimitConfig::drop`]; as of the last [`Self::admit`]).
     pub fn drops(&self, k: usize) -> bool {
         self.limits.get(k).is_some_and(BlockLimit::drops)
+    }
+
+    /// Live changes taken up so far (an index from [`Self::admit`] holds
+    /// only while this stays the same).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Whether any limit drops (after taking up a live change).

@@ -253,6 +253,27 @@ mod tests {
     }
 
     #[test]
+    fn a_dropping_rx_limit_is_set_and_shown_live() {
+        let l = live();
+        let put = |path: &str, body: &str| route(Some(&l), "PUT", path, Some(body.as_bytes())).unwrap();
+        let r = put(
+            "/v1/limits/flooded",
+            r#"{"net-rx-frames": "200/s", "net-rx-drop": "on"}"#,
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let set = l.limits().into_iter().find(|c| c.path == "flooded").unwrap();
+        assert!(set.net_rx_drop && set.net_rx().drop);
+        let r = route(Some(&l), "GET", "/v1/limits/flooded", None).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["net_rx_drop"], true, "{v}");
+        // Without an RX rate it would drop nothing: refused, nothing changes.
+        let r = put("/v1/limits/flooded", r#"{"blk-ops": "1/s", "net-rx-drop": "on"}"#);
+        assert_eq!(r.status, 400);
+        assert!(String::from_utf8_lossy(&r.body).contains("net-rx-drop=on needs"));
+        assert!(l.limits().iter().any(|c| c.path == "flooded" && c.net_rx_drop));
+    }
+
+    #[test]
     fn changes_are_applied_whole_or_not_at_all() {
         let l = live();
         let put = |path: &str, body: &str| route(Some(&l), "PUT", path, Some(body.as_bytes())).unwrap();

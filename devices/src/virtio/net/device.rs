@@ -305,6 +305,9 @@ struct RxPending {
     /// The limit that holds (or drops) it; `None`: it passes (its tokens
     /// are taken) or no limit applies.
     limit: Option<usize>,
+    /// The throttle's generation when it was admitted: `limit` names the
+    /// same limit only while it stays the same.
+    generation: u64,
 }
 
 /// Attributes a frame just read (`frame`, after the virtio-net header) and
@@ -328,12 +331,17 @@ fn admit_rx(
         stats.rx_unattributed += 1;
     }
     let bytes = u64::try_from(frame.len()).unwrap_or(u64::MAX);
+    let (limit, generation) = match throttle {
+        Some(t) => (t.admit(tag, bytes), t.generation()),
+        None => (None, 0),
+    };
     RxPending {
         len: frame.len() + VNET_HDR_LEN,
         read_at: Instant::now(),
         tag,
         bytes,
-        limit: throttle.and_then(|t| t.admit(tag, bytes)),
+        limit,
+        generation,
     }
 }
 
@@ -812,8 +820,23 @@ impl NetDevice {
                 read_at,
                 tag,
                 bytes,
-                limit,
+                mut limit,
+                generation,
             } = p;
+            // A live change since it was admitted (it waited for a buffer):
+            // its limit's index may name another limit now; ask again (a
+            // frame that passed keeps its pass).
+            if let (Some(t), Some(_)) = (self.rx_throttle.as_mut(), limit) {
+                if t.generation() != generation {
+                    limit = t.admit(tag, bytes);
+                    let generation = t.generation();
+                    self.rx_pending = Some(RxPending {
+                        limit,
+                        generation,
+                        ..p
+                    });
+                }
+            }
             let dropping = limit.filter(|&k| self.rx_throttle.as_ref().is_some_and(|t| t.drops(k)));
             if let (Some(k), Some(t)) = (dropping, self.rx_throttle.as_mut()) {
                 // Over a dropping limit: never written to the guest.
@@ -1624,6 +1647,78 @@ pub(crate) mod tests {
         assert_eq!((d.stats().rx_limit_dropped, d.stats().rx_frames), (99, 1));
         assert_eq!(rec.nets.len(), 100);
         assert!(rec.nets[1..].iter().all(|c| c.dropped && c.tag == Some(42)));
+    }
+
+    #[test]
+    fn a_frame_waiting_for_a_buffer_is_admitted_again_after_a_live_change() {
+        use crate::virtio::limiter::{BlockLimitConfig, BucketConfig, LimitLookup};
+        type Next = Arc<Mutex<Option<Vec<BlockLimitConfig>>>>;
+        /// Tag 42 falls under the limit named `held`, tag 43 under `dropped`,
+        /// in whatever table is current.
+        struct Live {
+            paths: Vec<String>,
+            next: Next,
+        }
+        impl LimitLookup for Live {
+            fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
+                let want = match tag {
+                    Some(42) => "held",
+                    Some(43) => "dropped",
+                    _ => return None,
+                };
+                self.paths.iter().position(|p| p == want)
+            }
+            fn changed(&mut self) -> Option<Vec<BlockLimitConfig>> {
+                let new = self.next.lock().unwrap().take()?;
+                self.paths = new.iter().map(|c| c.path.clone()).collect();
+                Some(new)
+            }
+        }
+        let limit = |path: &str, drop| BlockLimitConfig {
+            path: path.into(),
+            ops: Some(BucketConfig {
+                size: 1,
+                one_time_burst: 0,
+                refill_time: Duration::from_secs(3600),
+            }),
+            bytes: None,
+            drop,
+        };
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let (mut d, b) = activated(&m, &rxq, &txq);
+        let next: Next = Arc::default();
+        let table = vec![limit("held", false), limit("dropped", true)];
+        let lookup = Live {
+            paths: table.iter().map(|c| c.path.clone()).collect(),
+            next: Arc::clone(&next),
+        };
+        d.set_rx_limits(&table, Box::new(lookup)).unwrap();
+        learn(&mut d, &m, &txq, &guest_flow(), 42);
+        // Tag 42's first reply takes its one token and the one buffer.
+        b.0.lock().unwrap().to_guest.push_back(with_header(&reply(0)));
+        push_rx(&rxq, 0, 2048);
+        let mut rec = Recorder::default();
+        d.process_rx(&mut rec);
+        // The next is read with no buffer (the device drops for tag 43):
+        // its limit (index 0) would hold it; it waits for a buffer.
+        b.0.lock().unwrap().to_guest.push_back(with_header(&reply(1)));
+        assert!(d.process_rx(&mut rec).rx_stalled);
+        // A live change: `held` is gone, index 0 is `dropped` now.
+        *next.lock().unwrap() = Some(vec![limit("dropped", true)]);
+
+        push_rx(&rxq, 1, 2048);
+        let out = d.process_rx(&mut rec);
+
+        // No limit of its own any more: delivered, neither held in nor
+        // dropped by the limit that now has its old index.
+        assert_eq!((out.frames, out.dropped), (1, 0));
+        assert_eq!(used(&rxq, 1).0, 1);
+        assert_eq!((d.rx_throttled_now(), d.stats().rx_limit_dropped), (0, 0));
+        assert_eq!(
+            rec.nets.iter().map(|c| (c.tag, c.dropped)).collect::<Vec<_>>(),
+            [(Some(42), false), (Some(42), false)]
+        );
     }
 
     #[test]
