@@ -94,7 +94,8 @@ pub struct NetStats {
     pub rx_frames: u64,
     /// Their bytes (without the virtio-net header).
     pub rx_bytes: u64,
-    /// Of which charged to no principal (unknown flow).
+    /// Frames read from the backend that answer no known flow (charged to
+    /// no principal), counted when read: delivered, held or dropped.
     pub rx_unattributed: u64,
     /// RX chains that were not device-writable buffers (consumed empty).
     pub rx_malformed: u64,
