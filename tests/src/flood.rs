@@ -36,7 +36,7 @@ pub const FRAME_BYTES: u64 = 14 + 20 + 8 + PAYLOAD as u64;
 /// Warm-up of each phase before the client's echoes are counted.
 const WARMUP: Duration = Duration::from_millis(200);
 /// How long the client waits for an echo before sending another datagram.
-const ECHO_WAIT: Duration = Duration::from_millis(20);
+const ECHO_WAIT: Duration = Duration::from_millis(5);
 
 /// One phase: the flood's offered rate and what the client got.
 #[derive(Clone, Copy, Debug)]
