@@ -200,18 +200,20 @@ pub fn run(rates: &[u64], phase: Duration, limits: Vec<ContainerLimit>) -> Flood
                     echo_received += 1;
                 }
             }
-            // The stop, until its echo comes back (the guest ends then).
+            // The stop, every 100 ms until its echo comes back (the guest
+            // ends then); behind a held flood it waits its turn in the TAP.
             let mut stopped = false;
-            for _ in 0..200 {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stopped && Instant::now() < deadline {
                 if echo.send(b"stop").is_ok() {
                     echo_sent += 1;
                 }
-                while let Ok(n) = echo.recv(&mut buf) {
-                    echo_received += 1;
-                    stopped |= &buf[..n] == b"stop";
-                }
-                if stopped {
-                    break;
+                let wait = Instant::now() + Duration::from_millis(100);
+                while !stopped && Instant::now() < wait {
+                    if let Ok(n) = echo.recv(&mut buf) {
+                        echo_received += 1;
+                        stopped |= &buf[..n] == b"stop";
+                    }
                 }
             }
             assert!(stopped, "the guest never echoed the stop");
