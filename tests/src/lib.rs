@@ -3,6 +3,8 @@
 //! back the report and what the guest printed.
 
 pub mod blk_mix;
+pub mod flood;
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,107 +6,13 @@
 //! counted. Expected numbers: `docs/guest-scenarios.md`.
 
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use resourceful_tests::netns::{NetNs, GUEST_MAC, HOST_IP};
 use resourceful_tests::{boot, config};
 use vmm::config::{ContainerLimit, NetConfig};
-
-const HOST_IP: &str = "10.77.0.1";
-const GUEST_IP: &str = "10.77.0.2";
-const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-
-/// A network namespace with a configured TAP, removed (with the TAP) on drop.
-struct NetNs {
-    name: String,
-    tap: String,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("the ip tool runs (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl NetNs {
-    fn new() -> Self {
-        // One per test: the tests of this file run in parallel.
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("rsrc{}-{n}", std::process::id());
-        let tap = format!("rt{}-{n}", std::process::id());
-        ip(&["netns", "add", &name]);
-        let ns = Self { name, tap };
-        let t = ns.tap.as_str();
-        ns.exec(&["ip", "tuntap", "add", "dev", t, "mode", "tap"]);
-        ns.exec(&["ip", "addr", "add", &format!("{HOST_IP}/24"), "dev", t]);
-        // No IPv6 chatter (router solicitations, MLD) on the guest's wire.
-        ns.exec(&["sysctl", "-qw", &format!("net.ipv6.conf.{t}.disable_ipv6=1")]);
-        ns.exec(&["ip", "link", "set", t, "up"]);
-        // The host knows the guest's MAC: no ARP, so RX carries only echoes.
-        let mac = GUEST_MAC
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
-        ns.exec(&[
-            "ip",
-            "neigh",
-            "add",
-            GUEST_IP,
-            "lladdr",
-            &mac,
-            "dev",
-            t,
-            "nud",
-            "permanent",
-        ]);
-        ns
-    }
-
-    fn exec(&self, args: &[&str]) {
-        let mut full = vec!["netns", "exec", self.name.as_str()];
-        full.extend_from_slice(args);
-        ip(&full);
-    }
-
-    fn tap_mac(&self) -> String {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.name,
-                "cat",
-                &format!("/sys/class/net/{}/address", self.tap),
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    }
-
-    /// Moves the calling thread into the namespace.
-    fn enter(&self) {
-        let f = std::fs::File::open(format!("/var/run/netns/{}", self.name)).unwrap();
-        // SAFETY: setns on a valid namespace fd; it changes only this thread.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
 
 /// Boots the `net` scenario on a TAP in a fresh namespace with an echo
 /// server, with `limits` (`--limit` flags); returns the run and how many

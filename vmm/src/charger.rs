@@ -36,9 +36,10 @@ pub fn block_op(op: virtio::BlockOp) -> BlockOp {
 
 /// The books' form of one frame's network work.
 pub fn net_work(c: &virtio::NetCharge) -> NetCharge {
-    let (tx, rx) = match c.dir {
-        virtio::NetDir::Tx => ((c.frames, c.bytes), (0, 0)),
-        virtio::NetDir::Rx => ((0, 0), (c.frames, c.bytes)),
+    let (tx, rx, dropped) = match c.dir {
+        virtio::NetDir::Tx => ((c.frames, c.bytes), (0, 0), (0, 0)),
+        virtio::NetDir::Rx if c.dropped => ((0, 0), (0, 0), (c.frames, c.bytes)),
+        virtio::NetDir::Rx => ((0, 0), (c.frames, c.bytes), (0, 0)),
     };
     NetCharge {
         tx_frames: tx.0,
@@ -50,6 +51,8 @@ pub fn net_work(c: &virtio::NetCharge) -> NetCharge {
         spoofed_frames: if c.spoofed { c.frames.max(1) } else { 0 },
         throttle_events: u64::from(c.throttled_ns.is_some()),
         throttled_ns: c.throttled_ns.unwrap_or(0),
+        rx_dropped_frames: dropped.0,
+        rx_dropped_bytes: dropped.1,
     }
 }
 
@@ -123,6 +126,7 @@ mod tests {
             spoofed: false,
             attributed_by_flow: false,
             throttled_ns: None,
+            dropped: false,
         };
         let w = net_work(&tx);
         assert_eq!(
@@ -160,6 +164,19 @@ mod tests {
         assert_eq!(
             (held.throttle_events, held.throttled_ns, held.tx_frames),
             (1, 7, 1)
+        );
+        assert_eq!((net_work(&rx).rx_dropped_frames, w.rx_dropped_frames), (0, 0));
+        // A received frame a net-rx-drop limit dropped: not delivered.
+        let dropped = net_work(&virtio::NetCharge { dropped: true, ..rx });
+        assert_eq!(
+            (
+                dropped.rx_dropped_frames,
+                dropped.rx_dropped_bytes,
+                dropped.rx_frames,
+                dropped.rx_bytes,
+                dropped.host_ns
+            ),
+            (1, 142, 0, 0, 5)
         );
     }
     use accounting::abi::{tag, EntryKind, RingEntry};

@@ -194,6 +194,10 @@ pub struct ContainerLimit {
     /// priorities (`None`: 1).
     #[serde(default)]
     pub share: Option<u32>,
+    /// `net-rx-drop=on`: received frames over the `net-rx-*` buckets are
+    /// dropped by the VMM before they reach the guest, instead of held.
+    #[serde(default)]
+    pub net_rx_drop: bool,
 }
 
 /// The rate keys of a limit (`true`: a bytes rate); each also has its
@@ -217,7 +221,7 @@ const LIMIT_FORM: &str = "--limit PATH:KEY=VALUE[,...] with keys blk-ops=RATE, b
      blk-read-ops=RATE, blk-read-bytes=RATE, blk-write-ops=RATE, blk-write-bytes=RATE, \
      net-tx-frames=RATE, net-tx-bytes=RATE, net-rx-frames=RATE, net-rx-bytes=RATE, vsock-bytes=RATE and their -burst=N \
      (blk-ops-burst, net-tx-bytes-burst, ...), RATE like 100/s, 10/100ms or 1MiB/s, \
-     priority=0..7 and share=1..1000";
+     priority=0..7, share=1..1000 and net-rx-drop=on|off";
 
 impl ContainerLimit {
     /// The device's form.
@@ -236,6 +240,7 @@ impl ContainerLimit {
                 bytes: self.blk_write_bytes.map(BucketConfig::bucket),
             },
             class: self.class(),
+            drop: false,
         }
     }
 
@@ -284,6 +289,7 @@ impl ContainerLimit {
             path: self.path.clone(),
             ops: self.net_rx_frames.map(BucketConfig::bucket),
             bytes: self.net_rx_bytes.map(BucketConfig::bucket),
+            drop: self.net_rx_drop,
             ..Default::default()
         }
     }
@@ -371,6 +377,7 @@ impl ContainerLimit {
         let mut bursts: [Option<u64>; 11] = [None; 11];
         let (mut priority, mut share) = (None, None);
         let mut seen: Vec<&str> = Vec::with_capacity(pairs.len());
+        let mut net_rx_drop = false;
         for &(k, v) in pairs {
             let bad = |e: String| format!("{source} {path}: {k}: {e}");
             if seen.contains(&k) {
@@ -387,6 +394,12 @@ impl ContainerLimit {
                     v.parse::<u64>()
                         .map_err(|_| bad(format!("`{v}` is not a whole number")))?
                 });
+            } else if k == "net-rx-drop" {
+                net_rx_drop = match v {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(bad(format!("`{v}` is neither `on` nor `off`"))),
+                };
             } else if k == "priority" {
                 priority = Some(parse_class_key(v, 0, MAX_PRIORITY).map_err(bad)?);
             } else if k == "share" {
@@ -407,6 +420,11 @@ impl ContainerLimit {
                 (None, Some(_)) => return Err(format!("{source} {path}: {key}-burst needs {key}=RATE too")),
                 (None, None) => None,
             };
+        }
+        if net_rx_drop && rates[8].is_none() && rates[9].is_none() {
+            return Err(format!(
+                "{source} {path}: net-rx-drop=on needs net-rx-frames=RATE or net-rx-bytes=RATE: it drops the received frames over that limit"
+            ));
         }
         if rates.iter().all(Option::is_none) && priority.is_none() && share.is_none() {
             return Err(format!(
@@ -433,6 +451,7 @@ impl ContainerLimit {
             vsock_bytes,
             priority,
             share,
+            net_rx_drop,
         })
     }
 }
@@ -778,6 +797,11 @@ impl VmConfig {
             }
             if c.path == devices::virtio::limiter::TENANT_PATH && c.class().is_some() {
                 return Err(err(TENANT_NO_CLASS.into()));
+            }
+            if c.net_rx_drop && !c.limits_net_rx() {
+                return Err(err(
+                    "net-rx-drop=on needs net-rx-frames=RATE or net-rx-bytes=RATE: it drops the received frames over that limit".into(),
+                ));
             }
             for b in c.buckets() {
                 devices::virtio::block::TokenBucket::new(b.bucket(), 0).map_err(|e| err(e.to_string()))?;
@@ -1125,6 +1149,49 @@ mod tests {
             c.container_limits = vec![bad];
             assert!(c.validate().unwrap_err().to_string().contains(says), "{says}");
         }
+    }
+
+    #[test]
+    fn net_rx_drop_is_on_or_off_and_needs_an_rx_rate() {
+        let l: ContainerLimit = "flood:net-rx-frames=100/s,net-rx-drop=on".parse().unwrap();
+        assert!(l.net_rx_drop && l.net_rx().drop);
+        assert!(!l.net_tx().drop && !l.block().drop);
+        let l: ContainerLimit = "flood:net-rx-bytes=1MiB/s,net-rx-drop=off".parse().unwrap();
+        assert!(!l.net_rx_drop && !l.net_rx().drop);
+        let held: ContainerLimit = "flood:net-rx-frames=100/s".parse().unwrap();
+        assert!(!held.net_rx().drop, "held by default");
+        for (bad, says) in [
+            (
+                "flood:net-rx-drop=on",
+                "needs net-rx-frames=RATE or net-rx-bytes=RATE",
+            ),
+            ("flood:net-tx-frames=1/s,net-rx-drop=on", "needs net-rx-frames"),
+            (
+                "flood:net-rx-frames=1/s,net-rx-drop=yes",
+                "neither `on` nor `off`",
+            ),
+            (
+                "flood:net-rx-frames=1/s,net-rx-drop=on,net-rx-drop=on",
+                "given twice",
+            ),
+        ] {
+            let e = bad.parse::<ContainerLimit>().unwrap_err();
+            assert!(e.contains("--limit") && e.contains(says), "{bad}: {e}");
+        }
+        // A configuration from elsewhere than the parser is checked too.
+        let mut c = VmConfig::new(KernelSource::Builtin(Builtin::TestGuest));
+        c.container_limits = vec![ContainerLimit {
+            net_rx_drop: true,
+            ..held.clone()
+        }];
+        assert_eq!(c.validate(), Ok(()));
+        c.container_limits = vec![ContainerLimit {
+            net_rx_drop: true,
+            net_rx_frames: None,
+            net_tx_frames: held.net_rx_frames,
+            ..held
+        }];
+        assert!(c.validate().unwrap_err().to_string().contains("net-rx-drop"));
     }
 
     #[test]

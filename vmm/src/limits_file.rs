@@ -213,7 +213,8 @@ mod tests {
             {"container": "batch/*", "net-tx-frames": "10/100ms", "net-tx-bytes-burst": "4KiB", "net-tx-bytes": "64KiB/s"},
             {"container": "unattributed", "blk-ops": "5/s"},
             {"container": "tenant", "blk-ops": "500/s"},
-            {"container": "db", "net-rx-frames": "50/s", "net-rx-bytes": "1MiB/s", "net-rx-frames-burst": 5}
+            {"container": "db", "net-rx-frames": "50/s", "net-rx-bytes": "1MiB/s", "net-rx-frames-burst": 5},
+            {"container": "flood", "net-rx-frames": "100/s", "net-rx-drop": "on"}
         ]}"#;
         let got = parse(text, "l.json").unwrap();
         let want: Vec<ContainerLimit> = [
@@ -222,6 +223,7 @@ mod tests {
             "unattributed:blk-ops=5/s",
             "tenant:blk-ops=500/s",
             "db:net-rx-frames=50/s,net-rx-bytes=1MiB/s,net-rx-frames-burst=5",
+            "flood:net-rx-frames=100/s,net-rx-drop=on",
         ]
         .iter()
         .map(|s| s.parse().unwrap())

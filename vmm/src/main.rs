@@ -108,9 +108,9 @@ struct Common {
     /// A token-bucket limit on one container's block I/O, network TX/RX and vsock bytes, applied to the live
     /// container of that path (repeatable; PATH `tenant`: every request also draws from it): PATH:blk-ops=RATE[,blk-bytes=RATE]
     /// [,blk-read-ops=RATE][,blk-read-bytes=RATE][,blk-write-ops=RATE][,blk-write-bytes=RATE][,net-tx-frames=RATE]
-    /// [,net-tx-bytes=RATE][,net-rx-frames=RATE][,net-rx-bytes=RATE][,vsock-bytes=RATE][,KEY-burst=N][,priority=0..7][,share=1..1000],
-    /// RATE like 100/s, 10/100ms or 1MiB/s; priority (higher first) and share order a disk's held requests. Held requests,
-    /// frames and bytes are delayed, never dropped.
+    /// [,net-tx-bytes=RATE][,net-rx-frames=RATE][,net-rx-bytes=RATE][,vsock-bytes=RATE][,KEY-burst=N][,priority=0..7][,share=1..1000]
+    /// [,net-rx-drop=on], RATE like 100/s, 10/100ms or 1MiB/s; priority (higher first) and share order a disk's held requests.
+    /// Held requests, frames and bytes are delayed, never dropped; with net-rx-drop=on received frames over the limit are dropped.
     #[arg(long = "limit", value_name = "PATH:blk-ops=RATE,...")]
     limit: Vec<ContainerLimit>,
     /// Per-container limits from a JSON file: {"limits": [{"container": "PATH", "blk-ops": "100/s", ...}]}

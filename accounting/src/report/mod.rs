@@ -664,6 +664,16 @@ fn conservation(total: &Charges, sum: &Charges) -> Conservation {
             sum.net.throttle_events,
         ),
         ("net.throttled_ns", total.net.throttled_ns, sum.net.throttled_ns),
+        (
+            "net.rx_dropped_frames",
+            total.net.rx_dropped_frames,
+            sum.net.rx_dropped_frames,
+        ),
+        (
+            "net.rx_dropped_bytes",
+            total.net.rx_dropped_bytes,
+            sum.net.rx_dropped_bytes,
+        ),
         ("vsock.tx_packets", total.vsock.tx_packets, sum.vsock.tx_packets),
         ("vsock.tx_bytes", total.vsock.tx_bytes, sum.vsock.tx_bytes),
         ("vsock.rx_packets", total.vsock.rx_packets, sum.vsock.rx_packets),

@@ -188,16 +188,17 @@ pub(crate) fn write(w: &mut dyn Write, t: &Table<'_>) -> io::Result<()> {
         });
         block_row(&mut s, "= tenant total", t.totals);
     }
-    if t.totals.net.tx_frames + t.totals.net.rx_frames > 0 {
+    let any_net = |n: &NetCharge| n.tx_frames + n.rx_frames + n.rx_dropped_frames > 0;
+    if any_net(&t.totals.net) {
         let _ = writeln!(
             s,
-            "\n{:<28} {:>8} {:>10} {:>8} {:>10} {:>9} {:>9} {:>7}",
-            "NET", "TX", "TX_KIB", "RX", "RX_KIB", "HOST_MS", "RETX_KIB", "SPOOFED"
+            "\n{:<28} {:>8} {:>10} {:>8} {:>10} {:>9} {:>9} {:>7} {:>8}",
+            "NET", "TX", "TX_KIB", "RX", "RX_KIB", "HOST_MS", "RETX_KIB", "SPOOFED", "RX_DROP"
         );
         let net_row = |s: &mut String, name: &str, n: &NetCharge| {
             let _ = writeln!(
                 s,
-                "{:<28} {:>8} {:>10.1} {:>8} {:>10.1} {:>9.3} {:>9.1} {:>7}",
+                "{:<28} {:>8} {:>10.1} {:>8} {:>10.1} {:>9.3} {:>9.1} {:>7} {:>8}",
                 name,
                 n.tx_frames,
                 n.tx_bytes as f64 / 1024.0,
@@ -206,10 +207,11 @@ pub(crate) fn write(w: &mut dyn Write, t: &Table<'_>) -> io::Result<()> {
                 ms(n.host_ns),
                 n.retransmitted_bytes as f64 / 1024.0,
                 n.spoofed_frames,
+                n.rx_dropped_frames,
             );
         };
         (t.containers)(&mut |c| {
-            if c.charges.net.tx_frames + c.charges.net.rx_frames > 0 {
+            if any_net(&c.charges.net) {
                 net_row(&mut s, &shown(&c.path), &c.charges.net);
                 spill(&mut s, w, &mut failed);
             }

@@ -178,6 +178,9 @@ pub struct BlockLimitConfig {
     /// Its priority and share among the limits contending for the tenant
     /// limit's tokens; `None`: it sets none ([`crate::virtio::sched`]).
     pub class: Option<crate::virtio::sched::SchedClass>,
+    /// Work over the limit is dropped instead of held (`net-rx-drop`:
+    /// virtio-net RX only; the other devices never set it).
+    pub drop: bool,
 }
 
 /// The operations and bytes buckets of one class of requests.
@@ -255,6 +258,8 @@ pub struct LimitState {
     pub throttle_events: u64,
     /// Nanoseconds the work it let go was held.
     pub throttled_ns: u64,
+    /// Work it dropped instead of holding ([`BlockLimitConfig::drop`]).
+    pub dropped: u64,
 }
 
 impl LimitState {
@@ -346,6 +351,8 @@ pub struct BlockLimit {
     all: Pair,
     read: Pair,
     write: Pair,
+    /// [`BlockLimitConfig::drop`].
+    drop: bool,
 }
 
 impl BlockLimit {
@@ -360,6 +367,7 @@ impl BlockLimit {
             )?,
             read: Pair::new(c.read, now_ns)?,
             write: Pair::new(c.write, now_ns)?,
+            drop: c.drop,
         })
     }
 
@@ -385,8 +393,15 @@ impl BlockLimit {
             all: self.all.reconfigured(all, now_ns)?,
             read: self.read.reconfigured(c.read, now_ns)?,
             write: self.write.reconfigured(c.write, now_ns)?,
+            drop: c.drop,
         };
         Ok(())
+    }
+
+    /// Whether work over this limit is dropped instead of held
+    /// ([`BlockLimitConfig::drop`]).
+    pub fn drops(&self) -> bool {
+        self.drop
     }
 
     /// The class's own pair (none for [`Class::Other`]).

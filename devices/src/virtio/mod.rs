@@ -559,6 +559,10 @@ pub struct NetCharge {
     pub attributed_by_flow: bool,
     /// TX: how long a per-container limit held the frame back, if one did.
     pub throttled_ns: Option<u64>,
+    /// RX: a per-container limit with `net-rx-drop` dropped the frame
+    /// before it reached the guest (`frames` and `bytes` are the dropped
+    /// frame's, not delivered).
+    pub dropped: bool,
 }
 
 /// One vsock packet's charge (virtio-vsock), or host work on a connection.

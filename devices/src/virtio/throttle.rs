@@ -63,6 +63,9 @@ pub(crate) struct Throttle<T> {
     /// A stopped clock's time (tests, [`Self::stop_clock`]).
     #[cfg(test)]
     skew_ns: Option<u64>,
+    /// Live changes taken up so far: an index [`Self::admit`] gave before
+    /// a change may name another limit after it.
+    generation: u64,
 }
 
 impl<T> std::fmt::Debug for Throttle<T> {
@@ -81,6 +84,8 @@ struct LimitStats {
     path: std::sync::Arc<str>,
     events: u64,
     throttled_ns: u64,
+    /// Work it dropped ([`BlockLimitConfig::drop`]).
+    dropped: u64,
 }
 
 impl<T: HeldWork> Throttle<T> {
@@ -111,6 +116,7 @@ impl<T: HeldWork> Throttle<T> {
             epoch: Instant::now(),
             #[cfg(test)]
             skew_ns: None,
+            generation: 0,
         };
         t.configure_shared(limits)?;
         t.publish();
@@ -128,6 +134,7 @@ impl<T: HeldWork> Throttle<T> {
         let Some(new) = self.lookup.changed() else {
             return;
         };
+        self.generation += 1;
         let now = self.now();
         let mut limits = Vec::with_capacity(new.len());
         let mut waiting = Vec::with_capacity(new.len());
@@ -207,6 +214,7 @@ impl<T: HeldWork> Throttle<T> {
             held: w.len() as u64,
             throttle_events: s.events + w.len() as u64,
             throttled_ns: s.throttled_ns,
+            dropped: s.dropped,
         };
         Some(match self.shared_of(k) {
             Some(shared) => shared.show(state),
@@ -365,6 +373,32 @@ impl<T: HeldWork> Throttle<T> {
         self.sched.served(me, &cands);
         self.publish_used(q);
         None
+    }
+
+    /// Whether limit `k` drops work over it instead of holding it
+    /// ([`BlockLimitConfig::drop`]; as of the last [`Self::admit`]).
+    pub fn drops(&self, k: usize) -> bool {
+        self.limits.get(k).is_some_and(BlockLimit::drops)
+    }
+
+    /// Live changes taken up so far (an index from [`Self::admit`] holds
+    /// only while this stays the same).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether any limit drops (after taking up a live change).
+    pub fn any_drops(&mut self) -> bool {
+        self.refresh();
+        self.limits.iter().any(BlockLimit::drops)
+    }
+
+    /// Counts work limit `k` dropped instead of holding it.
+    pub fn count_drop(&mut self, k: usize) {
+        if let Some(s) = self.stats.get_mut(k) {
+            s.dropped += 1;
+        }
+        self.publish_used(k);
     }
 
     /// Holds `h` in limit `k`'s FIFO (as [`Self::admit`] said).

@@ -121,6 +121,13 @@ pub fn tcp(buf: &mut [u8], e: &Ends, id: u16, seq: u32, payload_len: usize) -> u
     t + l4
 }
 
+/// Writes a UDP frame of `e` with `payload` into `buf`; its length.
+pub fn udp_with(buf: &mut [u8], e: &Ends, id: u16, payload: &[u8]) -> usize {
+    let n = udp(buf, e, id, payload.len());
+    buf[ETH_LEN + IP_LEN + UDP_LEN..n].copy_from_slice(payload);
+    n
+}
+
 /// If `f` is an IPv4 (IHL 5) UDP datagram from `src_ip:src_port` to port
 /// `dst_port`, its payload (by the UDP length, within the frame).
 pub fn udp_payload(f: &[u8], src_ip: [u8; 4], src_port: u16, dst_port: u16) -> Option<&[u8]> {

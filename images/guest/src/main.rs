@@ -14,6 +14,7 @@ mod agent;
 mod agent_slots;
 mod blk;
 mod blk_mix;
+mod flood_echo;
 mod frame;
 mod io;
 mod mem;

@@ -178,6 +178,13 @@ impl Net {
         used.map(|_| ())
     }
 
+    /// Tells the device that receive buffers were reposted (one exit: the
+    /// RX `QueueNotify` write). `recv` reposts without notifying; a device
+    /// that ran out of buffers waits for this before it reads again.
+    pub fn notify_rx(&mut self) {
+        self.mmio.write(reg::QUEUE_NOTIFY, RX_QUEUE);
+    }
+
     /// Polls the RX used ring (memory reads only, no exits) up to `polls`
     /// times for a received chain. Returns its frame (without the 12-byte
     /// header), copied out of the buffer, which is reposted at once without

@@ -47,9 +47,10 @@ pub enum Scenario {
     RunLog = 24,
     BlkMix = 25,
     Blk2 = 26,
+    FloodEcho = 27,
 }
 
-const ALL: [(Scenario, &[u8]); 26] = [
+const ALL: [(Scenario, &[u8]); 27] = [
     (Scenario::Basic, b"basic"),
     (Scenario::Multi, b"multi"),
     (Scenario::Demo, b"demo"),
@@ -76,6 +77,7 @@ const ALL: [(Scenario, &[u8]); 26] = [
     (Scenario::RunLog, b"run-log"),
     (Scenario::BlkMix, b"blk-mix"),
     (Scenario::Blk2, b"blk2"),
+    (Scenario::FloodEcho, b"flood-echo"),
 ];
 
 impl Scenario {
@@ -117,6 +119,7 @@ pub fn run(b: &Boot, s: Scenario) -> ! {
         Scenario::RunLog => run_log(b),
         Scenario::BlkMix => crate::blk_mix::scenario(b),
         Scenario::Blk2 => blk2(b),
+        Scenario::FloodEcho => crate::flood_echo::scenario(b),
     }
 }
 

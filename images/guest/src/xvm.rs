@@ -35,8 +35,6 @@ const POLLS: u64 = 1 << 28;
 const LONG_POLLS: u64 = 1 << 34;
 /// Bytes of a trace id in hex: the first bytes of every call's payload.
 const TRACE_LEN: usize = 32;
-/// Offset of the UDP payload in a frame.
-const PAYLOAD_AT: usize = frame::ETH_LEN + frame::IP_LEN + frame::UDP_LEN;
 /// The server's guest port for its agent connection (`xvm_agent=1`).
 const AGENT_LOCAL_PORT: u32 = 43_000;
 /// Its (unused) gate stream's port.
@@ -88,13 +86,6 @@ fn is_call(p: &[u8]) -> bool {
             .enumerate()
             .skip(TRACE_LEN)
             .all(|(i, &c)| c == frame::payload_byte(i))
-}
-
-/// Writes a UDP frame of `e` with `payload` into `buf`; its length.
-fn udp_with(buf: &mut [u8], e: &Ends, id: u16, payload: &[u8]) -> usize {
-    let n = frame::udp(buf, e, id, payload.len());
-    buf[PAYLOAD_AT..n].copy_from_slice(payload);
-    n
 }
 
 fn done(b: &Boot, ignored: u64, line: &str) -> ! {
@@ -149,7 +140,7 @@ pub fn client(b: &Boot) -> ! {
                 frame::payload_byte(i)
             };
         }
-        let n = udp_with(&mut buf, &e, k as u16, &payload[..len]);
+        let n = frame::udp_with(&mut buf, &e, k as u16, &payload[..len]);
         if d.send(&buf[..n], 0).is_err() {
             fail(b, "xvm: tx failed\n", 65)
         }
@@ -217,7 +208,7 @@ pub fn server(b: &Boot) -> ! {
             src_port: SERVER_PORT,
             dst_port: CLIENT_PORT,
         };
-        let n = udp_with(&mut buf, &e, served as u16, &payload[..len]);
+        let n = frame::udp_with(&mut buf, &e, served as u16, &payload[..len]);
         acct::set_tag(b.vcpu, part);
         if d.send(&buf[..n], 0).is_err() {
             fail(b, "xvm: tx failed\n", 65)

@@ -44,6 +44,8 @@ pub struct DeviceLimitView {
     pub throttle_events: u64,
     /// Nanoseconds the ones it let go were held.
     pub throttled_ns: u64,
+    /// Received frames it dropped (`net-rx-drop`) since it was set.
+    pub dropped: u64,
 }
 
 /// One limit: its configuration and its state on each device it applies to.
@@ -77,6 +79,9 @@ pub struct LimitView {
     pub priority: Option<u8>,
     /// Its share of contended block work (`null`: not set, 1).
     pub share: Option<u32>,
+    /// Whether received frames over the `net-rx-*` buckets are dropped
+    /// (`net-rx-drop=on`) instead of held.
+    pub net_rx_drop: bool,
     /// Its state on each device that takes it.
     pub devices: Vec<DeviceLimitView>,
 }
@@ -110,6 +115,7 @@ fn view(live: &LiveLimits, l: ContainerLimit) -> LimitView {
                     held: s.held,
                     throttle_events: s.throttle_events,
                     throttled_ns: s.throttled_ns,
+                    dropped: s.dropped,
                 }
             })
         })
@@ -129,6 +135,7 @@ fn view(live: &LiveLimits, l: ContainerLimit) -> LimitView {
         vsock_bytes: l.vsock_bytes,
         priority: l.priority,
         share: l.share,
+        net_rx_drop: l.net_rx_drop,
         devices,
     }
 }
@@ -279,6 +286,27 @@ mod tests {
 
     fn live() -> LiveLimits {
         LiveLimits::new(vec!["web:blk-ops=10/s".parse().unwrap()])
+    }
+
+    #[test]
+    fn a_dropping_rx_limit_is_set_and_shown_live() {
+        let l = live();
+        let put = |path: &str, body: &str| route(Some(&l), "PUT", path, Some(body.as_bytes())).unwrap();
+        let r = put(
+            "/v1/limits/flooded",
+            r#"{"net-rx-frames": "200/s", "net-rx-drop": "on"}"#,
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let set = l.limits().into_iter().find(|c| c.path == "flooded").unwrap();
+        assert!(set.net_rx_drop && set.net_rx().drop);
+        let r = route(Some(&l), "GET", "/v1/limits/flooded", None).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["net_rx_drop"], true, "{v}");
+        // Without an RX rate it would drop nothing: refused, nothing changes.
+        let r = put("/v1/limits/flooded", r#"{"blk-ops": "1/s", "net-rx-drop": "on"}"#);
+        assert_eq!(r.status, 400);
+        assert!(String::from_utf8_lossy(&r.body).contains("net-rx-drop=on needs"));
+        assert!(l.limits().iter().any(|c| c.path == "flooded" && c.net_rx_drop));
     }
 
     #[test]

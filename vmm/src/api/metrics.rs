@@ -203,6 +203,18 @@ const FAMILIES: &[(&str, &str, &str, Extract)] = &[
         |c| vec![("", seconds(c.net.throttled_ns))],
     ),
     (
+        "resourceful_net_rx_dropped_frames_total",
+        "Received frames a per-container limit with net-rx-drop dropped before they reached the guest.",
+        "",
+        |c| vec![("", c.net.rx_dropped_frames.to_string())],
+    ),
+    (
+        "resourceful_net_rx_dropped_bytes_total",
+        "Bytes of the received frames a per-container limit with net-rx-drop dropped.",
+        "",
+        |c| vec![("", c.net.rx_dropped_bytes.to_string())],
+    ),
+    (
         "resourceful_vsock_packets_total",
         "virtio-vsock packets, by direction.",
         "dir",
@@ -319,6 +331,8 @@ fn add(a: &mut ChargesReport, b: &ChargesReport) {
     x.spoofed_frames += y.spoofed_frames;
     x.throttle_events += y.throttle_events;
     x.throttled_ns += y.throttled_ns;
+    x.rx_dropped_frames += y.rx_dropped_frames;
+    x.rx_dropped_bytes += y.rx_dropped_bytes;
     let (x, y) = (&mut a.vsock, &b.vsock);
     x.tx_packets += y.tx_packets;
     x.tx_bytes += y.tx_bytes;

@@ -89,6 +89,8 @@ struct Sample {
     net_throttled_ns: u64,
     /// Vsock bytes held by a per-container limit: for how long.
     vsock_throttled_ns: u64,
+    /// Received frames a `net-rx-drop` limit dropped.
+    net_rx_dropped: u64,
     begun: u64,
 }
 
@@ -105,6 +107,7 @@ fn sample(c: &Value) -> Sample {
         net_frames: u(&net["tx_frames"]) + u(&net["rx_frames"]),
         net_throttled_ns: u(&net["throttled_ns"]),
         vsock_throttled_ns: u(&ch["vsock"]["throttled_ns"]),
+        net_rx_dropped: u(&net["rx_dropped_frames"]),
         begun: u(&c["requests"]["begun"]),
     }
 }
@@ -161,7 +164,7 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<30} {:>9} {:>9} {:>7} {:>8} {:>8} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "\n{:<30} {:>9} {:>9} {:>7} {:>8} {:>8} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9}",
         "CONTAINER",
         "EXITS/s",
         "HOSTms/s",
@@ -173,7 +176,8 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
         "GUEST_CPU",
         "THROTms/s",
         "NTHROTms/s",
-        "VTHROTms/s"
+        "VTHROTms/s",
+        "RXDROP/s"
     );
     let mut rows: Vec<(String, Sample, f64, String)> = cur
         .containers
@@ -204,7 +208,7 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
         let then = before.get(name.trim_end_matches(" (retired)")).copied();
         let _ = writeln!(
             out,
-            "{:<30} {:>9.0} {:>9.2} {:>6.1}% {:>8.0} {:>8.0} {:>7.0} {:>9} {:>10} {:>10.1} {:>10.1} {:>10.1}",
+            "{:<30} {:>9.0} {:>9.2} {:>6.1}% {:>8.0} {:>8.0} {:>7.0} {:>9} {:>10} {:>10.1} {:>10.1} {:>10.1} {:>9.0}",
             truncate(name, 30),
             rate(s.exits, then.map(|t| t.exits)),
             host / 1e6,
@@ -220,6 +224,8 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
             rate(s.net_throttled_ns, then.map(|t| t.net_throttled_ns)) / 1e6,
             // The same for vsock bytes.
             rate(s.vsock_throttled_ns, then.map(|t| t.vsock_throttled_ns)) / 1e6,
+            // Received frames a `net-rx-drop` limit dropped, per second.
+            rate(s.net_rx_dropped, then.map(|t| t.net_rx_dropped)),
         );
     }
     let requests = cur.requests.as_array().map(Vec::as_slice).unwrap_or_default();
@@ -272,7 +278,8 @@ mod tests {
                 {"path": "web", "retired": false,
                  "charges": {"exits_total": {"count": exits, "host_ns": host_ns}, "guest_run_ns": run_ns,
                              "block": {"reads": 3, "throttled_ns": run_ns / 10},
-                             "net": {"tx_frames": 1, "throttled_ns": run_ns / 20},
+                             "net": {"tx_frames": 1, "throttled_ns": run_ns / 20,
+                                     "rx_dropped_frames": begun * 3},
                              "vsock": {"throttled_ns": run_ns / 40}},
                  "requests": {"begun": begun}, "guest": {"cpu_usage_us": 1_500_000}},
             ]),
@@ -310,6 +317,8 @@ mod tests {
         assert_eq!(cols[10], "25.0", "{web}");
         // 25 ms of vsock bytes held over 2 s.
         assert_eq!(cols[11], "12.5", "{web}");
+        // 60 received frames dropped by a net-rx-drop limit over 2 s.
+        assert_eq!(cols[12], "30", "{web}");
         // Busiest first.
         let order: Vec<&str> = out.lines().filter_map(|l| l.split_whitespace().next()).collect();
         let web_at = order.iter().position(|n| *n == "web").unwrap();

@@ -85,11 +85,17 @@ pub struct NetStats {
     /// Received frames a per-container limit held back before delivering
     /// them (in the guest's buffer, off the used ring).
     pub rx_throttled: u64,
+    /// Received frames a per-container limit with `net-rx-drop` dropped
+    /// before they reached the guest (charged to their principal).
+    pub rx_limit_dropped: u64,
+    /// Their bytes (without the virtio-net header).
+    pub rx_limit_dropped_bytes: u64,
     /// Frames delivered to the guest.
     pub rx_frames: u64,
     /// Their bytes (without the virtio-net header).
     pub rx_bytes: u64,
-    /// Of which charged to no principal (unknown flow).
+    /// Frames read from the backend that answer no known flow (charged to
+    /// no principal), counted when read: delivered, held or dropped.
     pub rx_unattributed: u64,
     /// RX chains that were not device-writable buffers (consumed empty).
     pub rx_malformed: u64,
@@ -116,6 +122,8 @@ crate::counters::named_counters!(NetStats {
     tx_throttled,
     tx_throttle_stalls,
     rx_throttled,
+    rx_limit_dropped,
+    rx_limit_dropped_bytes,
     rx_frames,
     rx_bytes,
     rx_unattributed,
@@ -283,6 +291,61 @@ impl Tx<'_> {
     }
 }
 
+/// A received frame waiting in `rx_buf` for a receive chain: attributed
+/// and admitted by its limit once, when it was read.
+#[derive(Clone, Copy, Debug)]
+struct RxPending {
+    /// Its length in `rx_buf`, header included.
+    len: usize,
+    /// When it was read from the backend.
+    read_at: Instant,
+    /// The principal of its flow.
+    tag: Option<u64>,
+    /// Its bytes, without the header.
+    bytes: u64,
+    /// The limit that holds (or drops) it; `None`: it passes (its tokens
+    /// are taken) or no limit applies.
+    limit: Option<usize>,
+    /// The throttle's generation when it was admitted: `limit` names the
+    /// same limit only while it stays the same.
+    generation: u64,
+}
+
+/// Attributes a frame just read (`frame`, after the virtio-net header) and
+/// asks its limit, if any, whether it passes: once per frame, so its
+/// tokens are taken once.
+fn admit_rx(
+    frame: &[u8],
+    bindings: Option<&dyn FlowBindings>,
+    flows: &mut FlowTable,
+    stats: &mut NetStats,
+    throttle: Option<&mut RxThrottle>,
+) -> RxPending {
+    let info = frame::parse(frame);
+    // The agent's binding of the flow this frame answers first, then the
+    // owner learned from tagged TX.
+    let tag = info.and_then(|i| i.flow).and_then(|f| {
+        let bound = bindings.and_then(|b| b.bound(&f.reversed()));
+        bound.or_else(|| flows.owner_of_reply(&f))
+    });
+    if tag.is_none() {
+        stats.rx_unattributed += 1;
+    }
+    let bytes = u64::try_from(frame.len()).unwrap_or(u64::MAX);
+    let (limit, generation) = match throttle {
+        Some(t) => (t.admit(tag, bytes), t.generation()),
+        None => (None, 0),
+    };
+    RxPending {
+        len: frame.len() + VNET_HDR_LEN,
+        read_at: Instant::now(),
+        tag,
+        bytes,
+        limit,
+        generation,
+    }
+}
+
 /// A virtio-net device on a [`NetBackend`].
 pub struct NetDevice {
     backend: Box<dyn NetBackend>,
@@ -292,9 +355,8 @@ pub struct NetDevice {
     flows: FlowTable,
     tx_buf: Vec<u8>,
     rx_buf: Vec<u8>,
-    /// A frame read from the backend but not yet delivered: its length in
-    /// `rx_buf` and when it was read.
-    rx_pending: Option<(usize, Instant)>,
+    /// A frame read from the backend into `rx_buf` but not yet delivered.
+    rx_pending: Option<RxPending>,
     queue_tags: Option<(QueueTagReader, u32)>,
     bindings: Option<Arc<dyn FlowBindings>>,
     /// Per-container TX limits and the frames they hold (`None`: no limit
@@ -480,6 +542,7 @@ impl NetDevice {
                 spoofed: false,
                 attributed_by_flow: h.tag.is_some(),
                 throttled_ns: Some(t.now().saturating_sub(h.at_ns)),
+                dropped: false,
             });
             if let Err(e) = queue.add_used(&*mem, h.head, h.used_len) {
                 self.stats.queue_errors += 1;
@@ -533,6 +596,7 @@ impl NetDevice {
                     spoofed: false,
                     attributed_by_flow: false,
                     throttled_ns: Some(t.now().saturating_sub(h.at_ns)),
+                    dropped: false,
                 };
                 let tx = Tx {
                     backend: self.backend.as_mut(),
@@ -589,6 +653,7 @@ impl NetDevice {
                     spoofed: false,
                     attributed_by_flow: false,
                     throttled_ns: None,
+                    dropped: false,
                 };
                 let mut held = false;
                 match gather(chain, queue.size(), &mut self.tx_buf) {
@@ -684,6 +749,14 @@ impl NetDevice {
 
     /// Delivers backend frames into the guest's receive chains while both
     /// last, charging each to the principal of its flow.
+    ///
+    /// On a device where some RX limit drops (`net-rx-drop`), each frame is
+    /// attributed and admitted as soon as it is read, before it takes a
+    /// receive chain: a frame over a dropping limit is dropped there (the
+    /// guest never sees it) and charged as dropped to its principal. Such a
+    /// device also reads the backend when the guest has no receive chain,
+    /// so that droppable frames do not keep the others waiting in the TAP:
+    /// it stops at the first frame that needs a chain (kept pending).
     pub fn process_rx(&mut self, charger: &mut dyn Charger) -> ProcessStats {
         let mut out = ProcessStats::default();
         // RX work is charged by flow, not by who posted the buffers.
@@ -697,6 +770,7 @@ impl NetDevice {
             self.stats.ignored_notifications += 1;
             return out;
         };
+        let drops = self.rx_throttle.as_mut().is_some_and(RxThrottle::any_drops);
         let mut last_tag = None;
         let mut cpu_mark = thread_cpu_ns();
         // Chains whose frame a limit holds (not counted in out.chains:
@@ -710,11 +784,11 @@ impl NetDevice {
             let Some(avail) = Self::pending(queue, mem, &mut self.stats) else {
                 break;
             };
-            if avail == 0 {
+            if avail == 0 && !(drops && self.rx_pending.is_none()) {
                 out.rx_stalled = true;
                 break;
             }
-            let (len, read_at) = match self.rx_pending {
+            let p = match self.rx_pending {
                 Some(p) => p,
                 None => match self.backend.read_frame(&mut self.rx_buf) {
                     Ok(n) if n < VNET_HDR_LEN + frame::ETH_HLEN => {
@@ -722,8 +796,14 @@ impl NetDevice {
                         out.dropped += 1;
                         continue;
                     }
-                    Ok(n) => {
-                        let p = (n, Instant::now());
+                    Ok(len) => {
+                        let p = admit_rx(
+                            &self.rx_buf[VNET_HDR_LEN..len],
+                            self.bindings.as_deref(),
+                            &mut self.flows,
+                            &mut self.stats,
+                            self.rx_throttle.as_mut(),
+                        );
                         self.rx_pending = Some(p);
                         p
                     }
@@ -736,6 +816,51 @@ impl NetDevice {
                     }
                 },
             };
+            let RxPending {
+                len,
+                read_at,
+                tag,
+                bytes,
+                mut limit,
+                generation,
+            } = p;
+            // A live change since it was admitted (it waited for a buffer):
+            // its limit's index may name another limit now; ask again (a
+            // frame that passed keeps its pass).
+            if let (Some(t), Some(_)) = (self.rx_throttle.as_mut(), limit) {
+                if t.generation() != generation {
+                    limit = t.admit(tag, bytes);
+                    let generation = t.generation();
+                    self.rx_pending = Some(RxPending {
+                        limit,
+                        generation,
+                        ..p
+                    });
+                }
+            }
+            let dropping = limit.filter(|&k| self.rx_throttle.as_ref().is_some_and(|t| t.drops(k)));
+            if let (Some(k), Some(t)) = (dropping, self.rx_throttle.as_mut()) {
+                // Over a dropping limit: never written to the guest.
+                t.count_drop(k);
+                self.rx_pending = None;
+                self.stats.rx_limit_dropped += 1;
+                self.stats.rx_limit_dropped_bytes += bytes;
+                out.dropped += 1;
+                charger.charge_net(&NetCharge {
+                    tag,
+                    dir: NetDir::Rx,
+                    frames: 1,
+                    bytes,
+                    host_ns: lap(&mut cpu_mark),
+                    wall_ns: elapsed_ns(read_at),
+                    retransmitted_bytes: 0,
+                    spoofed: false,
+                    attributed_by_flow: tag.is_some(),
+                    throttled_ns: None,
+                    dropped: true,
+                });
+                continue;
+            }
             let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
                 out.rx_stalled = true;
                 break;
@@ -777,23 +902,10 @@ impl NetDevice {
                         out.dropped += 1;
                         0
                     } else {
-                        let info = frame::parse(&frame[VNET_HDR_LEN..]);
-                        // The agent's binding of the flow this frame answers first,
-                        // then the owner learned from tagged TX.
-                        let tag = info.and_then(|i| i.flow).and_then(|f| {
-                            let bound = self.bindings.as_ref().and_then(|b| b.bound(&f.reversed()));
-                            bound.or_else(|| self.flows.owner_of_reply(&f))
-                        });
-                        let bytes = u64::try_from(len - VNET_HDR_LEN).unwrap_or(u64::MAX);
-                        if tag.is_none() {
-                            self.stats.rx_unattributed += 1;
-                        }
                         // Over its container's RX limit: the frame stays in
                         // the guest's buffer, off the used ring, until its
                         // tokens come (release_rx); the queue goes on.
-                        let limit =
-                            (self.rx_throttle.as_mut()).and_then(|t| t.admit(tag, bytes).map(|k| (t, k)));
-                        if let Some((t, k)) = limit {
+                        if let (Some(k), Some(t)) = (limit, self.rx_throttle.as_mut()) {
                             let at_ns = t.now();
                             t.hold(
                                 k,
@@ -827,6 +939,7 @@ impl NetDevice {
                             spoofed: false,
                             attributed_by_flow: tag.is_some(),
                             throttled_ns: None,
+                            dropped: false,
                         });
                         u32::try_from(len).unwrap_or(u32::MAX)
                     }
@@ -1355,6 +1468,259 @@ pub(crate) mod tests {
         assert_eq!(
             (d.rx_throttled_now(), d.next_release(), d.stats().rx_frames),
             (0, None, 3)
+        );
+    }
+
+    /// Limit 0 (one frame per hour, dropping) on tag 42's flow, learned.
+    fn dropping_device<'a>(
+        m: &'a GuestMemoryMmap,
+        rxq: &MockSplitQueue<'a, GuestMemoryMmap>,
+        txq: &MockSplitQueue<'a, GuestMemoryMmap>,
+    ) -> (NetDevice, MemBackend) {
+        use crate::virtio::limiter::{BlockLimitConfig, BucketConfig, LimitLookup};
+        struct Tag42;
+        impl LimitLookup for Tag42 {
+            fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
+                (tag == Some(42)).then_some(0)
+            }
+        }
+        let (mut d, b) = activated(m, rxq, txq);
+        let limit = BlockLimitConfig {
+            path: "a".into(),
+            ops: Some(BucketConfig {
+                size: 1,
+                one_time_burst: 0,
+                refill_time: Duration::from_secs(3600),
+            }),
+            bytes: None,
+            drop: true,
+            ..Default::default()
+        };
+        d.set_rx_limits(&[limit], Box::new(Tag42)).unwrap();
+        learn(&mut d, m, txq, &guest_flow(), 42);
+        (d, b)
+    }
+
+    fn reply(n: u8) -> Vec<u8> {
+        ipv4_frame([2, 0, 0, 0, 0, 1], &guest_flow().reversed(), 7, &[n; 50])
+    }
+
+    fn unknown_flow_frame() -> Vec<u8> {
+        ipv4_frame(
+            [2, 0, 0, 0, 0, 1],
+            &tcp([10, 0, 0, 9], 22, [10, 0, 0, 2], 5000),
+            0,
+            &[1; 5],
+        )
+    }
+
+    #[test]
+    fn rx_over_a_dropping_limit_is_dropped_before_it_takes_a_guest_buffer() {
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let (mut d, b) = dropping_device(&m, &rxq, &txq);
+        // Three replies of tag 42's flow, then a frame of an unknown flow,
+        // and only two receive buffers.
+        for f in [reply(1), reply(2), reply(3), unknown_flow_frame()] {
+            b.0.lock().unwrap().to_guest.push_back(with_header(&f));
+        }
+        for i in 0..2 {
+            push_rx(&rxq, i, 2048);
+        }
+        let mut rec = Recorder::default();
+
+        let out = d.process_rx(&mut rec);
+
+        // The first reply takes the bucket's one token and buffer 0; the
+        // next two are dropped without a buffer; the unknown flow's frame
+        // gets buffer 1.
+        assert_eq!((out.chains, out.frames, out.dropped), (2, 2, 2));
+        assert_eq!((used(&rxq, 0).0, used(&rxq, 1).0), (0, 1));
+        assert_eq!(rxq.used().idx().load(), 2);
+        let mut got = vec![0u8; 50];
+        m.read_slice(
+            &mut got,
+            GuestAddress(RX_BUFS + 0x1000 + u64::try_from(VNET_HDR_LEN).unwrap() + 34),
+        )
+        .unwrap();
+        assert_ne!(
+            got,
+            vec![2u8; 50],
+            "a dropped frame is never written to the guest"
+        );
+        let charged: Vec<_> = rec.nets.iter().map(|c| (c.tag, c.frames, c.dropped)).collect();
+        assert_eq!(
+            charged,
+            [
+                (Some(42), 1, false),
+                (Some(42), 1, true),
+                (Some(42), 1, true),
+                (None, 1, false)
+            ]
+        );
+        let bytes = u64::try_from(reply(2).len()).unwrap();
+        assert!(rec.nets[1..3]
+            .iter()
+            .all(|c| c.bytes == bytes && c.throttled_ns.is_none()));
+        let s = d.stats();
+        assert_eq!(
+            (
+                s.rx_limit_dropped,
+                s.rx_limit_dropped_bytes,
+                s.rx_frames,
+                s.rx_throttled
+            ),
+            (2, 2 * bytes, 2, 0)
+        );
+        assert_eq!((d.rx_throttled_now(), d.next_release()), (0, None));
+        assert!(b.0.lock().unwrap().to_guest.is_empty());
+    }
+
+    #[test]
+    fn without_rx_buffers_droppable_frames_are_read_off_and_the_next_one_waits() {
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let (mut d, b) = dropping_device(&m, &rxq, &txq);
+        // Tag 42's first reply takes its token; then no buffers at all.
+        b.0.lock().unwrap().to_guest.push_back(with_header(&reply(0)));
+        push_rx(&rxq, 0, 2048);
+        let mut rec = Recorder::default();
+        d.process_rx(&mut rec);
+        assert!(!d.process_rx(&mut rec).rx_stalled, "an empty backend is no stall");
+        // Two droppable frames, an unknown flow's, then another droppable.
+        for f in [reply(1), reply(2), unknown_flow_frame(), reply(3)] {
+            b.0.lock().unwrap().to_guest.push_back(with_header(&f));
+        }
+
+        let out = d.process_rx(&mut rec);
+
+        // The two are dropped; the unknown flow's frame waits (read, kept
+        // pending) for a buffer, and the frame behind it in the backend.
+        assert!(out.rx_stalled);
+        assert_eq!((out.chains, out.dropped), (0, 2));
+        assert_eq!(b.0.lock().unwrap().to_guest.len(), 1);
+        assert_eq!(d.stats().rx_limit_dropped, 2);
+        // Called again without a buffer: nothing more is read.
+        let out = d.process_rx(&mut rec);
+        assert!(out.rx_stalled);
+        assert_eq!((out.chains, out.dropped), (0, 0));
+        // A buffer: the pending frame is delivered, the last one dropped.
+        push_rx(&rxq, 1, 2048);
+        let out = d.process_rx(&mut rec);
+        assert_eq!((out.frames, out.dropped), (1, 1));
+        assert_eq!(used(&rxq, 1).0, 1);
+        let tags: Vec<_> = rec.nets.iter().map(|c| (c.tag, c.dropped)).collect();
+        assert_eq!(
+            tags,
+            [
+                (Some(42), false),
+                (Some(42), true),
+                (Some(42), true),
+                (None, false),
+                (Some(42), true)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_flood_of_droppable_frames_is_read_a_queue_at_a_time() {
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let (mut d, b) = dropping_device(&m, &rxq, &txq);
+        b.0.lock()
+            .unwrap()
+            .to_guest
+            .extend((0..100).map(|i| with_header(&reply(i))));
+        // One buffer, for the first reply (its limit's one token).
+        push_rx(&rxq, 0, 2048);
+        let mut rec = Recorder::default();
+
+        // Then no buffers: each call reads at most a queue's worth (16)
+        // and yields the loop; the backend stays readable, nothing is kept.
+        let mut calls = 0;
+        while !b.0.lock().unwrap().to_guest.is_empty() {
+            let out = d.process_rx(&mut rec);
+            assert!(out.dropped <= 16 && !out.rx_stalled, "{out:?}");
+            calls += 1;
+        }
+
+        // 1 delivered + 15 dropped, then 16 a call.
+        assert_eq!(calls, 7);
+        assert_eq!((d.stats().rx_limit_dropped, d.stats().rx_frames), (99, 1));
+        assert_eq!(rec.nets.len(), 100);
+        assert!(rec.nets[1..].iter().all(|c| c.dropped && c.tag == Some(42)));
+    }
+
+    #[test]
+    fn a_frame_waiting_for_a_buffer_is_admitted_again_after_a_live_change() {
+        use crate::virtio::limiter::{BlockLimitConfig, BucketConfig, LimitLookup};
+        type Next = Arc<Mutex<Option<Vec<BlockLimitConfig>>>>;
+        /// Tag 42 falls under the limit named `held`, tag 43 under `dropped`,
+        /// in whatever table is current.
+        struct Live {
+            paths: Vec<String>,
+            next: Next,
+        }
+        impl LimitLookup for Live {
+            fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
+                let want = match tag {
+                    Some(42) => "held",
+                    Some(43) => "dropped",
+                    _ => return None,
+                };
+                self.paths.iter().position(|p| p == want)
+            }
+            fn changed(&mut self) -> Option<Vec<BlockLimitConfig>> {
+                let new = self.next.lock().unwrap().take()?;
+                self.paths = new.iter().map(|c| c.path.clone()).collect();
+                Some(new)
+            }
+        }
+        let limit = |path: &str, drop| BlockLimitConfig {
+            path: path.into(),
+            ops: Some(BucketConfig {
+                size: 1,
+                one_time_burst: 0,
+                refill_time: Duration::from_secs(3600),
+            }),
+            bytes: None,
+            drop,
+            ..Default::default()
+        };
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let (mut d, b) = activated(&m, &rxq, &txq);
+        let next: Next = Arc::default();
+        let table = vec![limit("held", false), limit("dropped", true)];
+        let lookup = Live {
+            paths: table.iter().map(|c| c.path.clone()).collect(),
+            next: Arc::clone(&next),
+        };
+        d.set_rx_limits(&table, Box::new(lookup)).unwrap();
+        learn(&mut d, &m, &txq, &guest_flow(), 42);
+        // Tag 42's first reply takes its one token and the one buffer.
+        b.0.lock().unwrap().to_guest.push_back(with_header(&reply(0)));
+        push_rx(&rxq, 0, 2048);
+        let mut rec = Recorder::default();
+        d.process_rx(&mut rec);
+        // The next is read with no buffer (the device drops for tag 43):
+        // its limit (index 0) would hold it; it waits for a buffer.
+        b.0.lock().unwrap().to_guest.push_back(with_header(&reply(1)));
+        assert!(d.process_rx(&mut rec).rx_stalled);
+        // A live change: `held` is gone, index 0 is `dropped` now.
+        *next.lock().unwrap() = Some(vec![limit("dropped", true)]);
+
+        push_rx(&rxq, 1, 2048);
+        let out = d.process_rx(&mut rec);
+
+        // No limit of its own any more: delivered, neither held in nor
+        // dropped by the limit that now has its old index.
+        assert_eq!((out.frames, out.dropped), (1, 0));
+        assert_eq!(used(&rxq, 1).0, 1);
+        assert_eq!((d.rx_throttled_now(), d.stats().rx_limit_dropped), (0, 0));
+        assert_eq!(
+            rec.nets.iter().map(|c| (c.tag, c.dropped)).collect::<Vec<_>>(),
+            [(Some(42), false), (Some(42), false)]
         );
     }
 
