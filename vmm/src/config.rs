@@ -143,6 +143,80 @@ impl BucketConfig {
     }
 }
 
+/// A guest CPU limit: `percent` % of one vCPU's run time over each
+/// `period_ms` (`cpu=20%/100ms`: 20 ms of run time per 100 ms, summed over
+/// the vCPUs the container runs on). A token bucket of run-time ns that
+/// holds one period's budget and may go into debt (docs/limits-per-container.md,
+/// "Guest CPU").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuShare {
+    /// Percent of one vCPU, 1 to [`MAX_CPU_PERCENT`].
+    pub percent: u32,
+    /// The period, [`MIN_CPU_PERIOD_MS`] to [`MAX_CPU_PERIOD_MS`] ms.
+    pub period_ms: u64,
+}
+
+/// Largest CPU share: every vCPU a VM may have (254), whole.
+pub const MAX_CPU_PERCENT: u32 = 25_400;
+/// Shortest CPU period: a few sampler ticks (4 ms by default).
+pub const MIN_CPU_PERIOD_MS: u64 = 10;
+/// Longest CPU period.
+pub const MAX_CPU_PERIOD_MS: u64 = 10_000;
+/// What `cpu=` expects, for error messages.
+const CPU_FORM: &str =
+    "cpu=PERCENT%/PERIOD, e.g. cpu=20%/100ms (a whole percent of one vCPU from 1 to 25400, \
+     a period from 10ms to 10s)";
+
+impl CpuShare {
+    /// Run-time budget per period, ns.
+    pub fn budget_ns(self) -> u64 {
+        self.period_ms * 1_000_000 * u64::from(self.percent) / 100
+    }
+
+    /// Checks the bounds (a config may come from JSON, not only the parser).
+    pub fn check(self) -> Result<(), String> {
+        if !(1..=MAX_CPU_PERCENT).contains(&self.percent) {
+            return Err(format!("{}% is out of range: expected {CPU_FORM}", self.percent));
+        }
+        if !(MIN_CPU_PERIOD_MS..=MAX_CPU_PERIOD_MS).contains(&self.period_ms) {
+            return Err(format!(
+                "a period of {} ms is out of range: expected {CPU_FORM}",
+                self.period_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for CpuShare {
+    type Err = String;
+
+    /// `PERCENT%/PERIOD`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (pct, period) = s
+            .split_once("%/")
+            .ok_or_else(|| format!("`{s}` is not a CPU share: expected {CPU_FORM}"))?;
+        let percent = pct
+            .parse::<u32>()
+            .map_err(|_| format!("`{pct}` is not a whole percent: expected {CPU_FORM}"))?;
+        let period = devices::virtio::limiter::parse_period(period)
+            .map_err(|e| format!("{e}: expected {CPU_FORM}"))?;
+        let c = Self {
+            percent,
+            period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+        };
+        c.check()?;
+        Ok(c)
+    }
+}
+
+impl std::fmt::Display for CpuShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}%/{}ms", self.percent, self.period_ms)
+    }
+}
+
 /// A limit on one container's block I/O and network TX (`--limit
 /// PATH:blk-ops=RATE,net-tx-frames=RATE,...`): it applies to the live
 /// container of that path whenever there is one, on each disk and each
@@ -171,12 +245,16 @@ pub struct ContainerLimit {
     /// Bytes of those frames.
     #[serde(default)]
     pub net_rx_bytes: Option<BucketConfig>,
+    /// Guest run time (a share of one vCPU per period).
+    #[serde(default)]
+    pub cpu: Option<CpuShare>,
 }
 
 /// What `--limit` expects, for error messages.
 const LIMIT_FORM: &str = "--limit PATH:KEY=VALUE[,...] with keys blk-ops=RATE, blk-bytes=RATE, \
      net-tx-frames=RATE, net-tx-bytes=RATE, net-rx-frames=RATE, net-rx-bytes=RATE and their -burst=N \
-     (blk-ops-burst, net-tx-bytes-burst, ...), RATE like 100/s, 10/100ms or 1MiB/s";
+     (blk-ops-burst, net-tx-bytes-burst, ...), RATE like 100/s, 10/100ms or 1MiB/s, \
+     and cpu=PERCENT%/PERIOD like cpu=20%/100ms";
 
 impl ContainerLimit {
     /// The device's form.
@@ -286,6 +364,7 @@ impl ContainerLimit {
         let mut rates: [Option<devices::virtio::limiter::BucketConfig>; 6] = [None; 6];
         let mut bursts: [Option<u64>; 6] = [None; 6];
         let mut seen: Vec<&str> = Vec::with_capacity(pairs.len());
+        let mut cpu = None;
         for &(k, v) in pairs {
             let bad = |e: String| format!("{source} {path}: {k}: {e}");
             if seen.contains(&k) {
@@ -302,6 +381,8 @@ impl ContainerLimit {
                     v.parse::<u64>()
                         .map_err(|_| bad(format!("`{v}` is not a whole number")))?
                 });
+            } else if k == "cpu" {
+                cpu = Some(v.parse::<CpuShare>().map_err(bad)?);
             } else if k == "priority" {
                 return Err(bad("priorities are not built yet: remove the key".into()));
             } else {
@@ -321,7 +402,7 @@ impl ContainerLimit {
                 (None, None) => None,
             };
         }
-        if rates.iter().all(Option::is_none) {
+        if rates.iter().all(Option::is_none) && cpu.is_none() {
             return Err(format!("{source} {path} sets no rate: expected {LIMIT_FORM}"));
         }
         let [blk_ops, blk_bytes, net_tx_frames, net_tx_bytes, net_rx_frames, net_rx_bytes] = buckets;
@@ -333,7 +414,26 @@ impl ContainerLimit {
             net_tx_bytes,
             net_rx_frames,
             net_rx_bytes,
+            cpu,
         })
+    }
+
+    /// The CPU limiter's form: the run-time bucket as `ops` (ns).
+    pub fn cpu_bucket(&self) -> devices::virtio::limiter::BlockLimitConfig {
+        devices::virtio::limiter::BlockLimitConfig {
+            path: self.path.clone(),
+            ops: self.cpu.map(|c| devices::virtio::limiter::BucketConfig {
+                size: c.budget_ns(),
+                one_time_burst: 0,
+                refill_time: std::time::Duration::from_millis(c.period_ms),
+            }),
+            bytes: None,
+        }
+    }
+
+    /// Whether it limits guest CPU.
+    pub fn limits_cpu(&self) -> bool {
+        self.cpu.is_some()
     }
 }
 
@@ -647,11 +747,14 @@ impl VmConfig {
             if l[..i].iter().any(|p| p.path == c.path) {
                 return Err(err("given twice: pass one --limit per container path".into()));
             }
-            if c.buckets().next().is_none() {
+            if c.buckets().next().is_none() && c.cpu.is_none() {
                 return Err(err(
-                    "sets no rate: pass blk-ops, blk-bytes, net-tx-frames, net-tx-bytes, net-rx-frames or net-rx-bytes=RATE"
+                    "sets no rate: pass blk-ops, blk-bytes, net-tx-frames, net-tx-bytes, net-rx-frames or net-rx-bytes=RATE, or cpu=PERCENT%/PERIOD"
                         .into(),
                 ));
+            }
+            if let Some(cpu) = c.cpu {
+                cpu.check().map_err(err)?;
             }
             for b in c.buckets() {
                 devices::virtio::block::TokenBucket::new(b.bucket(), 0).map_err(|e| err(e.to_string()))?;

@@ -180,6 +180,9 @@ pub enum DeviceKind {
     NetTx,
     /// virtio-net RX: `net-rx-*`.
     NetRx,
+    /// The guest CPU limiter: `cpu` (its bucket is the `ops` one, in ns
+    /// of run time: `size` one period's budget, `refill_time` the period).
+    Cpu,
 }
 
 impl DeviceKind {
@@ -189,11 +192,13 @@ impl DeviceKind {
             Self::Block => l.limits_block(),
             Self::NetTx => l.limits_net_tx(),
             Self::NetRx => l.limits_net_rx(),
+            Self::Cpu => l.limits_cpu(),
         };
         let config = |l: &ContainerLimit| match self {
             Self::Block => l.block(),
             Self::NetTx => l.net_tx(),
             Self::NetRx => l.net_rx(),
+            Self::Cpu => l.cpu_bucket(),
         };
         all.iter().filter(applies).map(config).collect()
     }

@@ -251,6 +251,18 @@ impl BlockLimit {
         })
     }
 
+    /// A limit whose `ops` bucket holds `tokens` (at most its size) at
+    /// `now_ns`: how the guest CPU limiter shows its run-time budget (a
+    /// budget in debt shows 0).
+    pub fn with_ops_tokens(c: &BlockLimitConfig, tokens: u64, now_ns: u64) -> Result<Self, BucketError> {
+        let mut l = Self::new(c, now_ns)?;
+        if let Some(b) = l.ops.as_mut() {
+            b.budget = tokens.min(b.size);
+            b.burst = 0;
+        }
+        Ok(l)
+    }
+
     /// A limit without buckets: nothing is held by it.
     pub fn unlimited() -> Self {
         Self {
@@ -348,7 +360,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
 }
 
-fn parse_period(s: &str) -> Result<Duration, String> {
+/// A period: digits and `ms` or `s` (`100ms`, `1s`; `s` alone is one second).
+pub fn parse_period(s: &str) -> Result<Duration, String> {
     let (n, unit) = if let Some(n) = s.strip_suffix("ms") {
         (n, 1)
     } else if let Some(n) = s.strip_suffix('s') {

@@ -45,9 +45,10 @@ pub enum Scenario {
     XvmClient = 22,
     XvmServer = 23,
     RunLog = 24,
+    CpuCap = 25,
 }
 
-const ALL: [(Scenario, &[u8]); 24] = [
+const ALL: [(Scenario, &[u8]); 25] = [
     (Scenario::Basic, b"basic"),
     (Scenario::Multi, b"multi"),
     (Scenario::Demo, b"demo"),
@@ -72,6 +73,7 @@ const ALL: [(Scenario, &[u8]); 24] = [
     (Scenario::XvmClient, b"xvm-client"),
     (Scenario::XvmServer, b"xvm-server"),
     (Scenario::RunLog, b"run-log"),
+    (Scenario::CpuCap, b"cpucap"),
 ];
 
 impl Scenario {
@@ -111,6 +113,7 @@ pub fn run(b: &Boot, s: Scenario) -> ! {
         Scenario::XvmClient => crate::xvm::client(b),
         Scenario::XvmServer => crate::xvm::server(b),
         Scenario::RunLog => run_log(b),
+        Scenario::CpuCap => cpucap(b),
     }
 }
 
@@ -121,6 +124,7 @@ pub fn secondary(b: &Boot, s: Scenario) {
         Scenario::Demo => demo_part(b),
         Scenario::Spin => spin_part(b),
         Scenario::Exits => exits_part(b),
+        Scenario::CpuCap => cpucap_part(b),
         _ => {}
     }
 }
@@ -1169,4 +1173,51 @@ fn run_log_lies(b: &Boot, unit: u64) {
     acct::switch_logged(b.vcpu, 0);
     acct::end_request(7);
     print("run-log: lied\n");
+}
+
+/// `cpucap`: the containers of the capping experiment.
+const CAP_A: u32 = 1;
+const CAP_B: u32 = 2;
+
+/// `cpucap` (docs/guest-scenarios.md): containers `cap-a` and `cap-b`, then
+/// spin until the VMM's time limit ends the VM. `mode=coop` (the default,
+/// vCPU 0 only works): a cooperative scheduler that runs `cap-a` unless its
+/// throttle word says `cap-a`'s CPU budget is spent, else `cap-b`, each
+/// switch logged. `mode=hog`: every vCPU spins for one container (even
+/// vCPUs `cap-a`, odd `cap-b`) and never looks at its throttle word.
+fn cpucap(b: &Boot) -> ! {
+    acct::register();
+    declare(CAP_A, 0, b"cap-a");
+    declare(CAP_B, 0, b"cap-b");
+    // This print's first exit drains the declarations before any loop runs.
+    print("cpucap: start\n");
+    release_others(Scenario::CpuCap);
+    cpucap_part(b);
+    finish(b, 0)
+}
+
+fn cpucap_part(b: &Boot) {
+    if arg(b.cmdline, b"mode=") == Some(&b"hog"[..]) {
+        let c = if b.vcpu % 2 == 0 { CAP_A } else { CAP_B };
+        acct::switch_logged(b.vcpu, tag(c, 0));
+        loop {
+            burn(1000);
+        }
+    }
+    if b.vcpu != 0 {
+        loop {
+            burn(1000);
+        }
+    }
+    let mut cur = 0;
+    loop {
+        let w = acct::throttle_word(b.vcpu);
+        let a_spent = w & abi::THROTTLE_SPENT != 0 && (w as u32 == CAP_A || w & abi::THROTTLE_TENANT != 0);
+        let want = if a_spent { CAP_B } else { CAP_A };
+        if want != cur {
+            acct::switch_logged(b.vcpu, tag(want, 0));
+            cur = want;
+        }
+        burn(200);
+    }
 }
