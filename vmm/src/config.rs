@@ -989,6 +989,56 @@ mod tests {
     }
 
     #[test]
+    fn cpu_limits_parse_and_bad_forms_name_the_expected_form() {
+        let l: ContainerLimit = "batch:cpu=20%/100ms".parse().unwrap();
+        assert_eq!(
+            l.cpu,
+            Some(CpuShare {
+                percent: 20,
+                period_ms: 100
+            })
+        );
+        assert_eq!(l.cpu.unwrap().budget_ns(), 20_000_000);
+        assert!(l.limits_cpu() && !l.limits_block() && !l.limits_net_tx());
+        let b = l.cpu_bucket().ops.unwrap();
+        assert_eq!(
+            (b.size, b.refill_time),
+            (20_000_000, std::time::Duration::from_millis(100))
+        );
+        let l: ContainerLimit = "tenant:cpu=150%/1s,blk-ops=10/s".parse().unwrap();
+        assert_eq!(l.cpu.unwrap().budget_ns(), 1_500_000_000);
+        assert!(l.limits_block());
+        for bad in [
+            "a:cpu=20%",
+            "a:cpu=20/100ms",
+            "a:cpu=0%/100ms",
+            "a:cpu=25401%/100ms",
+            "a:cpu=20%/5ms",
+            "a:cpu=20%/11s",
+            "a:cpu=2.5%/100ms",
+            "a:cpu=20%/100us",
+            "a:cpu=20%/100ms,cpu=10%/100ms",
+        ] {
+            let e = bad.parse::<ContainerLimit>().unwrap_err();
+            assert!(e.contains("--limit a: cpu"), "{bad}: {e}");
+            assert!(
+                e.contains("cpu=PERCENT%/PERIOD") || e.contains("given twice"),
+                "{bad}: {e}"
+            );
+        }
+        // A configuration from JSON is checked too.
+        let mut c = VmConfig::new(KernelSource::Builtin(Builtin::TestGuest));
+        c.container_limits = vec![ContainerLimit {
+            cpu: Some(CpuShare {
+                percent: 0,
+                period_ms: 100,
+            }),
+            ..l
+        }];
+        assert!(c.validate().unwrap_err().to_string().contains("out of range"));
+    }
+
+    #[test]
     fn duplicate_or_empty_container_limits_are_refused() {
         let mut c = VmConfig::new(KernelSource::Builtin(Builtin::TestGuest));
         let l: ContainerLimit = "a:blk-ops=1/s".parse().unwrap();

@@ -25,9 +25,12 @@ use crate::live_limits::{limit_index, RegistryLookup};
 use crate::vcpu::VcpuShared;
 
 /// How long a vCPU's throttle word is set before the vCPU is held, if its
-/// slot still names the spent principal: the next sampler tick at least
-/// this long after the word was set.
-pub const GRACE_NS: u64 = 1_000_000;
+/// slot still names the spent principal: the first sampler tick at least
+/// this long after the word was set. A cooperative guest reacts within
+/// microseconds when it runs, but its vCPU thread may wait for a host core
+/// for milliseconds on a busy host (while still counted in `KVM_RUN`);
+/// the run time a longer grace lets through is taken back as debt.
+pub const GRACE_NS: u64 = 10_000_000;
 
 /// Periods of a limit's whole budget its debt may reach: run time charged
 /// beyond that (ticks that found the budget spent too late, many vCPUs at

@@ -212,7 +212,9 @@ mod tests {
             {"container": "batch/*", "net-tx-frames": "10/100ms", "net-tx-bytes-burst": "4KiB", "net-tx-bytes": "64KiB/s"},
             {"container": "unattributed", "blk-ops": "5/s"},
             {"container": "tenant", "blk-ops": "500/s"},
-            {"container": "db", "net-rx-frames": "50/s", "net-rx-bytes": "1MiB/s", "net-rx-frames-burst": 5}
+            {"container": "db", "net-rx-frames": "50/s", "net-rx-bytes": "1MiB/s", "net-rx-frames-burst": 5},
+            {"container": "batch", "cpu": "20%/100ms"},
+            {"container": "spin*", "cpu": "5%/1s", "blk-ops": "1/s"}
         ]}"#;
         let got = parse(text, "l.json").unwrap();
         let want: Vec<ContainerLimit> = [
@@ -221,6 +223,8 @@ mod tests {
             "unattributed:blk-ops=5/s",
             "tenant:blk-ops=500/s",
             "db:net-rx-frames=50/s,net-rx-bytes=1MiB/s,net-rx-frames-burst=5",
+            "batch:cpu=20%/100ms",
+            "spin*:cpu=5%/1s,blk-ops=1/s",
         ]
         .iter()
         .map(|s| s.parse().unwrap())
@@ -243,6 +247,10 @@ mod tests {
                 "limit 1 names no container",
             ),
             (r#"{"limits": [{"container": "a"}]}"#, "a sets no rate"),
+            (
+                r#"{"limits": [{"container": "a", "cpu": "20%"}]}"#,
+                "cpu=PERCENT%/PERIOD",
+            ),
             (r#"{"limits": [{"container": "a", "blk-ops": 5}]}"#, "blk-ops"),
             (
                 r#"{"limits": [{"container": "a", "blk-ops": -5}]}"#,

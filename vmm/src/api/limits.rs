@@ -54,7 +54,11 @@ pub struct LimitView {
     pub net_rx_frames: Option<BucketConfig>,
     /// As above.
     pub net_rx_bytes: Option<BucketConfig>,
-    /// Its state on each device that takes it.
+    /// The guest CPU share (`null`: none).
+    pub cpu: Option<crate::config::CpuShare>,
+    /// Its state on each device that takes it (`cpu`: the guest CPU
+    /// limiter, whose `ops_tokens` are ns of run time left in the budget,
+    /// 0 while in debt, and whose `held` are vCPUs held now).
     pub devices: Vec<DeviceLimitView>,
 }
 
@@ -93,6 +97,7 @@ fn view(live: &LiveLimits, l: ContainerLimit) -> LimitView {
         net_tx_bytes: l.net_tx_bytes,
         net_rx_frames: l.net_rx_frames,
         net_rx_bytes: l.net_rx_bytes,
+        cpu: l.cpu,
         devices,
     }
 }

@@ -87,6 +87,8 @@ struct Sample {
     net_frames: u64,
     /// TX frames held by a per-container limit: for how long.
     net_throttled_ns: u64,
+    /// vCPUs held by a guest CPU limit: for how long.
+    cpu_throttled_ns: u64,
     begun: u64,
 }
 
@@ -102,6 +104,7 @@ fn sample(c: &Value) -> Sample {
         blk_throttled_ns: u(&blk["throttled_ns"]),
         net_frames: u(&net["tx_frames"]) + u(&net["rx_frames"]),
         net_throttled_ns: u(&net["throttled_ns"]),
+        cpu_throttled_ns: u(&ch["cpu"]["throttled_ns"]),
         begun: u(&c["requests"]["begun"]),
     }
 }
@@ -158,7 +161,7 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<30} {:>9} {:>9} {:>7} {:>8} {:>8} {:>7} {:>9} {:>10} {:>10} {:>10}",
+        "\n{:<30} {:>9} {:>9} {:>7} {:>8} {:>8} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10}",
         "CONTAINER",
         "EXITS/s",
         "HOSTms/s",
@@ -169,7 +172,8 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
         "REQS",
         "GUEST_CPU",
         "THROTms/s",
-        "NTHROTms/s"
+        "NTHROTms/s",
+        "CTHROTms/s"
     );
     let mut rows: Vec<(String, Sample, f64, String)> = cur
         .containers
@@ -200,7 +204,7 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
         let then = before.get(name.trim_end_matches(" (retired)")).copied();
         let _ = writeln!(
             out,
-            "{:<30} {:>9.0} {:>9.2} {:>6.1}% {:>8.0} {:>8.0} {:>7.0} {:>9} {:>10} {:>10.1} {:>10.1}",
+            "{:<30} {:>9.0} {:>9.2} {:>6.1}% {:>8.0} {:>8.0} {:>7.0} {:>9} {:>10} {:>10.1} {:>10.1} {:>10.1}",
             truncate(name, 30),
             rate(s.exits, then.map(|t| t.exits)),
             host / 1e6,
@@ -214,6 +218,8 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
             rate(s.blk_throttled_ns, then.map(|t| t.blk_throttled_ns)) / 1e6,
             // The same for TX frames.
             rate(s.net_throttled_ns, then.map(|t| t.net_throttled_ns)) / 1e6,
+            // vCPU time held by a guest CPU limit.
+            rate(s.cpu_throttled_ns, then.map(|t| t.cpu_throttled_ns)) / 1e6,
         );
     }
     let requests = cur.requests.as_array().map(Vec::as_slice).unwrap_or_default();
@@ -266,7 +272,8 @@ mod tests {
                 {"path": "web", "retired": false,
                  "charges": {"exits_total": {"count": exits, "host_ns": host_ns}, "guest_run_ns": run_ns,
                              "block": {"reads": 3, "throttled_ns": run_ns / 10},
-                             "net": {"tx_frames": 1, "throttled_ns": run_ns / 20}},
+                             "net": {"tx_frames": 1, "throttled_ns": run_ns / 20},
+                             "cpu": {"throttle_events": 1, "throttled_ns": run_ns / 5}},
                  "requests": {"begun": begun}, "guest": {"cpu_usage_us": 1_500_000}},
             ]),
             requests: json!([{"id": 7, "container_path": "web", "state": "live",
@@ -301,6 +308,8 @@ mod tests {
         assert_eq!(cols[9], "50.0", "{web}");
         // 50 ms of TX frames held over 2 s.
         assert_eq!(cols[10], "25.0", "{web}");
+        // 200 ms of vCPU time held by a guest CPU limit over 2 s.
+        assert_eq!(cols[11], "100.0", "{web}");
         // Busiest first.
         let order: Vec<&str> = out.lines().filter_map(|l| l.split_whitespace().next()).collect();
         let web_at = order.iter().position(|n| *n == "web").unwrap();
