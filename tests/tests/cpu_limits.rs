@@ -10,6 +10,15 @@ use serde_json::Value;
 use vmm::api::client;
 use vmm::vcpu::exit::VmEnd;
 
+/// The VMs of this binary run one at a time: their shares are measured
+/// in run time, and VMs of the same test binary competing for the host's
+/// cores only add noise.
+static ONE_VM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_vm() -> std::sync::MutexGuard<'static, ()> {
+    ONE_VM.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn call(sock: &Path, method: &str, target: &str, body: Option<&str>) -> (u16, Value) {
     let r = client::request(sock, method, target, body).expect("a request over the API socket");
     let v = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{method} {target}: {e}: {}", r.body));
@@ -30,6 +39,7 @@ fn cpu_of(sock: &Path, path: &str) -> (u64, u64) {
 }
 
 fn hog(vcpus: u8, limits: &[&str], time_limit_ms: u64) -> Run {
+    let _one = one_vm();
     let mut cfg = config("cpucap mode=hog", vcpus);
     cfg.container_limits = limits
         .iter()
@@ -48,6 +58,7 @@ fn hog(vcpus: u8, limits: &[&str], time_limit_ms: u64) -> Run {
 /// container is held (and only it).
 #[test]
 fn a_cpu_limit_set_live_holds_the_container_and_bad_forms_are_refused() {
+    let _one = one_vm();
     let dir = scratch_dir("cpu-live");
     let sock = dir.join("api.sock");
     let mut cfg = config("cpucap mode=hog", 2);

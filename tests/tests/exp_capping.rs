@@ -6,10 +6,20 @@
 use resourceful_tests::{boot, config, Run};
 use vmm::vcpu::exit::VmEnd;
 
+/// The VMs of this binary run one at a time: their shares are measured
+/// in run time, and VMs of the same test binary competing for the host's
+/// cores only add noise.
+static ONE_VM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_vm() -> std::sync::MutexGuard<'static, ()> {
+    ONE_VM.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Wall time of each run.
 const RUN_MS: u64 = 5_000;
 
 fn capped(mode: &str, vcpus: u8, limit: &str) -> Run {
+    let _one = one_vm();
     let mut cfg = config(&format!("cpucap mode={mode}"), vcpus);
     cfg.container_limits = vec![limit.parse().expect("a valid --limit")];
     cfg.time_limit_ms = Some(RUN_MS);

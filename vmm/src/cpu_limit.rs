@@ -25,12 +25,15 @@ use crate::live_limits::{limit_index, RegistryLookup};
 use crate::vcpu::VcpuShared;
 
 /// How long a vCPU's throttle word is set before the vCPU is held, if its
-/// slot still names the spent principal: the first sampler tick at least
-/// this long after the word was set. A cooperative guest reacts within
-/// microseconds when it runs, but its vCPU thread may wait for a host core
-/// for milliseconds on a busy host (while still counted in `KVM_RUN`);
-/// the run time a longer grace lets through is taken back as debt.
-pub const GRACE_NS: u64 = 10_000_000;
+/// slot still names the spent principal: the first sampler tick at which
+/// the vCPU's thread has had at least this much CPU time since the word
+/// was set (its CPU clock, on which guest time counts and time waiting for
+/// a host core does not: a cooperative guest reacts within microseconds
+/// once it runs, but on a busy host its thread may wait for a core for
+/// tens of ms while still inside `KVM_RUN`). Where the clock cannot be
+/// read, wall time. The run time a guest that ignores its word runs
+/// meanwhile is taken back as debt.
+pub const GRACE_NS: u64 = 2_000_000;
 
 /// Periods of a limit's whole budget its debt may reach: run time charged
 /// beyond that (ticks that found the budget spent too late, many vCPUs at
@@ -144,7 +147,8 @@ struct Seen {
     word: u64,
     /// The limit that word is about.
     word_limit: Option<usize>,
-    /// When its slot's principal was first found spent (the grace's start).
+    /// The vCPU thread's CPU time (else the wall time) when its slot's
+    /// principal was first found spent: the grace's start.
     spent_since: Option<u64>,
     /// The limit of its latest hold (kept after the hold is lifted, so
     /// the hold's ns, which its thread adds when it wakes, go to it), and
@@ -325,9 +329,10 @@ impl CpuLimiter {
                 release(v);
                 continue;
             };
-            let since = *v.spent_since.get_or_insert(now);
+            let clock = v.shared.hold.thread_cpu_ns().unwrap_or(now);
+            let since = *v.spent_since.get_or_insert(clock);
             let ran = ran.get(i).copied().unwrap_or(false);
-            if v.shared.hold.is_set() || (ran && now.saturating_sub(since) >= GRACE_NS) {
+            if v.shared.hold.is_set() || (ran && clock.saturating_sub(since) >= GRACE_NS) {
                 if !v.shared.hold.is_set() {
                     v.held_for = Some(k);
                 }

@@ -13,7 +13,7 @@ pub mod recent;
 pub mod runclock;
 pub mod switches;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -78,6 +78,10 @@ pub struct Hold {
     held_ns: AtomicU64,
     /// The thread's pthread id (+1; 0 until it runs), for the kick.
     thread: AtomicU64,
+    /// The thread's CPU-time clock (0 until it runs: such clock ids are
+    /// negative): guest time counts on it, time the host left the thread
+    /// waiting does not.
+    cpu_clock: AtomicI32,
     lock: Mutex<()>,
     wake: Condvar,
 }
@@ -125,6 +129,23 @@ impl Hold {
             self.holds.load(Ordering::Acquire),
             self.held_ns.load(Ordering::Acquire),
         )
+    }
+
+    /// CPU time the vCPU's thread has had, guest time included, ns; `None`
+    /// before it runs or where the clock cannot be read.
+    pub fn thread_cpu_ns(&self) -> Option<u64> {
+        let c = self.cpu_clock.load(Ordering::Acquire);
+        if c == 0 {
+            return None;
+        }
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: the clock id is the vCPU thread's CPU clock (from
+        // pthread_getcpuclockid); `ts` is a valid timespec to write.
+        let r = unsafe { libc::clock_gettime((c - 1) as libc::clockid_t, &mut ts) };
+        (r == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
     }
 
     fn kick(&self) {
@@ -246,6 +267,11 @@ impl Vcpu {
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() } as u64;
         self.shared.hold.thread.store(me + 1, Ordering::Release);
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: `me` is this thread; `clock` is a valid clockid_t to write.
+        if unsafe { libc::pthread_getcpuclockid(me as libc::pthread_t, &mut clock) } == 0 {
+            self.shared.hold.cpu_clock.store(clock, Ordering::Release);
+        }
         let mut reader = self.region.reader(self.id);
         let mut state = VcpuState::Running;
         while state == VcpuState::Running {
