@@ -107,6 +107,16 @@ fn a_cpu_limit_set_live_holds_the_container_and_bad_forms_are_refused() {
         (held > 0).then_some(held)
     });
     assert!(held > 0);
+    // Removed: the hold in progress is lifted at the next tick (and
+    // charged then); no hold follows.
+    let (status, _) = call(&sock, "DELETE", "/v1/limits/cap-a", None);
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    let (run0, held0) = cpu_of(&sock, "cap-a");
+    std::thread::sleep(Duration::from_millis(500));
+    let (run1, held1) = cpu_of(&sock, "cap-a");
+    assert_eq!(held1, held0, "no hold after the limit was removed");
+    assert!(run1 > run0, "cap-a runs again");
     let run = vm.join().expect("the VM thread");
     assert_eq!(run.end, VmEnd::TimeLimit, "{}", run.console);
     run.assert_conserved();
