@@ -61,7 +61,7 @@ fn a_container_capped_at_20_percent_gets_20_percent_and_the_other_the_rest() {
 
 /// A guest that ignores its throttle word: vCPU 0 spins for `cap-a`
 /// (20 %/100 ms), vCPU 1 for `cap-b`. `cap-a`'s vCPU is held: `cap-a` runs
-/// about 20 % of the 5 s (1 s ± 0.3 s), is held for most of the rest, and
+/// about 20 % of the 5 s (14 to 30 %), is held for most of the rest, and
 /// only `cap-a` is charged holds; `cap-b` runs unhindered.
 #[test]
 fn a_guest_that_ignores_its_throttle_word_is_held() {
@@ -72,7 +72,9 @@ fn a_guest_that_ignores_its_throttle_word_is_held() {
     let ha = a.charges.cpu.throttled_ns as f64 / wall;
     let rb = b.charges.guest_run_ns as f64 / wall;
     eprintln!("cap-a ran {ra:.4} held {ha:.4}, cap-b ran {rb:.4} of {wall} ns wall");
-    assert!((0.14..=0.26).contains(&ra), "cap-a ran {ra:.4} of the wall time");
+    // Generous above: on a loaded host the debt left at the end of the run
+    // (run time charged while its thread waited for a core) is not paid back.
+    assert!((0.14..=0.30).contains(&ra), "cap-a ran {ra:.4} of the wall time");
     assert!(ha >= 0.5, "cap-a was held {ha:.4} of the wall time");
     assert!(a.charges.cpu.throttle_events > 0);
     assert!(rb >= 0.7, "cap-b ran {rb:.4} of the wall time");

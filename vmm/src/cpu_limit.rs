@@ -35,6 +35,12 @@ use crate::vcpu::VcpuShared;
 /// meanwhile is taken back as debt.
 pub const GRACE_NS: u64 = 2_000_000;
 
+/// The longest grace in wall time, whatever the vCPU thread's CPU clock
+/// says: a thread that waits for a host core is still inside `KVM_RUN`, so
+/// its wait is charged as run time, and a longer grace would let that debt
+/// grow past what a short run pays back.
+pub const MAX_GRACE_WALL_NS: u64 = 50_000_000;
+
 /// Periods of a limit's whole budget its debt may reach: run time charged
 /// beyond that (ticks that found the budget spent too late, many vCPUs at
 /// once) is forgiven, so a hold never lasts more than this many periods.
@@ -147,9 +153,9 @@ struct Seen {
     word: u64,
     /// The limit that word is about.
     word_limit: Option<usize>,
-    /// The vCPU thread's CPU time (else the wall time) when its slot's
-    /// principal was first found spent: the grace's start.
-    spent_since: Option<u64>,
+    /// The vCPU thread's CPU time (else the wall time), and the wall time,
+    /// when its slot's principal was first found spent: the grace's start.
+    spent_since: Option<(u64, u64)>,
     /// The limit of its latest hold (kept after the hold is lifted, so
     /// the hold's ns, which its thread adds when it wakes, go to it), and
     /// its hold totals when last read.
@@ -249,11 +255,6 @@ impl CpuLimiter {
         }
     }
 
-    /// The limit (its index) of the container at registry index `c`.
-    fn limit_of_container(&self, paths: &[Arc<str>], c: usize) -> Option<usize> {
-        paths.get(c).and_then(|p| limit_index(&self.paths, p))
-    }
-
     /// One tick, after the sampler's charges: debits the budgets, then
     /// sets or clears each vCPU's throttle word and hold. `ran[i]`: vCPU
     /// `i` was charged run time this tick.
@@ -270,12 +271,35 @@ impl CpuLimiter {
             self.lookup.publish(&[]);
             return;
         }
-        let paths: Vec<Arc<str>> = {
+        // Under one lock of the registry, only what this tick needs: the
+        // limit of each charged container and of each vCPU's slot (and the
+        // slot container's guest id).
+        let tags: Vec<u64> = self
+            .vcpus
+            .iter_mut()
+            .map(|v| v.reader.tag().unwrap_or(0))
+            .collect();
+        let pending = std::mem::take(&mut self.pending);
+        let (charges, slots) = {
             let reg = self.acct.registry();
-            reg.containers().iter().map(|c| Arc::clone(&c.path)).collect()
+            let limit_of = |c: usize| {
+                reg.containers()
+                    .get(c)
+                    .and_then(|row| limit_index(&self.paths, &row.path))
+            };
+            let charges: Vec<(Option<usize>, u64)> =
+                pending.iter().map(|&(c, ns)| (limit_of(c), ns)).collect();
+            let slots: Vec<(Option<usize>, u32)> = tags
+                .iter()
+                .map(|&t| {
+                    let c = reg.resolve(t).container;
+                    (limit_of(c), reg.containers().get(c).map_or(0, |row| row.guest_id))
+                })
+                .collect();
+            (charges, slots)
         };
-        for (c, ns) in std::mem::take(&mut self.pending) {
-            if let Some(k) = self.limit_of_container(&paths, c) {
+        for (k, ns) in charges {
+            if let Some(k) = k {
                 self.limits[k].budget.charge(ns, now);
             }
             if let Some(t) = self.tenant {
@@ -293,17 +317,9 @@ impl CpuLimiter {
                 }
             }
             v.totals = totals;
-            let tag = v.reader.tag().unwrap_or(0);
-            let (container, id) = {
-                let reg = self.acct.registry();
-                let r = reg.resolve(tag);
-                let id = reg.containers().get(r.container).map_or(0, |c| c.guest_id);
-                (r.container, id)
-            };
-            let own = paths
-                .get(container)
-                .and_then(|p| limit_index(&self.paths, p))
-                .filter(|&k| spent[k]);
+            let tag = tags[i];
+            let (limit, id) = slots[i];
+            let own = limit.filter(|&k| spent[k]);
             let tenant = self.tenant.filter(|&t| spent[t]);
             // The throttle word: about the principal found spent, kept
             // (even once the slot names another) until that budget refills.
@@ -330,9 +346,11 @@ impl CpuLimiter {
                 continue;
             };
             let clock = v.shared.hold.thread_cpu_ns().unwrap_or(now);
-            let since = *v.spent_since.get_or_insert(clock);
+            let (since, since_wall) = *v.spent_since.get_or_insert((clock, now));
             let ran = ran.get(i).copied().unwrap_or(false);
-            if v.shared.hold.is_set() || (ran && clock.saturating_sub(since) >= GRACE_NS) {
+            let graced = clock.saturating_sub(since) >= GRACE_NS
+                || now.saturating_sub(since_wall) >= MAX_GRACE_WALL_NS;
+            if v.shared.hold.is_set() || (ran && graced) {
                 if !v.shared.hold.is_set() {
                     v.held_for = Some(k);
                 }
