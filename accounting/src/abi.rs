@@ -178,8 +178,11 @@ pub struct RegionHeader {
     pub qtag_entries: u32,
     /// Number of queue tag tables; at most [`MAX_QTAG_TABLES`].
     pub qtag_tables: u32,
-    /// Zero.
-    pub reserved: u32,
+    /// Offset of the [throttle words](THROTTLE_SPENT): `nr_slots` `u64`s,
+    /// word `i` for slot `i`, written by the VMM; a multiple of 64. 0: the
+    /// guest has none (a guest CPU limit still holds its vCPUs, it is only
+    /// not told). Before guest CPU limits this field was reserved, zero.
+    pub throttle_offset: u32,
 }
 
 /// Queue tag tables: explicit per-request tags for device queues.
@@ -206,6 +209,20 @@ pub const MAX_QTAG_ENTRIES: u32 = 1024;
 pub const fn qtag_table(device: u32, queue: u32) -> u32 {
     device * QTAG_QUEUES_PER_DEVICE + queue
 }
+
+/// Throttle word bit: the CPU budget of the principal vCPU `i`'s slot named
+/// when the VMM last looked is spent (a guest CPU limit,
+/// docs/limits-per-container.md "Guest CPU"). The word's low 32 bits are
+/// that container's id (0: `unattributed`, or only the tenant's budget is
+/// spent). The VMM sets it when it finds the budget spent and clears the
+/// word (to 0) once that budget has refilled; while the slot still names
+/// that container after the grace period the vCPU is held out of the guest.
+pub const THROTTLE_SPENT: u64 = 1 << 63;
+/// Throttle word bit: the spent budget is the tenant's (the whole VM's), so
+/// switching to another container does not help.
+pub const THROTTLE_TENANT: u64 = 1 << 62;
+/// Offset of [`RegionHeader::throttle_offset`] in the header.
+pub const HDR_THROTTLE_OFFSET: u64 = 60;
 
 /// Offset of [`RegionHeader::ring_consumed`] in the region.
 pub const HDR_RING_CONSUMED: u64 = 32;
@@ -417,7 +434,7 @@ impl RegionHeader {
             qtag_offset: le_u32(b, 48),
             qtag_entries: le_u32(b, 52),
             qtag_tables: le_u32(b, 56),
-            reserved: le_u32(b, 60),
+            throttle_offset: le_u32(b, 60),
         }
     }
 }

@@ -402,6 +402,20 @@ impl Writer {
         }
     }
 
+    /// Charges one hold of this writer's vCPU by a guest CPU limit
+    /// (`held_ns` out of the guest) to the principal of `tag`, the tag its
+    /// slot named when it was held. A request's block may see several
+    /// vCPUs' holds: added to with `fetch_add`.
+    pub fn charge_cpu_throttle(&mut self, tag: Option<u64>, held_ns: u64) {
+        let id = self.id;
+        self.acct.writer_totals[id].add_cpu_throttle_single_writer(held_ns);
+        let r = self.resolve(tag);
+        r.container_cells.col(id).add_cpu_throttle_single_writer(held_ns);
+        if let Some(req) = &r.request {
+            req.add_cpu_throttle_shared(held_ns);
+        }
+    }
+
     /// Charges one interrupt injected for work done for `tag`.
     pub fn charge_interrupt(&mut self, tag: Option<u64>) {
         let id = self.id;

@@ -204,7 +204,7 @@ pub struct ChargesJson<'a>(pub &'a Charges);
 impl Serialize for ChargesJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let c = self.0;
-        let mut st = s.serialize_struct("ChargesReport", 8)?;
+        let mut st = s.serialize_struct("ChargesReport", 9)?;
         st.serialize_field("exits", &ExitsJson(c))?;
         st.serialize_field("exits_total", &c.exits_total())?;
         st.serialize_field("guest_run_ns", &c.guest_run_ns)?;
@@ -227,6 +227,9 @@ impl Serialize for ChargesJson<'_> {
         }
         if !is_zero(&c.ring) {
             st.serialize_field("ring", &c.ring)?;
+        }
+        if !is_zero(&c.cpu) {
+            st.serialize_field("cpu", &c.cpu)?;
         }
         st.end()
     }

@@ -26,6 +26,8 @@ pub struct Geometry {
     pub qtag_entries: u32,
     /// Number of queue tag tables (0: none).
     pub qtag_tables: u32,
+    /// Offset of the throttle words, one `u64` per slot (0: none).
+    pub throttle_offset: u64,
 }
 
 impl Geometry {
@@ -40,6 +42,13 @@ impl Geometry {
         (table < self.qtag_tables && u32::from(head) < self.qtag_entries).then(|| {
             self.qtag_offset + 8 * (u64::from(table) * u64::from(self.qtag_entries) + u64::from(head))
         })
+    }
+
+    /// Offset of vCPU `vcpu`'s throttle word, if the region has them and
+    /// the vCPU a slot.
+    pub fn throttle_word_offset(&self, vcpu: usize) -> Option<u64> {
+        (self.throttle_offset != 0 && vcpu < self.nr_slots as usize)
+            .then(|| self.throttle_offset + 8 * vcpu as u64)
     }
 
     /// Offset of the ring entry for position `pos`.
@@ -102,7 +111,22 @@ pub fn check_header(h: &RegionHeader, len: u64, nr_vcpus: usize) -> Result<Geome
         }
         (start, end)
     };
-    if slots.1 > len || ring.1 > len || qtags.1 > len {
+    let throttle = if h.throttle_offset == 0 {
+        (0, 0)
+    } else {
+        let start = u64::from(h.throttle_offset);
+        let end = start + 8 * u64::from(h.nr_slots);
+        let overlaps = |(a, b): (u64, u64)| a < end && start < b;
+        if !start.is_multiple_of(abi::REGION_ALIGN)
+            || overlaps(slots)
+            || (h.ring_entries > 0 && overlaps(ring))
+            || overlaps(qtags)
+        {
+            return Err(Status::BadGeometry);
+        }
+        (start, end)
+    };
+    if slots.1 > len || ring.1 > len || qtags.1 > len || throttle.1 > len {
         return Err(Status::BadLength);
     }
     Ok(Geometry {
@@ -114,6 +138,7 @@ pub fn check_header(h: &RegionHeader, len: u64, nr_vcpus: usize) -> Result<Geome
         qtag_offset: qtags.0,
         qtag_entries: if h.qtag_tables == 0 { 0 } else { h.qtag_entries },
         qtag_tables: h.qtag_tables,
+        throttle_offset: throttle.0,
     })
 }
 
@@ -191,6 +216,31 @@ mod tests {
     }
 
     #[test]
+    fn throttle_words_are_checked_and_located() {
+        let base = abi::region_len(2, 16) as u64;
+        let mut h = good(2, 16);
+        h.throttle_offset = u32::try_from(base).unwrap();
+        let g = check_header(&h, base + 16, 2).unwrap();
+        assert_eq!(g.throttle_word_offset(1), Some(base + 8));
+        assert_eq!(g.throttle_word_offset(2), None);
+        // Too short, misaligned, overlapping the slots or the ring.
+        assert_eq!(check_header(&h, base + 8, 2), Err(Status::BadLength));
+        h.throttle_offset += 8;
+        assert_eq!(check_header(&h, base + 64, 2), Err(Status::BadGeometry));
+        for off in [64, 64 + 128] {
+            h.throttle_offset = off;
+            assert_eq!(check_header(&h, base, 2), Err(Status::BadGeometry), "{off}");
+        }
+        // None (the field was reserved, zero, before): no words.
+        assert_eq!(
+            check_header(&good(2, 16), base, 2)
+                .unwrap()
+                .throttle_word_offset(0),
+            None
+        );
+    }
+
+    #[test]
     fn range_checks() {
         assert_eq!(check_range(0x1008, 4096), Err(Status::Misaligned));
         assert_eq!(check_range(0x1000, 32), Err(Status::BadLength));
@@ -213,6 +263,7 @@ mod tests {
                 proptest::prop_assert!(g.ring_offset + 64 * u64::from(g.ring_entries) <= len);
                 proptest::prop_assert!(g.qtag_offset + 8 * u64::from(g.qtag_tables) * u64::from(g.qtag_entries) <= len);
                 proptest::prop_assert!(g.nr_slots as usize >= vcpus);
+                proptest::prop_assert!(g.throttle_offset + 8 * u64::from(g.nr_slots) * u64::from(g.throttle_offset != 0) <= len);
             }
         }
     }

@@ -309,6 +309,19 @@ pub struct AgentCharge {
     pub host_ns: u64,
 }
 
+/// Guest CPU limits' work: how long vCPUs were held out of the guest
+/// because the container their slot named was over its CPU budget
+/// (docs/limits-per-container.md, "Guest CPU").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CpuCharge {
+    /// Holds of a vCPU (each ends when the budget refills, the slot names
+    /// another principal, or the VM stops).
+    pub throttle_events: u64,
+    /// Nanoseconds vCPUs were held.
+    pub throttled_ns: u64,
+}
+
 /// Plain totals of every resource kind, as read from [`Counters`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Charges {
@@ -330,6 +343,8 @@ pub struct Charges {
     pub agent: AgentCharge,
     /// Ring drains off the exit path.
     pub ring: RingCharge,
+    /// Guest CPU limits' holds.
+    pub cpu: CpuCharge,
 }
 
 impl Charges {
@@ -359,6 +374,8 @@ impl Charges {
         self.interrupts += other.interrupts;
         self.net.add(&other.net);
         self.vsock.add(&other.vsock);
+        self.cpu.throttle_events += other.cpu.throttle_events;
+        self.cpu.throttled_ns += other.cpu.throttled_ns;
     }
 
     /// Whether nothing was charged.
@@ -386,6 +403,7 @@ impl Charges {
             vsock,
             agent,
             ring,
+            cpu,
         } = self;
         for ExitCharge { count, host_ns } in exits.iter_mut() {
             f(count);
@@ -480,6 +498,12 @@ impl Charges {
         let RingCharge { entries, host_ns } = ring;
         f(entries);
         f(host_ns);
+        let CpuCharge {
+            throttle_events,
+            throttled_ns,
+        } = cpu;
+        f(throttle_events);
+        f(throttled_ns);
     }
 
     /// Every field as a word, in [`Charges::for_each_word_mut`] order.
@@ -540,6 +564,8 @@ pub struct Counters {
     agent: [AtomicU64; 2],
     /// Ring drains off the exit path: entries, host ns.
     ring: [AtomicU64; 2],
+    /// Guest CPU limits: holds, held ns.
+    cpu: [AtomicU64; 2],
 }
 
 const BLK_ERRORS: usize = 4;
@@ -658,6 +684,19 @@ impl Counters {
         add_single_writer(&self.ring[1], w.host_ns);
     }
 
+    /// Adds one hold of a vCPU by a guest CPU limit. Only the block's
+    /// single writer.
+    pub fn add_cpu_throttle_single_writer(&self, held_ns: u64) {
+        add_single_writer(&self.cpu[0], 1);
+        add_single_writer(&self.cpu[1], held_ns);
+    }
+
+    /// Adds one hold; safe with concurrent writers.
+    pub fn add_cpu_throttle_shared(&self, held_ns: u64) {
+        self.cpu[0].fetch_add(1, Relaxed);
+        self.cpu[1].fetch_add(held_ns, Relaxed);
+    }
+
     /// Adds one injected interrupt. Only the block's single writer.
     pub fn add_interrupt_single_writer(&self) {
         add_single_writer(&self.interrupts, 1);
@@ -721,6 +760,8 @@ impl Counters {
         out.agent.host_ns += self.agent[1].load(Relaxed);
         out.ring.entries += self.ring[0].load(Relaxed);
         out.ring.host_ns += self.ring[1].load(Relaxed);
+        out.cpu.throttle_events += self.cpu[0].load(Relaxed);
+        out.cpu.throttled_ns += self.cpu[1].load(Relaxed);
     }
 
     /// This block's current values.
@@ -819,8 +860,8 @@ mod tests {
     #[test]
     fn counter_block_is_cache_line_sized_and_aligned() {
         assert_eq!(std::mem::align_of::<Counters>(), 64);
-        // 52 counters (416 bytes): seven cache lines (48 fitted six
-        // exactly; vsock throttling and net.rx_dropped_* took a seventh).
+        // 54 counters (432 bytes): seven cache lines (48 fitted six
+        // exactly; vsock and CPU throttling and net.rx_dropped_* took a seventh).
         assert_eq!(std::mem::size_of::<Counters>(), 448);
     }
 

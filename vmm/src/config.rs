@@ -143,6 +143,80 @@ impl BucketConfig {
     }
 }
 
+/// A guest CPU limit: `percent` % of one vCPU's run time over each
+/// `period_ms` (`cpu=20%/100ms`: 20 ms of run time per 100 ms, summed over
+/// the vCPUs the container runs on). A token bucket of run-time ns that
+/// holds one period's budget and may go into debt (docs/limits-per-container.md,
+/// "Guest CPU").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuShare {
+    /// Percent of one vCPU, 1 to [`MAX_CPU_PERCENT`].
+    pub percent: u32,
+    /// The period, [`MIN_CPU_PERIOD_MS`] to [`MAX_CPU_PERIOD_MS`] ms.
+    pub period_ms: u64,
+}
+
+/// Largest CPU share: every vCPU a VM may have (254), whole.
+pub const MAX_CPU_PERCENT: u32 = 25_400;
+/// Shortest CPU period: a few sampler ticks (4 ms by default).
+pub const MIN_CPU_PERIOD_MS: u64 = 10;
+/// Longest CPU period.
+pub const MAX_CPU_PERIOD_MS: u64 = 10_000;
+/// What `cpu=` expects, for error messages.
+const CPU_FORM: &str =
+    "cpu=PERCENT%/PERIOD, e.g. cpu=20%/100ms (a whole percent of one vCPU from 1 to 25400, \
+     a period from 10ms to 10s)";
+
+impl CpuShare {
+    /// Run-time budget per period, ns.
+    pub fn budget_ns(self) -> u64 {
+        self.period_ms * 1_000_000 * u64::from(self.percent) / 100
+    }
+
+    /// Checks the bounds (a config may come from JSON, not only the parser).
+    pub fn check(self) -> Result<(), String> {
+        if !(1..=MAX_CPU_PERCENT).contains(&self.percent) {
+            return Err(format!("{}% is out of range: expected {CPU_FORM}", self.percent));
+        }
+        if !(MIN_CPU_PERIOD_MS..=MAX_CPU_PERIOD_MS).contains(&self.period_ms) {
+            return Err(format!(
+                "a period of {} ms is out of range: expected {CPU_FORM}",
+                self.period_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for CpuShare {
+    type Err = String;
+
+    /// `PERCENT%/PERIOD`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (pct, period) = s
+            .split_once("%/")
+            .ok_or_else(|| format!("`{s}` is not a CPU share: expected {CPU_FORM}"))?;
+        let percent = pct
+            .parse::<u32>()
+            .map_err(|_| format!("`{pct}` is not a whole percent: expected {CPU_FORM}"))?;
+        let period = devices::virtio::limiter::parse_period(period)
+            .map_err(|e| format!("{e}: expected {CPU_FORM}"))?;
+        let c = Self {
+            percent,
+            period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+        };
+        c.check()?;
+        Ok(c)
+    }
+}
+
+impl std::fmt::Display for CpuShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}%/{}ms", self.percent, self.period_ms)
+    }
+}
+
 /// A limit on one container's block I/O and network TX (`--limit
 /// PATH:blk-ops=RATE,net-tx-frames=RATE,...`): it applies to the live
 /// container of that path whenever there is one, on each disk and each
@@ -198,6 +272,9 @@ pub struct ContainerLimit {
     /// dropped by the VMM before they reach the guest, instead of held.
     #[serde(default)]
     pub net_rx_drop: bool,
+    /// Guest run time (a share of one vCPU per period).
+    #[serde(default)]
+    pub cpu: Option<CpuShare>,
 }
 
 /// The rate keys of a limit (`true`: a bytes rate); each also has its
@@ -221,7 +298,8 @@ const LIMIT_FORM: &str = "--limit PATH:KEY=VALUE[,...] with keys blk-ops=RATE, b
      blk-read-ops=RATE, blk-read-bytes=RATE, blk-write-ops=RATE, blk-write-bytes=RATE, \
      net-tx-frames=RATE, net-tx-bytes=RATE, net-rx-frames=RATE, net-rx-bytes=RATE, vsock-bytes=RATE and their -burst=N \
      (blk-ops-burst, net-tx-bytes-burst, ...), RATE like 100/s, 10/100ms or 1MiB/s, \
-     priority=0..7, share=1..1000 and net-rx-drop=on|off";
+     priority=0..7, share=1..1000, net-rx-drop=on|off \
+     and cpu=PERCENT%/PERIOD like cpu=20%/100ms";
 
 impl ContainerLimit {
     /// The device's form.
@@ -378,6 +456,7 @@ impl ContainerLimit {
         let (mut priority, mut share) = (None, None);
         let mut seen: Vec<&str> = Vec::with_capacity(pairs.len());
         let mut net_rx_drop = false;
+        let mut cpu = None;
         for &(k, v) in pairs {
             let bad = |e: String| format!("{source} {path}: {k}: {e}");
             if seen.contains(&k) {
@@ -400,6 +479,8 @@ impl ContainerLimit {
                     "off" => false,
                     _ => return Err(bad(format!("`{v}` is neither `on` nor `off`"))),
                 };
+            } else if k == "cpu" {
+                cpu = Some(v.parse::<CpuShare>().map_err(bad)?);
             } else if k == "priority" {
                 priority = Some(parse_class_key(v, 0, MAX_PRIORITY).map_err(bad)?);
             } else if k == "share" {
@@ -426,9 +507,9 @@ impl ContainerLimit {
                 "{source} {path}: net-rx-drop=on needs net-rx-frames=RATE or net-rx-bytes=RATE: it drops the received frames over that limit"
             ));
         }
-        if rates.iter().all(Option::is_none) && priority.is_none() && share.is_none() {
+        if rates.iter().all(Option::is_none) && priority.is_none() && share.is_none() && cpu.is_none() {
             return Err(format!(
-                "{source} {path} sets no rate, priority or share: expected {LIMIT_FORM}"
+                "{source} {path} sets no rate, cpu, priority or share: expected {LIMIT_FORM}"
             ));
         }
         if path == devices::virtio::limiter::TENANT_PATH && (priority.is_some() || share.is_some()) {
@@ -452,7 +533,27 @@ impl ContainerLimit {
             priority,
             share,
             net_rx_drop,
+            cpu,
         })
+    }
+
+    /// The CPU limiter's form: the run-time bucket as `ops` (ns).
+    pub fn cpu_bucket(&self) -> devices::virtio::limiter::BlockLimitConfig {
+        devices::virtio::limiter::BlockLimitConfig {
+            path: self.path.clone(),
+            ops: self.cpu.map(|c| devices::virtio::limiter::BucketConfig {
+                size: c.budget_ns(),
+                one_time_burst: 0,
+                refill_time: std::time::Duration::from_millis(c.period_ms),
+            }),
+            bytes: None,
+            ..Default::default()
+        }
+    }
+
+    /// Whether it limits guest CPU.
+    pub fn limits_cpu(&self) -> bool {
+        self.cpu.is_some()
     }
 }
 
@@ -783,9 +884,9 @@ impl VmConfig {
             if l[..i].iter().any(|p| p.path == c.path) {
                 return Err(err("given twice: pass one --limit per container path".into()));
             }
-            if c.buckets().next().is_none() && c.class().is_none() {
+            if c.buckets().next().is_none() && c.class().is_none() && c.cpu.is_none() {
                 return Err(err(
-                    "sets no rate, priority or share: pass a rate key (blk-ops, blk-bytes, blk-read-ops, blk-write-bytes, net-tx-frames, net-rx-bytes, vsock-bytes, ...=RATE), or priority=0..7 or share=1..1000"
+                    "sets no rate, priority or share: pass a rate key (blk-ops, blk-bytes, blk-read-ops, blk-write-bytes, net-tx-frames, net-rx-bytes, vsock-bytes, ...=RATE), cpu=PERCENT%/PERIOD, or priority=0..7 or share=1..1000"
                         .into(),
                 ));
             }
@@ -802,6 +903,9 @@ impl VmConfig {
                 return Err(err(
                     "net-rx-drop=on needs net-rx-frames=RATE or net-rx-bytes=RATE: it drops the received frames over that limit".into(),
                 ));
+            }
+            if let Some(cpu) = c.cpu {
+                cpu.check().map_err(err)?;
             }
             for b in c.buckets() {
                 devices::virtio::block::TokenBucket::new(b.bucket(), 0).map_err(|e| err(e.to_string()))?;
@@ -1209,6 +1313,56 @@ mod tests {
             let e = bad.parse::<ContainerLimit>().unwrap_err();
             assert!(e.contains("--limit"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn cpu_limits_parse_and_bad_forms_name_the_expected_form() {
+        let l: ContainerLimit = "batch:cpu=20%/100ms".parse().unwrap();
+        assert_eq!(
+            l.cpu,
+            Some(CpuShare {
+                percent: 20,
+                period_ms: 100
+            })
+        );
+        assert_eq!(l.cpu.unwrap().budget_ns(), 20_000_000);
+        assert!(l.limits_cpu() && !l.limits_block() && !l.limits_net_tx());
+        let b = l.cpu_bucket().ops.unwrap();
+        assert_eq!(
+            (b.size, b.refill_time),
+            (20_000_000, std::time::Duration::from_millis(100))
+        );
+        let l: ContainerLimit = "tenant:cpu=150%/1s,blk-ops=10/s".parse().unwrap();
+        assert_eq!(l.cpu.unwrap().budget_ns(), 1_500_000_000);
+        assert!(l.limits_block());
+        for bad in [
+            "a:cpu=20%",
+            "a:cpu=20/100ms",
+            "a:cpu=0%/100ms",
+            "a:cpu=25401%/100ms",
+            "a:cpu=20%/5ms",
+            "a:cpu=20%/11s",
+            "a:cpu=2.5%/100ms",
+            "a:cpu=20%/100us",
+            "a:cpu=20%/100ms,cpu=10%/100ms",
+        ] {
+            let e = bad.parse::<ContainerLimit>().unwrap_err();
+            assert!(e.contains("--limit a: cpu"), "{bad}: {e}");
+            assert!(
+                e.contains("cpu=PERCENT%/PERIOD") || e.contains("given twice"),
+                "{bad}: {e}"
+            );
+        }
+        // A configuration from JSON is checked too.
+        let mut c = VmConfig::new(KernelSource::Builtin(Builtin::TestGuest));
+        c.container_limits = vec![ContainerLimit {
+            cpu: Some(CpuShare {
+                percent: 0,
+                period_ms: 100,
+            }),
+            ..l
+        }];
+        assert!(c.validate().unwrap_err().to_string().contains("out of range"));
     }
 
     #[test]

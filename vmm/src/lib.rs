@@ -19,6 +19,7 @@ pub mod arch;
 pub mod boot;
 pub mod charger;
 pub mod config;
+pub mod cpu_limit;
 pub mod fleet;
 pub mod fleet_xvm;
 pub mod limits;

@@ -214,7 +214,9 @@ mod tests {
             {"container": "unattributed", "blk-ops": "5/s"},
             {"container": "tenant", "blk-ops": "500/s"},
             {"container": "db", "net-rx-frames": "50/s", "net-rx-bytes": "1MiB/s", "net-rx-frames-burst": 5},
-            {"container": "flood", "net-rx-frames": "100/s", "net-rx-drop": "on"}
+            {"container": "flood", "net-rx-frames": "100/s", "net-rx-drop": "on"},
+            {"container": "batch", "cpu": "20%/100ms"},
+            {"container": "spin*", "cpu": "5%/1s", "blk-ops": "1/s"}
         ]}"#;
         let got = parse(text, "l.json").unwrap();
         let want: Vec<ContainerLimit> = [
@@ -224,6 +226,8 @@ mod tests {
             "tenant:blk-ops=500/s",
             "db:net-rx-frames=50/s,net-rx-bytes=1MiB/s,net-rx-frames-burst=5",
             "flood:net-rx-frames=100/s,net-rx-drop=on",
+            "batch:cpu=20%/100ms",
+            "spin*:cpu=5%/1s,blk-ops=1/s",
         ]
         .iter()
         .map(|s| s.parse().unwrap())
@@ -246,6 +250,10 @@ mod tests {
                 "limit 1 names no container",
             ),
             (r#"{"limits": [{"container": "a"}]}"#, "a sets no rate"),
+            (
+                r#"{"limits": [{"container": "a", "cpu": "20%"}]}"#,
+                "cpu=PERCENT%/PERIOD",
+            ),
             (r#"{"limits": [{"container": "a", "blk-ops": 5}]}"#, "blk-ops"),
             (
                 r#"{"limits": [{"container": "a", "blk-ops": -5}]}"#,

@@ -184,6 +184,9 @@ pub enum DeviceKind {
     NetRx,
     /// virtio-vsock: `vsock-bytes`.
     Vsock,
+    /// The guest CPU limiter: `cpu` (its bucket is the `ops` one, in ns
+    /// of run time: `size` one period's budget, `refill_time` the period).
+    Cpu,
 }
 
 impl DeviceKind {
@@ -194,12 +197,14 @@ impl DeviceKind {
             Self::NetTx => l.limits_net_tx(),
             Self::NetRx => l.limits_net_rx(),
             Self::Vsock => l.limits_vsock(),
+            Self::Cpu => l.limits_cpu(),
         };
         let config = |l: &ContainerLimit| match self {
             Self::Block => l.block(),
             Self::NetTx => l.net_tx(),
             Self::NetRx => l.net_rx(),
             Self::Vsock => l.vsock(),
+            Self::Cpu => l.cpu_bucket(),
         };
         all.iter().filter(applies).map(config).collect()
     }

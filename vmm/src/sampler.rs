@@ -30,6 +30,7 @@ use accounting::resource::RingCharge;
 use accounting::warn_rl;
 use devices::acct::{TagReader, TagRegion};
 
+use crate::cpu_limit::CpuLimiter;
 use crate::vcpu::kvmstats::HaltStats;
 use crate::vcpu::switches::{LogTotals, Window};
 use crate::vcpu::VcpuShared;
@@ -73,6 +74,10 @@ pub struct Sampler {
     last: bool,
     /// The switch logs' counters as of the last tick.
     log: LogTotals,
+    /// The guest CPU limits, if the VM may have some.
+    cpu: Option<CpuLimiter>,
+    /// Which vCPUs were charged run time this tick (for `cpu`).
+    ran: Vec<bool>,
 }
 
 impl Sampler {
@@ -85,7 +90,7 @@ impl Sampler {
         stats: Vec<Option<HaltStats>>,
     ) -> Self {
         let mut stats = stats.into_iter();
-        let vcpus = vcpus
+        let vcpus: Vec<Sampled> = vcpus
             .into_iter()
             .enumerate()
             .map(|(i, shared)| Sampled {
@@ -99,10 +104,19 @@ impl Sampler {
             .collect();
         Self {
             writer,
+            ran: vec![false; vcpus.len()],
             vcpus,
             last: false,
             log: LogTotals::default(),
+            cpu: None,
         }
+    }
+
+    /// Enforces the guest CPU limits of `cpu` at each tick, on the run
+    /// time this sampler charges.
+    pub fn with_cpu_limits(mut self, cpu: CpuLimiter) -> Self {
+        self.cpu = Some(cpu);
+        self
     }
 
     /// How run time is measured (the weakest of the vCPUs').
@@ -143,6 +157,7 @@ impl Sampler {
         }
         let acct = Arc::clone(self.writer.accounting());
         let now = acct.now_ns();
+        self.ran.iter_mut().for_each(|r| *r = false);
         for (i, v) in self.vcpus.iter_mut().enumerate() {
             // The clock first: a halt that ends after it is subtracted a
             // little early (caught up next time), never charged.
@@ -198,22 +213,36 @@ impl Sampler {
             }
             let delta = run - v.charged;
             v.charged = run;
+            self.ran[i] = true;
+            let cpu = &mut self.cpu;
             if book.logging() {
                 let split = book.take(in_run, delta);
                 for (tag, who, ns) in split.parts {
-                    match who {
-                        Some(who) => self.writer.charge_run_to(i, &who, ns, split.exact),
-                        None if split.exact => {
-                            let who = self.writer.resolved(tag);
-                            self.writer.charge_run_to(i, &who, ns, true);
-                        }
-                        None => self.writer.charge_run(i, Some(tag), ns),
+                    let who = match who {
+                        Some(who) => who,
+                        None => self.writer.resolved(tag),
+                    };
+                    // A part not placed by the log is sampled, whoever it goes to.
+                    self.writer.charge_run_to(i, &who, ns, split.exact);
+                    if let Some(cpu) = cpu {
+                        cpu.charged(who.container, ns);
                     }
                 }
             } else {
                 let tag = v.reader.tag();
                 book.charged_without_log(in_run, tag.unwrap_or(0));
+                if let Some(cpu) = cpu {
+                    let who = self.writer.resolved(tag.unwrap_or(0));
+                    cpu.charged(who.container, delta);
+                }
                 self.writer.charge_run(i, tag, delta);
+            }
+        }
+        if let Some(cpu) = &mut self.cpu {
+            if self.last {
+                cpu.release_all();
+            } else {
+                cpu.tick(&self.ran);
             }
         }
         self.log = self.run_log();

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::ledger::Accounting;
 use crate::registry::{Limits, Registry, RegistryStats, RequestRow};
 use crate::resource::{
-    AgentCharge, BlockCharge, Charges, ExitCharge, ExitReason, NetCharge, Provenance, RingCharge, VsockCharge,
+    AgentCharge, BlockCharge, Charges, CpuCharge, ExitCharge, ExitReason, NetCharge, Provenance, RingCharge,
+    VsockCharge,
 };
 
 mod stream;
@@ -286,6 +287,9 @@ pub struct ChargesReport {
     /// Ring drains off the exit path.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub ring: RingCharge,
+    /// Guest CPU limits' holds of vCPUs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cpu: CpuCharge,
 }
 
 /// Whether `v` is its type's zero.
@@ -322,6 +326,7 @@ impl From<&Charges> for ChargesReport {
             vsock: c.vsock,
             agent: c.agent,
             ring: c.ring,
+            cpu: c.cpu,
         }
     }
 }
@@ -699,6 +704,12 @@ fn conservation(total: &Charges, sum: &Charges) -> Conservation {
         ("agent.host_ns", total.agent.host_ns, sum.agent.host_ns),
         ("ring.entries", total.ring.entries, sum.ring.entries),
         ("ring.host_ns", total.ring.host_ns, sum.ring.host_ns),
+        (
+            "cpu.throttle_events",
+            total.cpu.throttle_events,
+            sum.cpu.throttle_events,
+        ),
+        ("cpu.throttled_ns", total.cpu.throttled_ns, sum.cpu.throttled_ns),
     ] {
         lines.push(ConservationLine {
             resource: name.into(),

@@ -154,6 +154,11 @@ impl Registration {
         self.geom.slot_offset(vcpu).map(|off| self.word(off))
     }
 
+    /// Host pointer to vCPU `vcpu`'s throttle word, if the region has them.
+    fn throttle_word(&self, vcpu: usize) -> Option<&AtomicU64> {
+        self.geom.throttle_word_offset(vcpu).map(|off| self.word(off))
+    }
+
     /// The whole 64-byte slot of `vcpu`, as eight words.
     fn line(&self, vcpu: usize) -> Option<&super::switchlog::SlotLine> {
         let off = self.geom.slot_offset(vcpu)?;
@@ -438,6 +443,21 @@ impl TagReader {
         }
         let agent = s.agent.as_deref()?;
         agent.line(vcpu).map(|line| f(line, agent.stamps()))
+    }
+
+    /// Stores `word` (`abi::THROTTLE_SPENT | ...`, or 0) in the vCPU's
+    /// throttle word, if the device's region has throttle words (slots the
+    /// agent registered have none); returns whether it did. One release
+    /// store, only when the word changes (the caller keeps what it wrote).
+    pub fn set_throttle(&mut self, word: u64) -> bool {
+        let vcpu = self.vcpu;
+        match self.view.get().and_then(|reg| reg.throttle_word(vcpu)) {
+            Some(w) => {
+                w.store(word, Ordering::Release);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether the ring holds entries to consume (or skip): two loads.

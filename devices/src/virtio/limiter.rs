@@ -376,6 +376,18 @@ impl BlockLimit {
         Self::default()
     }
 
+    /// A limit whose `ops` bucket holds `tokens` (at most its size) at
+    /// `now_ns`: how the guest CPU limiter shows its run-time budget (a
+    /// budget in debt shows 0).
+    pub fn with_ops_tokens(c: &BlockLimitConfig, tokens: u64, now_ns: u64) -> Result<Self, BucketError> {
+        let mut l = Self::new(c, now_ns)?;
+        if let Some(b) = l.all.ops.as_mut() {
+            b.budget = tokens.min(b.size);
+            b.burst = 0;
+        }
+        Ok(l)
+    }
+
     /// Whether it has a bytes bucket (of every request or of a class).
     pub fn has_bytes(&self) -> bool {
         self.all.bytes.is_some() || self.read.bytes.is_some() || self.write.bytes.is_some()
@@ -485,7 +497,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
 }
 
-fn parse_period(s: &str) -> Result<Duration, String> {
+/// A period: digits and `ms` or `s` (`100ms`, `1s`; `s` alone is one second).
+pub fn parse_period(s: &str) -> Result<Duration, String> {
     let (n, unit) = if let Some(n) = s.strip_suffix("ms") {
         (n, 1)
     } else if let Some(n) = s.strip_suffix('s') {

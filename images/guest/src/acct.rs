@@ -17,8 +17,10 @@ pub const RING_ENTRIES: u32 = 4096;
 pub const QTAG_TABLES: u32 = abi::QTAG_QUEUES_PER_DEVICE;
 /// Entries per queue tag table: the block driver's queue size.
 pub const QTAG_ENTRIES: u32 = 16;
-/// Length of the region as registered: header, slots, ring, queue tag tables.
-pub const REGION_LEN: u32 = abi::region_len(NR_SLOTS, RING_ENTRIES) as u32 + 8 * QTAG_TABLES * QTAG_ENTRIES;
+/// Length of the region as registered: header, slots, ring, queue tag
+/// tables, throttle words.
+pub const REGION_LEN: u32 =
+    abi::region_len(NR_SLOTS, RING_ENTRIES) as u32 + 8 * QTAG_TABLES * QTAG_ENTRIES + 8 * NR_SLOTS;
 /// Offset of slot 0.
 pub const SLOTS_OFFSET: u32 = 64;
 /// Offset of ring entry 0.
@@ -27,19 +29,26 @@ pub const RING_OFFSET: u32 = 64 + 64 * NR_SLOTS;
 /// Offset of the queue tag tables.
 pub const QTAG_OFFSET: u32 = RING_OFFSET + 64 * RING_ENTRIES;
 
-/// The shared region: header, slots, ring, queue tag tables, in that order.
+/// Offset of the throttle words (one per slot, written by the VMM).
+pub const THROTTLE_OFFSET: u32 = QTAG_OFFSET + 8 * QTAG_TABLES * QTAG_ENTRIES;
+
+/// The shared region: header, slots, ring, queue tag tables, throttle
+/// words, in that order.
 #[repr(C, align(64))]
 pub struct Region {
     header: RegionHeader,
     slots: [TagSlot; NR_SLOTS as usize],
     ring: [RingEntry; RING_ENTRIES as usize],
     qtags: [u64; (QTAG_TABLES * QTAG_ENTRIES) as usize],
+    throttle: [u64; NR_SLOTS as usize],
 }
 
 const _: () = assert!(core::mem::size_of::<Region>() == REGION_LEN as usize);
 const _: () = assert!(core::mem::offset_of!(Region, slots) == SLOTS_OFFSET as usize);
 const _: () = assert!(core::mem::offset_of!(Region, ring) == RING_OFFSET as usize);
 const _: () = assert!(core::mem::offset_of!(Region, qtags) == QTAG_OFFSET as usize);
+const _: () = assert!(core::mem::offset_of!(Region, throttle) == THROTTLE_OFFSET as usize);
+const _: () = assert!(THROTTLE_OFFSET % 64 == 0);
 const _: () = assert!(RING_ENTRIES.is_power_of_two() && RING_ENTRIES <= abi::MAX_RING_ENTRIES);
 const _: () = assert!(REGION_LEN <= abi::MAX_REGION_LEN);
 
@@ -100,7 +109,7 @@ pub fn init_header() {
         qtag_offset: QTAG_OFFSET,
         qtag_entries: QTAG_ENTRIES,
         qtag_tables: QTAG_TABLES,
-        reserved: 0,
+        throttle_offset: THROTTLE_OFFSET,
     };
     // SAFETY: the region is not registered yet (or registration failed), so
     // neither the VMM nor another vCPU accesses the header now.
@@ -135,7 +144,7 @@ pub fn write_shifted_header(shift: usize, ring_entries: u32) {
         qtag_offset: 0,
         qtag_entries: 0,
         qtag_tables: 0,
-        reserved: 0,
+        throttle_offset: 0,
     };
     // SAFETY: before registration nothing else reads the region; `shift` is
     // small, so the header stays inside it. Unaligned, hence write_unaligned.
@@ -236,6 +245,17 @@ fn log_with(vcpu: u32, tag: u64, stamp: impl FnOnce() -> u64) -> u64 {
         seq.store(n.wrapping_add(2), Ordering::Release);
         now
     }
+}
+
+/// vCPU `vcpu`'s throttle word, as the VMM wrote it: 0, or
+/// `abi::THROTTLE_SPENT` (| `THROTTLE_TENANT`) | the id of the container
+/// whose CPU budget is spent. One load, no exit.
+#[inline(always)]
+pub fn throttle_word(vcpu: u32) -> u64 {
+    // SAFETY: `vcpu < NR_SLOTS` (checked at boot); the word is an aligned
+    // u64 that only the VMM writes.
+    let w = unsafe { addr_of_mut!((*region()).throttle[vcpu as usize]) };
+    atomic_at(w).load(Ordering::Acquire)
 }
 
 /// Overwrites vCPU `vcpu`'s log sequence (what a lying guest does).

@@ -48,9 +48,10 @@ pub enum Scenario {
     BlkMix = 25,
     Blk2 = 26,
     FloodEcho = 27,
+    CpuCap = 28,
 }
 
-const ALL: [(Scenario, &[u8]); 27] = [
+const ALL: [(Scenario, &[u8]); 28] = [
     (Scenario::Basic, b"basic"),
     (Scenario::Multi, b"multi"),
     (Scenario::Demo, b"demo"),
@@ -78,6 +79,7 @@ const ALL: [(Scenario, &[u8]); 27] = [
     (Scenario::BlkMix, b"blk-mix"),
     (Scenario::Blk2, b"blk2"),
     (Scenario::FloodEcho, b"flood-echo"),
+    (Scenario::CpuCap, b"cpucap"),
 ];
 
 impl Scenario {
@@ -120,6 +122,7 @@ pub fn run(b: &Boot, s: Scenario) -> ! {
         Scenario::BlkMix => crate::blk_mix::scenario(b),
         Scenario::Blk2 => blk2(b),
         Scenario::FloodEcho => crate::flood_echo::scenario(b),
+        Scenario::CpuCap => cpucap(b),
     }
 }
 
@@ -130,6 +133,7 @@ pub fn secondary(b: &Boot, s: Scenario) {
         Scenario::Demo => demo_part(b),
         Scenario::Spin => spin_part(b),
         Scenario::Exits => exits_part(b),
+        Scenario::CpuCap => cpucap_part(b),
         _ => {}
     }
 }
@@ -1205,4 +1209,51 @@ fn run_log_lies(b: &Boot, unit: u64) {
     acct::switch_logged(b.vcpu, 0);
     acct::end_request(7);
     print("run-log: lied\n");
+}
+
+/// `cpucap`: the containers of the capping experiment.
+const CAP_A: u32 = 1;
+const CAP_B: u32 = 2;
+
+/// `cpucap` (docs/guest-scenarios.md): containers `cap-a` and `cap-b`, then
+/// spin until the VMM's time limit ends the VM. `mode=coop` (the default,
+/// vCPU 0 only works): a cooperative scheduler that runs `cap-a` unless its
+/// throttle word says `cap-a`'s CPU budget is spent, else `cap-b`, each
+/// switch logged. `mode=hog`: every vCPU spins for one container (even
+/// vCPUs `cap-a`, odd `cap-b`) and never looks at its throttle word.
+fn cpucap(b: &Boot) -> ! {
+    acct::register();
+    declare(CAP_A, 0, b"cap-a");
+    declare(CAP_B, 0, b"cap-b");
+    // This print's first exit drains the declarations before any loop runs.
+    print("cpucap: start\n");
+    release_others(Scenario::CpuCap);
+    cpucap_part(b);
+    finish(b, 0)
+}
+
+fn cpucap_part(b: &Boot) {
+    if arg(b.cmdline, b"mode=") == Some(&b"hog"[..]) {
+        let c = if b.vcpu % 2 == 0 { CAP_A } else { CAP_B };
+        acct::switch_logged(b.vcpu, tag(c, 0));
+        loop {
+            burn(1000);
+        }
+    }
+    if b.vcpu != 0 {
+        loop {
+            burn(1000);
+        }
+    }
+    let mut cur = 0;
+    loop {
+        let w = acct::throttle_word(b.vcpu);
+        let a_spent = w & abi::THROTTLE_SPENT != 0 && (w as u32 == CAP_A || w & abi::THROTTLE_TENANT != 0);
+        let want = if a_spent { CAP_B } else { CAP_A };
+        if want != cur {
+            acct::switch_logged(b.vcpu, tag(want, 0));
+            cur = want;
+        }
+        burn(200);
+    }
 }

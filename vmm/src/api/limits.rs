@@ -82,7 +82,11 @@ pub struct LimitView {
     /// Whether received frames over the `net-rx-*` buckets are dropped
     /// (`net-rx-drop=on`) instead of held.
     pub net_rx_drop: bool,
-    /// Its state on each device that takes it.
+    /// The guest CPU share (`null`: none).
+    pub cpu: Option<crate::config::CpuShare>,
+    /// Its state on each device that takes it (`cpu`: the guest CPU
+    /// limiter, whose `ops_tokens` are ns of run time left in the budget,
+    /// 0 while in debt, and whose `held` are vCPUs held now).
     pub devices: Vec<DeviceLimitView>,
 }
 
@@ -136,6 +140,7 @@ fn view(live: &LiveLimits, l: ContainerLimit) -> LimitView {
         priority: l.priority,
         share: l.share,
         net_rx_drop: l.net_rx_drop,
+        cpu: l.cpu,
         devices,
     }
 }

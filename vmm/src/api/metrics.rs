@@ -215,6 +215,18 @@ const FAMILIES: &[(&str, &str, &str, Extract)] = &[
         |c| vec![("", c.net.rx_dropped_bytes.to_string())],
     ),
     (
+        "resourceful_cpu_throttle_events_total",
+        "Holds of a vCPU by a guest CPU limit (--limit PATH:cpu=...).",
+        "",
+        |c| vec![("", c.cpu.throttle_events.to_string())],
+    ),
+    (
+        "resourceful_cpu_throttled_seconds_total",
+        "Time vCPUs were held out of the guest by a guest CPU limit.",
+        "",
+        |c| vec![("", seconds(c.cpu.throttled_ns))],
+    ),
+    (
         "resourceful_vsock_packets_total",
         "virtio-vsock packets, by direction.",
         "dir",

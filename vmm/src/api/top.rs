@@ -91,6 +91,8 @@ struct Sample {
     vsock_throttled_ns: u64,
     /// Received frames a `net-rx-drop` limit dropped.
     net_rx_dropped: u64,
+    /// vCPUs held by a guest CPU limit: for how long.
+    cpu_throttled_ns: u64,
     begun: u64,
 }
 
@@ -108,6 +110,7 @@ fn sample(c: &Value) -> Sample {
         net_throttled_ns: u(&net["throttled_ns"]),
         vsock_throttled_ns: u(&ch["vsock"]["throttled_ns"]),
         net_rx_dropped: u(&net["rx_dropped_frames"]),
+        cpu_throttled_ns: u(&ch["cpu"]["throttled_ns"]),
         begun: u(&c["requests"]["begun"]),
     }
 }
@@ -164,7 +167,7 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<30} {:>9} {:>9} {:>7} {:>8} {:>8} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9}",
+        "\n{:<30} {:>9} {:>9} {:>7} {:>8} {:>8} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10}",
         "CONTAINER",
         "EXITS/s",
         "HOSTms/s",
@@ -177,7 +180,8 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
         "THROTms/s",
         "NTHROTms/s",
         "VTHROTms/s",
-        "RXDROP/s"
+        "RXDROP/s",
+        "CTHROTms/s"
     );
     let mut rows: Vec<(String, Sample, f64, String)> = cur
         .containers
@@ -208,7 +212,7 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
         let then = before.get(name.trim_end_matches(" (retired)")).copied();
         let _ = writeln!(
             out,
-            "{:<30} {:>9.0} {:>9.2} {:>6.1}% {:>8.0} {:>8.0} {:>7.0} {:>9} {:>10} {:>10.1} {:>10.1} {:>10.1} {:>9.0}",
+            "{:<30} {:>9.0} {:>9.2} {:>6.1}% {:>8.0} {:>8.0} {:>7.0} {:>9} {:>10} {:>10.1} {:>10.1} {:>10.1} {:>9.0} {:>10.1}",
             truncate(name, 30),
             rate(s.exits, then.map(|t| t.exits)),
             host / 1e6,
@@ -226,6 +230,8 @@ pub fn render(prev: Option<&Frame>, cur: &Frame) -> String {
             rate(s.vsock_throttled_ns, then.map(|t| t.vsock_throttled_ns)) / 1e6,
             // Received frames a `net-rx-drop` limit dropped, per second.
             rate(s.net_rx_dropped, then.map(|t| t.net_rx_dropped)),
+            // vCPU time held by a guest CPU limit.
+            rate(s.cpu_throttled_ns, then.map(|t| t.cpu_throttled_ns)) / 1e6,
         );
     }
     let requests = cur.requests.as_array().map(Vec::as_slice).unwrap_or_default();
@@ -280,7 +286,8 @@ mod tests {
                              "block": {"reads": 3, "throttled_ns": run_ns / 10},
                              "net": {"tx_frames": 1, "throttled_ns": run_ns / 20,
                                      "rx_dropped_frames": begun * 3},
-                             "vsock": {"throttled_ns": run_ns / 40}},
+                             "vsock": {"throttled_ns": run_ns / 40},
+                             "cpu": {"throttle_events": 1, "throttled_ns": run_ns / 5}},
                  "requests": {"begun": begun}, "guest": {"cpu_usage_us": 1_500_000}},
             ]),
             requests: json!([{"id": 7, "container_path": "web", "state": "live",
@@ -319,6 +326,8 @@ mod tests {
         assert_eq!(cols[11], "12.5", "{web}");
         // 60 received frames dropped by a net-rx-drop limit over 2 s.
         assert_eq!(cols[12], "30", "{web}");
+        // 200 ms of vCPU time held by a guest CPU limit over 2 s.
+        assert_eq!(cols[13], "100.0", "{web}");
         // Busiest first.
         let order: Vec<&str> = out.lines().filter_map(|l| l.split_whitespace().next()).collect();
         let web_at = order.iter().position(|n| *n == "web").unwrap();

@@ -13,9 +13,10 @@ pub mod recent;
 pub mod runclock;
 pub mod switches;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use accounting::ledger::Writer;
 use devices::acct::TagRegion;
@@ -50,6 +51,112 @@ pub struct VcpuShared {
     pub unstarted_ns: AtomicU64,
     /// The guest's switch log, as placed on `clock`.
     pub switches: switches::SwitchBook,
+    /// A guest CPU limit holds this vCPU out of the guest
+    /// ([`crate::cpu_limit`]).
+    pub hold: Hold,
+}
+
+/// Longest a held vCPU sleeps before it looks at its hold and the VM's
+/// stop flag again, were a wake-up lost (the limiter and the VM's stop both
+/// wake it at once).
+pub const HOLD_RECHECK: Duration = Duration::from_millis(50);
+
+/// A guest CPU limit's hold of one vCPU: set by the limiter (the sampler's
+/// thread), obeyed by the vCPU's thread before it enters the guest (one
+/// atomic load when no hold is set), which then sleeps on a condition
+/// variable until the hold is lifted or the VM stops.
+#[derive(Debug, Default)]
+pub struct Hold {
+    /// The vCPU must not enter the guest.
+    set: AtomicBool,
+    /// The tag whose principal the hold is charged to.
+    tag: AtomicU64,
+    /// The vCPU's thread is sleeping in a hold now.
+    holding: AtomicBool,
+    /// Holds ended so far, and the ns they lasted (the ledger's figures).
+    holds: AtomicU64,
+    held_ns: AtomicU64,
+    /// The thread's pthread id (+1; 0 until it runs), for the kick.
+    thread: AtomicU64,
+    /// The thread's CPU-time clock (0 until it runs: such clock ids are
+    /// negative): guest time counts on it, time the host left the thread
+    /// waiting does not.
+    cpu_clock: AtomicI32,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Hold {
+    /// Holds the vCPU, charged to `tag`, and kicks it out of `KVM_RUN` if
+    /// it is not sleeping in a hold already.
+    pub fn set(&self, tag: u64) {
+        self.tag.store(tag, Ordering::Relaxed);
+        self.set.store(true, Ordering::Release);
+        if !self.holding.load(Ordering::Acquire) {
+            self.kick();
+        }
+    }
+
+    /// Lifts the hold and wakes the vCPU.
+    pub fn lift(&self) {
+        if self.set.swap(false, Ordering::AcqRel) {
+            self.wake_up();
+        }
+    }
+
+    /// Wakes a held vCPU so it looks at the stop flag (the VM stops).
+    pub fn wake_up(&self) {
+        let _g = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.wake.notify_all();
+    }
+
+    /// Whether a hold is set.
+    pub fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    /// Whether the vCPU's thread is sleeping in a hold now.
+    pub fn holding(&self) -> bool {
+        self.holding.load(Ordering::Acquire)
+    }
+
+    /// Holds ended so far and the ns they lasted.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.holds.load(Ordering::Acquire),
+            self.held_ns.load(Ordering::Acquire),
+        )
+    }
+
+    /// CPU time the vCPU's thread has had, guest time included, ns; `None`
+    /// before it runs or where the clock cannot be read.
+    pub fn thread_cpu_ns(&self) -> Option<u64> {
+        let c = self.cpu_clock.load(Ordering::Acquire);
+        if c == 0 {
+            return None;
+        }
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: the clock id is the vCPU thread's CPU clock (from
+        // pthread_getcpuclockid); `ts` is a valid timespec to write.
+        let r = unsafe { libc::clock_gettime((c - 1) as libc::clockid_t, &mut ts) };
+        (r == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    }
+
+    fn kick(&self) {
+        let t = self.thread.load(Ordering::Acquire);
+        if t != 0 {
+            // SAFETY: the id is the vCPU thread's own (stored by it when it
+            // started); the thread is only joined after the VM stopped, and
+            // the limiter stops before that. The signal has a no-op handler.
+            unsafe { libc::pthread_kill((t - 1) as libc::pthread_t, kick_signal()) };
+        }
+    }
 }
 
 /// The state a vCPU thread's machine is in.
@@ -122,9 +229,49 @@ impl Vcpu {
             .is_ok_and(|s| s.mp_state == kvm_bindings::KVM_MP_STATE_UNINITIALIZED)
     }
 
+    /// Sleeps while a guest CPU limit holds this vCPU (until the hold is
+    /// lifted or the VM stops), then charges the hold to its tag.
+    fn held(&mut self) {
+        let hold = &self.shared.hold;
+        let now = || self.writer.as_ref().map_or(0, |w| w.accounting().now_ns());
+        let from = now();
+        hold.holding.store(true, Ordering::Release);
+        {
+            let mut g = hold
+                .lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            while hold.set.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire) {
+                g = hold
+                    .wake
+                    .wait_timeout(g, HOLD_RECHECK)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
+            }
+        }
+        hold.holding.store(false, Ordering::Release);
+        let ns = now().saturating_sub(from);
+        let tag = hold.tag.load(Ordering::Relaxed);
+        if let Some(w) = self.writer.as_mut() {
+            w.charge_cpu_throttle(Some(tag), ns);
+        }
+        hold.held_ns.fetch_add(ns, Ordering::AcqRel);
+        hold.holds.fetch_add(1, Ordering::AcqRel);
+        // The next entry is stamped afresh: the hold was not run time.
+        self.resume_at = None;
+    }
+
     /// Runs the state machine until the VM stops.
     pub fn run(mut self) {
         self.unstarted = self.writer.is_some();
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() } as u64;
+        self.shared.hold.thread.store(me + 1, Ordering::Release);
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: `me` is this thread; `clock` is a valid clockid_t to write.
+        if unsafe { libc::pthread_getcpuclockid(me as libc::pthread_t, &mut clock) } == 0 {
+            self.shared.hold.cpu_clock.store(clock, Ordering::Release);
+        }
         let mut reader = self.region.reader(self.id);
         let mut state = VcpuState::Running;
         while state == VcpuState::Running {
@@ -136,6 +283,10 @@ impl Vcpu {
     fn step(&mut self, reader: &mut devices::acct::TagReader) -> VcpuState {
         if self.stop.load(Ordering::Acquire) {
             return VcpuState::Finished;
+        }
+        if self.shared.hold.set.load(Ordering::Acquire) {
+            self.held();
+            return VcpuState::Running;
         }
         // With accounting off nothing is timed: that is the baseline the
         // overhead benchmark compares against.

@@ -143,8 +143,10 @@ fn device_limits(
 
 /// One set of tenant buckets per kind of device: the tenant limit caps the
 /// whole VM (every disk together, every net device's TX together, ...).
+/// The guest CPU limiter is one for the VM and keeps its tenant budget
+/// itself ([`crate::cpu_limit`]): its set is never shared with anything.
 #[derive(Default)]
-struct TenantBuckets([SharedTenant; 4]);
+struct TenantBuckets([SharedTenant; 5]);
 
 impl TenantBuckets {
     fn of(&self, kind: DeviceKind) -> SharedTenant {
@@ -153,6 +155,7 @@ impl TenantBuckets {
             DeviceKind::NetTx => 1,
             DeviceKind::NetRx => 2,
             DeviceKind::Vsock => 3,
+            DeviceKind::Cpu => 4,
         };
         self.0[i].clone()
     }

@@ -330,6 +330,8 @@ fn stop_vcpus(stop: &AtomicBool, threads: &[(std::thread::JoinHandle<()>, Arc<Vc
                 // handle), so its pthread id is valid; the signal has a
                 // no-op handler installed.
                 unsafe { libc::pthread_kill(handle.as_pthread_t(), vcpu::kick_signal()) };
+                // A vCPU a guest CPU limit holds sleeps outside KVM_RUN.
+                shared.hold.wake_up();
             }
         }
         if running == 0 {
@@ -641,7 +643,23 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let sampler_filtered = filtered_tx.clone();
     let sampler_thread = if config.accounting {
         let shared: Vec<Arc<VcpuShared>> = vcpus.iter().map(|v| Arc::clone(&v.shared)).collect();
-        let sampler = Sampler::new(acct.writer(nr_vcpus), &region, shared, halt_stats);
+        let mut sampler = Sampler::new(acct.writer(nr_vcpus), &region, shared.clone(), halt_stats);
+        // Guest CPU limits: enforced on the sampler's charges, with the API
+        // (they may be set later) or when one is set.
+        let cpu = match &live {
+            Some(live) => Some(live.lookup(&acct, "cpu", crate::live_limits::DeviceKind::Cpu)),
+            None => {
+                let limits = crate::live_limits::DeviceKind::Cpu.configs(&config.container_limits);
+                let paths = limits.iter().map(|l| l.path.clone()).collect();
+                (!limits.is_empty())
+                    .then(|| (limits, crate::live_limits::RegistryLookup::fixed(&acct, paths)))
+            }
+        };
+        if let Some((limits, lookup)) = cpu {
+            sampler = sampler.with_cpu_limits(crate::cpu_limit::CpuLimiter::new(
+                &acct, &region, &shared, limits, lookup,
+            ));
+        }
         let interval = Duration::from_micros(config.sample_interval_us);
         let stop = Arc::clone(&sampler_stop);
         // No vCPU thread runs yet, so failing here leaves nothing behind.
