@@ -361,20 +361,29 @@ impl ContainerLimit {
         self.net_tx_frames.is_some() || self.net_tx_bytes.is_some()
     }
 
-    /// The net device's RX form: a received frame is an operation.
+    /// The net device's RX form: a received frame is an operation; its
+    /// priority sheds lower ones under overload (docs/limits-per-container.md,
+    /// "Priorities on RX").
     pub fn net_rx(&self) -> devices::virtio::limiter::BlockLimitConfig {
         devices::virtio::limiter::BlockLimitConfig {
             path: self.path.clone(),
             ops: self.net_rx_frames.map(BucketConfig::bucket),
             bytes: self.net_rx_bytes.map(BucketConfig::bucket),
             drop: self.net_rx_drop,
+            class: self.class(),
             ..Default::default()
         }
     }
 
-    /// Whether it limits network RX.
-    pub fn limits_net_rx(&self) -> bool {
+    /// Whether it has an RX rate (`net-rx-frames` or `net-rx-bytes`).
+    pub fn has_net_rx_rate(&self) -> bool {
         self.net_rx_frames.is_some() || self.net_rx_bytes.is_some()
+    }
+
+    /// Whether it limits or orders network RX (a rate, or a priority or
+    /// share: the device sheds below the top priority under overload).
+    pub fn limits_net_rx(&self) -> bool {
+        self.has_net_rx_rate() || self.class().is_some()
     }
 
     /// The vsock device's form: one bytes bucket, both ways.
@@ -899,7 +908,7 @@ impl VmConfig {
             if c.path == devices::virtio::limiter::TENANT_PATH && c.class().is_some() {
                 return Err(err(TENANT_NO_CLASS.into()));
             }
-            if c.net_rx_drop && !c.limits_net_rx() {
+            if c.net_rx_drop && !c.has_net_rx_rate() {
                 return Err(err(
                     "net-rx-drop=on needs net-rx-frames=RATE or net-rx-bytes=RATE: it drops the received frames over that limit".into(),
                 ));
@@ -1182,7 +1191,10 @@ mod tests {
     fn priority_and_share_alone_or_beside_buckets() {
         use devices::virtio::sched::SchedClass;
         let l: ContainerLimit = "web:priority=7".parse().unwrap();
-        assert!(l.limits_block() && !l.limits_net_tx() && !l.limits_net_rx());
+        // A disk orders its held work by it, RX sheds by it under
+        // overload; TX takes no class.
+        assert!(l.limits_block() && !l.limits_net_tx() && l.limits_net_rx());
+        assert_eq!(l.net_rx().class, l.class());
         assert_eq!((l.block().ops, l.block().bytes), (None, None));
         assert_eq!(
             l.class(),

@@ -96,6 +96,17 @@ impl Sched {
         self.classes.get(q).copied().flatten().unwrap_or(DEFAULT_CLASS)
     }
 
+    /// The priority of limit `q` (`None`: no such limit), the default
+    /// where it sets no class.
+    pub fn priority_of(&self, q: Option<usize>) -> u8 {
+        q.map_or(DEFAULT_PRIORITY, |q| self.class(q).priority)
+    }
+
+    /// The highest priority a limit sets (`None`: none sets a class).
+    pub fn top_priority(&self) -> Option<u8> {
+        self.classes.iter().flatten().map(|c| c.priority).max()
+    }
+
     /// Takes up new limits (a live change): `old[i]` is the index new
     /// limit `i` had, if it was kept (its finish tag and skips are kept).
     pub fn remap(&mut self, classes: Vec<Option<SchedClass>>, old: &[Option<usize>]) {

@@ -393,6 +393,22 @@ impl<T: HeldWork> Throttle<T> {
         self.limits.iter().any(BlockLimit::drops)
     }
 
+    /// The highest priority a limit sets (`None`: none sets one), after
+    /// taking up a live change.
+    pub fn top_priority(&mut self) -> Option<u8> {
+        self.refresh();
+        self.sched.top_priority()
+    }
+
+    /// The limit work charged to `tag` falls under (the tenant's never:
+    /// it is no container's) and that limit's priority: the default, the
+    /// lowest, without a limit or a class. One lookup.
+    pub fn priority_of(&mut self, tag: Option<u64>) -> (Option<usize>, u8) {
+        self.refresh();
+        let k = self.lookup.limit_of(tag);
+        (k, self.sched.priority_of(k))
+    }
+
     /// Counts work limit `k` dropped instead of holding it.
     pub fn count_drop(&mut self, k: usize) {
         if let Some(s) = self.stats.get_mut(k) {

@@ -90,6 +90,10 @@ pub struct NetStats {
     pub rx_limit_dropped: u64,
     /// Their bytes (without the virtio-net header).
     pub rx_limit_dropped_bytes: u64,
+    /// Received frames dropped under overload because their principal's
+    /// priority was below the device's top RX priority (charged to their
+    /// principal; see [`RX_OVERLOAD_FREE_DIVISOR`]).
+    pub rx_priority_dropped: u64,
     /// Frames delivered to the guest.
     pub rx_frames: u64,
     /// Their bytes (without the virtio-net header).
@@ -124,6 +128,7 @@ crate::counters::named_counters!(NetStats {
     rx_throttled,
     rx_limit_dropped,
     rx_limit_dropped_bytes,
+    rx_priority_dropped,
     rx_frames,
     rx_bytes,
     rx_unattributed,
@@ -309,17 +314,37 @@ struct RxPending {
     /// The throttle's generation when it was admitted: `limit` names the
     /// same limit only while it stays the same.
     generation: u64,
+    /// Shed under overload: its principal's priority is below the
+    /// device's top RX priority (`limit` is its limit, if any; no tokens
+    /// were taken).
+    shed: bool,
 }
+
+/// The guest's RX queue is overloaded when at most a quarter of it
+/// (`size / RX_OVERLOAD_FREE_DIVISOR`, at least one) is posted and free:
+/// then a device with RX priorities sheds the frames of principals below
+/// its top priority before they take a buffer, while the top priority has
+/// traffic (a frame of it read within [`RX_TOP_WINDOW`]).
+pub const RX_OVERLOAD_FREE_DIVISOR: u16 = 4;
+
+/// How recent a top-priority frame must be for lower ones to be shed
+/// under overload: with no top-priority traffic nothing is shed.
+pub const RX_TOP_WINDOW: Duration = Duration::from_millis(100);
 
 /// Attributes a frame just read (`frame`, after the virtio-net header) and
 /// asks its limit, if any, whether it passes: once per frame, so its
-/// tokens are taken once.
+/// tokens are taken once. Where some RX limit sets a priority, a frame of
+/// the top priority is noted in `top_seen`, and one below it is shed
+/// instead (no tokens taken) when the guest's queue is `overloaded` and
+/// the top priority had a frame within [`RX_TOP_WINDOW`].
 fn admit_rx(
     frame: &[u8],
     bindings: Option<&dyn FlowBindings>,
     flows: &mut FlowTable,
     stats: &mut NetStats,
     throttle: Option<&mut RxThrottle>,
+    overloaded: bool,
+    top_seen: &mut Option<Instant>,
 ) -> RxPending {
     let info = frame::parse(frame);
     // The agent's binding of the flow this frame answers first, then the
@@ -332,9 +357,23 @@ fn admit_rx(
         stats.rx_unattributed += 1;
     }
     let bytes = u64::try_from(frame.len()).unwrap_or(u64::MAX);
-    let (limit, generation) = match throttle {
-        Some(t) => (t.admit(tag, bytes), t.generation()),
-        None => (None, 0),
+    let (limit, generation, shed) = match throttle {
+        Some(t) => {
+            let mut shed_under = None;
+            if let Some(top) = t.top_priority() {
+                let (k, p) = t.priority_of(tag);
+                if p >= top {
+                    *top_seen = Some(Instant::now());
+                } else if overloaded && top_seen.is_some_and(|at| at.elapsed() <= RX_TOP_WINDOW) {
+                    shed_under = Some(k);
+                }
+            }
+            match shed_under {
+                Some(k) => (k, t.generation(), true),
+                None => (t.admit(tag, bytes), t.generation(), false),
+            }
+        }
+        None => (None, 0, false),
     };
     RxPending {
         len: frame.len() + VNET_HDR_LEN,
@@ -343,6 +382,7 @@ fn admit_rx(
         bytes,
         limit,
         generation,
+        shed,
     }
 }
 
@@ -357,6 +397,8 @@ pub struct NetDevice {
     rx_buf: Vec<u8>,
     /// A frame read from the backend into `rx_buf` but not yet delivered.
     rx_pending: Option<RxPending>,
+    /// When a frame of the top RX priority was last read ([`admit_rx`]).
+    rx_top_seen: Option<Instant>,
     queue_tags: Option<(QueueTagReader, u32)>,
     bindings: Option<Arc<dyn FlowBindings>>,
     /// Per-container TX limits and the frames they hold (`None`: no limit
@@ -406,6 +448,7 @@ impl NetDevice {
             tx_buf: Vec::with_capacity(MAX_FRAME_LEN),
             rx_buf: vec![0; MAX_FRAME_LEN],
             rx_pending: None,
+            rx_top_seen: None,
             queue_tags: None,
             bindings: None,
             tx_throttle: None,
@@ -770,7 +813,13 @@ impl NetDevice {
             self.stats.ignored_notifications += 1;
             return out;
         };
-        let drops = self.rx_throttle.as_mut().is_some_and(RxThrottle::any_drops);
+        // Frames may be dropped before they take a buffer: over a dropping
+        // limit, or shed under overload by priority.
+        let drops = self
+            .rx_throttle
+            .as_mut()
+            .is_some_and(|t| t.any_drops() || t.top_priority().is_some());
+        let overload_free = (queue.size() / RX_OVERLOAD_FREE_DIVISOR).max(1);
         let mut last_tag = None;
         let mut cpu_mark = thread_cpu_ns();
         // Chains whose frame a limit holds (not counted in out.chains:
@@ -803,6 +852,8 @@ impl NetDevice {
                             &mut self.flows,
                             &mut self.stats,
                             self.rx_throttle.as_mut(),
+                            avail <= overload_free,
+                            &mut self.rx_top_seen,
                         );
                         self.rx_pending = Some(p);
                         p
@@ -823,11 +874,12 @@ impl NetDevice {
                 bytes,
                 mut limit,
                 generation,
+                shed,
             } = p;
             // A live change since it was admitted (it waited for a buffer):
             // its limit's index may name another limit now; ask again (a
             // frame that passed keeps its pass).
-            if let (Some(t), Some(_)) = (self.rx_throttle.as_mut(), limit) {
+            if let (Some(t), Some(_), false) = (self.rx_throttle.as_mut(), limit, shed) {
                 if t.generation() != generation {
                     limit = t.admit(tag, bytes);
                     let generation = t.generation();
@@ -838,13 +890,20 @@ impl NetDevice {
                     });
                 }
             }
-            let dropping = limit.filter(|&k| self.rx_throttle.as_ref().is_some_and(|t| t.drops(k)));
-            if let (Some(k), Some(t)) = (dropping, self.rx_throttle.as_mut()) {
-                // Over a dropping limit: never written to the guest.
-                t.count_drop(k);
+            let over_dropping = limit.is_some_and(|k| self.rx_throttle.as_ref().is_some_and(|t| t.drops(k)));
+            if shed || over_dropping {
+                // Shed under overload, or over a dropping limit: never
+                // written to the guest.
+                if let (Some(k), Some(t)) = (limit, self.rx_throttle.as_mut()) {
+                    t.count_drop(k);
+                }
                 self.rx_pending = None;
-                self.stats.rx_limit_dropped += 1;
-                self.stats.rx_limit_dropped_bytes += bytes;
+                if shed {
+                    self.stats.rx_priority_dropped += 1;
+                } else {
+                    self.stats.rx_limit_dropped += 1;
+                    self.stats.rx_limit_dropped_bytes += bytes;
+                }
                 out.dropped += 1;
                 charger.charge_net(&NetCharge {
                     tag,
@@ -1512,6 +1571,65 @@ pub(crate) mod tests {
             0,
             &[1; 5],
         )
+    }
+
+    #[test]
+    fn under_overload_frames_below_the_top_priority_are_shed_while_it_has_traffic() {
+        use crate::virtio::limiter::{BlockLimitConfig, LimitLookup};
+        use crate::virtio::sched::SchedClass;
+        struct Tag42;
+        impl LimitLookup for Tag42 {
+            fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
+                (tag == Some(42)).then_some(0)
+            }
+        }
+        let m = mem();
+        let (rxq, txq) = queues(&m);
+        let (mut d, b) = activated(&m, &rxq, &txq);
+        // Tag 42 at priority 7, no bucket; everyone else the default 0.
+        let high = BlockLimitConfig {
+            path: "high".into(),
+            class: Some(SchedClass {
+                priority: 7,
+                share: 1,
+            }),
+            ..Default::default()
+        };
+        d.set_rx_limits(&[high], Box::new(Tag42)).unwrap();
+        learn(&mut d, &m, &txq, &guest_flow(), 42);
+        // Three buffers of a 16-entry queue: overloaded (at most 4 free).
+        for i in 0..3 {
+            push_rx(&rxq, i, 2048);
+        }
+        // A low frame before any top-priority traffic is not shed; once a
+        // top-priority frame was read, the next low one is.
+        for f in [unknown_flow_frame(), reply(1), unknown_flow_frame(), reply(2)] {
+            b.0.lock().unwrap().to_guest.push_back(with_header(&f));
+        }
+        let mut rec = Recorder::default();
+        let out = d.process_rx(&mut rec);
+        assert_eq!((out.chains, out.frames, out.dropped), (3, 3, 1));
+        let charged: Vec<_> = rec.nets.iter().map(|c| (c.tag, c.dropped)).collect();
+        assert_eq!(
+            charged,
+            [(None, false), (Some(42), false), (None, true), (Some(42), false)]
+        );
+        assert_eq!(
+            (d.stats().rx_priority_dropped, d.stats().rx_limit_dropped),
+            (1, 0)
+        );
+        // Not overloaded (eight free): a low frame is delivered, however
+        // recent the top priority's traffic.
+        for i in 3..11 {
+            push_rx(&rxq, i, 2048);
+        }
+        b.0.lock()
+            .unwrap()
+            .to_guest
+            .push_back(with_header(&unknown_flow_frame()));
+        let out = d.process_rx(&mut rec);
+        assert_eq!((out.frames, out.dropped), (1, 0));
+        assert_eq!(d.stats().rx_priority_dropped, 1);
     }
 
     #[test]
