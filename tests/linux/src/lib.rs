@@ -549,8 +549,8 @@ fn value_after(text: &str, prefix: &str) -> Option<String> {
 /// Runs one scenario: L1 under QEMU with the scenario appended, bounded by
 /// `qemu_timeout_s`, then the results unpacked and the report parsed.
 ///
-/// Three failures are the emulator's, not the project's, and get one retry
-/// (at most one per scenario):
+/// Three failures are the emulator's, not the project's, and are retried
+/// (at most [`ATTEMPTS`] attempts in all per scenario):
 /// - L1 dies: QEMU exits on its own before L1 sent its results (the emulated
 ///   machine reset, triple-faulted or its kernel crashed — seen while L1
 ///   booted with none of the project's code running, and while L2 ran). A
@@ -569,19 +569,30 @@ fn value_after(text: &str, prefix: &str) -> Option<String> {
 ///   bounds on the VMM print (`vmm end` after the VMM's SIGINT, or the
 ///   watchdog's line 15 s later): L1's user space stopped running.
 ///
-/// Such an attempt is kept in `runs/NAME-emulator-failed`, logged and
-/// appended to `emulator-retries.txt`, and the scenario runs once more.
+/// Such an attempt is kept in `runs/NAME-emulator-failed-N`, logged and
+/// appended to `emulator-retries.txt`, and the scenario runs again.
 /// Anything else L1 lives to report — a triple fault after the kernel
 /// reported an oops, panic or trap, a hang until the VMM's SIGINT, a wrong
-/// number — fails the test at once, and so does a second emulator failure.
+/// number — fails the test at once, and so does an emulator failure in the
+/// last attempt.
 pub fn run(scenario: &Scenario) -> Outcome {
-    if let Some(outcome) = attempt(scenario, true) {
-        return outcome;
+    for n in 1..ATTEMPTS {
+        if let Some(outcome) = attempt(scenario, Some(n)) {
+            return outcome;
+        }
     }
-    attempt(scenario, false).expect("a last attempt always gives an outcome")
+    attempt(scenario, None).expect("a last attempt always gives an outcome")
 }
 
-fn attempt(scenario: &Scenario, may_retry: bool) -> Option<Outcome> {
+/// How many times a scenario runs at most: emulator failures (see
+/// [`run`]) come in runs on a bad day (two in a row, a silent L2 triple
+/// fault then an L1 kernel crash, in one CI run on 2026-12-06).
+pub const ATTEMPTS: u32 = 3;
+
+/// One attempt; `retry`: its number, when an emulator failure may be
+/// retried (`None`: the last attempt, whose outcome is always returned).
+fn attempt(scenario: &Scenario, retry: Option<u32>) -> Option<Outcome> {
+    let may_retry = retry.is_some();
     let images = images();
     let dir = cache_dir().join("runs").join(&scenario.name);
     let _ = fs::remove_dir_all(&dir);
@@ -708,7 +719,7 @@ fn attempt(scenario: &Scenario, may_retry: bool) -> Option<Outcome> {
             timings.total,
             timings.vmm_start.is_some()
         );
-        keep_for_retry(scenario, &dir, &why);
+        keep_for_retry(scenario, &dir, &why, retry.unwrap_or(0));
         return None;
     }
     // L1 hung: QEMU ran into its bound, yet L1's own bounds never fired —
@@ -728,7 +739,7 @@ fn attempt(scenario: &Scenario, may_retry: bool) -> Option<Outcome> {
             timings.total,
             timings.vmm_start.is_some()
         );
-        keep_for_retry(scenario, &dir, &why);
+        keep_for_retry(scenario, &dir, &why, retry.unwrap_or(0));
         return None;
     }
 
@@ -802,17 +813,17 @@ fn attempt(scenario: &Scenario, may_retry: bool) -> Option<Outcome> {
             "L2 triple-faulted {when} ({} exits{shutdown})",
             exits.unwrap_or_default()
         );
-        keep_for_retry(scenario, &dir, &why);
+        keep_for_retry(scenario, &dir, &why, retry.unwrap_or(0));
         return None;
     }
     Some(outcome)
 }
 
 /// Moves a failed attempt aside, says why, and counts it.
-fn keep_for_retry(scenario: &Scenario, dir: &Path, why: &str) {
+fn keep_for_retry(scenario: &Scenario, dir: &Path, why: &str, n: u32) {
     let kept = cache_dir()
         .join("runs")
-        .join(format!("{}-emulator-failed", scenario.name));
+        .join(format!("{}-emulator-failed-{n}", scenario.name));
     let _ = fs::remove_dir_all(&kept);
     let _ = fs::rename(dir, &kept);
     let line = format!(
