@@ -976,6 +976,14 @@ impl VmConfig {
 mod tests {
     use super::*;
 
+    /// `bad` is refused by the `--limit` parser with an error that names
+    /// the flag and says `says`; the error.
+    fn refused(bad: &str, says: &str) -> String {
+        let e = bad.parse::<ContainerLimit>().unwrap_err();
+        assert!(e.contains("--limit") && e.contains(says), "{bad}: {e}");
+        e
+    }
+
     #[test]
     fn kernel_source_parses_builtins_and_paths() {
         assert_eq!(
@@ -1071,8 +1079,7 @@ mod tests {
             "db:blk-read-ops-burst=3",
             "db:blk-reads=1/s",
         ] {
-            let e = bad.parse::<ContainerLimit>().unwrap_err();
-            assert!(e.starts_with("--limit"), "{bad}: {e}");
+            refused(bad, "");
         }
     }
 
@@ -1098,8 +1105,7 @@ mod tests {
             "svc:vsock-bytes=1XB/s",
             "svc:vsock-packets=10/s",
         ] {
-            let e = bad.parse::<ContainerLimit>().unwrap_err();
-            assert!(e.starts_with("--limit"), "{bad}: {e}");
+            refused(bad, "");
         }
     }
 
@@ -1165,8 +1171,7 @@ mod tests {
             ("web:net-tx-burst=5", "unknown key"),
             ("web:net-tx-frames-burst=x,net-tx-frames=1/s", "whole number"),
         ] {
-            let e = bad.parse::<ContainerLimit>().unwrap_err();
-            assert!(e.contains("--limit") && e.contains(says), "{bad}: {e}");
+            refused(bad, says);
         }
         // A configuration from elsewhere than the parser is checked too.
         let mut c = VmConfig::new(KernelSource::Builtin(Builtin::TestGuest));
@@ -1227,8 +1232,7 @@ mod tests {
             ("tenant:priority=3,blk-ops=1/s", "tenant limit has no priority"),
             ("tenant:share=2", "tenant limit has no priority"),
         ] {
-            let e = bad.parse::<ContainerLimit>().unwrap_err();
-            assert!(e.contains("--limit") && e.contains(says), "{bad}: {e}");
+            refused(bad, says);
         }
         // A configuration from elsewhere than the parser is checked too.
         let l: ContainerLimit = "a:priority=1".parse().unwrap();
@@ -1291,8 +1295,7 @@ mod tests {
                 "given twice",
             ),
         ] {
-            let e = bad.parse::<ContainerLimit>().unwrap_err();
-            assert!(e.contains("--limit") && e.contains(says), "{bad}: {e}");
+            refused(bad, says);
         }
         // A configuration from elsewhere than the parser is checked too.
         let mut c = VmConfig::new(KernelSource::Builtin(Builtin::TestGuest));
@@ -1322,8 +1325,7 @@ mod tests {
             "web:blk-ops-burst=5",
             "web:blk-bytes=1XB/s",
         ] {
-            let e = bad.parse::<ContainerLimit>().unwrap_err();
-            assert!(e.contains("--limit"), "{bad}: {e}");
+            refused(bad, "");
         }
     }
 
@@ -1358,8 +1360,7 @@ mod tests {
             "a:cpu=20%/100us",
             "a:cpu=20%/100ms,cpu=10%/100ms",
         ] {
-            let e = bad.parse::<ContainerLimit>().unwrap_err();
-            assert!(e.contains("--limit a: cpu"), "{bad}: {e}");
+            let e = refused(bad, "--limit a: cpu");
             assert!(
                 e.contains("cpu=PERCENT%/PERIOD") || e.contains("given twice"),
                 "{bad}: {e}"

@@ -1455,13 +1455,7 @@ pub(crate) mod tests {
 
     #[test]
     fn rx_over_its_limit_stays_in_the_guest_buffer_and_others_pass_it() {
-        use crate::virtio::limiter::{BlockLimitConfig, BucketConfig, LimitLookup};
-        struct Tag42;
-        impl LimitLookup for Tag42 {
-            fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
-                (tag == Some(42)).then_some(0)
-            }
-        }
+        use crate::virtio::limiter::{BlockLimitConfig, BucketConfig};
         let m = mem();
         let (rxq, txq) = queues(&m);
         let (mut d, b) = activated(&m, &rxq, &txq);
@@ -1531,18 +1525,21 @@ pub(crate) mod tests {
     }
 
     /// Limit 0 (one frame per hour, dropping) on tag 42's flow, learned.
+    /// A lookup that puts tag 42's frames under limit 0, and no other's.
+    struct Tag42;
+
+    impl crate::virtio::limiter::LimitLookup for Tag42 {
+        fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
+            (tag == Some(42)).then_some(0)
+        }
+    }
+
     fn dropping_device<'a>(
         m: &'a GuestMemoryMmap,
         rxq: &MockSplitQueue<'a, GuestMemoryMmap>,
         txq: &MockSplitQueue<'a, GuestMemoryMmap>,
     ) -> (NetDevice, MemBackend) {
-        use crate::virtio::limiter::{BlockLimitConfig, BucketConfig, LimitLookup};
-        struct Tag42;
-        impl LimitLookup for Tag42 {
-            fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
-                (tag == Some(42)).then_some(0)
-            }
-        }
+        use crate::virtio::limiter::{BlockLimitConfig, BucketConfig};
         let (mut d, b) = activated(m, rxq, txq);
         let limit = BlockLimitConfig {
             path: "a".into(),
@@ -1575,14 +1572,8 @@ pub(crate) mod tests {
 
     #[test]
     fn under_overload_frames_below_the_top_priority_are_shed_while_it_has_traffic() {
-        use crate::virtio::limiter::{BlockLimitConfig, LimitLookup};
+        use crate::virtio::limiter::BlockLimitConfig;
         use crate::virtio::sched::SchedClass;
-        struct Tag42;
-        impl LimitLookup for Tag42 {
-            fn limit_of(&mut self, tag: Option<u64>) -> Option<usize> {
-                (tag == Some(42)).then_some(0)
-            }
-        }
         let m = mem();
         let (rxq, txq) = queues(&m);
         let (mut d, b) = activated(&m, &rxq, &txq);
@@ -1771,7 +1762,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_frame_waiting_for_a_buffer_is_admitted_again_after_a_live_change() {
-        use crate::virtio::limiter::{BlockLimitConfig, BucketConfig, LimitLookup};
+        use crate::virtio::limiter::{BlockLimitConfig, BucketConfig};
         type Next = Arc<Mutex<Option<Vec<BlockLimitConfig>>>>;
         /// Tag 42 falls under the limit named `held`, tag 43 under `dropped`,
         /// in whatever table is current.
