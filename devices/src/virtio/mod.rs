@@ -565,6 +565,26 @@ pub struct NetCharge {
     pub dropped: bool,
 }
 
+impl NetCharge {
+    /// One received frame of `bytes` for the flow's principal `tag`,
+    /// delivered (not held, not dropped): the fields every RX charge shares.
+    pub fn rx_frame(tag: Option<u64>, bytes: u64, host_ns: u64, wall_ns: u64) -> Self {
+        Self {
+            tag,
+            dir: NetDir::Rx,
+            frames: 1,
+            bytes,
+            host_ns,
+            wall_ns,
+            retransmitted_bytes: 0,
+            spoofed: false,
+            attributed_by_flow: tag.is_some(),
+            throttled_ns: None,
+            dropped: false,
+        }
+    }
+}
+
 /// One vsock packet's charge (virtio-vsock), or host work on a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VsockCharge {

@@ -574,18 +574,10 @@ impl NetDevice {
             out.frames += 1;
             out.chains += 1;
             last_tag = h.tag;
+            let host_ns = lap(&mut cpu_mark).saturating_add(h.host_ns);
             charger.charge_net(&NetCharge {
-                tag: h.tag,
-                dir: NetDir::Rx,
-                frames: 1,
-                bytes: h.bytes,
-                host_ns: lap(&mut cpu_mark).saturating_add(h.host_ns),
-                wall_ns: elapsed_ns(h.read_at),
-                retransmitted_bytes: 0,
-                spoofed: false,
-                attributed_by_flow: h.tag.is_some(),
                 throttled_ns: Some(t.now().saturating_sub(h.at_ns)),
-                dropped: false,
+                ..NetCharge::rx_frame(h.tag, h.bytes, host_ns, elapsed_ns(h.read_at))
             });
             if let Err(e) = queue.add_used(&*mem, h.head, h.used_len) {
                 self.stats.queue_errors += 1;
@@ -906,17 +898,8 @@ impl NetDevice {
                 }
                 out.dropped += 1;
                 charger.charge_net(&NetCharge {
-                    tag,
-                    dir: NetDir::Rx,
-                    frames: 1,
-                    bytes,
-                    host_ns: lap(&mut cpu_mark),
-                    wall_ns: elapsed_ns(read_at),
-                    retransmitted_bytes: 0,
-                    spoofed: false,
-                    attributed_by_flow: tag.is_some(),
-                    throttled_ns: None,
                     dropped: true,
+                    ..NetCharge::rx_frame(tag, bytes, lap(&mut cpu_mark), elapsed_ns(read_at))
                 });
                 continue;
             }
@@ -987,19 +970,12 @@ impl NetDevice {
                         self.stats.rx_bytes += bytes;
                         out.frames += 1;
                         last_tag = tag;
-                        charger.charge_net(&NetCharge {
+                        charger.charge_net(&NetCharge::rx_frame(
                             tag,
-                            dir: NetDir::Rx,
-                            frames: 1,
                             bytes,
-                            host_ns: lap(&mut cpu_mark),
-                            wall_ns: elapsed_ns(read_at),
-                            retransmitted_bytes: 0,
-                            spoofed: false,
-                            attributed_by_flow: tag.is_some(),
-                            throttled_ns: None,
-                            dropped: false,
-                        });
+                            lap(&mut cpu_mark),
+                            elapsed_ns(read_at),
+                        ));
                         u32::try_from(len).unwrap_or(u32::MAX)
                     }
                 }
