@@ -61,6 +61,23 @@ pub fn boot(mut config: VmConfig) -> Run {
     }
 }
 
+/// Boots the `blk` scenario on one fresh zeroed 1 MiB disk (`name` keeps
+/// tests that run at once apart) under `limits`; the disk file is removed
+/// once the VM has ended.
+pub fn boot_blk(name: &str, limits: Vec<vmm::config::ContainerLimit>) -> Run {
+    let path = scratch_path(&format!("{name}.img"));
+    std::fs::write(&path, vec![0u8; 1 << 20]).expect("write the disk file");
+    let mut cfg = config("blk", 1);
+    cfg.disks = vec![vmm::config::DiskConfig {
+        path: path.clone(),
+        read_only: false,
+    }];
+    cfg.container_limits = limits;
+    let run = boot(cfg);
+    let _ = std::fs::remove_file(&path);
+    run
+}
+
 /// Boots the test guest with `scenario` on `vcpus` vCPUs.
 pub fn run_scenario(scenario: &str, vcpus: u8) -> Run {
     boot(config(scenario, vcpus))

@@ -3,7 +3,7 @@
 //! contents checked afterwards. Expected numbers: `docs/guest-scenarios.md`.
 
 use accounting::resource::BlockCharge;
-use resourceful_tests::{boot, config, counts};
+use resourceful_tests::{boot, boot_blk, config, counts};
 use vmm::config::DiskConfig;
 
 const SECTOR: usize = 512;
@@ -201,16 +201,7 @@ fn an_explicit_request_tag_outranks_the_notifying_vcpu() {
 /// bounds how many of its requests could have been held.
 #[test]
 fn a_limited_container_is_throttled_and_the_others_are_not() {
-    let path = disk("limited", 1 << 20);
-    let mut cfg = config("blk", 1);
-    cfg.disks = vec![DiskConfig {
-        path: path.clone(),
-        read_only: false,
-    }];
-    cfg.container_limits = vec!["writer:blk-ops=1/30ms".parse().unwrap()];
-
-    let run = boot(cfg);
-    let _ = std::fs::remove_file(&path);
+    let run = boot_blk("limited", vec!["writer:blk-ops=1/30ms".parse().unwrap()]);
 
     run.assert_clean();
     let block = |path: &str| run.container(path).charges.block;
@@ -262,21 +253,15 @@ fn a_limited_container_is_throttled_and_the_others_are_not() {
 /// hold anything.
 #[test]
 fn read_and_write_buckets_hold_only_their_kind_of_request() {
-    let path = disk("rw-limited", 1 << 20);
-    let mut cfg = config("blk", 1);
-    cfg.disks = vec![DiskConfig {
-        path: path.clone(),
-        read_only: false,
-    }];
-    cfg.container_limits = vec![
-        "reader:blk-read-bytes=4KiB/30ms,blk-write-ops=1/s"
-            .parse()
-            .unwrap(),
-        "writer:blk-read-ops=1/s".parse().unwrap(),
-    ];
-
-    let run = boot(cfg);
-    let _ = std::fs::remove_file(&path);
+    let run = boot_blk(
+        "rw-limited",
+        vec![
+            "reader:blk-read-bytes=4KiB/30ms,blk-write-ops=1/s"
+                .parse()
+                .unwrap(),
+            "writer:blk-read-ops=1/s".parse().unwrap(),
+        ],
+    );
 
     run.assert_clean();
     let block = |path: &str| run.container(path).charges.block;

@@ -1,7 +1,7 @@
 //! Per-container limits configured from a file (`--limits FILE`) and
 //! changed live through the API, in real VMs (docs/limits-per-container.md).
 
-use resourceful_tests::{boot, config};
+use resourceful_tests::{boot, boot_blk, config};
 use vmm::config::DiskConfig;
 
 fn scratch(name: &str) -> std::path::PathBuf {
@@ -22,17 +22,7 @@ fn a_limit_from_a_file_throttles_the_containers_its_pattern_covers() {
     .unwrap();
     let limits = vmm::limits_file::load(&file).expect("a valid limits file");
     let _ = std::fs::remove_file(&file);
-    let disk = scratch("disk.img");
-    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let mut cfg = config("blk", 1);
-    cfg.disks = vec![DiskConfig {
-        path: disk.clone(),
-        read_only: false,
-    }];
-    cfg.container_limits = limits;
-
-    let run = boot(cfg);
-    let _ = std::fs::remove_file(&disk);
+    let run = boot_blk("limits-file", limits);
 
     run.assert_clean();
     let block = |path: &str| run.container(path).charges.block;
@@ -73,17 +63,7 @@ fn a_tenant_limit_from_a_file_holds_every_containers_requests() {
     .unwrap();
     let limits = vmm::limits_file::load(&file).expect("a valid limits file");
     let _ = std::fs::remove_file(&file);
-    let disk = scratch("tenant-disk.img");
-    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let mut cfg = config("blk", 1);
-    cfg.disks = vec![DiskConfig {
-        path: disk.clone(),
-        read_only: false,
-    }];
-    cfg.container_limits = limits;
-
-    let run = boot(cfg);
-    let _ = std::fs::remove_file(&disk);
+    let run = boot_blk("limits-tenant", limits);
 
     run.assert_clean();
     let block = |path: &str| run.container(path).charges.block;
